@@ -1,0 +1,238 @@
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use time::OffsetDateTime;
+
+use crate::files::{read, write_private};
+use crate::{COORDINATOR_SERVER_NAME, CaDigest, CertError, Role};
+
+/// A certificate the CA issued, with what the coordinator records about it.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub der: Vec<u8>,
+    pub pem: String,
+    /// Lower-case hex, no separators: the key of the revocation set.
+    pub serial: String,
+    pub not_after: SystemTime,
+}
+
+/// The cluster's certificate authority. Only the coordinator holds one.
+pub struct ClusterCa {
+    cert_der: Vec<u8>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterCa({})", self.digest())
+    }
+}
+
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+
+impl ClusterCa {
+    /// A fresh CA for `cluster`, valid ten years.
+    pub fn generate(cluster: &str) -> Result<Self, CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&format!("apiary CA for {cluster}"), None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        Ok(ClusterCa { cert_der: cert.der().to_vec(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+    }
+
+    /// Loads the CA from `dir`, or creates it there (key 0600) on first start.
+    /// Returns whether it was created.
+    pub fn load_or_create(dir: &Path, cluster: &str) -> Result<(Self, bool), CertError> {
+        if dir.join(CA_KEY_FILE).exists() {
+            return Ok((Self::load(dir)?, false));
+        }
+        let ca = Self::generate(cluster)?;
+        // Key first: a CA certificate without its key would be unusable.
+        write_private(&dir.join(CA_KEY_FILE), ca.issuer.key().serialize_pem().as_bytes())?;
+        write_private(&dir.join(CA_CERT_FILE), ca.cert_pem.as_bytes())?;
+        Ok((ca, true))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| CertError::Invalid {
+            path: key_path.clone(),
+            what: "CA private key",
+            reason: e.to_string(),
+        })?;
+        let cert_pem = read(&cert_path)?;
+        let cert_der = pem_to_der(&cert_pem).ok_or_else(|| CertError::Invalid {
+            path: cert_path.clone(),
+            what: "CA certificate",
+            reason: "no PEM certificate block".into(),
+        })?;
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.clone()), key)
+            .map_err(|e| CertError::Invalid { path: cert_path, what: "CA certificate", reason: e.to_string() })?;
+        Ok(ClusterCa { cert_der, cert_pem, issuer })
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn digest(&self) -> CaDigest {
+        CaDigest::of(&self.cert_der)
+    }
+
+    fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// Signs an agent's CSR. Only the public key is taken from the request: the
+    /// name and the role are the coordinator's decision, never the requester's.
+    pub fn sign_csr(&self, csr_der: &[u8], node: &str, role: Role, ttl: Duration) -> Result<IssuedCert, CertError> {
+        let now = SystemTime::now();
+        self.sign_csr_valid(csr_der, node, role, now - Duration::from_secs(60), now + ttl)
+    }
+
+    /// As [`Self::sign_csr`] with an explicit validity window (tests make expired certificates with it).
+    pub fn sign_csr_valid(
+        &self,
+        csr_der: &[u8],
+        node: &str,
+        role: Role,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCert, CertError> {
+        let mut csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| CertError::BadCsr(e.to_string()))?;
+        csr.params = leaf_params(node, role, not_before, not_after)?;
+        let cert = csr.signed_by(self.issuer())?;
+        issued(cert.der().to_vec(), cert.pem(), &csr.params)
+    }
+
+    /// Issues a certificate together with a new key (for the coordinator's own
+    /// server certificate and for admin identities, which are made on this host).
+    pub fn issue_with_key(&self, node: &str, role: Role, ttl: Duration) -> Result<(IssuedCert, String), CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let now = SystemTime::now();
+        let params = leaf_params(node, role, now - Duration::from_secs(60), now + ttl)?;
+        let cert = params.signed_by(&key, self.issuer())?;
+        Ok((issued(cert.der().to_vec(), cert.pem(), &params)?, key.serialize_pem()))
+    }
+}
+
+fn issued(der: Vec<u8>, pem: String, params: &CertificateParams) -> Result<IssuedCert, CertError> {
+    let serial = params.serial_number.as_ref().map(|s| hex::encode(s.to_bytes())).unwrap_or_default();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(params.not_after.unix_timestamp().max(0) as u64);
+    Ok(IssuedCert { der, pem, serial, not_after })
+}
+
+fn leaf_params(node: &str, role: Role, not_before: SystemTime, not_after: SystemTime) -> Result<CertificateParams, CertError> {
+    let sans = match role {
+        Role::Coordinator => vec![COORDINATOR_SERVER_NAME.to_string()],
+        Role::Agent | Role::Admin => vec![],
+    };
+    let mut params = CertificateParams::new(sans)?;
+    params.distinguished_name = name(node, Some(role));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match role {
+        Role::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Role::Agent | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.not_before = to_offset(not_before);
+    params.not_after = to_offset(not_after);
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+fn name(common_name: &str, role: Option<Role>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "apiary");
+    if let Some(role) = role {
+        dn.push(DnType::OrganizationalUnitName, role.as_str());
+    }
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f; // positive INTEGER
+    bytes[0] |= 0x01; // no leading zero byte, so the hex form is canonical
+    SerialNumber::from_slice(&bytes)
+}
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// First CERTIFICATE block of a PEM text, as DER.
+pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|c| c.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PeerIdentity, new_key_and_csr};
+
+    #[test]
+    fn signs_csr_with_coordinator_chosen_name_and_role() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let (_key, csr) = new_key_and_csr("evil-requested-name").expect("csr");
+        let cert = ca.sign_csr(&csr, "node-1", Role::Agent, Duration::from_secs(3600)).expect("sign");
+        let peer = PeerIdentity::from_der(&cert.der).expect("parse");
+        assert_eq!(peer.node, "node-1");
+        assert_eq!(peer.role, Role::Agent);
+        assert_eq!(peer.serial, cert.serial);
+        let life = cert.not_after.duration_since(SystemTime::now()).expect("future");
+        assert!(life <= Duration::from_secs(3600) && life > Duration::from_secs(3500));
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let err = ca.sign_csr(b"nope", "n", Role::Agent, Duration::from_secs(1)).expect_err("garbage");
+        assert!(matches!(err, CertError::BadCsr(_)));
+    }
+
+    #[test]
+    fn load_or_create_persists_key_0600_and_reloads_same_ca() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, created) = ClusterCa::load_or_create(dir.path(), "t").expect("create");
+        assert!(created);
+        let (again, created) = ClusterCa::load_or_create(dir.path(), "t").expect("load");
+        assert!(!created);
+        assert_eq!(ca.digest(), again.digest());
+        let mode = std::fs::metadata(dir.path().join("ca.key")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The reloaded CA still signs certificates that chain to the same root.
+        let (_k, csr) = new_key_and_csr("x").expect("csr");
+        again.sign_csr(&csr, "x", Role::Agent, Duration::from_secs(60)).expect("sign after reload");
+    }
+}

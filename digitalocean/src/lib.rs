@@ -1,0 +1,1 @@
+//! apiary-digitalocean (being written).

@@ -1,0 +1,1 @@
+//! apiary-lab (being written).
