@@ -1,0 +1,281 @@
+//! The cluster spec (`cluster.toml`): raw serde structs that refuse unknown keys,
+//! turned by [`ClusterConfig::load`] into the validated type the rest of the
+//! coordinator accepts. Every error names the file, line, column and key.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A config file the coordinator cannot use. Exit code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    #[serde(default)]
+    coordinator: RawCoordinator,
+    provider: Spanned<RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordinator {
+    listen: Option<Spanned<String>>,
+    heartbeat_interval: Option<Spanned<String>>,
+    node_cert_ttl: Option<Spanned<String>>,
+    admin_cert_ttl: Option<Spanned<String>>,
+    join_token_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawProvider {
+    /// Hosts join by themselves (`agent --coordinator ... --token ...`).
+    Manual {},
+    /// Network-namespace hosts on this machine.
+    Lab {
+        hosts: Option<usize>,
+        names: Option<Vec<String>>,
+        #[serde(default)]
+        teardown_on_exit: bool,
+    },
+    /// DigitalOcean droplets (see `deploy/examples/digitalocean.toml`).
+    Digitalocean(toml::Table),
+}
+
+/// The validated cluster spec.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub path: PathBuf,
+    pub cluster_name: String,
+    pub listen: SocketAddr,
+    pub heartbeat_interval: Duration,
+    pub node_cert_ttl: Duration,
+    pub admin_cert_ttl: Duration,
+    /// `None`: the join token does not expire (until rotated).
+    pub join_token_ttl: Option<Duration>,
+    pub provider: ProviderConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderConfig {
+    Manual,
+    Lab(LabProviderConfig),
+    DigitalOcean(toml::Table),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabProviderConfig {
+    pub hosts: Vec<String>,
+    pub teardown_on_exit: bool,
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Manual => "manual",
+            ProviderConfig::Lab(_) => "lab",
+            ProviderConfig::DigitalOcean(_) => "digitalocean",
+        }
+    }
+}
+
+pub const DEFAULT_PORT: u16 = 7443;
+/// The recipe's hosts: one queen, three workers.
+pub const DEFAULT_LAB_NAMES: [&str; 4] = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let at = |span: Option<Range<usize>>, key: &str, message: String| {
+            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            ConfigError::Invalid { path: path.to_path_buf(), line, column, key: key.to_string(), message }
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let key = message
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_default();
+            at(e.span(), &key, message)
+        })?;
+
+        let name = raw.cluster.name;
+        if name.get_ref().is_empty()
+            || name.get_ref().len() > 32
+            || !name.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(at(Some(name.span()), "cluster.name", format!(
+                "cluster.name {:?} must be 1-32 characters of a-z, 0-9 and '-' (it names hosts, tags and namespaces)",
+                name.get_ref()
+            )));
+        }
+
+        let c = raw.coordinator;
+        let duration = |field: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration| {
+            let Some(v) = field else { return Ok(default) };
+            let d = humantime::parse_duration(v.get_ref())
+                .map_err(|e| at(Some(v.span()), key, format!("{key} = {:?}: {e} (write e.g. \"5s\", \"24h\")", v.get_ref())))?;
+            if d < min {
+                return Err(at(Some(v.span()), key, format!("{key} must be at least {}", humantime::format_duration(min))));
+            }
+            Ok(d)
+        };
+        let heartbeat_interval = duration(&c.heartbeat_interval, "coordinator.heartbeat_interval", Duration::from_secs(5), Duration::from_millis(100))?;
+        let node_cert_ttl = duration(&c.node_cert_ttl, "coordinator.node_cert_ttl", Duration::from_secs(24 * 3600), Duration::from_secs(3))?;
+        let admin_cert_ttl = duration(&c.admin_cert_ttl, "coordinator.admin_cert_ttl", Duration::from_secs(365 * 24 * 3600), Duration::from_secs(60))?;
+        let join_token_ttl = match &c.join_token_ttl {
+            Some(v) if v.get_ref() == "never" => None,
+            Some(_) => Some(duration(&c.join_token_ttl, "coordinator.join_token_ttl", Duration::ZERO, Duration::from_secs(1))?),
+            None => None,
+        };
+
+        let provider_span = raw.provider.span();
+        let provider = match raw.provider.into_inner() {
+            RawProvider::Manual {} => ProviderConfig::Manual,
+            RawProvider::Lab { hosts, names, teardown_on_exit } => {
+                let names: Vec<String> = match (hosts, names) {
+                    (_, Some(names)) => names,
+                    (Some(n), None) if n <= DEFAULT_LAB_NAMES.len() => DEFAULT_LAB_NAMES[..n].iter().map(|s| s.to_string()).collect(),
+                    (Some(n), None) => std::iter::once("queenbee".to_string())
+                        .chain((1..n).map(|i| format!("workerbee-{i}")))
+                        .collect(),
+                    (None, None) => DEFAULT_LAB_NAMES.iter().map(|s| s.to_string()).collect(),
+                };
+                if let Some(n) = hosts
+                    && n != names.len()
+                {
+                    return Err(at(Some(provider_span), "provider.hosts", format!("provider.hosts = {n} but provider.names lists {} hosts", names.len())));
+                }
+                if names.is_empty() || names.len() > 200 {
+                    return Err(at(Some(provider_span), "provider.hosts", "the lab needs between 1 and 200 hosts".into()));
+                }
+                for n in &names {
+                    if n.is_empty() || n.len() > 40 || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                        return Err(at(Some(provider_span), "provider.names", format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'")));
+                    }
+                }
+                let mut sorted = names.clone();
+                sorted.sort();
+                sorted.dedup();
+                if sorted.len() != names.len() {
+                    return Err(at(Some(provider_span), "provider.names", "host names must be unique".into()));
+                }
+                ProviderConfig::Lab(LabProviderConfig { hosts: names, teardown_on_exit })
+            }
+            RawProvider::Digitalocean(table) => ProviderConfig::DigitalOcean(table),
+        };
+
+        let default_listen = match provider {
+            ProviderConfig::Lab(_) => format!("10.231.0.1:{DEFAULT_PORT}"),
+            _ => format!("0.0.0.0:{DEFAULT_PORT}"),
+        };
+        let listen = match &c.listen {
+            Some(v) => v.get_ref().parse().map_err(|e| {
+                at(Some(v.span()), "coordinator.listen", format!("coordinator.listen = {:?}: {e} (write IP:PORT)", v.get_ref()))
+            })?,
+            None => default_listen.parse().map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
+        };
+
+        Ok(ClusterConfig {
+            path: path.to_path_buf(),
+            cluster_name: name.into_inner(),
+            listen,
+            heartbeat_interval,
+            node_cert_ttl,
+            admin_cert_ttl,
+            join_token_ttl,
+            provider,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(Path::new("cluster.toml"), text)
+    }
+
+    #[test]
+    fn minimal_manual_config_gets_defaults() {
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n").expect("valid");
+        assert_eq!(c.cluster_name, "bees");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.node_cert_ttl, Duration::from_secs(86400));
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.provider, ProviderConfig::Manual);
+        assert_eq!(c.join_token_ttl, None);
+    }
+
+    #[test]
+    fn lab_defaults_to_the_recipes_four_hosts_on_the_private_bridge() {
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n").expect("valid");
+        let ProviderConfig::Lab(lab) = c.provider else { panic!("lab expected") };
+        assert_eq!(lab.hosts, DEFAULT_LAB_NAMES);
+        assert_eq!(c.listen.to_string(), "10.231.0.1:7443");
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\nhosts = 6\n").expect("valid");
+        let ProviderConfig::Lab(lab) = c.provider else { panic!("lab expected") };
+        assert_eq!(lab.hosts.last().map(String::as_str), Some("workerbee-5"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[cluster]\nname = \"bees\"\n[coordinator]\nlisten = \"127.0.0.1:1\"\nheartbeat = \"5s\"\n[provider]\nkind = \"manual\"\n")
+            .expect_err("unknown key");
+        let ConfigError::Invalid { line, key, .. } = &err else { panic!("{err}") };
+        assert_eq!(*line, 5, "{err}");
+        assert_eq!(key, "heartbeat");
+        assert!(err.to_string().starts_with("cluster.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        for (text, line, key) in [
+            ("[cluster]\nname = \"Bees!\"\n[provider]\nkind = \"manual\"\n", 2, "cluster.name"),
+            ("[cluster]\nname = \"b\"\n[coordinator]\nheartbeat_interval = \"soon\"\n[provider]\nkind = \"manual\"\n", 4, "coordinator.heartbeat_interval"),
+            ("[cluster]\nname = \"b\"\n[coordinator]\nlisten = \"nowhere\"\n[provider]\nkind = \"manual\"\n", 4, "coordinator.listen"),
+            ("[cluster]\nname = \"b\"\n[provider]\nkind = \"vmware\"\n", 4, "vmware"),
+        ] {
+            let err = parse(text).expect_err(text);
+            let ConfigError::Invalid { line: l, key: k, .. } = &err else { panic!("{err}") };
+            assert_eq!((*l, k.as_str()), (line, key), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_section_is_reported() {
+        let err = parse("[provider]\nkind = \"manual\"\n").expect_err("no cluster");
+        assert!(err.to_string().contains("cluster"), "{err}");
+    }
+}

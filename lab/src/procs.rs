@@ -1,0 +1,134 @@
+//! Processes the lab starts: pidfiles that carry a process's identity (pid and
+//! start time, so a recycled pid is never mistaken for ours) and the choice of
+//! which processes belong to a host when tearing it down.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::ops::ProcInfo;
+
+/// Contents of an apiary pidfile: `"<pid> <start time>\n"`.
+pub fn format_pidfile(pid: u32, start_time: u64) -> String {
+    format!("{pid} {start_time}\n")
+}
+
+/// Parses a pidfile; a bare pid (no start time) is accepted and then matches any start time.
+pub fn parse_pidfile(text: &str) -> Option<(u32, Option<u64>)> {
+    let mut it = text.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    let start = match it.next() {
+        Some(s) => Some(s.parse().ok()?),
+        None => None,
+    };
+    Some((pid, start))
+}
+
+/// Whether `info` is the live process a pidfile names.
+pub fn is_same_live_process(info: Option<&ProcInfo>, start_time: Option<u64>) -> bool {
+    match info {
+        Some(p) => p.alive() && start_time.is_none_or(|t| t == p.start_time),
+        None => false,
+    }
+}
+
+/// Which processes belong to a host: those in its network namespace, those
+/// whose command line names its run directory (dockerd, its containerd and
+/// the containerd shims, which pass `-address <exec root>/containerd/containerd.sock`),
+/// the `seeds` (pids from its pidfiles), and all their descendants (container
+/// processes live in namespaces of their own but are children of the shims).
+/// Never pid 1 nor `exclude` (the caller).
+pub fn host_processes(
+    table: &[ProcInfo],
+    netns_inode: Option<u64>,
+    markers: &[String],
+    seeds: &[u32],
+    exclude: u32,
+) -> BTreeSet<u32> {
+    let mut set: BTreeSet<u32> = table
+        .iter()
+        .filter(|p| p.alive())
+        .filter(|p| {
+            seeds.contains(&p.pid)
+                || (netns_inode.is_some() && p.netns_inode == netns_inode)
+                || markers.iter().any(|m| !m.is_empty() && p.cmdline.contains(m.as_str()))
+        })
+        .map(|p| p.pid)
+        .collect();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in table.iter().filter(|p| p.alive()) {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut stack: Vec<u32> = set.iter().copied().collect();
+    while let Some(pid) = stack.pop() {
+        for &c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            if set.insert(c) {
+                stack.push(c);
+            }
+        }
+    }
+    set.remove(&1);
+    set.remove(&0);
+    set.remove(&exclude);
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, ppid: u32, ns: u64, cmd: &str) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            state: 'S',
+            start_time: 100 + u64::from(pid),
+            netns_inode: Some(ns),
+            cmdline: cmd.into(),
+        }
+    }
+
+    #[test]
+    fn pidfile_round_trip() {
+        assert_eq!(parse_pidfile(&format_pidfile(42, 777)), Some((42, Some(777))));
+        assert_eq!(parse_pidfile("42\n"), Some((42, None)));
+        assert_eq!(parse_pidfile(""), None);
+        assert_eq!(parse_pidfile("x y"), None);
+        assert_eq!(parse_pidfile("42 y"), None);
+    }
+
+    #[test]
+    fn identity_needs_start_time_and_life() {
+        let live = p(42, 1, 5, "dockerd");
+        assert!(is_same_live_process(Some(&live), Some(142)));
+        assert!(is_same_live_process(Some(&live), None));
+        assert!(!is_same_live_process(Some(&live), Some(141)), "recycled pid");
+        let mut zombie = live.clone();
+        zombie.state = 'Z';
+        assert!(!is_same_live_process(Some(&zombie), Some(142)));
+        assert!(!is_same_live_process(None, Some(142)));
+    }
+
+    #[test]
+    fn host_processes_follow_netns_markers_and_children() {
+        let table = vec![
+            p(1, 0, 1, "/sbin/init"),
+            p(50, 1, 1, "coordinator serve"),
+            p(100, 50, 9, "dockerd --exec-root /run/apiary/bees/q/exec"),
+            p(101, 100, 9, "containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml"),
+            // shim re-parented to init, in the host netns? no: found by its -address
+            p(200, 1, 1, "containerd-shim-runc-v2 -namespace moby -address /run/apiary/bees/q/exec/containerd/containerd.sock"),
+            // container process: own netns, child of the shim
+            p(201, 200, 33, "sleep 600"),
+            p(202, 201, 33, "sh"),
+            // the agent: same netns
+            p(300, 1, 9, "agent --coordinator 10.231.0.1"),
+            // another host and unrelated processes
+            p(400, 1, 10, "dockerd --exec-root /run/apiary/bees/w/exec"),
+            p(500, 1, 1, "sshd"),
+        ];
+        let got = host_processes(&table, Some(9), &["/run/apiary/bees/q/".to_string()], &[], 50);
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![100, 101, 200, 201, 202, 300]);
+        // seeds alone, and the caller and init are never chosen
+        let got = host_processes(&table, None, &[], &[50, 1], 50);
+        assert!(!got.contains(&50) && !got.contains(&1));
+    }
+}
