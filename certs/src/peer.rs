@@ -43,6 +43,7 @@ pub struct PeerIdentity {
     pub node: String,
     pub role: Role,
     pub serial: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -59,8 +60,14 @@ impl PeerIdentity {
             .and_then(|r| Role::parse(&r))
             .ok_or_else(|| CertError::BadCertificate("no apiary role (OU) in the certificate".into()))?;
         let serial = hex::encode(cert.raw_serial());
-        let ts = cert.validity().not_after.timestamp().max(0) as u64;
-        Ok(PeerIdentity { node, role, serial, not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(ts) })
+        let at = |t: &ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+        Ok(PeerIdentity {
+            node,
+            role,
+            serial,
+            not_before: at(&cert.validity().not_before),
+            not_after: at(&cert.validity().not_after),
+        })
     }
 
     /// Serial of a DER certificate, in the same form as [`PeerIdentity::serial`].

@@ -1,2 +1,16 @@
+//! apiary's coordinator: owns the cluster's desired state and CA, enrolls
+//! agents, serves the agent and admin APIs over mutual TLS, and drives the
+//! providers that create hosts. `ctl`, the operator's CLI, lives here too: it
+//! shares the admin API's types and the exit codes.
+//!
+//! Map: [`config`] (cluster.toml → validated spec), [`store`] (redb, durable
+//! state), [`registry`] (live sessions), [`server`] (the gRPC services and the
+//! TLS listener), [`serve`] (`coordinator serve`: open, listen, run providers),
+//! [`ctl`] (the CLI's commands), [`admin_conf`] (the operator's credentials).
+
+pub mod admin_conf;
 pub mod config;
+pub mod error;
+pub mod registry;
+pub mod server;
 pub mod store;

@@ -212,7 +212,7 @@ pub fn write_image_archive<W: Write>(
     .map_err(io::Error::other)?;
 
     let mut b = tar::Builder::new(out);
-    let mut file = |b: &mut tar::Builder<W>, path: &str, data: &[u8]| -> io::Result<()> {
+    let file = |b: &mut tar::Builder<W>, path: &str, data: &[u8]| -> io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o644);

@@ -1,0 +1,106 @@
+//! The agent's settings: from a TOML file (what systemd and cloud-init use),
+//! overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("cannot read agent config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{0} is required (flag --{0}, or `{0} = ...` in the agent config file)")]
+    Missing(&'static str),
+}
+
+/// The file form; every key is optional so that flags can fill the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub coordinator: Option<String>,
+    pub token: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub docker_socket: Option<PathBuf>,
+    pub public_interface: Option<String>,
+    pub private_interface: Option<String>,
+}
+
+impl AgentFile {
+    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let before = &text[..offset];
+            AgentConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: before.matches('\n').count() + 1,
+                column: before.rsplit('\n').next().map(str::len).unwrap_or(0) + 1,
+                message: e.message().to_string(),
+            }
+        })
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// HOST:PORT of the coordinator.
+    pub coordinator: String,
+    /// Needed only until the agent holds a certificate.
+    pub token: Option<String>,
+    pub state_dir: PathBuf,
+    pub name: String,
+    pub docker_socket: PathBuf,
+    pub public_interface: Option<String>,
+    pub private_interface: Option<String>,
+}
+
+impl AgentConfig {
+    /// `flags` wins over `file`, field by field.
+    pub fn merge(flags: AgentFile, file: AgentFile) -> Result<Self, AgentConfigError> {
+        let coordinator = flags.coordinator.or(file.coordinator).ok_or(AgentConfigError::Missing("coordinator"))?;
+        let state_dir = flags.state_dir.or(file.state_dir).ok_or(AgentConfigError::Missing("state-dir"))?;
+        let name = match flags.name.or(file.name) {
+            Some(n) => n,
+            None => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).map_err(|_| AgentConfigError::Missing("name"))?,
+        };
+        Ok(AgentConfig {
+            coordinator,
+            token: flags.token.or(file.token),
+            state_dir,
+            name,
+            docker_socket: flags.docker_socket.or(file.docker_socket).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
+            public_interface: flags.public_interface.or(file.public_interface),
+            private_interface: flags.private_interface.or(file.private_interface),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_name_the_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "coordinator = \"10.0.0.1:7443\"\nstate_dir = \"/var/lib/apiary\"\nname = \"a\"\n").expect("write");
+        let file = AgentFile::load(&path).expect("load");
+        let flags = AgentFile { name: Some("b".into()), ..Default::default() };
+        let c = AgentConfig::merge(flags, file).expect("merge");
+        assert_eq!((c.coordinator.as_str(), c.name.as_str()), ("10.0.0.1:7443", "b"));
+
+        std::fs::write(&path, "coordinator = \"x\"\ntokn = \"y\"\n").expect("write");
+        let err = AgentFile::load(&path).expect_err("unknown key").to_string();
+        assert!(err.contains("agent.toml:2:") && err.contains("tokn"), "{err}");
+    }
+
+    #[test]
+    fn missing_coordinator_is_named() {
+        let err = AgentConfig::merge(AgentFile::default(), AgentFile::default()).expect_err("missing");
+        assert!(err.to_string().contains("coordinator"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `agent`: thin wrapper over [`apiary_agent::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use apiary_agent::config::{AgentConfig, AgentFile};
+use clap::Parser;
+
+/// apiary's host agent: enrolls this host into a cluster with a join token, then
+/// keeps one mutual-TLS session to the coordinator (heartbeats, facts,
+/// commands). Settings come from --config (as written by cloud-init or the
+/// lab) and are overridden by flags.
+///
+/// Exit codes: 0 stopped, 1 failure, 64 usage/config error, 77 refused by the
+/// coordinator (bad or rotated token, revoked or expired certificate, CA mismatch).
+#[derive(Debug, Parser)]
+#[command(name = "agent", version)]
+struct Args {
+    /// Agent config file (TOML: coordinator, token, state_dir, name, docker_socket, ...).
+    #[arg(long, env = "APIARY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator address, HOST:PORT.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Join token (APIARY-1-...); only needed until this host holds a certificate.
+    #[arg(long, env = "APIARY_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the key, certificate and CA are kept (0600).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// The local Docker engine's socket.
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let file = match &args.config {
+        Some(path) => match AgentFile::load(path) {
+            Ok(f) => f,
+            Err(e) => return fail(&e, 64),
+        },
+        None => AgentFile::default(),
+    };
+    let flags = AgentFile {
+        coordinator: args.coordinator,
+        token: args.token,
+        state_dir: args.state_dir,
+        name: args.name,
+        docker_socket: args.docker_socket,
+        public_interface: None,
+        private_interface: None,
+    };
+    let config = match AgentConfig::merge(flags, file) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, 64),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e, 1),
+    };
+    match runtime.block_on(apiary_agent::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, u8::try_from(e.exit_code()).unwrap_or(1)),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("agent: {e}");
+    ExitCode::from(code)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

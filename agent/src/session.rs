@@ -1,0 +1,301 @@
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use apiary_certs::{
+    COORDINATOR_SERVER_NAME, CertError, Identity, JoinToken, TlsRefusal, classify_tls_failure,
+    enrollment_client_config, mtls_client_config, new_key_and_csr,
+};
+use apiary_proto::agent_api_client::AgentApiClient;
+use apiary_proto::enrollment_client::EnrollmentClient;
+use apiary_proto::{AgentMessage, EnrollRequest, Heartbeat, Hello, RenewRequest, agent_message, coordinator_message, dial};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::facts::FactsSource;
+
+/// Why an agent stopped. Each says what to do; [`AgentError::exit_code`] maps
+/// them to the process's exit status (in one place).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no identity in {state_dir} and no join token: pass --token (or token = ... in the config file) to enroll")]
+    NeedToken { state_dir: String },
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("enrollment refused by the coordinator: {0}")]
+    TokenRefused(String),
+    #[error("{0}")]
+    Refused(#[from] TlsRefusal),
+    #[error("the coordinator ended this node's session: {0}")]
+    Removed(String),
+    #[error("the certificate in {state_dir} expired at {at} while the agent was away; re-enroll by passing a join token")]
+    Expired { state_dir: String, at: String },
+}
+
+impl AgentError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::NeedToken { .. } => 64,
+            // EX_NOPERM: systemd's RestartPreventExitStatus=77 keeps a refused
+            // agent from hammering the coordinator.
+            AgentError::TokenRefused(_) | AgentError::Refused(_) | AgentError::Removed(_) | AgentError::Expired { .. } => 77,
+            AgentError::Cert(_) => 1,
+        }
+    }
+}
+
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` completes or a refusal makes it pointless.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
+    let facts = FactsSource {
+        public_interface: config.public_interface.clone(),
+        private_interface: config.private_interface.clone(),
+        ..FactsSource::host(config.docker_socket.clone())
+    };
+    let mut identity = tokio::select! {
+        id = obtain_identity(&config) => id?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        let outcome = tokio::select! {
+            o = session(&config, &identity, &facts) => o,
+            _ = &mut shutdown => {
+                info!("shutting down");
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(SessionEnd::Renewed(new)) => {
+                identity = new;
+                backoff.reset();
+                continue;
+            }
+            Ok(SessionEnd::Closed) => info!("session closed by the coordinator; reconnecting"),
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Retry(reason)) => warn!(%reason, "session failed; reconnecting"),
+        }
+        let delay = backoff.next();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter (so a coordinator restart does
+/// not bring every agent back in the same millisecond).
+#[derive(Debug)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { attempt: 0 }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let cap = Duration::from_millis(200 * 2u64.pow(self.attempt.min(7))).min(Duration::from_secs(15));
+        self.attempt += 1;
+        Duration::from_millis(100) + cap.mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+async fn obtain_identity(config: &AgentConfig) -> Result<Identity, AgentError> {
+    let dir = &config.state_dir;
+    if Identity::exists(dir) {
+        let id = Identity::load(dir)?;
+        let peer = id.peer()?;
+        if peer.not_after > SystemTime::now() {
+            info!(node = %peer.node, serial = %peer.serial, "using the identity in the state directory");
+            return Ok(id);
+        }
+        if config.token.is_none() {
+            return Err(AgentError::Expired {
+                state_dir: dir.display().to_string(),
+                at: humantime::format_rfc3339_seconds(peer.not_after).to_string(),
+            });
+        }
+        warn!("the saved certificate has expired; re-enrolling with the join token");
+    }
+    let token = config.token.as_deref().ok_or_else(|| AgentError::NeedToken { state_dir: dir.display().to_string() })?;
+    enroll(config, token.parse()?).await
+}
+
+async fn enroll(config: &AgentConfig, token: JoinToken) -> Result<Identity, AgentError> {
+    let tls = enrollment_client_config(token.ca_digest)?;
+    let mut backoff = Backoff::default();
+    loop {
+        // The handshake alone decides whether this coordinator holds the CA the
+        // token pins; nothing (not even the CSR) is sent before it succeeds.
+        match dial::handshake(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone()).await {
+            Ok(()) => {}
+            Err(e) => {
+                if let Some(refusal) = classify_tls_failure(&e) {
+                    return Err(refusal.into());
+                }
+                warn!(coordinator = %config.coordinator, error = %e, "coordinator not reachable yet; retrying");
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+        }
+        let (key, csr) = new_key_and_csr(&config.name)?;
+        let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
+            .map_err(|e| AgentError::TokenRefused(e.to_string()))?;
+        let request = EnrollRequest { token: token.to_string(), node_name: config.name.clone(), csr_der: csr };
+        match EnrollmentClient::new(channel).enroll(request).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                let id = Identity { key_pem: key.serialize_pem(), cert_der: resp.cert_der, ca_der: resp.ca_der };
+                if id.ca_digest() != token.ca_digest {
+                    return Err(TlsRefusal::CaMismatch("the CA returned at enrollment differs from the token's".into()).into());
+                }
+                id.save(&config.state_dir)?;
+                info!(node = %resp.node_name, "enrolled");
+                return Ok(id);
+            }
+            Err(status) if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
+                return Err(AgentError::TokenRefused(status.message().to_string()));
+            }
+            Err(status) => {
+                warn!(error = %status, "enrollment failed; retrying");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Closed,
+    Renewed(Identity),
+}
+
+enum SessionError {
+    Fatal(AgentError),
+    Retry(String),
+}
+
+impl From<AgentError> for SessionError {
+    fn from(e: AgentError) -> Self {
+        SessionError::Fatal(e)
+    }
+}
+
+impl From<CertError> for SessionError {
+    fn from(e: CertError) -> Self {
+        SessionError::Fatal(e.into())
+    }
+}
+
+/// Turns a failed call into fatal (a refusal) or retryable (anything else). A
+/// transport error is probed with a bare handshake, which says which alert the
+/// coordinator sent, if any.
+async fn judge(config: &AgentConfig, tls: &rustls::ClientConfig, status: tonic::Status) -> SessionError {
+    if status.code() == tonic::Code::PermissionDenied {
+        return SessionError::Fatal(AgentError::Removed(status.message().to_string()));
+    }
+    if let Some(refusal) = classify_tls_failure(&status) {
+        return SessionError::Fatal(refusal.into());
+    }
+    if let Err(e) = dial::handshake(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone()).await
+        && let Some(refusal) = classify_tls_failure(&e)
+    {
+        return SessionError::Fatal(refusal.into());
+    }
+    SessionError::Retry(status.to_string())
+}
+
+async fn session(config: &AgentConfig, identity: &Identity, facts: &FactsSource) -> Result<SessionEnd, SessionError> {
+    let peer = identity.peer()?;
+    let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
+    let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
+        .map_err(|e| SessionError::Retry(e.to_string()))?;
+    let mut client = AgentApiClient::new(channel);
+
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let hello = AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello { agent_version: AGENT_VERSION.into(), facts: Some(facts.gather().await) })),
+    };
+    let _ = tx.send(hello).await;
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(judge(config, &tls, status).await),
+    };
+
+    // Renew at two thirds of the certificate's life.
+    let life = peer.not_after.duration_since(peer.not_before).unwrap_or_default();
+    let renew_at = peer.not_before + life.mul_f64(2.0 / 3.0);
+    let until_renewal = renew_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let renewal = tokio::time::sleep(until_renewal);
+    tokio::pin!(renewal);
+
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut seq = 0u64;
+    let mut welcomed = false;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(coordinator_message::Msg::Welcome(w)) => {
+                        let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
+                        heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        if !welcomed {
+                            info!(node = %w.node_name, heartbeat_ms = w.heartbeat_interval_ms, "session established");
+                        }
+                        welcomed = true;
+                    }
+                    Some(coordinator_message::Msg::HeartbeatAck(_)) => {}
+                    Some(coordinator_message::Msg::Command(cmd)) => {
+                        if let Some(apiary_proto::command::Kind::RefreshFacts(_)) = cmd.kind {
+                            let f = facts.gather().await;
+                            let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Facts(f)) }).await;
+                        }
+                    }
+                    None => {}
+                },
+                Ok(None) => return Ok(SessionEnd::Closed),
+                Err(status) => return Err(judge(config, &tls, status).await),
+            },
+            _ = heartbeat.tick() => {
+                seq += 1;
+                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq })) }).await.is_err() {
+                    return Err(SessionError::Retry("session stream closed".into()));
+                }
+            }
+            _ = &mut renewal => {
+                match renew(&mut client, identity, &config.state_dir).await {
+                    Ok(new) => return Ok(SessionEnd::Renewed(new)),
+                    Err(status) => {
+                        warn!(error = %status, "certificate renewal failed; retrying in 30 s");
+                        renewal.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn renew(
+    client: &mut AgentApiClient<tonic::transport::Channel>,
+    identity: &Identity,
+    state_dir: &Path,
+) -> Result<Identity, tonic::Status> {
+    let csr = identity.renewal_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let resp = client.renew(RenewRequest { csr_der: csr }).await?.into_inner();
+    let new = Identity { cert_der: resp.cert_der, ..identity.clone() };
+    new.save(state_dir).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let peer = new.peer().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    info!(serial = %peer.serial, not_after = %humantime::format_rfc3339_seconds(peer.not_after), "certificate renewed");
+    Ok(new)
+}

@@ -1,0 +1,106 @@
+//! Live agent sessions, in memory: who is connected, when each was last heard
+//! from, and the channel to send it commands. Durable facts live in the store;
+//! this is only what dies with the process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apiary_proto::{CoordinatorMessage, Facts};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+#[derive(Debug)]
+struct Live {
+    session: u64,
+    outbox: Outbox,
+    last_seen: Instant,
+    last_seen_unix_ms: u64,
+    facts: Option<Facts>,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Live>>,
+    next_session: AtomicU64,
+}
+
+/// What the registry knows of one node right now.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub connected_and_fresh: bool,
+    pub last_seen_unix_ms: u64,
+    pub facts: Option<Facts>,
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new session for `node`, replacing (and closing) an older one:
+    /// one agent, one session.
+    pub fn connect(&self, node: &str, outbox: Outbox, facts: Option<Facts>) -> u64 {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = Live { session, outbox, last_seen: Instant::now(), last_seen_unix_ms: now_unix_ms(), facts };
+        if let Some(old) = self.lock().insert(node.to_string(), live) {
+            let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer session from the same node")));
+        }
+        session
+    }
+
+    pub fn disconnect(&self, node: &str, session: u64) {
+        let mut map = self.lock();
+        if map.get(node).is_some_and(|l| l.session == session) {
+            map.remove(node);
+        }
+    }
+
+    pub fn seen(&self, node: &str, session: u64) {
+        if let Some(l) = self.lock().get_mut(node).filter(|l| l.session == session) {
+            l.last_seen = Instant::now();
+            l.last_seen_unix_ms = now_unix_ms();
+        }
+    }
+
+    pub fn set_facts(&self, node: &str, session: u64, facts: Facts) {
+        if let Some(l) = self.lock().get_mut(node).filter(|l| l.session == session) {
+            l.facts = Some(facts);
+        }
+    }
+
+    /// Ends `node`'s session with `status` (the agent reads it as the reason).
+    pub fn kick(&self, node: &str, status: Status) {
+        if let Some(l) = self.lock().remove(node) {
+            let _ = l.outbox.try_send(Err(status));
+        }
+    }
+
+    pub fn view(&self, node: &str, heartbeat: Duration) -> Option<LiveView> {
+        self.lock().get(node).map(|l| LiveView {
+            connected_and_fresh: l.last_seen.elapsed() < heartbeat * 3,
+            last_seen_unix_ms: l.last_seen_unix_ms,
+            facts: l.facts.clone(),
+        })
+    }
+
+    pub fn outbox(&self, node: &str) -> Option<Outbox> {
+        self.lock().get(node).map(|l| l.outbox.clone())
+    }
+
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// (node, last seen) of every session, for persisting last-seen times.
+    pub fn last_seen(&self) -> Vec<(String, u64)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), v.last_seen_unix_ms)).collect()
+    }
+}

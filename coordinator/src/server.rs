@@ -1,0 +1,552 @@
+//! The coordinator proper: its CA, store and live sessions, and the three gRPC
+//! services on one TLS listener.
+//!
+//! Nothing here listens in plaintext: [`Coordinator::serve`] takes a bound TCP
+//! listener and only hands tonic connections that completed a TLS handshake.
+//! Which service a caller may use is decided from the role in its verified
+//! certificate, in [`require_role`], and nowhere else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apiary_certs::{
+    COORDINATOR_SERVER_NAME, ClusterCa, JoinToken, PeerIdentity, RevocationSet, Role, server_config,
+};
+use apiary_proto::admin_server::{Admin, AdminServer};
+use apiary_proto::agent_api_server::{AgentApi, AgentApiServer};
+use apiary_proto::enrollment_server::{Enrollment, EnrollmentServer};
+use apiary_proto::{
+    AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, Facts, HeartbeatAck, JoinTokenRequest,
+    JoinTokenResponse, NodeStatus, RemoveNodeRequest, RemoveNodeResponse, RenewRequest, RenewResponse,
+    StatusRequest, StatusResponse, Welcome, agent_message, coordinator_message,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::admin_conf::AdminConf;
+use crate::config::ClusterConfig;
+use crate::error::CoordinatorError;
+use crate::registry::{Registry, now_unix_ms};
+use crate::store::{CertRecord, NodeRecord, Op, RevocationRecord, Store, TokenRecord};
+
+pub struct Coordinator {
+    config: ClusterConfig,
+    state_dir: PathBuf,
+    ca: ClusterCa,
+    store: Store,
+    registry: Registry,
+    revoked: RevocationSet,
+    token: RwLock<TokenRecord>,
+    server_tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("cluster", &self.config.cluster_name).finish_non_exhaustive()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub const ADMIN_CONF: &str = "admin.conf";
+
+impl Coordinator {
+    /// Opens (or on first start creates) the state in `state_dir`: CA, store,
+    /// join token. Does not listen yet.
+    pub async fn open(config: ClusterConfig, state_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir_err = |source| CoordinatorError::StateDir { path: state_dir.to_path_buf(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(dir_err)?;
+
+        let (ca, created) = ClusterCa::load_or_create(&state_dir.join("pki"), &config.cluster_name)?;
+        if created {
+            info!(digest = %ca.digest(), "created the cluster CA");
+        }
+        let store = Store::open(&state_dir.join("state.redb"))?;
+        let revoked = RevocationSet::default();
+        for r in store.revocations()? {
+            revoked.insert(&r.serial);
+        }
+        let token = match store.token()? {
+            Some(t) => t,
+            None => {
+                let t = new_token_record(&ca, &config, Vec::new());
+                store.apply(vec![Op::PutToken(t.clone())]).await?;
+                t
+            }
+        };
+        // The server certificate is made afresh at every start: nothing pins it
+        // but its CA, and a short life limits what a stolen copy is worth.
+        let (server_cert, server_key) = ca.issue_with_key("coordinator", Role::Coordinator, Duration::from_secs(30 * 86400))?;
+        let server_tls = Arc::new(server_config(ca.cert_der(), &server_cert.der, &server_key, revoked.clone())?);
+        Ok(Arc::new(Coordinator {
+            config,
+            state_dir: state_dir.to_path_buf(),
+            ca,
+            store,
+            registry: Registry::default(),
+            revoked,
+            token: RwLock::new(token),
+            server_tls,
+        }))
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn current_token(&self) -> TokenRecord {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the join token; the old one is refused for new enrollments.
+    pub async fn rotate_token(&self) -> Result<TokenRecord, CoordinatorError> {
+        let old = self.current_token();
+        let mut rotated = old.rotated_hashes.clone();
+        if let Ok(t) = old.token.parse::<JoinToken>() {
+            rotated.push(t.secret_hash());
+        }
+        let keep = rotated.len().saturating_sub(32);
+        let record = new_token_record(&self.ca, &self.config, rotated.split_off(keep));
+        self.store.apply(vec![Op::PutToken(record.clone())]).await?;
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
+        info!("join token rotated");
+        Ok(record)
+    }
+
+    /// Writes `state_dir/admin.conf` on first start; later starts only update
+    /// its endpoint (the admin certificate stays).
+    pub fn write_admin_conf(&self, endpoint: SocketAddr) -> Result<PathBuf, CoordinatorError> {
+        let path = self.state_dir.join(ADMIN_CONF);
+        let endpoint = if endpoint.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), endpoint.port())
+        } else {
+            endpoint
+        };
+        let conf = match AdminConf::load(&path) {
+            Ok(mut conf) => {
+                if conf.endpoint == endpoint.to_string() {
+                    return Ok(path);
+                }
+                conf.endpoint = endpoint.to_string();
+                conf
+            }
+            Err(_) => {
+                let (cert, key) = self.ca.issue_with_key("admin", Role::Admin, self.config.admin_cert_ttl)?;
+                AdminConf {
+                    cluster: self.config.cluster_name.clone(),
+                    endpoint: endpoint.to_string(),
+                    ca: self.ca.cert_pem().to_string(),
+                    cert: cert.pem,
+                    key,
+                }
+            }
+        };
+        conf.save(&path)?;
+        Ok(path)
+    }
+
+    /// Serves until `shutdown` completes. Takes a bound listener so tests can
+    /// bind port 0 and run the real server in-process.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CoordinatorError> {
+        let acceptor = TlsAcceptor::from(self.server_tls.clone());
+        let (conn_tx, conn_rx) = mpsc::channel(1024);
+        let accept = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let conn_tx = conn_tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let flusher = tokio::spawn(self.clone().flush_last_seen());
+        let svc = Svc(self.clone());
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(EnrollmentServer::new(svc.clone()))
+            .add_service(AgentApiServer::new(svc.clone()))
+            .add_service(AdminServer::new(svc))
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+            .await;
+        accept.abort();
+        flusher.abort();
+        result.map_err(|e| CoordinatorError::Serve(e.to_string()))
+    }
+
+    /// Persists last-seen times now and then, so `ctl status` after a restart
+    /// still says when a node was last heard from. Heartbeats themselves stay in
+    /// memory: writing each one would cost an fsync per node per interval.
+    async fn flush_last_seen(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tick.tick().await;
+            let seen = self.registry.last_seen();
+            let ops: Vec<Op> = seen
+                .into_iter()
+                .filter_map(|(name, ms)| {
+                    let mut n = self.store.node(&name).ok()??;
+                    n.last_seen_unix_ms = ms;
+                    Some(Op::PutNode(n))
+                })
+                .collect();
+            if !ops.is_empty()
+                && let Err(e) = self.store.apply(ops).await
+            {
+                warn!(error = %e, "could not persist last-seen times");
+            }
+        }
+    }
+
+    /// The cluster as `ctl status` shows it.
+    pub fn status(&self) -> Result<StatusResponse, Status> {
+        let nodes = self.store.nodes().map_err(internal)?;
+        let nodes = nodes.into_iter().map(|n| self.node_status(n)).collect();
+        Ok(StatusResponse {
+            cluster: self.config.cluster_name.clone(),
+            nodes,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    fn node_status(&self, n: NodeRecord) -> NodeStatus {
+        let live = self.registry.view(&n.name, self.config.heartbeat_interval);
+        let facts = live
+            .as_ref()
+            .and_then(|l| l.facts.clone())
+            .or_else(|| self.store.facts(&n.name).ok().flatten().and_then(|b| Facts::decode(b.as_slice()).ok()));
+        let ready = live.as_ref().is_some_and(|l| l.connected_and_fresh);
+        NodeStatus {
+            state: if ready { "ready" } else { "down" }.to_string(),
+            public_ip: facts.as_ref().map(|f| f.public_ip.clone()).unwrap_or_default(),
+            private_ip: facts.as_ref().map(|f| f.private_ip.clone()).unwrap_or_default(),
+            last_seen_unix_ms: live.map(|l| l.last_seen_unix_ms).unwrap_or(n.last_seen_unix_ms),
+            facts,
+            cert_serial: n.cert_serial,
+            cert_not_after_unix: n.cert_not_after_unix,
+            enrolled_unix: n.enrolled_unix,
+            provider_id: n.provider_id,
+            provider_info: Default::default(),
+            name: n.name,
+        }
+    }
+
+    /// Removes a node: every certificate it holds is refused from the next
+    /// handshake on, and its live session is ended with the reason.
+    pub async fn remove_node(&self, name: &str) -> Result<Vec<String>, Status> {
+        if self.store.node(name).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("no node named {name:?}; `ctl status` lists the nodes")));
+        }
+        let now = unix_now();
+        let serials: Vec<String> = self
+            .store
+            .certs()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|c| c.node == name && c.role == Role::Agent.as_str() && c.not_after_unix >= now)
+            .map(|c| c.serial)
+            .collect();
+        // In memory first: the refusal must hold even before the write lands.
+        for s in &serials {
+            self.revoked.insert(s);
+        }
+        let mut ops: Vec<Op> = serials
+            .iter()
+            .map(|s| Op::Revoke(RevocationRecord { serial: s.clone(), node: name.to_string(), revoked_unix: now }))
+            .collect();
+        ops.push(Op::DeleteNode(name.to_string()));
+        self.store.apply(ops).await.map_err(internal)?;
+        self.registry.kick(
+            name,
+            Status::permission_denied(format!("node {name} was removed from the cluster; its certificate is revoked")),
+        );
+        info!(node = name, revoked = serials.len(), "node removed");
+        Ok(serials)
+    }
+
+    fn check_token(&self, presented: &str) -> Result<(), Status> {
+        let token: JoinToken = presented.parse().map_err(|e: apiary_certs::CertError| Status::invalid_argument(e.to_string()))?;
+        if token.ca_digest != self.ca.digest() {
+            return Err(Status::permission_denied(
+                "join token refused: it was issued for another cluster's CA; get this cluster's token with `coordinator token`",
+            ));
+        }
+        let current = self.current_token();
+        let current_hash = current.token.parse::<JoinToken>().map(|t| t.secret_hash()).unwrap_or_default();
+        let hash = token.secret_hash();
+        if hash == current_hash {
+            if let Some(exp) = current.expires_unix
+                && unix_now() >= exp
+            {
+                return Err(Status::permission_denied(format!(
+                    "join token refused: it expired at {} (unix {exp}); make a new one with `coordinator token --rotate`",
+                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(exp))
+                )));
+            }
+            return Ok(());
+        }
+        if current.rotated_hashes.contains(&hash) {
+            return Err(Status::permission_denied(
+                "join token refused: it was rotated and is no longer valid; get the current one with `coordinator token`",
+            ));
+        }
+        Err(Status::permission_denied("join token refused: wrong secret for this cluster; get the current one with `coordinator token`"))
+    }
+
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, Status> {
+        self.check_token(&req.token)?;
+        let name = req.node_name;
+        if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+            return Err(Status::invalid_argument(format!(
+                "node name {name:?} must be 1-63 characters of letters, digits, '-', '.', '_' (set it with --name)"
+            )));
+        }
+        let cert = self
+            .ca
+            .sign_csr(&req.csr_der, &name, Role::Agent, self.config.node_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let previous = self.store.node(&name).map_err(internal)?;
+        let now = unix_now();
+        let mut ops = vec![
+            Op::PutCert(CertRecord {
+                serial: cert.serial.clone(),
+                node: name.clone(),
+                role: Role::Agent.as_str().into(),
+                issued_unix: now,
+                not_after_unix: unix(cert.not_after),
+            }),
+            Op::PutNode(NodeRecord {
+                name: name.clone(),
+                enrolled_unix: previous.as_ref().map(|p| p.enrolled_unix).unwrap_or(now),
+                cert_serial: cert.serial.clone(),
+                cert_not_after_unix: unix(cert.not_after),
+                last_seen_unix_ms: previous.as_ref().map(|p| p.last_seen_unix_ms).unwrap_or(0),
+                provider_id: previous.as_ref().map(|p| p.provider_id.clone()).unwrap_or_default(),
+            }),
+        ];
+        // Re-enrolling under a name that exists (a host whose state was wiped)
+        // takes the name over: the old identity must not stay valid beside it.
+        if let Some(p) = &previous {
+            self.revoked.insert(&p.cert_serial);
+            ops.push(Op::Revoke(RevocationRecord { serial: p.cert_serial.clone(), node: name.clone(), revoked_unix: now }));
+            self.registry.kick(&name, Status::aborted("this node re-enrolled with a new identity"));
+        }
+        self.store.apply(ops).await.map_err(internal)?;
+        info!(node = %name, serial = %cert.serial, reenrolled = previous.is_some(), "node enrolled");
+        Ok(EnrollResponse { cert_der: cert.der, ca_der: self.ca.cert_der().to_vec(), node_name: name })
+    }
+
+    async fn renew(&self, peer: &PeerIdentity, csr: &[u8]) -> Result<RenewResponse, Status> {
+        let Some(mut node) = self.store.node(&peer.node).map_err(internal)? else {
+            return Err(Status::permission_denied(format!("node {} is not a member of this cluster", peer.node)));
+        };
+        let cert = self
+            .ca
+            .sign_csr(csr, &peer.node, Role::Agent, self.config.node_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        node.cert_serial = cert.serial.clone();
+        node.cert_not_after_unix = unix(cert.not_after);
+        self.store
+            .apply(vec![
+                Op::PutCert(CertRecord {
+                    serial: cert.serial.clone(),
+                    node: peer.node.clone(),
+                    role: Role::Agent.as_str().into(),
+                    issued_unix: unix_now(),
+                    not_after_unix: unix(cert.not_after),
+                }),
+                Op::PutNode(node),
+            ])
+            .await
+            .map_err(internal)?;
+        info!(node = %peer.node, serial = %cert.serial, "certificate renewed");
+        Ok(RenewResponse { cert_der: cert.der })
+    }
+
+    async fn run_session(self: Arc<Self>, node: String, mut inbound: Streaming<AgentMessage>, outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>) {
+        let session = self.registry.connect(&node, outbox.clone(), None);
+        let welcome = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Welcome(Welcome {
+                node_name: node.clone(),
+                heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            })),
+        };
+        if outbox.send(Ok(welcome)).await.is_err() {
+            self.registry.disconnect(&node, session);
+            return;
+        }
+        loop {
+            match inbound.message().await {
+                Ok(Some(AgentMessage { msg: Some(msg) })) => {
+                    self.registry.seen(&node, session);
+                    match msg {
+                        agent_message::Msg::Hello(hello) => {
+                            let facts = hello.facts.unwrap_or_default();
+                            info!(version = %hello.agent_version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
+                            self.record_facts(&node, session, facts).await;
+                        }
+                        agent_message::Msg::Facts(facts) => self.record_facts(&node, session, facts).await,
+                        agent_message::Msg::Heartbeat(hb) => {
+                            let ack = CoordinatorMessage { msg: Some(coordinator_message::Msg::HeartbeatAck(HeartbeatAck { seq: hb.seq })) };
+                            if outbox.send(Ok(ack)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Some(AgentMessage { msg: None })) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "session stream error");
+                    break;
+                }
+            }
+        }
+        self.registry.disconnect(&node, session);
+        info!("node session ended");
+    }
+
+    async fn record_facts(&self, node: &str, session: u64, facts: Facts) {
+        let encoded = facts.encode_to_vec();
+        self.registry.set_facts(node, session, facts);
+        if let Err(e) = self.store.apply(vec![Op::PutFacts { node: node.to_string(), encoded }]).await {
+            warn!(error = %e, "could not persist facts");
+        }
+    }
+}
+
+fn new_token_record(ca: &ClusterCa, config: &ClusterConfig, rotated_hashes: Vec<String>) -> TokenRecord {
+    let now = unix_now();
+    TokenRecord {
+        token: JoinToken::generate(ca.digest()).to_string(),
+        created_unix: now,
+        expires_unix: config.join_token_ttl.map(|ttl| now + ttl.as_secs()),
+        rotated_hashes,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// The verified identity of the caller, which must hold `role`.
+fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdentity, Status> {
+    let cert = req.peer_certs().and_then(|certs| certs.first().cloned()).ok_or_else(|| {
+        Status::unauthenticated(format!("this API needs a client certificate with role {role}; none was presented"))
+    })?;
+    let peer = PeerIdentity::from_der(&cert).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if peer.role != role {
+        return Err(Status::permission_denied(format!(
+            "this API is for {role} certificates; the caller presented a {} certificate ({})",
+            peer.role, peer.node
+        )));
+    }
+    Ok(peer)
+}
+
+#[derive(Clone)]
+struct Svc(Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl Enrollment for Svc {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let span = info_span!("enroll", node = %req.node_name);
+        self.0.enroll(req).instrument(span).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl AgentApi for Svc {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        if self.0.store.node(&peer.node).map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!("node {} is not a member of this cluster; re-enroll with a join token", peer.node)));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let span = info_span!("session", node = %peer.node);
+        tokio::spawn(self.0.clone().run_session(peer.node, req.into_inner(), tx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        self.0.renew(&peer, &req.into_inner().csr_der).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Svc {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        self.0.status().map(Response::new)
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let name = req.into_inner().name;
+        info!(admin = %admin.node, node = %name, "remove node requested");
+        let revoked_serials = self.0.remove_node(&name).await?;
+        Ok(Response::new(RemoveNodeResponse { revoked_serials }))
+    }
+
+    async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        let record = if req.into_inner().rotate {
+            self.0.rotate_token().await.map_err(internal)?
+        } else {
+            self.0.current_token()
+        };
+        Ok(Response::new(JoinTokenResponse { token: record.token, expires_unix: record.expires_unix.unwrap_or(0) }))
+    }
+}
+
+pub const SERVER_NAME: &str = COORDINATOR_SERVER_NAME;

@@ -1,0 +1,399 @@
+//! The droplet's bootstrap: cloud-init user_data that installs Docker from
+//! the distribution, installs the agent binary over verified HTTPS, writes
+//! the agent's config with the join token, and starts the agent under
+//! systemd. Nothing else: everything after enrollment arrives over the
+//! agent's mTLS session.
+//!
+//! The document is built as data and serialised (YAML, TOML), never by
+//! pasting strings into a template, so no value can break out of its field.
+
+use serde::Serialize;
+use url::Url;
+
+use crate::config::{DigitalOceanConfig, HostName};
+use crate::model::MAX_USER_DATA_BYTES;
+
+/// Where the files go on the host.
+pub const CA_PATH: &str = "/etc/apiary/ca.pem";
+pub const AGENT_CONFIG_PATH: &str = "/etc/apiary/agent.toml";
+pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/apiary-agent";
+pub const UNIT_NAME: &str = "apiary-agent.service";
+pub const UNIT_PATH: &str = "/etc/systemd/system/apiary-agent.service";
+pub const INSTALLER_PATH: &str = "/usr/local/lib/apiary/install-agent";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/apiary";
+
+/// A minimal unit, used when the caller passes none (the coordinator should
+/// pass `deploy/systemd/apiary-agent.service`).
+pub const DEFAULT_UNIT: &str = "\
+[Unit]
+Description=apiary agent
+Wants=network-online.target docker.service
+After=network-online.target docker.service
+
+[Service]
+ExecStart=/usr/local/bin/apiary-agent --config /etc/apiary/agent.toml
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Installs the agent binary: downloads to a temporary file, checks the
+/// digest when one is given, then moves it into place, so a half-written
+/// binary is never started. `cluster-ca` trust means curl trusts only the
+/// cluster CA written by cloud-init (`--cacert` replaces the system bundle).
+const INSTALLER: &str = r#"#!/bin/sh
+# apiary: install the agent binary. Usage: install-agent URL TRUST [SHA256]
+# TRUST is "cluster-ca" (only /etc/apiary/ca.pem is trusted) or "system".
+set -eu
+url="$1"
+trust="$2"
+sum="${3:-}"
+tmp="$(mktemp /usr/local/bin/.apiary-agent.XXXXXX)"
+trap 'rm -f "$tmp"' EXIT
+if [ "$trust" = cluster-ca ]; then
+  set -- --cacert /etc/apiary/ca.pem
+else
+  set --
+fi
+# The coordinator may come up after the droplet: keep trying for ~10 minutes.
+curl --proto '=https' --tlsv1.2 --fail --silent --show-error --location \
+  --retry 120 --retry-delay 5 --retry-all-errors --connect-timeout 10 --max-time 300 \
+  "$@" --output "$tmp" "$url"
+if [ -n "$sum" ]; then
+  echo "$sum  $tmp" | sha256sum --check --status
+fi
+chmod 0755 "$tmp"
+mv -f "$tmp" /usr/local/bin/apiary-agent
+trap - EXIT
+"#;
+
+/// Errors in what would go into user_data; each names the input.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("bootstrap.{field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+
+    #[error(
+        "bootstrap.ca_cert_pem contains a private key; pass only the CA certificate: user_data is \
+         readable by every process on the droplet through the metadata service"
+    )]
+    PrivateKeyInCa,
+
+    #[error(
+        "the rendered user_data is {bytes} bytes, over the API's limit of {MAX_USER_DATA_BYTES}; \
+         shorten the systemd unit or the CA chain"
+    )]
+    TooLarge { bytes: usize },
+
+    #[error("could not serialise the {what}: {reason}")]
+    Serialise { what: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> RenderError {
+    RenderError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Where the host gets the agent binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentSource {
+    /// Served by the coordinator over HTTPS; the server must present a
+    /// certificate from the cluster CA (the one in user_data).
+    Coordinator { url: Url },
+    /// An HTTPS URL from the config, verified against the system's trust
+    /// store, and against `sha256` when given.
+    Url { url: Url, sha256: Option<String> },
+}
+
+impl AgentSource {
+    /// The config's `agent_url` if set, else the coordinator's URL.
+    pub fn for_config(config: &DigitalOceanConfig, coordinator_url: Url) -> AgentSource {
+        match &config.agent {
+            Some(a) => AgentSource::Url {
+                url: a.url.clone(),
+                sha256: a.sha256.clone(),
+            },
+            None => AgentSource::Coordinator {
+                url: coordinator_url,
+            },
+        }
+    }
+}
+
+/// Everything the host needs to join.
+#[derive(Clone)]
+pub struct Bootstrap {
+    /// `host:port` the agent dials (the coordinator's private address).
+    pub coordinator_addr: String,
+    /// The join token: the only secret in user_data.
+    pub join_token: String,
+    /// The cluster CA certificate (PEM), pinned for the agent download.
+    pub ca_cert_pem: String,
+    pub agent_source: AgentSource,
+    /// `None`: the agent takes the hostname, which the droplet's name sets.
+    /// Leave it `None` to let hosts share one user_data (and one create
+    /// request for up to ten of them).
+    pub node_name: Option<HostName>,
+    pub state_dir: String,
+    /// The systemd unit's text; `None` for [`DEFAULT_UNIT`].
+    pub systemd_unit: Option<String>,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("coordinator_addr", &self.coordinator_addr)
+            .field("join_token", &"***")
+            .field("agent_source", &self.agent_source)
+            .field("node_name", &self.node_name)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bootstrap {
+    pub fn new(
+        coordinator_addr: impl Into<String>,
+        join_token: impl Into<String>,
+        ca_cert_pem: impl Into<String>,
+        agent_source: AgentSource,
+    ) -> Bootstrap {
+        Bootstrap {
+            coordinator_addr: coordinator_addr.into(),
+            join_token: join_token.into(),
+            ca_cert_pem: ca_cert_pem.into(),
+            agent_source,
+            node_name: None,
+            state_dir: DEFAULT_STATE_DIR.to_owned(),
+            systemd_unit: None,
+        }
+    }
+}
+
+/// `/etc/apiary/agent.toml` as written on the host.
+#[derive(Serialize)]
+struct AgentFile<'a> {
+    coordinator: &'a str,
+    join_token: &'a str,
+    ca_cert: &'a str,
+    state_dir: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct CloudConfig<'a> {
+    package_update: bool,
+    packages: Vec<&'a str>,
+    write_files: Vec<WriteFile>,
+    runcmd: Vec<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct WriteFile {
+    path: &'static str,
+    owner: &'static str,
+    permissions: &'static str,
+    content: String,
+}
+
+/// Renders the `#cloud-config` user_data for one host (or, with no
+/// `node_name`, for any number of hosts).
+pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
+    check_token(&b.join_token)?;
+    let ca = check_ca(&b.ca_cert_pem)?;
+    check_addr(&b.coordinator_addr)?;
+    if !b.state_dir.starts_with('/') || b.state_dir.chars().any(char::is_control) {
+        return Err(invalid("state_dir", "expected an absolute path"));
+    }
+    let (url, trust, sum) = match &b.agent_source {
+        AgentSource::Coordinator { url } => (url, "cluster-ca", None),
+        AgentSource::Url { url, sha256 } => (url, "system", sha256.as_deref()),
+    };
+    if url.scheme() != "https" {
+        return Err(invalid("agent_source", "the agent binary must come over https"));
+    }
+    if let Some(sum) = sum {
+        if sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid("agent_source.sha256", "expected 64 hexadecimal digits"));
+        }
+    }
+    let unit = b.systemd_unit.as_deref().unwrap_or(DEFAULT_UNIT);
+    if unit.contains("PRIVATE KEY") || unit.contains(&b.join_token) {
+        return Err(invalid(
+            "systemd_unit",
+            "the unit must not carry keys or the join token (they belong in agent.toml)",
+        ));
+    }
+
+    let agent = toml::to_string(&AgentFile {
+        coordinator: &b.coordinator_addr,
+        join_token: &b.join_token,
+        ca_cert: CA_PATH,
+        state_dir: &b.state_dir,
+        node_name: b.node_name.as_ref().map(HostName::as_str),
+    })
+    .map_err(|e| RenderError::Serialise {
+        what: "agent config",
+        reason: e.to_string(),
+    })?;
+    let agent = format!(
+        "# Written by cloud-init for apiary. The join token is single-use: enrollment\n\
+         # replaces it with the node's own certificate.\n{agent}"
+    );
+
+    let mut install = vec![INSTALLER_PATH.to_owned(), url.to_string(), trust.to_owned()];
+    if let Some(sum) = sum {
+        install.push(sum.to_ascii_lowercase());
+    }
+    let cmd = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let doc = CloudConfig {
+        package_update: true,
+        // Docker from the distribution; curl for the one download.
+        packages: vec!["docker.io", "curl", "ca-certificates"],
+        write_files: vec![
+            WriteFile {
+                path: CA_PATH,
+                owner: "root:root",
+                permissions: "0644",
+                content: ca,
+            },
+            WriteFile {
+                path: AGENT_CONFIG_PATH,
+                owner: "root:root",
+                // The join token is in it.
+                permissions: "0600",
+                content: agent,
+            },
+            WriteFile {
+                path: UNIT_PATH,
+                owner: "root:root",
+                permissions: "0644",
+                content: unit.to_owned(),
+            },
+            WriteFile {
+                path: INSTALLER_PATH,
+                owner: "root:root",
+                permissions: "0755",
+                content: INSTALLER.to_owned(),
+            },
+        ],
+        runcmd: vec![
+            install,
+            cmd(&["systemctl", "enable", "--now", "docker.service"]),
+            cmd(&["systemctl", "daemon-reload"]),
+            cmd(&["systemctl", "enable", "--now", UNIT_NAME]),
+        ],
+    };
+    let yaml = serde_norway::to_string(&doc).map_err(|e| RenderError::Serialise {
+        what: "cloud-config",
+        reason: e.to_string(),
+    })?;
+    let out = format!("#cloud-config\n# apiary agent bootstrap (apiary-digitalocean)\n{yaml}");
+    if out.len() > MAX_USER_DATA_BYTES {
+        return Err(RenderError::TooLarge { bytes: out.len() });
+    }
+    Ok(out)
+}
+
+fn check_token(token: &str) -> Result<(), RenderError> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "join_token",
+            "expected a non-empty token of visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_ca(pem: &str) -> Result<String, RenderError> {
+    if pem.contains("PRIVATE KEY") {
+        return Err(RenderError::PrivateKeyInCa);
+    }
+    let begin = pem.matches("-----BEGIN CERTIFICATE-----").count();
+    let end = pem.matches("-----END CERTIFICATE-----").count();
+    if begin == 0 || begin != end {
+        return Err(invalid(
+            "ca_cert_pem",
+            "expected one or more PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    let mut out = pem.trim().replace("\r\n", "\n");
+    out.push('\n');
+    Ok(out)
+}
+
+fn check_addr(addr: &str) -> Result<(), RenderError> {
+    let bad = || invalid("coordinator_addr", format!("{addr:?}: expected host:port"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    if !addr
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n";
+
+    fn bootstrap() -> Bootstrap {
+        Bootstrap::new(
+            "10.20.0.2:7443",
+            "APIARY-1-abc-def",
+            CA,
+            AgentSource::Coordinator {
+                url: Url::parse("https://10.20.0.2:7443/agent/linux-amd64").unwrap(),
+            },
+        )
+    }
+
+    #[test]
+    fn refuses_a_private_key_as_ca() {
+        let mut b = bootstrap();
+        b.ca_cert_pem = format!("{CA}-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
+        assert!(matches!(render_user_data(&b), Err(RenderError::PrivateKeyInCa)));
+    }
+
+    #[test]
+    fn refuses_bad_inputs() {
+        let mut b = bootstrap();
+        b.join_token = "a b".into();
+        assert!(render_user_data(&b).is_err());
+        let mut b = bootstrap();
+        b.coordinator_addr = "10.0.0.1".into();
+        assert!(render_user_data(&b).is_err());
+        let mut b = bootstrap();
+        b.agent_source = AgentSource::Url {
+            url: Url::parse("http://example.com/agent").unwrap(),
+            sha256: None,
+        };
+        assert!(render_user_data(&b).is_err());
+        let mut b = bootstrap();
+        b.systemd_unit = Some("ExecStart=/x APIARY-1-abc-def".into());
+        assert!(render_user_data(&b).is_err());
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let mut b = bootstrap();
+        b.systemd_unit = Some("#".repeat(MAX_USER_DATA_BYTES));
+        assert!(matches!(render_user_data(&b), Err(RenderError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        assert!(!format!("{:?}", bootstrap()).contains("abc-def"));
+    }
+}
