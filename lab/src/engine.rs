@@ -48,10 +48,16 @@ pub async fn version(host: &str, socket: &Path, timeout: Duration) -> Result<Str
 }
 
 /// Id of image `reference` in the engine, `None` if it has none.
-pub async fn image_id(docker: &Docker, host: &str, reference: &str) -> Result<Option<String>, LabError> {
+pub async fn image_id(
+    docker: &Docker,
+    host: &str,
+    reference: &str,
+) -> Result<Option<String>, LabError> {
     match docker.inspect_image(reference).await {
         Ok(i) => Ok(i.id),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
         Err(source) => Err(LabError::Docker {
             host: host.to_string(),
             action: "inspect image",

@@ -17,13 +17,19 @@ pub enum LabError {
     #[error("host name {0:?} appears twice in the lab spec: host names must be unique")]
     DuplicateHost(String),
 
-    #[error("the lab spec asks for {count} hosts, more than the {max} the lab's /24 ranges can hold")]
+    #[error(
+        "the lab spec asks for {count} hosts, more than the {max} the lab's /24 ranges can hold"
+    )]
     TooManyHosts { count: usize, max: usize },
 
     #[error(
         "path {path} is {len} bytes, longer than the {max} a unix socket path may have: use a shorter run directory, cluster name or host name"
     )]
-    PathTooLong { path: PathBuf, len: usize, max: usize },
+    PathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
 
     #[error("unknown host {0:?}: it is not in this lab's plan")]
     UnknownHost(String),
@@ -126,7 +132,11 @@ pub enum LabError {
 }
 
 impl LabError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         LabError::Io {
             action,
             path: path.into(),

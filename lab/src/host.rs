@@ -98,7 +98,13 @@ mod tests {
     use std::path::Path;
 
     fn host() -> HostPlan {
-        plan_host("bees", "queenbee", 0, Path::new("/s"), Path::new("/run/apiary"))
+        plan_host(
+            "bees",
+            "queenbee",
+            0,
+            Path::new("/s"),
+            Path::new("/run/apiary"),
+        )
     }
 
     #[test]

@@ -24,9 +24,19 @@ const EPOCH: u64 = 0;
 /// One entry of an image layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayerEntry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 impl LayerEntry {
@@ -95,7 +105,11 @@ pub fn layer_tar(entries: &[LayerEntry]) -> io::Result<Vec<u8>> {
             p = dir.parent();
         }
     }
-    entries.extend(parents.into_iter().map(|path| LayerEntry::Dir { path, mode: 0o755 }));
+    entries.extend(
+        parents
+            .into_iter()
+            .map(|path| LayerEntry::Dir { path, mode: 0o755 }),
+    );
     entries.sort_by(|a, b| a.path().cmp(b.path()));
     entries.dedup_by(|a, b| a.path() == b.path());
 
@@ -157,7 +171,11 @@ struct ContainerConfig {
     cmd: Vec<String>,
     #[serde(rename = "Entrypoint", skip_serializing_if = "Vec::is_empty", default)]
     entrypoint: Vec<String>,
-    #[serde(rename = "WorkingDir", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "WorkingDir",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     working_dir: Option<String>,
 }
 
@@ -242,7 +260,8 @@ pub fn elf_is_static(bytes: &[u8]) -> bool {
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
     let rd = |o: usize, n: usize| bytes.get(o..o + n);
-    let Some(phoff) = rd(0x20, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    let Some(phoff) =
+        rd(0x20, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
     else {
         return false;
     };
@@ -280,8 +299,13 @@ pub fn busybox_entries(busybox: Vec<u8>, applets: &str) -> Vec<LayerEntry> {
         },
         LayerEntry::Dir { path: "tmp".into(), mode: 0o1777 },
     ];
-    for d in ["dev", "proc", "sys", "root", "etc", "usr/bin", "usr/sbin", "sbin", "var/lib"] {
-        e.push(LayerEntry::Dir { path: d.into(), mode: 0o755 });
+    for d in [
+        "dev", "proc", "sys", "root", "etc", "usr/bin", "usr/sbin", "sbin", "var/lib",
+    ] {
+        e.push(LayerEntry::Dir {
+            path: d.into(),
+            mode: 0o755,
+        });
     }
     for a in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
         let a = a.trim_start_matches('/');
@@ -347,13 +371,19 @@ pub fn ensure_busybox_archive(
         });
     }
     let applets = applets()?;
-    let layer = layer_tar(&busybox_entries(bin, &applets)).map_err(|e| LabError::io("build layer for", &path, e))?;
+    let layer = layer_tar(&busybox_entries(bin, &applets))
+        .map_err(|e| LabError::io("build layer for", &path, e))?;
     std::fs::create_dir_all(cache_dir).map_err(|e| LabError::io("create", cache_dir, e))?;
     // write next to the target and rename, so a concurrent reader never sees half a file
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let f = std::fs::File::create(&tmp).map_err(|e| LabError::io("create", &tmp, e))?;
-    let id = write_image_archive(BUSYBOX_IMAGE, &busybox_config(), &layer, io::BufWriter::new(f))
-        .map_err(|e| LabError::io("write", &tmp, e))?;
+    let id = write_image_archive(
+        BUSYBOX_IMAGE,
+        &busybox_config(),
+        &layer,
+        io::BufWriter::new(f),
+    )
+    .map_err(|e| LabError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| LabError::io("rename into", &path, e))?;
     std::fs::write(&id_path, &id).map_err(|e| LabError::io("write", &id_path, e))?;
     Ok(ImageArchive {
@@ -412,7 +442,10 @@ mod tests {
 
     #[test]
     fn layer_has_parents_symlinks_and_is_reproducible() {
-        let entries = busybox_entries(b"BB".to_vec(), "/bin/sh\nusr/bin/wget\nbin/busybox\n../../etc/x\nsbin/ip\n");
+        let entries = busybox_entries(
+            b"BB".to_vec(),
+            "/bin/sh\nusr/bin/wget\nbin/busybox\n../../etc/x\nsbin/ip\n",
+        );
         let a = layer_tar(&entries).expect("tar");
         let b = layer_tar(&entries).expect("tar");
         assert_eq!(a, b, "same input, same bytes");
@@ -432,9 +465,11 @@ mod tests {
     fn archive_is_in_docker_load_format() {
         let layer = layer_tar(&busybox_entries(b"BB".to_vec(), "bin/sh\n")).expect("tar");
         let mut out = Vec::new();
-        let id = write_image_archive(BUSYBOX_IMAGE, &busybox_config(), &layer, &mut out).expect("archive");
+        let id = write_image_archive(BUSYBOX_IMAGE, &busybox_config(), &layer, &mut out)
+            .expect("archive");
         let files = read_tar(&out);
-        let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"].1).expect("json");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&files["manifest.json"].1).expect("json");
         let m = &manifest[0];
         assert_eq!(m["RepoTags"][0], BUSYBOX_IMAGE);
         let config_name = m["Config"].as_str().expect("config");
@@ -445,7 +480,10 @@ mod tests {
         assert_eq!(format!("{}.json", &id[7..]), config_name);
         assert_eq!(files[layer_name].1, layer);
         let c: serde_json::Value = serde_json::from_slice(config).expect("json");
-        assert_eq!(c["rootfs"]["diff_ids"][0], format!("sha256:{}", sha256_hex(&layer)));
+        assert_eq!(
+            c["rootfs"]["diff_ids"][0],
+            format!("sha256:{}", sha256_hex(&layer))
+        );
         assert_eq!(c["config"]["Cmd"][0], "/bin/sh");
         assert_eq!(c["os"], "linux");
     }
@@ -467,7 +505,10 @@ mod tests {
         ));
         assert!(matches!(
             ensure_busybox_archive(&dir.path().join("nope"), &cache, || Ok(String::new())),
-            Err(LabError::ToolMissing { package: "busybox-static", .. })
+            Err(LabError::ToolMissing {
+                package: "busybox-static",
+                ..
+            })
         ));
     }
 }

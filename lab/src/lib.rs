@@ -219,10 +219,19 @@ impl fmt::Display for TeardownReport {
             Ok(())
         };
         section("processes stopped", self.processes.clone())?;
-        section("mounts", self.mounts.iter().map(|p| p.display().to_string()).collect())?;
+        section(
+            "mounts",
+            self.mounts
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        )?;
         section("network namespaces", self.netns.clone())?;
         section("links", self.links.clone())?;
-        section("directories", self.dirs.iter().map(|p| p.display().to_string()).collect())
+        section(
+            "directories",
+            self.dirs.iter().map(|p| p.display().to_string()).collect(),
+        )
     }
 }
 
@@ -521,7 +530,13 @@ impl Lab {
     /// (`{}` unless the agent wrote one), data root, logs, run dir, wrapper.
     fn prepare_dirs(&self, host: &HostPlan) -> Result<(), LabError> {
         let etc_docker = host.root_prefix.join("etc/docker");
-        for d in [&etc_docker, &host.data_root, &host.log_dir, &host.run_dir, &host.pid_dir()] {
+        for d in [
+            &etc_docker,
+            &host.data_root,
+            &host.log_dir,
+            &host.run_dir,
+            &host.pid_dir(),
+        ] {
             std::fs::create_dir_all(d).map_err(|e| LabError::io("create", d, e))?;
         }
         let dj = host.daemon_json();
@@ -542,32 +557,54 @@ impl Lab {
     /// The persistent UTS namespace and its hostname.
     fn ensure_uts(&self, host: &HostPlan, changes: &mut Vec<String>) -> Result<(), LabError> {
         if !self.mount_points()?.contains(&host.uts_file) {
-            std::fs::write(&host.uts_file, b"").map_err(|e| LabError::io("create", &host.uts_file, e))?;
+            std::fs::write(&host.uts_file, b"")
+                .map_err(|e| LabError::io("create", &host.uts_file, e))?;
             self.run(Some(&host.name), &host::create_uts(host))?;
-            changes.push(format!("uts namespace {} (hostname {})", host.uts_file.display(), host.name));
+            changes.push(format!(
+                "uts namespace {} (hostname {})",
+                host.uts_file.display(),
+                host.name
+            ));
         }
         let out = self.run(Some(&host.name), &host::uts_hostname(host, None))?;
         if out.stdout.trim() != host.name {
-            self.run(Some(&host.name), &host::uts_hostname(host, Some(&host.name)))?;
-            changes.push(format!("hostname {} (was {})", host.name, out.stdout.trim()));
+            self.run(
+                Some(&host.name),
+                &host::uts_hostname(host, Some(&host.name)),
+            )?;
+            changes.push(format!(
+                "hostname {} (was {})",
+                host.name,
+                out.stdout.trim()
+            ));
         }
         Ok(())
     }
 
     fn write_pidfile(&self, host: &HostPlan, name: &str, pid: u32) -> Result<(), LabError> {
-        let start = self.inner.ops.process(pid).map(|p| p.start_time).unwrap_or(0);
+        let start = self
+            .inner
+            .ops
+            .process(pid)
+            .map(|p| p.start_time)
+            .unwrap_or(0);
         let path = host.pid_file(name);
-        std::fs::write(&path, procs::format_pidfile(pid, start)).map_err(|e| LabError::io("write", &path, e))
+        std::fs::write(&path, procs::format_pidfile(pid, start))
+            .map_err(|e| LabError::io("write", &path, e))
     }
 
     fn spawn(&self, host: &HostPlan, name: &str, cmd: &Cmd) -> Result<u32, LabError> {
         let log = host.log_file(name);
-        let pid = self.inner.ops.spawn_detached(cmd, &log).map_err(|e| LabError::Command {
-            host: Some(host.name.clone()),
-            command: cmd.to_string(),
-            status: "could not start".into(),
-            stderr: e.to_string(),
-        })?;
+        let pid = self
+            .inner
+            .ops
+            .spawn_detached(cmd, &log)
+            .map_err(|e| LabError::Command {
+                host: Some(host.name.clone()),
+                command: cmd.to_string(),
+                status: "could not start".into(),
+                stderr: e.to_string(),
+            })?;
         self.write_pidfile(host, name, pid)?;
         info!(host = %host.name, process = name, pid, log = %log.display(), "started");
         Ok(pid)
@@ -628,7 +665,9 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         let log = host.log_file(DOCKERD);
         loop {
-            if let Ok(v) = engine::version(&host.name, &host.docker_socket, Duration::from_secs(2)).await {
+            if let Ok(v) =
+                engine::version(&host.name, &host.docker_socket, Duration::from_secs(2)).await
+            {
                 return Ok(v);
             }
             if self.process_pid(host, DOCKERD) != Some(pid) {
@@ -668,7 +707,11 @@ impl Lab {
 
     /// Loads a `docker load` archive into each engine whose image `archive.reference`
     /// is not `archive.id`, in parallel. Returns the hosts it loaded into.
-    pub async fn load_image(&self, hosts: &[&HostPlan], archive: &ImageArchive) -> Result<Vec<String>, LabError> {
+    pub async fn load_image(
+        &self,
+        hosts: &[&HostPlan],
+        archive: &ImageArchive,
+    ) -> Result<Vec<String>, LabError> {
         self.require_lock()?;
         for h in hosts {
             self.planned(h)?;
@@ -682,11 +725,17 @@ impl Lab {
             let bytes = bytes.clone();
             async move {
                 let docker = engine::connect(&h.name, &h.docker_socket, Duration::from_secs(300))?;
-                if engine::image_id(&docker, &h.name, &archive.reference).await?.as_deref() == Some(archive.id.as_str()) {
+                if engine::image_id(&docker, &h.name, &archive.reference)
+                    .await?
+                    .as_deref()
+                    == Some(archive.id.as_str())
+                {
                     return Ok(None);
                 }
                 engine::load(&docker, &h.name, bytes).await?;
-                let got = engine::image_id(&docker, &h.name, &archive.reference).await?.unwrap_or_default();
+                let got = engine::image_id(&docker, &h.name, &archive.reference)
+                    .await?
+                    .unwrap_or_default();
                 if got != archive.id {
                     return Err(LabError::ImageMismatch {
                         host: h.name.clone(),
@@ -717,7 +766,11 @@ impl Lab {
     }
 
     /// Runs `argv` inside the host to completion; the output whatever the exit code.
-    pub async fn run_in_host(&self, host: &HostPlan, argv: &[String]) -> Result<CmdOutput, LabError> {
+    pub async fn run_in_host(
+        &self,
+        host: &HostPlan,
+        argv: &[String],
+    ) -> Result<CmdOutput, LabError> {
         self.planned(host)?;
         let cmd = self.host_command(host, argv);
         self.blocking(move |lab| lab.run_raw(&cmd)).await
@@ -739,7 +792,9 @@ impl Lab {
         self.planned(host)?;
         plan::validate_process_name(name)?;
         if argv.is_empty() {
-            return Err(LabError::InvalidProcessName(format!("{name} (empty command line)")));
+            return Err(LabError::InvalidProcessName(format!(
+                "{name} (empty command line)"
+            )));
         }
         if let Some(pid) = self.process_pid(host, name) {
             return Ok(pid);
@@ -775,7 +830,12 @@ impl Lab {
         let mut names: Vec<String> = std::fs::read_dir(host.pid_dir())
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".pid").map(str::to_string))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".pid")
+                            .map(str::to_string)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -803,26 +863,43 @@ impl Lab {
 
     /// Stops process `name` of the host: SIGTERM, then SIGKILL after `grace`.
     /// Returns the pid it stopped, `None` if it was not running.
-    pub async fn stop_process(&self, host: &HostPlan, name: &str, grace: Duration) -> Result<Option<u32>, LabError> {
+    pub async fn stop_process(
+        &self,
+        host: &HostPlan,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Option<u32>, LabError> {
         self.require_lock()?;
         let Some(pid) = self.process_pid(host, name) else {
             let _ = std::fs::remove_file(host.pid_file(name));
             return Ok(None);
         };
-        let start = self.inner.ops.process(pid).map(|p| p.start_time).unwrap_or(0);
+        let start = self
+            .inner
+            .ops
+            .process(pid)
+            .map(|p| p.start_time)
+            .unwrap_or(0);
         let signal = |sig| {
-            self.inner.ops.signal(pid, sig).map_err(|e| LabError::Command {
-                host: Some(host.name.clone()),
-                command: format!("kill -{sig:?} {pid} ({name})"),
-                status: "failed".into(),
-                stderr: e.to_string(),
-            })
+            self.inner
+                .ops
+                .signal(pid, sig)
+                .map_err(|e| LabError::Command {
+                    host: Some(host.name.clone()),
+                    command: format!("kill -{sig:?} {pid} ({name})"),
+                    status: "failed".into(),
+                    stderr: e.to_string(),
+                })
         };
         signal(ops::Sig::Term)?;
-        if !self.wait_gone(&[(pid, start)], Instant::now() + grace).await {
+        if !self
+            .wait_gone(&[(pid, start)], Instant::now() + grace)
+            .await
+        {
             warn!(host = %host.name, process = name, pid, "did not stop in time, killing");
             signal(ops::Sig::Kill)?;
-            self.wait_gone(&[(pid, start)], Instant::now() + Duration::from_secs(10)).await;
+            self.wait_gone(&[(pid, start)], Instant::now() + Duration::from_secs(10))
+                .await;
         }
         let _ = std::fs::remove_file(host.pid_file(name));
         info!(host = %host.name, process = name, pid, "stopped");
@@ -836,7 +913,8 @@ impl Lab {
         let mounts = self.mount_points()?;
         let mut out = Vec::new();
         for h in self.hosts() {
-            let netns = self.inner.ops.ns_inode(&h.netns_path()).is_some() && mounts.contains(&h.netns_path());
+            let netns = self.inner.ops.ns_inode(&h.netns_path()).is_some()
+                && mounts.contains(&h.netns_path());
             let uts = mounts.contains(&h.uts_file);
             if !netns && !uts && !h.run_dir.exists() && !h.host_dir.exists() {
                 continue;
@@ -846,9 +924,14 @@ impl Lab {
                 .into_iter()
                 .filter_map(|n| self.process_pid(h, &n).map(|p| (n, p)))
                 .collect();
-            let dockerd_pid = processes.iter().find(|(n, _)| n == DOCKERD).map(|&(_, p)| p);
+            let dockerd_pid = processes
+                .iter()
+                .find(|(n, _)| n == DOCKERD)
+                .map(|&(_, p)| p);
             let engine_answers = dockerd_pid.is_some()
-                && engine::version(&h.name, &h.docker_socket, Duration::from_secs(3)).await.is_ok();
+                && engine::version(&h.name, &h.docker_socket, Duration::from_secs(3))
+                    .await
+                    .is_ok();
             out.push(ExistingHost {
                 host: h.clone(),
                 netns,
@@ -921,9 +1004,15 @@ impl Lab {
         // dockerd last: the agent may be using it
         names.sort_by_key(|n| n == DOCKERD);
         for name in names {
-            let g = if name == DOCKERD { self.inner.opts.dockerd_stop_grace } else { grace };
+            let g = if name == DOCKERD {
+                self.inner.opts.dockerd_stop_grace
+            } else {
+                grace
+            };
             match self.stop_process(host, &name, g).await {
-                Ok(Some(pid)) => report.processes.push(format!("{}: {name} pid {pid}", host.name)),
+                Ok(Some(pid)) => report
+                    .processes
+                    .push(format!("{}: {name} pid {pid}", host.name)),
                 Ok(None) => {}
                 Err(e) => leftovers.push(e.to_string()),
             }
@@ -950,10 +1039,13 @@ impl Lab {
             for p in table.iter().filter(|p| pids.contains(&p.pid)) {
                 let _ = self.inner.ops.signal(p.pid, ops::Sig::Kill);
                 let cmd: String = p.cmdline.chars().take(60).collect();
-                report.processes.push(format!("{}: pid {} ({cmd})", host.name, p.pid));
+                report
+                    .processes
+                    .push(format!("{}: pid {} ({cmd})", host.name, p.pid));
                 ids.push((p.pid, p.start_time));
             }
-            self.wait_gone(&ids, Instant::now() + Duration::from_secs(10)).await;
+            self.wait_gone(&ids, Instant::now() + Duration::from_secs(10))
+                .await;
         }
         let h = host.clone();
         let sync = self
@@ -974,7 +1066,12 @@ impl Lab {
         (report, leftovers)
     }
 
-    fn teardown_host_sync(&self, host: &HostPlan, report: &mut TeardownReport, leftovers: &mut Vec<String>) {
+    fn teardown_host_sync(
+        &self,
+        host: &HostPlan,
+        report: &mut TeardownReport,
+        leftovers: &mut Vec<String>,
+    ) {
         // Mounts under the host's directories, deepest first (the UTS namespace file).
         match self.mount_points() {
             Ok(points) => {
@@ -993,8 +1090,11 @@ impl Lab {
             }
             Err(e) => leftovers.push(e.to_string()),
         }
-        if host.netns_path().exists() {
-            match self.run(Some(&host.name), &Cmd::ip(&format!("netns del {}", host.netns))) {
+        if self.inner.ops.ns_inode(&host.netns_path()).is_some() {
+            match self.run(
+                Some(&host.name),
+                &Cmd::ip(&format!("netns del {}", host.netns)),
+            ) {
                 Ok(_) => report.netns.push(host.netns.clone()),
                 Err(e) => leftovers.push(e.to_string()),
             }
@@ -1060,10 +1160,9 @@ impl Lab {
         };
         let alias = net::bridge_alias(&self.inner.spec.cluster);
         let ours = |name: &str| {
-            links
-                .iter()
-                .find(|l| l.name == name)
-                .is_some_and(|l| l.kind.as_deref() == Some("bridge") && l.alias.as_deref().is_none_or(|a| a == alias))
+            links.iter().find(|l| l.name == name).is_some_and(|l| {
+                l.kind.as_deref() == Some("bridge") && l.alias.as_deref().is_none_or(|a| a == alias)
+            })
         };
         let (ports, bridges) = net::lab_links(&links);
         for b in &bridges {

@@ -30,7 +30,9 @@ pub struct LabLock {
 
 impl std::fmt::Debug for LabLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabLock").field("path", &self.inner.path).finish()
+        f.debug_struct("LabLock")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -98,7 +100,9 @@ pub fn acquire(path: &Path, wait: Option<Duration>) -> Result<LabLock, LabError>
     };
     // Record the holder for the advice above; failing to is harmless.
     let mut f: &File = &flock;
-    let _ = f.set_len(0).and_then(|_| writeln!(f, "{}", std::process::id()));
+    let _ = f
+        .set_len(0)
+        .and_then(|_| writeln!(f, "{}", std::process::id()));
     let inner = Arc::new(Held {
         path: path.to_path_buf(),
         _flock: flock,
@@ -134,7 +138,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("lab.lock");
         // a second open file description behaves like another process
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).expect("open");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("open");
         let other = Flock::lock(f, FlockArg::LockExclusive).expect("flock");
         let err = acquire(&path, Some(Duration::from_millis(200))).expect_err("busy");
         assert!(err.to_string().contains("another lab holds it"), "{err}");

@@ -143,7 +143,11 @@ pub fn parse_routes(json: &str) -> Result<Vec<Route>, serde_json::Error> {
 }
 
 fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
 }
 
 /// Whether two prefixes share any address.
@@ -186,14 +190,20 @@ pub fn plan_network(cluster: &str, links: &[Link]) -> Result<Vec<Cmd>, LabError>
             None => {
                 cmds.push(Cmd::ip(&format!("link add name {bridge} type bridge")));
                 cmds.push(Cmd::new("ip").args(["link", "set", "dev", bridge, "alias", &alias]));
-                cmds.push(Cmd::ip(&format!("addr add {}/{} dev {bridge}", addr.0, addr.1)));
+                cmds.push(Cmd::ip(&format!(
+                    "addr add {}/{} dev {bridge}",
+                    addr.0, addr.1
+                )));
                 cmds.push(Cmd::ip(&format!("link set dev {bridge} up")));
             }
             Some(l) => {
                 if l.kind.as_deref() != Some("bridge") {
                     return Err(LabError::LinkConflict {
                         link: bridge.to_string(),
-                        reason: format!("is a {} link, not a bridge", l.kind.as_deref().unwrap_or("plain")),
+                        reason: format!(
+                            "is a {} link, not a bridge",
+                            l.kind.as_deref().unwrap_or("plain")
+                        ),
                     });
                 }
                 match l.alias.as_deref() {
@@ -211,10 +221,14 @@ pub fn plan_network(cluster: &str, links: &[Link]) -> Result<Vec<Cmd>, LabError>
                         });
                     }
                     // A bridge without alias is one we made and were interrupted on.
-                    None => cmds.push(Cmd::new("ip").args(["link", "set", "dev", bridge, "alias", &alias])),
+                    None => cmds
+                        .push(Cmd::new("ip").args(["link", "set", "dev", bridge, "alias", &alias])),
                 }
                 if !l.addrs.contains(&addr) {
-                    cmds.push(Cmd::ip(&format!("addr add {}/{} dev {bridge}", addr.0, addr.1)));
+                    cmds.push(Cmd::ip(&format!(
+                        "addr add {}/{} dev {bridge}",
+                        addr.0, addr.1
+                    )));
                 }
                 if !l.up {
                     cmds.push(Cmd::ip(&format!("link set dev {bridge} up")));
@@ -237,8 +251,18 @@ pub fn plan_host_links(host: &HostPlan, root: &[Link], inner: Option<&[Link]>) -
         cmds.push(Cmd::ip(&format!("netns add {ns}")));
     }
     for (outer, iface, bridge, ip) in [
-        (&host.veth_private, PRIVATE_IFACE, PRIVATE_BRIDGE, host.private_ip),
-        (&host.veth_public, PUBLIC_IFACE, PUBLIC_BRIDGE, host.public_ip),
+        (
+            &host.veth_private,
+            PRIVATE_IFACE,
+            PRIVATE_BRIDGE,
+            host.private_ip,
+        ),
+        (
+            &host.veth_public,
+            PUBLIC_IFACE,
+            PUBLIC_BRIDGE,
+            host.public_ip,
+        ),
     ] {
         let o = root.iter().find(|l| &l.name == outer);
         let i = inner_links.iter().find(|l| l.name == iface);
@@ -258,7 +282,9 @@ pub fn plan_host_links(host: &HostPlan, root: &[Link], inner: Option<&[Link]>) -
             cmds.push(Cmd::ip(&format!("link set dev {outer} master {bridge} up")));
         }
         if fresh || i.is_some_and(|i| !i.addrs.contains(&(ip, PREFIX_LEN))) {
-            cmds.push(Cmd::ip(&format!("-n {ns} addr add {ip}/{PREFIX_LEN} dev {iface}")));
+            cmds.push(Cmd::ip(&format!(
+                "-n {ns} addr add {ip}/{PREFIX_LEN} dev {iface}"
+            )));
         }
         if fresh || i.is_some_and(|i| !i.up) {
             cmds.push(Cmd::ip(&format!("-n {ns} link set dev {iface} up")));
@@ -305,7 +331,13 @@ mod tests {
     ]"#;
 
     fn host() -> HostPlan {
-        plan_host("bees", "queenbee", 0, Path::new("/s"), Path::new("/run/apiary"))
+        plan_host(
+            "bees",
+            "queenbee",
+            0,
+            Path::new("/s"),
+            Path::new("/run/apiary"),
+        )
     }
 
     fn strings(cmds: &[Cmd]) -> Vec<String> {
@@ -489,8 +521,14 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                ("198.18.0.0/24".to_string(), "local 198.18.0.7 dev dummy0 table local".to_string()),
-                ("10.231.0.0/24".to_string(), "10.0.0.0/8 via 192.0.2.9 dev eth0".to_string()),
+                (
+                    "198.18.0.0/24".to_string(),
+                    "local 198.18.0.7 dev dummy0 table local".to_string()
+                ),
+                (
+                    "10.231.0.0/24".to_string(),
+                    "10.0.0.0/8 via 192.0.2.9 dev eth0".to_string()
+                ),
             ]
         );
     }

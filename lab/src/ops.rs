@@ -217,7 +217,11 @@ impl HostOps for SystemOps {
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc")? {
             let Ok(entry) = entry else { continue };
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(p) = read_proc(Path::new("/proc"), pid) {
@@ -318,7 +322,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -360,7 +367,10 @@ mod tests {
     fn cmd_display_quotes_spaces() {
         let c = Cmd::new("sh").arg("-c").arg("echo hi").env("A", "1");
         assert_eq!(c.to_string(), "A=1 sh -c \"echo hi\"");
-        assert_eq!(Cmd::ip("link set lo up").args, vec!["link", "set", "lo", "up"]);
+        assert_eq!(
+            Cmd::ip("link set lo up").args,
+            vec!["link", "set", "lo", "up"]
+        );
     }
 
     #[test]

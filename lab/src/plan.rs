@@ -287,8 +287,11 @@ mod tests {
 
     #[test]
     fn paths_and_names() {
-        let h = &plan(&spec(&["queenbee", "workerbee-1"]), Path::new("/run/apiary"))
-            .expect("valid")[1];
+        let h = &plan(
+            &spec(&["queenbee", "workerbee-1"]),
+            Path::new("/run/apiary"),
+        )
+        .expect("valid")[1];
         assert_eq!(h.netns, "bees.workerbee-1");
         assert_eq!(h.veth_private, "ap1-priv");
         assert_eq!(h.veth_public, "ap1-pub");
@@ -331,7 +334,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_names() {
-        for bad in ["", "../etc", "a/b", "Queen", "-a", "a-", "a.b", "a b", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "Queen",
+            "-a",
+            "a-",
+            "a.b",
+            "a b",
+            &"x".repeat(33),
+        ] {
             assert!(
                 matches!(
                     plan(&spec(&[bad]), Path::new(DEFAULT_RUN_BASE)),
@@ -365,7 +378,10 @@ mod tests {
         };
         assert!(matches!(
             plan(&s, Path::new(DEFAULT_RUN_BASE)),
-            Err(LabError::TooManyHosts { count: 201, max: 200 })
+            Err(LabError::TooManyHosts {
+                count: 201,
+                max: 200
+            })
         ));
         assert!(validate_process_name("agent").is_ok());
         assert!(validate_process_name("../x").is_err());
@@ -375,10 +391,7 @@ mod tests {
     fn refuses_socket_paths_that_are_too_long() {
         let base = PathBuf::from(format!("/run/{}", "r".repeat(60)));
         let s = spec(&[&"h".repeat(32)]);
-        assert!(matches!(
-            plan(&s, &base),
-            Err(LabError::PathTooLong { .. })
-        ));
+        assert!(matches!(plan(&s, &base), Err(LabError::PathTooLong { .. })));
         // the longest names fit under the default base
         let mut s = spec(&[&"h".repeat(32)]);
         s.cluster = "c".repeat(16);

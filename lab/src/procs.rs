@@ -49,7 +49,9 @@ pub fn host_processes(
         .filter(|p| {
             seeds.contains(&p.pid)
                 || (netns_inode.is_some() && p.netns_inode == netns_inode)
-                || markers.iter().any(|m| !m.is_empty() && p.cmdline.contains(m.as_str()))
+                || markers
+                    .iter()
+                    .any(|m| !m.is_empty() && p.cmdline.contains(m.as_str()))
         })
         .map(|p| p.pid)
         .collect();
@@ -88,7 +90,10 @@ mod tests {
 
     #[test]
     fn pidfile_round_trip() {
-        assert_eq!(parse_pidfile(&format_pidfile(42, 777)), Some((42, Some(777))));
+        assert_eq!(
+            parse_pidfile(&format_pidfile(42, 777)),
+            Some((42, Some(777)))
+        );
         assert_eq!(parse_pidfile("42\n"), Some((42, None)));
         assert_eq!(parse_pidfile(""), None);
         assert_eq!(parse_pidfile("x y"), None);
@@ -100,7 +105,10 @@ mod tests {
         let live = p(42, 1, 5, "dockerd");
         assert!(is_same_live_process(Some(&live), Some(142)));
         assert!(is_same_live_process(Some(&live), None));
-        assert!(!is_same_live_process(Some(&live), Some(141)), "recycled pid");
+        assert!(
+            !is_same_live_process(Some(&live), Some(141)),
+            "recycled pid"
+        );
         let mut zombie = live.clone();
         zombie.state = 'Z';
         assert!(!is_same_live_process(Some(&zombie), Some(142)));
@@ -113,9 +121,19 @@ mod tests {
             p(1, 0, 1, "/sbin/init"),
             p(50, 1, 1, "coordinator serve"),
             p(100, 50, 9, "dockerd --exec-root /run/apiary/bees/q/exec"),
-            p(101, 100, 9, "containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml"),
+            p(
+                101,
+                100,
+                9,
+                "containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml",
+            ),
             // shim re-parented to init, in the host netns? no: found by its -address
-            p(200, 1, 1, "containerd-shim-runc-v2 -namespace moby -address /run/apiary/bees/q/exec/containerd/containerd.sock"),
+            p(
+                200,
+                1,
+                1,
+                "containerd-shim-runc-v2 -namespace moby -address /run/apiary/bees/q/exec/containerd/containerd.sock",
+            ),
             // container process: own netns, child of the shim
             p(201, 200, 33, "sleep 600"),
             p(202, 201, 33, "sh"),
@@ -125,8 +143,17 @@ mod tests {
             p(400, 1, 10, "dockerd --exec-root /run/apiary/bees/w/exec"),
             p(500, 1, 1, "sshd"),
         ];
-        let got = host_processes(&table, Some(9), &["/run/apiary/bees/q/".to_string()], &[], 50);
-        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![100, 101, 200, 201, 202, 300]);
+        let got = host_processes(
+            &table,
+            Some(9),
+            &["/run/apiary/bees/q/".to_string()],
+            &[],
+            50,
+        );
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![100, 101, 200, 201, 202, 300]
+        );
         // seeds alone, and the caller and init are never chosen
         let got = host_processes(&table, None, &[], &[50, 1], 50);
         assert!(!got.contains(&50) && !got.contains(&1));

@@ -39,7 +39,9 @@ impl HostOps for FakeOps {
         m.commands.push(line.clone());
         let a: Vec<&str> = cmd.args.iter().map(String::as_str).collect();
         Ok(match (cmd.program.as_str(), a.as_slice()) {
-            ("ip", ["-j", "-4", "route", "show", "table", "all"]) => CmdOutput::ok(m.routes.clone()),
+            ("ip", ["-j", "-4", "route", "show", "table", "all"]) => {
+                CmdOutput::ok(m.routes.clone())
+            }
             ("ip", ["-j", "-d", "addr", "show"]) => CmdOutput::ok(m.root_links.clone()),
             ("ip", ["-n", ns, "-j", "-d", "addr", "show"]) => {
                 CmdOutput::ok(m.netns_links.get(*ns).cloned().unwrap_or_default())
@@ -57,7 +59,10 @@ impl HostOps for FakeOps {
             }
             ("nsenter", [uts, "hostname"]) => {
                 let f = PathBuf::from(uts.trim_start_matches("--uts="));
-                CmdOutput::ok(format!("{}\n", m.hostname.get(&f).cloned().unwrap_or_default()))
+                CmdOutput::ok(format!(
+                    "{}\n",
+                    m.hostname.get(&f).cloned().unwrap_or_default()
+                ))
             }
             _ => CmdOutput::ok(""),
         })
@@ -137,21 +142,37 @@ fn fixture(hosts: &[&str]) -> Fixture {
         ops.clone(),
     )
     .expect("lab");
-    Fixture { _dir: dir, lab, ops }
+    Fixture {
+        _dir: dir,
+        lab,
+        ops,
+    }
 }
 
 #[tokio::test]
 async fn changing_the_machine_needs_the_lock() {
     let f = fixture(&["queenbee"]);
     let h = f.lab.hosts()[0].clone();
-    assert!(matches!(f.lab.ensure_network().await, Err(LabError::NotLocked { .. })));
-    assert!(matches!(f.lab.ensure_host(&h).await, Err(LabError::NotLocked { .. })));
-    assert!(matches!(f.lab.teardown().await, Err(LabError::NotLocked { .. })));
+    assert!(matches!(
+        f.lab.ensure_network().await,
+        Err(LabError::NotLocked { .. })
+    ));
+    assert!(matches!(
+        f.lab.ensure_host(&h).await,
+        Err(LabError::NotLocked { .. })
+    ));
+    assert!(matches!(
+        f.lab.teardown().await,
+        Err(LabError::NotLocked { .. })
+    ));
     assert!(matches!(
         f.lab.spawn_in_host(&h, "agent", &["agent".into()], &[]),
         Err(LabError::NotLocked { .. })
     ));
-    assert!(f.ops.m().commands.is_empty(), "nothing ran without the lock");
+    assert!(
+        f.ops.m().commands.is_empty(),
+        "nothing ran without the lock"
+    );
     let _lock = f.lab.lock().expect("lock");
     assert!(f.lab.ensure_network().await.is_ok());
 }
@@ -166,7 +187,8 @@ async fn network_checks_routes_first_and_refuses_collisions() {
     assert!(err.to_string().contains("10.231.0.0/16 dev eth0"), "{err}");
     assert_eq!(f.ops.m().commands, vec!["ip -j -4 route show table all"]);
 
-    f.ops.m().routes = r#"[{"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]}]"#.into();
+    f.ops.m().routes =
+        r#"[{"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]}]"#.into();
     f.ops.m().commands.clear();
     let changes = f.lab.ensure_network().await.expect("network");
     assert_eq!(changes.len(), 8);
@@ -174,7 +196,10 @@ async fn network_checks_routes_first_and_refuses_collisions() {
     assert_eq!(cmds[0], "ip -j -4 route show table all");
     assert_eq!(cmds[1], "ip -j -d addr show");
     assert_eq!(cmds[2], "ip link add name apiary-pub type bridge");
-    assert!(!cmds.iter().any(|c| c.contains("default")), "never a default route");
+    assert!(
+        !cmds.iter().any(|c| c.contains("default")),
+        "never a default route"
+    );
 }
 
 #[tokio::test]
@@ -185,17 +210,34 @@ async fn host_is_created_then_left_alone() {
     let (changes, pid) = f.lab.ensure_host_sync(&h).expect("host");
     let m = f.ops.m();
     assert_eq!(m.commands[0], "ip -j -d addr show");
-    assert!(m.commands.contains(&"ip netns add bees.workerbee-1".to_string()));
-    assert!(m.commands.contains(&format!("unshare --uts={} hostname workerbee-1", h.uts_file.display())));
-    assert!(changes.iter().any(|c| c.starts_with("dockerd started")), "{changes:?}");
+    assert!(
+        m.commands
+            .contains(&"ip netns add bees.workerbee-1".to_string())
+    );
+    assert!(m.commands.contains(&format!(
+        "unshare --uts={} hostname workerbee-1",
+        h.uts_file.display()
+    )));
+    assert!(
+        changes.iter().any(|c| c.starts_with("dockerd started")),
+        "{changes:?}"
+    );
     assert_eq!(m.spawned.len(), 1);
     let (cmd, log) = &m.spawned[0];
-    assert!(cmd.starts_with("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 ip netns exec bees.workerbee-1 nsenter"));
+    assert!(cmd.starts_with(
+        "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 ip netns exec bees.workerbee-1 nsenter"
+    ));
     assert_eq!(log, &h.log_dir.join("dockerd.log"));
     drop(m);
     // files the host needs
-    assert_eq!(std::fs::read_to_string(h.daemon_json()).expect("daemon.json"), "{}\n");
-    assert_eq!(std::fs::read_to_string(h.wrapper()).expect("wrapper"), host::wrapper_script());
+    assert_eq!(
+        std::fs::read_to_string(h.daemon_json()).expect("daemon.json"),
+        "{}\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.wrapper()).expect("wrapper"),
+        host::wrapper_script()
+    );
     assert_eq!(
         std::fs::read_to_string(h.pid_file("dockerd")).expect("pidfile"),
         format!("{pid} 77\n")
@@ -206,10 +248,9 @@ async fn host_is_created_then_left_alone() {
     // The machine now looks complete: nothing changes, dockerd is not started twice.
     {
         let mut m = f.ops.m();
-        m.root_links = format!(
-            r#"[{{"ifname":"ap1-priv","flags":["UP"],"master":"apiary-priv"}},
-                {{"ifname":"ap1-pub","flags":["UP"],"master":"apiary-pub"}}]"#
-        );
+        m.root_links = r#"[{"ifname":"ap1-priv","flags":["UP"],"master":"apiary-priv"},
+                {"ifname":"ap1-pub","flags":["UP"],"master":"apiary-pub"}]"#
+            .into();
         m.netns_links.insert(
             h.netns.clone(),
             r#"[{"ifname":"lo","flags":["UP"]},
@@ -265,7 +306,11 @@ async fn spawn_needs_a_ready_host_and_is_idempotent() {
     let f = fixture(&["queenbee"]);
     let _lock = f.lab.lock().expect("lock");
     let h = f.lab.hosts()[0].clone();
-    let argv = vec!["/usr/bin/agent".to_string(), "--coordinator".into(), "10.231.0.1:7443".into()];
+    let argv = vec![
+        "/usr/bin/agent".to_string(),
+        "--coordinator".into(),
+        "10.231.0.1:7443".into(),
+    ];
     let env = vec![("RUST_LOG".to_string(), "info".to_string())];
     assert!(matches!(
         f.lab.spawn_in_host(&h, "agent", &argv, &env),
@@ -276,8 +321,16 @@ async fn spawn_needs_a_ready_host_and_is_idempotent() {
         Err(LabError::InvalidProcessName(_))
     ));
     f.lab.ensure_host_sync(&h).expect("host");
-    let pid = f.lab.spawn_in_host(&h, "agent", &argv, &env).expect("spawn");
-    assert_eq!(f.lab.spawn_in_host(&h, "agent", &argv, &env).expect("again"), pid);
+    let pid = f
+        .lab
+        .spawn_in_host(&h, "agent", &argv, &env)
+        .expect("spawn");
+    assert_eq!(
+        f.lab
+            .spawn_in_host(&h, "agent", &argv, &env)
+            .expect("again"),
+        pid
+    );
     let m = f.ops.m();
     let (cmd, log) = m.spawned.last().expect("spawned");
     assert_eq!(
@@ -299,15 +352,35 @@ async fn teardown_stops_sweeps_unmounts_and_removes() {
     let h = f.lab.hosts()[0].clone();
     f.lab.ensure_network().await.expect("network");
     f.lab.ensure_host_sync(&h).expect("host");
-    let agent = f.lab.spawn_in_host(&h, "agent", &["agent".into()], &[]).expect("spawn");
+    let agent = f
+        .lab
+        .spawn_in_host(&h, "agent", &["agent".into()], &[])
+        .expect("spawn");
     let dockerd = f.lab.process_pid(&h, "dockerd").expect("dockerd");
     // a container shim found by its command line, and an unrelated process
     let inode = f.ops.ns_inode(&h.netns_path());
     {
         let mut m = f.ops.m();
-        let shim = format!("containerd-shim-runc-v2 -address {}/containerd/containerd.sock", h.exec_root.display());
-        for (pid, cmd, ns) in [(900, shim.as_str(), None), (901, "sshd", Some(1)), (902, "dhclient", inode)] {
-            m.procs.insert(pid, ProcInfo { pid, ppid: 1, state: 'S', start_time: 1, netns_inode: ns, cmdline: cmd.into() });
+        let shim = format!(
+            "containerd-shim-runc-v2 -address {}/containerd/containerd.sock",
+            h.exec_root.display()
+        );
+        for (pid, cmd, ns) in [
+            (900, shim.as_str(), None),
+            (901, "sshd", Some(1)),
+            (902, "dhclient", inode),
+        ] {
+            m.procs.insert(
+                pid,
+                ProcInfo {
+                    pid,
+                    ppid: 1,
+                    state: 'S',
+                    start_time: 1,
+                    netns_inode: ns,
+                    cmdline: cmd.into(),
+                },
+            );
         }
         m.root_links = r#"[
           {"ifname":"apiary-pub","flags":["UP"],"ifalias":"apiary-lab cluster=bees","linkinfo":{"info_kind":"bridge"}},
@@ -317,20 +390,42 @@ async fn teardown_stops_sweeps_unmounts_and_removes() {
             .into();
         m.commands.clear();
     }
-    // `ip netns del` is a command here; make the namespace file exist for it
     let report = f.lab.teardown().await;
     let m = f.ops.m();
     let report = report.expect("teardown");
-    assert!(report.processes.iter().any(|p| p == &format!("queenbee: agent pid {agent}")));
-    assert!(report.processes.iter().any(|p| p == &format!("queenbee: dockerd pid {dockerd}")));
+    assert!(
+        report
+            .processes
+            .iter()
+            .any(|p| p == &format!("queenbee: agent pid {agent}"))
+    );
+    assert!(
+        report
+            .processes
+            .iter()
+            .any(|p| p == &format!("queenbee: dockerd pid {dockerd}"))
+    );
     assert!(report.processes.iter().any(|p| p.contains("pid 900")));
     assert!(report.processes.iter().any(|p| p.contains("pid 902")));
     assert!(m.procs.contains_key(&901), "unrelated process left alone");
     // agent before dockerd, each SIGTERM first
-    let agent_at = m.signals.iter().position(|s| *s == (agent, Sig::Term)).expect("agent term");
-    let dockerd_at = m.signals.iter().position(|s| *s == (dockerd, Sig::Term)).expect("dockerd term");
+    let agent_at = m
+        .signals
+        .iter()
+        .position(|s| *s == (agent, Sig::Term))
+        .expect("agent term");
+    let dockerd_at = m
+        .signals
+        .iter()
+        .position(|s| *s == (dockerd, Sig::Term))
+        .expect("dockerd term");
     assert!(agent_at < dockerd_at);
     assert_eq!(report.mounts, vec![h.uts_file.clone()]);
+    assert!(
+        m.commands
+            .contains(&"ip netns del bees.queenbee".to_string())
+    );
+    assert_eq!(report.netns, vec!["bees.queenbee".to_string()]);
     assert!(m.commands.contains(&"ip link del ap0-priv".to_string()));
     assert!(m.commands.contains(&"ip link del apiary-pub".to_string()));
     assert!(!m.commands.contains(&"ip link del eth0".to_string()));
@@ -351,5 +446,8 @@ fn unknown_hosts_are_refused() {
 
 #[test]
 fn empty_report_says_so() {
-    assert_eq!(TeardownReport::default().to_string(), "lab teardown: nothing to remove");
+    assert_eq!(
+        TeardownReport::default().to_string(),
+        "lab teardown: nothing to remove"
+    );
 }
