@@ -14,3 +14,5 @@ pub mod error;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod ctl;
+pub mod serve;

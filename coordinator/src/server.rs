@@ -33,7 +33,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::admin_conf::AdminConf;
 use crate::config::ClusterConfig;
 use crate::error::CoordinatorError;
-use crate::registry::{Registry, now_unix_ms};
+use crate::registry::Registry;
 use crate::store::{CertRecord, NodeRecord, Op, RevocationRecord, Store, TokenRecord};
 
 pub struct Coordinator {

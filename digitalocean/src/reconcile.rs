@@ -997,11 +997,8 @@ async fn teardown_inner(
     let mut seen = HashSet::new();
     // Delete by tag, then list until the tag is empty: the listing names what
     // went, and catches droplets created meanwhile.
-    loop {
-        let listed = client.list_droplets_by_tag(tag.as_str()).await?;
-        if listed.is_empty() {
-            break;
-        }
+    let mut listed = client.list_droplets_by_tag(tag.as_str()).await?;
+    while !listed.is_empty() {
         for d in &listed {
             if seen.insert(d.id) {
                 report.droplets.push(HostState::of(d));
@@ -1018,11 +1015,10 @@ async fn teardown_inner(
         }
         client.delete_droplets_by_tag(tag.as_str()).await?;
         info!(count = listed.len(), "deleted droplets by tag");
-        let again = client.list_droplets_by_tag(tag.as_str()).await?;
-        if again.is_empty() {
-            break;
+        listed = client.list_droplets_by_tag(tag.as_str()).await?;
+        if !listed.is_empty() {
+            client.sleep(options.poll_interval).await;
         }
-        client.sleep(options.poll_interval).await;
     }
 
     let fw_name = firewall_name(tag);

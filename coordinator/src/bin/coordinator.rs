@@ -1,1 +1,145 @@
-fn main(){}
+//! `coordinator`: parses arguments, sets up logging, calls the library, and
+//! turns the outcome into an exit code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use apiary_coordinator::admin_conf::AdminConf;
+use apiary_coordinator::config::ClusterConfig;
+use apiary_coordinator::ctl::Ctl;
+use apiary_coordinator::error::{CoordinatorError, exit};
+use apiary_coordinator::serve::{ServeOptions, serve};
+use apiary_coordinator::server::ADMIN_CONF;
+use apiary_coordinator::store::{Store, StoreError};
+use clap::{Parser, Subcommand};
+
+/// apiary's coordinator: owns a cluster's CA and desired state, makes hosts
+/// through a provider (manual, lab), enrolls their agents and serves the agent
+/// and admin APIs over mutual TLS.
+///
+/// Exit codes: 0 ok, 1 failure, 64 usage or config error, 75 the state
+/// directory is in use by another coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version)]
+struct Args {
+    /// Log format: text (for people) or json (for journald and log shippers).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator: create the CA and admin.conf on first start, make
+    /// the provider's hosts, enroll agents, serve until interrupted.
+    Serve {
+        /// The cluster spec (TOML; see deploy/examples/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the CA, the store and admin.conf live (created 0700).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Listen address, overriding coordinator.listen in the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the current join token (asks the running coordinator if there is one).
+    Token {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Make a new token; the old one is refused for new enrollments.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e, exit::FAILURE),
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Serve { config, state_dir, listen } => {
+                let config = ClusterConfig::load(&config)?;
+                serve(ServeOptions { config, state_dir, listen }, shutdown_signal()).await
+            }
+            Command::Token { state_dir, rotate } => token(&state_dir, rotate).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, e.exit_code()),
+    }
+}
+
+async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
+    let store_path = state_dir.join("state.redb");
+    if !store_path.exists() {
+        return Err(CoordinatorError::Provider(format!(
+            "no coordinator state in {}; start `coordinator serve --state-dir {}` first",
+            state_dir.display(),
+            state_dir.display()
+        )));
+    }
+    match Store::open(&store_path) {
+        // A running coordinator holds the store: ask it over the admin API.
+        Err(StoreError::InUse { .. }) => {
+            let conf = AdminConf::load(&state_dir.join(ADMIN_CONF))?;
+            let mut ctl = Ctl::new(&conf).map_err(|e| CoordinatorError::Provider(e.to_string()))?;
+            let (token, _) = ctl.join_token(rotate).await.map_err(|e| CoordinatorError::Provider(e.to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+        Ok(store) => {
+            drop(store);
+            // Not running: open the state the way `serve` does, without listening.
+            let conf = AdminConf::load(&state_dir.join(ADMIN_CONF))?;
+            let config = ClusterConfig::parse(
+                Path::new("(state)"),
+                &format!("[cluster]\nname = \"{}\"\n[provider]\nkind = \"manual\"\n", conf.cluster),
+            )?;
+            let coordinator = loop {
+                match apiary_coordinator::server::Coordinator::open(config.clone(), state_dir).await {
+                    Err(CoordinatorError::Store(StoreError::InUse { .. })) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    other => break other?,
+                }
+            };
+            let record = if rotate { coordinator.rotate_token().await? } else { coordinator.current_token() };
+            println!("{}", record.token);
+            Ok(())
+        }
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display, code: i32) -> ExitCode {
+    eprintln!("coordinator: {e}");
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,185 @@
+//! `ctl`'s commands, as a library so tests call the same code the binary does.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apiary_certs::{COORDINATOR_SERVER_NAME, TlsRefusal, classify_tls_failure, mtls_client_config};
+use apiary_proto::admin_client::AdminClient;
+use apiary_proto::{JoinTokenRequest, NodeStatus, RemoveNodeRequest, StatusRequest, StatusResponse, dial};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::admin_conf::{AdminConf, AdminConfError};
+use crate::error::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Config(#[from] AdminConfError),
+    #[error("credentials: {0}")]
+    Cert(#[from] apiary_certs::CertError),
+    #[error("cannot reach the coordinator at {endpoint}: {reason} (is `coordinator serve` running?)")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("{0}")]
+    Refused(#[from] TlsRefusal),
+    #[error("the coordinator refused: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::Config(_) | CtlError::Cert(_) => exit::USAGE,
+            CtlError::Unreachable { .. } => exit::UNAVAILABLE,
+            CtlError::Refused(_) | CtlError::Denied(_) => exit::REFUSED,
+            CtlError::Failed(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// A connection to the admin API with the credentials of one admin.conf.
+pub struct Ctl {
+    endpoint: String,
+    tls: rustls::ClientConfig,
+    client: AdminClient<Channel>,
+}
+
+impl Ctl {
+    pub fn new(conf: &AdminConf) -> Result<Self, CtlError> {
+        let id = conf.identity()?;
+        let tls = mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)?;
+        let channel = dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls.clone())
+            .map_err(|e| CtlError::Unreachable { endpoint: conf.endpoint.clone(), reason: e.to_string() })?;
+        Ok(Ctl { endpoint: conf.endpoint.clone(), tls, client: AdminClient::new(channel) })
+    }
+
+    /// Says why a call failed, in the user's terms.
+    async fn judge(&self, status: tonic::Status) -> CtlError {
+        match status.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => return CtlError::Denied(status.message().to_string()),
+            tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                return CtlError::Failed(status.message().to_string());
+            }
+            _ => {}
+        }
+        if let Some(r) = classify_tls_failure(&status) {
+            return r.into();
+        }
+        match dial::handshake(&self.endpoint, COORDINATOR_SERVER_NAME, self.tls.clone()).await {
+            Err(e) => match classify_tls_failure(&e) {
+                Some(r) => r.into(),
+                None => CtlError::Unreachable { endpoint: self.endpoint.clone(), reason: e.to_string() },
+            },
+            Ok(()) => CtlError::Failed(status.message().to_string()),
+        }
+    }
+
+    pub async fn status(&mut self) -> Result<StatusResponse, CtlError> {
+        match self.client.status(StatusRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
+    pub async fn remove_node(&mut self, name: &str) -> Result<Vec<String>, CtlError> {
+        match self.client.remove_node(RemoveNodeRequest { name: name.to_string() }).await {
+            Ok(r) => Ok(r.into_inner().revoked_serials),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
+    pub async fn join_token(&mut self, rotate: bool) -> Result<(String, u64), CtlError> {
+        match self.client.join_token(JoinTokenRequest { rotate }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok((r.token, r.expires_unix))
+            }
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+}
+
+fn ago(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let secs = now.saturating_sub(unix_ms) / 1000;
+    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+}
+
+/// The JSON form of `ctl status` (field names are documented in the README
+/// and stay stable; later features add fields, never rename them).
+pub fn status_json(s: &StatusResponse) -> serde_json::Value {
+    let nodes: Vec<_> = s.nodes.iter().map(node_json).collect();
+    json!({ "cluster": s.cluster, "heartbeat_interval_ms": s.heartbeat_interval_ms, "nodes": nodes })
+}
+
+fn node_json(n: &NodeStatus) -> serde_json::Value {
+    let f = n.facts.clone().unwrap_or_default();
+    let features: serde_json::Map<String, serde_json::Value> =
+        f.kernel_features.iter().map(|k| (k.name.clone(), json!({"available": k.available, "detail": k.detail}))).collect();
+    let mut v = json!({
+        "name": n.name,
+        "state": n.state,
+        "public_ip": n.public_ip,
+        "private_ip": n.private_ip,
+        "last_seen_unix_ms": n.last_seen_unix_ms,
+        "hostname": f.hostname,
+        "kernel": f.kernel_version,
+        "docker_version": f.docker_version,
+        "cgroup_version": f.cgroup_version,
+        "memory_accounting": f.memory_accounting,
+        "kernel_features": features,
+        "interfaces": f.interfaces.iter().map(|i| json!({"name": i.name, "addresses": i.addresses})).collect::<Vec<_>>(),
+        "cert_serial": n.cert_serial,
+        "cert_not_after_unix": n.cert_not_after_unix,
+        "enrolled_unix": n.enrolled_unix,
+    });
+    if let Some(obj) = v.as_object_mut() {
+        for (k, val) in &n.provider_info {
+            obj.insert(k.clone(), json!(val));
+        }
+    }
+    v
+}
+
+/// The table form of `ctl status`.
+pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<()> {
+    let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
+    writeln!(out, "cluster {}: {}/{} nodes ready", s.cluster, ready, s.nodes.len())?;
+    let rows: Vec<[String; 7]> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let f = n.facts.clone().unwrap_or_default();
+            [
+                n.name.clone(),
+                n.state.clone(),
+                dash(&n.public_ip),
+                dash(&n.private_ip),
+                ago(n.last_seen_unix_ms),
+                dash(&f.kernel_version),
+                dash(&f.docker_version),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATE", "PUBLIC", "PRIVATE", "LAST SEEN", "KERNEL", "DOCKER"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
