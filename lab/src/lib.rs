@@ -610,6 +610,36 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Kills a containerd left by a dead dockerd of this host and removes its
+    /// pidfile, so the new dockerd starts its own instead of waiting on it.
+    fn clear_stale_containerd(&self, host: &HostPlan) -> Result<(), LabError> {
+        let table = self
+            .inner
+            .ops
+            .processes()
+            .map_err(|e| LabError::io("read", "/proc", e))?;
+        let stale = procs::stale_containerd(&table, &host.exec_root.display().to_string());
+        for &pid in &stale {
+            warn!(host = %host.name, pid, "killing containerd left by a dead dockerd");
+            let _ = self.inner.ops.signal(pid, ops::Sig::Kill);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stale
+            .iter()
+            .any(|&p| self.inner.ops.process(p).is_some_and(|p| p.alive()))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pidfile = host.exec_root.join("containerd/containerd.pid");
+        match std::fs::remove_file(&pidfile) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(LabError::io("remove", &pidfile, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The synchronous part of ensure_host: everything up to a started dockerd.
     fn ensure_host_sync(&self, host: &HostPlan) -> Result<(Vec<String>, u32), LabError> {
         let mut changes = Vec::new();
@@ -625,6 +655,7 @@ impl Lab {
             Some(pid) => pid,
             None => {
                 let was = host.pid_file(DOCKERD).exists();
+                self.clear_stale_containerd(host)?;
                 let pid = self.spawn(host, DOCKERD, &host::dockerd(host))?;
                 changes.push(format!(
                     "dockerd {} (pid {pid})",
@@ -1103,8 +1134,9 @@ impl Lab {
         if let Ok(links) = self.root_links() {
             for v in [&host.veth_private, &host.veth_public] {
                 if !v.is_empty() && links.iter().any(|l| &l.name == v) {
-                    match self.run(Some(&host.name), &Cmd::ip(&format!("link del {v}"))) {
-                        Ok(_) => report.links.push(v.clone()),
+                    match self.del_link(v) {
+                        Ok(true) => report.links.push(v.clone()),
+                        Ok(false) => {}
                         Err(e) => leftovers.push(e.to_string()),
                     }
                 }
@@ -1150,6 +1182,27 @@ impl Lab {
         }
     }
 
+    /// Deletes a root-namespace link; `false` if it was already gone (the
+    /// kernel removes a veth pair asynchronously when its namespace is deleted).
+    fn del_link(&self, name: &str) -> Result<bool, LabError> {
+        let cmd = Cmd::ip(&format!("link del {name}"));
+        let out = self.run_raw(&cmd)?;
+        if out.success() {
+            return Ok(true);
+        }
+        let still = self.run_raw(&Cmd::ip(&format!("link show {name}")))?;
+        if still.success() {
+            Err(LabError::Command {
+                host: None,
+                command: cmd.to_string(),
+                status: out.status(),
+                stderr: out.stderr.trim().to_string(),
+            })
+        } else {
+            Ok(false)
+        }
+    }
+
     fn teardown_network(&self, report: &mut TeardownReport, leftovers: &mut Vec<String>) {
         let links = match self.root_links() {
             Ok(l) => l,
@@ -1182,8 +1235,9 @@ impl Lab {
             })
             .collect();
         for l in ports.iter().chain(bridges.iter()) {
-            match self.run(None, &Cmd::ip(&format!("link del {l}"))) {
-                Ok(_) => report.links.push(l.clone()),
+            match self.del_link(l) {
+                Ok(true) => report.links.push(l.clone()),
+                Ok(false) => {}
                 Err(e) => leftovers.push(e.to_string()),
             }
         }

@@ -73,6 +73,22 @@ pub fn host_processes(
     set
 }
 
+/// containerd daemons started by an earlier dockerd of the host (found by
+/// their config under the exec root). dockerd kills its containerd when it dies,
+/// but a new dockerd that starts while the old containerd is still exiting reads
+/// its pidfile, takes it for alive, and waits for it until it gives up.
+pub fn stale_containerd(table: &[ProcInfo], exec_root: &str) -> Vec<u32> {
+    let marker = format!("{exec_root}/containerd/");
+    table
+        .iter()
+        .filter(|p| {
+            let prog = p.cmdline.split(' ').next().unwrap_or("");
+            prog.rsplit('/').next() == Some("containerd") && p.cmdline.contains(&marker)
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +102,40 @@ mod tests {
             netns_inode: Some(ns),
             cmdline: cmd.into(),
         }
+    }
+
+    #[test]
+    fn stale_containerd_is_only_the_daemon_of_this_host() {
+        let table = vec![
+            p(
+                10,
+                1,
+                9,
+                "containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml --log-level info",
+            ),
+            p(
+                11,
+                1,
+                9,
+                "/usr/bin/containerd-shim-runc-v2 -address /run/apiary/bees/q/exec/containerd/containerd.sock",
+            ),
+            p(
+                12,
+                1,
+                9,
+                "containerd --config /run/apiary/bees/qq/exec/containerd/containerd.toml",
+            ),
+            p(
+                13,
+                1,
+                9,
+                "/usr/bin/containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml",
+            ),
+        ];
+        assert_eq!(
+            stale_containerd(&table, "/run/apiary/bees/q/exec"),
+            vec![10, 13]
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ fn lab_pids(lab: &Lab) -> BTreeSet<(u32, String)> {
             continue;
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).replace('\0', " ").contains(&marker) {
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(&marker)
+        {
             if let Some(t) = start_time(pid) {
                 out.insert((pid, t));
             }
@@ -63,7 +66,8 @@ fn lab_pids(lab: &Lab) -> BTreeSet<(u32, String)> {
 async fn body(lab: Lab) -> Vec<(u32, String)> {
     let hosts: Vec<HostPlan> = lab.hosts().to_vec();
     let (a, b) = (&hosts[0], &hosts[1]);
-    lab.check_safety().expect("no route collides with the lab ranges");
+    lab.check_safety()
+        .expect("no route collides with the lab ranges");
 
     let t = Instant::now();
     let changes = lab.ensure_network().await.expect("network");
@@ -73,15 +77,30 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
     let t = Instant::now();
     let (sa, sb) = tokio::join!(lab.ensure_host(a), lab.ensure_host(b));
     let (sa, sb) = (sa.expect("host a"), sb.expect("host b"));
-    eprintln!("TIMING engines up (2 hosts): {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "TIMING engines up (2 hosts): {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(sa.changed() && sb.changed());
-    assert!(sa.docker_version.starts_with("20.10"), "{}", sa.docker_version);
+    assert!(
+        sa.docker_version.starts_with("20.10"),
+        "{}",
+        sa.docker_version
+    );
 
     // each engine answers on its own socket, named after its host
     for h in [a, b] {
         let info = docker(h).info().await.expect("info");
-        assert_eq!(info.name.as_deref(), Some(h.name.as_str()), "engine name of {}", h.name);
-        assert_eq!(info.docker_root_dir.as_deref(), Some(h.data_root.to_str().expect("utf8")));
+        assert_eq!(
+            info.name.as_deref(),
+            Some(h.name.as_str()),
+            "engine name of {}",
+            h.name
+        );
+        assert_eq!(
+            info.docker_root_dir.as_deref(),
+            Some(h.data_root.to_str().expect("utf8"))
+        );
         assert!(h.daemon_json().is_file());
     }
 
@@ -101,56 +120,89 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
             .run_in_host(from, &bb(&["ping", "-c", "1", "-W", "2", &to.to_string()]))
             .await
             .expect("ping");
-        assert!(out.success(), "{} cannot ping {to}: {}{}", from.name, out.stdout, out.stderr);
+        assert!(
+            out.success(),
+            "{} cannot ping {to}: {}{}",
+            from.name,
+            out.stdout,
+            out.stderr
+        );
     }
     // and nothing else: no default route inside a host
-    let routes = lab.run_in_host(a, &["ip".into(), "route".into()]).await.expect("ip route");
+    let routes = lab
+        .run_in_host(a, &["ip".into(), "route".into()])
+        .await
+        .expect("ip route");
     assert!(!routes.stdout.contains("default"), "{}", routes.stdout);
 
     // idempotent: nothing to do the second time, same engine
     let again = lab.ensure_host(a).await.expect("again");
     assert!(!again.changed(), "{:?}", again.changes);
     assert_eq!(again.dockerd_pid, sa.dockerd_pid);
-    assert_eq!(lab.ensure_network().await.expect("network again"), Vec::<String>::new());
+    assert_eq!(
+        lab.ensure_network().await.expect("network again"),
+        Vec::<String>::new()
+    );
 
     // a killed dockerd is restarted by the next ensure_host
     let old = sb.dockerd_pid;
     sh(&format!("kill -9 {old}"));
-    eventually(Duration::from_secs(10), "dockerd gone", || lab.process_pid(b, "dockerd").is_none()).await;
+    eventually(Duration::from_secs(10), "dockerd gone", || {
+        lab.process_pid(b, "dockerd").is_none()
+    })
+    .await;
     let t = Instant::now();
     let restarted = lab.ensure_host(b).await.expect("restart");
     eprintln!("TIMING dockerd restart: {:.2}s", t.elapsed().as_secs_f64());
     assert_ne!(restarted.dockerd_pid, old);
     assert!(
-        restarted.changes.iter().any(|c| c.starts_with("dockerd restarted")),
+        restarted
+            .changes
+            .iter()
+            .any(|c| c.starts_with("dockerd restarted")),
         "{:?}",
         restarted.changes
     );
-    assert_eq!(docker(b).info().await.expect("info").name.as_deref(), Some(b.name.as_str()));
+    assert_eq!(
+        docker(b).info().await.expect("info").name.as_deref(),
+        Some(b.name.as_str())
+    );
 
     // images: built once, loaded in parallel, then nothing to do
     let t = Instant::now();
     lab.ensure_images(&[a, b]).await.expect("images");
-    eprintln!("TIMING image build + load (2 hosts): {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "TIMING image build + load (2 hosts): {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     let archive = lab.busybox_archive().expect("cached");
     let t = Instant::now();
     let loaded = lab.load_image(&[a, b], &archive).await.expect("again");
     assert!(loaded.is_empty(), "{loaded:?}");
-    eprintln!("TIMING image check, already loaded: {:.3}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "TIMING image check, already loaded: {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
     for h in [a, b] {
-        let img = docker(h).inspect_image(apiary_lab::BUSYBOX_IMAGE).await.expect("image");
+        let img = docker(h)
+            .inspect_image(apiary_lab::BUSYBOX_IMAGE)
+            .await
+            .expect("image");
         assert_eq!(img.id.as_deref(), Some(archive.id.as_str()));
     }
 
     // a container runs on host a (cgroups work inside the namespace)
     let d = docker(a);
-    let opts = CreateContainerOptionsBuilder::default().name("probe").build();
+    let opts = CreateContainerOptionsBuilder::default()
+        .name("probe")
+        .build();
     let body = ContainerCreateBody {
         image: Some(apiary_lab::BUSYBOX_IMAGE.into()),
         cmd: Some(vec![
             "sh".into(),
             "-c".into(),
-            "trap 'exit 0' TERM; cat /var/www/index.html; while :; do sleep 1 & wait $!; done".into(),
+            "trap 'exit 0' TERM; cat /var/www/index.html; while :; do sleep 1 & wait $!; done"
+                .into(),
         ]),
         ..Default::default()
     };
@@ -177,13 +229,20 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
         .expect("container pid") as u32;
 
     // a process in the host sees the host's name and is tracked by pidfile
-    let argv: Vec<String> = ["/bin/sh", "-c", "echo \"name=$(hostname) var=$LABVAR\"; exec sleep 600"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let argv: Vec<String> = [
+        "/bin/sh",
+        "-c",
+        "echo \"name=$(hostname) var=$LABVAR\"; exec sleep 600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let env = vec![("LABVAR".to_string(), "42".to_string())];
     let agent = lab.spawn_in_host(a, "agent", &argv, &env).expect("spawn");
-    assert_eq!(lab.spawn_in_host(a, "agent", &argv, &env).expect("again"), agent);
+    assert_eq!(
+        lab.spawn_in_host(a, "agent", &argv, &env).expect("again"),
+        agent
+    );
     let log = a.log_file("agent");
     eventually(Duration::from_secs(10), "agent log", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("name="))
@@ -209,19 +268,29 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
             pids.push((p, t));
         }
     }
-    assert!(pids.len() >= 6, "dockerd, containerd x2, shim, container, agent: {pids:?}");
+    assert!(
+        pids.len() >= 6,
+        "dockerd, containerd x2, shim, container, agent: {pids:?}"
+    );
     pids
 }
 
 fn assert_nothing_left(lab: &Lab, state_dir: &Path, pids: &[(u32, String)]) {
     let netns = sh("ip netns list");
-    assert!(!netns.contains(&format!("{CLUSTER}.")), "namespaces left: {netns}");
+    assert!(
+        !netns.contains(&format!("{CLUSTER}.")),
+        "namespaces left: {netns}"
+    );
     let links = sh("ip -o link show");
     for l in ["apiary-pub", "apiary-priv", "ap0-", "ap1-"] {
         assert!(!links.contains(l), "link {l} left: {links}");
     }
     for (pid, t) in pids {
-        assert_ne!(start_time(*pid).as_ref(), Some(t), "process {pid} still runs");
+        assert_ne!(
+            start_time(*pid).as_ref(),
+            Some(t),
+            "process {pid} still runs"
+        );
     }
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     for m in [
