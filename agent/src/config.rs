@@ -8,9 +8,17 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
     #[error("cannot read agent config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{0} is required (flag --{0}, or `{0} = ...` in the agent config file)")]
     Missing(&'static str),
 }
@@ -30,7 +38,10 @@ pub struct AgentFile {
 
 impl AgentFile {
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
             let before = &text[..offset];
@@ -61,18 +72,29 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// `flags` wins over `file`, field by field.
     pub fn merge(flags: AgentFile, file: AgentFile) -> Result<Self, AgentConfigError> {
-        let coordinator = flags.coordinator.or(file.coordinator).ok_or(AgentConfigError::Missing("coordinator"))?;
-        let state_dir = flags.state_dir.or(file.state_dir).ok_or(AgentConfigError::Missing("state-dir"))?;
+        let coordinator = flags
+            .coordinator
+            .or(file.coordinator)
+            .ok_or(AgentConfigError::Missing("coordinator"))?;
+        let state_dir = flags
+            .state_dir
+            .or(file.state_dir)
+            .ok_or(AgentConfigError::Missing("state-dir"))?;
         let name = match flags.name.or(file.name) {
             Some(n) => n,
-            None => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).map_err(|_| AgentConfigError::Missing("name"))?,
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .map_err(|_| AgentConfigError::Missing("name"))?,
         };
         Ok(AgentConfig {
             coordinator,
             token: flags.token.or(file.token),
             state_dir,
             name,
-            docker_socket: flags.docker_socket.or(file.docker_socket).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
+            docker_socket: flags
+                .docker_socket
+                .or(file.docker_socket)
+                .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
             public_interface: flags.public_interface.or(file.public_interface),
             private_interface: flags.private_interface.or(file.private_interface),
         })
@@ -87,20 +109,34 @@ mod tests {
     fn flags_override_file_and_unknown_keys_name_the_line() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "coordinator = \"10.0.0.1:7443\"\nstate_dir = \"/var/lib/apiary\"\nname = \"a\"\n").expect("write");
+        std::fs::write(
+            &path,
+            "coordinator = \"10.0.0.1:7443\"\nstate_dir = \"/var/lib/apiary\"\nname = \"a\"\n",
+        )
+        .expect("write");
         let file = AgentFile::load(&path).expect("load");
-        let flags = AgentFile { name: Some("b".into()), ..Default::default() };
+        let flags = AgentFile {
+            name: Some("b".into()),
+            ..Default::default()
+        };
         let c = AgentConfig::merge(flags, file).expect("merge");
-        assert_eq!((c.coordinator.as_str(), c.name.as_str()), ("10.0.0.1:7443", "b"));
+        assert_eq!(
+            (c.coordinator.as_str(), c.name.as_str()),
+            ("10.0.0.1:7443", "b")
+        );
 
         std::fs::write(&path, "coordinator = \"x\"\ntokn = \"y\"\n").expect("write");
         let err = AgentFile::load(&path).expect_err("unknown key").to_string();
-        assert!(err.contains("agent.toml:2:") && err.contains("tokn"), "{err}");
+        assert!(
+            err.contains("agent.toml:2:") && err.contains("tokn"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_coordinator_is_named() {
-        let err = AgentConfig::merge(AgentFile::default(), AgentFile::default()).expect_err("missing");
+        let err =
+            AgentConfig::merge(AgentFile::default(), AgentFile::default()).expect_err("missing");
         assert!(err.to_string().contains("coordinator"));
     }
 }

@@ -7,7 +7,10 @@ use apiary_certs::{
 };
 use apiary_proto::agent_api_client::AgentApiClient;
 use apiary_proto::enrollment_client::EnrollmentClient;
-use apiary_proto::{AgentMessage, EnrollRequest, Heartbeat, Hello, RenewRequest, agent_message, coordinator_message, dial};
+use apiary_proto::{
+    AgentMessage, EnrollRequest, Heartbeat, Hello, RenewRequest, agent_message,
+    coordinator_message, dial,
+};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +23,9 @@ use crate::facts::FactsSource;
 /// them to the process's exit status (in one place).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("no identity in {state_dir} and no join token: pass --token (or token = ... in the config file) to enroll")]
+    #[error(
+        "no identity in {state_dir} and no join token: pass --token (or token = ... in the config file) to enroll"
+    )]
     NeedToken { state_dir: String },
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -30,7 +35,9 @@ pub enum AgentError {
     Refused(#[from] TlsRefusal),
     #[error("the coordinator ended this node's session: {0}")]
     Removed(String),
-    #[error("the certificate in {state_dir} expired at {at} while the agent was away; re-enroll by passing a join token")]
+    #[error(
+        "the certificate in {state_dir} expired at {at} while the agent was away; re-enroll by passing a join token"
+    )]
     Expired { state_dir: String, at: String },
 }
 
@@ -40,7 +47,10 @@ impl AgentError {
             AgentError::NeedToken { .. } => 64,
             // EX_NOPERM: systemd's RestartPreventExitStatus=77 keeps a refused
             // agent from hammering the coordinator.
-            AgentError::TokenRefused(_) | AgentError::Refused(_) | AgentError::Removed(_) | AgentError::Expired { .. } => 77,
+            AgentError::TokenRefused(_)
+            | AgentError::Refused(_)
+            | AgentError::Removed(_)
+            | AgentError::Expired { .. } => 77,
             AgentError::Cert(_) => 1,
         }
     }
@@ -49,7 +59,10 @@ impl AgentError {
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the agent until `shutdown` completes or a refusal makes it pointless.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     tokio::pin!(shutdown);
     let facts = FactsSource {
         public_interface: config.public_interface.clone(),
@@ -102,7 +115,8 @@ impl Default for Backoff {
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let cap = Duration::from_millis(200 * 2u64.pow(self.attempt.min(7))).min(Duration::from_secs(15));
+        let cap =
+            Duration::from_millis(200 * 2u64.pow(self.attempt.min(7))).min(Duration::from_secs(15));
         self.attempt += 1;
         Duration::from_millis(100) + cap.mul_f64(rand::rng().random_range(0.0..1.0))
     }
@@ -129,7 +143,12 @@ async fn obtain_identity(config: &AgentConfig) -> Result<Identity, AgentError> {
         }
         warn!("the saved certificate has expired; re-enrolling with the join token");
     }
-    let token = config.token.as_deref().ok_or_else(|| AgentError::NeedToken { state_dir: dir.display().to_string() })?;
+    let token = config
+        .token
+        .as_deref()
+        .ok_or_else(|| AgentError::NeedToken {
+            state_dir: dir.display().to_string(),
+        })?;
     enroll(config, token.parse()?).await
 }
 
@@ -153,19 +172,35 @@ async fn enroll(config: &AgentConfig, token: JoinToken) -> Result<Identity, Agen
         let (key, csr) = new_key_and_csr(&config.name)?;
         let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
             .map_err(|e| AgentError::TokenRefused(e.to_string()))?;
-        let request = EnrollRequest { token: token.to_string(), node_name: config.name.clone(), csr_der: csr };
+        let request = EnrollRequest {
+            token: token.to_string(),
+            node_name: config.name.clone(),
+            csr_der: csr,
+        };
         match EnrollmentClient::new(channel).enroll(request).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                let id = Identity { key_pem: key.serialize_pem(), cert_der: resp.cert_der, ca_der: resp.ca_der };
+                let id = Identity {
+                    key_pem: key.serialize_pem(),
+                    cert_der: resp.cert_der,
+                    ca_der: resp.ca_der,
+                };
                 if id.ca_digest() != token.ca_digest {
-                    return Err(TlsRefusal::CaMismatch("the CA returned at enrollment differs from the token's".into()).into());
+                    return Err(TlsRefusal::CaMismatch(
+                        "the CA returned at enrollment differs from the token's".into(),
+                    )
+                    .into());
                 }
                 id.save(&config.state_dir)?;
                 info!(node = %resp.node_name, "enrolled");
                 return Ok(id);
             }
-            Err(status) if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                ) =>
+            {
                 return Err(AgentError::TokenRefused(status.message().to_string()));
             }
             Err(status) => {
@@ -201,7 +236,11 @@ impl From<CertError> for SessionError {
 /// Turns a failed call into fatal (a refusal) or retryable (anything else). A
 /// transport error is probed with a bare handshake, which says which alert the
 /// coordinator sent, if any.
-async fn judge(config: &AgentConfig, tls: &rustls::ClientConfig, status: tonic::Status) -> SessionError {
+async fn judge(
+    config: &AgentConfig,
+    tls: &rustls::ClientConfig,
+    status: tonic::Status,
+) -> SessionError {
     if status.code() == tonic::Code::PermissionDenied {
         return SessionError::Fatal(AgentError::Removed(status.message().to_string()));
     }
@@ -216,7 +255,11 @@ async fn judge(config: &AgentConfig, tls: &rustls::ClientConfig, status: tonic::
     SessionError::Retry(status.to_string())
 }
 
-async fn session(config: &AgentConfig, identity: &Identity, facts: &FactsSource) -> Result<SessionEnd, SessionError> {
+async fn session(
+    config: &AgentConfig,
+    identity: &Identity,
+    facts: &FactsSource,
+) -> Result<SessionEnd, SessionError> {
     let peer = identity.peer()?;
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
     let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
@@ -225,7 +268,10 @@ async fn session(config: &AgentConfig, identity: &Identity, facts: &FactsSource)
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let hello = AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello { agent_version: AGENT_VERSION.into(), facts: Some(facts.gather().await) })),
+        msg: Some(agent_message::Msg::Hello(Hello {
+            agent_version: AGENT_VERSION.into(),
+            facts: Some(facts.gather().await),
+        })),
     };
     let _ = tx.send(hello).await;
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
@@ -234,9 +280,14 @@ async fn session(config: &AgentConfig, identity: &Identity, facts: &FactsSource)
     };
 
     // Renew at two thirds of the certificate's life.
-    let life = peer.not_after.duration_since(peer.not_before).unwrap_or_default();
+    let life = peer
+        .not_after
+        .duration_since(peer.not_before)
+        .unwrap_or_default();
     let renew_at = peer.not_before + life.mul_f64(2.0 / 3.0);
-    let until_renewal = renew_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let until_renewal = renew_at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     let renewal = tokio::time::sleep(until_renewal);
     tokio::pin!(renewal);
 
@@ -291,11 +342,22 @@ async fn renew(
     identity: &Identity,
     state_dir: &Path,
 ) -> Result<Identity, tonic::Status> {
-    let csr = identity.renewal_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let resp = client.renew(RenewRequest { csr_der: csr }).await?.into_inner();
-    let new = Identity { cert_der: resp.cert_der, ..identity.clone() };
-    new.save(state_dir).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let peer = new.peer().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let csr = identity
+        .renewal_csr()
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let resp = client
+        .renew(RenewRequest { csr_der: csr })
+        .await?
+        .into_inner();
+    let new = Identity {
+        cert_der: resp.cert_der,
+        ..identity.clone()
+    };
+    new.save(state_dir)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let peer = new
+        .peer()
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
     info!(serial = %peer.serial, not_after = %humantime::format_rfc3339_seconds(peer.not_after), "certificate renewed");
     Ok(new)
 }

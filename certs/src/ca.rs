@@ -3,9 +3,9 @@ use std::time::{Duration, SystemTime};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
@@ -46,13 +46,21 @@ impl ClusterCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&format!("apiary CA for {cluster}"), None);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        Ok(ClusterCa { cert_der: cert.der().to_vec(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(ClusterCa {
+            cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads the CA from `dir`, or creates it there (key 0600) on first start.
@@ -63,7 +71,10 @@ impl ClusterCa {
         }
         let ca = Self::generate(cluster)?;
         // Key first: a CA certificate without its key would be unusable.
-        write_private(&dir.join(CA_KEY_FILE), ca.issuer.key().serialize_pem().as_bytes())?;
+        write_private(
+            &dir.join(CA_KEY_FILE),
+            ca.issuer.key().serialize_pem().as_bytes(),
+        )?;
         write_private(&dir.join(CA_CERT_FILE), ca.cert_pem.as_bytes())?;
         Ok((ca, true))
     }
@@ -83,8 +94,16 @@ impl ClusterCa {
             reason: "no PEM certificate block".into(),
         })?;
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.clone()), key)
-            .map_err(|e| CertError::Invalid { path: cert_path, what: "CA certificate", reason: e.to_string() })?;
-        Ok(ClusterCa { cert_der, cert_pem, issuer })
+            .map_err(|e| CertError::Invalid {
+                path: cert_path,
+                what: "CA certificate",
+                reason: e.to_string(),
+            })?;
+        Ok(ClusterCa {
+            cert_der,
+            cert_pem,
+            issuer,
+        })
     }
 
     pub fn cert_der(&self) -> &[u8] {
@@ -105,9 +124,15 @@ impl ClusterCa {
 
     /// Signs an agent's CSR. Only the public key is taken from the request: the
     /// name and the role are the coordinator's decision, never the requester's.
-    pub fn sign_csr(&self, csr_der: &[u8], node: &str, role: Role, ttl: Duration) -> Result<IssuedCert, CertError> {
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        node: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<IssuedCert, CertError> {
         let now = SystemTime::now();
-        self.sign_csr_valid(csr_der, node, role, now - Duration::from_secs(60), now + ttl)
+        self.sign_csr_valid(csr_der, node, role, now - backdate(ttl), now + ttl)
     }
 
     /// As [`Self::sign_csr`] with an explicit validity window (tests make expired certificates with it).
@@ -119,8 +144,9 @@ impl ClusterCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCert, CertError> {
-        let mut csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| CertError::BadCsr(e.to_string()))?;
+        let mut csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CertError::BadCsr(e.to_string()))?;
         csr.params = leaf_params(node, role, not_before, not_after)?;
         let cert = csr.signed_by(self.issuer())?;
         issued(cert.der().to_vec(), cert.pem(), &csr.params)
@@ -128,22 +154,53 @@ impl ClusterCa {
 
     /// Issues a certificate together with a new key (for the coordinator's own
     /// server certificate and for admin identities, which are made on this host).
-    pub fn issue_with_key(&self, node: &str, role: Role, ttl: Duration) -> Result<(IssuedCert, String), CertError> {
+    pub fn issue_with_key(
+        &self,
+        node: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<(IssuedCert, String), CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
-        let params = leaf_params(node, role, now - Duration::from_secs(60), now + ttl)?;
+        let params = leaf_params(node, role, now - backdate(ttl), now + ttl)?;
         let cert = params.signed_by(&key, self.issuer())?;
-        Ok((issued(cert.der().to_vec(), cert.pem(), &params)?, key.serialize_pem()))
+        Ok((
+            issued(cert.der().to_vec(), cert.pem(), &params)?,
+            key.serialize_pem(),
+        ))
     }
 }
 
-fn issued(der: Vec<u8>, pem: String, params: &CertificateParams) -> Result<IssuedCert, CertError> {
-    let serial = params.serial_number.as_ref().map(|s| hex::encode(s.to_bytes())).unwrap_or_default();
-    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(params.not_after.unix_timestamp().max(0) as u64);
-    Ok(IssuedCert { der, pem, serial, not_after })
+/// Certificates start a little in the past to tolerate clock skew between
+/// hosts, but never by more than a tenth of their life: holders plan renewal
+/// from not_before, and a large backdate on a short life would make them renew
+/// at once.
+fn backdate(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(60))
 }
 
-fn leaf_params(node: &str, role: Role, not_before: SystemTime, not_after: SystemTime) -> Result<CertificateParams, CertError> {
+fn issued(der: Vec<u8>, pem: String, params: &CertificateParams) -> Result<IssuedCert, CertError> {
+    let serial = params
+        .serial_number
+        .as_ref()
+        .map(|s| hex::encode(s.to_bytes()))
+        .unwrap_or_default();
+    let not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(params.not_after.unix_timestamp().max(0) as u64);
+    Ok(IssuedCert {
+        der,
+        pem,
+        serial,
+        not_after,
+    })
+}
+
+fn leaf_params(
+    node: &str,
+    role: Role,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, CertError> {
     let sans = match role {
         Role::Coordinator => vec![COORDINATOR_SERVER_NAME.to_string()],
         Role::Agent | Role::Admin => vec![],
@@ -192,7 +249,10 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
 /// First CERTIFICATE block of a PEM text, as DER.
 pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|c| c.to_vec())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 #[cfg(test)]
@@ -204,19 +264,26 @@ mod tests {
     fn signs_csr_with_coordinator_chosen_name_and_role() {
         let ca = ClusterCa::generate("t").expect("ca");
         let (_key, csr) = new_key_and_csr("evil-requested-name").expect("csr");
-        let cert = ca.sign_csr(&csr, "node-1", Role::Agent, Duration::from_secs(3600)).expect("sign");
+        let cert = ca
+            .sign_csr(&csr, "node-1", Role::Agent, Duration::from_secs(3600))
+            .expect("sign");
         let peer = PeerIdentity::from_der(&cert.der).expect("parse");
         assert_eq!(peer.node, "node-1");
         assert_eq!(peer.role, Role::Agent);
         assert_eq!(peer.serial, cert.serial);
-        let life = cert.not_after.duration_since(SystemTime::now()).expect("future");
+        let life = cert
+            .not_after
+            .duration_since(SystemTime::now())
+            .expect("future");
         assert!(life <= Duration::from_secs(3600) && life > Duration::from_secs(3500));
     }
 
     #[test]
     fn garbage_csr_is_refused() {
         let ca = ClusterCa::generate("t").expect("ca");
-        let err = ca.sign_csr(b"nope", "n", Role::Agent, Duration::from_secs(1)).expect_err("garbage");
+        let err = ca
+            .sign_csr(b"nope", "n", Role::Agent, Duration::from_secs(1))
+            .expect_err("garbage");
         assert!(matches!(err, CertError::BadCsr(_)));
     }
 
@@ -229,10 +296,15 @@ mod tests {
         let (again, created) = ClusterCa::load_or_create(dir.path(), "t").expect("load");
         assert!(!created);
         assert_eq!(ca.digest(), again.digest());
-        let mode = std::fs::metadata(dir.path().join("ca.key")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The reloaded CA still signs certificates that chain to the same root.
         let (_k, csr) = new_key_and_csr("x").expect("csr");
-        again.sign_csr(&csr, "x", Role::Agent, Duration::from_secs(60)).expect("sign after reload");
+        again
+            .sign_csr(&csr, "x", Role::Agent, Duration::from_secs(60))
+            .expect("sign after reload");
     }
 }

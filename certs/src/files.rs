@@ -8,7 +8,10 @@ use crate::CertError;
 /// to a temporary sibling that is renamed over the target, so a crash never
 /// leaves a half-written key or certificate behind.
 pub fn write_private(path: &Path, content: &[u8]) -> Result<(), CertError> {
-    let err = |source| CertError::Write { path: path.to_path_buf(), source };
+    let err = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -27,7 +30,10 @@ pub fn write_private(path: &Path, content: &[u8]) -> Result<(), CertError> {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, CertError> {
-    std::fs::read_to_string(path).map_err(|source| CertError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

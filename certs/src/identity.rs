@@ -33,7 +33,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("peer", &self.peer().ok()).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("peer", &self.peer().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +60,8 @@ impl Identity {
 
     /// A CSR for a renewed certificate with the same key and name.
     pub fn renewal_csr(&self) -> Result<Vec<u8>, CertError> {
-        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| CertError::BadCertificate(format!("private key: {e}")))?;
+        let key = KeyPair::from_pem(&self.key_pem)
+            .map_err(|e| CertError::BadCertificate(format!("private key: {e}")))?;
         csr_for(&key, &self.peer()?.node)
     }
 
@@ -75,9 +78,17 @@ impl Identity {
     pub fn load(dir: &Path) -> Result<Self, CertError> {
         let der = |file: &str, what: &'static str| -> Result<Vec<u8>, CertError> {
             let path: PathBuf = dir.join(file);
-            pem_to_der(&read(&path)?).ok_or(CertError::Invalid { path, what, reason: "no PEM certificate block".into() })
+            pem_to_der(&read(&path)?).ok_or(CertError::Invalid {
+                path,
+                what,
+                reason: "no PEM certificate block".into(),
+            })
         };
-        Ok(Identity { key_pem: read(&dir.join(KEY_FILE))?, cert_der: der(CERT_FILE, "certificate")?, ca_der: der(CA_FILE, "CA certificate")? })
+        Ok(Identity {
+            key_pem: read(&dir.join(KEY_FILE))?,
+            cert_der: der(CERT_FILE, "certificate")?,
+            ca_der: der(CA_FILE, "CA certificate")?,
+        })
     }
 
     /// Saves all three files (0600). The certificate is written last, so a crash
@@ -97,7 +108,8 @@ impl Identity {
     }
 
     pub fn from_pems(key_pem: &str, cert_pem: &str, ca_pem: &str) -> Result<Self, CertError> {
-        let bad = |what: &str| CertError::BadCertificate(format!("{what}: no PEM certificate block"));
+        let bad =
+            |what: &str| CertError::BadCertificate(format!("{what}: no PEM certificate block"));
         Ok(Identity {
             key_pem: key_pem.to_string(),
             cert_der: pem_to_der(cert_pem).ok_or_else(|| bad("certificate"))?,
@@ -120,8 +132,14 @@ mod tests {
     fn identity_round_trips_through_files() {
         let ca = ClusterCa::generate("t").expect("ca");
         let (key, csr) = new_key_and_csr("n1").expect("csr");
-        let cert = ca.sign_csr(&csr, "n1", Role::Agent, Duration::from_secs(60)).expect("sign");
-        let id = Identity { key_pem: key.serialize_pem(), cert_der: cert.der, ca_der: ca.cert_der().to_vec() };
+        let cert = ca
+            .sign_csr(&csr, "n1", Role::Agent, Duration::from_secs(60))
+            .expect("sign");
+        let id = Identity {
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der,
+            ca_der: ca.cert_der().to_vec(),
+        };
         let dir = tempfile::tempdir().expect("tmp");
         id.save(dir.path()).expect("save");
         let back = Identity::load(dir.path()).expect("load");
@@ -129,6 +147,9 @@ mod tests {
         assert_eq!(back.ca_digest(), ca.digest());
         assert_eq!(back.peer().expect("peer").node, "n1");
         // PEM written by hand matches what rcgen writes.
-        assert_eq!(der_to_pem(ca.cert_der()).trim(), ca.cert_pem().trim().replace("\r\n", "\n"));
+        assert_eq!(
+            der_to_pem(ca.cert_der()).trim(),
+            ca.cert_pem().trim().replace("\r\n", "\n")
+        );
     }
 }

@@ -49,7 +49,8 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
         let subject = cert.subject();
         let first = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue>| {
             it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
@@ -58,9 +59,13 @@ impl PeerIdentity {
             .ok_or_else(|| CertError::BadCertificate("no common name".into()))?;
         let role = first(&mut subject.iter_organizational_unit())
             .and_then(|r| Role::parse(&r))
-            .ok_or_else(|| CertError::BadCertificate("no apiary role (OU) in the certificate".into()))?;
+            .ok_or_else(|| {
+                CertError::BadCertificate("no apiary role (OU) in the certificate".into())
+            })?;
         let serial = hex::encode(cert.raw_serial());
-        let at = |t: &ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+        let at = |t: &ASN1Time| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+        };
         Ok(PeerIdentity {
             node,
             role,
@@ -72,6 +77,8 @@ impl PeerIdentity {
 
     /// Serial of a DER certificate, in the same form as [`PeerIdentity::serial`].
     pub fn serial_of(der: &[u8]) -> Option<String> {
-        X509Certificate::from_der(der).ok().map(|(_, c)| hex::encode(c.raw_serial()))
+        X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, c)| hex::encode(c.raw_serial()))
     }
 }

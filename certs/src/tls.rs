@@ -14,8 +14,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName,
+    OtherError, RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -33,7 +33,8 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, CertError> {
 }
 
 fn key_from_pem(key_pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CertError::BadCertificate(format!("private key: {e}")))
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| CertError::BadCertificate(format!("private key: {e}")))
 }
 
 /// Serials the coordinator refuses, shared between its store and its TLS verifier.
@@ -42,11 +43,17 @@ pub struct RevocationSet(Arc<RwLock<HashSet<String>>>);
 
 impl RevocationSet {
     pub fn insert(&self, serial: &str) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(serial.to_string());
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(serial.to_string());
     }
 
     pub fn contains(&self, serial: &str) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(serial)
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(serial)
     }
 
     pub fn len(&self) -> usize {
@@ -86,13 +93,17 @@ impl ClientCertVerifier for RevokingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         match PeerIdentity::serial_of(end_entity) {
             Some(serial) if self.revoked.contains(&serial) => {
                 Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
             }
             Some(_) => Ok(verified),
-            None => Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding)),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            )),
         }
     }
 
@@ -137,7 +148,10 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            vec![CertificateDer::from(server_cert_der.to_vec()), CertificateDer::from(ca_der.to_vec())],
+            vec![
+                CertificateDer::from(server_cert_der.to_vec()),
+                CertificateDer::from(ca_der.to_vec()),
+            ],
             key_from_pem(server_key_pem)?,
         )?;
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -154,7 +168,12 @@ struct PinMismatch {
 impl std::fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let presented: Vec<String> = self.presented.iter().map(ToString::to_string).collect();
-        write!(f, "CA sha256 {} expected by the join token, coordinator presented [{}]", self.expected, presented.join(", "))
+        write!(
+            f,
+            "CA sha256 {} expected by the join token, coordinator presented [{}]",
+            self.expected,
+            presented.join(", ")
+        )
     }
 }
 
@@ -176,13 +195,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| CaDigest::of(c) == self.digest).ok_or_else(|| {
-            let presented = intermediates.iter().map(|c| CaDigest::of(c)).collect();
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinMismatch {
-                expected: self.digest,
-                presented,
-            }))))
-        })?;
+        let ca = intermediates
+            .iter()
+            .find(|c| CaDigest::of(c) == self.digest)
+            .ok_or_else(|| {
+                let presented = intermediates.iter().map(|c| CaDigest::of(c)).collect();
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    PinMismatch {
+                        expected: self.digest,
+                        presented,
+                    },
+                ))))
+            })?;
         let roots = roots(ca).map_err(|e| rustls::Error::General(e.to_string()))?;
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
@@ -196,7 +220,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -205,11 +234,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -226,11 +262,18 @@ pub fn enrollment_client_config(digest: CaDigest) -> Result<ClientConfig, CertEr
 }
 
 /// For every call after enrollment: trust the cluster CA, present our certificate.
-pub fn mtls_client_config(ca_der: &[u8], cert_der: &[u8], key_pem: &str) -> Result<ClientConfig, CertError> {
+pub fn mtls_client_config(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    key_pem: &str,
+) -> Result<ClientConfig, CertError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_der)?)
-        .with_client_auth_cert(vec![CertificateDer::from(cert_der.to_vec())], key_from_pem(key_pem)?)?;
+        .with_client_auth_cert(
+            vec![CertificateDer::from(cert_der.to_vec())],
+            key_from_pem(key_pem)?,
+        )?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -238,15 +281,23 @@ pub fn mtls_client_config(ca_der: &[u8], cert_der: &[u8], key_pem: &str) -> Resu
 /// A TLS-level refusal, told apart so that users read which one it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsRefusal {
-    #[error("the coordinator's CA does not match the join token ({0}); refusing to send anything to it. Check the coordinator address and get the token from this cluster's `coordinator token`")]
+    #[error(
+        "the coordinator's CA does not match the join token ({0}); refusing to send anything to it. Check the coordinator address and get the token from this cluster's `coordinator token`"
+    )]
     CaMismatch(String),
-    #[error("the coordinator refused this certificate: it was revoked (the node was removed with `ctl nodes remove`); re-enroll with a new join token")]
+    #[error(
+        "the coordinator refused this certificate: it was revoked (the node was removed with `ctl nodes remove`); re-enroll with a new join token"
+    )]
     Revoked,
-    #[error("the coordinator refused this certificate: it has expired; re-enroll with a join token (agents) or fetch a new admin.conf (operators)")]
+    #[error(
+        "the coordinator refused this certificate: it has expired; re-enroll with a join token (agents) or fetch a new admin.conf (operators)"
+    )]
     Expired,
     #[error("the coordinator refused this certificate: it was not issued by this cluster's CA")]
     UnknownCa,
-    #[error("the coordinator's certificate is not signed by the CA in our credentials (a different cluster, or its CA was recreated)")]
+    #[error(
+        "the coordinator's certificate is not signed by the CA in our credentials (a different cluster, or its CA was recreated)"
+    )]
     ServerUntrusted,
     #[error("TLS handshake failed: {0}")]
     Other(String),
@@ -287,16 +338,18 @@ fn from_rustls(e: &rustls::Error) -> TlsRefusal {
     match e {
         rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => TlsRefusal::Revoked,
         rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => TlsRefusal::Expired,
-        rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate) => {
-            TlsRefusal::UnknownCa
+        rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA | AlertDescription::BadCertificate,
+        ) => TlsRefusal::UnknownCa,
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<PinMismatch>() {
+                Some(pin) => TlsRefusal::CaMismatch(pin.to_string()),
+                None => TlsRefusal::Other(e.to_string()),
+            }
         }
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => match other.0.downcast_ref::<PinMismatch>() {
-            Some(pin) => TlsRefusal::CaMismatch(pin.to_string()),
-            None => TlsRefusal::Other(e.to_string()),
-        },
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
-            TlsRefusal::ServerUntrusted
-        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => TlsRefusal::ServerUntrusted,
         other => TlsRefusal::Other(other.to_string()),
     }
 }

@@ -45,7 +45,10 @@ impl JoinToken {
     pub fn generate(ca_digest: CaDigest) -> Self {
         let mut bytes = [0u8; 20];
         rand::rng().fill_bytes(&mut bytes);
-        JoinToken { ca_digest, secret: hex::encode(bytes) }
+        JoinToken {
+            ca_digest,
+            secret: hex::encode(bytes),
+        }
     }
 
     /// What the coordinator stores: never the secret itself.
@@ -81,11 +84,18 @@ impl FromStr for JoinToken {
         let bytes = hex::decode(digest)
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| CertError::MalformedToken("the CA digest is not 64 hex digits".into()))?;
+            .ok_or_else(|| {
+                CertError::MalformedToken("the CA digest is not 64 hex digits".into())
+            })?;
         if secret.len() < 16 || !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(CertError::MalformedToken("the secret is too short or has bad characters".into()));
+            return Err(CertError::MalformedToken(
+                "the secret is too short or has bad characters".into(),
+            ));
         }
-        Ok(JoinToken { ca_digest: CaDigest(bytes), secret: secret.to_string() })
+        Ok(JoinToken {
+            ca_digest: CaDigest(bytes),
+            secret: secret.to_string(),
+        })
     }
 }
 
@@ -119,6 +129,9 @@ mod tests {
     #[test]
     fn different_secrets_hash_differently() {
         let d = CaDigest::of(b"ca");
-        assert_ne!(JoinToken::generate(d).secret_hash(), JoinToken::generate(d).secret_hash());
+        assert_ne!(
+            JoinToken::generate(d).secret_hash(),
+            JoinToken::generate(d).secret_hash()
+        );
     }
 }

@@ -14,9 +14,18 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,14 +112,23 @@ pub const DEFAULT_LAB_NAMES: [&str; 4] = ["queenbee", "workerbee-1", "workerbee-
 
 impl ClusterConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let at = |span: Option<Range<usize>>, key: &str, message: String| {
             let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
-            ConfigError::Invalid { path: path.to_path_buf(), line, column, key: key.to_string(), message }
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key: key.to_string(),
+                message,
+            }
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
@@ -125,40 +143,87 @@ impl ClusterConfig {
         let name = raw.cluster.name;
         if name.get_ref().is_empty()
             || name.get_ref().len() > 32
-            || !name.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || !name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            return Err(at(Some(name.span()), "cluster.name", format!(
-                "cluster.name {:?} must be 1-32 characters of a-z, 0-9 and '-' (it names hosts, tags and namespaces)",
-                name.get_ref()
-            )));
+            return Err(at(
+                Some(name.span()),
+                "cluster.name",
+                format!(
+                    "cluster.name {:?} must be 1-32 characters of a-z, 0-9 and '-' (it names hosts, tags and namespaces)",
+                    name.get_ref()
+                ),
+            ));
         }
 
         let c = raw.coordinator;
-        let duration = |field: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration| {
-            let Some(v) = field else { return Ok(default) };
-            let d = humantime::parse_duration(v.get_ref())
-                .map_err(|e| at(Some(v.span()), key, format!("{key} = {:?}: {e} (write e.g. \"5s\", \"24h\")", v.get_ref())))?;
-            if d < min {
-                return Err(at(Some(v.span()), key, format!("{key} must be at least {}", humantime::format_duration(min))));
-            }
-            Ok(d)
-        };
-        let heartbeat_interval = duration(&c.heartbeat_interval, "coordinator.heartbeat_interval", Duration::from_secs(5), Duration::from_millis(100))?;
-        let node_cert_ttl = duration(&c.node_cert_ttl, "coordinator.node_cert_ttl", Duration::from_secs(24 * 3600), Duration::from_secs(3))?;
-        let admin_cert_ttl = duration(&c.admin_cert_ttl, "coordinator.admin_cert_ttl", Duration::from_secs(365 * 24 * 3600), Duration::from_secs(60))?;
+        let duration =
+            |field: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration| {
+                let Some(v) = field else { return Ok(default) };
+                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                    at(
+                        Some(v.span()),
+                        key,
+                        format!(
+                            "{key} = {:?}: {e} (write e.g. \"5s\", \"24h\")",
+                            v.get_ref()
+                        ),
+                    )
+                })?;
+                if d < min {
+                    return Err(at(
+                        Some(v.span()),
+                        key,
+                        format!("{key} must be at least {}", humantime::format_duration(min)),
+                    ));
+                }
+                Ok(d)
+            };
+        let heartbeat_interval = duration(
+            &c.heartbeat_interval,
+            "coordinator.heartbeat_interval",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        )?;
+        let node_cert_ttl = duration(
+            &c.node_cert_ttl,
+            "coordinator.node_cert_ttl",
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(3),
+        )?;
+        let admin_cert_ttl = duration(
+            &c.admin_cert_ttl,
+            "coordinator.admin_cert_ttl",
+            Duration::from_secs(365 * 24 * 3600),
+            Duration::from_secs(60),
+        )?;
         let join_token_ttl = match &c.join_token_ttl {
             Some(v) if v.get_ref() == "never" => None,
-            Some(_) => Some(duration(&c.join_token_ttl, "coordinator.join_token_ttl", Duration::ZERO, Duration::from_secs(1))?),
+            Some(_) => Some(duration(
+                &c.join_token_ttl,
+                "coordinator.join_token_ttl",
+                Duration::ZERO,
+                Duration::from_secs(1),
+            )?),
             None => None,
         };
 
         let provider_span = raw.provider.span();
         let provider = match raw.provider.into_inner() {
             RawProvider::Manual {} => ProviderConfig::Manual,
-            RawProvider::Lab { hosts, names, teardown_on_exit } => {
+            RawProvider::Lab {
+                hosts,
+                names,
+                teardown_on_exit,
+            } => {
                 let names: Vec<String> = match (hosts, names) {
                     (_, Some(names)) => names,
-                    (Some(n), None) if n <= DEFAULT_LAB_NAMES.len() => DEFAULT_LAB_NAMES[..n].iter().map(|s| s.to_string()).collect(),
+                    (Some(n), None) if n <= DEFAULT_LAB_NAMES.len() => DEFAULT_LAB_NAMES[..n]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
                     (Some(n), None) => std::iter::once("queenbee".to_string())
                         .chain((1..n).map(|i| format!("workerbee-{i}")))
                         .collect(),
@@ -167,23 +232,50 @@ impl ClusterConfig {
                 if let Some(n) = hosts
                     && n != names.len()
                 {
-                    return Err(at(Some(provider_span), "provider.hosts", format!("provider.hosts = {n} but provider.names lists {} hosts", names.len())));
+                    return Err(at(
+                        Some(provider_span),
+                        "provider.hosts",
+                        format!(
+                            "provider.hosts = {n} but provider.names lists {} hosts",
+                            names.len()
+                        ),
+                    ));
                 }
                 if names.is_empty() || names.len() > 200 {
-                    return Err(at(Some(provider_span), "provider.hosts", "the lab needs between 1 and 200 hosts".into()));
+                    return Err(at(
+                        Some(provider_span),
+                        "provider.hosts",
+                        "the lab needs between 1 and 200 hosts".into(),
+                    ));
                 }
                 for n in &names {
-                    if n.is_empty() || n.len() > 40 || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                        return Err(at(Some(provider_span), "provider.names", format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'")));
+                    if n.is_empty()
+                        || n.len() > 40
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    {
+                        return Err(at(
+                            Some(provider_span),
+                            "provider.names",
+                            format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"),
+                        ));
                     }
                 }
                 let mut sorted = names.clone();
                 sorted.sort();
                 sorted.dedup();
                 if sorted.len() != names.len() {
-                    return Err(at(Some(provider_span), "provider.names", "host names must be unique".into()));
+                    return Err(at(
+                        Some(provider_span),
+                        "provider.names",
+                        "host names must be unique".into(),
+                    ));
                 }
-                ProviderConfig::Lab(LabProviderConfig { hosts: names, teardown_on_exit })
+                ProviderConfig::Lab(LabProviderConfig {
+                    hosts: names,
+                    teardown_on_exit,
+                })
             }
             RawProvider::Digitalocean(table) => ProviderConfig::DigitalOcean(table),
         };
@@ -194,9 +286,18 @@ impl ClusterConfig {
         };
         let listen = match &c.listen {
             Some(v) => v.get_ref().parse().map_err(|e| {
-                at(Some(v.span()), "coordinator.listen", format!("coordinator.listen = {:?}: {e} (write IP:PORT)", v.get_ref()))
+                at(
+                    Some(v.span()),
+                    "coordinator.listen",
+                    format!(
+                        "coordinator.listen = {:?}: {e} (write IP:PORT)",
+                        v.get_ref()
+                    ),
+                )
             })?,
-            None => default_listen.parse().map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
+            None => default_listen
+                .parse()
+                .map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
         };
 
         Ok(ClusterConfig {
@@ -215,7 +316,12 @@ impl ClusterConfig {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -229,7 +335,8 @@ mod tests {
 
     #[test]
     fn minimal_manual_config_gets_defaults() {
-        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n").expect("valid");
+        let c =
+            parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n").expect("valid");
         assert_eq!(c.cluster_name, "bees");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.node_cert_ttl, Duration::from_secs(86400));
@@ -241,11 +348,16 @@ mod tests {
     #[test]
     fn lab_defaults_to_the_recipes_four_hosts_on_the_private_bridge() {
         let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n").expect("valid");
-        let ProviderConfig::Lab(lab) = c.provider else { panic!("lab expected") };
+        let ProviderConfig::Lab(lab) = c.provider else {
+            panic!("lab expected")
+        };
         assert_eq!(lab.hosts, DEFAULT_LAB_NAMES);
         assert_eq!(c.listen.to_string(), "10.231.0.1:7443");
-        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\nhosts = 6\n").expect("valid");
-        let ProviderConfig::Lab(lab) = c.provider else { panic!("lab expected") };
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\nhosts = 6\n")
+            .expect("valid");
+        let ProviderConfig::Lab(lab) = c.provider else {
+            panic!("lab expected")
+        };
         assert_eq!(lab.hosts.last().map(String::as_str), Some("workerbee-5"));
     }
 
@@ -253,7 +365,9 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let err = parse("[cluster]\nname = \"bees\"\n[coordinator]\nlisten = \"127.0.0.1:1\"\nheartbeat = \"5s\"\n[provider]\nkind = \"manual\"\n")
             .expect_err("unknown key");
-        let ConfigError::Invalid { line, key, .. } = &err else { panic!("{err}") };
+        let ConfigError::Invalid { line, key, .. } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(*line, 5, "{err}");
         assert_eq!(key, "heartbeat");
         assert!(err.to_string().starts_with("cluster.toml:5:"), "{err}");
@@ -262,13 +376,34 @@ mod tests {
     #[test]
     fn bad_values_name_their_key_and_line() {
         for (text, line, key) in [
-            ("[cluster]\nname = \"Bees!\"\n[provider]\nkind = \"manual\"\n", 2, "cluster.name"),
-            ("[cluster]\nname = \"b\"\n[coordinator]\nheartbeat_interval = \"soon\"\n[provider]\nkind = \"manual\"\n", 4, "coordinator.heartbeat_interval"),
-            ("[cluster]\nname = \"b\"\n[coordinator]\nlisten = \"nowhere\"\n[provider]\nkind = \"manual\"\n", 4, "coordinator.listen"),
-            ("[cluster]\nname = \"b\"\n[provider]\nkind = \"vmware\"\n", 4, "vmware"),
+            (
+                "[cluster]\nname = \"Bees!\"\n[provider]\nkind = \"manual\"\n",
+                2,
+                "cluster.name",
+            ),
+            (
+                "[cluster]\nname = \"b\"\n[coordinator]\nheartbeat_interval = \"soon\"\n[provider]\nkind = \"manual\"\n",
+                4,
+                "coordinator.heartbeat_interval",
+            ),
+            (
+                "[cluster]\nname = \"b\"\n[coordinator]\nlisten = \"nowhere\"\n[provider]\nkind = \"manual\"\n",
+                4,
+                "coordinator.listen",
+            ),
+            (
+                "[cluster]\nname = \"b\"\n[provider]\nkind = \"vmware\"\n",
+                4,
+                "vmware",
+            ),
         ] {
             let err = parse(text).expect_err(text);
-            let ConfigError::Invalid { line: l, key: k, .. } = &err else { panic!("{err}") };
+            let ConfigError::Invalid {
+                line: l, key: k, ..
+            } = &err
+            else {
+                panic!("{err}")
+            };
             assert_eq!((*l, k.as_str()), (line, key), "{err}");
         }
     }

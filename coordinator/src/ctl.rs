@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apiary_certs::{COORDINATOR_SERVER_NAME, TlsRefusal, classify_tls_failure, mtls_client_config};
 use apiary_proto::admin_client::AdminClient;
-use apiary_proto::{JoinTokenRequest, NodeStatus, RemoveNodeRequest, StatusRequest, StatusResponse, dial};
+use apiary_proto::{
+    JoinTokenRequest, NodeStatus, RemoveNodeRequest, StatusRequest, StatusResponse, dial,
+};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -18,7 +20,9 @@ pub enum CtlError {
     Config(#[from] AdminConfError),
     #[error("credentials: {0}")]
     Cert(#[from] apiary_certs::CertError),
-    #[error("cannot reach the coordinator at {endpoint}: {reason} (is `coordinator serve` running?)")]
+    #[error(
+        "cannot reach the coordinator at {endpoint}: {reason} (is `coordinator serve` running?)"
+    )]
     Unreachable { endpoint: String, reason: String },
     #[error("{0}")]
     Refused(#[from] TlsRefusal),
@@ -50,16 +54,29 @@ impl Ctl {
     pub fn new(conf: &AdminConf) -> Result<Self, CtlError> {
         let id = conf.identity()?;
         let tls = mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)?;
-        let channel = dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls.clone())
-            .map_err(|e| CtlError::Unreachable { endpoint: conf.endpoint.clone(), reason: e.to_string() })?;
-        Ok(Ctl { endpoint: conf.endpoint.clone(), tls, client: AdminClient::new(channel) })
+        let channel =
+            dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls.clone()).map_err(|e| {
+                CtlError::Unreachable {
+                    endpoint: conf.endpoint.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Ctl {
+            endpoint: conf.endpoint.clone(),
+            tls,
+            client: AdminClient::new(channel),
+        })
     }
 
     /// Says why a call failed, in the user's terms.
     async fn judge(&self, status: tonic::Status) -> CtlError {
         match status.code() {
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => return CtlError::Denied(status.message().to_string()),
-            tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                return CtlError::Denied(status.message().to_string());
+            }
+            tonic::Code::NotFound
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition => {
                 return CtlError::Failed(status.message().to_string());
             }
             _ => {}
@@ -70,7 +87,10 @@ impl Ctl {
         match dial::handshake(&self.endpoint, COORDINATOR_SERVER_NAME, self.tls.clone()).await {
             Err(e) => match classify_tls_failure(&e) {
                 Some(r) => r.into(),
-                None => CtlError::Unreachable { endpoint: self.endpoint.clone(), reason: e.to_string() },
+                None => CtlError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: e.to_string(),
+                },
             },
             Ok(()) => CtlError::Failed(status.message().to_string()),
         }
@@ -84,7 +104,13 @@ impl Ctl {
     }
 
     pub async fn remove_node(&mut self, name: &str) -> Result<Vec<String>, CtlError> {
-        match self.client.remove_node(RemoveNodeRequest { name: name.to_string() }).await {
+        match self
+            .client
+            .remove_node(RemoveNodeRequest {
+                name: name.to_string(),
+            })
+            .await
+        {
             Ok(r) => Ok(r.into_inner().revoked_serials),
             Err(s) => Err(self.judge(s).await),
         }
@@ -105,9 +131,15 @@ fn ago(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "never".into();
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let secs = now.saturating_sub(unix_ms) / 1000;
-    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 /// The JSON form of `ctl status` (field names are documented in the README
@@ -119,8 +151,16 @@ pub fn status_json(s: &StatusResponse) -> serde_json::Value {
 
 fn node_json(n: &NodeStatus) -> serde_json::Value {
     let f = n.facts.clone().unwrap_or_default();
-    let features: serde_json::Map<String, serde_json::Value> =
-        f.kernel_features.iter().map(|k| (k.name.clone(), json!({"available": k.available, "detail": k.detail}))).collect();
+    let features: serde_json::Map<String, serde_json::Value> = f
+        .kernel_features
+        .iter()
+        .map(|k| {
+            (
+                k.name.clone(),
+                json!({"available": k.available, "detail": k.detail}),
+            )
+        })
+        .collect();
     let mut v = json!({
         "name": n.name,
         "state": n.state,
@@ -149,7 +189,13 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
 /// The table form of `ctl status`.
 pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<()> {
     let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
-    writeln!(out, "cluster {}: {}/{} nodes ready", s.cluster, ready, s.nodes.len())?;
+    writeln!(
+        out,
+        "cluster {}: {}/{} nodes ready",
+        s.cluster,
+        ready,
+        s.nodes.len()
+    )?;
     let rows: Vec<[String; 7]> = s
         .nodes
         .iter()
@@ -166,7 +212,16 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "PUBLIC", "PRIVATE", "LAST SEEN", "KERNEL", "DOCKER"].map(String::from);
+    let header = [
+        "NAME",
+        "STATE",
+        "PUBLIC",
+        "PRIVATE",
+        "LAST SEEN",
+        "KERNEL",
+        "DOCKER",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -174,12 +229,20 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
         }
     }
     for r in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(())
 }
 
 fn dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_string() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
 }

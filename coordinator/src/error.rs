@@ -34,9 +34,17 @@ pub enum CoordinatorError {
     #[error(transparent)]
     AdminConf(#[from] AdminConfError),
     #[error("cannot use state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot listen on {addr}: {source} (is another coordinator running? choose another address with --listen)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr}: {source} (is another coordinator running? choose another address with --listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Serve(String),
     #[error("{0}")]

@@ -10,9 +10,9 @@
 
 pub mod admin_conf;
 pub mod config;
+pub mod ctl;
 pub mod error;
 pub mod registry;
+pub mod serve;
 pub mod server;
 pub mod store;
-pub mod ctl;
-pub mod serve;

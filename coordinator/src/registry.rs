@@ -37,7 +37,10 @@ pub struct LiveView {
 }
 
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Registry {
@@ -49,9 +52,17 @@ impl Registry {
     /// one agent, one session.
     pub fn connect(&self, node: &str, outbox: Outbox, facts: Option<Facts>) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let live = Live { session, outbox, last_seen: Instant::now(), last_seen_unix_ms: now_unix_ms(), facts };
+        let live = Live {
+            session,
+            outbox,
+            last_seen: Instant::now(),
+            last_seen_unix_ms: now_unix_ms(),
+            facts,
+        };
         if let Some(old) = self.lock().insert(node.to_string(), live) {
-            let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer session from the same node")));
+            let _ = old.outbox.try_send(Err(Status::aborted(
+                "replaced by a newer session from the same node",
+            )));
         }
         session
     }
@@ -101,6 +112,9 @@ impl Registry {
 
     /// (node, last seen) of every session, for persisting last-seen times.
     pub fn last_seen(&self) -> Vec<(String, u64)> {
-        self.lock().iter().map(|(k, v)| (k.clone(), v.last_seen_unix_ms)).collect()
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.last_seen_unix_ms))
+            .collect()
     }
 }

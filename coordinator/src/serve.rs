@@ -20,7 +20,10 @@ pub struct ServeOptions {
 }
 
 /// Binds, writes admin.conf, and serves until `shutdown`.
-pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
     let addr = opts.listen.unwrap_or(opts.config.listen);
     if let ProviderConfig::DigitalOcean(_) = opts.config.provider {
         return Err(CoordinatorError::Provider(
@@ -28,8 +31,12 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send
         ));
     }
     let coordinator = Coordinator::open(opts.config.clone(), &opts.state_dir).await?;
-    let listener = TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| CoordinatorError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| CoordinatorError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Bind { addr, source })?;
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
     run_with(coordinator, listener, shutdown).await

@@ -18,9 +18,10 @@ use apiary_proto::admin_server::{Admin, AdminServer};
 use apiary_proto::agent_api_server::{AgentApi, AgentApiServer};
 use apiary_proto::enrollment_server::{Enrollment, EnrollmentServer};
 use apiary_proto::{
-    AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, Facts, HeartbeatAck, JoinTokenRequest,
-    JoinTokenResponse, NodeStatus, RemoveNodeRequest, RemoveNodeResponse, RenewRequest, RenewResponse,
-    StatusRequest, StatusResponse, Welcome, agent_message, coordinator_message,
+    AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, Facts, HeartbeatAck,
+    JoinTokenRequest, JoinTokenResponse, NodeStatus, RemoveNodeRequest, RemoveNodeResponse,
+    RenewRequest, RenewResponse, StatusRequest, StatusResponse, Welcome, agent_message,
+    coordinator_message,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -49,16 +50,23 @@ pub struct Coordinator {
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coordinator").field("cluster", &self.config.cluster_name).finish_non_exhaustive()
+        f.debug_struct("Coordinator")
+            .field("cluster", &self.config.cluster_name)
+            .finish_non_exhaustive()
     }
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub const ADMIN_CONF: &str = "admin.conf";
@@ -66,12 +74,23 @@ pub const ADMIN_CONF: &str = "admin.conf";
 impl Coordinator {
     /// Opens (or on first start creates) the state in `state_dir`: CA, store,
     /// join token. Does not listen yet.
-    pub async fn open(config: ClusterConfig, state_dir: &Path) -> Result<Arc<Self>, CoordinatorError> {
+    pub async fn open(
+        config: ClusterConfig,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, CoordinatorError> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir_err = |source| CoordinatorError::StateDir { path: state_dir.to_path_buf(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(dir_err)?;
+        let dir_err = |source| CoordinatorError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(dir_err)?;
 
-        let (ca, created) = ClusterCa::load_or_create(&state_dir.join("pki"), &config.cluster_name)?;
+        let (ca, created) =
+            ClusterCa::load_or_create(&state_dir.join("pki"), &config.cluster_name)?;
         if created {
             info!(digest = %ca.digest(), "created the cluster CA");
         }
@@ -90,8 +109,17 @@ impl Coordinator {
         };
         // The server certificate is made afresh at every start: nothing pins it
         // but its CA, and a short life limits what a stolen copy is worth.
-        let (server_cert, server_key) = ca.issue_with_key("coordinator", Role::Coordinator, Duration::from_secs(30 * 86400))?;
-        let server_tls = Arc::new(server_config(ca.cert_der(), &server_cert.der, &server_key, revoked.clone())?);
+        let (server_cert, server_key) = ca.issue_with_key(
+            "coordinator",
+            Role::Coordinator,
+            Duration::from_secs(30 * 86400),
+        )?;
+        let server_tls = Arc::new(server_config(
+            ca.cert_der(),
+            &server_cert.der,
+            &server_key,
+            revoked.clone(),
+        )?);
         Ok(Arc::new(Coordinator {
             config,
             state_dir: state_dir.to_path_buf(),
@@ -157,7 +185,9 @@ impl Coordinator {
                 conf
             }
             Err(_) => {
-                let (cert, key) = self.ca.issue_with_key("admin", Role::Admin, self.config.admin_cert_ttl)?;
+                let (cert, key) =
+                    self.ca
+                        .issue_with_key("admin", Role::Admin, self.config.admin_cert_ttl)?;
                 AdminConf {
                     cluster: self.config.cluster_name.clone(),
                     endpoint: endpoint.to_string(),
@@ -195,7 +225,8 @@ impl Coordinator {
                 let acceptor = acceptor.clone();
                 let conn_tx = conn_tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
                         Ok(Ok(tls)) => {
                             let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
                         }
@@ -257,16 +288,27 @@ impl Coordinator {
 
     fn node_status(&self, n: NodeRecord) -> NodeStatus {
         let live = self.registry.view(&n.name, self.config.heartbeat_interval);
-        let facts = live
-            .as_ref()
-            .and_then(|l| l.facts.clone())
-            .or_else(|| self.store.facts(&n.name).ok().flatten().and_then(|b| Facts::decode(b.as_slice()).ok()));
+        let facts = live.as_ref().and_then(|l| l.facts.clone()).or_else(|| {
+            self.store
+                .facts(&n.name)
+                .ok()
+                .flatten()
+                .and_then(|b| Facts::decode(b.as_slice()).ok())
+        });
         let ready = live.as_ref().is_some_and(|l| l.connected_and_fresh);
         NodeStatus {
             state: if ready { "ready" } else { "down" }.to_string(),
-            public_ip: facts.as_ref().map(|f| f.public_ip.clone()).unwrap_or_default(),
-            private_ip: facts.as_ref().map(|f| f.private_ip.clone()).unwrap_or_default(),
-            last_seen_unix_ms: live.map(|l| l.last_seen_unix_ms).unwrap_or(n.last_seen_unix_ms),
+            public_ip: facts
+                .as_ref()
+                .map(|f| f.public_ip.clone())
+                .unwrap_or_default(),
+            private_ip: facts
+                .as_ref()
+                .map(|f| f.private_ip.clone())
+                .unwrap_or_default(),
+            last_seen_unix_ms: live
+                .map(|l| l.last_seen_unix_ms)
+                .unwrap_or(n.last_seen_unix_ms),
             facts,
             cert_serial: n.cert_serial,
             cert_not_after_unix: n.cert_not_after_unix,
@@ -281,7 +323,9 @@ impl Coordinator {
     /// handshake on, and its live session is ended with the reason.
     pub async fn remove_node(&self, name: &str) -> Result<Vec<String>, Status> {
         if self.store.node(name).map_err(internal)?.is_none() {
-            return Err(Status::not_found(format!("no node named {name:?}; `ctl status` lists the nodes")));
+            return Err(Status::not_found(format!(
+                "no node named {name:?}; `ctl status` lists the nodes"
+            )));
         }
         let now = unix_now();
         let serials: Vec<String> = self
@@ -298,27 +342,41 @@ impl Coordinator {
         }
         let mut ops: Vec<Op> = serials
             .iter()
-            .map(|s| Op::Revoke(RevocationRecord { serial: s.clone(), node: name.to_string(), revoked_unix: now }))
+            .map(|s| {
+                Op::Revoke(RevocationRecord {
+                    serial: s.clone(),
+                    node: name.to_string(),
+                    revoked_unix: now,
+                })
+            })
             .collect();
         ops.push(Op::DeleteNode(name.to_string()));
         self.store.apply(ops).await.map_err(internal)?;
         self.registry.kick(
             name,
-            Status::permission_denied(format!("node {name} was removed from the cluster; its certificate is revoked")),
+            Status::permission_denied(format!(
+                "node {name} was removed from the cluster; its certificate is revoked"
+            )),
         );
         info!(node = name, revoked = serials.len(), "node removed");
         Ok(serials)
     }
 
     fn check_token(&self, presented: &str) -> Result<(), Status> {
-        let token: JoinToken = presented.parse().map_err(|e: apiary_certs::CertError| Status::invalid_argument(e.to_string()))?;
+        let token: JoinToken = presented
+            .parse()
+            .map_err(|e: apiary_certs::CertError| Status::invalid_argument(e.to_string()))?;
         if token.ca_digest != self.ca.digest() {
             return Err(Status::permission_denied(
                 "join token refused: it was issued for another cluster's CA; get this cluster's token with `coordinator token`",
             ));
         }
         let current = self.current_token();
-        let current_hash = current.token.parse::<JoinToken>().map(|t| t.secret_hash()).unwrap_or_default();
+        let current_hash = current
+            .token
+            .parse::<JoinToken>()
+            .map(|t| t.secret_hash())
+            .unwrap_or_default();
         let hash = token.secret_hash();
         if hash == current_hash {
             if let Some(exp) = current.expires_unix
@@ -336,13 +394,20 @@ impl Coordinator {
                 "join token refused: it was rotated and is no longer valid; get the current one with `coordinator token`",
             ));
         }
-        Err(Status::permission_denied("join token refused: wrong secret for this cluster; get the current one with `coordinator token`"))
+        Err(Status::permission_denied(
+            "join token refused: wrong secret for this cluster; get the current one with `coordinator token`",
+        ))
     }
 
     pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, Status> {
         self.check_token(&req.token)?;
         let name = req.node_name;
-        if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        {
             return Err(Status::invalid_argument(format!(
                 "node name {name:?} must be 1-63 characters of letters, digits, '-', '.', '_' (set it with --name)"
             )));
@@ -367,24 +432,41 @@ impl Coordinator {
                 cert_serial: cert.serial.clone(),
                 cert_not_after_unix: unix(cert.not_after),
                 last_seen_unix_ms: previous.as_ref().map(|p| p.last_seen_unix_ms).unwrap_or(0),
-                provider_id: previous.as_ref().map(|p| p.provider_id.clone()).unwrap_or_default(),
+                provider_id: previous
+                    .as_ref()
+                    .map(|p| p.provider_id.clone())
+                    .unwrap_or_default(),
             }),
         ];
         // Re-enrolling under a name that exists (a host whose state was wiped)
         // takes the name over: the old identity must not stay valid beside it.
         if let Some(p) = &previous {
             self.revoked.insert(&p.cert_serial);
-            ops.push(Op::Revoke(RevocationRecord { serial: p.cert_serial.clone(), node: name.clone(), revoked_unix: now }));
-            self.registry.kick(&name, Status::aborted("this node re-enrolled with a new identity"));
+            ops.push(Op::Revoke(RevocationRecord {
+                serial: p.cert_serial.clone(),
+                node: name.clone(),
+                revoked_unix: now,
+            }));
+            self.registry.kick(
+                &name,
+                Status::aborted("this node re-enrolled with a new identity"),
+            );
         }
         self.store.apply(ops).await.map_err(internal)?;
         info!(node = %name, serial = %cert.serial, reenrolled = previous.is_some(), "node enrolled");
-        Ok(EnrollResponse { cert_der: cert.der, ca_der: self.ca.cert_der().to_vec(), node_name: name })
+        Ok(EnrollResponse {
+            cert_der: cert.der,
+            ca_der: self.ca.cert_der().to_vec(),
+            node_name: name,
+        })
     }
 
     async fn renew(&self, peer: &PeerIdentity, csr: &[u8]) -> Result<RenewResponse, Status> {
         let Some(mut node) = self.store.node(&peer.node).map_err(internal)? else {
-            return Err(Status::permission_denied(format!("node {} is not a member of this cluster", peer.node)));
+            return Err(Status::permission_denied(format!(
+                "node {} is not a member of this cluster",
+                peer.node
+            )));
         };
         let cert = self
             .ca
@@ -409,7 +491,12 @@ impl Coordinator {
         Ok(RenewResponse { cert_der: cert.der })
     }
 
-    async fn run_session(self: Arc<Self>, node: String, mut inbound: Streaming<AgentMessage>, outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>) {
+    async fn run_session(
+        self: Arc<Self>,
+        node: String,
+        mut inbound: Streaming<AgentMessage>,
+        outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    ) {
         let session = self.registry.connect(&node, outbox.clone(), None);
         let welcome = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Welcome(Welcome {
@@ -431,9 +518,15 @@ impl Coordinator {
                             info!(version = %hello.agent_version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
                             self.record_facts(&node, session, facts).await;
                         }
-                        agent_message::Msg::Facts(facts) => self.record_facts(&node, session, facts).await,
+                        agent_message::Msg::Facts(facts) => {
+                            self.record_facts(&node, session, facts).await
+                        }
                         agent_message::Msg::Heartbeat(hb) => {
-                            let ack = CoordinatorMessage { msg: Some(coordinator_message::Msg::HeartbeatAck(HeartbeatAck { seq: hb.seq })) };
+                            let ack = CoordinatorMessage {
+                                msg: Some(coordinator_message::Msg::HeartbeatAck(HeartbeatAck {
+                                    seq: hb.seq,
+                                })),
+                            };
                             if outbox.send(Ok(ack)).await.is_err() {
                                 break;
                             }
@@ -455,13 +548,24 @@ impl Coordinator {
     async fn record_facts(&self, node: &str, session: u64, facts: Facts) {
         let encoded = facts.encode_to_vec();
         self.registry.set_facts(node, session, facts);
-        if let Err(e) = self.store.apply(vec![Op::PutFacts { node: node.to_string(), encoded }]).await {
+        if let Err(e) = self
+            .store
+            .apply(vec![Op::PutFacts {
+                node: node.to_string(),
+                encoded,
+            }])
+            .await
+        {
             warn!(error = %e, "could not persist facts");
         }
     }
 }
 
-fn new_token_record(ca: &ClusterCa, config: &ClusterConfig, rotated_hashes: Vec<String>) -> TokenRecord {
+fn new_token_record(
+    ca: &ClusterCa,
+    config: &ClusterConfig,
+    rotated_hashes: Vec<String>,
+) -> TokenRecord {
     let now = unix_now();
     TokenRecord {
         token: JoinToken::generate(ca.digest()).to_string(),
@@ -477,9 +581,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 /// The verified identity of the caller, which must hold `role`.
 fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdentity, Status> {
-    let cert = req.peer_certs().and_then(|certs| certs.first().cloned()).ok_or_else(|| {
-        Status::unauthenticated(format!("this API needs a client certificate with role {role}; none was presented"))
-    })?;
+    let cert = req
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "this API needs a client certificate with role {role}; none was presented"
+            ))
+        })?;
     let peer = PeerIdentity::from_der(&cert).map_err(|e| Status::unauthenticated(e.to_string()))?;
     if peer.role != role {
         return Err(Status::permission_denied(format!(
@@ -495,7 +604,10 @@ struct Svc(Arc<Coordinator>);
 
 #[tonic::async_trait]
 impl Enrollment for Svc {
-    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let req = req.into_inner();
         let span = info_span!("enroll", node = %req.node_name);
         self.0.enroll(req).instrument(span).await.map(Response::new)
@@ -506,31 +618,51 @@ impl Enrollment for Svc {
 impl AgentApi for Svc {
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
 
-    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = require_role(&req, Role::Agent)?;
         if self.0.store.node(&peer.node).map_err(internal)?.is_none() {
-            return Err(Status::permission_denied(format!("node {} is not a member of this cluster; re-enroll with a join token", peer.node)));
+            return Err(Status::permission_denied(format!(
+                "node {} is not a member of this cluster; re-enroll with a join token",
+                peer.node
+            )));
         }
         let (tx, rx) = mpsc::channel(64);
         let span = info_span!("session", node = %peer.node);
-        tokio::spawn(self.0.clone().run_session(peer.node, req.into_inner(), tx).instrument(span));
+        tokio::spawn(
+            self.0
+                .clone()
+                .run_session(peer.node, req.into_inner(), tx)
+                .instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let peer = require_role(&req, Role::Agent)?;
-        self.0.renew(&peer, &req.into_inner().csr_der).await.map(Response::new)
+        self.0
+            .renew(&peer, &req.into_inner().csr_der)
+            .await
+            .map(Response::new)
     }
 }
 
 #[tonic::async_trait]
 impl Admin for Svc {
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         require_role(&req, Role::Admin)?;
         self.0.status().map(Response::new)
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
         let admin = require_role(&req, Role::Admin)?;
         let name = req.into_inner().name;
         info!(admin = %admin.node, node = %name, "remove node requested");
@@ -538,14 +670,20 @@ impl Admin for Svc {
         Ok(Response::new(RemoveNodeResponse { revoked_serials }))
     }
 
-    async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
+    async fn join_token(
+        &self,
+        req: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
         require_role(&req, Role::Admin)?;
         let record = if req.into_inner().rotate {
             self.0.rotate_token().await.map_err(internal)?
         } else {
             self.0.current_token()
         };
-        Ok(Response::new(JoinTokenResponse { token: record.token, expires_unix: record.expires_unix.unwrap_or(0) }))
+        Ok(Response::new(JoinTokenResponse {
+            token: record.token,
+            expires_unix: record.expires_unix.unwrap_or(0),
+        }))
     }
 }
 

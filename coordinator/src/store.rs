@@ -22,7 +22,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state store {path} is in use by another coordinator process; stop it first (or, for `coordinator token`, let the running coordinator answer)")]
+    #[error(
+        "state store {path} is in use by another coordinator process; stop it first (or, for `coordinator token`, let the running coordinator answer)"
+    )]
     InUse { path: PathBuf },
     #[error("cannot open state store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
@@ -37,7 +39,12 @@ pub enum StoreError {
 macro_rules! db_err {
     ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { StoreError::Db(e.to_string()) } })*};
 }
-db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeRecord {
@@ -108,8 +115,13 @@ const TOKEN_KEY: &str = "join_token";
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
-            other => StoreError::Open { path: path.to_path_buf(), reason: other.to_string() },
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            other => StoreError::Open {
+                path: path.to_path_buf(),
+                reason: other.to_string(),
+            },
         })?;
         let txn = db.begin_write()?;
         for table in [NODES, CERTS, REVOKED, FACTS, META] {
@@ -122,18 +134,26 @@ impl Store {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(&thread_db, rx))
-            .map_err(|e| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         Ok(Store { db, writer })
     }
 
     /// Applies `ops` atomically and durably (together with whatever else is queued).
     pub async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send((ops, tx)).map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send((ops, tx))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(table)?;
         let mut out = Vec::new();
@@ -144,7 +164,11 @@ impl Store {
         Ok(out)
     }
 
-    fn one<T: for<'de> Deserialize<'de>>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+    fn one<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(table)?;
         table.get(key)?.map(|v| decode(key, v.value())).transpose()
@@ -178,7 +202,10 @@ impl Store {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -197,7 +224,12 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
         }
         let result = commit(db, batch.iter().flat_map(|(ops, _)| ops.iter()));
         for (_, done) in batch {
-            let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Db(e.to_string())));
+            let _ = done.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| StoreError::Db(e.to_string())),
+            );
         }
     }
 }
@@ -243,7 +275,14 @@ mod tests {
     use super::*;
 
     fn node(name: &str) -> NodeRecord {
-        NodeRecord { name: name.into(), enrolled_unix: 1, cert_serial: "01".into(), cert_not_after_unix: 2, last_seen_unix_ms: 0, provider_id: String::new() }
+        NodeRecord {
+            name: name.into(),
+            enrolled_unix: 1,
+            cert_serial: "01".into(),
+            cert_not_after_unix: 2,
+            last_seen_unix_ms: 0,
+            provider_id: String::new(),
+        }
     }
 
     #[tokio::test]
@@ -257,17 +296,26 @@ mod tests {
                 .apply(vec![
                     Op::PutNode(node("a")),
                     Op::PutNode(node("b")),
-                    Op::Revoke(RevocationRecord { serial: "ff".into(), node: "c".into(), revoked_unix: 3 }),
+                    Op::Revoke(RevocationRecord {
+                        serial: "ff".into(),
+                        node: "c".into(),
+                        revoked_unix: 3,
+                    }),
                 ])
                 .await
                 .expect("apply");
-            store.apply(vec![Op::DeleteNode("b".into())]).await.expect("delete");
+            store
+                .apply(vec![Op::DeleteNode("b".into())])
+                .await
+                .expect("delete");
         }
         // The writer thread holds the database until its channel closes.
         let store = loop {
             match Store::open(&path) {
                 Ok(s) => break s,
-                Err(StoreError::InUse { .. }) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(StoreError::InUse { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
                 Err(e) => panic!("{e}"),
             }
         };
@@ -282,7 +330,9 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let s = store.clone();
-                tokio::spawn(async move { s.apply(vec![Op::PutNode(node(&format!("n{i}")))]).await })
+                tokio::spawn(
+                    async move { s.apply(vec![Op::PutNode(node(&format!("n{i}")))]).await },
+                )
             })
             .collect();
         for t in tasks {

@@ -207,9 +207,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before retry number `retry` (1-based).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX));
+        let exp = self.base_delay.saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
         let capped = exp.min(self.max_delay);
         let half = capped / 2;
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
@@ -631,9 +632,13 @@ impl Client {
 
     /// `sizes_list`, all pages.
     pub async fn list_sizes(&self) -> Result<Vec<Size>, ApiError> {
-        self.list_all("sizes_list", self.url("v2/sizes"), &[], "sizes", |s: &Size| {
-            s.slug.clone()
-        })
+        self.list_all(
+            "sizes_list",
+            self.url("v2/sizes"),
+            &[],
+            "sizes",
+            |s: &Size| s.slug.clone(),
+        )
         .await
     }
 
@@ -668,7 +673,11 @@ impl Client {
 
     // ---- plumbing ---------------------------------------------------------
 
-    async fn get_json<T: DeserializeOwned>(&self, op: &'static str, url: Url) -> Result<T, ApiError> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        url: Url,
+    ) -> Result<T, ApiError> {
         let reply = self
             .send(op, Method::GET, url, None, Safety::Idempotent)
             .await?;
@@ -724,11 +733,13 @@ impl Client {
                     next = Some(self.same_origin(op, link)?);
                 }
                 let page: Vec<T> = match v.get(key) {
-                    Some(arr) => serde_json::from_value(arr.clone()).map_err(|e| ApiError::Decode {
-                        operation: op,
-                        status: 200,
-                        detail: format!("`{key}`: {e}"),
-                    })?,
+                    Some(arr) => {
+                        serde_json::from_value(arr.clone()).map_err(|e| ApiError::Decode {
+                            operation: op,
+                            status: 200,
+                            detail: format!("`{key}`: {e}"),
+                        })?
+                    }
                     None => {
                         return Err(ApiError::Decode {
                             operation: op,
@@ -746,7 +757,9 @@ impl Client {
             let consistent_totals = totals.windows(2).all(|w| w[0] == w[1]);
             let expected = totals.first().copied();
             match expected {
-                Some(total) if consistent_totals && total == items.len() as u64 => return Ok(items),
+                Some(total) if consistent_totals && total == items.len() as u64 => {
+                    return Ok(items);
+                }
                 None if pages == 1 => return Ok(items),
                 _ => {
                     detail = format!(
@@ -803,7 +816,11 @@ impl Client {
                         max: self.inner.policy.max_rate_limit_wait,
                     });
                 }
-                debug!(operation = op, wait_ms = wait.as_millis() as u64, "rate limit exhausted; waiting for reset");
+                debug!(
+                    operation = op,
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limit exhausted; waiting for reset"
+                );
                 self.sleep(wait).await;
             }
             *lock(&self.inner.paused_until) = None;
@@ -846,7 +863,8 @@ impl Client {
         body: Option<Vec<u8>>,
         safety: Safety,
     ) -> Result<Reply, ApiError> {
-        let span = info_span!("digitalocean_api", operation = op, method = %method, path = url.path());
+        let span =
+            info_span!("digitalocean_api", operation = op, method = %method, path = url.path());
         self.send_inner(op, method, url, body, safety)
             .instrument(span)
             .await
@@ -890,9 +908,7 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status();
                     let headers = resp.headers().clone();
-                    resp.bytes()
-                        .await
-                        .map(|b| (status, headers, b.to_vec()))
+                    resp.bytes().await.map(|b| (status, headers, b.to_vec()))
                 }
                 Err(e) => Err(e),
             };
@@ -937,7 +953,12 @@ impl Client {
                 }
                 // The pause recorded from the headers is the same wait.
                 *lock(&self.inner.paused_until) = None;
-                debug!(operation = op, attempt = sent, wait_ms = wait.as_millis() as u64, "rate limited; waiting");
+                debug!(
+                    operation = op,
+                    attempt = sent,
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limited; waiting"
+                );
                 self.sleep(wait).await;
                 continue;
             }
@@ -962,7 +983,13 @@ impl Client {
                     });
                 }
                 let wait = policy.backoff(failures);
-                debug!(operation = op, attempt = sent, status = status.as_u16(), wait_ms = wait.as_millis() as u64, "server error; retrying");
+                debug!(
+                    operation = op,
+                    attempt = sent,
+                    status = status.as_u16(),
+                    wait_ms = wait.as_millis() as u64,
+                    "server error; retrying"
+                );
                 self.sleep(wait).await;
                 continue;
             }
@@ -1074,11 +1101,14 @@ fn decode<T: DeserializeOwned>(op: &'static str, reply: &Reply) -> Result<T, Api
 }
 
 fn field<T: DeserializeOwned>(op: &'static str, mut v: Value, key: &str) -> Result<T, ApiError> {
-    let inner = v.get_mut(key).map(Value::take).ok_or_else(|| ApiError::Decode {
-        operation: op,
-        status: 200,
-        detail: format!("no `{key}` in the answer"),
-    })?;
+    let inner = v
+        .get_mut(key)
+        .map(Value::take)
+        .ok_or_else(|| ApiError::Decode {
+            operation: op,
+            status: 200,
+            detail: format!("no `{key}` in the answer"),
+        })?;
     serde_json::from_value(inner).map_err(|e| ApiError::Decode {
         operation: op,
         status: 200,
@@ -1101,7 +1131,10 @@ mod tests {
             let d = p.backoff(retry);
             let full = (Duration::from_millis(100) * 2u32.saturating_pow(retry - 1).min(1 << 20))
                 .min(Duration::from_millis(1000));
-            assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?} vs {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "retry {retry}: {d:?} vs {full:?}"
+            );
         }
     }
 

@@ -215,11 +215,17 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
         AgentSource::Url { url, sha256 } => (url, "system", sha256.as_deref()),
     };
     if url.scheme() != "https" {
-        return Err(invalid("agent_source", "the agent binary must come over https"));
+        return Err(invalid(
+            "agent_source",
+            "the agent binary must come over https",
+        ));
     }
     if let Some(sum) = sum {
         if sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(invalid("agent_source.sha256", "expected 64 hexadecimal digits"));
+            return Err(invalid(
+                "agent_source.sha256",
+                "expected 64 hexadecimal digits",
+            ));
         }
     }
     let unit = b.systemd_unit.as_deref().unwrap_or(DEFAULT_UNIT);
@@ -363,7 +369,10 @@ mod tests {
     fn refuses_a_private_key_as_ca() {
         let mut b = bootstrap();
         b.ca_cert_pem = format!("{CA}-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
-        assert!(matches!(render_user_data(&b), Err(RenderError::PrivateKeyInCa)));
+        assert!(matches!(
+            render_user_data(&b),
+            Err(RenderError::PrivateKeyInCa)
+        ));
     }
 
     #[test]
@@ -389,7 +398,10 @@ mod tests {
     fn too_large_is_refused() {
         let mut b = bootstrap();
         b.systemd_unit = Some("#".repeat(MAX_USER_DATA_BYTES));
-        assert!(matches!(render_user_data(&b), Err(RenderError::TooLarge { .. })));
+        assert!(matches!(
+            render_user_data(&b),
+            Err(RenderError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -56,7 +56,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+fn invalid(
+    field: &'static str,
+    value: impl Into<String>,
+    reason: impl Into<String>,
+) -> ConfigError {
     ConfigError::InvalidField {
         field,
         value: value.into(),
@@ -491,7 +495,10 @@ impl HostName {
             if label.starts_with('-') || label.ends_with('-') {
                 return Err("a part may not start or end with '-'".into());
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err("a host name may contain only letters, digits, '-' and '.'".into());
             }
         }
@@ -724,7 +731,10 @@ mod tests {
         assert!(err.to_string().contains("loopback"), "{err}");
         spec.api_url = Some("http://[::1]:9/prefix".into());
         let cfg = spec.validate(env(&[(TOKEN_VAR, "t")])).unwrap();
-        assert_eq!(cfg.api_url.join("v2/droplets").unwrap().path(), "/prefix/v2/droplets");
+        assert_eq!(
+            cfg.api_url.join("v2/droplets").unwrap().path(),
+            "/prefix/v2/droplets"
+        );
     }
 
     #[test]
@@ -742,7 +752,10 @@ mod tests {
         let mut spec = DigitalOceanSpec::new();
         spec.vpc_ip_range = Some("8.8.8.0/24".into());
         let err = spec.validate(env(&[(TOKEN_VAR, "t")])).unwrap_err();
-        assert!(err.to_string().starts_with("digitalocean.vpc_ip_range"), "{err}");
+        assert!(
+            err.to_string().starts_with("digitalocean.vpc_ip_range"),
+            "{err}"
+        );
         let mut spec = DigitalOceanSpec::new();
         spec.ssh_keys = vec!["my laptop".into()];
         let err = spec.validate(env(&[(TOKEN_VAR, "t")])).unwrap_err();
@@ -761,7 +774,11 @@ mod tests {
         assert!(TagName::parse("a b").is_err());
         let tag = TagName::parse("apiary:prod_1").unwrap();
         assert_eq!(tag.resource_name("vpc"), "apiary-prod-1-vpc");
-        assert!(Ipv4Cidr::parse("10.20.0.0/20").unwrap().contains("10.20.15.1".parse().unwrap()));
+        assert!(
+            Ipv4Cidr::parse("10.20.0.0/20")
+                .unwrap()
+                .contains("10.20.15.1".parse().unwrap())
+        );
         assert!(Ipv4Cidr::parse("10.20.0.1/20").is_err());
     }
 }

@@ -22,8 +22,8 @@ use crate::config::{
 };
 use crate::model::{
     Droplet, DropletCreate, DropletStatus, Firewall, FirewallCreate, FirewallRuleTarget,
-    ImageValue, InboundRule, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES, OutboundRule,
-    SshKeyValue, Vpc,
+    ImageValue, InboundRule, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES, OutboundRule, SshKeyValue,
+    Vpc,
 };
 
 /// Errors of the provider's operations. API failures carry the operation
@@ -52,7 +52,9 @@ pub enum ProviderError {
         wanted: String,
     },
 
-    #[error("VPC {name} has no ip_range in the API's answer, so the firewall cannot be scoped to it")]
+    #[error(
+        "VPC {name} has no ip_range in the API's answer, so the firewall cannot be scoped to it"
+    )]
     VpcWithoutRange { name: String },
 
     #[error(
@@ -702,7 +704,10 @@ async fn ensure_vpc(client: &Client, target: &ClusterTarget) -> Result<(Vpc, boo
 }
 
 /// The firewall rules that mirror the host policy.
-pub fn firewall_rules(fw: &FirewallSettings, vpc_range: &str) -> (Vec<InboundRule>, Vec<OutboundRule>) {
+pub fn firewall_rules(
+    fw: &FirewallSettings,
+    vpc_range: &str,
+) -> (Vec<InboundRule>, Vec<OutboundRule>) {
     let anywhere = || FirewallRuleTarget {
         addresses: vec!["0.0.0.0/0".into(), "::/0".into()],
         droplet_ids: Vec::new(),
@@ -724,7 +729,12 @@ pub fn firewall_rules(fw: &FirewallSettings, vpc_range: &str) -> (Vec<InboundRul
         .collect();
     // Swarm: 2377/tcp managers, 7946/tcp+udp gossip, 4789/udp VXLAN data
     // path; never from outside the VPC.
-    for (proto, port) in [("tcp", "2377"), ("tcp", "7946"), ("udp", "7946"), ("udp", "4789")] {
+    for (proto, port) in [
+        ("tcp", "2377"),
+        ("tcp", "7946"),
+        ("udp", "7946"),
+        ("udp", "4789"),
+    ] {
         inbound.push(InboundRule {
             protocol: proto.into(),
             ports: port.into(),
@@ -780,12 +790,7 @@ async fn ensure_firewall(
             client.add_firewall_tags(&f.id, &[tag.to_owned()]).await?;
         }
         let want: BTreeSet<_> = inbound.iter().map(rule_key_in).collect();
-        let have: BTreeSet<_> = f
-            .inbound_rules
-            .iter()
-            .flatten()
-            .map(rule_key_in)
-            .collect();
+        let have: BTreeSet<_> = f.inbound_rules.iter().flatten().map(rule_key_in).collect();
         if want != have {
             notes.push(format!(
                 "firewall {name} has inbound rules that differ from the policy (updating rules is \
@@ -880,10 +885,8 @@ pub async fn remove(
         let listed = client.list_droplets_by_tag(tag.as_str()).await?;
         let mut report = RemoveReport::default();
         for name in names {
-            let matching: Vec<&Droplet> = listed
-                .iter()
-                .filter(|d| d.name == name.as_str())
-                .collect();
+            let matching: Vec<&Droplet> =
+                listed.iter().filter(|d| d.name == name.as_str()).collect();
             if matching.is_empty() {
                 report.not_found.push(name.to_string());
             }
@@ -1059,9 +1062,7 @@ async fn teardown_inner(
                 }
                 Err(e) if e.status() == Some(403) || e.status() == Some(409) => {
                     if clock.now() >= deadline {
-                        report
-                            .kept
-                            .push(format!("VPC {} ({}): {e}", v.name, v.id));
+                        report.kept.push(format!("VPC {} ({}): {e}", v.name, v.id));
                         break;
                     }
                     client.sleep(options.poll_interval).await;
@@ -1115,9 +1116,10 @@ pub async fn preflight(
                 .join(", "),
         })?;
     let sizes = client.list_sizes().await?;
-    let size_ok = sizes.iter().any(|s| {
-        s.slug == settings.size && s.available && s.regions.contains(&settings.region)
-    }) && region.sizes.contains(&settings.size);
+    let size_ok = sizes
+        .iter()
+        .any(|s| s.slug == settings.size && s.available && s.regions.contains(&settings.region))
+        && region.sizes.contains(&settings.size);
     if !size_ok {
         return Err(ProviderError::SizeUnavailable {
             size: settings.size.clone(),
@@ -1130,9 +1132,11 @@ pub async fn preflight(
         for k in &settings.ssh_keys {
             let known = match k {
                 SshKeyRef::Id(id) => keys.iter().any(|x| x.id == Some(*id)),
-                SshKeyRef::Fingerprint(fp) => keys
-                    .iter()
-                    .any(|x| x.fingerprint.as_deref().is_some_and(|f| f.eq_ignore_ascii_case(fp))),
+                SshKeyRef::Fingerprint(fp) => keys.iter().any(|x| {
+                    x.fingerprint
+                        .as_deref()
+                        .is_some_and(|f| f.eq_ignore_ascii_case(fp))
+                }),
             };
             if !known {
                 return Err(ProviderError::SshKeyUnknown {
@@ -1188,7 +1192,11 @@ mod tests {
         assert_eq!(sizes, vec![10, 1, 1]);
         assert_eq!(p.create[0].names[0], "n2");
         assert_eq!(p.create[2].names, vec!["n13"]);
-        assert!(p.create.iter().all(|b| b.names.len() <= MAX_NAMES_PER_CREATE));
+        assert!(
+            p.create
+                .iter()
+                .all(|b| b.names.len() <= MAX_NAMES_PER_CREATE)
+        );
     }
 
     #[test]

@@ -51,13 +51,11 @@ fn lab_pids(lab: &Lab) -> BTreeSet<(u32, String)> {
             continue;
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd)
+        let ours = String::from_utf8_lossy(&cmd)
             .replace('\0', " ")
-            .contains(&marker)
-        {
-            if let Some(t) = start_time(pid) {
-                out.insert((pid, t));
-            }
+            .contains(&marker);
+        if let Some(t) = start_time(pid).filter(|_| ours) {
+            out.insert((pid, t));
         }
     }
     out

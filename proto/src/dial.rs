@@ -14,7 +14,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A lazily connected channel to `addr` (HOST:PORT) over TLS, asking for
 /// `server_name` (the coordinator's certificates all carry the same name).
-pub fn channel(addr: &str, server_name: &'static str, tls: rustls::ClientConfig) -> Result<Channel, tonic::transport::Error> {
+pub fn channel(
+    addr: &str,
+    server_name: &'static str,
+    tls: rustls::ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
     let connector = TlsConnector::from(Arc::new(tls));
     let target = addr.to_string();
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
@@ -22,27 +26,38 @@ pub fn channel(addr: &str, server_name: &'static str, tls: rustls::ClientConfig)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-        let connector = connector.clone();
-        let target = target.clone();
-        async move {
-            let tcp = TcpStream::connect(&target).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(server_name).map_err(std::io::Error::other)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    })))
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(server_name).map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
 }
 
 /// One TLS handshake and nothing else: lets a client learn *why* the server
 /// refuses it (or why it refuses the server) before it sends a single request.
-pub async fn handshake(addr: &str, server_name: &'static str, tls: rustls::ClientConfig) -> std::io::Result<()> {
+pub async fn handshake(
+    addr: &str,
+    server_name: &'static str,
+    tls: rustls::ClientConfig,
+) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let connector = TlsConnector::from(Arc::new(tls));
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )
+        })??;
     let name = ServerName::try_from(server_name).map_err(std::io::Error::other)?;
     let mut tls = connector.connect(name, tcp).await?;
     // In TLS 1.3 the server judges our certificate after we finish; its verdict

@@ -1,1 +1,294 @@
+//! Support for apiary's end-to-end tests: run the real `coordinator`, `agent`
+//! and `ctl` binaries as processes, on loopback or in the lab, and read what a
+//! user would read (`ctl status --json`, exit codes, stderr).
+//!
+//! Every process started here is remembered by PID and killed when its handle
+//! drops; nothing is ever killed by name.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Directory holding the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` until it returns Some or the deadline passes (never a bare sleep).
+pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL, by PID) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("dup log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Exit code if it has exited.
+    pub fn try_exit(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> i32 {
+        eventually("process exit", within, || self.try_exit())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator (real binary) with its own state directory on loopback.
+pub struct Coordinator {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub proc: Option<Proc>,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Coordinator {
+    /// `extra` is appended to the [coordinator] section.
+    pub fn start(extra: &str) -> Coordinator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(
+            &config,
+            format!("[cluster]\nname = \"test\"\n\n[coordinator]\n{extra}\n\n[provider]\nkind = \"manual\"\n"),
+        )
+        .expect("write config");
+        let state = dir.path().join("state");
+        let mut c = Coordinator {
+            config,
+            state,
+            proc: None,
+            port: free_port(),
+            dir,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state);
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.proc = Some(Proc::spawn(
+            cmd,
+            &self.dir.path().join(format!("coordinator-{n}.log")),
+        ));
+        let port = self.port;
+        eventually("coordinator listening", Duration::from_secs(20), || {
+            (self.admin_conf().exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+            .then_some(())
+        });
+    }
+
+    pub fn admin_conf(&self) -> PathBuf {
+        self.state.join("admin.conf")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn token(&self) -> String {
+        let out = Command::new(bin("coordinator"))
+            .args(["token", "--state-dir"])
+            .arg(&self.state)
+            .output()
+            .expect("token");
+        assert!(
+            out.status.success(),
+            "coordinator token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn rotate_token(&self) -> String {
+        let out = Command::new(bin("coordinator"))
+            .args(["token", "--rotate", "--state-dir"])
+            .arg(&self.state)
+            .output()
+            .expect("token");
+        assert!(
+            out.status.success(),
+            "coordinator token --rotate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl_with(&self.admin_conf(), args)
+    }
+
+    /// `ctl status --json`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "ctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.status()["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+    }
+
+    pub fn node_state(&self, name: &str) -> Option<String> {
+        self.node(name)
+            .and_then(|n| n["state"].as_str().map(str::to_string))
+    }
+
+    pub fn agent(&self, name: &str, token: Option<&str>) -> Agent {
+        let state = self.dir.path().join(format!("agent-{name}"));
+        Agent::start(&self.endpoint(), token, &state, name)
+    }
+}
+
+pub fn ctl_with(conf: &Path, args: &[&str]) -> Output {
+    Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(conf)
+        .args(args)
+        .output()
+        .expect("ctl")
+}
+
+/// An agent process with its own state directory.
+pub struct Agent {
+    pub name: String,
+    pub state: PathBuf,
+    pub endpoint: String,
+    pub proc: Proc,
+}
+
+impl Agent {
+    pub fn start(endpoint: &str, token: Option<&str>, state: &Path, name: &str) -> Agent {
+        let mut cmd = Command::new(bin("agent"));
+        cmd.args(["--coordinator", endpoint, "--name", name, "--state-dir"])
+            .arg(state);
+        cmd.env("APIARY_JOIN_TOKEN", token.unwrap_or(""));
+        if token.is_none() {
+            cmd.env_remove("APIARY_JOIN_TOKEN");
+        }
+        let parent = state.parent().expect("parent");
+        let n = std::fs::read_dir(parent).map(|d| d.count()).unwrap_or(0);
+        let proc = Proc::spawn(cmd, &parent.join(format!("agent-{name}-{n}.log")));
+        Agent {
+            name: name.to_string(),
+            state: state.to_path_buf(),
+            endpoint: endpoint.to_string(),
+            proc,
+        }
+    }
+
+    pub fn restart(&mut self, token: Option<&str>) {
+        self.proc.kill9();
+        *self = Agent::start(
+            &self.endpoint.clone(),
+            token,
+            &self.state.clone(),
+            &self.name.clone(),
+        );
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

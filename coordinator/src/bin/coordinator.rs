@@ -58,15 +58,30 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&e, exit::FAILURE),
     };
     let result = runtime.block_on(async {
         match args.command {
-            Command::Serve { config, state_dir, listen } => {
+            Command::Serve {
+                config,
+                state_dir,
+                listen,
+            } => {
                 let config = ClusterConfig::load(&config)?;
-                serve(ServeOptions { config, state_dir, listen }, shutdown_signal()).await
+                serve(
+                    ServeOptions {
+                        config,
+                        state_dir,
+                        listen,
+                    },
+                    shutdown_signal(),
+                )
+                .await
             }
             Command::Token { state_dir, rotate } => token(&state_dir, rotate).await,
         }
@@ -91,7 +106,10 @@ async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
         Err(StoreError::InUse { .. }) => {
             let conf = AdminConf::load(&state_dir.join(ADMIN_CONF))?;
             let mut ctl = Ctl::new(&conf).map_err(|e| CoordinatorError::Provider(e.to_string()))?;
-            let (token, _) = ctl.join_token(rotate).await.map_err(|e| CoordinatorError::Provider(e.to_string()))?;
+            let (token, _) = ctl
+                .join_token(rotate)
+                .await
+                .map_err(|e| CoordinatorError::Provider(e.to_string()))?;
             println!("{token}");
             Ok(())
         }
@@ -102,17 +120,25 @@ async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
             let conf = AdminConf::load(&state_dir.join(ADMIN_CONF))?;
             let config = ClusterConfig::parse(
                 Path::new("(state)"),
-                &format!("[cluster]\nname = \"{}\"\n[provider]\nkind = \"manual\"\n", conf.cluster),
+                &format!(
+                    "[cluster]\nname = \"{}\"\n[provider]\nkind = \"manual\"\n",
+                    conf.cluster
+                ),
             )?;
             let coordinator = loop {
-                match apiary_coordinator::server::Coordinator::open(config.clone(), state_dir).await {
+                match apiary_coordinator::server::Coordinator::open(config.clone(), state_dir).await
+                {
                     Err(CoordinatorError::Store(StoreError::InUse { .. })) => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     other => break other?,
                 }
             };
-            let record = if rotate { coordinator.rotate_token().await? } else { coordinator.current_token() };
+            let record = if rotate {
+                coordinator.rotate_token().await?
+            } else {
+                coordinator.current_token()
+            };
             println!("{}", record.token);
             Ok(())
         }
@@ -126,7 +152,9 @@ fn fail(e: &dyn std::fmt::Display, code: i32) -> ExitCode {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -135,8 +163,11 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -55,7 +55,10 @@ enum NodesCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ctl: {e}");
@@ -73,7 +76,9 @@ fn main() -> ExitCode {
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
         home.join(".apiary/admin.conf")
     })
 }
@@ -87,19 +92,30 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Status { json } => {
             let status = ctl.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default()
+                );
             } else {
                 print_status(stdout, &status).map_err(io)?;
             }
         }
-        Command::Nodes { command: NodesCommand::Remove { name } } => {
+        Command::Nodes {
+            command: NodesCommand::Remove { name },
+        } => {
             let serials = ctl.remove_node(&name).await?;
-            println!("removed node {name}; revoked {} certificate(s)", serials.len());
+            println!(
+                "removed node {name}; revoked {} certificate(s)",
+                serials.len()
+            );
         }
         Command::Token { rotate, json } => {
             let (token, expires) = ctl.join_token(rotate).await?;
             if json {
-                println!("{}", serde_json::json!({"token": token, "expires_unix": expires}));
+                println!(
+                    "{}",
+                    serde_json::json!({"token": token, "expires_unix": expires})
+                );
             } else {
                 println!("{token}");
             }
