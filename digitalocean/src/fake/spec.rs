@@ -273,7 +273,10 @@ impl SpecValidator {
         for (k, _) in query {
             if !op.params.iter().any(|p| p.location == "query" && p.name == *k) {
                 out.violations
-                    .push(format!("query parameter `{k}` is not declared for {}", op.id));
+                    .push(format!(
+                    "query parameter `{k}` is not declared for {} ({} {})",
+                    op.id, op.method, op.template
+                ));
             }
         }
         match (&op.body, body.is_empty()) {
@@ -644,7 +647,8 @@ mod tests {
         assert_eq!(ok.operation.as_deref(), Some("droplets_create"));
         assert!(ok.violations.is_empty(), "{:?}", ok.violations);
 
-        // Missing required `size`, a misspelt field, a bad name.
+        // Missing required `size`, a misspelt field, a bad name: no branch
+        // of the create's oneOf accepts it.
         let bad = s.check_request(
             "POST",
             "/v2/droplets",
@@ -653,8 +657,16 @@ mod tests {
             br#"{"name":"-bad_","region":"nyc3","image":"x","user_dat":"y"}"#,
         );
         let text = bad.violations.join("\n");
-        assert!(text.contains("size"), "{text}");
+        assert!(text.contains("oneOf"), "{text}");
         assert!(text.contains("user_dat"), "{text}");
+        let single = s.check_request(
+            "POST",
+            "/v2/droplets",
+            &[],
+            &auth(),
+            br#"{"name":"-bad_","region":"nyc3","image":"debian-12-x64","size":"s"}"#,
+        );
+        assert!(!single.violations.is_empty(), "a name outside the pattern passed");
 
         let q = s.check_request(
             "GET",
