@@ -77,6 +77,9 @@ pub enum LabError {
     #[error("cannot take the lab lock {path}: {reason}")]
     Lock { path: PathBuf, reason: String },
 
+    #[error("lab bridge {bridge} does not exist: call Lab::ensure_network first")]
+    NetworkNotReady { bridge: String },
+
     #[error("host {host} is not up ({what}): call Lab::ensure_host first")]
     HostNotReady { host: String, what: String },
 
@@ -121,7 +124,9 @@ pub enum LabError {
         got: String,
     },
 
-    #[error("invalid process name {0:?}: use letters, digits, '-' and '_' (at most 32)")]
+    #[error(
+        "invalid process name {0:?}: use letters, digits, '-' and '_' (at most 32), and not \"dockerd\" (the engine's)"
+    )]
     InvalidProcessName(String),
 
     #[error("teardown left things behind:\n  {}", leftovers.join("\n  "))]

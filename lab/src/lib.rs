@@ -644,8 +644,16 @@ impl Lab {
     fn ensure_host_sync(&self, host: &HostPlan) -> Result<(Vec<String>, u32), LabError> {
         let mut changes = Vec::new();
         self.prepare_dirs(host)?;
+        let root = self.root_links()?;
+        for bridge in [PRIVATE_BRIDGE, PUBLIC_BRIDGE] {
+            if !root.iter().any(|l| l.name == bridge) {
+                return Err(LabError::NetworkNotReady {
+                    bridge: bridge.to_string(),
+                });
+            }
+        }
         let inner = self.netns_links(host)?;
-        let cmds = net::plan_host_links(host, &self.root_links()?, inner.as_deref());
+        let cmds = net::plan_host_links(host, &root, inner.as_deref());
         for c in &cmds {
             self.run(Some(&host.name), c)?;
             changes.push(c.to_string());
@@ -822,6 +830,9 @@ impl Lab {
         self.require_lock()?;
         self.planned(host)?;
         plan::validate_process_name(name)?;
+        if name == DOCKERD {
+            return Err(LabError::InvalidProcessName(name.to_string()));
+        }
         if argv.is_empty() {
             return Err(LabError::InvalidProcessName(format!(
                 "{name} (empty command line)"

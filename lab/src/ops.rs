@@ -167,14 +167,24 @@ fn child_path() -> String {
     }
 }
 
+/// `program` with the rest of `cmd` (its program becomes the first argument
+/// when `program` differs, as for `setsid`), and PATH unless `cmd` sets one.
+fn command(program: &str, cmd: &Cmd) -> Command {
+    let mut c = Command::new(program);
+    if program != cmd.program {
+        c.arg(&cmd.program);
+    }
+    c.args(&cmd.args);
+    if !cmd.env.iter().any(|(k, _)| k == "PATH") {
+        c.env("PATH", child_path());
+    }
+    c.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
 impl HostOps for SystemOps {
     fn run(&self, cmd: &Cmd) -> io::Result<CmdOutput> {
-        let out = Command::new(&cmd.program)
-            .args(&cmd.args)
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .env("PATH", child_path())
-            .stdin(Stdio::null())
-            .output()?;
+        let out = command(&cmd.program, cmd).stdin(Stdio::null()).output()?;
         Ok(CmdOutput {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -189,11 +199,7 @@ impl HostOps for SystemOps {
         // pre_exec code: as a non-leader it calls setsid() and execs, so the pid
         // we get is the pid of the final program (ip netns exec, nsenter and the
         // wrapper all exec too).
-        let mut child = Command::new("setsid")
-            .arg(&cmd.program)
-            .args(&cmd.args)
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .env("PATH", child_path())
+        let mut child = command("setsid", cmd)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

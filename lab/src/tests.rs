@@ -116,6 +116,10 @@ impl HostOps for FakeOps {
     }
 }
 
+const BRIDGES: &str = r#"[
+  {"ifname":"apiary-pub","flags":["UP"],"ifalias":"apiary-lab cluster=bees","linkinfo":{"info_kind":"bridge"}},
+  {"ifname":"apiary-priv","flags":["UP"],"ifalias":"apiary-lab cluster=bees","linkinfo":{"info_kind":"bridge"}}]"#;
+
 struct Fixture {
     _dir: tempfile::TempDir,
     lab: Lab,
@@ -125,6 +129,7 @@ struct Fixture {
 fn fixture(hosts: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().expect("tmp");
     let ops = Arc::new(FakeOps::default());
+    ops.m().root_links = BRIDGES.into();
     let opts = LabOptions {
         run_base: dir.path().join("run"),
         busybox: dir.path().join("busybox"),
@@ -181,6 +186,7 @@ async fn changing_the_machine_needs_the_lock() {
 async fn network_checks_routes_first_and_refuses_collisions() {
     let f = fixture(&["queenbee"]);
     let _lock = f.lab.lock().expect("lock");
+    f.ops.m().root_links = "[]".into();
     f.ops.m().routes = r#"[{"dst":"10.231.0.0/16","dev":"eth0","flags":[]}]"#.into();
     let err = f.lab.ensure_network().await.expect_err("collision");
     assert!(matches!(err, LabError::RouteCollision { .. }), "{err}");
@@ -248,7 +254,8 @@ async fn host_is_created_then_left_alone() {
     // The machine now looks complete: nothing changes, dockerd is not started twice.
     {
         let mut m = f.ops.m();
-        m.root_links = r#"[{"ifname":"ap1-priv","flags":["UP"],"master":"apiary-priv"},
+        m.root_links = r#"[{"ifname":"apiary-pub"},{"ifname":"apiary-priv"},
+                {"ifname":"ap1-priv","flags":["UP"],"master":"apiary-priv"},
                 {"ifname":"ap1-pub","flags":["UP"],"master":"apiary-pub"}]"#
             .into();
         m.netns_links.insert(
@@ -277,6 +284,17 @@ async fn host_is_created_then_left_alone() {
     let (changes, new_pid) = f.lab.ensure_host_sync(&h).expect("host");
     assert_ne!(new_pid, pid);
     assert_eq!(changes, vec![format!("dockerd restarted (pid {new_pid})")]);
+}
+
+#[test]
+fn host_needs_the_network_first() {
+    let f = fixture(&["queenbee"]);
+    f.ops.m().root_links = "[]".into();
+    let h = f.lab.hosts()[0].clone();
+    let err = f.lab.ensure_host_sync(&h).expect_err("no bridges");
+    assert!(matches!(err, LabError::NetworkNotReady { .. }), "{err}");
+    assert!(err.to_string().contains("ensure_network"), "{err}");
+    assert!(f.ops.m().spawned.is_empty());
 }
 
 #[tokio::test]
@@ -316,10 +334,12 @@ async fn spawn_needs_a_ready_host_and_is_idempotent() {
         f.lab.spawn_in_host(&h, "agent", &argv, &env),
         Err(LabError::HostNotReady { .. })
     ));
-    assert!(matches!(
-        f.lab.spawn_in_host(&h, "../agent", &argv, &env),
-        Err(LabError::InvalidProcessName(_))
-    ));
+    for bad in ["../agent", "dockerd"] {
+        assert!(matches!(
+            f.lab.spawn_in_host(&h, bad, &argv, &env),
+            Err(LabError::InvalidProcessName(_))
+        ));
+    }
     f.lab.ensure_host_sync(&h).expect("host");
     let pid = f
         .lab

@@ -142,6 +142,32 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
         Vec::<String>::new()
     );
 
+    // a host missing a piece (as after an interrupted creation) is completed, engine kept
+    sh(&format!("ip -n {} link del eth1", a.netns));
+    let fixed = lab.ensure_host(a).await.expect("repair");
+    assert!(
+        fixed
+            .changes
+            .iter()
+            .any(|c| c.contains("veth peer name eth1")),
+        "{:?}",
+        fixed.changes
+    );
+    assert_eq!(fixed.dockerd_pid, sa.dockerd_pid);
+    let out = lab
+        .run_in_host(
+            a,
+            &bb(&["ping", "-c", "1", "-W", "2", &b.public_ip.to_string()]),
+        )
+        .await
+        .expect("ping");
+    assert!(
+        out.success(),
+        "public network after repair: {}{}",
+        out.stdout,
+        out.stderr
+    );
+
     // a killed dockerd is restarted by the next ensure_host
     let old = sb.dockerd_pid;
     sh(&format!("kill -9 {old}"));
@@ -252,8 +278,10 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
     );
     assert_eq!(lab.process_pid(a, "agent"), Some(agent));
 
-    // discover sees both hosts, their engines and processes (what a restarted coordinator adopts)
-    let found = lab.discover().await.expect("discover");
+    // discover sees both hosts, their engines and processes: what a restarted
+    // coordinator (a new Lab from the same spec) adopts
+    let adopted = Lab::new(lab.spec().clone()).expect("same plan");
+    let found = adopted.discover().await.expect("discover");
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|h| h.complete()), "{found:?}");
     assert!(found[0].processes.contains(&("agent".to_string(), agent)));
