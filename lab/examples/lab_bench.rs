@@ -11,17 +11,33 @@ use std::time::Instant;
 
 use apiary_lab::{HostPlan, Lab, LabSpec};
 
-fn rss_total_mb() -> f64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kb = |k: &str| {
-        meminfo
+/// Resident memory of the lab's processes (dockerd, containerd: their command
+/// lines name the lab's run directory), in MB, and how many there are.
+fn lab_rss_mb(lab: &Lab) -> (f64, usize) {
+    let marker = format!("{}/", lab.run_dir().display());
+    let mut kb = 0.0;
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = e.path();
+        let cmd = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(&marker)
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        if let Some(v) = status
             .lines()
-            .find(|l| l.starts_with(k))
+            .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kb("MemTotal:") - kb("MemAvailable:")) / 1024.0
+        {
+            kb += v;
+            n += 1;
+        }
+    }
+    (kb / 1024.0, n)
 }
 
 #[tokio::main]
@@ -50,7 +66,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", lab.teardown().await?);
         return Ok(());
     }
-    let mem0 = rss_total_mb();
     let t0 = Instant::now();
     let t = Instant::now();
     lab.ensure_network().await?;
@@ -71,11 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "image load ({n} engines, parallel): {:.2}s",
         t.elapsed().as_secs_f64()
     );
-    println!(
-        "total: {:.2}s; memory used grew {:.0} MB",
-        t0.elapsed().as_secs_f64(),
-        rss_total_mb() - mem0
-    );
+    println!("total: {:.2}s", t0.elapsed().as_secs_f64());
+    let (mb, procs) = lab_rss_mb(&lab);
+    println!("lab processes: {procs}, RSS sum {mb:.0} MB (shared pages counted per process)");
     if !keep {
         let t = Instant::now();
         let report = lab.teardown().await?;

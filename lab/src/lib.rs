@@ -612,13 +612,12 @@ impl Lab {
 
     /// Kills a containerd left by a dead dockerd of this host and removes its
     /// pidfile, so the new dockerd starts its own instead of waiting on it.
-    fn clear_stale_containerd(&self, host: &HostPlan) -> Result<(), LabError> {
-        let table = self
-            .inner
-            .ops
-            .processes()
-            .map_err(|e| LabError::io("read", "/proc", e))?;
-        let stale = procs::stale_containerd(&table, &host.exec_root.display().to_string());
+    fn clear_stale_containerd(
+        &self,
+        host: &HostPlan,
+        table: &[ops::ProcInfo],
+    ) -> Result<(), LabError> {
+        let stale = procs::stale_containerd(table, &host.exec_root.display().to_string());
         for &pid in &stale {
             warn!(host = %host.name, pid, "killing containerd left by a dead dockerd");
             let _ = self.inner.ops.signal(pid, ops::Sig::Kill);
@@ -662,14 +661,27 @@ impl Lab {
         let pid = match self.process_pid(host, DOCKERD) {
             Some(pid) => pid,
             None => {
-                let was = host.pid_file(DOCKERD).exists();
-                self.clear_stale_containerd(host)?;
-                let pid = self.spawn(host, DOCKERD, &host::dockerd(host))?;
-                changes.push(format!(
-                    "dockerd {} (pid {pid})",
-                    if was { "restarted" } else { "started" }
-                ));
-                pid
+                let table = self
+                    .inner
+                    .ops
+                    .processes()
+                    .map_err(|e| LabError::io("read", "/proc", e))?;
+                if let Some(pid) =
+                    procs::find_dockerd(&table, &host.exec_root.display().to_string())
+                {
+                    self.write_pidfile(host, DOCKERD, pid)?;
+                    changes.push(format!("dockerd adopted (pid {pid}, had no pidfile)"));
+                    pid
+                } else {
+                    let was = host.pid_file(DOCKERD).exists();
+                    self.clear_stale_containerd(host, &table)?;
+                    let pid = self.spawn(host, DOCKERD, &host::dockerd(host))?;
+                    changes.push(format!(
+                        "dockerd {} (pid {pid})",
+                        if was { "restarted" } else { "started" }
+                    ));
+                    pid
+                }
             }
         };
         Ok((changes, pid))

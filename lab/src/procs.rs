@@ -73,6 +73,24 @@ pub fn host_processes(
     set
 }
 
+/// A live dockerd of the host that has no (valid) apiary pidfile: started by a
+/// coordinator killed before it wrote the pidfile. Its pid is the same through
+/// the exec chain setsid → ip netns exec → nsenter → wrapper → dockerd, so any
+/// stage that carries dockerd's `--exec-root <exec root>` arguments counts.
+pub fn find_dockerd(table: &[ProcInfo], exec_root: &str) -> Option<u32> {
+    let marker = format!(" --exec-root {exec_root} ");
+    table
+        .iter()
+        .filter(|p| p.alive() && p.cmdline.contains(&marker))
+        .filter(|p| {
+            p.cmdline
+                .split(' ')
+                .any(|t| t.rsplit('/').next() == Some("dockerd"))
+        })
+        .map(|p| p.pid)
+        .min()
+}
+
 /// containerd daemons started by an earlier dockerd of the host (found by
 /// their config under the exec root). dockerd kills its containerd when it dies,
 /// but a new dockerd that starts while the old containerd is still exiting reads
@@ -136,6 +154,40 @@ mod tests {
             stale_containerd(&table, "/run/apiary/bees/q/exec"),
             vec![10, 13]
         );
+    }
+
+    #[test]
+    fn finds_an_unrecorded_dockerd_of_this_host_only() {
+        let table = vec![
+            p(
+                10,
+                1,
+                9,
+                "dockerd --data-root /s/q/docker --exec-root /run/apiary/bees/q/exec --pidfile x",
+            ),
+            p(
+                11,
+                10,
+                9,
+                "containerd --config /run/apiary/bees/q/exec/containerd/containerd.toml",
+            ),
+            p(
+                12,
+                1,
+                9,
+                "dockerd --data-root /s/qq/docker --exec-root /run/apiary/bees/qq/exec --pidfile y",
+            ),
+        ];
+        assert_eq!(find_dockerd(&table, "/run/apiary/bees/q/exec"), Some(10));
+        assert_eq!(find_dockerd(&table, "/run/apiary/bees/w/exec"), None);
+        // still in the wrapper, before exec
+        let early = vec![p(
+            20,
+            1,
+            1,
+            "ip netns exec bees.q nsenter --uts=/run/apiary/bees/q/uts -- /bin/sh /run/apiary/bees/q/in-host.sh dockerd --data-root /s/q/docker --exec-root /run/apiary/bees/q/exec --pidfile x",
+        )];
+        assert_eq!(find_dockerd(&early, "/run/apiary/bees/q/exec"), Some(20));
     }
 
     #[test]

@@ -297,6 +297,32 @@ fn host_needs_the_network_first() {
     assert!(f.ops.m().spawned.is_empty());
 }
 
+#[test]
+fn dockerd_without_pidfile_is_adopted_not_doubled() {
+    let f = fixture(&["queenbee"]);
+    let h = f.lab.hosts()[0].clone();
+    let cmdline = host::dockerd(&h).args.join(" ");
+    f.ops.m().procs.insert(
+        4300,
+        ProcInfo {
+            pid: 4300,
+            ppid: 1,
+            state: 'S',
+            start_time: 9,
+            netns_inode: None,
+            cmdline,
+        },
+    );
+    let (changes, pid) = f.lab.ensure_host_sync(&h).expect("host");
+    assert_eq!(pid, 4300);
+    assert!(
+        changes.iter().any(|c| c.starts_with("dockerd adopted")),
+        "{changes:?}"
+    );
+    assert!(f.ops.m().spawned.is_empty());
+    assert_eq!(f.lab.process_pid(&h, "dockerd"), Some(4300));
+}
+
 #[tokio::test]
 async fn recycled_pid_is_not_ours() {
     let f = fixture(&["queenbee"]);
