@@ -592,7 +592,16 @@ impl FakeApi {
                     }
                 }
             };
-            let limit_headers = st.rate_headers(now, &decision);
+            let mut limit_headers = st.rate_headers(now, &decision);
+            // Droplet deletes answer 204 with a content-type
+            // (`no_content_with_content_type`), unlike other 204s.
+            let typed_204 = matches!(
+                check.operation.as_deref(),
+                Some("droplets_destroy" | "droplets_destroy_byTag")
+            );
+            if typed_204 && status == 204 {
+                limit_headers.push(("content-type".into(), "application/json; charset=utf-8".into()));
+            }
             (decision, status, json, limit_headers)
         };
 
@@ -636,7 +645,7 @@ impl FakeApi {
             .map(|v| serde_json::to_vec(v).unwrap_or_default())
             .unwrap_or_default();
         let mut all = headers.to_vec();
-        if body.is_some() {
+        if body.is_some() && !all.iter().any(|(k, _)| k == "content-type") {
             all.push(("content-type".into(), "application/json; charset=utf-8".into()));
         }
         let problems = self.spec.check_response(op, status, &all, &bytes);
