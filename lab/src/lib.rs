@@ -75,8 +75,13 @@
 //!   works) and no ESP/GCM (an encrypted overlay passes no traffic).
 //! - The host's daemon.json must not set `hosts`, `data-root`, `exec-root` or
 //!   `pidfile`: dockerd refuses options given both as flags and in the file.
-//! - dockerd is restarted only when [`Lab::ensure_host`] is called (the
-//!   coordinator's reconcile loop); there is no supervisor process.
+//! - dockerd is restarted by [`Lab::ensure_host`] (the coordinator's
+//!   reconcile loop) or by the in-process [`Lab::supervise_engines`] task;
+//!   there is no supervisor outside the coordinator, so while no coordinator
+//!   runs a dead engine stays dead.
+//! - A coordinator killed between starting a process and writing its pidfile
+//!   (a few microseconds) leaves it untracked: dockerd is then found by its
+//!   command line and adopted; another process (the agent) would be started twice.
 //! - At most [`plan::MAX_HOSTS`] hosts; one lab per machine.
 
 pub mod engine;
@@ -958,6 +963,66 @@ impl Lab {
         let _ = std::fs::remove_file(host.pid_file(name));
         info!(host = %host.name, process = name, pid, "stopped");
         Ok(Some(pid))
+    }
+
+    /// Asks the host's dockerd to reload its daemon.json (SIGHUP; only the
+    /// options dockerd documents as reloadable take effect). Returns its pid.
+    pub fn reload_engine(&self, host: &HostPlan) -> Result<u32, LabError> {
+        self.require_lock()?;
+        self.planned(host)?;
+        let pid = self
+            .process_pid(host, DOCKERD)
+            .ok_or_else(|| LabError::HostNotReady {
+                host: host.name.clone(),
+                what: "dockerd is not running".into(),
+            })?;
+        self.inner
+            .ops
+            .signal(pid, ops::Sig::Hup)
+            .map_err(|e| LabError::Command {
+                host: Some(host.name.clone()),
+                command: format!("kill -HUP {pid} (dockerd)"),
+                status: "failed".into(),
+                stderr: e.to_string(),
+            })?;
+        Ok(pid)
+    }
+
+    /// Stops the host's dockerd (it stops its containers) and starts it again,
+    /// e.g. after the agent changed daemon.json options that need a restart.
+    pub async fn restart_engine(&self, host: &HostPlan) -> Result<HostStatus, LabError> {
+        self.planned(host)?;
+        self.stop_process(host, DOCKERD, self.inner.opts.dockerd_stop_grace)
+            .await?;
+        self.ensure_host(host).await
+    }
+
+    /// Keeps the engines running: every `interval`, each planned host whose
+    /// network namespace exists but whose dockerd is dead gets
+    /// [`Lab::ensure_host`]. Failures are logged and retried on the next
+    /// tick. Runs until the returned task is aborted; the caller must keep
+    /// holding the lab lock.
+    pub fn supervise_engines(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let lab = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for h in lab.hosts() {
+                    if lab.inner.ops.ns_inode(&h.netns_path()).is_none()
+                        || lab.process_pid(h, DOCKERD).is_some()
+                    {
+                        continue;
+                    }
+                    warn!(host = %h.name, "dockerd is not running, restarting it");
+                    match lab.ensure_host(h).await {
+                        Ok(s) => info!(host = %h.name, pid = s.dockerd_pid, "dockerd restarted"),
+                        Err(e) => warn!(host = %h.name, error = %e, "dockerd restart failed"),
+                    }
+                }
+            }
+        })
     }
 
     /// Which planned hosts exist on the machine, and what runs in them: for

@@ -125,6 +125,8 @@ impl ProcInfo {
 pub enum Sig {
     Term,
     Kill,
+    /// dockerd reloads the reloadable options of its daemon.json on SIGHUP.
+    Hup,
 }
 
 /// The machine, as far as the lab touches it outside its own directories.
@@ -246,6 +248,7 @@ impl HostOps for SystemOps {
         let s = match sig {
             Sig::Term => Signal::SIGTERM,
             Sig::Kill => Signal::SIGKILL,
+            Sig::Hup => Signal::SIGHUP,
         };
         match kill(nix::unistd::Pid::from_raw(pid), s) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),

@@ -192,6 +192,36 @@ async fn body(lab: Lab) -> Vec<(u32, String)> {
         Some(b.name.as_str())
     );
 
+    // the in-process supervisor restarts a killed engine by itself
+    let supervisor = lab.supervise_engines(Duration::from_millis(200));
+    sh(&format!("kill -9 {}", restarted.dockerd_pid));
+    eventually(
+        Duration::from_secs(30),
+        "supervisor restarts dockerd",
+        || {
+            lab.process_pid(b, "dockerd")
+                .is_some_and(|p| p != restarted.dockerd_pid)
+        },
+    )
+    .await;
+    supervisor.abort();
+    let supervised = lab.ensure_host(b).await.expect("engine answers again");
+    assert!(!supervised.changed(), "{:?}", supervised.changes);
+
+    // reload (SIGHUP) keeps the engine; restart replaces it
+    assert_eq!(lab.reload_engine(a).expect("reload"), sa.dockerd_pid);
+    let t = Instant::now();
+    let restarted = lab.restart_engine(b).await.expect("restart engine");
+    eprintln!(
+        "TIMING engine stop + start: {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_ne!(restarted.dockerd_pid, supervised.dockerd_pid);
+    assert_eq!(
+        lab.ensure_host(a).await.expect("a").dockerd_pid,
+        sa.dockerd_pid
+    );
+
     // images: built once, loaded in parallel, then nothing to do
     let t = Instant::now();
     lab.ensure_images(&[a, b]).await.expect("images");
