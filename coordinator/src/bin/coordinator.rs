@@ -58,6 +58,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,6 +143,17 @@ async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
             println!("{}", record.token);
             Ok(())
         }
+    }
+}
+
+/// One TLS connection per agent: the default soft limit of 1024 descriptors
+/// would cap a cluster at about a thousand hosts, so take the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

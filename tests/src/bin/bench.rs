@@ -1,1 +1,299 @@
-fn main() {}
+//! `apiary-bench`: measurements, never assertions. Prints tables for the
+//! README's performance section.
+//!
+//! `apiary-bench agents --counts 1000,10000`: starts the real coordinator binary,
+//! then N simulated agents in this one process, each with its own key,
+//! certificate, TLS connection and session stream; reports enrollments per
+//! second, heartbeat round trips (p50/p99) at 5 s heartbeats, and the
+//! coordinator's RSS and CPU.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use apiary_certs::{
+    COORDINATOR_SERVER_NAME, Identity, JoinToken, enrollment_client_config, mtls_client_config,
+    new_key_and_csr,
+};
+use apiary_proto::agent_api_client::AgentApiClient;
+use apiary_proto::enrollment_client::EnrollmentClient;
+use apiary_proto::{
+    AgentMessage, EnrollRequest, Facts, Heartbeat, Hello, agent_message, coordinator_message, dial,
+};
+use apiary_tests::{Proc, bin, eventually, free_port};
+use clap::{Parser, Subcommand};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Parser)]
+#[command(name = "apiary-bench")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Coordinator scale: enrollments/s, heartbeat RTT, coordinator RSS and CPU.
+    Agents {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        counts: Vec<usize>,
+        /// How long heartbeats are measured once all agents are connected.
+        #[arg(long, default_value = "30s", value_parser = humantime_parse)]
+        measure: Duration,
+        #[arg(long, default_value = "5s", value_parser = humantime_parse)]
+        heartbeat: Duration,
+    },
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|e| format!("{e}"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err("use s or ms".into()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    raise_fd_limit();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.command {
+        Cmd::Agents {
+            counts,
+            measure,
+            heartbeat,
+        } => {
+            println!(
+                "| agents | enroll/s | connect s | heartbeat RTT p50 ms | p99 ms | samples | coordinator RSS MiB (peak) | coordinator CPU % of one core |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            for n in counts {
+                let row = rt.block_on(agents(n, measure, heartbeat))?;
+                println!("{row}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+struct ProcStat {
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn proc_stat(pid: i32) -> ProcStat {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    ProcStat {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        cpu_ticks: ticks,
+    }
+}
+
+async fn agents(n: usize, measure: Duration, heartbeat: Duration) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"bench\"\n[coordinator]\nheartbeat_interval = \"{}ms\"\n[provider]\nkind = \"manual\"\n",
+            heartbeat.as_millis()
+        ),
+    )?;
+    let state = dir.path().join("state");
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.env("RUST_LOG", "warn");
+    let coordinator = Proc::spawn(cmd, &dir.path().join("coordinator.log"));
+    eventually("coordinator up", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let token = token(&state)?;
+    let endpoint = format!("127.0.0.1:{port}");
+
+    // Enrollment: 64 at a time, each over its own pinned TLS connection, as real agents do.
+    let parsed: JoinToken = token.parse()?;
+    let enroll_tls = enrollment_client_config(parsed.ca_digest)?;
+    let sem = Arc::new(Semaphore::new(64));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (endpoint, token, tls) = (endpoint.clone(), token.clone(), enroll_tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let name = format!("sim-{i:05}");
+            let (key, csr) = new_key_and_csr(&name)?;
+            let channel = dial::channel(&endpoint, COORDINATOR_SERVER_NAME, tls)?;
+            let resp = EnrollmentClient::new(channel)
+                .enroll(EnrollRequest {
+                    token,
+                    node_name: name,
+                    csr_der: csr,
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(Identity {
+                key_pem: key.serialize_pem(),
+                cert_der: resp.cert_der,
+                ca_der: resp.ca_der,
+            })
+        }));
+    }
+    let mut identities = Vec::with_capacity(n);
+    for t in tasks {
+        identities.push(t.await??);
+    }
+    let enroll_rate = n as f64 / start.elapsed().as_secs_f64();
+
+    // Sessions: one connection and stream per agent.
+    let rtts = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let connect_start = Instant::now();
+    let sem = Arc::new(Semaphore::new(128));
+    for id in identities {
+        let permit = sem.clone().acquire_owned().await?;
+        let (endpoint, rtts, measuring, connected) = (
+            endpoint.clone(),
+            rtts.clone(),
+            measuring.clone(),
+            connected.clone(),
+        );
+        tokio::spawn(async move {
+            let tls = mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)?;
+            let channel = dial::channel(&endpoint, COORDINATOR_SERVER_NAME, tls)?;
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(Hello {
+                    agent_version: "bench".into(),
+                    facts: Some(Facts::default()),
+                })),
+            })
+            .await?;
+            let mut inbound = AgentApiClient::new(channel)
+                .session(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            drop(permit);
+            connected.fetch_add(1, Ordering::Relaxed);
+            // Random phase, as real agents started at different times would have.
+            let phase = Duration::from_millis(rand_ms(heartbeat.as_millis() as u64));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, heartbeat);
+            let mut sent: Option<(u64, Instant)> = None;
+            let mut seq = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        seq += 1;
+                        sent = Some((seq, Instant::now()));
+                        tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq })) }).await?;
+                    }
+                    msg = inbound.message() => match msg? {
+                        Some(m) => if let Some(coordinator_message::Msg::HeartbeatAck(ack)) = m.msg
+                            && let Some((s, at)) = sent
+                            && s == ack.seq
+                            && measuring.load(Ordering::Relaxed)
+                        {
+                            rtts.lock().await.push(at.elapsed().as_secs_f64() * 1000.0);
+                        },
+                        None => break,
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while connected.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if connect_start.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!(
+                "only {} of {n} agents connected",
+                connected.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let before = proc_stat(coordinator.pid());
+    let t0 = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let after = proc_stat(coordinator.pid());
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu =
+        (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64()
+            * 100.0;
+    let mut samples = rtts.lock().await.clone();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(format!(
+        "| {n} | {enroll_rate:.0} | {connect_secs:.1} | {:.2} | {:.2} | {} | {} ({}) | {cpu:.1} |",
+        pct(0.50),
+        pct(0.99),
+        samples.len(),
+        after.rss_kib / 1024,
+        after.hwm_kib / 1024
+    ))
+}
+
+fn rand_ms(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(max);
+    h.finish() % max.max(1)
+}
+
+fn token(state: &Path) -> anyhow::Result<String> {
+    let out = Command::new(bin("coordinator"))
+        .args(["token", "--state-dir"])
+        .arg(state)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "coordinator token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
