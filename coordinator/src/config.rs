@@ -64,6 +64,7 @@ enum RawProvider {
         names: Option<Vec<String>>,
         #[serde(default)]
         teardown_on_exit: bool,
+        agent_binary: Option<PathBuf>,
     },
     /// DigitalOcean droplets (see `deploy/examples/digitalocean.toml`).
     Digitalocean(toml::Table),
@@ -93,7 +94,11 @@ pub enum ProviderConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabProviderConfig {
     pub hosts: Vec<String>,
+    /// Tear the lab down when `coordinator serve` stops (default: keep it, so
+    /// a restarted coordinator adopts it).
     pub teardown_on_exit: bool,
+    /// The agent started in each host (default: `agent` beside the coordinator).
+    pub agent_binary: Option<PathBuf>,
 }
 
 impl ProviderConfig {
@@ -217,6 +222,7 @@ impl ClusterConfig {
                 hosts,
                 names,
                 teardown_on_exit,
+                agent_binary,
             } => {
                 let names: Vec<String> = match (hosts, names) {
                     (_, Some(names)) => names,
@@ -275,6 +281,7 @@ impl ClusterConfig {
                 ProviderConfig::Lab(LabProviderConfig {
                     hosts: names,
                     teardown_on_exit,
+                    agent_binary,
                 })
             }
             RawProvider::Digitalocean(table) => ProviderConfig::DigitalOcean(table),

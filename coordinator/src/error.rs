@@ -47,6 +47,8 @@ pub enum CoordinatorError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(String),
+    #[error("lab: {0}")]
+    Lab(#[from] apiary_lab::LabError),
     #[error("{0}")]
     Provider(String),
 }

@@ -11,6 +11,8 @@
 pub mod admin_conf;
 pub mod config;
 pub mod ctl;
+pub mod progress;
+pub mod provider;
 pub mod error;
 pub mod registry;
 pub mod serve;

@@ -6,6 +6,7 @@
 //! Which service a caller may use is decided from the role in its verified
 //! certificate, in [`require_role`], and nowhere else.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -46,6 +47,8 @@ pub struct Coordinator {
     revoked: RevocationSet,
     token: RwLock<TokenRecord>,
     server_tls: Arc<rustls::ServerConfig>,
+    /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
+    provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -129,6 +132,7 @@ impl Coordinator {
             revoked,
             token: RwLock::new(token),
             server_tls,
+            provider_info: RwLock::default(),
         }))
     }
 
@@ -146,6 +150,10 @@ impl Coordinator {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn set_provider_info(&self, info: HashMap<String, HashMap<String, String>>) {
+        *self.provider_info.write().unwrap_or_else(|p| p.into_inner()) = info;
     }
 
     pub fn current_token(&self) -> TokenRecord {
@@ -314,7 +322,7 @@ impl Coordinator {
             cert_not_after_unix: n.cert_not_after_unix,
             enrolled_unix: n.enrolled_unix,
             provider_id: n.provider_id,
-            provider_info: Default::default(),
+            provider_info: self.provider_info.read().unwrap_or_else(|p| p.into_inner()).get(&n.name).cloned().unwrap_or_default(),
             name: n.name,
         }
     }

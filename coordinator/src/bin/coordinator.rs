@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Remove everything the provider made for this cluster (lab: engines,
+    /// agents, namespaces, links, bridges, data) and say what was removed.
+    Teardown {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// Print the current join token (asks the running coordinator if there is one).
     Token {
         #[arg(long)]
@@ -85,6 +93,12 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Token { state_dir, rotate } => token(&state_dir, rotate).await,
+            Command::Teardown { config, state_dir } => {
+                let config = ClusterConfig::load(&config)?;
+                let report = apiary_coordinator::serve::teardown(&config, &state_dir).await?;
+                println!("{report}");
+                Ok(())
+            }
         }
     });
     match result {

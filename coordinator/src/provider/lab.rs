@@ -1,0 +1,191 @@
+//! The `lab` provider: hosts are network namespaces on this machine, each with
+//! its own Docker engine and agent (see the `apiary-lab` crate for the
+//! plumbing). The agent enrolls through the private bridge with the join token
+//! like on any other host; the lab only starts it.
+//!
+//! Reconcile, not script: [`LabProvider::bring_up`] and the supervision loop
+//! both call idempotent `ensure_*` steps, so a coordinator killed at any point
+//! and started again completes what exists (adopts engines and agents by
+//! pidfile) and never makes a second set.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_lab::{HostPlan, Lab, LabLock, LabSpec};
+use futures::future::try_join_all;
+use tracing::{info, warn};
+
+use crate::config::LabProviderConfig;
+use crate::error::CoordinatorError;
+use crate::progress::Progress;
+use crate::server::Coordinator;
+
+pub const AGENT: &str = "agent";
+
+pub struct LabProvider {
+    lab: Lab,
+    _lock: LabLock,
+    agent_binary: PathBuf,
+    teardown_on_exit: bool,
+}
+
+impl LabProvider {
+    pub fn lab_for(cluster: &str, config: &LabProviderConfig, state_dir: &std::path::Path) -> Result<Lab, CoordinatorError> {
+        Ok(Lab::new(LabSpec { cluster: cluster.to_string(), hosts: config.hosts.clone(), state_dir: state_dir.to_path_buf() })?)
+    }
+
+    /// Takes the machine's lab lock and makes the two bridges: the coordinator
+    /// listens on the private one, so this comes before binding.
+    pub async fn prepare(cluster: &str, config: &LabProviderConfig, state_dir: &std::path::Path) -> Result<Self, CoordinatorError> {
+        let lab = Self::lab_for(cluster, config, state_dir)?;
+        let locking = lab.clone();
+        let lock = tokio::task::spawn_blocking(move || locking.lock_timeout(Duration::from_secs(5)))
+            .await
+            .map_err(|e| CoordinatorError::Provider(e.to_string()))??;
+        let changes = lab.ensure_network().await?;
+        if !changes.is_empty() {
+            info!(changes = ?changes, "lab network ready");
+        }
+        let agent_binary = match &config.agent_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("agent")))
+                .ok_or_else(|| CoordinatorError::Provider("cannot find the agent binary next to the coordinator; set provider.agent_binary".into()))?,
+        };
+        if !agent_binary.exists() {
+            return Err(CoordinatorError::Provider(format!(
+                "agent binary {} not found: build it (cargo build --release) or set provider.agent_binary",
+                agent_binary.display()
+            )));
+        }
+        Ok(LabProvider { lab, _lock: lock, agent_binary, teardown_on_exit: config.teardown_on_exit })
+    }
+
+    pub fn teardown_on_exit(&self) -> bool {
+        self.teardown_on_exit
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// What `ctl status --json` shows for each lab host beside the facts.
+    pub fn provider_info(&self) -> HashMap<String, HashMap<String, String>> {
+        self.lab
+            .hosts()
+            .iter()
+            .map(|h| {
+                let info = HashMap::from([
+                    ("provider".to_string(), "lab".to_string()),
+                    ("netns".to_string(), h.netns.clone()),
+                    ("docker_socket".to_string(), h.docker_socket.display().to_string()),
+                    ("root_prefix".to_string(), h.root_prefix.display().to_string()),
+                ]);
+                (h.name.clone(), info)
+            })
+            .collect()
+    }
+
+    fn agent_argv(&self, host: &HostPlan, endpoint: SocketAddr) -> Vec<String> {
+        vec![
+            self.agent_binary.display().to_string(),
+            "--coordinator".into(),
+            endpoint.to_string(),
+            "--name".into(),
+            host.name.clone(),
+            "--state-dir".into(),
+            host.host_dir.join("agent").display().to_string(),
+            "--docker-socket".into(),
+            host.docker_socket.display().to_string(),
+        ]
+    }
+
+    fn start_agent(&self, host: &HostPlan, endpoint: SocketAddr, token: &str) -> Result<u32, CoordinatorError> {
+        let env = [("APIARY_JOIN_TOKEN".to_string(), token.to_string()), ("RUST_LOG".to_string(), "info".to_string())];
+        Ok(self.lab.spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
+    }
+
+    /// Hosts, engines, images and agents, then waits until every host is
+    /// enrolled and ready.
+    pub async fn bring_up(&self, coordinator: &Coordinator, endpoint: SocketAddr, progress: &Progress) -> Result<(), CoordinatorError> {
+        let hosts = self.lab.hosts();
+        coordinator.set_provider_info(self.provider_info());
+
+        let phase = progress.phase("engines", hosts.len());
+        try_join_all(hosts.iter().map(|h| async {
+            let status = self.lab.ensure_host(h).await?;
+            let what = if status.changed() { format!("engine up (docker {})", status.docker_version) } else { "adopted".into() };
+            phase.step(&h.name, &what);
+            Ok::<_, CoordinatorError>(())
+        }))
+        .await?;
+        phase.finish();
+
+        let phase = progress.phase("images", 1);
+        self.lab.ensure_images(&hosts.iter().collect::<Vec<_>>()).await?;
+        phase.step("all", "lab/busybox:1 loaded");
+        phase.finish();
+
+        let phase = progress.phase("agents", hosts.len());
+        let token = coordinator.current_token().token;
+        for h in hosts {
+            let pid = self.start_agent(h, endpoint, &token)?;
+            phase.step(&h.name, &format!("agent pid {pid}"));
+        }
+        phase.finish();
+
+        let phase = progress.phase("enrollment", hosts.len());
+        let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !pending.is_empty() {
+            let status = coordinator.status().map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
+            pending.retain(|name| {
+                let ready = status.nodes.iter().any(|n| n.name == *name && n.state == "ready");
+                if ready {
+                    phase.step(name, "enrolled, ready");
+                }
+                !ready
+            });
+            if tokio::time::Instant::now() > deadline {
+                return Err(CoordinatorError::Provider(format!(
+                    "hosts not ready after 120 s: {}; see their agent logs under {}",
+                    pending.join(", "),
+                    self.lab.lab_dir().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        phase.finish();
+        Ok(())
+    }
+
+    /// Keeps engines and agents running: a dead dockerd is restarted, a dead
+    /// agent started again (it keeps its identity from its state directory).
+    pub async fn supervise(self: Arc<Self>, coordinator: Arc<Coordinator>, endpoint: SocketAddr) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for h in self.lab.hosts() {
+                if self.lab.process_pid(h, "dockerd").is_none() {
+                    warn!(node = %h.name, "engine is down; restarting it");
+                    match self.lab.ensure_host(h).await {
+                        Ok(s) => info!(node = %h.name, pid = s.dockerd_pid, "engine restarted"),
+                        Err(e) => warn!(node = %h.name, error = %e, "engine restart failed"),
+                    }
+                }
+                if self.lab.process_pid(h, AGENT).is_none() {
+                    warn!(node = %h.name, "agent is down; restarting it");
+                    let token = coordinator.current_token().token;
+                    match self.start_agent(h, endpoint, &token) {
+                        Ok(pid) => info!(node = %h.name, pid, "agent restarted"),
+                        Err(e) => warn!(node = %h.name, error = %e, "agent restart failed"),
+                    }
+                }
+            }
+        }
+    }
+}
