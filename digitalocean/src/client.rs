@@ -1117,6 +1117,7 @@ fn field<T: DeserializeOwned>(op: &'static str, mut v: Value, key: &str) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

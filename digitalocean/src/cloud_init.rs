@@ -220,13 +220,13 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
             "the agent binary must come over https",
         ));
     }
-    if let Some(sum) = sum {
-        if sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(invalid(
-                "agent_source.sha256",
-                "expected 64 hexadecimal digits",
-            ));
-        }
+    if let Some(sum) = sum
+        && (sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(invalid(
+            "agent_source.sha256",
+            "expected 64 hexadecimal digits",
+        ));
     }
     let unit = b.systemd_unit.as_deref().unwrap_or(DEFAULT_UNIT);
     if unit.contains("PRIVATE KEY") || unit.contains(&b.join_token) {
@@ -349,6 +349,7 @@ fn check_addr(addr: &str) -> Result<(), RenderError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

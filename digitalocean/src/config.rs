@@ -661,6 +661,7 @@ fn parse_api_url(raw: &str) -> Result<Url, ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::HashMap;

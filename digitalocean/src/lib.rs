@@ -81,10 +81,13 @@
 //! - Firewall rules are created, never updated: drift is reported in
 //!   [`ReconcileReport::notes`] (the subset has no update operation).
 //! - Droplets are never moved between VPCs; one in the wrong VPC is reported.
-//! - Three operations used by teardown are outside the shared spec subset
-//!   (`delete_firewall`, `delete_vpc`, and nothing else); they are described
-//!   in `openapi/supplement.yaml` from the upstream spec and validated like
-//!   the rest.
+//! - Two operations teardown uses are outside the shared spec subset
+//!   (`delete_firewall`, `delete_vpc`); `openapi/supplement.yaml` describes
+//!   them from the upstream spec, and the fake validates them like the rest.
+//! - Adopting after a lost create answer assumes a droplet is listed by tag
+//!   as soon as its create was accepted (true of the API as documented: the
+//!   202 carries the droplet, `new`). Should a listing ever lag, the second
+//!   droplet shows up in [`ReconcileReport::duplicates`] for removal.
 //! - The tag itself is left by teardown (it may label things apiary did not
 //!   create).
 //! - Hosts with per-host user_data (a per-node token) are created one per

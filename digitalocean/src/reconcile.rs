@@ -891,10 +891,12 @@ pub async fn remove(
                 report.not_found.push(name.to_string());
             }
             for d in matching {
-                if client.delete_droplet(d.id).await? {
-                    info!(droplet = %d.name, id = d.id, "deleted droplet");
-                    report.deleted.push(HostState::of(d));
-                }
+                // `false` (404) means it went between the listing and now,
+                // e.g. a retried delete whose first answer was lost: gone
+                // either way.
+                let _existed = client.delete_droplet(d.id).await?;
+                info!(droplet = %d.name, id = d.id, "deleted droplet");
+                report.deleted.push(HostState::of(d));
             }
         }
         Ok(report)
@@ -1094,13 +1096,13 @@ pub async fn preflight(
     settings: &DropletSettings,
 ) -> Result<PreflightReport, ProviderError> {
     let account = client.account().await?;
-    if let Some(status) = &account.status {
-        if status != "active" {
-            return Err(ProviderError::AccountNotActive {
-                status: status.clone(),
-                message: account.status_message.clone().unwrap_or_default(),
-            });
-        }
+    if let Some(status) = &account.status
+        && status != "active"
+    {
+        return Err(ProviderError::AccountNotActive {
+            status: status.clone(),
+            message: account.status_message.clone().unwrap_or_default(),
+        });
     }
     let regions = client.list_regions().await?;
     let region = regions
@@ -1154,6 +1156,7 @@ pub async fn preflight(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::model::Networks;

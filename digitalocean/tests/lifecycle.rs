@@ -2,6 +2,9 @@
 //! restart, scale to 6 and back to 4, teardown leaves nothing. Every
 //! exchange is held to the OpenAPI spec.
 
+// Tests panic on the unexpected by design.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -25,7 +28,9 @@ async fn create_adopt_scale_and_teardown() {
     // Create 4.
     let client = env.client();
     let four = names("node", 4);
-    let report = reconcile(&client, &env.target(tag, &four)).await.expect("reconcile 4");
+    let report = reconcile(&client, &env.target(tag, &four))
+        .await
+        .expect("reconcile 4");
     assert_eq!(report.created.len(), 4, "{report}");
     assert!(report.adopted.is_empty() && report.recovered.is_empty());
     assert!(report.is_ready(), "{report}");
@@ -51,7 +56,11 @@ async fn create_adopt_scale_and_teardown() {
     let inbound = fw[0].inbound_rules.as_array().expect("rules");
     let public: BTreeSet<&str> = inbound
         .iter()
-        .filter(|r| r["sources"]["addresses"].as_array().is_some_and(|a| a.iter().any(|x| x == "0.0.0.0/0")))
+        .filter(|r| {
+            r["sources"]["addresses"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "0.0.0.0/0"))
+        })
         .filter_map(|r| r["ports"].as_str())
         .collect();
     assert_eq!(public, BTreeSet::from(["22", "7443"]));
@@ -60,7 +69,9 @@ async fn create_adopt_scale_and_teardown() {
     // Adopt after a restart: a new client, same tag, nothing created.
     let creates_before = env.count_requests("droplets_create");
     let restarted = env.client();
-    let report = reconcile(&restarted, &env.target(tag, &four)).await.expect("adopt");
+    let report = reconcile(&restarted, &env.target(tag, &four))
+        .await
+        .expect("adopt");
     assert!(report.created.is_empty(), "{report}");
     assert_eq!(report.adopted.len(), 4);
     assert!(!report.vpc.created && !report.firewall.as_ref().expect("fw").created);
@@ -72,8 +83,13 @@ async fn create_adopt_scale_and_teardown() {
 
     // Scale to 6: two more, in one request.
     let six = names("node", 6);
-    let report = reconcile(&restarted, &env.target(tag, &six)).await.expect("scale up");
-    assert_eq!(report.created, vec!["node-5".to_owned(), "node-6".to_owned()]);
+    let report = reconcile(&restarted, &env.target(tag, &six))
+        .await
+        .expect("scale up");
+    assert_eq!(
+        report.created,
+        vec!["node-5".to_owned(), "node-6".to_owned()]
+    );
     assert_eq!(report.adopted.len(), 4);
     assert_eq!(env.count_requests("droplets_create"), creates_before + 1);
     assert_eq!(env.droplet_names(), {
@@ -83,7 +99,9 @@ async fn create_adopt_scale_and_teardown() {
     });
 
     // Back to 4: reconcile reports the surplus, never deletes it...
-    let report = reconcile(&restarted, &env.target(tag, &four)).await.expect("scale down");
+    let report = reconcile(&restarted, &env.target(tag, &four))
+        .await
+        .expect("scale down");
     let surplus: Vec<&str> = report.surplus.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(surplus, vec!["node-5", "node-6"], "{report}");
     assert_eq!(env.fake.droplets().len(), 6);
@@ -91,20 +109,28 @@ async fn create_adopt_scale_and_teardown() {
     let removed = remove(
         &restarted,
         &tag_name(tag),
-        &[HostName::parse("node-5").unwrap(), HostName::parse("node-6").unwrap(), HostName::parse("node-9").unwrap()],
+        &[
+            HostName::parse("node-5").unwrap(),
+            HostName::parse("node-6").unwrap(),
+            HostName::parse("node-9").unwrap(),
+        ],
     )
     .await
     .expect("remove");
     assert_eq!(removed.deleted.len(), 2, "{removed}");
     assert_eq!(removed.not_found, vec!["node-9".to_owned()]);
     assert!(removed.to_string().contains("node-5"));
-    let report = reconcile(&restarted, &env.target(tag, &four)).await.expect("steady");
+    let report = reconcile(&restarted, &env.target(tag, &four))
+        .await
+        .expect("steady");
     assert!(report.surplus.is_empty() && report.created.is_empty());
     assert_eq!(env.droplet_names(), four);
 
     // Teardown leaves nothing it created.
     let vpcs_before = env.fake.vpcs().len();
-    let report = teardown(&restarted, &tag_name(tag)).await.expect("teardown");
+    let report = teardown(&restarted, &tag_name(tag))
+        .await
+        .expect("teardown");
     assert!(report.is_complete(), "{report}");
     assert_eq!(report.droplets.len(), 4);
     assert_eq!(report.firewalls.len(), 1);
@@ -116,9 +142,16 @@ async fn create_adopt_scale_and_teardown() {
     assert!(env.fake.droplets().is_empty());
     assert!(env.fake.firewalls().is_empty());
     assert_eq!(env.fake.vpcs().len(), vpcs_before - 1);
-    assert!(env.fake.vpcs().iter().all(|v| v.description != vpc_marker(&tag_name(tag))));
+    assert!(
+        env.fake
+            .vpcs()
+            .iter()
+            .all(|v| v.description != vpc_marker(&tag_name(tag)))
+    );
     // A second teardown finds nothing and says so.
-    let again = teardown(&restarted, &tag_name(tag)).await.expect("teardown again");
+    let again = teardown(&restarted, &tag_name(tag))
+        .await
+        .expect("teardown again");
     assert!(again.droplets.is_empty() && again.vpcs.is_empty() && again.firewalls.is_empty());
     assert!(again.to_string().contains("no droplet had the tag"));
 
@@ -137,7 +170,9 @@ async fn droplets_of_other_clusters_and_untagged_ones_are_never_touched() {
         .expect("reconcile");
     // Same names, other tag: not adopted, not deleted; ours are created.
     assert_eq!(report.created.len(), 2);
-    let report = teardown(&client, &tag_name("apiary-mine")).await.expect("teardown");
+    let report = teardown(&client, &tag_name("apiary-mine"))
+        .await
+        .expect("teardown");
     assert_eq!(report.droplets.len(), 2);
     let left: Vec<u64> = env.fake.droplets().iter().map(|d| d.id).collect();
     assert_eq!(left, vec![stranger, untagged]);
@@ -166,7 +201,9 @@ async fn a_user_made_vpc_is_used_and_kept() {
         let ip = h.private_ipv4.expect("private");
         assert!(Ipv4Cidr::parse("10.77.0.0/24").unwrap().contains(ip));
     }
-    let report = teardown(&client, &tag_name("apiary-byo")).await.expect("teardown");
+    let report = teardown(&client, &tag_name("apiary-byo"))
+        .await
+        .expect("teardown");
     assert!(report.vpcs.is_empty(), "{report}");
     assert!(env.fake.vpcs().iter().any(|v| v.id == made.id));
     env.assert_spec_clean();
@@ -179,7 +216,10 @@ async fn pagination_reads_every_page() {
         env.fake.seed_droplet(&format!("big-{i}"), &["apiary-big"]);
     }
     let client = env.client();
-    let listed = client.list_droplets_by_tag("apiary-big").await.expect("list");
+    let listed = client
+        .list_droplets_by_tag("apiary-big")
+        .await
+        .expect("list");
     assert_eq!(listed.len(), 450);
     let pages: Vec<String> = env
         .fake

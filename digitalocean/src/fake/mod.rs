@@ -290,12 +290,13 @@ pub struct FakeServer {
 impl FakeServer {
     /// Binds 127.0.0.1:0 and serves until [`FakeServer::shutdown`] or drop.
     pub async fn start(options: FakeOptions) -> Result<FakeServer, FakeError> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| FakeError::Bind {
-                addr: "127.0.0.1:0".into(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|source| FakeError::Bind {
+                    addr: "127.0.0.1:0".into(),
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| FakeError::Bind {
             addr: "127.0.0.1:0".into(),
             source,
@@ -480,7 +481,10 @@ impl FakeApi {
 
     /// Makes droplets with this name stay `new` from now on.
     pub fn set_stuck(&self, name: &str) {
-        lock(&self.state).options.stuck_names.insert(name.to_owned());
+        lock(&self.state)
+            .options
+            .stuck_names
+            .insert(name.to_owned());
     }
 
     pub fn violations(&self) -> Vec<Violation> {
@@ -536,12 +540,21 @@ impl FakeApi {
         let query: Vec<(String, String)> = req
             .uri()
             .query()
-            .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
             .unwrap_or_default();
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
             .collect();
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
@@ -568,7 +581,9 @@ impl FakeApi {
             }
             let decision = st.decide(check.operation.as_deref(), &method, now);
             let (status, json) = match &decision {
-                Decision::RateLimit { .. } => error(429, "too_many_requests", "API rate limit exceeded."),
+                Decision::RateLimit { .. } => {
+                    error(429, "too_many_requests", "API rate limit exceeded.")
+                }
                 Decision::ServerError => error(500, "server_error", "Unexpected server-side error"),
                 _ => {
                     let bearer = headers
@@ -588,7 +603,11 @@ impl FakeApi {
                     } else if let Some(op) = &check.operation {
                         st.apply(op, &check.path_params, &query, &body, now)
                     } else {
-                        error(404, "not_found", "The resource you requested could not be found.")
+                        error(
+                            404,
+                            "not_found",
+                            "The resource you requested could not be found.",
+                        )
                     }
                 }
             };
@@ -600,7 +619,10 @@ impl FakeApi {
                 Some("droplets_destroy" | "droplets_destroy_byTag")
             );
             if typed_204 && status == 204 {
-                limit_headers.push(("content-type".into(), "application/json; charset=utf-8".into()));
+                limit_headers.push((
+                    "content-type".into(),
+                    "application/json; charset=utf-8".into(),
+                ));
             }
             (decision, status, json, limit_headers)
         };
@@ -608,10 +630,22 @@ impl FakeApi {
         let mut answer = (status, json);
         if let Decision::Lose(Loss::ServerError) = decision {
             // What would have been sent is still held to the spec.
-            self.check_answer(&check.operation, &op_label, answer.0, &limit_headers, &answer.1);
+            self.check_answer(
+                &check.operation,
+                &op_label,
+                answer.0,
+                &limit_headers,
+                &answer.1,
+            );
             answer = error(500, "server_error", "Unexpected server-side error");
         }
-        self.check_answer(&check.operation, &op_label, answer.0, &limit_headers, &answer.1);
+        self.check_answer(
+            &check.operation,
+            &op_label,
+            answer.0,
+            &limit_headers,
+            &answer.1,
+        );
         lock(&self.state).log.push(RequestRecord {
             operation: check.operation.clone(),
             method: method.clone(),
@@ -646,7 +680,10 @@ impl FakeApi {
             .unwrap_or_default();
         let mut all = headers.to_vec();
         if body.is_some() && !all.iter().any(|(k, _)| k == "content-type") {
-            all.push(("content-type".into(), "application/json; charset=utf-8".into()));
+            all.push((
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            ));
         }
         let problems = self.spec.check_response(op, status, &all, &bytes);
         if !problems.is_empty() {
@@ -774,10 +811,7 @@ impl State {
             self.window_until = None;
         }
         let found = self.scripted.iter_mut().find(|s| {
-            s.remaining > 0
-                && s.operation
-                    .as_deref()
-                    .is_none_or(|want| op == Some(want))
+            s.remaining > 0 && s.operation.as_deref().is_none_or(|want| op == Some(want))
         });
         if let Some(s) = found {
             s.remaining -= 1;
@@ -854,7 +888,10 @@ impl State {
 
     fn ensure_tag(&mut self, name: &str) -> String {
         let key = name.to_ascii_lowercase();
-        self.tags.entry(key).or_insert_with(|| name.to_owned()).clone()
+        self.tags
+            .entry(key)
+            .or_insert_with(|| name.to_owned())
+            .clone()
     }
 
     fn canonical_tag(&self, name: &str) -> String {
@@ -1221,14 +1258,21 @@ impl State {
                     .iter()
                     .map(|k| json!({ "id": k.id, "fingerprint": k.fingerprint, "public_key": k.public_key, "name": k.name }))
                     .collect();
-                (200, Some(self.page("/v2/account/keys", query, "ssh_keys", items)))
+                (
+                    200,
+                    Some(self.page("/v2/account/keys", query, "ssh_keys", items)),
+                )
             }
             "sshKeys_create" => {
                 let (Some(name), Some(key)) = (
                     body.get("name").and_then(Value::as_str),
                     body.get("public_key").and_then(Value::as_str),
                 ) else {
-                    return error(422, "unprocessable_entity", "name and public_key are required");
+                    return error(
+                        422,
+                        "unprocessable_entity",
+                        "name and public_key are required",
+                    );
                 };
                 let id = 512_000 + self.ssh_keys.len() as u64;
                 let digest: Vec<u8> = key
@@ -1254,17 +1298,26 @@ impl State {
                 self.ssh_keys.push(rec.clone());
                 (
                     201,
-                    Some(json!({ "ssh_key": { "id": rec.id, "fingerprint": rec.fingerprint, "public_key": rec.public_key, "name": rec.name } })),
+                    Some(
+                        json!({ "ssh_key": { "id": rec.id, "fingerprint": rec.fingerprint, "public_key": rec.public_key, "name": rec.name } }),
+                    ),
                 )
             }
             "droplets_list" => {
                 let tag = q("tag_name");
                 let name = q("name");
                 if tag.is_some() && (name.is_some() || q("type").is_some()) {
-                    return error(400, "bad_request", "tag_name cannot be combined with name or type");
+                    return error(
+                        400,
+                        "bad_request",
+                        "tag_name cannot be combined with name or type",
+                    );
                 }
                 if q("type").as_deref() == Some("gpus") {
-                    return (200, Some(self.page("/v2/droplets", query, "droplets", Vec::new())));
+                    return (
+                        200,
+                        Some(self.page("/v2/droplets", query, "droplets", Vec::new())),
+                    );
                 }
                 let items = self
                     .droplets
@@ -1273,10 +1326,16 @@ impl State {
                         tag.as_deref()
                             .is_none_or(|t| d.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
                     })
-                    .filter(|d| name.as_deref().is_none_or(|n| d.name.eq_ignore_ascii_case(n)))
+                    .filter(|d| {
+                        name.as_deref()
+                            .is_none_or(|n| d.name.eq_ignore_ascii_case(n))
+                    })
                     .map(|d| self.droplet_json(d, now))
                     .collect();
-                (200, Some(self.page("/v2/droplets", query, "droplets", items)))
+                (
+                    200,
+                    Some(self.page("/v2/droplets", query, "droplets", items)),
+                )
             }
             "droplets_create" => self.create_droplets(&body, now),
             "droplets_destroy_byTag" => {
@@ -1284,7 +1343,11 @@ impl State {
                     return error(400, "bad_request", "tag_name is required");
                 };
                 if !self.tags.contains_key(&tag.to_ascii_lowercase()) {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 }
                 let gone: Vec<u64> = self
                     .droplets
@@ -1299,22 +1362,42 @@ impl State {
             }
             "droplets_get" => match param_id("droplet_id").and_then(|id| self.droplets.get(&id)) {
                 Some(d) => (200, Some(json!({ "droplet": self.droplet_json(d, now) }))),
-                None => error(404, "not_found", "The resource you requested could not be found."),
+                None => error(
+                    404,
+                    "not_found",
+                    "The resource you requested could not be found.",
+                ),
             },
             "droplets_destroy" => match param_id("droplet_id") {
                 Some(id) if self.droplets.contains_key(&id) => {
                     self.remove_droplet(id);
                     (204, None)
                 }
-                _ => error(404, "not_found", "The resource you requested could not be found."),
+                _ => error(
+                    404,
+                    "not_found",
+                    "The resource you requested could not be found.",
+                ),
             },
             "dropletActions_post" => {
                 let Some(id) = param_id("droplet_id") else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
-                let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let kind = body
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 let Some(d) = self.droplets.get_mut(&id) else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
                 match kind.as_str() {
                     "power_off" | "shutdown" => d.powered_off = true,
@@ -1344,7 +1427,11 @@ impl State {
             "tags_assign_resources" => {
                 let tag = params.get("tag_id").cloned().unwrap_or_default();
                 let Some(canonical) = self.tags.get(&tag.to_ascii_lowercase()).cloned() else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
                 let resources = body
                     .get("resources")
@@ -1366,7 +1453,11 @@ impl State {
                             }
                         }
                         None => {
-                            return error(404, "not_found", "The resource you requested could not be found.");
+                            return error(
+                                404,
+                                "not_found",
+                                "The resource you requested could not be found.",
+                            );
                         }
                     }
                 }
@@ -1379,30 +1470,60 @@ impl State {
             "vpcs_create" => self.create_vpc(&body),
             "vpcs_get" => match params.get("vpc_id").and_then(|id| self.vpcs.get(id)) {
                 Some(v) => (200, Some(json!({ "vpc": self.vpc_json(v) }))),
-                None => error(404, "not_found", "The resource you requested could not be found."),
+                None => error(
+                    404,
+                    "not_found",
+                    "The resource you requested could not be found.",
+                ),
             },
             "delete_vpc" => {
                 let id = params.get("vpc_id").cloned().unwrap_or_default();
                 let Some(v) = self.vpcs.get(&id) else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
                 if v.default {
-                    return error(403, "forbidden", "The default VPC of a region cannot be deleted.");
+                    return error(
+                        403,
+                        "forbidden",
+                        "The default VPC of a region cannot be deleted.",
+                    );
                 }
                 if self.droplets.values().any(|d| d.vpc_uuid == id) {
-                    return error(403, "forbidden", "This VPC still has members and cannot be deleted.");
+                    return error(
+                        403,
+                        "forbidden",
+                        "This VPC still has members and cannot be deleted.",
+                    );
                 }
                 self.vpcs.remove(&id);
                 (204, None)
             }
             "firewalls_list" => {
-                let items = self.firewalls.values().map(|f| self.firewall_json(f)).collect();
-                (200, Some(self.page("/v2/firewalls", query, "firewalls", items)))
+                let items = self
+                    .firewalls
+                    .values()
+                    .map(|f| self.firewall_json(f))
+                    .collect();
+                (
+                    200,
+                    Some(self.page("/v2/firewalls", query, "firewalls", items)),
+                )
             }
             "firewalls_create" => self.create_firewall(&body),
-            "firewalls_get" => match params.get("firewall_id").and_then(|id| self.firewalls.get(id)) {
+            "firewalls_get" => match params
+                .get("firewall_id")
+                .and_then(|id| self.firewalls.get(id))
+            {
                 Some(f) => (200, Some(json!({ "firewall": self.firewall_json(f) }))),
-                None => error(404, "not_found", "The resource you requested could not be found."),
+                None => error(
+                    404,
+                    "not_found",
+                    "The resource you requested could not be found.",
+                ),
             },
             "firewalls_assign_droplets" => {
                 let id = params.get("firewall_id").cloned().unwrap_or_default();
@@ -1415,7 +1536,11 @@ impl State {
                     return error(422, "unprocessable_entity", "Some droplets do not exist.");
                 }
                 let Some(f) = self.firewalls.get_mut(&id) else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
                 for i in ids {
                     if !f.droplet_ids.contains(&i) {
@@ -1429,14 +1554,30 @@ impl State {
                 let tags: Vec<String> = body
                     .get("tags")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
                     .unwrap_or_default();
-                if let Some(t) = tags.iter().find(|t| !self.tags.contains_key(&t.to_ascii_lowercase())) {
-                    return error(422, "unprocessable_entity", &format!("tag {t} does not exist"));
+                if let Some(t) = tags
+                    .iter()
+                    .find(|t| !self.tags.contains_key(&t.to_ascii_lowercase()))
+                {
+                    return error(
+                        422,
+                        "unprocessable_entity",
+                        &format!("tag {t} does not exist"),
+                    );
                 }
                 let canon: Vec<String> = tags.iter().map(|t| self.canonical_tag(t)).collect();
                 let Some(f) = self.firewalls.get_mut(&id) else {
-                    return error(404, "not_found", "The resource you requested could not be found.");
+                    return error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    );
                 };
                 for t in canon {
                     if !f.tags.contains(&t) {
@@ -1450,7 +1591,11 @@ impl State {
                 if self.firewalls.remove(&id).is_some() {
                     (204, None)
                 } else {
-                    error(404, "not_found", "The resource you requested could not be found.")
+                    error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    )
                 }
             }
             "regions_list" => {
@@ -1461,7 +1606,11 @@ impl State {
                 let items = SIZES.iter().map(|s| self.size_json(s.0)).collect();
                 (200, Some(self.page("/v2/sizes", query, "sizes", items)))
             }
-            other => error(501, "not_implemented", &format!("the fake does not implement {other}")),
+            other => error(
+                501,
+                "not_implemented",
+                &format!("the fake does not implement {other}"),
+            ),
         }
     }
 
@@ -1490,11 +1639,19 @@ impl State {
         if let Some(bad) = names.iter().find(|n| !is_droplet_name(n)) {
             return unprocessable(&format!("Name {bad:?} is invalid."));
         }
-        let region = body.get("region").and_then(Value::as_str).unwrap_or("nyc3").to_owned();
+        let region = body
+            .get("region")
+            .and_then(Value::as_str)
+            .unwrap_or("nyc3")
+            .to_owned();
         if !REGIONS.iter().any(|r| r.0 == region && r.2) {
             return unprocessable("Region is not available.");
         }
-        let size = body.get("size").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let size = body
+            .get("size")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if !SIZES.iter().any(|s| s.0 == size) {
             return unprocessable("Size is not available in this region.");
         }
@@ -1518,14 +1675,22 @@ impl State {
                 }
             }
         }
-        let user_data = body.get("user_data").and_then(Value::as_str).map(str::to_owned);
+        let user_data = body
+            .get("user_data")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
             return unprocessable("user_data may not exceed 64 KiB.");
         }
         let tags: Vec<String> = body
             .get("tags")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(bad) = tags.iter().find(|t| !is_tag_name(t)) {
             return unprocessable(&format!("Tag {bad:?} is invalid."));
@@ -1545,7 +1710,8 @@ impl State {
         let tags: Vec<String> = tags.iter().map(|t| self.ensure_tag(t)).collect();
         let mut created = Vec::new();
         for name in &names {
-            let id = self.insert_droplet(name, &region, &size, tags.clone(), &vpc, user_data.clone());
+            let id =
+                self.insert_droplet(name, &region, &size, tags.clone(), &vpc, user_data.clone());
             created.push(id);
         }
         let droplets: Vec<Value> = created
@@ -1570,8 +1736,16 @@ impl State {
 
     fn create_vpc(&mut self, body: &Value) -> (u16, Option<Value>) {
         let unprocessable = |m: &str| error(422, "unprocessable_entity", m);
-        let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let region = body.get("region").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = body
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let region = body
+            .get("region")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if name.is_empty() || !REGIONS.iter().any(|r| r.0 == region && r.2) {
             return unprocessable("name and an available region are required");
         }
@@ -1584,9 +1758,8 @@ impl State {
                     return unprocessable("ip_range is not a valid CIDR");
                 };
                 let overlaps = self.vpcs.values().any(|v| {
-                    Ipv4Cidr::parse(&v.ip_range).is_ok_and(|o| {
-                        o.contains(cidr.network()) || cidr.contains(o.network())
-                    })
+                    Ipv4Cidr::parse(&v.ip_range)
+                        .is_ok_and(|o| o.contains(cidr.network()) || cidr.contains(o.network()))
                 });
                 if overlaps {
                     return unprocessable("ip_range overlaps another VPC of the account");
@@ -1616,7 +1789,11 @@ impl State {
 
     fn create_firewall(&mut self, body: &Value) -> (u16, Option<Value>) {
         let unprocessable = |m: &str| error(422, "unprocessable_entity", m);
-        let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = body
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if name.is_empty() {
             return unprocessable("name is required");
         }
@@ -1628,9 +1805,17 @@ impl State {
         let tags: Vec<String> = body
             .get("tags")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
-        if let Some(t) = tags.iter().find(|t| !self.tags.contains_key(&t.to_ascii_lowercase())) {
+        if let Some(t) = tags
+            .iter()
+            .find(|t| !self.tags.contains_key(&t.to_ascii_lowercase()))
+        {
             return unprocessable(&format!("tag {t} does not exist"));
         }
         let droplet_ids: Vec<u64> = body
@@ -1642,8 +1827,16 @@ impl State {
         let f = FakeFirewall {
             id: id.clone(),
             name,
-            inbound_rules: if inbound.is_null() { json!([]) } else { inbound },
-            outbound_rules: if outbound.is_null() { json!([]) } else { outbound },
+            inbound_rules: if inbound.is_null() {
+                json!([])
+            } else {
+                inbound
+            },
+            outbound_rules: if outbound.is_null() {
+                json!([])
+            } else {
+                outbound
+            },
             tags: tags.iter().map(|t| self.canonical_tag(t)).collect(),
             droplet_ids,
             created_at: SystemTime::now(),
@@ -1689,6 +1882,7 @@ impl Clock for ScaledClock {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -46,7 +46,11 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} {}: {}", self.direction, self.operation, self.detail)
+        write!(
+            f,
+            "{:?} {}: {}",
+            self.direction, self.operation, self.detail
+        )
     }
 }
 
@@ -271,9 +275,12 @@ impl SpecValidator {
             }
         }
         for (k, _) in query {
-            if !op.params.iter().any(|p| p.location == "query" && p.name == *k) {
-                out.violations
-                    .push(format!(
+            if !op
+                .params
+                .iter()
+                .any(|p| p.location == "query" && p.name == *k)
+            {
+                out.violations.push(format!(
                     "query parameter `{k}` is not declared for {} ({} {})",
                     op.id, op.method, op.template
                 ));
@@ -464,12 +471,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -544,9 +552,14 @@ fn collect_operations(root: &Value) -> Result<Vec<Operation>, SpecError> {
         })?;
     let mut ops = Vec::new();
     for (template, item) in paths {
-        let Some(item) = item.as_object() else { continue };
+        let Some(item) = item.as_object() else {
+            continue;
+        };
         for (method, op) in item {
-            if !matches!(method.as_str(), "get" | "post" | "put" | "patch" | "delete" | "head") {
+            if !matches!(
+                method.as_str(),
+                "get" | "post" | "put" | "patch" | "delete" | "head"
+            ) {
                 continue;
             }
             let id = op
@@ -559,10 +572,12 @@ fn collect_operations(root: &Value) -> Result<Vec<Operation>, SpecError> {
             let segments = template
                 .trim_start_matches('/')
                 .split('/')
-                .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(name) => Segment::Param(name.to_owned()),
-                    None => Segment::Literal(s.to_owned()),
-                })
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => Segment::Param(name.to_owned()),
+                        None => Segment::Literal(s.to_owned()),
+                    },
+                )
                 .collect();
             let mut params = Vec::new();
             let all = item
@@ -570,12 +585,25 @@ fn collect_operations(root: &Value) -> Result<Vec<Operation>, SpecError> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .chain(op.get("parameters").and_then(Value::as_array).into_iter().flatten());
+                .chain(
+                    op.get("parameters")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten(),
+                );
             for p in all {
                 let p = resolve(p);
                 params.push(Param {
-                    name: p.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    location: p.get("in").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    name: p
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    location: p
+                        .get("in")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
                     required: p.get("required").and_then(Value::as_bool).unwrap_or(false),
                     schema: p.get("schema").cloned().unwrap_or_else(|| json!({})),
                 });
@@ -615,6 +643,7 @@ fn collect_operations(root: &Value) -> Result<Vec<Operation>, SpecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -631,7 +660,11 @@ mod tests {
         let ids = s.operation_ids();
         assert_eq!(ids.len(), 23, "{ids:?}");
         assert!(ids.contains(&"delete_vpc".to_owned()));
-        assert!(s.ops.iter().any(|o| o.template == "/v2/droplets/{droplet_id}/actions"));
+        assert!(
+            s.ops
+                .iter()
+                .any(|o| o.template == "/v2/droplets/{droplet_id}/actions")
+        );
     }
 
     #[test]
@@ -666,17 +699,26 @@ mod tests {
             &auth(),
             br#"{"name":"-bad_","region":"nyc3","image":"debian-12-x64","size":"s"}"#,
         );
-        assert!(!single.violations.is_empty(), "a name outside the pattern passed");
+        assert!(
+            !single.violations.is_empty(),
+            "a name outside the pattern passed"
+        );
 
         let q = s.check_request(
             "GET",
             "/v2/droplets",
-            &[("per_page".into(), "500".into()), ("tagname".into(), "x".into())],
+            &[
+                ("per_page".into(), "500".into()),
+                ("tagname".into(), "x".into()),
+            ],
             &auth(),
             b"",
         );
         let text = q.violations.join("\n");
-        assert!(text.contains("per_page") && text.contains("tagname"), "{text}");
+        assert!(
+            text.contains("per_page") && text.contains("tagname"),
+            "{text}"
+        );
 
         let noauth = s.check_request("GET", "/v2/account", &[], &[], b"");
         assert!(!noauth.violations.is_empty());
@@ -702,9 +744,19 @@ mod tests {
         );
         assert!(ok.is_empty(), "{ok:?}");
         // No meta, an invented field, a missing header.
-        let bad = s.check_response("droplets_list", 200, &h[..2], br#"{"droplets":[],"private_ip":"x"}"#);
+        let bad = s.check_response(
+            "droplets_list",
+            200,
+            &h[..2],
+            br#"{"droplets":[],"private_ip":"x"}"#,
+        );
         let text = bad.join("\n");
-        assert!(text.contains("meta") && text.contains("private_ip") && text.contains("ratelimit-reset"), "{text}");
+        assert!(
+            text.contains("meta")
+                && text.contains("private_ip")
+                && text.contains("ratelimit-reset"),
+            "{text}"
+        );
         let err = s.check_response("droplets_get", 404, &h, br#"{"id":"not_found"}"#);
         assert!(err.join("\n").contains("message"), "{err:?}");
         let nobody = s.check_response("droplets_destroy", 204, &h, b"{}");

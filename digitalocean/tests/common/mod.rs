@@ -70,7 +70,14 @@ impl Env {
     /// direction.
     pub fn assert_spec_clean(&self) {
         let v = self.fake.violations();
-        assert!(v.is_empty(), "spec violations:\n{}", v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n"));
+        assert!(
+            v.is_empty(),
+            "spec violations:\n{}",
+            v.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 
     /// Fails the test if two droplets share a name.

@@ -1,0 +1,253 @@
+//! The rendered user_data: valid cloud-config (checked by `cloud-init
+//! schema` when Debian's cloud-init is installed, and always by a YAML and
+//! key check), under the API's size limit, carrying no secret but the join
+//! token.
+
+// Tests panic on the unexpected by design.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use apiary_digitalocean::cloud_init::{
+    AGENT_CONFIG_PATH, CA_PATH, INSTALLER_PATH, UNIT_NAME, UNIT_PATH,
+};
+use apiary_digitalocean::{
+    AgentSource, Bootstrap, HostName, MAX_USER_DATA_BYTES, render_user_data,
+};
+use serde_norway::Value;
+
+const TOKEN: &str = "APIARY-1-8f14e45fceea167a5a36dedd4bea2543a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5-0123456789abcdef0123456789abcdef01234567";
+// A real-looking chain of two certificates (content is irrelevant here).
+const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUQ2x1c3RlckNBZm9yYXBpYXJ5dGVzdDAKBggqhkjOPQQD
+AjAZMRcwFQYDVQQDDA5hcGlhcnkgY2x1c3RlcjAeFw0yNjAxMDEwMDAwMDBaFw0z
+-----END CERTIFICATE-----
+-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUQ2x1c3RlckNBZm9yYXBpYXJ5dGVzdDAKBggqhkjOPQQD
+-----END CERTIFICATE-----
+";
+
+fn bootstrap() -> Bootstrap {
+    Bootstrap::new(
+        "10.20.0.2:7443",
+        TOKEN,
+        CA,
+        AgentSource::Coordinator {
+            url: "https://10.20.0.2:7443/v1/agent/linux-amd64"
+                .parse()
+                .unwrap(),
+        },
+    )
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or_else(|| panic!("no `{key}` in {v:?}"))
+}
+
+fn file<'a>(doc: &'a Value, path: &str) -> &'a Value {
+    get(doc, "write_files")
+        .as_sequence()
+        .expect("write_files is a list")
+        .iter()
+        .find(|f| f.get("path").and_then(Value::as_str) == Some(path))
+        .unwrap_or_else(|| panic!("no file {path}"))
+}
+
+fn runcmd(doc: &Value) -> Vec<Vec<String>> {
+    get(doc, "runcmd")
+        .as_sequence()
+        .expect("runcmd list")
+        .iter()
+        .map(|c| {
+            c.as_sequence()
+                .expect("argv form, no shell")
+                .iter()
+                .map(|a| a.as_str().expect("string arg").to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `cloud-init schema` when cloud-init is installed (Debian's
+/// `cloud-init` package; the project's setup installs it).
+fn cloud_init_schema(user_data: &str) -> Option<(bool, String)> {
+    let version = Command::new("cloud-init").arg("--version").output().ok()?;
+    if !version.status.success() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("user-data.yaml");
+    std::fs::write(&path, user_data).expect("write");
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&path)
+        .output()
+        .expect("run cloud-init schema");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+#[test]
+fn renders_a_valid_cloud_config_for_the_coordinator_download() {
+    let ud = render_user_data(&bootstrap()).expect("render");
+    assert!(ud.starts_with("#cloud-config\n"), "{ud}");
+    assert!(ud.len() < MAX_USER_DATA_BYTES);
+
+    match cloud_init_schema(&ud) {
+        Some((ok, text)) => assert!(
+            ok && text.contains("Valid"),
+            "cloud-init schema:\n{text}\n{ud}"
+        ),
+        None => eprintln!("cloud-init not installed: YAML and key checks only"),
+    }
+
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    assert_eq!(get(&doc, "package_update").as_bool(), Some(true));
+    let packages: Vec<&str> = get(&doc, "packages")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        packages.contains(&"docker.io"),
+        "Docker from the distribution"
+    );
+
+    let ca = file(&doc, CA_PATH);
+    assert_eq!(get(ca, "content").as_str().unwrap().trim(), CA.trim());
+    let agent = file(&doc, AGENT_CONFIG_PATH);
+    assert_eq!(get(agent, "permissions").as_str(), Some("0600"));
+    let toml: toml::Value =
+        toml::from_str(get(agent, "content").as_str().unwrap()).expect("agent.toml");
+    assert_eq!(toml["coordinator"].as_str(), Some("10.20.0.2:7443"));
+    assert_eq!(toml["join_token"].as_str(), Some(TOKEN));
+    assert_eq!(toml["state_dir"].as_str(), Some("/var/lib/apiary"));
+    assert_eq!(toml["ca_cert"].as_str(), Some(CA_PATH));
+    assert!(
+        toml.get("node_name").is_none(),
+        "shared user_data: name from the hostname"
+    );
+    let unit = get(file(&doc, UNIT_PATH), "content").as_str().unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/apiary-agent"));
+
+    let cmds = runcmd(&doc);
+    let install = cmds
+        .iter()
+        .find(|c| c[0] == INSTALLER_PATH)
+        .expect("install step");
+    assert_eq!(install[1], "https://10.20.0.2:7443/v1/agent/linux-amd64");
+    assert_eq!(
+        install[2], "cluster-ca",
+        "the download trusts only the pinned CA"
+    );
+    let enable = cmds
+        .iter()
+        .position(|c| c.ends_with(&["--now".to_owned(), UNIT_NAME.to_owned()]));
+    let install_at = cmds.iter().position(|c| c[0] == INSTALLER_PATH);
+    assert!(
+        install_at < enable,
+        "the binary is installed before the unit starts: {cmds:?}"
+    );
+    let script = get(file(&doc, INSTALLER_PATH), "content").as_str().unwrap();
+    assert!(script.contains("--cacert /etc/apiary/ca.pem") && script.contains("--proto '=https'"));
+    let sh = Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("sh");
+    assert!(sh.success(), "the installer parses as sh");
+}
+
+#[test]
+fn carries_no_secret_but_the_join_token() {
+    let ud = render_user_data(&bootstrap()).expect("render");
+    assert_eq!(
+        ud.matches(TOKEN).count(),
+        1,
+        "the token is written once, in agent.toml"
+    );
+    assert!(!ud.contains("PRIVATE KEY"));
+    assert!(
+        !ud.contains("dop_v1_") && !ud.contains("DIGITALOCEAN"),
+        "no API token"
+    );
+    // Every base64 blob is the CA's; nothing else key-like rides along.
+    for line in ud.lines() {
+        let t = line.trim();
+        if t.len() >= 40
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        {
+            assert!(CA.contains(t), "unexpected opaque blob: {t}");
+        }
+    }
+    // A CA key passed by mistake is refused, not published.
+    let mut b = bootstrap();
+    b.ca_cert_pem =
+        format!("{CA}-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n");
+    let err = render_user_data(&b).unwrap_err();
+    assert!(err.to_string().contains("private key"), "{err}");
+}
+
+#[test]
+fn external_agent_url_with_digest_and_node_name() {
+    let mut b = bootstrap();
+    b.agent_source = AgentSource::Url {
+        url: "https://downloads.example.com/apiary-agent-0.1.0-linux-amd64"
+            .parse()
+            .unwrap(),
+        sha256: Some("AB".repeat(32)),
+    };
+    b.node_name = Some(HostName::parse("db-3").unwrap());
+    b.systemd_unit = Some("[Unit]\nDescription=apiary agent (from deploy/)\n\n[Service]\nExecStart=/usr/local/bin/apiary-agent run\n\n[Install]\nWantedBy=multi-user.target\n".into());
+    let ud = render_user_data(&b).expect("render");
+    if let Some((ok, text)) = cloud_init_schema(&ud) {
+        assert!(ok, "cloud-init schema:\n{text}");
+    }
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    let install = runcmd(&doc)
+        .into_iter()
+        .find(|c| c[0] == INSTALLER_PATH)
+        .expect("install");
+    assert_eq!(install[2], "system");
+    assert_eq!(install[3], "ab".repeat(32));
+    let agent = get(file(&doc, AGENT_CONFIG_PATH), "content")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let toml: toml::Value = toml::from_str(&agent).unwrap();
+    assert_eq!(toml["node_name"].as_str(), Some("db-3"));
+    assert!(
+        get(file(&doc, UNIT_PATH), "content")
+            .as_str()
+            .unwrap()
+            .contains("from deploy/")
+    );
+}
+
+#[test]
+fn values_cannot_break_out_of_their_fields() {
+    let mut b = bootstrap();
+    b.state_dir = "/var/lib/apiary\nruncmd: [rm, -rf, /]".into();
+    assert!(
+        render_user_data(&b).is_err(),
+        "control characters in a path are refused"
+    );
+    let mut b = bootstrap();
+    b.state_dir = "/var/lib/apiary \"quoted\" 'x' #: ".into();
+    let ud = render_user_data(&b).expect("odd but legal path");
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    let agent = get(file(&doc, AGENT_CONFIG_PATH), "content")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let toml: toml::Value = toml::from_str(&agent).unwrap();
+    assert_eq!(toml["state_dir"].as_str(), Some(b.state_dir.as_str()));
+    assert_eq!(runcmd(&doc).len(), 4);
+}
