@@ -10,7 +10,7 @@
 //!   modified or deleted. A droplet's name is the host's name. So a
 //!   coordinator that restarts at any point, even without its state, finds
 //!   its hosts again with one listing and adopts them.
-//! - **[`reconcile`]** lists by tag (all pages), ensures the tag, the VPC
+//! - **[`reconcile()`]** lists by tag (all pages), ensures the tag, the VPC
 //!   (created if absent) and the optional Cloud Firewall, creates the missing
 //!   hosts (up to ten per request when their user_data is identical), waits
 //!   for `active` until `boot_timeout`, and returns each host's id, public and
