@@ -57,6 +57,15 @@ impl AgentError {
 }
 
 const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+const FACTS_REFRESH: Duration = Duration::from_secs(5);
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Runs the agent until `shutdown` completes or a refusal makes it pointless.
 pub async fn run(
@@ -267,13 +276,38 @@ async fn session(
     let mut client = AgentApiClient::new(channel);
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let first = facts.gather().await;
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
             agent_version: AGENT_VERSION.into(),
-            facts: Some(facts.gather().await),
+            facts: Some(first.clone()),
         })),
     };
     let _ = tx.send(hello).await;
+    // Facts change under a running agent (an engine dies or comes back, an
+    // address moves): re-read them now and then and report only changes. A
+    // task of its own, because asking Docker may take seconds and must not
+    // delay heartbeats.
+    let refresher = {
+        let (tx, facts) = (tx.clone(), facts.clone());
+        tokio::spawn(async move {
+            let mut last = first;
+            loop {
+                tokio::time::sleep(FACTS_REFRESH).await;
+                let now = facts.gather().await;
+                if now != last {
+                    let msg = AgentMessage {
+                        msg: Some(agent_message::Msg::Facts(now.clone())),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                    last = now;
+                }
+            }
+        })
+    };
+    let _stop_refresher = AbortOnDrop(refresher);
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => return Err(judge(config, &tls, status).await),

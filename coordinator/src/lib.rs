@@ -11,9 +11,9 @@
 pub mod admin_conf;
 pub mod config;
 pub mod ctl;
+pub mod error;
 pub mod progress;
 pub mod provider;
-pub mod error;
 pub mod registry;
 pub mod serve;
 pub mod server;

@@ -31,7 +31,10 @@ pub struct Phase {
 
 impl Progress {
     pub fn new(tty: bool) -> Self {
-        Progress { tty, start: Instant::now() }
+        Progress {
+            tty,
+            start: Instant::now(),
+        }
     }
 
     pub fn phase(&self, name: &'static str, total: usize) -> Phase {
@@ -46,7 +49,12 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Phase { name, bar, start: Instant::now(), origin: self.start }
+        Phase {
+            name,
+            bar,
+            start: Instant::now(),
+            origin: self.start,
+        }
     }
 }
 
@@ -58,7 +66,11 @@ impl Phase {
                 bar.inc(1);
                 bar.set_message(format!("{host}: {what}"));
             }
-            None => eprintln!("[{:>6.1}s] {:<12} {host}: {what}", self.origin.elapsed().as_secs_f64(), self.name),
+            None => eprintln!(
+                "[{:>6.1}s] {:<12} {host}: {what}",
+                self.origin.elapsed().as_secs_f64(),
+                self.name
+            ),
         }
     }
 
@@ -66,9 +78,18 @@ impl Phase {
         let elapsed = self.start.elapsed();
         match &self.bar {
             Some(bar) => bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64())),
-            None => eprintln!("[{:>6.1}s] {:<12} done in {:.1}s", self.origin.elapsed().as_secs_f64(), self.name, elapsed.as_secs_f64()),
+            None => eprintln!(
+                "[{:>6.1}s] {:<12} done in {:.1}s",
+                self.origin.elapsed().as_secs_f64(),
+                self.name,
+                elapsed.as_secs_f64()
+            ),
         }
-        info!(phase = self.name, elapsed_ms = elapsed.as_millis() as u64, "phase done");
+        info!(
+            phase = self.name,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "phase done"
+        );
         elapsed
     }
 }

@@ -94,6 +94,13 @@ impl Registry {
         }
     }
 
+    /// Ends every session (coordinator shutdown).
+    pub fn kick_all(&self, status: Status) {
+        for (_, l) in self.lock().drain() {
+            let _ = l.outbox.try_send(Err(status.clone()));
+        }
+    }
+
     pub fn view(&self, node: &str, heartbeat: Duration) -> Option<LiveView> {
         self.lock().get(node).map(|l| LiveView {
             connected_and_fresh: l.last_seen.elapsed() < heartbeat * 3,

@@ -24,15 +24,22 @@ pub struct ServeOptions {
 
 /// Binds, writes admin.conf, brings the provider's hosts up, and serves until
 /// `shutdown`.
-pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
     let addr = opts.listen.unwrap_or(opts.config.listen);
     let progress = Progress::default();
     let lab = match &opts.config.provider {
         ProviderConfig::Manual => None,
         ProviderConfig::Lab(lab) => {
             let phase = progress.phase("network", 1);
-            let provider = LabProvider::prepare(&opts.config.cluster_name, lab, &opts.state_dir).await?;
-            phase.step("bridges", "apiary-pub 198.18.0.1/24, apiary-priv 10.231.0.1/24");
+            let provider =
+                LabProvider::prepare(&opts.config.cluster_name, lab, &opts.state_dir).await?;
+            phase.step(
+                "bridges",
+                "apiary-pub 198.18.0.1/24, apiary-priv 10.231.0.1/24",
+            );
             phase.finish();
             Some(Arc::new(provider))
         }
@@ -43,28 +50,48 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send
         }
     };
     let coordinator = Coordinator::open(opts.config.clone(), &opts.state_dir).await?;
-    let listener = TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| CoordinatorError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| CoordinatorError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Bind { addr, source })?;
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
 
     let server = tokio::spawn(coordinator.clone().serve(listener, shutdown));
-    let mut supervisor = None;
-    if let Some(lab) = &lab {
-        match lab.bring_up(&coordinator, local, &progress).await {
-            Ok(()) => {
-                info!(hosts = lab.lab().hosts().len(), "cluster up: every host enrolled and ready");
-                eprintln!("cluster {} is up. Try: ctl --config {} status", opts.config.cluster_name, admin_conf.display());
+    // Bring-up and supervision run beside the server and stop with it: a
+    // shutdown in the middle of bring-up must not wait for bring-up to end.
+    let provider_work = lab.clone().map(|lab| {
+        let (coordinator, admin_conf, cluster) = (
+            coordinator.clone(),
+            admin_conf.clone(),
+            opts.config.cluster_name.clone(),
+        );
+        tokio::spawn(async move {
+            match lab.bring_up(&coordinator, local, &progress).await {
+                Ok(()) => {
+                    info!(
+                        hosts = lab.lab().hosts().len(),
+                        "cluster up: every host enrolled and ready"
+                    );
+                    eprintln!(
+                        "cluster {cluster} is up. Try: ctl --config {} status",
+                        admin_conf.display()
+                    );
+                }
+                // Keep serving: the hosts that came up are usable, and
+                // supervision keeps trying the others.
+                Err(e) => error!(error = %e, "bring-up incomplete"),
             }
-            // Keep serving: the hosts that came up are usable, and supervision
-            // keeps trying the others. The operator reads why in the log.
-            Err(e) => error!(error = %e, "bring-up incomplete"),
-        }
-        supervisor = Some(tokio::spawn(lab.clone().supervise(coordinator.clone(), local)));
-    }
-    let result = server.await.map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    if let Some(s) = supervisor {
-        s.abort();
+            lab.supervise(coordinator, local).await;
+        })
+    });
+    let result = server
+        .await
+        .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
+    if let Some(work) = provider_work {
+        work.abort();
     }
     if let Some(lab) = lab
         && lab.teardown_on_exit()
@@ -76,21 +103,35 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send
 }
 
 /// Removes everything the provider made for this cluster and says what.
-pub async fn teardown(config: &ClusterConfig, state_dir: &std::path::Path) -> Result<String, CoordinatorError> {
+pub async fn teardown(
+    config: &ClusterConfig,
+    state_dir: &std::path::Path,
+) -> Result<String, CoordinatorError> {
     match &config.provider {
-        ProviderConfig::Manual => Ok("provider manual: apiary made no hosts, so there is nothing to tear down".into()),
+        ProviderConfig::Manual => {
+            Ok("provider manual: apiary made no hosts, so there is nothing to tear down".into())
+        }
         ProviderConfig::Lab(lab_config) => {
             let lab = LabProvider::lab_for(&config.cluster_name, lab_config, state_dir)?;
             let locking = lab.clone();
-            let _lock = tokio::task::spawn_blocking(move || locking.lock_timeout(Duration::from_secs(3)))
-                .await
-                .map_err(|e| CoordinatorError::Provider(e.to_string()))?
-                .map_err(|e| {
-                    CoordinatorError::Provider(format!("{e} (a running `coordinator serve` holds the lab: stop it first)"))
-                })?;
+            let _lock =
+                tokio::task::spawn_blocking(move || locking.lock_timeout(Duration::from_secs(3)))
+                    .await
+                    .map_err(|e| CoordinatorError::Provider(e.to_string()))?
+                    .map_err(|e| {
+                        CoordinatorError::Provider(format!(
+                            "{e} (a running `coordinator serve` holds the lab: stop it first)"
+                        ))
+                    })?;
             let report = lab.teardown().await?;
-            Ok(if report.is_empty() { "nothing to remove: the lab was not there".into() } else { report.to_string() })
+            Ok(if report.is_empty() {
+                "nothing to remove: the lab was not there".into()
+            } else {
+                report.to_string()
+            })
         }
-        ProviderConfig::DigitalOcean(_) => Err(CoordinatorError::Provider("provider digitalocean is not wired in yet".into())),
+        ProviderConfig::DigitalOcean(_) => Err(CoordinatorError::Provider(
+            "provider digitalocean is not wired in yet".into(),
+        )),
     }
 }

@@ -153,7 +153,10 @@ impl Coordinator {
     }
 
     pub fn set_provider_info(&self, info: HashMap<String, HashMap<String, String>>) {
-        *self.provider_info.write().unwrap_or_else(|p| p.into_inner()) = info;
+        *self
+            .provider_info
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = info;
     }
 
     pub fn current_token(&self) -> TokenRecord {
@@ -246,17 +249,36 @@ impl Coordinator {
         });
         let flusher = tokio::spawn(self.clone().flush_last_seen());
         let svc = Svc(self.clone());
-        let result = tonic::transport::Server::builder()
+        // Agent sessions are streams that never end by themselves, so a
+        // graceful stop first ends them (agents read "shutting down" and
+        // reconnect with backoff), then gives in-flight calls a few seconds.
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let (me, stopping) = (self.clone(), stopping.clone());
+            async move {
+                shutdown.await;
+                me.registry
+                    .kick_all(Status::unavailable("coordinator shutting down"));
+                stopping.notify_one();
+            }
+        };
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
+        let result = tokio::select! {
+            r = server => r.map_err(|e| CoordinatorError::Serve(e.to_string())),
+            _ = async { stopping.notified().await; tokio::time::sleep(Duration::from_secs(5)).await } => {
+                warn!("connections still open 5 s after shutdown; closing them");
+                Ok(())
+            }
+        };
         accept.abort();
         flusher.abort();
-        result.map_err(|e| CoordinatorError::Serve(e.to_string()))
+        result
     }
 
     /// Persists last-seen times now and then, so `ctl status` after a restart
@@ -322,7 +344,13 @@ impl Coordinator {
             cert_not_after_unix: n.cert_not_after_unix,
             enrolled_unix: n.enrolled_unix,
             provider_id: n.provider_id,
-            provider_info: self.provider_info.read().unwrap_or_else(|p| p.into_inner()).get(&n.name).cloned().unwrap_or_default(),
+            provider_info: self
+                .provider_info
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&n.name)
+                .cloned()
+                .unwrap_or_default(),
             name: n.name,
         }
     }

@@ -292,3 +292,196 @@ impl Agent {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A lab cluster run by the real `coordinator serve` (root only): network
+/// namespace hosts with their own Docker engines and agents. Torn down with
+/// `coordinator teardown` when dropped, even if the test failed.
+pub struct LabCluster {
+    pub dir: tempfile::TempDir,
+    pub cluster: String,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub hosts: Vec<String>,
+    pub coordinator: Option<Proc>,
+}
+
+/// Only one lab can exist on a machine (fixed bridges and ranges): lab tests
+/// in one binary take this lock, and labs in other processes wait on the lab
+/// crate's own file lock.
+pub static LAB_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "lab tests need root (they make network namespaces and run Docker engines): run the README's test command as root"
+    );
+}
+
+impl LabCluster {
+    /// Writes the config; `extra_coordinator` goes into [coordinator].
+    pub fn new(cluster: &str, hosts: usize, extra_coordinator: &str) -> LabCluster {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("lab.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"{cluster}\"\n\n[coordinator]\nheartbeat_interval = \"1s\"\n{extra_coordinator}\n\n[provider]\nkind = \"lab\"\nhosts = {hosts}\nagent_binary = \"{}\"\n",
+                bin("agent").display()
+            ),
+        )
+        .expect("write config");
+        let state = dir.path().join("state");
+        let names: Vec<String> = ["queenbee".to_string()]
+            .into_iter()
+            .chain((1..hosts).map(|i| format!("workerbee-{i}")))
+            .collect();
+        let lab = LabCluster {
+            dir,
+            cluster: cluster.to_string(),
+            config,
+            state,
+            hosts: names,
+            coordinator: None,
+        };
+        // A lab left by an earlier, killed run would be adopted; start clean.
+        lab.teardown();
+        lab
+    }
+
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state);
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.coordinator = Some(Proc::spawn(
+            cmd,
+            &self.dir.path().join(format!("coordinator-{n}.log")),
+        ));
+    }
+
+    pub fn log(&self) -> String {
+        self.coordinator
+            .as_ref()
+            .map(Proc::log_text)
+            .unwrap_or_default()
+    }
+
+    pub fn admin_conf(&self) -> PathBuf {
+        self.state.join("admin.conf")
+    }
+
+    /// `ctl status --json`, or None while the coordinator is not answering.
+    pub fn status(&self) -> Option<Value> {
+        if !self.admin_conf().exists() {
+            return None;
+        }
+        let out = ctl_with(&self.admin_conf(), &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.status()?["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+    }
+
+    pub fn wait_all_ready(&self, within: Duration) -> Value {
+        eventually(
+            &format!("all {} lab hosts ready", self.hosts.len()),
+            within,
+            || {
+                let s = self.status()?;
+                let nodes = s["nodes"].as_array()?;
+                (self.hosts.iter().all(|h| {
+                    nodes
+                        .iter()
+                        .any(|n| n["name"] == *h && n["state"] == "ready")
+                }))
+                .then_some(s)
+            },
+        )
+    }
+
+    pub fn run_dir(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/run/apiary/{}/{host}", self.cluster))
+    }
+
+    /// PID of a lab process (dockerd, agent) of `host` from its pidfile.
+    pub fn pid(&self, host: &str, name: &str) -> Option<i32> {
+        let text =
+            std::fs::read_to_string(self.run_dir(host).join("pids").join(format!("{name}.pid")))
+                .ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    pub fn netns(&self, host: &str) -> String {
+        format!("{}.{host}", self.cluster)
+    }
+
+    pub fn teardown(&self) -> Output {
+        Command::new(bin("coordinator"))
+            .args(["teardown", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("teardown")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.coordinator.take() {
+            p.signal(nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while p.try_exit().is_none() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "coordinator did not stop on SIGTERM:\n{}",
+                    p.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.coordinator.take() {
+            p.kill9();
+        }
+        let _ = self.teardown();
+    }
+}
+
+/// Runs a command and returns (success, stdout).
+pub fn sh(argv: &[&str]) -> (bool, String) {
+    match Command::new(argv[0]).args(&argv[1..]).output() {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        ),
+        Err(_) => (false, String::new()),
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}

@@ -33,18 +33,31 @@ pub struct LabProvider {
 }
 
 impl LabProvider {
-    pub fn lab_for(cluster: &str, config: &LabProviderConfig, state_dir: &std::path::Path) -> Result<Lab, CoordinatorError> {
-        Ok(Lab::new(LabSpec { cluster: cluster.to_string(), hosts: config.hosts.clone(), state_dir: state_dir.to_path_buf() })?)
+    pub fn lab_for(
+        cluster: &str,
+        config: &LabProviderConfig,
+        state_dir: &std::path::Path,
+    ) -> Result<Lab, CoordinatorError> {
+        Ok(Lab::new(LabSpec {
+            cluster: cluster.to_string(),
+            hosts: config.hosts.clone(),
+            state_dir: state_dir.to_path_buf(),
+        })?)
     }
 
     /// Takes the machine's lab lock and makes the two bridges: the coordinator
     /// listens on the private one, so this comes before binding.
-    pub async fn prepare(cluster: &str, config: &LabProviderConfig, state_dir: &std::path::Path) -> Result<Self, CoordinatorError> {
+    pub async fn prepare(
+        cluster: &str,
+        config: &LabProviderConfig,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, CoordinatorError> {
         let lab = Self::lab_for(cluster, config, state_dir)?;
         let locking = lab.clone();
-        let lock = tokio::task::spawn_blocking(move || locking.lock_timeout(Duration::from_secs(5)))
-            .await
-            .map_err(|e| CoordinatorError::Provider(e.to_string()))??;
+        let lock =
+            tokio::task::spawn_blocking(move || locking.lock_timeout(Duration::from_secs(5)))
+                .await
+                .map_err(|e| CoordinatorError::Provider(e.to_string()))??;
         let changes = lab.ensure_network().await?;
         if !changes.is_empty() {
             info!(changes = ?changes, "lab network ready");
@@ -62,7 +75,12 @@ impl LabProvider {
                 agent_binary.display()
             )));
         }
-        Ok(LabProvider { lab, _lock: lock, agent_binary, teardown_on_exit: config.teardown_on_exit })
+        Ok(LabProvider {
+            lab,
+            _lock: lock,
+            agent_binary,
+            teardown_on_exit: config.teardown_on_exit,
+        })
     }
 
     pub fn teardown_on_exit(&self) -> bool {
@@ -82,8 +100,14 @@ impl LabProvider {
                 let info = HashMap::from([
                     ("provider".to_string(), "lab".to_string()),
                     ("netns".to_string(), h.netns.clone()),
-                    ("docker_socket".to_string(), h.docker_socket.display().to_string()),
-                    ("root_prefix".to_string(), h.root_prefix.display().to_string()),
+                    (
+                        "docker_socket".to_string(),
+                        h.docker_socket.display().to_string(),
+                    ),
+                    (
+                        "root_prefix".to_string(),
+                        h.root_prefix.display().to_string(),
+                    ),
                 ]);
                 (h.name.clone(), info)
             })
@@ -104,21 +128,40 @@ impl LabProvider {
         ]
     }
 
-    fn start_agent(&self, host: &HostPlan, endpoint: SocketAddr, token: &str) -> Result<u32, CoordinatorError> {
-        let env = [("APIARY_JOIN_TOKEN".to_string(), token.to_string()), ("RUST_LOG".to_string(), "info".to_string())];
-        Ok(self.lab.spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
+    fn start_agent(
+        &self,
+        host: &HostPlan,
+        endpoint: SocketAddr,
+        token: &str,
+    ) -> Result<u32, CoordinatorError> {
+        let env = [
+            ("APIARY_JOIN_TOKEN".to_string(), token.to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ];
+        Ok(self
+            .lab
+            .spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
     }
 
     /// Hosts, engines, images and agents, then waits until every host is
     /// enrolled and ready.
-    pub async fn bring_up(&self, coordinator: &Coordinator, endpoint: SocketAddr, progress: &Progress) -> Result<(), CoordinatorError> {
+    pub async fn bring_up(
+        &self,
+        coordinator: &Coordinator,
+        endpoint: SocketAddr,
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
         let hosts = self.lab.hosts();
         coordinator.set_provider_info(self.provider_info());
 
         let phase = progress.phase("engines", hosts.len());
         try_join_all(hosts.iter().map(|h| async {
             let status = self.lab.ensure_host(h).await?;
-            let what = if status.changed() { format!("engine up (docker {})", status.docker_version) } else { "adopted".into() };
+            let what = if status.changed() {
+                format!("engine up (docker {})", status.docker_version)
+            } else {
+                "adopted".into()
+            };
             phase.step(&h.name, &what);
             Ok::<_, CoordinatorError>(())
         }))
@@ -126,7 +169,9 @@ impl LabProvider {
         phase.finish();
 
         let phase = progress.phase("images", 1);
-        self.lab.ensure_images(&hosts.iter().collect::<Vec<_>>()).await?;
+        self.lab
+            .ensure_images(&hosts.iter().collect::<Vec<_>>())
+            .await?;
         phase.step("all", "lab/busybox:1 loaded");
         phase.finish();
 
@@ -142,9 +187,14 @@ impl LabProvider {
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while !pending.is_empty() {
-            let status = coordinator.status().map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
+            let status = coordinator
+                .status()
+                .map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
             pending.retain(|name| {
-                let ready = status.nodes.iter().any(|n| n.name == *name && n.state == "ready");
+                let ready = status
+                    .nodes
+                    .iter()
+                    .any(|n| n.name == *name && n.state == "ready");
                 if ready {
                     phase.step(name, "enrolled, ready");
                 }

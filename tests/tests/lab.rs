@@ -1,0 +1,189 @@
+//! The lab provider end to end (root; real Docker engines in network
+//! namespaces): bring-up, facts, reachability, self-healing, adoption after a
+//! kill -9, and a teardown that leaves nothing behind.
+
+use std::time::Duration;
+
+use apiary_tests::*;
+
+fn docker_name(socket: &str) -> Option<String> {
+    let (ok, out) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{socket}"),
+        "info",
+        "--format",
+        "{{.Name}}",
+    ]);
+    ok.then(|| out.trim().to_string())
+}
+
+#[test]
+fn lab_of_four_comes_up_heals_and_tears_down_completely() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labtest", 4, "");
+    lab.start();
+    let status = lab.wait_all_ready(Duration::from_secs(120));
+    let nodes = status["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(nodes.len(), 4, "{status}");
+
+    let mut pids = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let name = n["name"].as_str().expect("name");
+        assert_eq!(n["hostname"], name, "each host has its own UTS name");
+        assert!(!n["kernel"].as_str().unwrap_or("").is_empty());
+        assert!(
+            !n["docker_version"].as_str().unwrap_or("").is_empty(),
+            "no Docker version for {name}: {n}"
+        );
+        assert_eq!(n["netns"], lab.netns(name));
+        let socket = n["docker_socket"].as_str().expect("docker_socket");
+        assert_eq!(
+            docker_name(socket).as_deref(),
+            Some(name),
+            "engine of {name} answers on its own socket"
+        );
+        let idx = lab.hosts.iter().position(|h| h == name).expect("planned");
+        assert_eq!(n["private_ip"], format!("10.231.0.{}", 11 + idx), "{i}");
+        assert_eq!(n["public_ip"], format!("198.18.0.{}", 11 + idx));
+        pids.push(lab.pid(name, "dockerd").expect("dockerd pid"));
+        pids.push(lab.pid(name, "agent").expect("agent pid"));
+    }
+
+    // The private network reaches every host from the first, and the public bridge reaches every host.
+    let first = lab.netns(&lab.hosts[0]);
+    for idx in 0..4 {
+        let private = format!("10.231.0.{}", 11 + idx);
+        assert!(
+            sh(&[
+                "ip", "netns", "exec", &first, "busybox", "ping", "-c1", "-W2", &private
+            ])
+            .0,
+            "private {private} unreachable from {first}"
+        );
+        let public = format!("198.18.0.{}", 11 + idx);
+        assert!(
+            sh(&["busybox", "ping", "-c1", "-W2", &public]).0,
+            "public {public} unreachable from the public bridge"
+        );
+    }
+
+    // A killed engine is restarted and answers again.
+    let host = lab.hosts[1].clone();
+    let old = lab.pid(&host, "dockerd").expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill dockerd");
+    let socket = lab.node(&host).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    eventually("engine restarted", Duration::from_secs(30), || {
+        let new = lab.pid(&host, "dockerd")?;
+        (new != old && alive(new) && docker_name(&socket).as_deref() == Some(host.as_str()))
+            .then_some(())
+    });
+    eventually(
+        "node ready with an engine again",
+        Duration::from_secs(30),
+        || {
+            let n = lab.node(&host)?;
+            (n["state"] == "ready" && !n["docker_version"].as_str()?.is_empty()).then_some(())
+        },
+    );
+    pids.push(lab.pid(&host, "dockerd").expect("pid"));
+
+    // A killed agent comes back with the same identity.
+    let host = lab.hosts[2].clone();
+    let serial = lab.node(&host).expect("node")["cert_serial"].clone();
+    let old = lab.pid(&host, "agent").expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill agent");
+    eventually("agent restarted and ready", Duration::from_secs(30), || {
+        let new = lab.pid(&host, "agent")?;
+        let n = lab.node(&host)?;
+        (new != old && n["state"] == "ready").then_some(())
+    });
+    assert_eq!(
+        lab.node(&host).expect("node")["cert_serial"],
+        serial,
+        "the restarted agent re-enrolled"
+    );
+    assert_eq!(
+        lab.status().expect("status")["nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    pids.push(lab.pid(&host, "agent").expect("pid"));
+
+    // Stop the coordinator, then tear down: nothing is left.
+    lab.stop();
+    let out = lab.teardown();
+    assert!(
+        out.status.success(),
+        "teardown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("network namespaces (4)"), "{report}");
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    assert!(!netns.contains("labtest."), "namespaces left: {netns}");
+    let (_, links) = sh(&["ip", "-o", "link"]);
+    assert!(
+        !links.contains("apiary-") && !links.contains("ap0-"),
+        "links left: {links}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} left running");
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(!mounts.contains("/run/apiary/labtest"), "mounts left");
+    assert!(!std::path::Path::new("/run/apiary/labtest").exists());
+    assert!(
+        !lab.state.join("lab").exists(),
+        "lab data left in the state directory"
+    );
+}
+
+#[test]
+fn coordinator_killed_during_host_creation_is_adopted_without_duplicates() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labkill", 4, "");
+    lab.start();
+    // Kill it as soon as the first host exists, mid-creation.
+    eventually("first host created", Duration::from_secs(60), || {
+        let (_, netns) = sh(&["ip", "netns", "list"]);
+        netns.contains("labkill.").then_some(())
+    });
+    if let Some(p) = lab.coordinator.as_mut() {
+        p.kill9();
+    }
+    lab.start();
+    let status = lab.wait_all_ready(Duration::from_secs(120));
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    assert_eq!(netns.matches("labkill.").count(), 4, "{netns}");
+    // One engine and one agent per host.
+    for h in &lab.hosts {
+        let dockerd = lab.pid(h, "dockerd").expect("dockerd pidfile");
+        let agent = lab.pid(h, "agent").expect("agent pidfile");
+        assert!(alive(dockerd) && alive(agent), "{h}");
+    }
+    let (_, ps) = sh(&["ps", "-eo", "args"]);
+    let agents = ps
+        .lines()
+        .filter(|l| l.contains("--coordinator") && l.contains(&lab.state.display().to_string()))
+        .count();
+    assert_eq!(agents, 4, "duplicate agents:\n{ps}");
+    lab.stop();
+}
