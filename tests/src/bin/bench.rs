@@ -46,6 +46,12 @@ enum Cmd {
         #[arg(long, default_value = "5s", value_parser = humantime_parse)]
         heartbeat: Duration,
     },
+    /// Lab bring-up (root): wall time and peak memory per phase until every
+    /// host is ready, beside the hand recipe's host steps in the same run.
+    Lab {
+        #[arg(long, value_delimiter = ',', default_value = "4,8")]
+        hosts: Vec<usize>,
+    },
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -79,8 +85,88 @@ fn main() -> anyhow::Result<()> {
                 println!("{row}");
             }
         }
+        Cmd::Lab { hosts } => {
+            println!("| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            for n in hosts {
+                println!("{}", lab(n)?);
+            }
+        }
     }
     Ok(())
+}
+
+fn used_memory_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (field("MemTotal:") - field("MemAvailable:")) / 1024
+}
+
+fn lab(n: usize) -> anyhow::Result<String> {
+    use std::collections::BTreeMap;
+    let _serial = apiary_tests::LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = apiary_tests::LabCluster::new("bench", n, "");
+    let baseline = used_memory_mib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(used_memory_mib(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.args(["--log-format", "json", "serve", "--config"]).arg(&lab.config).arg("--state-dir").arg(&lab.state);
+    let log = lab.dir.path().join("bench-coordinator.log");
+    lab.coordinator = Some(Proc::spawn(cmd, &log));
+    lab.wait_all_ready(Duration::from_secs(300));
+    let wall = start.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let mut phases = BTreeMap::new();
+    for line in std::fs::read_to_string(&log)?.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let (Some(p), Some(ms)) = (v["fields"]["phase"].as_str(), v["fields"]["elapsed_ms"].as_u64()) {
+            phases.insert(p.to_string(), ms as f64 / 1000.0);
+        }
+    }
+    lab.stop();
+    let out = lab.teardown();
+    anyhow::ensure!(out.status.success(), "teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+    drop(lab);
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/hand-recipe-hosts.sh");
+    let out = Command::new("bash").arg(&script).arg(n.to_string()).output()?;
+    anyhow::ensure!(out.status.success(), "hand recipe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let hand: BTreeMap<String, f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?))))
+        .collect();
+    let p = |k: &str| phases.get(k).copied().unwrap_or(f64::NAN);
+    let h = |k: &str| hand.get(k).copied().unwrap_or(f64::NAN);
+    let ours_hosts = p("network") + p("engines") + p("images");
+    let hand_total = h("network") + h("engines") + h("images");
+    Ok(format!(
+        "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | +{} MiB | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
+        p("network"),
+        p("engines"),
+        p("images"),
+        p("agents"),
+        p("enrollment"),
+        wall.as_secs_f64(),
+        peak.load(Ordering::Relaxed).saturating_sub(baseline),
+        h("network"),
+        h("engines"),
+        h("images"),
+        hand_total,
+        ours_hosts / hand_total,
+    ))
 }
 
 fn raise_fd_limit() {
