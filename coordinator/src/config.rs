@@ -35,6 +35,9 @@ struct RawConfig {
     #[serde(default)]
     coordinator: RawCoordinator,
     provider: Spanned<RawProvider>,
+    /// Settings of the digitalocean provider (its own section, so its keys are
+    /// checked by its own type).
+    digitalocean: Option<Spanned<apiary_digitalocean::DigitalOceanSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +50,7 @@ struct RawCluster {
 #[serde(deny_unknown_fields)]
 struct RawCoordinator {
     listen: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
     heartbeat_interval: Option<Spanned<String>>,
     node_cert_ttl: Option<Spanned<String>>,
     admin_cert_ttl: Option<Spanned<String>>,
@@ -66,8 +70,9 @@ enum RawProvider {
         teardown_on_exit: bool,
         agent_binary: Option<PathBuf>,
     },
-    /// DigitalOcean droplets (see `deploy/examples/digitalocean.toml`).
-    Digitalocean(toml::Table),
+    /// DigitalOcean droplets (see `deploy/examples/digitalocean.toml`); the
+    /// droplet settings live in the `[digitalocean]` section.
+    Digitalocean { hosts: Option<usize>, names: Option<Vec<String>> },
 }
 
 /// The validated cluster spec.
@@ -76,6 +81,9 @@ pub struct ClusterConfig {
     pub path: PathBuf,
     pub cluster_name: String,
     pub listen: SocketAddr,
+    /// The address hosts dial (for cloud-init); default: `listen` when it is a
+    /// specific address.
+    pub advertise: Option<SocketAddr>,
     pub heartbeat_interval: Duration,
     pub node_cert_ttl: Duration,
     pub admin_cert_ttl: Duration,
@@ -88,7 +96,15 @@ pub struct ClusterConfig {
 pub enum ProviderConfig {
     Manual,
     Lab(LabProviderConfig),
-    DigitalOcean(toml::Table),
+    DigitalOcean(DigitalOceanProviderConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigitalOceanProviderConfig {
+    pub hosts: Vec<String>,
+    /// Validated (token from the environment) when `serve` starts, not here:
+    /// parsing a config file must not depend on the environment.
+    pub spec: apiary_digitalocean::DigitalOceanSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -224,74 +240,25 @@ impl ClusterConfig {
                 teardown_on_exit,
                 agent_binary,
             } => {
-                let names: Vec<String> = match (hosts, names) {
-                    (_, Some(names)) => names,
-                    (Some(n), None) if n <= DEFAULT_LAB_NAMES.len() => DEFAULT_LAB_NAMES[..n]
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    (Some(n), None) => std::iter::once("queenbee".to_string())
-                        .chain((1..n).map(|i| format!("workerbee-{i}")))
-                        .collect(),
-                    (None, None) => DEFAULT_LAB_NAMES.iter().map(|s| s.to_string()).collect(),
-                };
-                if let Some(n) = hosts
-                    && n != names.len()
-                {
-                    return Err(at(
-                        Some(provider_span),
-                        "provider.hosts",
-                        format!(
-                            "provider.hosts = {n} but provider.names lists {} hosts",
-                            names.len()
-                        ),
-                    ));
-                }
-                if names.is_empty() || names.len() > 200 {
-                    return Err(at(
-                        Some(provider_span),
-                        "provider.hosts",
-                        "the lab needs between 1 and 200 hosts".into(),
-                    ));
-                }
-                for n in &names {
-                    if n.is_empty()
-                        || n.len() > 40
-                        || !n
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                    {
-                        return Err(at(
-                            Some(provider_span),
-                            "provider.names",
-                            format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"),
-                        ));
-                    }
-                }
-                let mut sorted = names.clone();
-                sorted.sort();
-                sorted.dedup();
-                if sorted.len() != names.len() {
-                    return Err(at(
-                        Some(provider_span),
-                        "provider.names",
-                        "host names must be unique".into(),
-                    ));
-                }
+                let names = host_names(hosts, names).map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
                 ProviderConfig::Lab(LabProviderConfig {
                     hosts: names,
                     teardown_on_exit,
                     agent_binary,
                 })
             }
-            RawProvider::Digitalocean(table) => ProviderConfig::DigitalOcean(table),
+            RawProvider::Digitalocean { hosts, names } => {
+                let names = host_names(hosts, names).map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                let spec = raw.digitalocean.map(Spanned::into_inner).unwrap_or_else(apiary_digitalocean::DigitalOceanSpec::new);
+                ProviderConfig::DigitalOcean(DigitalOceanProviderConfig { hosts: names, spec })
+            }
         };
 
         let default_listen = match provider {
             ProviderConfig::Lab(_) => format!("10.231.0.1:{DEFAULT_PORT}"),
             _ => format!("0.0.0.0:{DEFAULT_PORT}"),
         };
-        let listen = match &c.listen {
+        let listen: SocketAddr = match &c.listen {
             Some(v) => v.get_ref().parse().map_err(|e| {
                 at(
                     Some(v.span()),
@@ -307,10 +274,22 @@ impl ClusterConfig {
                 .map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
         };
 
+        let advertise = match &c.advertise {
+            Some(v) => Some(v.get_ref().parse().map_err(|e| {
+                at(Some(v.span()), "coordinator.advertise", format!("coordinator.advertise = {:?}: {e} (write IP:PORT)", v.get_ref()))
+            })?),
+            None => (!listen.ip().is_unspecified()).then_some(listen),
+        };
+        if let ProviderConfig::DigitalOcean(_) = provider
+            && advertise.is_none()
+        {
+            return Err(at(Some(provider_span), "coordinator.advertise", "the digitalocean provider needs coordinator.advertise (the IP:PORT droplets dial) when coordinator.listen is 0.0.0.0".into()));
+        }
         Ok(ClusterConfig {
             path: path.to_path_buf(),
             cluster_name: name.into_inner(),
             listen,
+            advertise,
             heartbeat_interval,
             node_cert_ttl,
             admin_cert_ttl,
@@ -318,6 +297,36 @@ impl ClusterConfig {
             provider,
         })
     }
+}
+
+/// Host names from `hosts = N` and/or `names = [...]`: the recipe's queenbee and
+/// workerbees by default.
+fn host_names(hosts: Option<usize>, names: Option<Vec<String>>) -> Result<Vec<String>, (&'static str, String)> {
+    let list: Vec<String> = match (hosts, names) {
+        (_, Some(names)) => names,
+        (Some(n), None) => std::iter::once("queenbee".to_string()).chain((1..n).map(|i| format!("workerbee-{i}"))).collect(),
+        (None, None) => DEFAULT_LAB_NAMES.iter().map(|s| s.to_string()).collect(),
+    };
+    if let Some(n) = hosts
+        && n != list.len()
+    {
+        return Err(("provider.hosts", format!("provider.hosts = {n} but provider.names lists {} hosts", list.len())));
+    }
+    if list.is_empty() || list.len() > 200 {
+        return Err(("provider.hosts", "a cluster needs between 1 and 200 hosts".into()));
+    }
+    for n in &list {
+        if n.is_empty() || n.len() > 40 || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            return Err(("provider.names", format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'")));
+        }
+    }
+    let mut sorted = list.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != list.len() {
+        return Err(("provider.names", "host names must be unique".into()));
+    }
+    Ok(list)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -51,12 +51,15 @@ pub enum CoordinatorError {
     Lab(#[from] apiary_lab::LabError),
     #[error("{0}")]
     Provider(String),
+    /// Provider settings that cannot work (a missing token, a bad region): exit 64.
+    #[error("{0}")]
+    ProviderConfig(String),
 }
 
 impl CoordinatorError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CoordinatorError::Config(_) => exit::USAGE,
+            CoordinatorError::Config(_) | CoordinatorError::ProviderConfig(_) => exit::USAGE,
             CoordinatorError::Store(StoreError::InUse { .. }) => exit::IN_USE,
             _ => exit::FAILURE,
         }

@@ -12,6 +12,7 @@ use tracing::{error, info};
 use crate::config::{ClusterConfig, ProviderConfig};
 use crate::error::CoordinatorError;
 use crate::progress::Progress;
+use crate::provider::digitalocean::DigitalOceanProvider;
 use crate::provider::lab::LabProvider;
 use crate::server::Coordinator;
 
@@ -43,11 +44,11 @@ pub async fn serve(
             phase.finish();
             Some(Arc::new(provider))
         }
-        ProviderConfig::DigitalOcean(_) => {
-            return Err(CoordinatorError::Provider(
-                "provider digitalocean is not wired into `coordinator serve` yet (see the DigitalOcean issue); use kind = \"manual\" or \"lab\"".into(),
-            ));
-        }
+        ProviderConfig::DigitalOcean(_) => None,
+    };
+    let droplets = match &opts.config.provider {
+        ProviderConfig::DigitalOcean(d) => Some(Arc::new(DigitalOceanProvider::new(&opts.config.cluster_name, d)?)),
+        _ => None,
     };
     let coordinator = Coordinator::open(opts.config.clone(), &opts.state_dir).await?;
     let listener = TcpListener::bind(addr)
@@ -63,10 +64,11 @@ pub async fn serve(
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
     let provider_work = lab.clone().map(|lab| {
-        let (coordinator, admin_conf, cluster) = (
+        let (coordinator, admin_conf, cluster, progress) = (
             coordinator.clone(),
             admin_conf.clone(),
             opts.config.cluster_name.clone(),
+            progress.clone(),
         );
         tokio::spawn(async move {
             match lab.bring_up(&coordinator, local, &progress).await {
@@ -87,10 +89,23 @@ pub async fn serve(
             lab.supervise(coordinator, local).await;
         })
     });
-    let result = server
-        .await
-        .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    if let Some(work) = provider_work {
+    let droplet_work = droplets.map(|droplets| {
+        let (coordinator, progress) = (coordinator.clone(), progress.clone());
+        let advertise = opts.config.advertise.unwrap_or(local);
+        tokio::spawn(async move {
+            // Reconcile now and then: a droplet deleted behind apiary's back
+            // is made again.
+            loop {
+                match droplets.bring_up(&coordinator, advertise, &progress).await {
+                    Ok(()) => info!("droplets match the spec"),
+                    Err(e) => error!(error = %e, "droplet reconcile failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        })
+    });
+    let result = server.await.map_err(|e| CoordinatorError::Serve(e.to_string()))?;
+    for work in [provider_work, droplet_work].into_iter().flatten() {
         work.abort();
     }
     if let Some(lab) = lab
@@ -130,8 +145,8 @@ pub async fn teardown(
                 report.to_string()
             })
         }
-        ProviderConfig::DigitalOcean(_) => Err(CoordinatorError::Provider(
-            "provider digitalocean is not wired in yet".into(),
-        )),
+        ProviderConfig::DigitalOcean(d) => {
+            DigitalOceanProvider::new(&config.cluster_name, d)?.teardown().await
+        }
     }
 }

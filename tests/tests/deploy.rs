@@ -17,6 +17,10 @@ fn example_cluster_specs_parse() {
     let ProviderConfig::Lab(l) = lab.provider else { panic!("lab.toml is not a lab") };
     assert_eq!(l.hosts, ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]);
     assert_eq!(lab.listen.to_string(), "10.231.0.1:7443");
+    let d = ClusterConfig::load(&repo().join("deploy/examples/digitalocean.toml")).expect("digitalocean.toml");
+    let ProviderConfig::DigitalOcean(d) = d.provider else { panic!("not digitalocean") };
+    assert_eq!(d.hosts.len(), 4);
+    assert_eq!(d.spec.region.as_deref(), Some("nyc3"));
 }
 
 #[test]
