@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod facts;
+pub mod hostconfig;
 mod session;
 
 pub use session::{AgentError, run};
