@@ -28,9 +28,15 @@ pub enum AgentConfigError {
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     pub coordinator: Option<String>,
+    /// `join_token` is what cloud-init writes (apiary-digitalocean).
+    #[serde(alias = "join_token")]
     pub token: Option<String>,
     pub state_dir: Option<PathBuf>,
+    #[serde(alias = "node_name")]
     pub name: Option<String>,
+    /// The cluster CA as delivered out of band (cloud-init): if given, it must
+    /// match the join token's digest, or the agent refuses to enroll.
+    pub ca_cert: Option<PathBuf>,
     pub docker_socket: Option<PathBuf>,
     pub public_interface: Option<String>,
     pub private_interface: Option<String>,
@@ -64,6 +70,7 @@ pub struct AgentConfig {
     pub token: Option<String>,
     pub state_dir: PathBuf,
     pub name: String,
+    pub ca_cert: Option<PathBuf>,
     pub docker_socket: PathBuf,
     pub public_interface: Option<String>,
     pub private_interface: Option<String>,
@@ -89,6 +96,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             coordinator,
             token: flags.token.or(file.token),
+            ca_cert: flags.ca_cert.or(file.ca_cert),
             state_dir,
             name,
             docker_socket: flags

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         docker_socket: args.docker_socket,
         public_interface: None,
         private_interface: None,
+        ca_cert: None,
     };
     let config = match AgentConfig::merge(flags, file) {
         Ok(c) => c,
@@ -99,7 +100,12 @@ fn init_tracing(format: &str) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        );
     if format == "json" {
         builder.json().init();
     } else {

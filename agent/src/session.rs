@@ -162,6 +162,22 @@ async fn obtain_identity(config: &AgentConfig) -> Result<Identity, AgentError> {
 }
 
 async fn enroll(config: &AgentConfig, token: JoinToken) -> Result<Identity, AgentError> {
+    if let Some(path) = &config.ca_cert {
+        let pem = std::fs::read_to_string(path).map_err(|source| CertError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let id = Identity::from_pems("", &pem, &pem)?;
+        if id.ca_digest() != token.ca_digest {
+            return Err(TlsRefusal::CaMismatch(format!(
+                "{} has sha256 {}, the join token pins {}",
+                path.display(),
+                id.ca_digest(),
+                token.ca_digest
+            ))
+            .into());
+        }
+    }
     let tls = enrollment_client_config(token.ca_digest)?;
     let mut backoff = Backoff::default();
     loop {

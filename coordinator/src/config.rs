@@ -72,7 +72,10 @@ enum RawProvider {
     },
     /// DigitalOcean droplets (see `deploy/examples/digitalocean.toml`); the
     /// droplet settings live in the `[digitalocean]` section.
-    Digitalocean { hosts: Option<usize>, names: Option<Vec<String>> },
+    Digitalocean {
+        hosts: Option<usize>,
+        names: Option<Vec<String>>,
+    },
 }
 
 /// The validated cluster spec.
@@ -240,7 +243,8 @@ impl ClusterConfig {
                 teardown_on_exit,
                 agent_binary,
             } => {
-                let names = host_names(hosts, names).map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                let names = host_names(hosts, names)
+                    .map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
                 ProviderConfig::Lab(LabProviderConfig {
                     hosts: names,
                     teardown_on_exit,
@@ -248,8 +252,12 @@ impl ClusterConfig {
                 })
             }
             RawProvider::Digitalocean { hosts, names } => {
-                let names = host_names(hosts, names).map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
-                let spec = raw.digitalocean.map(Spanned::into_inner).unwrap_or_else(apiary_digitalocean::DigitalOceanSpec::new);
+                let names = host_names(hosts, names)
+                    .map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                let spec = raw
+                    .digitalocean
+                    .map(Spanned::into_inner)
+                    .unwrap_or_else(apiary_digitalocean::DigitalOceanSpec::new);
                 ProviderConfig::DigitalOcean(DigitalOceanProviderConfig { hosts: names, spec })
             }
         };
@@ -276,7 +284,14 @@ impl ClusterConfig {
 
         let advertise = match &c.advertise {
             Some(v) => Some(v.get_ref().parse().map_err(|e| {
-                at(Some(v.span()), "coordinator.advertise", format!("coordinator.advertise = {:?}: {e} (write IP:PORT)", v.get_ref()))
+                at(
+                    Some(v.span()),
+                    "coordinator.advertise",
+                    format!(
+                        "coordinator.advertise = {:?}: {e} (write IP:PORT)",
+                        v.get_ref()
+                    ),
+                )
             })?),
             None => (!listen.ip().is_unspecified()).then_some(listen),
         };
@@ -301,23 +316,45 @@ impl ClusterConfig {
 
 /// Host names from `hosts = N` and/or `names = [...]`: the recipe's queenbee and
 /// workerbees by default.
-fn host_names(hosts: Option<usize>, names: Option<Vec<String>>) -> Result<Vec<String>, (&'static str, String)> {
+fn host_names(
+    hosts: Option<usize>,
+    names: Option<Vec<String>>,
+) -> Result<Vec<String>, (&'static str, String)> {
     let list: Vec<String> = match (hosts, names) {
         (_, Some(names)) => names,
-        (Some(n), None) => std::iter::once("queenbee".to_string()).chain((1..n).map(|i| format!("workerbee-{i}"))).collect(),
+        (Some(n), None) => std::iter::once("queenbee".to_string())
+            .chain((1..n).map(|i| format!("workerbee-{i}")))
+            .collect(),
         (None, None) => DEFAULT_LAB_NAMES.iter().map(|s| s.to_string()).collect(),
     };
     if let Some(n) = hosts
         && n != list.len()
     {
-        return Err(("provider.hosts", format!("provider.hosts = {n} but provider.names lists {} hosts", list.len())));
+        return Err((
+            "provider.hosts",
+            format!(
+                "provider.hosts = {n} but provider.names lists {} hosts",
+                list.len()
+            ),
+        ));
     }
     if list.is_empty() || list.len() > 200 {
-        return Err(("provider.hosts", "a cluster needs between 1 and 200 hosts".into()));
+        return Err((
+            "provider.hosts",
+            "a cluster needs between 1 and 200 hosts".into(),
+        ));
     }
     for n in &list {
-        if n.is_empty() || n.len() > 40 || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-            return Err(("provider.names", format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'")));
+        if n.is_empty()
+            || n.len() > 40
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err((
+                "provider.names",
+                format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"),
+            ));
         }
     }
     let mut sorted = list.clone();

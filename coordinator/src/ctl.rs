@@ -116,6 +116,24 @@ impl Ctl {
         }
     }
 
+    /// Streams events until the coordinator goes away; `on_event` sees each.
+    pub async fn events(
+        &mut self,
+        mut on_event: impl FnMut(&apiary_proto::Event),
+    ) -> Result<(), CtlError> {
+        let mut stream = match self.client.events(apiary_proto::EventsRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.judge(s).await),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => on_event(&e),
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(self.judge(s).await),
+            }
+        }
+    }
+
     pub async fn join_token(&mut self, rotate: bool) -> Result<(String, u64), CtlError> {
         match self.client.join_token(JoinTokenRequest { rotate }).await {
             Ok(r) => {
@@ -125,6 +143,20 @@ impl Ctl {
             Err(s) => Err(self.judge(s).await),
         }
     }
+}
+
+/// One event as a line (`--json`: one JSON object per line).
+pub fn event_line(e: &apiary_proto::Event, json: bool) -> String {
+    if json {
+        return json!({"at_unix_ms": e.at_unix_ms, "kind": e.kind, "node": e.node, "message": e.message}).to_string();
+    }
+    let at = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.at_unix_ms));
+    format!(
+        "{at}  {:<20} {:<14} {}",
+        e.kind,
+        if e.node.is_empty() { "-" } else { &e.node },
+        e.message
+    )
 }
 
 fn ago(unix_ms: u64) -> String {

@@ -113,6 +113,10 @@ impl Registry {
         self.lock().get(node).map(|l| l.outbox.clone())
     }
 
+    pub fn nodes(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     pub fn connected(&self) -> usize {
         self.lock().len()
     }

@@ -47,7 +47,10 @@ pub async fn serve(
         ProviderConfig::DigitalOcean(_) => None,
     };
     let droplets = match &opts.config.provider {
-        ProviderConfig::DigitalOcean(d) => Some(Arc::new(DigitalOceanProvider::new(&opts.config.cluster_name, d)?)),
+        ProviderConfig::DigitalOcean(d) => Some(Arc::new(DigitalOceanProvider::new(
+            &opts.config.cluster_name,
+            d,
+        )?)),
         _ => None,
     };
     let coordinator = Coordinator::open(opts.config.clone(), &opts.state_dir).await?;
@@ -104,7 +107,9 @@ pub async fn serve(
             }
         })
     });
-    let result = server.await.map_err(|e| CoordinatorError::Serve(e.to_string()))?;
+    let result = server
+        .await
+        .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
     for work in [provider_work, droplet_work].into_iter().flatten() {
         work.abort();
     }
@@ -146,7 +151,9 @@ pub async fn teardown(
             })
         }
         ProviderConfig::DigitalOcean(d) => {
-            DigitalOceanProvider::new(&config.cluster_name, d)?.teardown().await
+            DigitalOceanProvider::new(&config.cluster_name, d)?
+                .teardown()
+                .await
         }
     }
 }

@@ -28,6 +28,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -47,6 +48,7 @@ pub struct Coordinator {
     revoked: RevocationSet,
     token: RwLock<TokenRecord>,
     server_tls: Arc<rustls::ServerConfig>,
+    events: tokio::sync::broadcast::Sender<apiary_proto::Event>,
     /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
     provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
 }
@@ -133,6 +135,7 @@ impl Coordinator {
             token: RwLock::new(token),
             server_tls,
             provider_info: RwLock::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
         }))
     }
 
@@ -150,6 +153,46 @@ impl Coordinator {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Publishes an event to `ctl events` watchers (and the log).
+    pub fn emit(&self, kind: &str, node: &str, message: impl Into<String>) {
+        let event = apiary_proto::Event {
+            at_unix_ms: crate::registry::now_unix_ms(),
+            kind: kind.into(),
+            node: node.into(),
+            message: message.into(),
+        };
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(event);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<apiary_proto::Event> {
+        self.events.subscribe()
+    }
+
+    /// Turns heartbeat silence into `node_down` / `node_ready` events; a
+    /// node's state in `ctl status` is computed on demand, this only notices
+    /// the transitions.
+    async fn watch_liveness(self: Arc<Self>) {
+        let mut down: std::collections::HashSet<String> = Default::default();
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval / 2);
+        loop {
+            tick.tick().await;
+            for name in self.registry.nodes() {
+                let fresh = self
+                    .registry
+                    .view(&name, self.config.heartbeat_interval)
+                    .is_some_and(|v| v.connected_and_fresh);
+                if !fresh && down.insert(name.clone()) {
+                    warn!(node = %name, "node down: no heartbeat for 3 intervals");
+                    self.emit("node_down", &name, "no heartbeat for 3 intervals");
+                } else if fresh && down.remove(&name) {
+                    info!(node = %name, "node ready again");
+                    self.emit("node_ready", &name, "heartbeats resumed");
+                }
+            }
+        }
     }
 
     pub fn set_provider_info(&self, info: HashMap<String, HashMap<String, String>>) {
@@ -175,6 +218,11 @@ impl Coordinator {
         self.store.apply(vec![Op::PutToken(record.clone())]).await?;
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
         info!("join token rotated");
+        self.emit(
+            "token_rotated",
+            "",
+            "the previous join token is refused from now on",
+        );
         Ok(record)
     }
 
@@ -248,6 +296,7 @@ impl Coordinator {
             }
         });
         let flusher = tokio::spawn(self.clone().flush_last_seen());
+        let liveness = tokio::spawn(self.clone().watch_liveness());
         let svc = Svc(self.clone());
         // Agent sessions are streams that never end by themselves, so a
         // graceful stop first ends them (agents read "shutting down" and
@@ -278,6 +327,7 @@ impl Coordinator {
         };
         accept.abort();
         flusher.abort();
+        liveness.abort();
         result
     }
 
@@ -395,6 +445,11 @@ impl Coordinator {
             )),
         );
         info!(node = name, revoked = serials.len(), "node removed");
+        self.emit(
+            "node_removed",
+            name,
+            format!("{} certificate(s) revoked", serials.len()),
+        );
         Ok(serials)
     }
 
@@ -490,6 +545,15 @@ impl Coordinator {
         }
         self.store.apply(ops).await.map_err(internal)?;
         info!(node = %name, serial = %cert.serial, reenrolled = previous.is_some(), "node enrolled");
+        self.emit(
+            "node_enrolled",
+            &name,
+            if previous.is_some() {
+                "re-enrolled with a new identity"
+            } else {
+                "enrolled"
+            },
+        );
         Ok(EnrollResponse {
             cert_der: cert.der,
             ca_der: self.ca.cert_der().to_vec(),
@@ -524,6 +588,11 @@ impl Coordinator {
             .await
             .map_err(internal)?;
         info!(node = %peer.node, serial = %cert.serial, "certificate renewed");
+        self.emit(
+            "certificate_renewed",
+            &peer.node,
+            format!("new serial {}", cert.serial),
+        );
         Ok(RenewResponse { cert_der: cert.der })
     }
 
@@ -552,6 +621,11 @@ impl Coordinator {
                         agent_message::Msg::Hello(hello) => {
                             let facts = hello.facts.unwrap_or_default();
                             info!(version = %hello.agent_version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
+                            self.emit(
+                                "node_connected",
+                                &node,
+                                format!("agent {} from {}", hello.agent_version, facts.private_ip),
+                            );
                             self.record_facts(&node, session, facts).await;
                         }
                         agent_message::Msg::Facts(facts) => {
@@ -579,6 +653,9 @@ impl Coordinator {
         }
         self.registry.disconnect(&node, session);
         info!("node session ended");
+        if self.registry.outbox(&node).is_none() {
+            self.emit("node_down", &node, "session ended");
+        }
     }
 
     async fn record_facts(&self, node: &str, session: u64, facts: Facts) {
@@ -687,6 +764,33 @@ impl AgentApi for Svc {
 
 #[tonic::async_trait]
 impl Admin for Svc {
+    type EventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<apiary_proto::Event, Status>> + Send>>;
+
+    async fn events(
+        &self,
+        req: Request<apiary_proto::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        require_role(&req, Role::Admin)?;
+        let rx = self.0.subscribe();
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|item| match item {
+                Ok(event) => Some(Ok(event)),
+                // A watcher too slow for the event rate misses some; it is told.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(apiary_proto::Event {
+                        at_unix_ms: crate::registry::now_unix_ms(),
+                        kind: "events_lost".into(),
+                        node: String::new(),
+                        message: format!(
+                            "{n} events were dropped because this watcher fell behind"
+                        ),
+                    }))
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn status(
         &self,
         req: Request<StatusRequest>,

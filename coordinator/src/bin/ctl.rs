@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
-use apiary_coordinator::ctl::{Ctl, CtlError, print_status, status_json};
+use apiary_coordinator::ctl::{Ctl, CtlError, event_line, print_status, status_json};
 use clap::{Parser, Subcommand};
 
 /// Operate an apiary cluster over mutual TLS with an admin certificate.
@@ -30,6 +30,19 @@ enum Command {
     /// Nodes at a glance: state (ready/down), addresses, last seen, kernel, Docker.
     Status {
         /// Machine-readable output (stable field names, see the README).
+        #[arg(long)]
+        json: bool,
+        /// Redraw in place until interrupted (Ctrl-C).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often --watch redraws.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
+    /// Stream what happens (node joined, down, back, removed; certificate
+    /// renewed; token rotated) until interrupted.
+    Events {
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -89,7 +102,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
     let stdout = &mut std::io::stdout();
     let io = |e: std::io::Error| CtlError::Failed(format!("writing output: {e}"));
     match args.command {
-        Command::Status { json } => {
+        Command::Status {
+            json, watch: false, ..
+        } => {
             let status = ctl.status().await?;
             if json {
                 println!(
@@ -98,6 +113,41 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 );
             } else {
                 print_status(stdout, &status).map_err(io)?;
+            }
+        }
+        Command::Status {
+            watch: true,
+            interval,
+            ..
+        } => {
+            use std::io::{IsTerminal, Write};
+            let tty = std::io::stdout().is_terminal();
+            loop {
+                let status = ctl.status().await?;
+                let mut frame = Vec::new();
+                print_status(&mut frame, &status).map_err(io)?;
+                if tty {
+                    // Home the cursor and clear: redraw in place.
+                    print!("\x1b[H\x1b[2J");
+                } else {
+                    println!("---");
+                }
+                stdout.write_all(&frame).map_err(io)?;
+                stdout.flush().map_err(io)?;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+        Command::Events { json } => {
+            use std::io::Write;
+            tokio::select! {
+                r = ctl.events(|e| {
+                    println!("{}", event_line(e, json));
+                    let _ = std::io::stdout().flush();
+                }) => r?,
+                _ = tokio::signal::ctrl_c() => {}
             }
         }
         Command::Nodes {

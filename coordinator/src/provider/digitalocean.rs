@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use apiary_digitalocean::{
-    AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec, TagName, reconcile, remove,
-    render_user_data, teardown,
+    AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec, TagName,
+    reconcile, remove, render_user_data, teardown,
 };
 use tracing::{info, warn};
 
@@ -36,25 +36,51 @@ fn provider_err(e: impl std::fmt::Display) -> CoordinatorError {
 impl DigitalOceanProvider {
     /// Validates the settings against the environment (the token first: a
     /// missing `DIGITALOCEAN_ACCESS_TOKEN` is refused before anything else).
-    pub fn new(cluster: &str, config: &DigitalOceanProviderConfig) -> Result<Self, CoordinatorError> {
-        let validated = config.spec.validate_from_env().map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?;
-        let tag = TagName::parse(&format!("apiary-{cluster}")).map_err(CoordinatorError::ProviderConfig)?;
+    pub fn new(
+        cluster: &str,
+        config: &DigitalOceanProviderConfig,
+    ) -> Result<Self, CoordinatorError> {
+        let validated = config
+            .spec
+            .validate_from_env()
+            .map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?;
+        let tag = TagName::parse(&format!("apiary-{cluster}"))
+            .map_err(CoordinatorError::ProviderConfig)?;
         let client = Client::new(&validated).map_err(provider_err)?;
-        Ok(DigitalOceanProvider { client, config: validated, tag, hosts: config.hosts.clone() })
+        Ok(DigitalOceanProvider {
+            client,
+            config: validated,
+            tag,
+            hosts: config.hosts.clone(),
+        })
     }
 
-    fn user_data(&self, coordinator: &Coordinator, advertise: SocketAddr) -> Result<String, CoordinatorError> {
+    fn user_data(
+        &self,
+        coordinator: &Coordinator,
+        advertise: SocketAddr,
+    ) -> Result<String, CoordinatorError> {
         let source = match &self.config.agent {
-            Some(_) => AgentSource::for_config(&self.config, "https://unused.invalid/".parse().map_err(provider_err)?),
+            Some(_) => AgentSource::for_config(
+                &self.config,
+                "https://unused.invalid/".parse().map_err(provider_err)?,
+            ),
             None => {
                 return Err(CoordinatorError::ProviderConfig(
                     "digitalocean.agent_url is required: the coordinator does not serve the agent binary yet".into(),
                 ));
             }
         };
-        let mut bootstrap = Bootstrap::new(advertise.to_string(), coordinator.current_token().token, coordinator.ca().cert_pem(), source);
-        bootstrap.systemd_unit =
-            Some(AGENT_UNIT.replace("/usr/local/bin/agent", apiary_digitalocean::cloud_init::AGENT_BINARY_PATH));
+        let mut bootstrap = Bootstrap::new(
+            advertise.to_string(),
+            coordinator.current_token().token,
+            coordinator.ca().cert_pem(),
+            source,
+        );
+        bootstrap.systemd_unit = Some(AGENT_UNIT.replace(
+            "/usr/local/bin/agent",
+            apiary_digitalocean::cloud_init::AGENT_BINARY_PATH,
+        ));
         // No node name: each droplet's name is its hostname, which the agent
         // takes, so all hosts share one user_data and one create request per ten.
         render_user_data(&bootstrap).map_err(provider_err)
@@ -63,15 +89,30 @@ impl DigitalOceanProvider {
     /// Makes the droplets match the spec: creates the missing, adopts what
     /// exists (a restarted coordinator never duplicates), drains and removes
     /// the surplus.
-    pub async fn bring_up(&self, coordinator: &Coordinator, advertise: SocketAddr, progress: &Progress) -> Result<(), CoordinatorError> {
+    pub async fn bring_up(
+        &self,
+        coordinator: &Coordinator,
+        advertise: SocketAddr,
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
         let user_data = self.user_data(coordinator, advertise)?;
         let hosts = self
             .hosts
             .iter()
-            .map(|h| Ok(HostSpec { name: HostName::parse(h).map_err(CoordinatorError::ProviderConfig)?, user_data: user_data.clone() }))
+            .map(|h| {
+                Ok(HostSpec {
+                    name: HostName::parse(h).map_err(CoordinatorError::ProviderConfig)?,
+                    user_data: user_data.clone(),
+                })
+            })
             .collect::<Result<Vec<_>, CoordinatorError>>()?;
         let phase = progress.phase("droplets", hosts.len());
-        let report = reconcile(&self.client, &ClusterTarget::new(&self.config, self.tag.clone(), hosts)).await.map_err(provider_err)?;
+        let report = reconcile(
+            &self.client,
+            &ClusterTarget::new(&self.config, self.tag.clone(), hosts),
+        )
+        .await
+        .map_err(provider_err)?;
         let mut info = HashMap::new();
         for h in &report.hosts {
             phase.step(
@@ -80,7 +121,9 @@ impl DigitalOceanProvider {
                     "droplet {} {} (private {})",
                     h.id,
                     h.status,
-                    h.private_ipv4.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into())
+                    h.private_ipv4
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_else(|| "-".into())
                 ),
             );
             info.insert(
@@ -94,7 +137,11 @@ impl DigitalOceanProvider {
         }
         coordinator.set_provider_info(info);
         phase.finish();
-        info!(created = report.created.len(), adopted = report.adopted.len(), "droplets reconciled");
+        info!(
+            created = report.created.len(),
+            adopted = report.adopted.len(),
+            "droplets reconciled"
+        );
         if !report.surplus.is_empty() {
             // Drain first: the node leaves the cluster (its certificate is
             // revoked), then its droplet is deleted.
@@ -104,8 +151,14 @@ impl DigitalOceanProvider {
                     warn!(node = %name, error = %e.message(), "draining a surplus node");
                 }
             }
-            let names = report.surplus.iter().filter_map(|h| HostName::parse(&h.name).ok()).collect::<Vec<_>>();
-            let removed = remove(&self.client, &self.tag, &names).await.map_err(provider_err)?;
+            let names = report
+                .surplus
+                .iter()
+                .filter_map(|h| HostName::parse(&h.name).ok())
+                .collect::<Vec<_>>();
+            let removed = remove(&self.client, &self.tag, &names)
+                .await
+                .map_err(provider_err)?;
             info!(%removed, "surplus droplets removed");
         }
         Ok(())
@@ -113,6 +166,9 @@ impl DigitalOceanProvider {
 
     /// Deletes everything with the cluster's tag and says what.
     pub async fn teardown(&self) -> Result<String, CoordinatorError> {
-        Ok(teardown(&self.client, &self.tag).await.map_err(provider_err)?.to_string())
+        Ok(teardown(&self.client, &self.tag)
+            .await
+            .map_err(provider_err)?
+            .to_string())
     }
 }

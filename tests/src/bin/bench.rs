@@ -86,7 +86,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Lab { hosts } => {
-            println!("| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |");
+            println!(
+                "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
+            );
             println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for n in hosts {
                 println!("{}", lab(n)?);
@@ -99,14 +101,20 @@ fn main() -> anyhow::Result<()> {
 fn used_memory_mib() -> u64 {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| -> u64 {
-        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     (field("MemTotal:") - field("MemAvailable:")) / 1024
 }
 
 fn lab(n: usize) -> anyhow::Result<String> {
     use std::collections::BTreeMap;
-    let _serial = apiary_tests::LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let mut lab = apiary_tests::LabCluster::new("bench", n, "");
     let baseline = used_memory_mib();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
@@ -122,7 +130,10 @@ fn lab(n: usize) -> anyhow::Result<String> {
     };
     let start = Instant::now();
     let mut cmd = Command::new(bin("coordinator"));
-    cmd.args(["--log-format", "json", "serve", "--config"]).arg(&lab.config).arg("--state-dir").arg(&lab.state);
+    cmd.args(["--log-format", "json", "serve", "--config"])
+        .arg(&lab.config)
+        .arg("--state-dir")
+        .arg(&lab.state);
     let log = lab.dir.path().join("bench-coordinator.log");
     lab.coordinator = Some(Proc::spawn(cmd, &log));
     lab.wait_all_ready(Duration::from_secs(300));
@@ -131,22 +142,42 @@ fn lab(n: usize) -> anyhow::Result<String> {
     let _ = sampler.join();
     let mut phases = BTreeMap::new();
     for line in std::fs::read_to_string(&log)?.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if let (Some(p), Some(ms)) = (v["fields"]["phase"].as_str(), v["fields"]["elapsed_ms"].as_u64()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(p), Some(ms)) = (
+            v["fields"]["phase"].as_str(),
+            v["fields"]["elapsed_ms"].as_u64(),
+        ) {
             phases.insert(p.to_string(), ms as f64 / 1000.0);
         }
     }
     lab.stop();
     let out = lab.teardown();
-    anyhow::ensure!(out.status.success(), "teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "teardown failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(lab);
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/hand-recipe-hosts.sh");
-    let out = Command::new("bash").arg(&script).arg(n.to_string()).output()?;
-    anyhow::ensure!(out.status.success(), "hand recipe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/hand-recipe-hosts.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(n.to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hand recipe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hand: BTreeMap<String, f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?))))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        })
         .collect();
     let p = |k: &str| phases.get(k).copied().unwrap_or(f64::NAN);
     let h = |k: &str| hand.get(k).copied().unwrap_or(f64::NAN);
