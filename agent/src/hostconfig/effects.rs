@@ -15,6 +15,10 @@ pub enum EffectError {
     BadPath { path: String, why: &'static str },
     #[error("{path} leads outside the root prefix {root} (through a symlink?); fix the host tree")]
     Escape { path: PathBuf, root: PathBuf },
+    #[error(
+        "the root prefix {root} is not usable ({source}); check where the agent was told the host's files are"
+    )]
+    NoRoot { root: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}")]
