@@ -116,6 +116,11 @@
 //!   --validate` needs Docker 23; Debian 12 ships 20.10): a bad file is
 //!   found by restarting and rolled back.
 //! - In the lab, non-`net.*` sysctls under `/proc/sys` are machine-wide.
+//! - The nftables table lives in the kernel only: after a reboot the host
+//!   is open until the agent starts and applies it again (first round of
+//!   [`keep_applied`]).
+//! - The public side accepts only what the policy says: a host that renews
+//!   its public address by broadcast DHCP would need a rule for it.
 
 pub mod daemon_json;
 mod effects;
@@ -224,6 +229,12 @@ impl Round {
 ///
 /// Rounds run on tokio's blocking pool: an engine restart can block for
 /// up to the readiness timeout and must not stall the session's task.
+///
+/// Route every real apply of a host through this one loop (a new config
+/// through the watch channel, "apply now" through `recheck`): two applies
+/// racing would each replace the firewall table and could each see the
+/// other's write as drift. Dry runs ([`apply`] with `dry_run`) write
+/// nothing and may run at any time beside it.
 pub async fn keep_applied(
     mut config: watch::Receiver<Arc<HostConfig>>,
     effects: Arc<dyn HostEffects>,

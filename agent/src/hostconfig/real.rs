@@ -86,8 +86,8 @@ impl RealEffects {
         let root = self
             .root
             .canonicalize()
-            .map_err(|source| EffectError::Read {
-                path: self.root.clone(),
+            .map_err(|source| EffectError::NoRoot {
+                root: self.root.clone(),
                 source,
             })?;
         let mut probe = p;
@@ -118,7 +118,9 @@ impl RealEffects {
     fn nft_list(&self, args: &[&str]) -> Result<Option<String>, EffectError> {
         let cmd = self.nft_cmd(args);
         let out = run_argv(&cmd, None, self.command_timeout)?;
-        if !out.success() && out.stderr.contains("No such file or directory") {
+        // nft's own "no such table" (not `ip netns exec`'s "Cannot open
+        // network namespace ...: No such file or directory", which is an error).
+        if !out.success() && out.stderr.contains("Error: No such file or directory") {
             return Ok(None);
         }
         Ok(Some(out.check(&cmd)?.stdout))
@@ -528,6 +530,12 @@ mod tests {
             fx.update_bootloader().expect("none"),
             BootloaderUpdate::NotInstalled
         );
+        let lost = RealEffects {
+            root: fx.root.join("missing"),
+            ..fx
+        };
+        let e = lost.read_file("/etc/default/grub").expect_err("no root");
+        assert!(matches!(e, EffectError::NoRoot { .. }), "{e}");
     }
 
     #[test]
