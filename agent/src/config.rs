@@ -40,6 +40,16 @@ pub struct AgentFile {
     pub docker_socket: Option<PathBuf>,
     pub public_interface: Option<String>,
     pub private_interface: Option<String>,
+    /// Host files (daemon.json, GRUB defaults) are managed below this prefix
+    /// (`/` on a real host; the lab gives each host its own).
+    pub root_prefix: Option<PathBuf>,
+    /// Shell command that restarts the Docker engine after daemon.json changed
+    /// (default `systemctl restart docker`).
+    pub engine_restart: Option<String>,
+    /// Load missing kernel modules with modprobe (default true).
+    pub modprobe: Option<bool>,
+    /// Regenerate GRUB's config when the kernel command line changes (default true).
+    pub update_grub: Option<bool>,
 }
 
 impl AgentFile {
@@ -71,6 +81,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub name: String,
     pub ca_cert: Option<PathBuf>,
+    pub root_prefix: PathBuf,
+    pub engine_restart: Option<String>,
+    pub modprobe: bool,
+    pub update_grub: bool,
     pub docker_socket: PathBuf,
     pub public_interface: Option<String>,
     pub private_interface: Option<String>,
@@ -97,6 +111,13 @@ impl AgentConfig {
             coordinator,
             token: flags.token.or(file.token),
             ca_cert: flags.ca_cert.or(file.ca_cert),
+            root_prefix: flags
+                .root_prefix
+                .or(file.root_prefix)
+                .unwrap_or_else(|| PathBuf::from("/")),
+            engine_restart: flags.engine_restart.or(file.engine_restart),
+            modprobe: flags.modprobe.or(file.modprobe).unwrap_or(true),
+            update_grub: flags.update_grub.or(file.update_grub).unwrap_or(true),
             state_dir,
             name,
             docker_socket: flags

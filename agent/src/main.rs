@@ -34,6 +34,18 @@ struct Args {
     /// The local Docker engine's socket.
     #[arg(long)]
     docker_socket: Option<PathBuf>,
+    /// Manage host files (daemon.json, GRUB defaults) below this prefix.
+    #[arg(long)]
+    root_prefix: Option<PathBuf>,
+    /// Shell command restarting the Docker engine after daemon.json changed.
+    #[arg(long)]
+    engine_restart: Option<String>,
+    /// Never load kernel modules (report them instead).
+    #[arg(long)]
+    no_modprobe: bool,
+    /// Never regenerate GRUB's config (report needs-reboot only).
+    #[arg(long)]
+    no_update_grub: bool,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -58,6 +70,10 @@ fn main() -> ExitCode {
         public_interface: None,
         private_interface: None,
         ca_cert: None,
+        root_prefix: args.root_prefix,
+        engine_restart: args.engine_restart,
+        modprobe: args.no_modprobe.then_some(false),
+        update_grub: args.no_update_grub.then_some(false),
     };
     let config = match AgentConfig::merge(flags, file) {
         Ok(c) => c,

@@ -18,6 +18,9 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::facts::FactsSource;
+use crate::host_runner::HostRunner;
+use crate::hostconfig::{HostFacts, RealEffects};
+use std::sync::Arc;
 
 /// Why an agent stopped. Each says what to do; [`AgentError::exit_code`] maps
 /// them to the process's exit status (in one place).
@@ -78,6 +81,7 @@ pub async fn run(
         private_interface: config.private_interface.clone(),
         ..FactsSource::host(config.docker_socket.clone())
     };
+    let runner = Arc::new(HostRunner::new(Arc::new(effects_for(&config))));
     let mut identity = tokio::select! {
         id = obtain_identity(&config) => id?,
         _ = &mut shutdown => return Ok(()),
@@ -85,7 +89,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &identity, &facts) => o,
+            o = session(&config, &identity, &facts, &runner) => o,
             _ = &mut shutdown => {
                 info!("shutting down");
                 return Ok(());
@@ -280,10 +284,28 @@ async fn judge(
     SessionError::Retry(status.to_string())
 }
 
+/// The real host effects, shaped by the agent's settings.
+fn effects_for(config: &AgentConfig) -> RealEffects {
+    let mut e = RealEffects::host();
+    e.root = config.root_prefix.clone();
+    e.docker_socket = config.docker_socket.clone();
+    if let Some(cmd) = &config.engine_restart {
+        e.engine_restart = vec!["sh".into(), "-c".into(), cmd.clone()];
+    }
+    if !config.modprobe {
+        e.modprobe = None;
+    }
+    if !config.update_grub {
+        e.update_grub = None;
+    }
+    e
+}
+
 async fn session(
     config: &AgentConfig,
     identity: &Identity,
     facts: &FactsSource,
+    runner: &Arc<HostRunner>,
 ) -> Result<SessionEnd, SessionError> {
     let peer = identity.peer()?;
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
@@ -293,6 +315,7 @@ async fn session(
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let first = facts.gather().await;
+    let session_facts = first.clone();
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
             agent_version: AGENT_VERSION.into(),
@@ -357,17 +380,31 @@ async fn session(
                         welcomed = true;
                     }
                     Some(coordinator_message::Msg::HeartbeatAck(_)) => {}
-                    Some(coordinator_message::Msg::Command(cmd)) => {
-                        if let Some(apiary_proto::command::Kind::RefreshFacts(_)) = cmd.kind {
+                    Some(coordinator_message::Msg::Command(cmd)) => match cmd.kind {
+                        Some(apiary_proto::command::Kind::RefreshFacts(_)) => {
                             let f = facts.gather().await;
                             let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Facts(f)) }).await;
                         }
-                    }
+                        Some(apiary_proto::command::Kind::ApplyHostConfig(apply)) => {
+                            // Applying may take seconds (an engine restart):
+                            // never on the session's own task.
+                            let (runner, host_facts) = (runner.clone(), HostFacts::from(&session_facts));
+                            tokio::spawn(async move { runner.command(cmd.id, apply, host_facts).await });
+                        }
+                        None => {}
+                    },
                     None => {}
                 },
                 Ok(None) => return Ok(SessionEnd::Closed),
                 Err(status) => return Err(judge(config, &tls, status).await),
             },
+            _ = runner.ready.notified() => {
+                for report in runner.take_reports() {
+                    if tx.send(AgentMessage { msg: Some(agent_message::Msg::HostConfig(report)) }).await.is_err() {
+                        return Err(SessionError::Retry("session stream closed".into()));
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 seq += 1;
                 if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq })) }).await.is_err() {

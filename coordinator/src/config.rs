@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use apiary_agent::hostconfig::{HostConfig, HostConfigSpec};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -38,6 +39,8 @@ struct RawConfig {
     /// Settings of the digitalocean provider (its own section, so its keys are
     /// checked by its own type).
     digitalocean: Option<Spanned<apiary_digitalocean::DigitalOceanSpec>>,
+    /// The host configuration every agent applies and keeps applied.
+    host: Option<Spanned<HostConfigSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +58,7 @@ struct RawCoordinator {
     node_cert_ttl: Option<Spanned<String>>,
     admin_cert_ttl: Option<Spanned<String>>,
     join_token_ttl: Option<Spanned<String>>,
+    host_recheck_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +97,11 @@ pub struct ClusterConfig {
     /// `None`: the join token does not expire (until rotated).
     pub join_token_ttl: Option<Duration>,
     pub provider: ProviderConfig,
+    /// What every host must look like (firewall, sysctls, GRUB, daemon.json);
+    /// `None`: apiary does not manage host configuration. The lab manages it by
+    /// default, with its private network.
+    pub host: Option<HostConfig>,
+    pub host_recheck_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +140,8 @@ impl ProviderConfig {
 }
 
 pub const DEFAULT_PORT: u16 = 7443;
+/// The lab's private network (DESIGN.md "Lab addresses").
+pub const LAB_PRIVATE_CIDR: &str = "10.231.0.0/24";
 /// The recipe's hosts: one queen, three workers.
 pub const DEFAULT_LAB_NAMES: [&str; 4] = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
 
@@ -282,6 +293,45 @@ impl ClusterConfig {
                 .map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
         };
 
+        let host_recheck_interval = duration(
+            &c.host_recheck_interval,
+            "coordinator.host_recheck_interval",
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )?;
+        let host = match raw.host {
+            Some(spec) => {
+                let span = spec.span();
+                Some(HostConfig::new(spec.into_inner()).map_err(|e| {
+                    // Point at the offending key inside [host] when it can be found.
+                    let key = e.key();
+                    let leaf = key
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or(&key)
+                        .trim_matches('"')
+                        .split('[')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let offset = text[span.clone()]
+                        .find(&leaf)
+                        .map(|o| span.start + o)
+                        .unwrap_or(span.start);
+                    at(
+                        Some(offset..offset),
+                        &format!("host.{key}"),
+                        format!("host.{e}"),
+                    )
+                })?)
+            }
+            None => match &provider {
+                ProviderConfig::Lab(_) => {
+                    HostConfig::new(HostConfigSpec::new(LAB_PRIVATE_CIDR)).ok()
+                }
+                _ => None,
+            },
+        };
         let advertise = match &c.advertise {
             Some(v) => Some(v.get_ref().parse().map_err(|e| {
                 at(
@@ -310,6 +360,8 @@ impl ClusterConfig {
             admin_cert_ttl,
             join_token_ttl,
             provider,
+            host,
+            host_recheck_interval,
         })
     }
 }
@@ -459,6 +511,25 @@ mod tests {
             };
             assert_eq!((*l, k.as_str()), (line, key), "{err}");
         }
+    }
+
+    #[test]
+    fn host_section_is_validated_naming_the_key_and_line() {
+        let text = "[cluster]\nname = \"b\"\n[provider]\nkind = \"manual\"\n[host]\nfirewall = { private_cidr = \"10.0.0.0/8\" }\n[host.sysctls]\n\"net.ipv4.ip_forwrd\" = 1\n";
+        let err = parse(text).expect_err("typo in a sysctl");
+        let ConfigError::Invalid { line, key, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*line, 9, "{err}");
+        assert!(key.contains("ip_forwrd"), "{key}");
+        let text = "[cluster]\nname = \"b\"\n[provider]\nkind = \"manual\"\n[host]\nfirewall = { private_cidr = \"10.0.0.0/8\" }\ndaemon_json = { hosts = [\"tcp://0.0.0.0:2375\"] }\n";
+        let err = parse(text).expect_err("a TCP listener");
+        assert!(err.to_string().contains("daemon_json.hosts"), "{err}");
+        let ok = parse("[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n").expect("lab");
+        assert!(
+            ok.host.is_some(),
+            "the lab manages host configuration by default"
+        );
     }
 
     #[test]

@@ -134,6 +134,21 @@ impl Ctl {
         }
     }
 
+    pub async fn apply_hosts(
+        &mut self,
+        nodes: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Vec<apiary_proto::HostApplyResult>, CtlError> {
+        match self
+            .client
+            .apply_hosts(apiary_proto::ApplyHostsRequest { nodes, dry_run })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().hosts),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     pub async fn join_token(&mut self, rotate: bool) -> Result<(String, u64), CtlError> {
         match self.client.join_token(JoinTokenRequest { rotate }).await {
             Ok(r) => {
@@ -209,6 +224,10 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "cert_serial": n.cert_serial,
         "cert_not_after_unix": n.cert_not_after_unix,
         "enrolled_unix": n.enrolled_unix,
+        "config_state": n.config_state,
+        "config_items": n.config_items.iter().map(item_json).collect::<Vec<_>>(),
+        "last_drift_repaired_unix_ms": n.last_drift_repaired_unix_ms,
+        "last_drift_items": n.last_drift_items,
     });
     if let Some(obj) = v.as_object_mut() {
         for (k, val) in &n.provider_info {
@@ -216,6 +235,67 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         }
     }
     v
+}
+
+fn item_json(i: &apiary_proto::ItemReport) -> serde_json::Value {
+    json!({"item": i.item, "outcome": i.outcome, "reason": i.reason, "diff": i.diff})
+}
+
+/// `ctl hosts apply --json`.
+pub fn apply_json(hosts: &[apiary_proto::HostApplyResult], dry_run: bool) -> serde_json::Value {
+    json!({
+        "dry_run": dry_run,
+        "hosts": hosts.iter().map(|h| json!({"node": h.node, "error": h.error, "items": h.items.iter().map(item_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+    })
+}
+
+/// `ctl hosts apply`: per host and item, the outcome and (for changes) the diff.
+pub fn print_apply(
+    out: &mut dyn Write,
+    hosts: &[apiary_proto::HostApplyResult],
+    dry_run: bool,
+) -> std::io::Result<()> {
+    for h in hosts {
+        if !h.error.is_empty() {
+            writeln!(out, "{}: not applied: {}", h.node, h.error)?;
+            continue;
+        }
+        let changed = h.items.iter().filter(|i| i.outcome != "ok").count();
+        let verb = if dry_run {
+            "would change"
+        } else {
+            "changed or failed"
+        };
+        writeln!(
+            out,
+            "{}: {} item(s), {changed} {verb}",
+            h.node,
+            h.items.len()
+        )?;
+        for i in &h.items {
+            let outcome = if dry_run && i.outcome == "changed" {
+                "would change"
+            } else {
+                i.outcome.as_str()
+            };
+            writeln!(
+                out,
+                "  {:<40} {outcome}{}",
+                i.item,
+                if i.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", i.reason)
+                }
+            )?;
+            if !i.diff.is_empty() && i.outcome != "ok" {
+                for line in i.diff.lines() {
+                    writeln!(out, "      {line}")?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The table form of `ctl status`.
@@ -228,7 +308,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
         ready,
         s.nodes.len()
     )?;
-    let rows: Vec<[String; 7]> = s
+    let rows: Vec<[String; 8]> = s
         .nodes
         .iter()
         .map(|n| {
@@ -241,6 +321,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
                 ago(n.last_seen_unix_ms),
                 dash(&f.kernel_version),
                 dash(&f.docker_version),
+                dash(&n.config_state),
             ]
         })
         .collect();
@@ -252,6 +333,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
         "LAST SEEN",
         "KERNEL",
         "DOCKER",
+        "CONFIG",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());

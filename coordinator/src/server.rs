@@ -49,6 +49,14 @@ pub struct Coordinator {
     token: RwLock<TokenRecord>,
     server_tls: Arc<rustls::ServerConfig>,
     events: tokio::sync::broadcast::Sender<apiary_proto::Event>,
+    /// Latest host-configuration report per node (in memory: agents re-report
+    /// on every session).
+    host_state: std::sync::Mutex<HashMap<String, HostState>>,
+    /// Callers waiting for the answer to a command, by command id.
+    waiters: std::sync::Mutex<
+        HashMap<u64, tokio::sync::oneshot::Sender<apiary_proto::HostConfigReport>>,
+    >,
+    next_command: std::sync::atomic::AtomicU64,
     /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
     provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
 }
@@ -136,6 +144,9 @@ impl Coordinator {
             server_tls,
             provider_info: RwLock::default(),
             events: tokio::sync::broadcast::channel(1024).0,
+            host_state: Default::default(),
+            waiters: Default::default(),
+            next_command: std::sync::atomic::AtomicU64::new(1),
         }))
     }
 
@@ -401,8 +412,168 @@ impl Coordinator {
                 .get(&n.name)
                 .cloned()
                 .unwrap_or_default(),
+            config_state: self.config_state(&n.name),
+            config_items: self
+                .host_state(&n.name)
+                .map(|h| h.items)
+                .unwrap_or_default(),
+            last_drift_repaired_unix_ms: self
+                .host_state(&n.name)
+                .map(|h| h.last_drift_unix_ms)
+                .unwrap_or(0),
+            last_drift_items: self
+                .host_state(&n.name)
+                .map(|h| h.last_drift_items)
+                .unwrap_or_default(),
             name: n.name,
         }
+    }
+
+    fn host_state(&self, node: &str) -> Option<HostState> {
+        self.host_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    /// One word for a host's configuration: unmanaged (no [host] section),
+    /// pending (no report yet), failed, needs-reboot, or ok.
+    fn config_state(&self, node: &str) -> String {
+        if self.config.host.is_none() {
+            return "unmanaged".into();
+        }
+        let Some(state) = self.host_state(node) else {
+            return "pending".into();
+        };
+        let has = |o: &str| state.items.iter().any(|i| i.outcome == o);
+        if has("failed") {
+            "failed"
+        } else if has("needs-reboot") {
+            "needs-reboot"
+        } else {
+            "ok"
+        }
+        .into()
+    }
+
+    fn command_id(&self) -> u64 {
+        self.next_command
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn host_command(&self, dry_run: bool) -> Option<(u64, CoordinatorMessage)> {
+        let host = self.config.host.as_ref()?;
+        let id = self.command_id();
+        let apply = apiary_proto::ApplyHostConfig {
+            spec_json: serde_json::to_string(host.spec()).ok()?,
+            dry_run,
+            recheck_interval_ms: self.config.host_recheck_interval.as_millis() as u64,
+        };
+        let command = apiary_proto::Command {
+            id,
+            kind: Some(apiary_proto::command::Kind::ApplyHostConfig(apply)),
+        };
+        Some((
+            id,
+            CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Command(command)),
+            },
+        ))
+    }
+
+    fn record_host_report(&self, node: &str, report: apiary_proto::HostConfigReport) {
+        if !report.repaired_drift.is_empty() {
+            warn!(node, items = ?report.repaired_drift, "host configuration drifted and was repaired");
+            self.emit("drift_repaired", node, report.repaired_drift.join(", "));
+        }
+        for failed in report.items.iter().filter(|i| i.outcome == "failed") {
+            debug!(node, item = %failed.item, reason = %failed.reason, "host configuration item failed");
+        }
+        if !report.dry_run {
+            let mut map = self.host_state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = map.entry(node.to_string()).or_default();
+            if !report.repaired_drift.is_empty() {
+                state.last_drift_unix_ms = crate::registry::now_unix_ms();
+                state.last_drift_items = report.repaired_drift.clone();
+            }
+            state.items = report.items.clone();
+        }
+        if report.command_id != 0
+            && let Some(waiter) = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&report.command_id)
+        {
+            let _ = waiter.send(report);
+        }
+    }
+
+    /// `ctl hosts apply [--dry-run]`: asks each node's agent and waits for its report.
+    pub async fn apply_hosts(
+        &self,
+        nodes: Vec<String>,
+        dry_run: bool,
+    ) -> Result<Vec<apiary_proto::HostApplyResult>, Status> {
+        if self.config.host.is_none() {
+            return Err(Status::failed_precondition(
+                "this cluster's spec has no [host] section, so apiary does not manage host configuration here",
+            ));
+        }
+        let known: Vec<String> = self
+            .store
+            .nodes()
+            .map_err(internal)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let targets = if nodes.is_empty() {
+            known.clone()
+        } else {
+            nodes
+        };
+        for t in &targets {
+            if !known.contains(t) {
+                return Err(Status::not_found(format!(
+                    "no node named {t:?}; `ctl status` lists the nodes"
+                )));
+            }
+        }
+        let asks = targets.into_iter().map(|node| async move {
+            let mut result = apiary_proto::HostApplyResult {
+                node: node.clone(),
+                ..Default::default()
+            };
+            let (Some(outbox), Some((id, command))) =
+                (self.registry.outbox(&node), self.host_command(dry_run))
+            else {
+                result.error = "the node is down (no session): start its agent".into();
+                return result;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
+            if outbox.send(Ok(command)).await.is_err() {
+                result.error = "the node's session ended while asking".into();
+            } else {
+                match tokio::time::timeout(Duration::from_secs(120), rx).await {
+                    Ok(Ok(report)) => result.items = report.items,
+                    Ok(Err(_)) => {
+                        result.error = "the node's session ended before it answered".into()
+                    }
+                    Err(_) => result.error = "no answer within 120 s".into(),
+                }
+            }
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            result
+        });
+        Ok(futures::future::join_all(asks).await)
     }
 
     /// Removes a node: every certificate it holds is refused from the next
@@ -613,6 +784,11 @@ impl Coordinator {
             self.registry.disconnect(&node, session);
             return;
         }
+        // Every session starts by (re)sending the host configuration: the
+        // agent keeps it applied from then on, even while disconnected.
+        if let Some((_, command)) = self.host_command(false) {
+            let _ = outbox.send(Ok(command)).await;
+        }
         loop {
             match inbound.message().await {
                 Ok(Some(AgentMessage { msg: Some(msg) })) => {
@@ -627,6 +803,9 @@ impl Coordinator {
                                 format!("agent {} from {}", hello.agent_version, facts.private_ip),
                             );
                             self.record_facts(&node, session, facts).await;
+                        }
+                        agent_message::Msg::HostConfig(report) => {
+                            self.record_host_report(&node, report)
                         }
                         agent_message::Msg::Facts(facts) => {
                             self.record_facts(&node, session, facts).await
@@ -762,8 +941,27 @@ impl AgentApi for Svc {
     }
 }
 
+/// What the coordinator knows of one host's configuration.
+#[derive(Debug, Clone, Default)]
+struct HostState {
+    items: Vec<apiary_proto::ItemReport>,
+    last_drift_unix_ms: u64,
+    last_drift_items: Vec<String>,
+}
+
 #[tonic::async_trait]
 impl Admin for Svc {
+    async fn apply_hosts(
+        &self,
+        req: Request<apiary_proto::ApplyHostsRequest>,
+    ) -> Result<Response<apiary_proto::ApplyHostsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let req = req.into_inner();
+        info!(admin = %admin.node, dry_run = req.dry_run, nodes = ?req.nodes, "host configuration requested");
+        let hosts = self.0.apply_hosts(req.nodes, req.dry_run).await?;
+        Ok(Response::new(apiary_proto::ApplyHostsResponse { hosts }))
+    }
+
     type EventsStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<apiary_proto::Event, Status>> + Send>>;
 

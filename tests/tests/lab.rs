@@ -187,3 +187,98 @@ fn coordinator_killed_during_host_creation_is_adopted_without_duplicates() {
     assert_eq!(agents, 4, "duplicate agents:\n{ps}");
     lab.stop();
 }
+
+#[test]
+fn host_configuration_is_applied_dry_run_changes_nothing_and_drift_is_repaired() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labcfg", 2, "host_recheck_interval = \"2s\"");
+    lab.start();
+    lab.wait_all_ready(Duration::from_secs(120));
+    let netns = lab.netns(&lab.hosts[1]);
+    let tables = |ns: &str| sh(&["ip", "netns", "exec", ns, "nft", "list", "tables"]).1;
+    eventually(
+        "configuration applied everywhere",
+        Duration::from_secs(60),
+        || {
+            let s = lab.status()?;
+            s["nodes"]
+                .as_array()?
+                .iter()
+                .all(|n| n["config_state"] == "ok")
+                .then_some(())
+        },
+    );
+    for h in lab.hosts.clone() {
+        let t = tables(&lab.netns(&h));
+        assert!(t.contains("table inet apiary"), "{h}: {t}");
+        // Docker's own tables are untouched.
+        assert!(
+            t.contains("table ip nat") && t.contains("table ip filter"),
+            "{h}: {t}"
+        );
+    }
+    let node = lab.node(&lab.hosts[1]).expect("node");
+    let items: Vec<&str> = node["config_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["item"].as_str())
+        .collect();
+    for want in [
+        "firewall",
+        "kernel version",
+        "sysctl net.ipv4.ip_forward",
+        "grub",
+        "daemon.json",
+    ] {
+        assert!(items.contains(&want), "{want} not reported: {items:?}");
+    }
+
+    // Drift: the table is deleted by hand. A dry run shows the diff and changes nothing.
+    assert!(
+        sh(&[
+            "ip", "netns", "exec", &netns, "nft", "delete", "table", "inet", "apiary"
+        ])
+        .0
+    );
+    let out = ctl_with(
+        &lab.admin_conf(),
+        &["hosts", "apply", "--dry-run", "--json", &lab.hosts[1]],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let firewall = dry["hosts"][0]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["item"] == "firewall")
+        .cloned()
+        .expect("firewall item");
+    assert_eq!(firewall["outcome"], "changed", "{firewall}");
+    assert!(
+        firewall["diff"]
+            .as_str()
+            .unwrap_or("")
+            .contains("+table inet apiary"),
+        "{firewall}"
+    );
+    assert!(
+        !tables(&netns).contains("inet apiary"),
+        "a dry run changed the host"
+    );
+
+    // Within one re-check interval the agent puts it back and says so.
+    eventually("drift repaired", Duration::from_secs(10), || {
+        tables(&netns).contains("inet apiary").then_some(())
+    });
+    let node = eventually("drift reported", Duration::from_secs(10), || {
+        let n = lab.node(&lab.hosts[1])?;
+        n["last_drift_items"]
+            .as_array()?
+            .iter()
+            .any(|i| i == "firewall")
+            .then_some(n)
+    });
+    assert!(node["last_drift_repaired_unix_ms"].as_u64().unwrap_or(0) > 0);
+    lab.stop();
+}

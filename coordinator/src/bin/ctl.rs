@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
-use apiary_coordinator::ctl::{Ctl, CtlError, event_line, print_status, status_json};
+use apiary_coordinator::ctl::{
+    Ctl, CtlError, apply_json, event_line, print_apply, print_status, status_json,
+};
 use clap::{Parser, Subcommand};
 
 /// Operate an apiary cluster over mutual TLS with an admin certificate.
@@ -51,10 +53,29 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// Host configuration (firewall, sysctls, GRUB, daemon.json).
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
     /// Print (or rotate) the join token new hosts enroll with.
     Token {
         #[arg(long)]
         rotate: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostsCommand {
+    /// Apply the cluster's host configuration now; with --dry-run, print per
+    /// host and item the diff that would be applied, changing nothing.
+    Apply {
+        /// Nodes to apply to (default: all).
+        nodes: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -158,6 +179,32 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 "removed node {name}; revoked {} certificate(s)",
                 serials.len()
             );
+        }
+        Command::Hosts {
+            command:
+                HostsCommand::Apply {
+                    nodes,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let hosts = ctl.apply_hosts(nodes, dry_run).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&apply_json(&hosts, dry_run)).unwrap_or_default()
+                );
+            } else {
+                print_apply(stdout, &hosts, dry_run).map_err(io)?;
+            }
+            let failed = hosts
+                .iter()
+                .any(|h| !h.error.is_empty() || h.items.iter().any(|i| i.outcome == "failed"));
+            if failed {
+                return Err(CtlError::Failed(
+                    "some hosts or items failed (see above)".into(),
+                ));
+            }
         }
         Command::Token { rotate, json } => {
             let (token, expires) = ctl.join_token(rotate).await?;

@@ -125,6 +125,18 @@ impl LabProvider {
             host.host_dir.join("agent").display().to_string(),
             "--docker-socket".into(),
             host.docker_socket.display().to_string(),
+            // Host configuration: this host's files live under its root
+            // prefix; the machine's modules and bootloader are not the lab's
+            // to change; a restarted engine is brought back by supervision.
+            "--root-prefix".into(),
+            host.root_prefix.display().to_string(),
+            "--no-modprobe".into(),
+            "--no-update-grub".into(),
+            "--engine-restart".into(),
+            format!(
+                "pid=$(cat {pidfile}) && kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
+                pidfile = host.docker_pidfile().display()
+            ),
         ]
     }
 
