@@ -16,7 +16,6 @@
 pub mod config;
 pub mod facts;
 pub mod hostconfig;
-pub mod swarm;
 mod host_runner;
 mod session;
 
