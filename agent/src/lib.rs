@@ -16,6 +16,8 @@
 pub mod config;
 pub mod facts;
 pub mod hostconfig;
+pub mod reach;
+pub mod swarm;
 mod host_runner;
 mod session;
 
