@@ -314,7 +314,7 @@ impl ClusterConfig {
                         .next()
                         .unwrap_or("")
                         .to_string();
-                    let offset = text[span.clone()]
+                    let offset = text[span.start..]
                         .find(&leaf)
                         .map(|o| span.start + o)
                         .unwrap_or(span.start);
@@ -520,7 +520,7 @@ mod tests {
         let ConfigError::Invalid { line, key, .. } = &err else {
             panic!("{err}")
         };
-        assert_eq!(*line, 9, "{err}");
+        assert_eq!(*line, 8, "{err}");
         assert!(key.contains("ip_forwrd"), "{key}");
         let text = "[cluster]\nname = \"b\"\n[provider]\nkind = \"manual\"\n[host]\nfirewall = { private_cidr = \"10.0.0.0/8\" }\ndaemon_json = { hosts = [\"tcp://0.0.0.0:2375\"] }\n";
         let err = parse(text).expect_err("a TCP listener");

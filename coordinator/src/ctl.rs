@@ -245,7 +245,7 @@ fn item_json(i: &apiary_proto::ItemReport) -> serde_json::Value {
 pub fn apply_json(hosts: &[apiary_proto::HostApplyResult], dry_run: bool) -> serde_json::Value {
     json!({
         "dry_run": dry_run,
-        "hosts": hosts.iter().map(|h| json!({"node": h.node, "error": h.error, "items": h.items.iter().map(item_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "hosts": hosts.iter().map(|h| json!({"node": h.node, "error": h.error, "took_us": h.took_us, "items": h.items.iter().map(item_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
 }
 

@@ -560,7 +560,10 @@ impl Coordinator {
                 result.error = "the node's session ended while asking".into();
             } else {
                 match tokio::time::timeout(Duration::from_secs(120), rx).await {
-                    Ok(Ok(report)) => result.items = report.items,
+                    Ok(Ok(report)) => {
+                        result.took_us = report.took_us;
+                        result.items = report.items;
+                    }
                     Ok(Err(_)) => {
                         result.error = "the node's session ended before it answered".into()
                     }

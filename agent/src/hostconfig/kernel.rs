@@ -206,8 +206,8 @@ mod tests {
             "{:?}",
             r[3]
         );
-        let f = facts([Missing, Loaded, Loaded, Loaded]);
-        let r = apply_kernel_features(&f, &m, true, false);
+        let no_vxlan = facts([Missing, Loaded, Loaded, Loaded]);
+        let r = apply_kernel_features(&no_vxlan, &m, true, false);
         assert!(
             matches!(&r[0].outcome, Outcome::Failed(why) if why.contains("overlay networks")),
             "{:?}",

@@ -46,6 +46,13 @@ enum Cmd {
         #[arg(long, default_value = "5s", value_parser = humantime_parse)]
         heartbeat: Duration,
     },
+    /// Agent footprint (root): one lab host with its configuration applied,
+    /// idle for `duration`: the agent's RSS and CPU, and the time of one full
+    /// host-configuration re-check (20 requested rounds).
+    Agent {
+        #[arg(long, default_value = "300s", value_parser = humantime_parse)]
+        duration: Duration,
+    },
     /// Lab bring-up (root): wall time and peak memory per phase until every
     /// host is ready, beside the hand recipe's host steps in the same run.
     Lab {
@@ -85,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{row}");
             }
         }
+        Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -96,6 +104,48 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
+    let _serial = apiary_tests::LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = apiary_tests::LabCluster::new("benchagent", 1, "heartbeat_interval = \"5s\"\nhost_recheck_interval = \"60s\"");
+    lab.start();
+    lab.wait_all_ready(Duration::from_secs(120));
+    eventually("configuration applied", Duration::from_secs(60), || {
+        (lab.node(&lab.hosts[0])?["config_state"] == "ok").then_some(())
+    });
+    let host = lab.hosts[0].clone();
+    let pid = lab.pid(&host, "agent").ok_or_else(|| anyhow::anyhow!("no agent pid"))?;
+    // Re-check time: requested rounds, as the agent measures them.
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let out = apiary_tests::ctl_with(&lab.admin_conf(), &["hosts", "apply", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if let Some(us) = v["hosts"][0]["took_us"].as_u64() {
+            took.push(us as f64 / 1000.0);
+        }
+    }
+    took.sort_by(|a, b| a.total_cmp(b));
+    let before = proc_stat(pid);
+    let t0 = Instant::now();
+    let mut peak = before.rss_kib;
+    while t0.elapsed() < duration {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(proc_stat(pid).rss_kib);
+    }
+    let after = proc_stat(pid);
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let cpu = (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64() * 100.0;
+    lab.stop();
+    Ok(format!(
+        "| agent idle {:.0} s | RSS {:.1} MiB (peak {:.1}) | CPU {cpu:.3} % of one core | re-check p50 {:.1} ms, max {:.1} ms ({} rounds) |",
+        duration.as_secs_f64(),
+        after.rss_kib as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        took.get(took.len() / 2).copied().unwrap_or(f64::NAN),
+        took.last().copied().unwrap_or(f64::NAN),
+        took.len()
+    ))
 }
 
 fn used_memory_mib() -> u64 {
