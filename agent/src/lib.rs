@@ -19,6 +19,7 @@ pub mod hostconfig;
 pub mod reach;
 pub mod swarm;
 mod host_runner;
+pub mod ops;
 mod session;
 
 pub use session::{AgentError, run};

@@ -20,6 +20,8 @@ use crate::config::AgentConfig;
 use crate::facts::FactsSource;
 use crate::host_runner::HostRunner;
 use crate::hostconfig::{HostFacts, RealEffects};
+use crate::ops::{OpRequest, Ops};
+use apiary_proto::OpResult;
 use std::sync::Arc;
 
 /// Why an agent stopped. Each says what to do; [`AgentError::exit_code`] maps
@@ -82,6 +84,7 @@ pub async fn run(
         ..FactsSource::host(config.docker_socket.clone())
     };
     let runner = Arc::new(HostRunner::new(Arc::new(effects_for(&config))));
+    let ops = Arc::new(Ops::new(config.name.clone(), config.docker_socket.clone()));
     let mut identity = tokio::select! {
         id = obtain_identity(&config) => id?,
         _ = &mut shutdown => return Ok(()),
@@ -89,7 +92,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &identity, &facts, &runner) => o,
+            o = session(&config, &identity, &facts, &runner, &ops) => o,
             _ = &mut shutdown => {
                 info!("shutting down");
                 return Ok(());
@@ -306,6 +309,7 @@ async fn session(
     identity: &Identity,
     facts: &FactsSource,
     runner: &Arc<HostRunner>,
+    ops: &Arc<Ops>,
 ) -> Result<SessionEnd, SessionError> {
     let peer = identity.peer()?;
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
@@ -384,6 +388,21 @@ async fn session(
                         Some(apiary_proto::command::Kind::RefreshFacts(_)) => {
                             let f = facts.gather().await;
                             let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Facts(f)) }).await;
+                        }
+                        Some(apiary_proto::command::Kind::Op(op)) => {
+                            let (ops, tx) = (ops.clone(), tx.clone());
+                            let private_ip = session_facts.private_ip.parse().ok();
+                            tokio::spawn(async move {
+                                let result = match serde_json::from_str::<OpRequest>(&op.request_json) {
+                                    Ok(req) => ops.run(req, private_ip).await,
+                                    Err(e) => Err(format!("this agent does not understand the request: {e}")),
+                                };
+                                let reply = match result {
+                                    Ok(v) => OpResult { command_id: cmd.id, ok: true, error: String::new(), result_json: v.to_string() },
+                                    Err(e) => OpResult { command_id: cmd.id, ok: false, error: e, result_json: String::new() },
+                                };
+                                let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::OpResult(reply)) }).await;
+                            });
                         }
                         Some(apiary_proto::command::Kind::ApplyHostConfig(apply)) => {
                             // Applying may take seconds (an engine restart):

@@ -41,6 +41,53 @@ struct RawConfig {
     digitalocean: Option<Spanned<apiary_digitalocean::DigitalOceanSpec>>,
     /// The host configuration every agent applies and keeps applied.
     host: Option<Spanned<HostConfigSpec>>,
+    swarm: Option<Spanned<RawSwarm>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwarm {
+    #[serde(default = "yes")]
+    enabled: bool,
+    managers: Option<usize>,
+    #[serde(default = "default_overlay")]
+    overlay: String,
+    #[serde(default)]
+    encrypted: bool,
+    mtu: Option<u32>,
+    checks_interval: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    #[serde(default = "default_pool")]
+    default_addr_pool: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_overlay() -> String {
+    "apiary".into()
+}
+
+fn default_pool() -> Vec<String> {
+    // Clear of the lab's ranges and of Docker's default 10.0.0.0/8 collisions
+    // with private networks such as DigitalOcean VPCs.
+    vec!["10.232.0.0/16".into()]
+}
+
+/// Swarm and the overlay, as the coordinator drives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmConfig {
+    /// Managers: the first hosts by name (default 1, or 3 from 3 hosts up).
+    pub managers: Option<usize>,
+    pub overlay: String,
+    pub encrypted: bool,
+    pub mtu: Option<u32>,
+    /// How often reachability and the overlay data path are re-checked.
+    pub checks_interval: Duration,
+    pub labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    pub default_addr_pool: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +149,9 @@ pub struct ClusterConfig {
     /// default, with its private network.
     pub host: Option<HostConfig>,
     pub host_recheck_interval: Duration,
+    /// `None`: apiary does not make a swarm (manual and digitalocean without a
+    /// `[swarm]` section). The lab makes one by default.
+    pub swarm: Option<SwarmConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,6 +382,59 @@ impl ClusterConfig {
                 _ => None,
             },
         };
+        let swarm = match raw.swarm {
+            Some(sw) => {
+                let span = sw.span();
+                let sw = sw.into_inner();
+                let checks_interval = match &sw.checks_interval {
+                    Some(v) => humantime::parse_duration(v).map_err(|e| {
+                        at(
+                            Some(span.clone()),
+                            "swarm.checks_interval",
+                            format!("swarm.checks_interval = {v:?}: {e}"),
+                        )
+                    })?,
+                    None => Duration::from_secs(10),
+                };
+                if let Some(m) = sw.mtu
+                    && !(576..=9000).contains(&m)
+                {
+                    return Err(at(
+                        Some(span),
+                        "swarm.mtu",
+                        format!("swarm.mtu = {m}: must be between 576 and 9000"),
+                    ));
+                }
+                if sw.managers == Some(0) {
+                    return Err(at(
+                        Some(span),
+                        "swarm.managers",
+                        "swarm.managers must be at least 1".into(),
+                    ));
+                }
+                sw.enabled.then_some(SwarmConfig {
+                    managers: sw.managers,
+                    overlay: sw.overlay,
+                    encrypted: sw.encrypted,
+                    mtu: sw.mtu,
+                    checks_interval,
+                    labels: sw.labels,
+                    default_addr_pool: sw.default_addr_pool,
+                })
+            }
+            None => match &provider {
+                ProviderConfig::Lab(_) => Some(SwarmConfig {
+                    managers: None,
+                    overlay: default_overlay(),
+                    encrypted: false,
+                    mtu: None,
+                    checks_interval: Duration::from_secs(10),
+                    labels: Default::default(),
+                    default_addr_pool: default_pool(),
+                }),
+                _ => None,
+            },
+        };
         let advertise = match &c.advertise {
             Some(v) => Some(v.get_ref().parse().map_err(|e| {
                 at(
@@ -362,6 +465,7 @@ impl ClusterConfig {
             provider,
             host,
             host_recheck_interval,
+            swarm,
         })
     }
 }

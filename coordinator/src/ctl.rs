@@ -30,6 +30,8 @@ pub enum CtlError {
     Denied(String),
     #[error("{0}")]
     Failed(String),
+    #[error("checks failed: {0}")]
+    CheckFailed(String),
 }
 
 impl CtlError {
@@ -39,6 +41,7 @@ impl CtlError {
             CtlError::Unreachable { .. } => exit::UNAVAILABLE,
             CtlError::Refused(_) | CtlError::Denied(_) => exit::REFUSED,
             CtlError::Failed(_) => exit::FAILURE,
+            CtlError::CheckFailed(_) => exit::CHECK_FAILED,
         }
     }
 }
@@ -149,6 +152,13 @@ impl Ctl {
         }
     }
 
+    pub async fn checks(&mut self) -> Result<apiary_proto::ChecksResponse, CtlError> {
+        match self.client.checks(apiary_proto::ChecksRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     pub async fn join_token(&mut self, rotate: bool) -> Result<(String, u64), CtlError> {
         match self.client.join_token(JoinTokenRequest { rotate }).await {
             Ok(r) => {
@@ -224,6 +234,11 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "cert_serial": n.cert_serial,
         "cert_not_after_unix": n.cert_not_after_unix,
         "enrolled_unix": n.enrolled_unix,
+        "swarm_role": n.swarm_role,
+        "swarm_status": n.swarm_status,
+        "swarm_availability": n.swarm_availability,
+        "swarm_leader": n.swarm_leader,
+        "overlay_attached": n.overlay_attached,
         "config_state": n.config_state,
         "config_items": n.config_items.iter().map(item_json).collect::<Vec<_>>(),
         "last_drift_repaired_unix_ms": n.last_drift_repaired_unix_ms,
@@ -298,6 +313,64 @@ pub fn print_apply(
     Ok(())
 }
 
+/// `ctl checks --json`: every cell and every failure.
+pub fn checks_json(c: &apiary_proto::ChecksResponse) -> serde_json::Value {
+    let cells: serde_json::Value =
+        serde_json::from_str(&c.cells_json).unwrap_or(serde_json::Value::Null);
+    json!({
+        "phase": c.phase,
+        "at_unix_ms": c.at_unix_ms,
+        "hosts": c.hosts,
+        "ok": c.failures.is_empty() && c.swarm_error.is_empty() && c.phase != "none",
+        "swarm_error": c.swarm_error,
+        "failures": c.failures.iter().map(|f| json!({"src": f.src, "dst": f.dst, "port": f.port, "proto": f.proto, "check": f.check, "outcome": f.outcome, "cause": f.cause})).collect::<Vec<_>>(),
+        "cells": cells,
+        "pre_swarm_cells": serde_json::from_str::<serde_json::Value>(&c.pre_swarm_cells_json).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// `ctl checks`: a summary per protocol, then every failing path with its cause.
+pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> std::io::Result<()> {
+    if c.phase == "none" {
+        return writeln!(out, "no checks yet: they run once the hosts are up");
+    }
+    let cells: Vec<serde_json::Value> = serde_json::from_str(&c.cells_json).unwrap_or_default();
+    let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for cell in &cells {
+        let proto = cell["proto"].as_str().unwrap_or("?");
+        let kind = if proto == "overlay" {
+            "overlay".to_string()
+        } else {
+            format!("{}/{}", cell["port"], proto)
+        };
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += 1;
+        if cell["outcome"] == "open" {
+            entry.1 += 1;
+        }
+    }
+    writeln!(out, "checks ({}, {} hosts):", c.phase, c.hosts)?;
+    for (kind, (total, open)) in &by_kind {
+        writeln!(out, "  {kind:<10} {open}/{total} open")?;
+    }
+    if !c.swarm_error.is_empty() {
+        writeln!(out, "swarm/overlay: {}", c.swarm_error)?;
+    }
+    if c.failures.is_empty() {
+        writeln!(out, "all paths open")?;
+    } else {
+        writeln!(out, "{} failing:", c.failures.len())?;
+        for f in &c.failures {
+            writeln!(
+                out,
+                "  {} -> {} {}/{} ({}): {} — likely {}",
+                f.src, f.dst, f.port, f.proto, f.check, f.outcome, f.cause
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The table form of `ctl status`.
 pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<()> {
     let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
@@ -308,7 +381,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
         ready,
         s.nodes.len()
     )?;
-    let rows: Vec<[String; 8]> = s
+    let rows: Vec<[String; 9]> = s
         .nodes
         .iter()
         .map(|n| {
@@ -322,6 +395,16 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
                 dash(&f.kernel_version),
                 dash(&f.docker_version),
                 dash(&n.config_state),
+                if n.swarm_role.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "{}{}/{}",
+                        n.swarm_role,
+                        if n.swarm_leader { "*" } else { "" },
+                        n.swarm_status
+                    )
+                },
             ]
         })
         .collect();
@@ -334,6 +417,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
         "KERNEL",
         "DOCKER",
         "CONFIG",
+        "SWARM",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());

@@ -67,6 +67,7 @@ pub async fn serve(
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
     let provider_work = lab.clone().map(|lab| {
+        let swarm_config = opts.config.swarm.clone();
         let (coordinator, admin_conf, cluster, progress) = (
             coordinator.clone(),
             admin_conf.clone(),
@@ -89,7 +90,19 @@ pub async fn serve(
                 // supervision keeps trying the others.
                 Err(e) => error!(error = %e, "bring-up incomplete"),
             }
+            // Swarm, overlay and checks once every host is in; supervision
+            // keeps engines and agents up meanwhile.
+            let swarm = swarm_config.map(|cfg| {
+                tokio::spawn(crate::cluster::run(
+                    coordinator.clone(),
+                    cfg,
+                    progress.clone(),
+                ))
+            });
             lab.supervise(coordinator, local).await;
+            if let Some(s) = swarm {
+                s.abort();
+            }
         })
     });
     let droplet_work = droplets.map(|droplets| {
@@ -107,10 +120,23 @@ pub async fn serve(
             }
         })
     });
+    // Without a provider that makes the hosts, Swarm work starts at once and
+    // takes in hosts as they become ready.
+    let swarm_work = match (&lab, &opts.config.swarm) {
+        (None, Some(cfg)) => Some(tokio::spawn(crate::cluster::run(
+            coordinator.clone(),
+            cfg.clone(),
+            progress.clone(),
+        ))),
+        _ => None,
+    };
     let result = server
         .await
         .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    for work in [provider_work, droplet_work].into_iter().flatten() {
+    for work in [provider_work, droplet_work, swarm_work]
+        .into_iter()
+        .flatten()
+    {
         work.abort();
     }
     if let Some(lab) = lab

@@ -57,6 +57,10 @@ pub struct Coordinator {
         HashMap<u64, tokio::sync::oneshot::Sender<apiary_proto::HostConfigReport>>,
     >,
     next_command: std::sync::atomic::AtomicU64,
+    op_waiters:
+        std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<apiary_proto::OpResult>>>,
+    /// The latest reachability matrix and Swarm view (see `cluster`).
+    checks: std::sync::Mutex<crate::cluster::ChecksState>,
     /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
     provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
 }
@@ -147,6 +151,8 @@ impl Coordinator {
             host_state: Default::default(),
             waiters: Default::default(),
             next_command: std::sync::atomic::AtomicU64::new(1),
+            op_waiters: Default::default(),
+            checks: Default::default(),
         }))
     }
 
@@ -412,6 +418,30 @@ impl Coordinator {
                 .get(&n.name)
                 .cloned()
                 .unwrap_or_default(),
+            swarm_role: self
+                .checks()
+                .swarm
+                .get(&n.name)
+                .map(|s| s.role.clone())
+                .unwrap_or_default(),
+            swarm_status: self
+                .checks()
+                .swarm
+                .get(&n.name)
+                .map(|s| s.status.clone())
+                .unwrap_or_default(),
+            swarm_availability: self
+                .checks()
+                .swarm
+                .get(&n.name)
+                .map(|s| s.availability.clone())
+                .unwrap_or_default(),
+            swarm_leader: self.checks().swarm.get(&n.name).is_some_and(|s| s.leader),
+            overlay_attached: self
+                .checks()
+                .swarm
+                .get(&n.name)
+                .is_some_and(|s| s.overlay_attached),
             config_state: self.config_state(&n.name),
             config_items: self
                 .host_state(&n.name)
@@ -455,6 +485,64 @@ impl Coordinator {
             "ok"
         }
         .into()
+    }
+
+    /// Runs `req` on `node`'s agent and waits for its answer.
+    pub async fn call(
+        &self,
+        node: &str,
+        req: &apiary_agent::ops::OpRequest,
+    ) -> Result<serde_json::Value, String> {
+        let outbox = self
+            .registry
+            .outbox(node)
+            .ok_or_else(|| format!("{node} has no session (agent down)"))?;
+        let id = self.command_id();
+        let op = apiary_proto::AgentOp {
+            request_json: serde_json::to_string(req).map_err(|e| e.to_string())?,
+        };
+        let msg = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Command(apiary_proto::Command {
+                id,
+                kind: Some(apiary_proto::command::Kind::Op(op)),
+            })),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.op_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let answer = async {
+            outbox
+                .send(Ok(msg))
+                .await
+                .map_err(|_| format!("{node}'s session ended"))?;
+            match tokio::time::timeout(req.timeout(), rx).await {
+                Ok(Ok(r)) if r.ok => {
+                    serde_json::from_str(&r.result_json).map_err(|e| e.to_string())
+                }
+                Ok(Ok(r)) => Err(r.error),
+                Ok(Err(_)) => Err(format!("{node}'s session ended before it answered")),
+                Err(_) => Err(format!("{node} did not answer within {:?}", req.timeout())),
+            }
+        }
+        .await;
+        self.op_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        answer
+    }
+
+    pub fn set_checks(&self, state: crate::cluster::ChecksState) {
+        *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    pub fn checks(&self) -> crate::cluster::ChecksState {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn command_id(&self) -> u64 {
@@ -810,6 +898,16 @@ impl Coordinator {
                         agent_message::Msg::HostConfig(report) => {
                             self.record_host_report(&node, report)
                         }
+                        agent_message::Msg::OpResult(result) => {
+                            let waiter = self
+                                .op_waiters
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&result.command_id);
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(result);
+                            }
+                        }
                         agent_message::Msg::Facts(facts) => {
                             self.record_facts(&node, session, facts).await
                         }
@@ -954,6 +1052,14 @@ struct HostState {
 
 #[tonic::async_trait]
 impl Admin for Svc {
+    async fn checks(
+        &self,
+        req: Request<apiary_proto::ChecksRequest>,
+    ) -> Result<Response<apiary_proto::ChecksResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        Ok(Response::new(self.0.checks().to_wire()))
+    }
+
     async fn apply_hosts(
         &self,
         req: Request<apiary_proto::ApplyHostsRequest>,

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
 use apiary_coordinator::ctl::{
-    Ctl, CtlError, apply_json, event_line, print_apply, print_status, status_json,
+    Ctl, CtlError, apply_json, checks_json, event_line, print_apply, print_checks, print_status,
+    status_json,
 };
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,13 @@ enum Command {
     Nodes {
         #[command(subcommand)]
         command: NodesCommand,
+    },
+    /// The reachability matrix: before Swarm every cluster port between every
+    /// pair of hosts, after it Swarm's ports and the overlay data path end to
+    /// end. Exit 2 when a required path fails.
+    Checks {
+        #[arg(long)]
+        json: bool,
     },
     /// Host configuration (firewall, sysctls, GRUB, daemon.json).
     Hosts {
@@ -179,6 +187,31 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 "removed node {name}; revoked {} certificate(s)",
                 serials.len()
             );
+        }
+        Command::Checks { json } => {
+            let checks = ctl.checks().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks_json(&checks)).unwrap_or_default()
+                );
+            } else {
+                print_checks(stdout, &checks).map_err(io)?;
+            }
+            if !checks.failures.is_empty()
+                || !checks.swarm_error.is_empty()
+                || checks.phase == "none"
+            {
+                return Err(CtlError::CheckFailed(format!(
+                    "{} failing path(s){}",
+                    checks.failures.len(),
+                    if checks.swarm_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", checks.swarm_error)
+                    }
+                )));
+            }
         }
         Command::Hosts {
             command:

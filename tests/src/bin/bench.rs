@@ -107,15 +107,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
-    let _serial = apiary_tests::LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut lab = apiary_tests::LabCluster::new("benchagent", 1, "heartbeat_interval = \"5s\"\nhost_recheck_interval = \"60s\"");
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut lab = apiary_tests::LabCluster::new("benchagent", 1, "host_recheck_interval = \"60s\"");
     lab.start();
     lab.wait_all_ready(Duration::from_secs(120));
     eventually("configuration applied", Duration::from_secs(60), || {
         (lab.node(&lab.hosts[0])?["config_state"] == "ok").then_some(())
     });
     let host = lab.hosts[0].clone();
-    let pid = lab.pid(&host, "agent").ok_or_else(|| anyhow::anyhow!("no agent pid"))?;
+    let pid = lab
+        .pid(&host, "agent")
+        .ok_or_else(|| anyhow::anyhow!("no agent pid"))?;
     // Re-check time: requested rounds, as the agent measures them.
     let mut took = Vec::new();
     for _ in 0..20 {
@@ -134,8 +138,13 @@ fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
         peak = peak.max(proc_stat(pid).rss_kib);
     }
     let after = proc_stat(pid);
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    let cpu = (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64() * 100.0;
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu =
+        (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64()
+            * 100.0;
     lab.stop();
     Ok(format!(
         "| agent idle {:.0} s | RSS {:.1} MiB (peak {:.1}) | CPU {cpu:.3} % of one core | re-check p50 {:.1} ms, max {:.1} ms ({} rounds) |",

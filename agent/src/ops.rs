@@ -1,0 +1,230 @@
+//! Operations the coordinator asks an agent to run on its host: reachability
+//! responders and probes, and Swarm/overlay work through the local engine.
+//! Requests and results travel as JSON inside the session's `AgentOp` /
+//! `OpResult` messages; the types here are the contract, shared with the
+//! coordinator (which depends on this crate for them).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::reach::{PortSpec, Responder, Target, cluster_ports, probe_all};
+use crate::swarm::{
+    KernelCrypto, OverlaySpec, ProbeEndpoint, ProbeOptions, SwarmClient, encryption_support,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpRequest {
+    /// Listen on the cluster ports (2377/tcp for managers) to be probed,
+    /// before Swarm takes them.
+    StartResponder {
+        manager: bool,
+    },
+    StopResponder,
+    Probe {
+        targets: Vec<Target>,
+        timeout_ms: u64,
+    },
+    SwarmView,
+    SwarmInit {
+        advertise_ip: Ipv4Addr,
+        default_addr_pool: Vec<String>,
+    },
+    /// Answers `{"worker": ..., "manager": ...}`.
+    JoinTokens,
+    SwarmJoin {
+        remote: SocketAddr,
+        token: String,
+        advertise_ip: Ipv4Addr,
+    },
+    SetLabels {
+        node: String,
+        labels: BTreeMap<String, String>,
+    },
+    EnsureOverlay {
+        spec: OverlaySpec,
+    },
+    EnsureProbe {
+        network: String,
+    },
+    OverlayProbe {
+        local: ProbeEndpoint,
+        peers: Vec<ProbeEndpoint>,
+    },
+    /// Ok, or the missing kernel pieces for an encrypted overlay.
+    EncryptionSupport,
+}
+
+impl OpRequest {
+    /// How long the coordinator should wait for an answer.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            OpRequest::SwarmJoin { .. }
+            | OpRequest::SwarmInit { .. }
+            | OpRequest::EnsureProbe { .. } => Duration::from_secs(60),
+            OpRequest::OverlayProbe { .. } | OpRequest::Probe { .. } => Duration::from_secs(30),
+            _ => Duration::from_secs(15),
+        }
+    }
+}
+
+/// The agent's side: one per agent, outliving sessions (a responder or a
+/// Docker connection is not tied to one).
+pub struct Ops {
+    host: String,
+    docker_socket: PathBuf,
+    responder: Mutex<Option<Responder>>,
+}
+
+impl Ops {
+    pub fn new(host: String, docker_socket: PathBuf) -> Self {
+        Ops {
+            host,
+            docker_socket,
+            responder: Mutex::new(None),
+        }
+    }
+
+    async fn swarm(&self) -> Result<SwarmClient, String> {
+        SwarmClient::connect(&self.host, &self.docker_socket)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs one request; the error is a sentence for the operator.
+    pub async fn run(
+        &self,
+        req: OpRequest,
+        private_ip: Option<Ipv4Addr>,
+    ) -> Result<serde_json::Value, String> {
+        let json = |v: &dyn erased::Json| v.to_value();
+        match req {
+            OpRequest::StartResponder { manager } => {
+                let ip = private_ip.ok_or("this host has no private address to listen on")?;
+                let mut slot = self.responder.lock().await;
+                if let Some(old) = slot.take() {
+                    old.stop().await;
+                }
+                let ports: Vec<PortSpec> = cluster_ports(manager);
+                let r = Responder::start(ip, &ports).map_err(|e| e.to_string())?;
+                let states: Vec<String> = r.ports().iter().map(|p| format!("{p:?}")).collect();
+                *slot = Some(r);
+                Ok(serde_json::json!({ "ports": states }))
+            }
+            OpRequest::StopResponder => {
+                if let Some(r) = self.responder.lock().await.take() {
+                    r.stop().await;
+                }
+                Ok(serde_json::Value::Null)
+            }
+            OpRequest::Probe {
+                targets,
+                timeout_ms,
+            } => {
+                let cells =
+                    probe_all(&self.host, &targets, Duration::from_millis(timeout_ms), 32).await;
+                Ok(json(&cells))
+            }
+            OpRequest::SwarmView => Ok(json(
+                &self
+                    .swarm()
+                    .await?
+                    .view()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )),
+            OpRequest::SwarmInit {
+                advertise_ip,
+                default_addr_pool,
+            } => {
+                let v = self
+                    .swarm()
+                    .await?
+                    .init(advertise_ip, &default_addr_pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json(&v))
+            }
+            OpRequest::JoinTokens => {
+                let t = self
+                    .swarm()
+                    .await?
+                    .join_tokens()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "worker": t.worker, "manager": t.manager }))
+            }
+            OpRequest::SwarmJoin {
+                remote,
+                token,
+                advertise_ip,
+            } => {
+                let v = self
+                    .swarm()
+                    .await?
+                    .join(remote, &token, advertise_ip)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json(&v))
+            }
+            OpRequest::SetLabels { node, labels } => {
+                let changed = self
+                    .swarm()
+                    .await?
+                    .set_labels(&node, &labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "changed": changed }))
+            }
+            OpRequest::EnsureOverlay { spec } => {
+                let s = self
+                    .swarm()
+                    .await?
+                    .ensure_overlay(&spec)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json(&s))
+            }
+            OpRequest::EnsureProbe { network } => {
+                let e = self
+                    .swarm()
+                    .await?
+                    .ensure_probe(&network, &ProbeOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json(&e))
+            }
+            OpRequest::OverlayProbe { local, peers } => {
+                let cells = self
+                    .swarm()
+                    .await?
+                    .overlay_probe(&local, &peers, &ProbeOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(json(&cells))
+            }
+            OpRequest::EncryptionSupport => {
+                let k = KernelCrypto::read(std::path::Path::new("/"));
+                encryption_support(&self.host, &k).map_err(|m| m.to_string())?;
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+}
+
+/// A tiny adapter so every result is turned into JSON the same way.
+mod erased {
+    pub trait Json {
+        fn to_value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! Swarm, the overlay, and the reachability matrix, driven through the agents
+//! (Docker's API is never reached over the network: each engine is driven by
+//! its own host's agent on the local socket).
+//!
+//! One idempotent round, repeated every `swarm.checks_interval`:
+//! 1. before any host is in a swarm: every agent listens on the cluster ports
+//!    (2377/tcp on managers, 7946/tcp+udp, 4789/udp) and probes every peer
+//!    (challenge/echo for UDP, so a silent drop is told from a closed port);
+//!    the responders stop before Swarm needs the ports;
+//! 2. Swarm: the first manager inits (advertising its private address) or is
+//!    adopted; the others join with the right token unless they are in already;
+//!    labels from the config;
+//! 3. the overlay: refused up front when encrypted and a host lacks the kernel
+//!    pieces; else created or adopted on the first manager;
+//! 4. after Swarm: Swarm's TCP ports probed directly, and the overlay data path
+//!    end to end between probe containers on every host (by name, by address,
+//!    full-size packets).
+//!
+//! A coordinator restart in the middle finishes the job: every step adopts
+//! what exists. A host whose agent or engine is down shows as failing cells
+//! naming it; the others stay green.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use apiary_agent::ops::OpRequest;
+use apiary_agent::reach::{
+    Cell, Check, Coverage, Matrix, Member, Outcome, PortSpec, Proto, Target, targets,
+};
+use apiary_agent::swarm::{OverlaySpec, ProbeEndpoint, SwarmState, SwarmView};
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use crate::config::SwarmConfig;
+use crate::progress::Progress;
+use crate::registry::now_unix_ms;
+use crate::server::Coordinator;
+
+/// What one node looks like in the swarm, as the first manager sees it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSwarm {
+    pub role: String,
+    pub status: String,
+    pub availability: String,
+    pub leader: bool,
+    pub overlay_attached: bool,
+}
+
+/// The latest matrix and Swarm view, shown by `ctl checks` and `ctl status`.
+#[derive(Debug, Clone, Default)]
+pub struct ChecksState {
+    pub phase: String,
+    pub at_unix_ms: u64,
+    pub cells: Vec<Cell>,
+    pub swarm_error: String,
+    pub hosts: u32,
+    pub swarm: HashMap<String, NodeSwarm>,
+    /// Pre-swarm matrix, kept for reference once Swarm runs.
+    pub pre_swarm: Vec<Cell>,
+}
+
+impl ChecksState {
+    fn matrix(&self) -> Matrix {
+        let mut m = Matrix::new();
+        m.extend(self.cells.iter().cloned());
+        m
+    }
+
+    pub fn to_wire(&self) -> apiary_proto::ChecksResponse {
+        let failures = self
+            .matrix()
+            .failures()
+            .into_iter()
+            .map(|f| apiary_proto::CheckFailure {
+                src: f.src,
+                dst: f.dst,
+                port: f.port.into(),
+                proto: f.proto.to_string(),
+                check: format!("{:?}", f.check).to_lowercase(),
+                outcome: f
+                    .outcome
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "no result".into()),
+                cause: f.cause,
+            })
+            .collect();
+        apiary_proto::ChecksResponse {
+            phase: if self.phase.is_empty() {
+                "none".into()
+            } else {
+                self.phase.clone()
+            },
+            at_unix_ms: self.at_unix_ms,
+            cells_json: serde_json::to_string(&self.cells).unwrap_or_default(),
+            failures,
+            swarm_error: self.swarm_error.clone(),
+            hosts: self.hosts,
+            pre_swarm_cells_json: serde_json::to_string(&self.pre_swarm).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Host {
+    name: String,
+    ip: Ipv4Addr,
+    manager: bool,
+}
+
+/// How many managers: configured, else 3 from 3 hosts up (Raft needs 3 to
+/// survive a loss), else 1.
+fn manager_count(config: &SwarmConfig, hosts: usize) -> usize {
+    config
+        .managers
+        .unwrap_or(if hosts >= 3 { 3 } else { 1 })
+        .min(hosts)
+        .max(1)
+}
+
+/// The ready hosts with a private address, managers first by name.
+fn members(coord: &Coordinator, config: &SwarmConfig) -> Vec<Host> {
+    let Ok(status) = coord.status() else {
+        return Vec::new();
+    };
+    let mut hosts: Vec<(String, Ipv4Addr)> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == "ready")
+        .filter_map(|n| Some((n.name.clone(), n.private_ip.parse().ok()?)))
+        .collect();
+    hosts.sort();
+    let managers = manager_count(config, hosts.len());
+    hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, ip))| Host {
+            name,
+            ip,
+            manager: i < managers,
+        })
+        .collect()
+}
+
+fn as_members(hosts: &[Host]) -> Vec<Member> {
+    hosts
+        .iter()
+        .map(|h| Member {
+            name: h.name.clone(),
+            ip: h.ip,
+            manager: h.manager,
+        })
+        .collect()
+}
+
+/// A cell saying a whole check could not run from or to a host.
+fn unavailable(src: &str, dst: &str, addr: Ipv4Addr, proto: Proto, port: u16, why: &str) -> Cell {
+    Cell {
+        src: src.into(),
+        dst: dst.into(),
+        addr,
+        port,
+        proto,
+        check: if proto == Proto::Overlay {
+            Check::PingName
+        } else {
+            Check::Direct
+        },
+        outcome: Outcome::Error(why.into()),
+        rtt: None,
+        detail: Some(why.into()),
+    }
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    coord: &Coordinator,
+    node: &str,
+    req: &OpRequest,
+) -> Result<T, String> {
+    let v = coord.call(node, req).await?;
+    serde_json::from_value(v).map_err(|e| format!("{node} answered something unexpected: {e}"))
+}
+
+/// Probes `targets_of` from every host at once.
+async fn probe_round(
+    coord: &Coordinator,
+    hosts: &[Host],
+    targets_of: impl Fn(&Host) -> Vec<Target>,
+) -> Vec<Cell> {
+    let rounds = hosts.iter().map(|h| {
+        let t = targets_of(h);
+        async move {
+            let req = OpRequest::Probe {
+                targets: t.clone(),
+                timeout_ms: 1000,
+            };
+            match call::<Vec<Cell>>(coord, &h.name, &req).await {
+                Ok(cells) => cells,
+                Err(e) => t
+                    .iter()
+                    .flat_map(|tg| {
+                        tg.ports
+                            .iter()
+                            .map(|p| {
+                                unavailable(&h.name, &tg.peer.name, tg.peer.ip, p.proto, p.port, &e)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+            }
+        }
+    });
+    join_all(rounds).await.into_iter().flatten().collect()
+}
+
+/// Before Swarm: responders everywhere, the full port matrix, responders off.
+async fn pre_swarm_checks(coord: &Coordinator, hosts: &[Host], round: u64) -> Vec<Cell> {
+    join_all(hosts.iter().map(|h| async move {
+        if let Err(e) = call::<serde_json::Value>(
+            coord,
+            &h.name,
+            &OpRequest::StartResponder { manager: h.manager },
+        )
+        .await
+        {
+            warn!(node = %h.name, error = %e, "responder did not start");
+        }
+    }))
+    .await;
+    let members = as_members(hosts);
+    let coverage = Coverage::for_cluster(hosts.len());
+    let cells = probe_round(coord, hosts, |h| {
+        targets(&h.name, &members, coverage, round)
+    })
+    .await;
+    join_all(hosts.iter().map(|h| async move {
+        call::<serde_json::Value>(coord, &h.name, &OpRequest::StopResponder).await
+    }))
+    .await;
+    cells
+}
+
+/// Makes the swarm: init on the first manager (or adopt), join the rest.
+async fn ensure_swarm(
+    coord: &Coordinator,
+    config: &SwarmConfig,
+    hosts: &[Host],
+    views: &HashMap<String, SwarmView>,
+) -> Result<SwarmView, String> {
+    let first = hosts.iter().find(|h| h.manager).ok_or("no manager")?;
+    let leader_view = match views.get(&first.name) {
+        Some(v) if v.state == SwarmState::Active && v.manager => v.clone(),
+        _ => {
+            info!(node = %first.name, "initialising the swarm");
+            call::<SwarmView>(
+                coord,
+                &first.name,
+                &OpRequest::SwarmInit {
+                    advertise_ip: first.ip,
+                    default_addr_pool: config.default_addr_pool.clone(),
+                },
+            )
+            .await?
+        }
+    };
+    let remote = SocketAddr::new(first.ip.into(), 2377);
+    let mut tokens: Option<serde_json::Value> = None;
+    for h in hosts.iter().filter(|h| h.name != first.name) {
+        if views
+            .get(&h.name)
+            .is_some_and(|v| v.state == SwarmState::Active && v.knows_manager(&remote))
+        {
+            continue;
+        }
+        if tokens.is_none() {
+            tokens = Some(call(coord, &first.name, &OpRequest::JoinTokens).await?);
+        }
+        let t = tokens
+            .as_ref()
+            .and_then(|t| t[if h.manager { "manager" } else { "worker" }].as_str())
+            .unwrap_or_default()
+            .to_string();
+        info!(node = %h.name, manager = h.manager, "joining the swarm");
+        call::<SwarmView>(
+            coord,
+            &h.name,
+            &OpRequest::SwarmJoin {
+                remote,
+                token: t,
+                advertise_ip: h.ip,
+            },
+        )
+        .await?;
+        coord.emit(
+            "swarm_joined",
+            &h.name,
+            if h.manager {
+                "joined as manager"
+            } else {
+                "joined as worker"
+            },
+        );
+    }
+    for (node, labels) in &config.labels {
+        call::<serde_json::Value>(
+            coord,
+            &first.name,
+            &OpRequest::SetLabels {
+                node: node.clone(),
+                labels: labels.clone(),
+            },
+        )
+        .await?;
+    }
+    Ok(leader_view)
+}
+
+/// One round: see the module docs. Errors end the round early and are shown
+/// by `ctl checks`; the next round tries again.
+pub async fn converge(
+    coord: &Coordinator,
+    config: &SwarmConfig,
+    round: u64,
+    progress: Option<&Progress>,
+) {
+    let hosts = members(coord, config);
+    if hosts.is_empty() {
+        return;
+    }
+    let mut state = coord.checks();
+    state.hosts = hosts.len() as u32;
+    let views: HashMap<String, SwarmView> = join_all(hosts.iter().map(|h| async move {
+        (
+            h.name.clone(),
+            call::<SwarmView>(coord, &h.name, &OpRequest::SwarmView).await,
+        )
+    }))
+    .await
+    .into_iter()
+    .filter_map(|(n, v)| v.ok().map(|v| (n, v)))
+    .collect();
+
+    if !views.values().any(|v| v.state == SwarmState::Active) {
+        let phase = progress.map(|p| p.phase("checks", hosts.len()));
+        let cells = pre_swarm_checks(coord, &hosts, round).await;
+        let mut m = Matrix::new();
+        m.extend(cells.iter().cloned());
+        if let Some(phase) = phase {
+            phase.step(
+                "matrix",
+                &format!("{} paths, {} failing", cells.len(), m.failures().len()),
+            );
+            phase.finish();
+        }
+        state.pre_swarm = cells.clone();
+        state.cells = cells;
+        state.phase = "pre-swarm".into();
+        state.at_unix_ms = now_unix_ms();
+        coord.set_checks(state.clone());
+    }
+
+    let phase = progress.map(|p| p.phase("swarm", hosts.len()));
+    let swarm = ensure_swarm(coord, config, &hosts, &views).await;
+    if let Err(e) = &swarm {
+        warn!(error = %e, "swarm not formed");
+        state.swarm_error = format!("swarm: {e}");
+        coord.set_checks(state);
+        return;
+    }
+    if let Some(phase) = phase {
+        phase.step(
+            "all",
+            &format!(
+                "{} managers, {} workers",
+                hosts.iter().filter(|h| h.manager).count(),
+                hosts.iter().filter(|h| !h.manager).count()
+            ),
+        );
+        phase.finish();
+    }
+    let first = hosts
+        .iter()
+        .find(|h| h.manager)
+        .map(|h| h.name.clone())
+        .unwrap_or_default();
+
+    let phase = progress.map(|p| p.phase("overlay", hosts.len()));
+    if config.encrypted {
+        let missing: Vec<String> = join_all(hosts.iter().map(|h| async move {
+            call::<serde_json::Value>(coord, &h.name, &OpRequest::EncryptionSupport).await
+        }))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        if !missing.is_empty() {
+            state.swarm_error = format!("encrypted overlay refused: {}", missing.join("; "));
+            warn!(error = %state.swarm_error, "encrypted overlay refused");
+            coord.set_checks(state);
+            return;
+        }
+    }
+    let spec = OverlaySpec {
+        name: config.overlay.clone(),
+        attachable: true,
+        encrypted: config.encrypted,
+        mtu: config.mtu,
+    };
+    if let Err(e) =
+        call::<serde_json::Value>(coord, &first, &OpRequest::EnsureOverlay { spec }).await
+    {
+        state.swarm_error = format!("overlay {}: {e}", config.overlay);
+        coord.set_checks(state);
+        return;
+    }
+    state.swarm_error.clear();
+    // Probe containers, one per host, on the overlay.
+    let endpoints: Vec<(Host, Result<ProbeEndpoint, String>)> =
+        join_all(hosts.iter().map(|h| async move {
+            (
+                h.clone(),
+                call::<ProbeEndpoint>(
+                    coord,
+                    &h.name,
+                    &OpRequest::EnsureProbe {
+                        network: config.overlay.clone(),
+                    },
+                )
+                .await,
+            )
+        }))
+        .await;
+    if let Some(phase) = phase {
+        for (h, e) in &endpoints {
+            phase.step(
+                &h.name,
+                &match e {
+                    Ok(e) => format!("probe container at {}", e.address),
+                    Err(err) => format!("no probe container: {err}"),
+                },
+            );
+        }
+        phase.finish();
+    }
+    let up: Vec<ProbeEndpoint> = endpoints
+        .iter()
+        .filter_map(|(_, e)| e.as_ref().ok().cloned())
+        .collect();
+
+    // After Swarm: its TCP ports directly, and the overlay end to end.
+    let members = as_members(&hosts);
+    let direct = probe_round(coord, &hosts, |h| {
+        members
+            .iter()
+            .filter(|m| m.name != h.name)
+            .map(|m| Target {
+                peer: apiary_agent::reach::Peer {
+                    name: m.name.clone(),
+                    ip: m.ip,
+                },
+                ports: if m.manager {
+                    vec![PortSpec::tcp(2377), PortSpec::tcp(7946)]
+                } else {
+                    vec![PortSpec::tcp(7946)]
+                },
+            })
+            .collect()
+    })
+    .await;
+    let overlay: Vec<Cell> = join_all(endpoints.iter().map(|(h, e)| {
+        let up = up.clone();
+        let hosts = hosts.clone();
+        async move {
+            let peers_down = |why: &str| -> Vec<Cell> {
+                hosts
+                    .iter()
+                    .filter(|p| p.name != h.name)
+                    .map(|p| unavailable(&h.name, &p.name, p.ip, Proto::Overlay, 4789, why))
+                    .collect()
+            };
+            let local = match e {
+                Ok(l) => l.clone(),
+                Err(err) => return peers_down(&format!("no probe container on {}: {err}", h.name)),
+            };
+            let mut cells = match call::<Vec<Cell>>(
+                coord,
+                &h.name,
+                &OpRequest::OverlayProbe {
+                    local,
+                    peers: up.clone(),
+                },
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(err) => return peers_down(&err),
+            };
+            // Peers without a probe container cannot be reached on the overlay at all.
+            for p in hosts
+                .iter()
+                .filter(|p| p.name != h.name && !up.iter().any(|u| u.host == p.name))
+            {
+                cells.push(unavailable(
+                    &h.name,
+                    &p.name,
+                    p.ip,
+                    Proto::Overlay,
+                    4789,
+                    &format!("{} has no probe container (engine or agent down?)", p.name),
+                ));
+            }
+            cells
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+
+    // The swarm as the first manager sees it.
+    let mut swarm_nodes = HashMap::new();
+    if let Ok(view) = call::<SwarmView>(coord, &first, &OpRequest::SwarmView).await {
+        for n in view.nodes {
+            swarm_nodes.insert(
+                n.hostname.clone(),
+                NodeSwarm {
+                    role: n.role,
+                    status: n.status,
+                    availability: n.availability,
+                    leader: n.leader,
+                    overlay_attached: up.iter().any(|u| u.host == n.hostname),
+                },
+            );
+        }
+    }
+    let before: BTreeMap<String, String> = coord
+        .checks()
+        .matrix()
+        .failures()
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{} -> {} {}/{}", f.src, f.dst, f.port, f.proto),
+                f.cause,
+            )
+        })
+        .collect();
+    state.cells = direct.into_iter().chain(overlay).collect();
+    state.phase = "swarm".into();
+    state.at_unix_ms = now_unix_ms();
+    state.swarm = swarm_nodes;
+    let after: BTreeMap<String, String> = state
+        .matrix()
+        .failures()
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{} -> {} {}/{}", f.src, f.dst, f.port, f.proto),
+                f.cause,
+            )
+        })
+        .collect();
+    for (path, cause) in &after {
+        if !before.contains_key(path) {
+            warn!(path = %path, %cause, "check failed");
+            coord.emit(
+                "check_failed",
+                path.split(' ').next().unwrap_or(""),
+                format!("{path}: {cause}"),
+            );
+        }
+    }
+    for path in before.keys().filter(|p| !after.contains_key(*p)) {
+        coord.emit(
+            "check_recovered",
+            path.split(' ').next().unwrap_or(""),
+            path.clone(),
+        );
+    }
+    coord.set_checks(state);
+}
+
+/// Repeats [`converge`] every `checks_interval`, forever.
+pub async fn run(coord: Arc<Coordinator>, config: SwarmConfig, progress: Progress) {
+    let mut round = 0u64;
+    loop {
+        converge(&coord, &config, round, (round == 0).then_some(&progress)).await;
+        if round == 0 {
+            let state = coord.checks();
+            let failing = state.matrix().failures().len();
+            if state.swarm_error.is_empty() {
+                info!(
+                    paths = state.cells.len(),
+                    failing, "swarm and overlay checked"
+                );
+                eprintln!(
+                    "swarm and overlay {}: {} paths checked, {failing} failing (ctl checks)",
+                    config.overlay,
+                    state.cells.len()
+                );
+            } else {
+                eprintln!(
+                    "swarm and overlay not ready: {} (ctl checks)",
+                    state.swarm_error
+                );
+            }
+        }
+        round += 1;
+        tokio::time::sleep(config.checks_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(managers: Option<usize>) -> SwarmConfig {
+        SwarmConfig {
+            managers,
+            overlay: "apiary".into(),
+            encrypted: false,
+            mtu: None,
+            checks_interval: Duration::from_secs(10),
+            labels: Default::default(),
+            default_addr_pool: vec![],
+        }
+    }
+
+    #[test]
+    fn one_manager_below_three_hosts_three_from_three_up_unless_configured() {
+        assert_eq!(manager_count(&cfg(None), 1), 1);
+        assert_eq!(manager_count(&cfg(None), 2), 1);
+        assert_eq!(manager_count(&cfg(None), 4), 3);
+        assert_eq!(manager_count(&cfg(Some(1)), 4), 1);
+        assert_eq!(manager_count(&cfg(Some(5)), 4), 4);
+    }
+}
