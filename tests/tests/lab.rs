@@ -282,3 +282,202 @@ fn host_configuration_is_applied_dry_run_changes_nothing_and_drift_is_repaired()
     assert!(node["last_drift_repaired_unix_ms"].as_u64().unwrap_or(0) > 0);
     lab.stop();
 }
+
+fn checks(lab: &LabCluster) -> Option<(i32, serde_json::Value)> {
+    let out = ctl_with(&lab.admin_conf(), &["checks", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((out.status.code().unwrap_or(-1), v))
+}
+
+#[test]
+fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labswarm", 4, "\n[swarm]\nchecks_interval = \"2s\"\n");
+    lab.start();
+    lab.wait_all_ready(Duration::from_secs(120));
+    let (code, c) = eventually(
+        "swarm formed and all paths open",
+        Duration::from_secs(120),
+        || {
+            let (code, c) = checks(&lab)?;
+            (c["phase"] == "swarm" && c["ok"] == true).then_some((code, c))
+        },
+    );
+    assert_eq!(code, 0);
+    // Before Swarm took the ports, every cluster port was probed between every pair.
+    let pre = c["pre_swarm_cells"].as_array().expect("pre-swarm cells");
+    for (port, proto) in [(7946, "udp"), (7946, "tcp"), (4789, "udp"), (2377, "tcp")] {
+        assert!(
+            pre.iter()
+                .any(|x| x["port"] == port && x["proto"] == proto && x["outcome"] == "open"),
+            "{port}/{proto} not probed before Swarm"
+        );
+    }
+    // After: the overlay end to end between every pair, by name and address.
+    let cells = c["cells"].as_array().expect("cells");
+    let overlay = cells.iter().filter(|x| x["proto"] == "overlay").count();
+    assert_eq!(overlay, 4 * 3 * 5, "5 overlay checks per ordered pair");
+
+    let status = lab.status().expect("status");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let managers = nodes
+        .iter()
+        .filter(|n| n["swarm_role"] == "manager")
+        .count();
+    assert_eq!(managers, 3, "3 managers from 3 hosts up: {status}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["swarm_leader"] == true).count(),
+        1
+    );
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["swarm_status"] == "ready" && n["overlay_attached"] == true),
+        "{status}"
+    );
+    let leader = nodes
+        .iter()
+        .find(|n| n["swarm_leader"] == true)
+        .expect("leader")["name"]
+        .clone();
+
+    // Drop VXLAN inside one host: exactly the pairs through it fail, on the overlay.
+    let victim = lab.hosts[2].clone();
+    let ns = lab.netns(&victim);
+    let rules = "table inet labfault {\n chain in { type filter hook input priority -300; policy accept; udp dport 4789 drop; }\n chain out { type filter hook output priority -300; policy accept; udp dport 4789 drop; }\n}\n";
+    let file = lab.dir.path().join("drop.nft");
+    std::fs::write(&file, rules).expect("write");
+    assert!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "-f",
+            &file.display().to_string()
+        ])
+        .0
+    );
+    let (code, c) = eventually("the drop is seen", Duration::from_secs(30), || {
+        let (code, c) = checks(&lab)?;
+        (c["failures"].as_array()?.len() >= 30).then_some((code, c))
+    });
+    assert_eq!(code, 2, "ctl checks exits 2 when a path fails");
+    let failures = c["failures"].as_array().expect("failures");
+    assert_eq!(
+        failures.len(),
+        6 * 5,
+        "6 ordered pairs through {victim}, 5 checks each: {failures:?}"
+    );
+    for f in failures {
+        assert!(
+            f["src"] == victim.as_str() || f["dst"] == victim.as_str(),
+            "{f}"
+        );
+        assert_eq!(f["proto"], "overlay");
+        assert!(f["cause"].as_str().unwrap_or("").contains("4789"), "{f}");
+    }
+    assert!(
+        sh(&[
+            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", "labfault"
+        ])
+        .0
+    );
+    eventually("the drop clears", Duration::from_secs(30), || {
+        let (code, c) = checks(&lab)?;
+        (code == 0 && c["failures"].as_array()?.is_empty()).then_some(())
+    });
+
+    // An agent killed and restarted: Swarm is reported again, no re-init, no second join.
+    let host = lab.hosts[1].clone();
+    let old = lab.pid(&host, "agent").expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    eventually("agent back", Duration::from_secs(30), || {
+        let new = lab.pid(&host, "agent")?;
+        (new != old && lab.node(&host)?["state"] == "ready").then_some(())
+    });
+    let (_, c) = eventually("checks green again", Duration::from_secs(30), || {
+        let (code, c) = checks(&lab)?;
+        (code == 0 && c["at_unix_ms"].as_u64()? > 0).then_some((code, c))
+    });
+    assert_eq!(c["phase"], "swarm");
+    let status = lab.status().expect("status");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n["swarm_role"] == "manager")
+            .count(),
+        3
+    );
+    assert_eq!(
+        nodes
+            .iter()
+            .find(|n| n["swarm_leader"] == true)
+            .expect("leader")["name"],
+        leader,
+        "the swarm was re-initialised"
+    );
+    let socket = lab.node(&lab.hosts[0]).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    let (_, ls) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{socket}"),
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}}",
+    ]);
+    assert_eq!(ls.lines().count(), 4, "duplicate swarm nodes: {ls}");
+    lab.stop();
+}
+
+#[test]
+fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_naming_host_and_piece() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labcrypt",
+        2,
+        "\n[swarm]\nencrypted = true\nchecks_interval = \"2s\"\n",
+    );
+    lab.start();
+    lab.wait_all_ready(Duration::from_secs(120));
+    let (code, c) = eventually("refusal reported", Duration::from_secs(90), || {
+        let (code, c) = checks(&lab)?;
+        (!c["swarm_error"].as_str()?.is_empty()).then_some((code, c))
+    });
+    assert_eq!(code, 2);
+    let err = c["swarm_error"].as_str().unwrap_or("");
+    assert!(err.contains("encrypted overlay refused"), "{err}");
+    assert!(
+        err.contains("queenbee") && err.contains("ESP"),
+        "names host and piece: {err}"
+    );
+    // Docker was not asked to make a network that would drop all traffic.
+    let socket = lab.node("queenbee").expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    let (_, nets) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{socket}"),
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert!(
+        !nets.lines().any(|l| l == "apiary"),
+        "overlay created anyway: {nets}"
+    );
+    lab.stop();
+}
