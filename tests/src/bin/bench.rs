@@ -101,6 +101,12 @@ fn main() -> anyhow::Result<()> {
             for n in hosts {
                 println!("{}", lab(n)?);
             }
+            println!();
+            println!("| hosts | pre-swarm checks | swarm | overlay + probe containers | enrolled to checked overlay | serve to checked overlay |");
+            println!("|---|---|---|---|---|---|");
+            for row in SWARM_ROWS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                println!("{row}");
+            }
         }
     }
     Ok(())
@@ -157,6 +163,8 @@ fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
     ))
 }
 
+static SWARM_ROWS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn used_memory_mib() -> u64 {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| -> u64 {
@@ -197,6 +205,11 @@ fn lab(n: usize) -> anyhow::Result<String> {
     lab.coordinator = Some(Proc::spawn(cmd, &log));
     lab.wait_all_ready(Duration::from_secs(300));
     let wall = start.elapsed();
+    // Then Swarm, the overlay and the first full check round.
+    eventually("swarm and overlay checked", Duration::from_secs(300), || {
+        std::fs::read_to_string(&log).ok()?.contains("swarm and overlay checked").then_some(())
+    });
+    let swarm_wall = start.elapsed();
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let mut phases = BTreeMap::new();
@@ -241,6 +254,15 @@ fn lab(n: usize) -> anyhow::Result<String> {
     let p = |k: &str| phases.get(k).copied().unwrap_or(f64::NAN);
     let h = |k: &str| hand.get(k).copied().unwrap_or(f64::NAN);
     let ours_hosts = p("network") + p("engines") + p("images");
+    let swarm_row = format!(
+        "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s |",
+        p("checks"),
+        p("swarm"),
+        p("overlay"),
+        swarm_wall.as_secs_f64() - wall.as_secs_f64(),
+        swarm_wall.as_secs_f64()
+    );
+    SWARM_ROWS.lock().unwrap_or_else(|e| e.into_inner()).push(swarm_row);
     let hand_total = h("network") + h("engines") + h("images");
     Ok(format!(
         "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | +{} MiB | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
