@@ -19,6 +19,8 @@ pub enum AgentConfigError {
         column: usize,
         message: String,
     },
+    #[error("tunnel_allow: {0}")]
+    TunnelAllow(String),
     #[error("{0} is required (flag --{0}, or `{0} = ...` in the agent config file)")]
     Missing(&'static str),
 }
@@ -50,6 +52,8 @@ pub struct AgentFile {
     pub modprobe: Option<bool>,
     /// Regenerate GRUB's config when the kernel command line changes (default true).
     pub update_grub: Option<bool>,
+    /// CIDRs tunnels may reach on this host (default: loopback and the overlay).
+    pub tunnel_allow: Option<Vec<String>>,
 }
 
 impl AgentFile {
@@ -85,6 +89,7 @@ pub struct AgentConfig {
     pub engine_restart: Option<String>,
     pub modprobe: bool,
     pub update_grub: bool,
+    pub tunnel_allow: crate::tunnel::AllowList,
     pub docker_socket: PathBuf,
     pub public_interface: Option<String>,
     pub private_interface: Option<String>,
@@ -118,6 +123,10 @@ impl AgentConfig {
             engine_restart: flags.engine_restart.or(file.engine_restart),
             modprobe: flags.modprobe.or(file.modprobe).unwrap_or(true),
             update_grub: flags.update_grub.or(file.update_grub).unwrap_or(true),
+            tunnel_allow: match flags.tunnel_allow.or(file.tunnel_allow) {
+                Some(list) => crate::tunnel::AllowList::parse(&list).map_err(AgentConfigError::TunnelAllow)?,
+                None => crate::tunnel::AllowList::default_list(),
+            },
             state_dir,
             name,
             docker_socket: flags

@@ -21,5 +21,6 @@ pub mod swarm;
 mod host_runner;
 pub mod ops;
 mod session;
+pub mod tunnel;
 
 pub use session::{AgentError, run};

@@ -315,7 +315,10 @@ async fn session(
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
     let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
         .map_err(|e| SessionError::Retry(e.to_string()))?;
-    let mut client = AgentApiClient::new(channel);
+    let mut client = AgentApiClient::new(channel.clone());
+    // Tunnels ride the same connection; they end with the session (only the
+    // connections in flight fail on a reconnect).
+    let _tunnels = AbortOnDrop(tokio::spawn(crate::tunnel::serve(channel, config.tunnel_allow.clone())));
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let first = facts.gather().await;

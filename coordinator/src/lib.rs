@@ -19,3 +19,5 @@ pub mod registry;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod tunnel;
+pub mod tunnel_client;

@@ -59,6 +59,8 @@ pub struct Coordinator {
     next_command: std::sync::atomic::AtomicU64,
     op_waiters:
         std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<apiary_proto::OpResult>>>,
+    /// Tunnels in flight and agents ready to open them (see `tunnel`).
+    pub(crate) tunnels: crate::tunnel::TunnelHub,
     /// The latest reachability matrix and Swarm view (see `cluster`).
     checks: std::sync::Mutex<crate::cluster::ChecksState>,
     /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
@@ -152,6 +154,7 @@ impl Coordinator {
             waiters: Default::default(),
             next_command: std::sync::atomic::AtomicU64::new(1),
             op_waiters: Default::default(),
+            tunnels: Default::default(),
             checks: Default::default(),
         }))
     }
@@ -334,6 +337,8 @@ impl Coordinator {
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
+            .add_service(apiary_proto::tunnel::tunnel_server::TunnelServer::new(crate::tunnel::TunnelSvc(self.clone())))
+            .add_service(apiary_proto::tunnel::tunnel_relay_server::TunnelRelayServer::new(crate::tunnel::TunnelSvc(self.clone())))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
         let result = tokio::select! {
             r = server => r.map_err(|e| CoordinatorError::Serve(e.to_string())),
@@ -973,7 +978,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 /// The verified identity of the caller, which must hold `role`.
-fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdentity, Status> {
+pub(crate) fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdentity, Status> {
     let cert = req
         .peer_certs()
         .and_then(|certs| certs.first().cloned())

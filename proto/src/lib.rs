@@ -13,4 +13,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Tunnels: ctl ⇄ coordinator ⇄ agent ⇄ target, one stream per connection.
+pub mod tunnel {
+    tonic::include_proto!("apiary.tunnel.v1");
+}
+
 pub mod dial;
+pub mod tunnel_io;

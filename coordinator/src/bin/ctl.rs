@@ -61,6 +61,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Forward a local port to a port on a cluster host through the
+    /// coordinator and the host's agent (no SSH, no public port). TARGET is
+    /// NODE:PORT (the node's loopback) or NODE:HOST:PORT (HOST on the node:
+    /// loopback or the overlay). Stays in the foreground until Ctrl-C.
+    Tunnel {
+        target: String,
+        /// Local address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        local: std::net::SocketAddr,
+    },
     /// Host configuration (firewall, sysctls, GRUB, daemon.json).
     Hosts {
         #[command(subcommand)]
@@ -97,7 +107,9 @@ enum NodesCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: `ctl tunnel` moves bulk data both ways at once.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -187,6 +199,20 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 "removed node {name}; revoked {} certificate(s)",
                 serials.len()
             );
+        }
+        Command::Tunnel { target, local } => {
+            use apiary_coordinator::tunnel_client::{TunnelCtl, bind, parse_target};
+            let tunnel = TunnelCtl::new(&conf, parse_target(&target)?)?;
+            tunnel.check().await?;
+            let listener = bind(local).await?;
+            let addr = listener.local_addr().map_err(|e| CtlError::Failed(e.to_string()))?;
+            println!("forwarding {addr} -> {target} (Ctrl-C to stop)");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            tokio::select! {
+                r = tunnel.serve(listener) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
         }
         Command::Checks { json } => {
             let checks = ctl.checks().await?;

@@ -1,0 +1,128 @@
+//! The agent's end of tunnels: it listens for the coordinator's open requests
+//! on its session's connection, checks each target against its allow-list
+//! (loopback and the overlay by default: never an arbitrary address, so a
+//! compromised coordinator cannot use agents as a general proxy), connects,
+//! and carries the bytes on a stream of its own.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use apiary_proto::tunnel::tunnel_relay_client::TunnelRelayClient;
+use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, frame};
+use apiary_proto::tunnel_io::pipe;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+/// Targets the agent agrees to connect to: loopback, and the overlay's address
+/// pool (Swarm's default pool in apiary, 10.232.0.0/16).
+pub const DEFAULT_ALLOW: [&str; 3] = ["127.0.0.0/8", "::1/128", "10.232.0.0/16"];
+
+#[derive(Debug, Clone)]
+pub struct AllowList(Vec<(IpAddr, u8)>);
+
+impl AllowList {
+    pub fn parse(cidrs: &[String]) -> Result<Self, String> {
+        cidrs
+            .iter()
+            .map(|c| {
+                let (ip, len) = c.split_once('/').ok_or_else(|| format!("{c:?} is not a CIDR (ADDR/LEN)"))?;
+                let ip: IpAddr = ip.parse().map_err(|e| format!("{c:?}: {e}"))?;
+                let len: u8 = len.parse().map_err(|e| format!("{c:?}: {e}"))?;
+                Ok((ip, len))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(AllowList)
+    }
+
+    pub fn default_list() -> Self {
+        Self::parse(&DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or(AllowList(Vec::new()))
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|(net, len)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from((*len).min(32))) };
+                u32::from(*n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - u32::from((*len).min(128))) };
+                u128::from(*n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+/// Serves open requests until the session's connection goes away.
+pub async fn serve(channel: Channel, allow: AllowList) {
+    let mut client = TunnelRelayClient::new(channel.clone());
+    let mut requests = match client.listen(ListenRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            warn!(error = %e.message(), "tunnels unavailable on this session");
+            return;
+        }
+    };
+    while let Ok(Some(req)) = requests.message().await {
+        tokio::spawn(connect(channel.clone(), req, allow.clone()));
+    }
+}
+
+async fn connect(channel: Channel, req: OpenRequest, allow: AllowList) {
+    let (tx, rx) = mpsc::channel::<Frame>(8);
+    let _ = tx.send(Frame { kind: Some(frame::Kind::Attach(req.conn_id)) }).await;
+    let mut client = TunnelRelayClient::new(channel);
+    let target = match req.host.parse::<IpAddr>() {
+        Ok(ip) if allow.allows(ip) => Ok(std::net::SocketAddr::new(ip, req.port as u16)),
+        Ok(ip) => Err(format!("target {ip}:{} is outside this agent's tunnel allow-list (loopback and the overlay)", req.port)),
+        Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
+    };
+    let tcp = match target {
+        Ok(addr) => match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+            Err(_) => Err(format!("connecting to {addr} timed out")),
+        },
+        Err(e) => Err(e),
+    };
+    let first = match &tcp {
+        Ok(_) => frame::Kind::Opened(true),
+        Err(e) => {
+            warn!(conn_id = req.conn_id, error = %e, "tunnel refused");
+            frame::Kind::Error(e.clone())
+        }
+    };
+    let _ = tx.send(Frame { kind: Some(first) }).await;
+    let inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            warn!(error = %e.message(), "tunnel attach failed");
+            return;
+        }
+    };
+    if let Ok(tcp) = tcp {
+        let _ = tcp.set_nodelay(true);
+        info!(conn_id = req.conn_id, host = %req.host, port = req.port, "tunnel connection");
+        pipe(tcp, inbound, tx).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_admits_loopback_and_overlay_only() {
+        let a = AllowList::default_list();
+        for ok in ["127.0.0.1", "127.9.9.9", "::1", "10.232.3.4"] {
+            assert!(a.allows(ok.parse().expect("ip")), "{ok}");
+        }
+        for no in ["10.231.0.11", "198.18.0.1", "8.8.8.8", "10.233.0.1", "::2"] {
+            assert!(!a.allows(no.parse().expect("ip")), "{no}");
+        }
+        assert!(AllowList::parse(&["10.0.0.0".into()]).is_err());
+    }
+}

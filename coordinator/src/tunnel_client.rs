@@ -1,0 +1,95 @@
+//! `ctl tunnel`: a local listener whose every connection becomes one tunnel
+//! stream to a port on a cluster host.
+
+use std::net::SocketAddr;
+
+use apiary_certs::{COORDINATOR_SERVER_NAME, mtls_client_config};
+use apiary_proto::dial;
+use apiary_proto::tunnel::tunnel_client::TunnelClient;
+use apiary_proto::tunnel::{Frame, Target, frame};
+use apiary_proto::tunnel_io::pipe;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::admin_conf::AdminConf;
+use crate::ctl::CtlError;
+
+/// `NODE:PORT` or `NODE:HOST:PORT` (HOST on the node: loopback or the overlay).
+pub fn parse_target(s: &str) -> Result<Target, CtlError> {
+    let bad = || CtlError::Failed(format!("tunnel target {s:?}: write NODE:PORT or NODE:HOST:PORT"));
+    let parts: Vec<&str> = s.split(':').collect();
+    let (node, host, port) = match parts.as_slice() {
+        [node, port] => (*node, "", *port),
+        [node, host, port] => (*node, *host, *port),
+        _ => return Err(bad()),
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if node.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(Target { node: node.into(), host: host.into(), port: port.into() })
+}
+
+pub struct TunnelCtl {
+    client: TunnelClient<Channel>,
+    target: Target,
+}
+
+impl TunnelCtl {
+    pub fn new(conf: &AdminConf, target: Target) -> Result<Self, CtlError> {
+        let id = conf.identity()?;
+        let tls = mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)?;
+        let channel = dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls)
+            .map_err(|e| CtlError::Unreachable { endpoint: conf.endpoint.clone(), reason: e.to_string() })?;
+        Ok(TunnelCtl { client: TunnelClient::new(channel), target })
+    }
+
+    /// Opens one tunnel stream and waits for the agent's verdict, so a refused
+    /// target is an error here rather than a silently closed socket.
+    async fn open(&self) -> Result<(tonic::Streaming<Frame>, mpsc::Sender<Frame>), CtlError> {
+        let (tx, rx) = mpsc::channel(8);
+        let _ = tx.send(Frame { kind: Some(frame::Kind::Target(self.target.clone())) }).await;
+        let mut inbound = self.client.clone().open(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
+        match inbound.message().await.map_err(status_err)? {
+            Some(Frame { kind: Some(frame::Kind::Opened(true)) }) => Ok((inbound, tx)),
+            Some(Frame { kind: Some(frame::Kind::Error(e)) }) => Err(CtlError::Failed(e)),
+            _ => Err(CtlError::Failed("the tunnel closed before it opened".into())),
+        }
+    }
+
+    /// Opens (and closes) one connection, so a refused target fails `ctl
+    /// tunnel` at start with the reason instead of on first use.
+    pub async fn check(&self) -> Result<(), CtlError> {
+        self.open().await.map(drop)
+    }
+
+    /// Serves `listener` until cancelled: one tunnel stream per connection.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), CtlError> {
+        loop {
+            let (tcp, _) = listener.accept().await.map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let me = TunnelCtl { client: self.client.clone(), target: self.target.clone() };
+            tokio::spawn(async move { me.carry(tcp).await });
+        }
+    }
+
+    async fn carry(&self, tcp: TcpStream) {
+        match self.open().await {
+            Ok((inbound, outbound)) => pipe(tcp, inbound, outbound).await,
+            Err(e) => eprintln!("ctl tunnel: connection refused: {e}"),
+        }
+    }
+}
+
+fn status_err(s: tonic::Status) -> CtlError {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(s.message().to_string()),
+        _ => CtlError::Failed(s.message().to_string()),
+    }
+}
+
+pub async fn bind(local: SocketAddr) -> Result<TcpListener, CtlError> {
+    TcpListener::bind(local).await.map_err(|e| CtlError::Failed(format!("cannot listen on {local}: {e}")))
+}
