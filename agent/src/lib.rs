@@ -14,6 +14,7 @@
 //! probes, Docker/Swarm commands and tunnels are not here yet.
 
 pub mod config;
+pub mod database;
 pub mod facts;
 pub mod hostconfig;
 pub mod reach;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::database::{Database, DatabaseKind, ServiceSpec};
 use crate::reach::{PortSpec, Responder, Target, cluster_ports, probe_all};
 use crate::swarm::{
     KernelCrypto, OverlaySpec, ProbeEndpoint, ProbeOptions, SwarmClient, encryption_support,
@@ -58,6 +59,27 @@ pub enum OpRequest {
     },
     /// Ok, or the missing kernel pieces for an encrypted overlay.
     EncryptionSupport,
+    /// Creates a database server's service unless it exists (a manager's
+    /// agent); answers a [`ServiceState`].
+    EnsureService {
+        spec: ServiceSpec,
+    },
+    /// Removes a service; answers `{"removed": bool}`.
+    RemoveService {
+        name: String,
+    },
+    /// How the database server of `service` on this host answers over the
+    /// database's own protocol; answers a [`ServerHealth`].
+    DatabaseHealth {
+        kind: DatabaseKind,
+        service: String,
+    },
+    /// Runs a command in the running container of `service` on this host
+    /// (etcd member add/remove through etcdctl); answers `{"code", "output"}`.
+    DatabaseExec {
+        service: String,
+        command: Vec<String>,
+    },
 }
 
 impl OpRequest {
@@ -67,7 +89,10 @@ impl OpRequest {
             OpRequest::SwarmJoin { .. }
             | OpRequest::SwarmInit { .. }
             | OpRequest::EnsureProbe { .. } => Duration::from_secs(60),
-            OpRequest::OverlayProbe { .. } | OpRequest::Probe { .. } => Duration::from_secs(30),
+            OpRequest::OverlayProbe { .. }
+            | OpRequest::Probe { .. }
+            | OpRequest::DatabaseHealth { .. }
+            | OpRequest::DatabaseExec { .. } => Duration::from_secs(30),
             _ => Duration::from_secs(15),
         }
     }
@@ -94,6 +119,13 @@ impl Ops {
         SwarmClient::connect(&self.host, &self.docker_socket)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn database(&self) -> Result<Database, String> {
+        Ok(Database::new(
+            self.swarm().await?.docker().clone(),
+            &self.host,
+        ))
     }
 
     /// Runs one request; the error is a sentence for the operator.
@@ -212,6 +244,20 @@ impl Ops {
                 let k = KernelCrypto::read(std::path::Path::new("/"));
                 encryption_support(&self.host, &k).map_err(|m| m.to_string())?;
                 Ok(serde_json::Value::Null)
+            }
+            OpRequest::EnsureService { spec } => {
+                Ok(json(&self.database().await?.ensure_service(&spec).await?))
+            }
+            OpRequest::RemoveService { name } => {
+                let removed = self.database().await?.remove_service(&name).await?;
+                Ok(serde_json::json!({ "removed": removed }))
+            }
+            OpRequest::DatabaseHealth { kind, service } => {
+                Ok(json(&self.database().await?.health(kind, &service).await))
+            }
+            OpRequest::DatabaseExec { service, command } => {
+                let (code, output) = self.database().await?.exec_in(&service, command).await?;
+                Ok(serde_json::json!({ "code": code, "output": output }))
             }
         }
     }

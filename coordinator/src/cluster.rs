@@ -32,7 +32,7 @@ use apiary_agent::swarm::{OverlaySpec, ProbeEndpoint, SwarmState, SwarmView};
 use futures::future::join_all;
 use tracing::{info, warn};
 
-use crate::config::SwarmConfig;
+use crate::config::{DatabaseConfig, SwarmConfig};
 use crate::progress::Progress;
 use crate::registry::now_unix_ms;
 use crate::server::Coordinator;
@@ -58,6 +58,50 @@ pub struct ChecksState {
     pub swarm: HashMap<String, NodeSwarm>,
     /// Pre-swarm matrix, kept for reference once Swarm runs.
     pub pre_swarm: Vec<Cell>,
+    /// The database on the overlay, when `[database]` is configured.
+    pub database: Option<DatabaseState>,
+}
+
+/// One database server, as the agent on its host reads it.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseServer {
+    pub name: String,
+    pub host: String,
+    pub running: bool,
+    pub healthy: bool,
+    pub error: String,
+}
+
+/// The database as the last round saw it.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseState {
+    pub kind: String,
+    pub servers: Vec<DatabaseServer>,
+    /// Servers answering a quorum read.
+    pub connected: usize,
+    /// Leader's server name ("" when none is known).
+    pub leader: String,
+    /// Why services could not be created, if so.
+    pub error: String,
+}
+
+impl DatabaseState {
+    pub fn healthy(&self) -> bool {
+        !self.servers.is_empty() && self.connected == self.servers.len() && !self.leader.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{}/{} servers connected, leader {}",
+            self.connected,
+            self.servers.len(),
+            if self.leader.is_empty() {
+                "none"
+            } else {
+                &self.leader
+            }
+        )
+    }
 }
 
 impl ChecksState {
@@ -577,7 +621,185 @@ pub async fn converge(
             path.clone(),
         );
     }
+    if let Some(db) = &config.database {
+        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let before = coord.checks().database;
+        let d = converge_database(coord, db, &config.overlay, &first, &names, progress).await;
+        let was = before.as_ref().is_some_and(DatabaseState::healthy);
+        if d.healthy() && !was {
+            info!(summary = %d.summary(), "database healthy");
+            coord.emit("database_healthy", "", d.summary());
+            eprintln!("database {} healthy: {}", db.kind.as_str(), d.summary());
+        } else if !d.healthy() && (was || before.is_none()) {
+            let detail = database_detail(&d);
+            warn!(summary = %d.summary(), %detail, "database degraded");
+            if was {
+                coord.emit(
+                    "database_degraded",
+                    "",
+                    format!("{}: {detail}", d.summary()),
+                );
+            }
+        }
+        state.database = Some(d);
+    }
     coord.set_checks(state);
+}
+
+fn database_detail(d: &DatabaseState) -> String {
+    let mut parts: Vec<String> = d
+        .servers
+        .iter()
+        .filter(|s| !s.healthy)
+        .map(|s| format!("{} on {}: {}", s.name, s.host, s.error))
+        .collect();
+    if !d.error.is_empty() {
+        parts.push(d.error.clone());
+    }
+    parts.join("; ")
+}
+
+/// Reads every server's health through the agent on its host.
+async fn database_health(
+    coord: &Coordinator,
+    kind: apiary_agent::database::DatabaseKind,
+    servers: &[crate::database::Server],
+) -> Vec<apiary_agent::database::ServerHealth> {
+    join_all(servers.iter().map(|s| async move {
+        let req = OpRequest::DatabaseHealth {
+            kind,
+            service: s.name.clone(),
+        };
+        match call::<apiary_agent::database::ServerHealth>(coord, &s.host, &req).await {
+            Ok(h) => h,
+            Err(e) => apiary_agent::database::ServerHealth {
+                host: s.host.clone(),
+                service: s.name.clone(),
+                error: Some(e),
+                ..Default::default()
+            },
+        }
+    }))
+    .await
+}
+
+fn database_state(
+    kind: &str,
+    servers: &[crate::database::Server],
+    health: &[apiary_agent::database::ServerHealth],
+    error: String,
+) -> DatabaseState {
+    let mut names = BTreeMap::new();
+    for h in health {
+        for m in &h.members {
+            if !m.name.is_empty() {
+                names.insert(m.id.clone(), m.name.clone());
+            }
+        }
+    }
+    // The leader as the healthy servers see it (they agree once it is elected).
+    let leader = health
+        .iter()
+        .filter(|h| h.healthy && !h.leader_id.is_empty() && h.leader_id != "0")
+        .find_map(|h| names.get(&h.leader_id).cloned())
+        .unwrap_or_default();
+    let servers: Vec<DatabaseServer> = servers
+        .iter()
+        .zip(health)
+        .map(|(s, h)| DatabaseServer {
+            name: s.name.clone(),
+            host: s.host.clone(),
+            running: h.running,
+            healthy: h.healthy,
+            error: h.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    DatabaseState {
+        kind: kind.to_string(),
+        connected: servers.iter().filter(|s| s.healthy).count(),
+        servers,
+        leader,
+        error,
+    }
+}
+
+/// Creates the missing database services on the first manager (existing ones
+/// are adopted), then reads every server's health. When this round created
+/// services, it waits (up to 90 s) for them to become healthy, creating the
+/// rest once the first is healthy when the kind needs that order.
+async fn converge_database(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    network: &str,
+    first_manager: &str,
+    hosts: &[String],
+    progress: Option<&Progress>,
+) -> DatabaseState {
+    let flavor = crate::database::flavor(db.kind);
+    let servers = crate::database::servers(db, hosts);
+    let specs = crate::database::specs(db, &coord_cluster(coord), network, &servers);
+    let phase = progress.map(|p| p.phase("database", servers.len()));
+    let started = std::time::Instant::now();
+    let mut created_any = false;
+    let mut health = database_health(coord, db.kind, &servers).await;
+    loop {
+        let mut error = String::new();
+        let first_healthy = health.first().is_some_and(|h| h.healthy);
+        for (i, spec) in specs.iter().enumerate() {
+            if health[i].running {
+                continue;
+            }
+            if i > 0 && flavor.first_before_others() && !first_healthy {
+                continue;
+            }
+            match call::<apiary_agent::database::ServiceState>(
+                coord,
+                first_manager,
+                &OpRequest::EnsureService { spec: spec.clone() },
+            )
+            .await
+            {
+                Ok(s) if s.created => {
+                    created_any = true;
+                    info!(service = %s.name, node = %spec.node, "database service created");
+                    coord.emit(
+                        "database_service_created",
+                        &spec.node,
+                        format!("{} on {}", s.name, spec.node),
+                    );
+                }
+                Ok(s) if !s.matches => {
+                    warn!(service = %s.name, "database service exists with another spec; adopted as it is");
+                }
+                Ok(_) => {}
+                Err(e) => error = format!("service {}: {e}", spec.name),
+            }
+        }
+        let state = database_state(db.kind.as_str(), &servers, &health, error);
+        if state.healthy() || !created_any || started.elapsed() > std::time::Duration::from_secs(90)
+        {
+            if let Some(phase) = phase {
+                for s in &state.servers {
+                    phase.step(
+                        &s.host,
+                        &if s.healthy {
+                            format!("{} healthy", s.name)
+                        } else {
+                            format!("{}: {}", s.name, s.error)
+                        },
+                    );
+                }
+                phase.finish();
+            }
+            return state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        health = database_health(coord, db.kind, &servers).await;
+    }
+}
+
+fn coord_cluster(coord: &Coordinator) -> String {
+    coord.status().map(|s| s.cluster).unwrap_or_default()
 }
 
 /// Repeats [`converge`] every `checks_interval`, forever.
@@ -624,6 +846,7 @@ mod tests {
             checks_interval: Duration::from_secs(10),
             labels: Default::default(),
             default_addr_pool: vec![],
+            database: None,
         }
     }
 

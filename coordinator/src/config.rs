@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use apiary_agent::database::DatabaseKind;
 use apiary_agent::hostconfig::{HostConfig, HostConfigSpec};
 use serde::Deserialize;
 use toml::Spanned;
@@ -42,6 +43,53 @@ struct RawConfig {
     /// The host configuration every agent applies and keeps applied.
     host: Option<Spanned<HostConfigSpec>>,
     swarm: Option<Spanned<RawSwarm>>,
+    database: Option<Spanned<RawDatabase>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    kind: DatabaseKind,
+    image: Option<String>,
+    servers: Option<usize>,
+    memory: Option<String>,
+    volume_prefix: Option<String>,
+    client_port: Option<u16>,
+    peer_port: Option<u16>,
+}
+
+/// The clustered database on the overlay (`[database]`): one server per host
+/// by default, as Swarm services (see `crate::database`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub kind: DatabaseKind,
+    /// Default: `lab/etcd:1` (built by the lab) for etcd, `rethinkdb:2.4`.
+    pub image: String,
+    /// `None`: one per host.
+    pub servers: Option<usize>,
+    /// Memory limit of each server, as written (default "450m").
+    pub memory: String,
+    pub memory_bytes: i64,
+    /// Volumes are named `<prefix>-N-data` (default: the kind).
+    pub volume_prefix: String,
+    /// Client port (etcd 2379, RethinkDB driver 28015) and peer port (etcd
+    /// 2380, RethinkDB cluster 29015), on the overlay only.
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+/// "450m", "1g", "512k", "1048576": bytes (units of 1024, like Docker).
+pub fn parse_memory(v: &str) -> Option<i64> {
+    let v = v.trim().to_ascii_lowercase();
+    let v = v.strip_suffix('b').unwrap_or(&v);
+    let (num, mul) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1i64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let n: i64 = num.trim().parse().ok()?;
+    n.checked_mul(mul).filter(|b| *b > 0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +136,8 @@ pub struct SwarmConfig {
     pub checks_interval: Duration,
     pub labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     pub default_addr_pool: Vec<String>,
+    /// `[database]`: the database run on the overlay, if any.
+    pub database: Option<DatabaseConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +227,9 @@ pub struct LabProviderConfig {
     pub teardown_on_exit: bool,
     /// The agent started in each host (default: `agent` beside the coordinator).
     pub agent_binary: Option<PathBuf>,
+    /// Build and load the lab's etcd image (`[database] kind = "etcd"` with
+    /// image `lab/etcd:1`).
+    pub etcd_image: bool,
 }
 
 impl ProviderConfig {
@@ -310,6 +363,7 @@ impl ClusterConfig {
                     hosts: names,
                     teardown_on_exit,
                     agent_binary,
+                    etcd_image: false,
                 })
             }
             RawProvider::Digitalocean { hosts, names } => {
@@ -420,6 +474,7 @@ impl ClusterConfig {
                     checks_interval,
                     labels: sw.labels,
                     default_addr_pool: sw.default_addr_pool,
+                    database: None,
                 })
             }
             None => match &provider {
@@ -431,10 +486,76 @@ impl ClusterConfig {
                     checks_interval: Duration::from_secs(10),
                     labels: Default::default(),
                     default_addr_pool: default_pool(),
+                    database: None,
                 }),
                 _ => None,
             },
         };
+        let mut swarm = swarm;
+        let mut provider = provider;
+        if let Some(db) = raw.database {
+            let span = db.span();
+            let db = db.into_inner();
+            let Some(sw) = swarm.as_mut() else {
+                return Err(at(
+                    Some(span),
+                    "database",
+                    "[database] needs Swarm and the overlay: add a [swarm] section (or remove enabled = false)".into(),
+                ));
+            };
+            let memory = db.memory.unwrap_or_else(|| "450m".into());
+            let memory_bytes = parse_memory(&memory).ok_or_else(|| {
+                at(
+                    Some(span.clone()),
+                    "database.memory",
+                    format!(
+                        "database.memory = {memory:?}: write a size such as \"450m\" or \"1g\""
+                    ),
+                )
+            })?;
+            if memory_bytes < 64 << 20 {
+                return Err(at(
+                    Some(span),
+                    "database.memory",
+                    format!("database.memory = {memory:?}: at least 64m"),
+                ));
+            }
+            if db.servers == Some(0) {
+                return Err(at(
+                    Some(span),
+                    "database.servers",
+                    "database.servers must be at least 1".into(),
+                ));
+            }
+            let (image, client, peer) = match db.kind {
+                DatabaseKind::Etcd => ("lab/etcd:1", 2379, 2380),
+                DatabaseKind::Rethinkdb => ("rethinkdb:2.4", 28015, 29015),
+            };
+            let cfg = DatabaseConfig {
+                kind: db.kind,
+                image: db.image.unwrap_or_else(|| image.into()),
+                servers: db.servers,
+                memory,
+                memory_bytes,
+                volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
+                client_port: db.client_port.unwrap_or(client),
+                peer_port: db.peer_port.unwrap_or(peer),
+            };
+            if cfg.client_port == cfg.peer_port {
+                return Err(at(
+                    Some(span),
+                    "database.peer_port",
+                    format!(
+                        "database.client_port and database.peer_port are both {}",
+                        cfg.peer_port
+                    ),
+                ));
+            }
+            if let ProviderConfig::Lab(lab) = &mut provider {
+                lab.etcd_image = cfg.kind == DatabaseKind::Etcd && cfg.image == "lab/etcd:1";
+            }
+            sw.database = Some(cfg);
+        }
         let advertise = match &c.advertise {
             Some(v) => Some(v.get_ref().parse().map_err(|e| {
                 at(
@@ -640,5 +761,76 @@ mod tests {
     fn missing_section_is_reported() {
         let err = parse("[provider]\nkind = \"manual\"\n").expect_err("no cluster");
         assert!(err.to_string().contains("cluster"), "{err}");
+    }
+
+    #[test]
+    fn database_section_gets_defaults_per_kind_and_loads_the_lab_etcd_image() {
+        let c = parse(
+            "[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"etcd\"\n",
+        )
+        .expect("valid");
+        let db = c
+            .swarm
+            .as_ref()
+            .and_then(|s| s.database.clone())
+            .expect("database");
+        assert_eq!(db.kind, DatabaseKind::Etcd);
+        assert_eq!(db.image, "lab/etcd:1");
+        assert_eq!(db.memory_bytes, 450 << 20);
+        assert_eq!((db.client_port, db.peer_port), (2379, 2380));
+        assert_eq!(db.volume_prefix, "etcd");
+        assert_eq!(db.servers, None);
+        let ProviderConfig::Lab(lab) = c.provider else {
+            panic!("lab expected")
+        };
+        assert!(lab.etcd_image);
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"rethinkdb\"\nservers = 3\nmemory = \"1g\"\n")
+            .expect("valid");
+        let db = c
+            .swarm
+            .as_ref()
+            .and_then(|s| s.database.clone())
+            .expect("database");
+        assert_eq!(db.image, "rethinkdb:2.4");
+        assert_eq!((db.client_port, db.peer_port), (28015, 29015));
+        assert_eq!(db.memory_bytes, 1 << 30);
+        assert_eq!(db.servers, Some(3));
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n").expect("valid");
+        assert!(
+            c.swarm.unwrap().database.is_none(),
+            "no database unless [database]"
+        );
+    }
+
+    #[test]
+    fn bad_database_keys_name_their_line_and_key() {
+        for (text, line, key) in [
+            (
+                "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"mysql\"\n",
+                6,
+                "mysql",
+            ),
+            (
+                "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"etcd\"\nreplicas = 3\n",
+                7,
+                "replicas",
+            ),
+            (
+                "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"etcd\"\nmemory = \"lots\"\n",
+                5,
+                "database.memory",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            let ConfigError::Invalid {
+                line: l, key: k, ..
+            } = &err
+            else {
+                panic!("{err}")
+            };
+            assert_eq!((*l, k.as_str()), (line, key), "{err}");
+        }
+        assert_eq!(parse_memory("450m"), Some(450 << 20));
+        assert_eq!(parse_memory("0"), None);
     }
 }

@@ -11,6 +11,7 @@
 pub mod admin_conf;
 pub mod cluster;
 pub mod config;
+pub mod database;
 pub mod ctl;
 pub mod error;
 pub mod progress;

@@ -393,6 +393,123 @@ pub fn ensure_busybox_archive(
     })
 }
 
+/// The lab's etcd image: busybox plus Debian's etcd and etcdctl and the
+/// shared libraries they link (the binaries are dynamically linked).
+pub const ETCD_IMAGE: &str = "lab/etcd:1";
+/// Bump when the layout of the etcd image changes, to invalidate caches.
+const ETCD_LAYOUT: u32 = 1;
+
+/// The etcd root filesystem: busybox's (a shell and `nc` for debugging)
+/// plus `files`, each `(path inside the image, content)`, executable.
+pub fn etcd_entries(
+    busybox: Vec<u8>,
+    applets: &str,
+    files: Vec<(String, Vec<u8>)>,
+) -> Vec<LayerEntry> {
+    let mut e = busybox_entries(busybox, applets);
+    e.push(LayerEntry::Dir {
+        path: "var/lib/etcd".into(),
+        mode: 0o700,
+    });
+    for (path, data) in files {
+        let path = path.trim_start_matches('/').to_string();
+        e.retain(|x| x.path() != path);
+        e.push(LayerEntry::File {
+            path,
+            mode: 0o755,
+            data,
+        });
+    }
+    e
+}
+
+/// Configuration of the etcd image: etcd by default, etcdctl speaking v3.
+pub fn etcd_config() -> ImageConfig {
+    ImageConfig {
+        cmd: vec!["/usr/bin/etcd".into()],
+        env: vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "ETCDCTL_API=3".into(),
+        ],
+        ..ImageConfig::default()
+    }
+}
+
+/// Builds (or finds in `cache_dir`) the etcd archive from busybox and
+/// `files` (`(path inside the image, file on this machine)`): etcd, etcdctl
+/// and their libraries. The cache key covers every input's content.
+pub fn ensure_etcd_archive(
+    busybox_path: &Path,
+    cache_dir: &Path,
+    files: &[(String, PathBuf)],
+    applets: impl FnOnce() -> Result<String, LabError>,
+) -> Result<ImageArchive, LabError> {
+    let read = |p: &Path| -> Result<Vec<u8>, LabError> {
+        std::fs::read(p).map_err(|e| LabError::io("read", p, e))
+    };
+    let bin = read(busybox_path)?;
+    if !elf_is_static(&bin) {
+        return Err(LabError::BusyboxNotStatic {
+            path: busybox_path.to_path_buf(),
+        });
+    }
+    let mut contents = Vec::new();
+    let mut h = Sha256::new();
+    h.update(format!("layout={ETCD_LAYOUT}"));
+    h.update(&bin);
+    for (dest, src) in files {
+        let data = read(src)?;
+        h.update(dest.as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+        contents.push((dest.clone(), data));
+    }
+    let key = hex::encode(h.finalize());
+    let path = cache_dir.join(format!("lab-etcd-1-{}.tar", &key[..16]));
+    let id_path = path.with_extension("id");
+    if let (true, Ok(id)) = (path.is_file(), std::fs::read_to_string(&id_path)) {
+        return Ok(ImageArchive {
+            path,
+            reference: ETCD_IMAGE.to_string(),
+            id: id.trim().to_string(),
+        });
+    }
+    let applets = applets()?;
+    let layer = layer_tar(&etcd_entries(bin, &applets, contents))
+        .map_err(|e| LabError::io("build layer for", &path, e))?;
+    std::fs::create_dir_all(cache_dir).map_err(|e| LabError::io("create", cache_dir, e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let f = std::fs::File::create(&tmp).map_err(|e| LabError::io("create", &tmp, e))?;
+    let id = write_image_archive(ETCD_IMAGE, &etcd_config(), &layer, io::BufWriter::new(f))
+        .map_err(|e| LabError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| LabError::io("rename into", &path, e))?;
+    std::fs::write(&id_path, &id).map_err(|e| LabError::io("write", &id_path, e))?;
+    Ok(ImageArchive {
+        path,
+        reference: ETCD_IMAGE.to_string(),
+        id,
+    })
+}
+
+/// The absolute paths of the shared objects `ldd` lists (the interpreter
+/// included; the vdso, which has no file, left out).
+pub fn ldd_paths(ldd_output: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in ldd_output.lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if !out.iter().any(|o| o == p) {
+                out.push(p.to_string());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,5 +627,40 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn ldd_output_gives_library_and_interpreter_paths() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            ldd_paths(out),
+            vec![
+                "/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+                "/lib64/ld-linux-x86-64.so.2".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn etcd_rootfs_has_binaries_libs_and_busybox() {
+        let e = etcd_entries(
+            fake_busybox(),
+            "/bin/sh\n",
+            vec![
+                ("/usr/bin/etcd".into(), b"etcd".to_vec()),
+                ("/lib64/ld-linux-x86-64.so.2".into(), b"ld".to_vec()),
+            ],
+        );
+        let paths: Vec<&str> = e.iter().map(|x| x.path()).collect();
+        for p in [
+            "bin/busybox",
+            "bin/sh",
+            "usr/bin/etcd",
+            "lib64/ld-linux-x86-64.so.2",
+            "var/lib/etcd",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        assert_eq!(etcd_config().cmd, vec!["/usr/bin/etcd".to_string()]);
     }
 }

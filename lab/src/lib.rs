@@ -105,7 +105,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 pub use error::LabError;
-pub use image::{BUSYBOX_IMAGE, ImageArchive};
+pub use image::{BUSYBOX_IMAGE, ETCD_IMAGE, ImageArchive};
 pub use lock::LabLock;
 pub use ops::{Cmd, CmdOutput, HostOps, SystemOps};
 pub use plan::{HostPlan, LabSpec, PRIVATE_BRIDGE, PUBLIC_BRIDGE};
@@ -758,6 +758,66 @@ impl Lab {
     /// Loads `lab/busybox:1` into each engine that lacks it.
     pub async fn ensure_images(&self, hosts: &[&HostPlan]) -> Result<(), LabError> {
         let archive = self.blocking(|lab| lab.busybox_archive()).await?;
+        self.load_image(hosts, &archive).await.map(|_| ())
+    }
+
+    /// The etcd image archive `lab/etcd:1` (blocking): busybox plus Debian's
+    /// etcd and etcdctl and the libraries `ldd` names for them. The binaries
+    /// come from the installed etcd-server/etcd-client packages when present,
+    /// else from `apt-get download` + `dpkg-deb -x` into a cache under
+    /// `state_dir/lab/images/etcd-debs` (nothing installed, no service started).
+    pub fn etcd_archive(&self) -> Result<ImageArchive, LabError> {
+        let images = self.lab_dir().join("images");
+        let installed = [
+            PathBuf::from("/usr/bin/etcd"),
+            PathBuf::from("/usr/bin/etcdctl"),
+        ];
+        let bins = if installed.iter().all(|p| p.is_file()) {
+            installed.to_vec()
+        } else {
+            let debs = images.join("etcd-debs");
+            let root = debs.join("root");
+            let bins = vec![root.join("usr/bin/etcd"), root.join("usr/bin/etcdctl")];
+            if !bins.iter().all(|p| p.is_file()) {
+                std::fs::create_dir_all(&debs).map_err(|e| LabError::io("create", &debs, e))?;
+                let script = format!(
+                    "cd '{}' && apt-get download etcd-server etcd-client && for d in etcd-server_*.deb etcd-client_*.deb; do dpkg-deb -x \"$d\" root; done",
+                    debs.display()
+                );
+                self.run(None, &Cmd::new("sh").arg("-c").arg(script))?;
+                if let Some(missing) = bins.iter().find(|p| !p.is_file()) {
+                    return Err(LabError::ToolMissing {
+                        tool: missing.display().to_string(),
+                        package: "etcd-server etcd-client",
+                    });
+                }
+            }
+            bins
+        };
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        for b in &bins {
+            let name = b
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            files.push((format!("usr/bin/{name}"), b.clone()));
+            let ldd = self.run(None, &Cmd::new("ldd").arg(b.display().to_string()))?;
+            for lib in image::ldd_paths(&ldd.stdout) {
+                if !files.iter().any(|(d, _)| d == &lib) {
+                    files.push((lib.clone(), PathBuf::from(&lib)));
+                }
+            }
+        }
+        let busybox = self.inner.opts.busybox.clone();
+        image::ensure_etcd_archive(&busybox, &images, &files, || {
+            let cmd = Cmd::new(busybox.display().to_string()).arg("--list-full");
+            Ok(self.run(None, &cmd)?.stdout)
+        })
+    }
+
+    /// Loads `lab/etcd:1` into each engine that lacks it.
+    pub async fn ensure_etcd_image(&self, hosts: &[&HostPlan]) -> Result<(), LabError> {
+        let archive = self.blocking(|lab| lab.etcd_archive()).await?;
         self.load_image(hosts, &archive).await.map(|_| ())
     }
 

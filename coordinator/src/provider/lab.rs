@@ -30,6 +30,8 @@ pub struct LabProvider {
     _lock: LabLock,
     agent_binary: PathBuf,
     teardown_on_exit: bool,
+    /// Load `lab/etcd:1` too (`[database] kind = "etcd"`).
+    etcd_image: bool,
 }
 
 impl LabProvider {
@@ -80,6 +82,7 @@ impl LabProvider {
             _lock: lock,
             agent_binary,
             teardown_on_exit: config.teardown_on_exit,
+            etcd_image: config.etcd_image,
         })
     }
 
@@ -185,6 +188,12 @@ impl LabProvider {
             .ensure_images(&hosts.iter().collect::<Vec<_>>())
             .await?;
         phase.step("all", "lab/busybox:1 loaded");
+        if self.etcd_image {
+            self.lab
+                .ensure_etcd_image(&hosts.iter().collect::<Vec<_>>())
+                .await?;
+            phase.step("all", "lab/etcd:1 loaded");
+        }
         phase.finish();
 
         let phase = progress.phase("agents", hosts.len());

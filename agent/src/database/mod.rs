@@ -1,0 +1,514 @@
+//! The clustered database's servers as Swarm services, and their health read
+//! over the database's own protocol, from the agent on each host.
+//!
+//! The coordinator decides *what* runs (one [`ServiceSpec`] per server, made by
+//! its database abstraction); this module only turns a spec into a Swarm
+//! service through the manager's local engine, idempotently, and answers how
+//! the server on this host is doing.
+//!
+//! Health (etcd): `etcdctl` run with `docker exec` inside this host's own etcd
+//! container, against `127.0.0.1:2379`. Why: the agent is not on the overlay
+//! (services use `dnsrr` names that only resolve inside it), the client port is
+//! never published, and the image carries etcdctl, which speaks etcd's API
+//! (gRPC) — so the check is etcd's own answer (`endpoint health` is a quorum
+//! read, `endpoint status` gives the leader, `member list` the members), not
+//! `docker ps`. A missing or stopped container is "not running", at once.
+//!
+//! ## Limitations
+//! - RethinkDB's wire-protocol health check (V1_0 handshake, SCRAM-SHA-256) is
+//!   not implemented yet: [`DatabaseKind::Rethinkdb`] health answers an error.
+//! - An existing service with another spec is adopted as it is (its spec
+//!   label tells the coordinator it differs); it is not updated in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
+    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+};
+use bollard::query_parameters::ListContainersOptions;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Label on every service apiary makes for the database.
+pub const DATABASE_LABEL: &str = "io.apiary.database";
+/// Label carrying a digest of the [`ServiceSpec`] a service was made from.
+pub const SPEC_LABEL: &str = "io.apiary.spec";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    Etcd,
+    Rethinkdb,
+}
+
+impl DatabaseKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DatabaseKind::Etcd => "etcd",
+            DatabaseKind::Rethinkdb => "rethinkdb",
+        }
+    }
+}
+
+/// One database server as a Swarm service: pinned to one node, on the
+/// overlay, with its own named volume, memory-limited. There is no field for
+/// published ports: a server is reachable only on the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Service name, also the container's hostname and its DNS name on the overlay.
+    pub name: String,
+    pub kind: DatabaseKind,
+    pub image: String,
+    /// The Swarm node (hostname) it is pinned to.
+    pub node: String,
+    pub network: String,
+    /// The whole command line (executable first).
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub memory_bytes: i64,
+    /// Named volume and where it is mounted.
+    pub volume: String,
+    pub data_dir: String,
+    pub restart_delay: Duration,
+}
+
+impl ServiceSpec {
+    /// A short digest of the spec, kept as a label to tell drift.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+
+    /// The Swarm service definition: `--endpoint-mode dnsrr` (no VIP, no
+    /// ingress, no published port), `--constraint node.hostname==<node>`,
+    /// `--hostname <name>`, the volume, the memory limit, restart on any exit.
+    pub fn to_docker(&self) -> DockerServiceSpec {
+        let labels = HashMap::from([
+            (DATABASE_LABEL.to_string(), self.kind.as_str().to_string()),
+            (SPEC_LABEL.to_string(), self.digest()),
+            ("io.apiary.managed".to_string(), "true".to_string()),
+        ]);
+        DockerServiceSpec {
+            name: Some(self.name.clone()),
+            labels: Some(labels),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(self.image.clone()),
+                    hostname: Some(self.name.clone()),
+                    command: Some(self.command.clone()),
+                    env: Some(self.env.clone()),
+                    mounts: Some(vec![Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(self.volume.clone()),
+                        target: Some(self.data_dir.clone()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                resources: Some(TaskSpecResources {
+                    limits: Some(Limit {
+                        memory_bytes: Some(self.memory_bytes),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                    delay: Some(self.restart_delay.as_nanos() as i64),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: Some(vec![format!("node.hostname=={}", self.node)]),
+                    ..Default::default()
+                }),
+                networks: Some(vec![NetworkAttachmentConfig {
+                    target: Some(self.network.clone()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            endpoint_spec: Some(EndpointSpec {
+                mode: Some(EndpointSpecModeEnum::DNSRR),
+                ports: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`Database::ensure_service`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub created: bool,
+    /// False when an existing service was made from another spec.
+    pub matches: bool,
+}
+
+/// One member as the database lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: String,
+    /// Empty while a member added through the API has not started.
+    pub name: String,
+}
+
+/// The server on this host, as it answers over its own protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHealth {
+    pub host: String,
+    pub service: String,
+    /// Whether a container of the service runs on this host.
+    pub running: bool,
+    /// Whether it answered a quorum read.
+    pub healthy: bool,
+    pub member_id: String,
+    pub leader_id: String,
+    pub members: Vec<MemberView>,
+    pub error: Option<String>,
+}
+
+/// The database work of one agent, on its local engine.
+pub struct Database {
+    docker: Docker,
+    host: String,
+}
+
+fn server_message(e: &bollard::errors::Error) -> Option<(u16, &str)> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => Some((*status_code, message.as_str())),
+        _ => None,
+    }
+}
+
+impl Database {
+    pub fn new(docker: Docker, host: &str) -> Self {
+        Database {
+            docker,
+            host: host.to_string(),
+        }
+    }
+
+    fn err(&self, action: &str, e: bollard::errors::Error) -> String {
+        format!("the Docker engine of {} failed to {action}: {e}", self.host)
+    }
+
+    /// Creates the service unless one of that name exists (then it is adopted).
+    /// Needs a manager.
+    pub async fn ensure_service(&self, spec: &ServiceSpec) -> Result<ServiceState, String> {
+        match self.docker.inspect_service(&spec.name, None).await {
+            Ok(s) => {
+                let label = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.labels.as_ref())
+                    .and_then(|l| l.get(SPEC_LABEL).cloned())
+                    .unwrap_or_default();
+                return Ok(ServiceState {
+                    name: spec.name.clone(),
+                    created: false,
+                    matches: label == spec.digest(),
+                });
+            }
+            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => {}
+            Err(e) => return Err(self.err("inspect a service", e)),
+        }
+        self.docker
+            .create_service(spec.to_docker(), None)
+            .await
+            .map_err(|e| self.err("create a service", e))?;
+        Ok(ServiceState {
+            name: spec.name.clone(),
+            created: true,
+            matches: true,
+        })
+    }
+
+    /// Removes the service; false when there was none.
+    pub async fn remove_service(&self, name: &str) -> Result<bool, String> {
+        match self.docker.delete_service(name).await {
+            Ok(()) => Ok(true),
+            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => Ok(false),
+            Err(e) => Err(self.err("remove a service", e)),
+        }
+    }
+
+    /// The running container of `service` on this host, if any.
+    async fn local_container(&self, service: &str) -> Result<Option<String>, String> {
+        let filters = HashMap::from([
+            (
+                "label".to_string(),
+                vec![format!("com.docker.swarm.service.name={service}")],
+            ),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("list containers", e))?;
+        Ok(list.into_iter().find_map(|c| c.id))
+    }
+
+    /// How the server of `service` on this host answers.
+    pub async fn health(&self, kind: DatabaseKind, service: &str) -> ServerHealth {
+        let mut h = ServerHealth {
+            host: self.host.clone(),
+            service: service.to_string(),
+            ..Default::default()
+        };
+        let container = match self.local_container(service).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                h.error = Some(format!(
+                    "no running container of {service} on {}",
+                    self.host
+                ));
+                return h;
+            }
+            Err(e) => {
+                h.error = Some(e);
+                return h;
+            }
+        };
+        h.running = true;
+        match kind {
+            DatabaseKind::Etcd => {
+                let script = "E='etcdctl --endpoints=http://127.0.0.1:2379 --dial-timeout=2s --command-timeout=3s'; \
+                    $E endpoint health -w json 2>&1; echo '@@'; $E endpoint status -w json 2>&1; echo '@@'; $E member list -w json 2>&1";
+                let cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+                match self.exec(&container, cmd, Duration::from_secs(12)).await {
+                    Ok((_, out)) => parse_etcd(&out, &mut h),
+                    Err(e) => h.error = Some(e),
+                }
+            }
+            DatabaseKind::Rethinkdb => {
+                h.error =
+                    Some("RethinkDB health over its wire protocol is not implemented yet".into());
+            }
+        }
+        h
+    }
+
+    /// Runs `cmd` in the running container of `service` on this host.
+    pub async fn exec_in(&self, service: &str, cmd: Vec<String>) -> Result<(i64, String), String> {
+        let c = self
+            .local_container(service)
+            .await?
+            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        self.exec(&c, cmd, Duration::from_secs(20)).await
+    }
+
+    /// Runs `cmd` in `container`: exit code and output (stdout and stderr).
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        limit: Duration,
+    ) -> Result<(i64, String), String> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.err("create an exec", e))?;
+        let run = async {
+            let mut text = String::new();
+            match self.docker.start_exec(&created.id, None).await {
+                Ok(StartExecResults::Attached { mut output, .. }) => {
+                    while let Some(chunk) = output.next().await {
+                        match chunk {
+                            Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
+                                text.push_str(&String::from_utf8_lossy(&message));
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Err(self.err("read an exec's output", e)),
+                        }
+                    }
+                }
+                Ok(StartExecResults::Detached) => {}
+                Err(e) => return Err(self.err("start an exec", e)),
+            }
+            Ok(text)
+        };
+        let text = tokio::time::timeout(limit, run).await.map_err(|_| {
+            format!(
+                "a database check on {} ran longer than {limit:?}",
+                self.host
+            )
+        })??;
+        for _ in 0..50 {
+            let i = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(|e| self.err("inspect an exec", e))?;
+            if i.running != Some(true) {
+                return Ok((i.exit_code.unwrap_or(-1), text));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("an exec did not report its exit code".into())
+    }
+}
+
+/// etcd's IDs are u64; JSON numbers that large lose nothing in serde_json,
+/// but show them in hex like etcdctl's table does.
+fn id_of(v: &serde_json::Value) -> String {
+    v.as_u64().map(|n| format!("{n:x}")).unwrap_or_default()
+}
+
+/// Reads the output of the three etcdctl calls (health, status, member list),
+/// separated by `@@` lines.
+pub fn parse_etcd(out: &str, h: &mut ServerHealth) {
+    let parts: Vec<&str> = out.split("@@").map(str::trim).collect();
+    // etcdctl may print JSON log lines around its answer: take the first
+    // array (health, status) or the object with members.
+    let first_json = |s: &str| -> Option<serde_json::Value> {
+        s.char_indices()
+            .filter(|(_, c)| *c == '[' || *c == '{')
+            .find_map(|(i, _)| {
+                let v = serde_json::Deserializer::from_str(&s[i..])
+                    .into_iter::<serde_json::Value>()
+                    .next()?
+                    .ok()?;
+                (v.is_array() || v.get("members").is_some()).then_some(v)
+            })
+    };
+    let mut errors = Vec::new();
+    match parts.first().and_then(|p| first_json(p)) {
+        Some(v) => {
+            h.healthy = v[0]["health"].as_bool().unwrap_or(false);
+            if !h.healthy {
+                errors.push(format!(
+                    "not healthy: {}",
+                    v[0]["error"].as_str().unwrap_or("no quorum read")
+                ));
+            }
+        }
+        None => errors.push(format!(
+            "endpoint health: {}",
+            parts
+                .first()
+                .copied()
+                .unwrap_or("no answer")
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+    }
+    if let Some(v) = parts.get(1).and_then(|p| first_json(p)) {
+        let s = &v[0]["Status"];
+        h.member_id = id_of(&s["header"]["member_id"]);
+        h.leader_id = id_of(&s["leader"]);
+    }
+    if let Some(v) = parts.get(2).and_then(|p| first_json(p)) {
+        h.members = v["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| MemberView {
+                        id: id_of(&m["ID"]),
+                        name: m["name"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    if !errors.is_empty() {
+        h.error = Some(errors.join("; "));
+    }
+}
+
+/// Members by id, for the coordinator: leader id → name.
+pub fn member_names(members: &[MemberView]) -> BTreeMap<String, String> {
+    members
+        .iter()
+        .map(|m| (m.id.clone(), m.name.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "etcd-2".into(),
+            kind: DatabaseKind::Etcd,
+            image: "lab/etcd:1".into(),
+            node: "h2".into(),
+            network: "apiary".into(),
+            command: vec!["/usr/bin/etcd".into(), "--name".into(), "etcd-2".into()],
+            env: vec![],
+            memory_bytes: 450 << 20,
+            volume: "etcd-2-data".into(),
+            data_dir: "/var/lib/etcd".into(),
+            restart_delay: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn docker_service_is_pinned_dnsrr_limited_with_a_volume_and_no_ports() {
+        let d = spec().to_docker();
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["EndpointSpec"]["Mode"], "dnsrr");
+        assert!(json["EndpointSpec"].get("Ports").is_none());
+        let t = &json["TaskTemplate"];
+        assert_eq!(t["Placement"]["Constraints"][0], "node.hostname==h2");
+        assert_eq!(t["Resources"]["Limits"]["MemoryBytes"], 450 << 20);
+        assert_eq!(t["ContainerSpec"]["Hostname"], "etcd-2");
+        assert_eq!(t["ContainerSpec"]["Mounts"][0]["Type"], "volume");
+        assert_eq!(t["ContainerSpec"]["Mounts"][0]["Source"], "etcd-2-data");
+        assert_eq!(t["Networks"][0]["Target"], "apiary");
+        assert_eq!(t["RestartPolicy"]["Condition"], "any");
+        assert_eq!(json["Labels"][SPEC_LABEL], spec().digest());
+    }
+
+    #[test]
+    fn etcdctl_output_gives_health_leader_and_members() {
+        let out = r#"[{"endpoint":"http://127.0.0.1:2379","health":true,"took":"2ms"}]
+@@
+[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":255,"revision":1,"raft_term":2},"version":"3.4.23","dbSize":20480,"leader":16,"raftIndex":8,"raftTerm":2}}]
+@@
+{"header":{"cluster_id":1,"member_id":255},"members":[{"ID":255,"name":"etcd-1","peerURLs":["http://etcd-1:2380"]},{"ID":16,"name":"etcd-2"},{"ID":17,"peerURLs":["http://etcd-3:2380"]}]}"#;
+        let mut h = ServerHealth::default();
+        parse_etcd(out, &mut h);
+        assert!(h.healthy);
+        assert_eq!(h.error, None);
+        assert_eq!(h.member_id, "ff");
+        assert_eq!(h.leader_id, "10");
+        assert_eq!(h.members.len(), 3);
+        assert_eq!(member_names(&h.members)["10"], "etcd-2");
+        assert_eq!(h.members[2].name, "");
+    }
+
+    #[test]
+    fn unhealthy_etcd_says_why() {
+        let out = "{\"level\":\"warn\"}\n[{\"endpoint\":\"http://127.0.0.1:2379\",\"health\":false,\"error\":\"context deadline exceeded\"}]\nError: unhealthy cluster\n@@\nError: context deadline exceeded\n@@\n";
+        let mut h = ServerHealth::default();
+        parse_etcd(out, &mut h);
+        assert!(!h.healthy);
+        assert!(h.error.unwrap().contains("context deadline exceeded"));
+    }
+}

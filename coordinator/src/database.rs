@@ -1,0 +1,313 @@
+//! The clustered database on the overlay: one abstraction, one
+//! implementation per kind ([`Etcd`], [`Rethinkdb`]), turning `[database]`
+//! and the hosts into Swarm service definitions ([`ServiceSpec`]) that the
+//! first manager's agent creates. Deployment code (`crate::cluster`) never
+//! looks at the kind: it asks the [`Flavor`] for the specs and whether the
+//! servers must start in order.
+//!
+//! Server `N` (1-based) runs on the N-th host by name as service `<kind>-N`,
+//! whose name is also its hostname and its DNS name on the overlay
+//! (`--endpoint-mode dnsrr`: no virtual IP, no ingress, nothing published),
+//! pinned with `node.hostname==<host>`, memory-limited, with the named volume
+//! `<prefix>-N-data`.
+
+use std::time::Duration;
+
+use apiary_agent::database::{DatabaseKind, ServiceSpec};
+
+use crate::config::DatabaseConfig;
+
+/// How long Swarm waits before restarting a dead server (etcd rejoins from its
+/// volume; a short delay keeps a 3/4 state short).
+pub const RESTART_DELAY: Duration = Duration::from_secs(10);
+
+/// One database server: its service name and host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub index: usize,
+    pub name: String,
+    pub host: String,
+}
+
+/// What differs between databases.
+pub trait Flavor: Send + Sync {
+    fn kind(&self) -> DatabaseKind;
+    /// Where the data volume is mounted.
+    fn data_dir(&self) -> &'static str;
+    /// The command line of `server` among `all` (the initial members).
+    fn command(
+        &self,
+        cfg: &DatabaseConfig,
+        cluster: &str,
+        server: &Server,
+        all: &[Server],
+    ) -> Vec<String>;
+    fn env(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Whether server 1 must be healthy before the others are created
+    /// (RethinkDB's joins), instead of all at once (etcd's static bootstrap).
+    fn first_before_others(&self) -> bool;
+}
+
+pub struct Etcd;
+pub struct Rethinkdb;
+
+impl Flavor for Etcd {
+    fn kind(&self) -> DatabaseKind {
+        DatabaseKind::Etcd
+    }
+    fn data_dir(&self) -> &'static str {
+        "/var/lib/etcd"
+    }
+    /// Static bootstrap: every initial member listed in `--initial-cluster`
+    /// (the flags verified in the lab baselines).
+    fn command(
+        &self,
+        cfg: &DatabaseConfig,
+        cluster: &str,
+        server: &Server,
+        all: &[Server],
+    ) -> Vec<String> {
+        let (c, p) = (cfg.client_port, cfg.peer_port);
+        let initial = all
+            .iter()
+            .map(|s| format!("{0}=http://{0}:{p}", s.name))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            "/usr/bin/etcd".to_string(),
+            "--name".into(),
+            server.name.clone(),
+            "--data-dir".into(),
+            self.data_dir().into(),
+            "--listen-peer-urls".into(),
+            format!("http://0.0.0.0:{p}"),
+            "--listen-client-urls".into(),
+            format!("http://0.0.0.0:{c}"),
+            "--advertise-client-urls".into(),
+            format!("http://{}:{c}", server.name),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://{}:{p}", server.name),
+            "--initial-cluster".into(),
+            initial,
+            "--initial-cluster-token".into(),
+            format!("{cluster}-etcd"),
+            "--initial-cluster-state".into(),
+            "new".into(),
+        ]
+        .to_vec()
+    }
+    fn env(&self) -> Vec<String> {
+        vec!["ETCDCTL_API=3".into()]
+    }
+    fn first_before_others(&self) -> bool {
+        false
+    }
+}
+
+impl Flavor for Rethinkdb {
+    fn kind(&self) -> DatabaseKind {
+        DatabaseKind::Rethinkdb
+    }
+    fn data_dir(&self) -> &'static str {
+        "/data"
+    }
+    /// The first server binds everything (on the overlay only: nothing is
+    /// published); the others join it by name.
+    fn command(
+        &self,
+        cfg: &DatabaseConfig,
+        _cluster: &str,
+        server: &Server,
+        all: &[Server],
+    ) -> Vec<String> {
+        let mut cmd: Vec<String> = vec![
+            "rethinkdb".into(),
+            "--bind".into(),
+            "all".into(),
+            "--server-name".into(),
+            server.name.replace('-', "_"),
+            "--canonical-address".into(),
+            server.name.clone(),
+            "--directory".into(),
+            format!("{}/rethinkdb_data", self.data_dir()),
+            "--driver-port".into(),
+            cfg.client_port.to_string(),
+            "--cluster-port".into(),
+            cfg.peer_port.to_string(),
+        ];
+        if server.index > 1
+            && let Some(first) = all.first()
+        {
+            cmd.push("--join".into());
+            cmd.push(format!("{}:{}", first.name, cfg.peer_port));
+        }
+        cmd
+    }
+    fn first_before_others(&self) -> bool {
+        true
+    }
+}
+
+pub fn flavor(kind: DatabaseKind) -> Box<dyn Flavor> {
+    match kind {
+        DatabaseKind::Etcd => Box::new(Etcd),
+        DatabaseKind::Rethinkdb => Box::new(Rethinkdb),
+    }
+}
+
+/// The servers: one per host (hosts sorted by name), up to `servers`.
+pub fn servers(cfg: &DatabaseConfig, hosts: &[String]) -> Vec<Server> {
+    let mut hosts = hosts.to_vec();
+    hosts.sort();
+    let n = cfg.servers.unwrap_or(hosts.len()).min(hosts.len());
+    hosts
+        .into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, host)| Server {
+            index: i + 1,
+            name: format!("{}-{}", cfg.kind.as_str(), i + 1),
+            host,
+        })
+        .collect()
+}
+
+/// The service definitions of `servers` on `network`.
+pub fn specs(
+    cfg: &DatabaseConfig,
+    cluster: &str,
+    network: &str,
+    all: &[Server],
+) -> Vec<ServiceSpec> {
+    let f = flavor(cfg.kind);
+    all.iter()
+        .map(|s| ServiceSpec {
+            name: s.name.clone(),
+            kind: cfg.kind,
+            image: cfg.image.clone(),
+            node: s.host.clone(),
+            network: network.to_string(),
+            command: f.command(cfg, cluster, s, all),
+            env: f.env(),
+            memory_bytes: cfg.memory_bytes,
+            volume: format!("{}-{}-data", cfg.volume_prefix, s.index),
+            data_dir: f.data_dir().to_string(),
+            restart_delay: RESTART_DELAY,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(kind: DatabaseKind) -> DatabaseConfig {
+        let (image, c, p) = match kind {
+            DatabaseKind::Etcd => ("lab/etcd:1", 2379, 2380),
+            DatabaseKind::Rethinkdb => ("rethinkdb:2.4", 28015, 29015),
+        };
+        DatabaseConfig {
+            kind,
+            image: image.into(),
+            servers: None,
+            memory: "450m".into(),
+            memory_bytes: 450 << 20,
+            volume_prefix: kind.as_str().into(),
+            client_port: c,
+            peer_port: p,
+        }
+    }
+
+    fn hosts() -> Vec<String> {
+        ["workerbee-2", "queenbee", "workerbee-1", "workerbee-3"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn etcd_is_one_pinned_server_per_host_with_a_static_initial_cluster() {
+        let c = cfg(DatabaseKind::Etcd);
+        let all = servers(&c, &hosts());
+        let specs = specs(&c, "bees", "apiary", &all);
+        assert_eq!(specs.len(), 4);
+        let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(
+            nodes,
+            ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]
+        );
+        let s = &specs[1];
+        assert_eq!(s.name, "etcd-2");
+        assert_eq!(s.volume, "etcd-2-data");
+        assert_eq!(s.memory_bytes, 450 << 20);
+        assert_eq!(s.network, "apiary");
+        let cmd = s.command.join(" ");
+        assert!(
+            cmd.starts_with("/usr/bin/etcd --name etcd-2 --data-dir /var/lib/etcd"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("--advertise-client-urls http://etcd-2:2379"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("--initial-advertise-peer-urls http://etcd-2:2380"),
+            "{cmd}"
+        );
+        assert!(cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-2=http://etcd-2:2380,etcd-3=http://etcd-3:2380,etcd-4=http://etcd-4:2380 "), "{cmd}");
+        assert!(
+            cmd.ends_with("--initial-cluster-token bees-etcd --initial-cluster-state new"),
+            "{cmd}"
+        );
+        // On the overlay only: dnsrr, nothing published, pinned, limited.
+        let d = serde_json::to_value(s.to_docker()).unwrap();
+        assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
+        assert!(d["EndpointSpec"].get("Ports").is_none());
+        assert_eq!(
+            d["TaskTemplate"]["Placement"]["Constraints"][0],
+            "node.hostname==workerbee-1"
+        );
+        assert_eq!(d["TaskTemplate"]["ContainerSpec"]["Hostname"], "etcd-2");
+        assert!(!flavor(DatabaseKind::Etcd).first_before_others());
+    }
+
+    #[test]
+    fn rethinkdb_first_binds_all_and_the_others_join_it_by_name() {
+        let mut c = cfg(DatabaseKind::Rethinkdb);
+        c.servers = Some(3);
+        let all = servers(&c, &hosts());
+        assert_eq!(all.len(), 3);
+        let specs = specs(&c, "bees", "apiary", &all);
+        let first = specs[0].command.join(" ");
+        assert!(
+            first.starts_with("rethinkdb --bind all --server-name rethinkdb_1"),
+            "{first}"
+        );
+        assert!(!first.contains("--join"), "{first}");
+        for s in &specs[1..] {
+            let cmd = s.command.join(" ");
+            assert!(cmd.ends_with("--join rethinkdb-1:29015"), "{cmd}");
+            assert!(
+                cmd.contains(&format!("--canonical-address {} ", s.name)),
+                "{cmd}"
+            );
+        }
+        for s in &specs {
+            assert_eq!(s.image, "rethinkdb:2.4");
+            assert_eq!(s.memory_bytes, 450 << 20);
+            assert_eq!(s.data_dir, "/data");
+            let d = serde_json::to_value(s.to_docker()).unwrap();
+            assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
+            assert!(
+                d["EndpointSpec"].get("Ports").is_none(),
+                "admin UI and ports never published"
+            );
+            assert_eq!(
+                d["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"],
+                450 << 20
+            );
+        }
+        assert!(flavor(DatabaseKind::Rethinkdb).first_before_others());
+    }
+}
