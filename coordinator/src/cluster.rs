@@ -646,7 +646,7 @@ pub async fn converge(
     coord.set_checks(state);
 }
 
-fn database_detail(d: &DatabaseState) -> String {
+pub fn database_detail(d: &DatabaseState) -> String {
     let mut parts: Vec<String> = d
         .servers
         .iter()

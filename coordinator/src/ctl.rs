@@ -203,7 +203,24 @@ fn ago(unix_ms: u64) -> String {
 /// and stay stable; later features add fields, never rename them).
 pub fn status_json(s: &StatusResponse) -> serde_json::Value {
     let nodes: Vec<_> = s.nodes.iter().map(node_json).collect();
-    json!({ "cluster": s.cluster, "heartbeat_interval_ms": s.heartbeat_interval_ms, "nodes": nodes })
+    let mut v = json!({ "cluster": s.cluster, "heartbeat_interval_ms": s.heartbeat_interval_ms, "nodes": nodes });
+    if !s.database_kind.is_empty()
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert(
+            "database".into(),
+            json!({
+                "kind": s.database_kind,
+                "servers": s.database_servers,
+                "connected": s.database_connected,
+                "leader": s.database_leader,
+                "healthy": s.database_servers > 0 && s.database_connected == s.database_servers && !s.database_leader.is_empty(),
+                "error": s.database_error,
+                "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy})).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    v
 }
 
 fn node_json(n: &NodeStatus) -> serde_json::Value {
@@ -239,6 +256,8 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "swarm_availability": n.swarm_availability,
         "swarm_leader": n.swarm_leader,
         "overlay_attached": n.overlay_attached,
+        "database_server": n.database_server,
+        "database_healthy": n.database_healthy,
         "config_state": n.config_state,
         "config_items": n.config_items.iter().map(item_json).collect::<Vec<_>>(),
         "last_drift_repaired_unix_ms": n.last_drift_repaired_unix_ms,
@@ -433,6 +452,36 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    if !s.database_kind.is_empty() {
+        writeln!(
+            out,
+            "database: {}/{} servers connected, leader {} ({})",
+            s.database_connected,
+            s.database_servers,
+            if s.database_leader.is_empty() {
+                "none"
+            } else {
+                &s.database_leader
+            },
+            s.database_kind
+        )?;
+        for n in s.nodes.iter().filter(|n| !n.database_server.is_empty()) {
+            writeln!(
+                out,
+                "  {} on {}: {}",
+                n.database_server,
+                n.name,
+                if n.database_healthy {
+                    "connected"
+                } else {
+                    "not connected"
+                }
+            )?;
+        }
+        if !s.database_error.is_empty() {
+            writeln!(out, "  {}", s.database_error)?;
+        }
     }
     Ok(())
 }

@@ -334,6 +334,8 @@ impl Coordinator {
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .initial_stream_window_size(Some(apiary_proto::dial::STREAM_WINDOW))
+            .initial_connection_window_size(Some(apiary_proto::dial::CONNECTION_WINDOW))
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
@@ -381,10 +383,20 @@ impl Coordinator {
     pub fn status(&self) -> Result<StatusResponse, Status> {
         let nodes = self.store.nodes().map_err(internal)?;
         let nodes = nodes.into_iter().map(|n| self.node_status(n)).collect();
+        let db = self.checks().database.unwrap_or_default();
         Ok(StatusResponse {
             cluster: self.config.cluster_name.clone(),
             nodes,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            database_kind: db.kind.clone(),
+            database_servers: db.servers.len() as u32,
+            database_connected: db.connected as u32,
+            database_leader: db.leader.clone(),
+            database_error: if db.healthy() {
+                String::new()
+            } else {
+                crate::cluster::database_detail(&db)
+            },
         })
     }
 
@@ -447,6 +459,16 @@ impl Coordinator {
                 .swarm
                 .get(&n.name)
                 .is_some_and(|s| s.overlay_attached),
+            database_server: self
+                .checks()
+                .database
+                .and_then(|d| d.servers.into_iter().find(|s| s.host == n.name))
+                .map(|s| s.name)
+                .unwrap_or_default(),
+            database_healthy: self
+                .checks()
+                .database
+                .is_some_and(|d| d.servers.iter().any(|s| s.host == n.name && s.healthy)),
             config_state: self.config_state(&n.name),
             config_items: self
                 .host_state(&n.name)
