@@ -481,3 +481,136 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_naming_host_and_piece
     );
     lab.stop();
 }
+
+/// The running container of a database service on a lab host, by its engine's socket.
+fn service_container(socket: &str, service: &str) -> Option<String> {
+    let (ok, out) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{socket}"),
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    ok.then(|| out.lines().next().map(str::to_string))?
+}
+
+fn etcdctl(socket: &str, container: &str, args: &[&str]) -> (bool, String) {
+    let mut argv = vec![
+        "docker",
+        "-H",
+        socket,
+        "exec",
+        container,
+        "etcdctl",
+        "--endpoints=http://127.0.0.1:2379",
+    ];
+    argv.extend_from_slice(args);
+    let sock = format!("unix://{socket}");
+    argv[2] = &sock;
+    sh(&argv)
+}
+
+#[test]
+fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labdb",
+        4,
+        "\n[swarm]\nchecks_interval = \"3s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    let started = std::time::Instant::now();
+    lab.start();
+    let status = eventually("etcd 4/4 healthy", Duration::from_secs(180), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(s)
+    });
+    eprintln!(
+        "serve -> database 4/4 healthy: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let db = &status["database"];
+    assert_eq!(db["kind"], "etcd");
+    assert_eq!(
+        (db["servers"].clone(), db["connected"].clone()),
+        (4.into(), 4.into()),
+        "{db}"
+    );
+    assert!(
+        db["leader"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("etcd-")),
+        "{db}"
+    );
+    let mut hosts: Vec<String> = db["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["host"].as_str().unwrap_or("").to_string())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 4, "4 servers on 4 different hosts: {db}");
+    assert!(
+        lab.log()
+            .contains("database etcd healthy: 4/4 servers connected")
+    );
+
+    let socket = |host: &str| -> String {
+        lab.node(host).expect("node")["docker_socket"]
+            .as_str()
+            .expect("docker_socket")
+            .to_string()
+    };
+    let server_of = |host: &str| -> String {
+        lab.node(host).expect("node")["database_server"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let (h1, h4) = (lab.hosts[0].clone(), lab.hosts[3].clone());
+    let (s1, s4) = (socket(&h1), socket(&h4));
+    let c1 = service_container(&s1, &server_of(&h1)).expect("server on host 1");
+    let c4 = service_container(&s4, &server_of(&h4)).expect("server on host 4");
+    // 4 started members, seen through host 1's server.
+    let (ok, members) = etcdctl(&s1, &c1, &["member", "list"]);
+    assert!(ok, "{members}");
+    assert_eq!(
+        members.lines().filter(|l| l.contains("started")).count(),
+        4,
+        "{members}"
+    );
+    // Written through host 1, read through host 4.
+    let (ok, out) = etcdctl(&s1, &c1, &["put", "bees/queen", "alive"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    let (ok, out) = etcdctl(&s4, &c4, &["get", "bees/queen", "--print-value-only"]);
+    assert!(ok && out.trim() == "alive", "{out}");
+
+    // Kill one server's container: 3/4 within a check interval or so, then
+    // Swarm restarts it and health is 4/4 again, the key still there.
+    let h3 = lab.hosts[2].clone();
+    let s3 = socket(&h3);
+    let c3 = service_container(&s3, &server_of(&h3)).expect("server on host 3");
+    let killed = std::time::Instant::now();
+    assert!(sh(&["docker", "-H", &format!("unix://{s3}"), "kill", &c3]).0);
+    eventually("database 3/4", Duration::from_secs(10), || {
+        let s = lab.status()?;
+        (s["database"]["connected"] == 3).then_some(())
+    });
+    let to_degraded = killed.elapsed();
+    eventually("database 4/4 again", Duration::from_secs(60), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    eprintln!(
+        "kill -> 3/4 seen: {:.1} s; kill -> 4/4 again: {:.1} s",
+        to_degraded.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    let c3b = service_container(&s3, &server_of(&h3)).expect("server on host 3 again");
+    assert_ne!(c3, c3b, "Swarm started a new task");
+    let (ok, out) = etcdctl(&s3, &c3b, &["get", "bees/queen", "--print-value-only"]);
+    assert!(ok && out.trim() == "alive", "{out}");
+    lab.stop();
+}
