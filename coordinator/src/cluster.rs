@@ -640,6 +640,13 @@ pub async fn converge(
                     format!("{}: {detail}", d.summary()),
                 );
             }
+            if progress.is_some() {
+                eprintln!(
+                    "database {} not ready: {} ({detail}); ctl status shows it",
+                    db.kind.as_str(),
+                    d.summary()
+                );
+            }
         }
         state.database = Some(d);
     }
