@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub const STREAM_WINDOW: u32 = 2 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// A lazily connected channel to `addr` (HOST:PORT) over TLS, asking for
 /// `server_name` (the coordinator's certificates all carry the same name).
 pub fn channel(
@@ -25,7 +28,12 @@ pub fn channel(
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // HTTP/2's default 64 KiB windows cap a tunnel stream at a window per
+        // round trip; larger windows let bulk data flow (flow control still
+        // bounds what each stream may have in flight).
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW));
     Ok(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let connector = connector.clone();

@@ -13,7 +13,9 @@ use crate::tunnel::{Frame, frame};
 pub const CHUNK: usize = 64 * 1024;
 
 pub fn data(bytes: Vec<u8>) -> Frame {
-    Frame { kind: Some(frame::Kind::Data(bytes)) }
+    Frame {
+        kind: Some(frame::Kind::Data(bytes)),
+    }
 }
 
 /// Copies `tcp` ⇄ the stream until both directions are done. A TCP EOF is sent
@@ -26,7 +28,11 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) => {
-                    let _ = outbound.send(Frame { kind: Some(frame::Kind::HalfClose(true)) }).await;
+                    let _ = outbound
+                        .send(Frame {
+                            kind: Some(frame::Kind::HalfClose(true)),
+                        })
+                        .await;
                     return;
                 }
                 Ok(n) => {
@@ -35,7 +41,11 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
                     }
                 }
                 Err(e) => {
-                    let _ = outbound.send(Frame { kind: Some(frame::Kind::Error(format!("connection reset: {e}"))) }).await;
+                    let _ = outbound
+                        .send(Frame {
+                            kind: Some(frame::Kind::Error(format!("connection reset: {e}"))),
+                        })
+                        .await;
                     return;
                 }
             }
@@ -46,16 +56,24 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
     let upstream = tokio::spawn(upstream);
     let reset = loop {
         match inbound.message().await {
-            Ok(Some(Frame { kind: Some(frame::Kind::Data(d)) })) => {
+            Ok(Some(Frame {
+                kind: Some(frame::Kind::Data(d)),
+            })) => {
                 if wr.write_all(&d).await.is_err() {
                     break true;
                 }
             }
-            Ok(Some(Frame { kind: Some(frame::Kind::HalfClose(_)) })) | Ok(None) => {
+            Ok(Some(Frame {
+                kind: Some(frame::Kind::HalfClose(_)),
+            }))
+            | Ok(None) => {
                 let _ = wr.shutdown().await;
                 break false;
             }
-            Ok(Some(Frame { kind: Some(frame::Kind::Error(_)) })) | Err(_) => break true,
+            Ok(Some(Frame {
+                kind: Some(frame::Kind::Error(_)),
+            }))
+            | Err(_) => break true,
             Ok(Some(_)) => {}
         }
     };

@@ -53,6 +53,16 @@ enum Cmd {
         #[arg(long, default_value = "300s", value_parser = humantime_parse)]
         duration: Duration,
     },
+    /// Tunnel throughput and added latency, beside a direct connection and
+    /// `ssh -L` (Debian's OpenSSH, its own sshd on 127.0.0.1:2222) in one run.
+    Tunnel {
+        /// Bytes per throughput transfer.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        bytes: usize,
+        /// Small requests for the latency figure.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+    },
     /// Lab bring-up (root): wall time and peak memory per phase until every
     /// host is ready, beside the hand recipe's host steps in the same run.
     Lab {
@@ -92,6 +102,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{row}");
             }
         }
+        Cmd::Tunnel { bytes, requests } => tunnel_bench(bytes, requests)?,
         Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
         Cmd::Lab { hosts } => {
             println!(
@@ -102,7 +113,9 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", lab(n)?);
             }
             println!();
-            println!("| hosts | pre-swarm checks | swarm | overlay + probe containers | enrolled to checked overlay | serve to checked overlay |");
+            println!(
+                "| hosts | pre-swarm checks | swarm | overlay + probe containers | enrolled to checked overlay | serve to checked overlay |"
+            );
             println!("|---|---|---|---|---|---|");
             for row in SWARM_ROWS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 println!("{row}");
@@ -163,6 +176,232 @@ fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
     ))
 }
 
+/// Serves `GET /N` with N bytes from memory, HTTP/1.0, a thread per connection.
+fn bench_http_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let chunk: Arc<Vec<u8>> = Arc::new(vec![0x5a; 1 << 20]);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let _ = conn.set_nodelay(true);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req);
+                let n: usize = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse().ok())
+                    .unwrap_or(0);
+                let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                let mut sent = 0;
+                while sent < n {
+                    let k = (n - sent).min(chunk.len());
+                    if conn.write_all(&chunk[..k]).is_err() {
+                        return;
+                    }
+                    sent += k;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One GET through `port`; returns (bytes, seconds).
+fn bench_get(port: u16, n: usize) -> anyhow::Result<(usize, f64)> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    write!(s, "GET /{n} HTTP/1.0\r\n\r\n")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let k = s.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        total += k;
+    }
+    Ok((total, t.elapsed().as_secs_f64()))
+}
+
+fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
+    let server = bench_http_server();
+    // apiary: coordinator + agent on loopback, ctl tunnel.
+    let c = apiary_tests::Coordinator::start("");
+    let token = c.token();
+    let _agent = c.agent("bee-1", Some(&token));
+    eventually("agent ready", Duration::from_secs(30), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
+    let local = free_port();
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.arg("--config").arg(c.admin_conf()).args([
+        "tunnel",
+        &format!("bee-1:{server}"),
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(cmd, &c.dir.path().join("tunnel.log"));
+    eventually("tunnel up", Duration::from_secs(15), || {
+        tunnel.log_text().contains("forwarding").then_some(())
+    });
+
+    // ssh -L, its own sshd on 127.0.0.1:2222 with throwaway keys.
+    let ssh_dir = tempfile::tempdir()?;
+    let sshd_bin = std::path::Path::new("/usr/sbin/sshd");
+    let mut paths: Vec<(String, u16, Option<Proc>)> = vec![
+        ("direct".into(), server, None),
+        ("apiary tunnel".into(), local, None),
+    ];
+    let mut sshd = None;
+    if sshd_bin.exists() {
+        let d = ssh_dir.path();
+        for (k, t) in [("host", "ed25519"), ("user", "ed25519")] {
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", t, "-N", "", "-f"])
+                .arg(d.join(k))
+                .status()?;
+        }
+        std::fs::copy(d.join("user.pub"), d.join("authorized_keys"))?;
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port 2222\nListenAddress 127.0.0.1\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nPidFile {0}/sshd.pid\nStrictModes no\nAllowTcpForwarding yes\n",
+                d.display()
+            ),
+        )?;
+        std::fs::create_dir_all("/run/sshd")?;
+        let mut cmd = Command::new(sshd_bin);
+        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
+        sshd = Some(Proc::spawn(cmd, &d.join("sshd.log")));
+        std::thread::sleep(Duration::from_millis(500));
+        for cipher in ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"] {
+            let port = free_port();
+            let mut cmd = Command::new("ssh");
+            cmd.args([
+                "-N",
+                "-p",
+                "2222",
+                "-c",
+                cipher,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-i",
+            ])
+            .arg(d.join("user"))
+            .args([
+                "-L",
+                &format!("127.0.0.1:{port}:127.0.0.1:{server}"),
+                "root@127.0.0.1",
+            ]);
+            let p = Proc::spawn(cmd, &d.join(format!("ssh-{port}.log")));
+            eventually("ssh -L up", Duration::from_secs(15), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            paths.push((
+                format!("ssh -L ({})", cipher.split('@').next().unwrap_or(cipher)),
+                port,
+                Some(p),
+            ));
+        }
+    } else {
+        eprintln!("no /usr/sbin/sshd: apt-get install openssh-server for the ssh -L baseline");
+    }
+    println!(
+        "| path | throughput MB/s (median of 3, {} MB each) | small GET p50 ms | p99 ms |",
+        bytes / 1_000_000
+    );
+    println!("|---|---|---|---|");
+    let mut results = Vec::new();
+    for (name, port, _) in &paths {
+        let mut rates: Vec<f64> = (0..3)
+            .map(|_| {
+                bench_get(*port, bytes)
+                    .map(|(b, s)| b as f64 / s / 1e6)
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        let mut lat: Vec<f64> = (0..requests)
+            .map(|_| {
+                bench_get(*port, 100)
+                    .map(|(_, s)| s * 1000.0)
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let p = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} |",
+            rates[1],
+            p(0.5),
+            p(0.99)
+        );
+        results.push((name.clone(), rates[1], p(0.5)));
+    }
+    let get = |n: &str| {
+        results
+            .iter()
+            .find(|r| r.0.starts_with(n))
+            .map(|r| (r.1, r.2))
+    };
+    if let (Some(t), Some(d)) = (get("apiary"), get("direct")) {
+        println!(
+            "\ntunnel / direct throughput: {:.2}; added p50 latency: {:.2} ms",
+            t.0 / d.0,
+            t.1 - d.1
+        );
+    }
+    if let (Some(t), Some(s)) = (get("apiary"), get("ssh -L (aes128-gcm")) {
+        println!(
+            "tunnel / ssh -L (aes128-gcm, its fastest cipher) throughput: {:.2}",
+            t.0 / s.0
+        );
+    }
+    // 100 concurrent connections through the tunnel, none may fail.
+    let t = Instant::now();
+    let handles: Vec<_> = (0..100)
+        .map(|_| std::thread::spawn(move || bench_get(local, 1_000_000)))
+        .collect();
+    let failed = handles
+        .into_iter()
+        .filter(|_| true)
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("panic"))
+                .and_then(|r| r)
+        })
+        .filter(|r| !matches!(r, Ok((n, _)) if *n > 1_000_000))
+        .count();
+    println!(
+        "100 concurrent 1 MB GETs through the tunnel: {failed} failed, {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(paths);
+    drop(sshd);
+    Ok(())
+}
+
 static SWARM_ROWS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 fn used_memory_mib() -> u64 {
@@ -206,9 +445,16 @@ fn lab(n: usize) -> anyhow::Result<String> {
     lab.wait_all_ready(Duration::from_secs(300));
     let wall = start.elapsed();
     // Then Swarm, the overlay and the first full check round.
-    eventually("swarm and overlay checked", Duration::from_secs(300), || {
-        std::fs::read_to_string(&log).ok()?.contains("swarm and overlay checked").then_some(())
-    });
+    eventually(
+        "swarm and overlay checked",
+        Duration::from_secs(300),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("swarm and overlay checked")
+                .then_some(())
+        },
+    );
     let swarm_wall = start.elapsed();
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
@@ -262,7 +508,10 @@ fn lab(n: usize) -> anyhow::Result<String> {
         swarm_wall.as_secs_f64() - wall.as_secs_f64(),
         swarm_wall.as_secs_f64()
     );
-    SWARM_ROWS.lock().unwrap_or_else(|e| e.into_inner()).push(swarm_row);
+    SWARM_ROWS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(swarm_row);
     let hand_total = h("network") + h("engines") + h("images");
     Ok(format!(
         "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | +{} MiB | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
