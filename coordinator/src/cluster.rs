@@ -742,6 +742,7 @@ async fn converge_database(
     hosts: &[String],
     progress: Option<&Progress>,
 ) -> DatabaseState {
+    let db = &crate::database::effective(db);
     let flavor = crate::database::flavor(db.kind);
     let servers = crate::database::servers(db, hosts);
     let specs = crate::database::specs(db, &coord_cluster(coord), network, &servers);
@@ -757,6 +758,10 @@ async fn converge_database(
                 continue;
             }
             if i > 0 && flavor.first_before_others() && !first_healthy {
+                continue;
+            }
+            // `ctl scale` adds and removes servers itself, in its order.
+            if SCALING.try_lock().is_err() {
                 continue;
             }
             match call::<apiary_agent::database::ServiceState>(
@@ -803,6 +808,231 @@ async fn converge_database(
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         health = database_health(coord, db.kind, &servers).await;
     }
+}
+
+/// Serialises `ctl scale database=N` requests.
+static SCALING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until `servers` all answer healthy with a leader.
+async fn wait_database_healthy(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    servers: &[crate::database::Server],
+    within: std::time::Duration,
+) -> Result<DatabaseState, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let health = database_health(coord, db.kind, servers).await;
+        let state = database_state(db.kind.as_str(), servers, &health, String::new());
+        if state.healthy() {
+            return Ok(state);
+        }
+        if start.elapsed() > within {
+            return Err(format!(
+                "database not healthy after {within:?}: {} ({})",
+                state.summary(),
+                database_detail(&state)
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs etcdctl in `via`'s container, on its host.
+async fn etcdctl(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    via: &crate::database::Server,
+    args: &[String],
+) -> Result<String, String> {
+    let mut command = vec![
+        "etcdctl".to_string(),
+        format!("--endpoints=http://127.0.0.1:{}", db.client_port),
+        "--command-timeout=10s".to_string(),
+    ];
+    command.extend(args.iter().cloned());
+    let v: serde_json::Value = call(
+        coord,
+        &via.host,
+        &OpRequest::DatabaseExec {
+            service: via.name.clone(),
+            command: command.clone(),
+        },
+    )
+    .await?;
+    let out = v["output"].as_str().unwrap_or_default().to_string();
+    if v["code"].as_i64() != Some(0) {
+        return Err(format!(
+            "`{}` in {} on {} failed: {}",
+            command.join(" "),
+            via.name,
+            via.host,
+            out.trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// The member id (hex) of the member with peer URL `peer`, from `member list -w json`.
+fn etcd_member_id(list_json: &str, peer: &str) -> Option<String> {
+    let start = list_json.find('{')?;
+    let v: serde_json::Value = serde_json::from_str(&list_json[start..]).ok()?;
+    v["members"].as_array()?.iter().find_map(|m| {
+        m["peerURLs"]
+            .as_array()?
+            .iter()
+            .any(|u| u == peer)
+            .then(|| m["ID"].as_u64().map(|n| format!("{n:x}")))?
+    })
+}
+
+/// `ctl scale database=N`: one server at a time, the cluster healthy before
+/// and after each step. etcd: a new member is added through the membership
+/// API before its server starts (joining as `existing`); a member is removed
+/// through the API before its service is removed. Servers are added on the
+/// next host by name and removed from the last.
+pub async fn scale_database(
+    coord: &Coordinator,
+    config: &SwarmConfig,
+    n: usize,
+) -> Result<String, String> {
+    let _one = SCALING
+        .try_lock()
+        .map_err(|_| "a database scale is already running".to_string())?;
+    let base = config
+        .database
+        .as_ref()
+        .ok_or("this cluster has no [database] section")?;
+    let hosts = members(coord, config);
+    if n == 0 || n > hosts.len() {
+        return Err(format!(
+            "database={n}: between 1 and {} (one server per ready host)",
+            hosts.len()
+        ));
+    }
+    let first_manager = hosts
+        .iter()
+        .find(|h| h.manager)
+        .map(|h| h.name.clone())
+        .ok_or("no Swarm manager is ready")?;
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let db = crate::database::effective(base);
+    let current = crate::database::servers(&db, &names);
+    let flavor = crate::database::flavor(db.kind);
+    let mut all = db.clone();
+    all.servers = Some(names.len());
+    let possible = crate::database::servers(&all, &names);
+    let within = std::time::Duration::from_secs(90);
+    wait_database_healthy(coord, &db, &current, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("not scaling an unhealthy database: {e}"))?;
+    let peer = |s: &crate::database::Server| format!("http://{}:{}", s.name, db.peer_port);
+    let mut count = current.len();
+    while count < n {
+        let new = &possible[count];
+        let via = &possible[0];
+        let generation = crate::registry::now_unix_ms();
+        let command = match db.kind {
+            apiary_agent::database::DatabaseKind::Etcd => {
+                // A member left over by a failed attempt is removed first.
+                let list = etcdctl(
+                    coord,
+                    &db,
+                    via,
+                    &["member".into(), "list".into(), "-w".into(), "json".into()],
+                )
+                .await?;
+                if let Some(id) = etcd_member_id(&list, &peer(new)) {
+                    etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
+                }
+                // etcd refuses a member add ("unhealthy cluster") until the
+                // member asked has been connected to a quorum for 5 s, e.g.
+                // just after a restart or a removal: retry for a while.
+                let add = [
+                    "member".to_string(),
+                    "add".into(),
+                    new.name.clone(),
+                    format!("--peer-urls={}", peer(new)),
+                ];
+                let start = std::time::Instant::now();
+                let out = loop {
+                    match etcdctl(coord, &db, via, &add).await {
+                        Ok(out) => break out,
+                        Err(e)
+                            if e.contains("unhealthy cluster")
+                                && start.elapsed() < std::time::Duration::from_secs(30) =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                let initial = crate::database::etcd_initial_cluster(&out)
+                    .ok_or_else(|| format!("member add did not print the cluster: {out}"))?;
+                flavor
+                    .join_command(&db, &coord_cluster(coord), new, &initial, generation)
+                    .ok_or("this database cannot scale yet")?
+            }
+            apiary_agent::database::DatabaseKind::Rethinkdb => {
+                return Err(
+                    "scaling RethinkDB is not implemented yet (its health check is missing)".into(),
+                );
+            }
+        };
+        let spec = crate::database::spec_with(&db, &config.overlay, new, command);
+        call::<apiary_agent::database::ServiceState>(
+            coord,
+            &first_manager,
+            &OpRequest::EnsureService { spec },
+        )
+        .await?;
+        count += 1;
+        crate::database::set_scale_target(count);
+        coord.emit(
+            "database_scaled",
+            &new.host,
+            format!("{} added on {}", new.name, new.host),
+        );
+        wait_database_healthy(coord, &db, &possible[..count], within).await?;
+    }
+    while count > n {
+        let gone = &possible[count - 1];
+        let via = &possible[0];
+        // Converge rounds stop looking after it first.
+        crate::database::set_scale_target(count - 1);
+        if db.kind == apiary_agent::database::DatabaseKind::Etcd {
+            let list = etcdctl(
+                coord,
+                &db,
+                via,
+                &["member".into(), "list".into(), "-w".into(), "json".into()],
+            )
+            .await?;
+            if let Some(id) = etcd_member_id(&list, &peer(gone)) {
+                etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
+            }
+        } else {
+            crate::database::set_scale_target(count);
+            return Err("scaling RethinkDB is not implemented yet".into());
+        }
+        call::<serde_json::Value>(
+            coord,
+            &first_manager,
+            &OpRequest::RemoveService {
+                name: gone.name.clone(),
+            },
+        )
+        .await?;
+        count -= 1;
+        coord.emit(
+            "database_scaled",
+            &gone.host,
+            format!("{} removed from {}", gone.name, gone.host),
+        );
+        wait_database_healthy(coord, &db, &possible[..count], within).await?;
+    }
+    let state = wait_database_healthy(coord, &db, &possible[..count], within).await?;
+    Ok(format!("database: {}", state.summary()))
 }
 
 fn coord_cluster(coord: &Coordinator) -> String {

@@ -152,6 +152,18 @@ impl Ctl {
         }
     }
 
+    /// Scales the database to `servers` (answers once done).
+    pub async fn scale_database(&mut self, servers: u32) -> Result<String, CtlError> {
+        match self
+            .client
+            .scale_database(apiary_proto::ScaleDatabaseRequest { servers })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().summary),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     pub async fn checks(&mut self) -> Result<apiary_proto::ChecksResponse, CtlError> {
         match self.client.checks(apiary_proto::ChecksRequest {}).await {
             Ok(r) => Ok(r.into_inner()),

@@ -11,6 +11,7 @@
 //! pinned with `node.hostname==<host>`, memory-limited, with the named volume
 //! `<prefix>-N-data`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use apiary_agent::database::{DatabaseKind, ServiceSpec};
@@ -20,6 +21,24 @@ use crate::config::DatabaseConfig;
 /// How long Swarm waits before restarting a dead server (etcd rejoins from its
 /// volume; a short delay keeps a 3/4 state short).
 pub const RESTART_DELAY: Duration = Duration::from_secs(10);
+
+/// The server count set by `ctl scale database=N` (0: the config's). Kept in
+/// memory only: a restarted coordinator goes back to the config's count.
+static SCALE_TARGET: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_scale_target(n: usize) {
+    SCALE_TARGET.store(n, Ordering::SeqCst);
+}
+
+/// The config with the scale override applied.
+pub fn effective(cfg: &DatabaseConfig) -> DatabaseConfig {
+    let mut c = cfg.clone();
+    match SCALE_TARGET.load(Ordering::SeqCst) {
+        0 => {}
+        n => c.servers = Some(n),
+    }
+    c
+}
 
 /// One database server: its service name and host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +63,18 @@ pub trait Flavor: Send + Sync {
     ) -> Vec<String>;
     fn env(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// The command line of a server added to a running cluster, given what
+    /// the membership API answered; `None` when this kind cannot scale yet.
+    fn join_command(
+        &self,
+        _cfg: &DatabaseConfig,
+        _cluster: &str,
+        _server: &Server,
+        _initial_cluster: &str,
+        _generation: u64,
+    ) -> Option<Vec<String>> {
+        None
     }
     /// Whether server 1 must be healthy before the others are created
     /// (RethinkDB's joins), instead of all at once (etcd's static bootstrap).
@@ -100,6 +131,29 @@ impl Flavor for Etcd {
     }
     fn env(&self) -> Vec<String> {
         vec!["ETCDCTL_API=3".into()]
+    }
+    /// A member added with `member add`: the cluster as that call printed
+    /// it, state `existing`, and a fresh data directory on the volume (a
+    /// volume left by an earlier, removed member holds a stale identity).
+    fn join_command(
+        &self,
+        cfg: &DatabaseConfig,
+        cluster: &str,
+        server: &Server,
+        initial_cluster: &str,
+        generation: u64,
+    ) -> Option<Vec<String>> {
+        let mut cmd = self.command(cfg, cluster, server, std::slice::from_ref(server));
+        for (flag, value) in [
+            ("--initial-cluster", initial_cluster.to_string()),
+            ("--initial-cluster-state", "existing".to_string()),
+            ("--data-dir", format!("{}/m{generation}", self.data_dir())),
+        ] {
+            if let Some(i) = cmd.iter().position(|a| a == flag) {
+                cmd[i + 1] = value;
+            }
+        }
+        Some(cmd)
     }
     fn first_before_others(&self) -> bool {
         false
@@ -197,6 +251,38 @@ pub fn specs(
             restart_delay: RESTART_DELAY,
         })
         .collect()
+}
+
+/// The service definition of one server with `command`.
+pub fn spec_with(
+    cfg: &DatabaseConfig,
+    network: &str,
+    s: &Server,
+    command: Vec<String>,
+) -> ServiceSpec {
+    let f = flavor(cfg.kind);
+    ServiceSpec {
+        name: s.name.clone(),
+        kind: cfg.kind,
+        image: cfg.image.clone(),
+        node: s.host.clone(),
+        network: network.to_string(),
+        command,
+        env: f.env(),
+        memory_bytes: cfg.memory_bytes,
+        volume: format!("{}-{}-data", cfg.volume_prefix, s.index),
+        data_dir: f.data_dir().to_string(),
+        restart_delay: RESTART_DELAY,
+    }
+}
+
+/// `ETCD_INITIAL_CLUSTER="..."` from `etcdctl member add`'s output.
+pub fn etcd_initial_cluster(member_add_output: &str) -> Option<String> {
+    member_add_output.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("ETCD_INITIAL_CLUSTER=")
+            .map(|v| v.trim_matches('"').to_string())
+    })
 }
 
 #[cfg(test)]
@@ -309,5 +395,25 @@ mod tests {
             );
         }
         assert!(flavor(DatabaseKind::Rethinkdb).first_before_others());
+    }
+
+    #[test]
+    fn an_added_etcd_member_joins_the_existing_cluster_in_a_fresh_data_dir() {
+        let out = "Member ced000fda4d05edf added to cluster 8c4281cc65c7b112\n\nETCD_NAME=\"etcd-4\"\nETCD_INITIAL_CLUSTER=\"etcd-1=http://etcd-1:2380,etcd-4=http://etcd-4:2380\"\nETCD_INITIAL_CLUSTER_STATE=\"existing\"\n";
+        let ic = etcd_initial_cluster(out).expect("initial cluster");
+        assert_eq!(ic, "etcd-1=http://etcd-1:2380,etcd-4=http://etcd-4:2380");
+        let c = cfg(DatabaseKind::Etcd);
+        let s = &servers(&c, &hosts())[3];
+        let cmd = Etcd
+            .join_command(&c, "bees", s, &ic, 7)
+            .expect("etcd scales")
+            .join(" ");
+        assert!(cmd.contains("--data-dir /var/lib/etcd/m7 "), "{cmd}");
+        assert!(
+            cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-4=http://etcd-4:2380 "),
+            "{cmd}"
+        );
+        assert!(cmd.ends_with("--initial-cluster-state existing"), "{cmd}");
+        assert!(Rethinkdb.join_command(&c, "bees", s, &ic, 7).is_none());
     }
 }

@@ -1087,6 +1087,25 @@ impl Admin for Svc {
         Ok(Response::new(self.0.checks().to_wire()))
     }
 
+    async fn scale_database(
+        &self,
+        req: Request<apiary_proto::ScaleDatabaseRequest>,
+    ) -> Result<Response<apiary_proto::ScaleDatabaseResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let n = req.into_inner().servers as usize;
+        info!(admin = %admin.node, servers = n, "database scale requested");
+        let swarm = self
+            .0
+            .config
+            .swarm
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this cluster has no Swarm"))?;
+        let summary = crate::cluster::scale_database(&self.0, &swarm, n)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(apiary_proto::ScaleDatabaseResponse { summary }))
+    }
+
     async fn apply_hosts(
         &self,
         req: Request<apiary_proto::ApplyHostsRequest>,

@@ -612,5 +612,68 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     assert_ne!(c3, c3b, "Swarm started a new task");
     let (ok, out) = etcdctl(&s3, &c3b, &["get", "bees/queen", "--print-value-only"]);
     assert!(ok && out.trim() == "alive", "{out}");
+
+    // Scale to 3 then back to 4: healthy servers never below quorum (3 of 4,
+    // 2 of 3) while it runs, the key kept.
+    let conf = lab.admin_conf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (conf, stop) = (conf.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = ctl_with(&conf, &["status", "--json"]);
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    let d = &v["database"];
+                    seen.push((
+                        d["connected"].as_u64().unwrap_or(0),
+                        d["servers"].as_u64().unwrap_or(0),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        })
+    };
+    let scaled = std::time::Instant::now();
+    let out = ctl_with(&conf, &["scale", "database=3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3/3 servers connected"),
+        "{out:?}"
+    );
+    let to3 = scaled.elapsed();
+    let (ok, members) = etcdctl(&s1, &c1, &["member", "list"]);
+    assert!(ok && members.lines().count() == 3, "{members}");
+    assert!(
+        service_container(&socket(&h4), "etcd-4").is_none(),
+        "etcd-4's service is gone"
+    );
+    let out = ctl_with(&conf, &["scale", "database=4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4/4 servers connected"),
+        "{out:?}"
+    );
+    eprintln!(
+        "scale 4->3: {:.1} s; 3->4: {:.1} s",
+        to3.as_secs_f64(),
+        (scaled.elapsed() - to3).as_secs_f64()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.join().expect("watcher");
+    assert!(
+        seen.iter().all(|(c, n)| *n > 0 && *c > *n / 2),
+        "below quorum while scaling: {seen:?}"
+    );
+    let c4b = service_container(&s4, "etcd-4").expect("etcd-4 again");
+    let (ok, out) = etcdctl(&s4, &c4b, &["get", "bees/queen", "--print-value-only"]);
+    assert!(ok && out.trim() == "alive", "{out}");
+    let (ok, members) = etcdctl(&s1, &c1, &["member", "list"]);
+    assert_eq!(
+        members.lines().filter(|l| l.contains("started")).count(),
+        4,
+        "{ok} {members}"
+    );
     lab.stop();
 }

@@ -71,6 +71,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         local: std::net::SocketAddr,
     },
+    /// Scale a service: `database=N` adds or removes database servers (one
+    /// per host, up to the host count) one at a time, keeping the cluster
+    /// healthy (etcd: member add before a server starts, member remove
+    /// before its service goes).
+    Scale {
+        /// `database=N`.
+        what: String,
+    },
     /// Host configuration (firewall, sysctls, GRUB, daemon.json).
     Hosts {
         #[command(subcommand)]
@@ -213,6 +221,16 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 r = tunnel.serve(listener) => r?,
                 _ = tokio::signal::ctrl_c() => {}
             }
+        }
+        Command::Scale { what } => {
+            let n = what
+                .strip_prefix("database=")
+                .and_then(|n| n.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    CtlError::Failed(format!("scale {what}: write database=N (N servers)"))
+                })?;
+            let summary = ctl.scale_database(n).await?;
+            println!("{summary}");
         }
         Command::Checks { json } => {
             let checks = ctl.checks().await?;
