@@ -14,6 +14,7 @@ pub mod config;
 pub mod database;
 pub mod ctl;
 pub mod error;
+pub mod metrics;
 pub mod progress;
 pub mod provider;
 pub mod registry;

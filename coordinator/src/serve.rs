@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub config: ClusterConfig,
     pub state_dir: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// Where Prometheus metrics are served (`None`: not at all).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Binds, writes admin.conf, brings the provider's hosts up, and serves until
@@ -63,6 +65,9 @@ pub async fn serve(
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
 
+    let metrics = opts
+        .metrics_listen
+        .map(|addr| tokio::spawn(crate::metrics::serve(addr, coordinator.clone())));
     let server = tokio::spawn(coordinator.clone().serve(listener, shutdown));
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
@@ -133,7 +138,7 @@ pub async fn serve(
     let result = server
         .await
         .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    for work in [provider_work, droplet_work, swarm_work]
+    for work in [provider_work, droplet_work, swarm_work, metrics]
         .into_iter()
         .flatten()
     {

@@ -114,6 +114,7 @@ pub struct Coordinator {
     pub state: PathBuf,
     pub proc: Option<Proc>,
     pub port: u16,
+    pub serve_args: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -127,6 +128,11 @@ pub fn free_port() -> u16 {
 impl Coordinator {
     /// `extra` is appended to the [coordinator] section.
     pub fn start(extra: &str) -> Coordinator {
+        Self::start_with(extra, &[])
+    }
+
+    /// As [`Coordinator::start`], with extra `serve` arguments.
+    pub fn start_with(extra: &str, serve_args: &[&str]) -> Coordinator {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("cluster.toml");
         std::fs::write(
@@ -141,6 +147,7 @@ impl Coordinator {
             proc: None,
             port: free_port(),
             dir,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
         };
         c.restart();
         c
@@ -156,6 +163,7 @@ impl Coordinator {
             .arg("--state-dir")
             .arg(&self.state);
         cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        cmd.args(&self.serve_args);
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);

@@ -93,3 +93,69 @@ fn watch_redraws_and_plain_output_has_no_escape_codes() {
         "colour codes in a non-terminal log"
     );
 }
+
+fn scrape(port: u16) -> Option<prometheus_parse::Scrape> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?;
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).ok()
+}
+
+fn value(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_follow_nodes_joining_and_leaving() {
+    let port = free_port();
+    let c = Coordinator::start_with(
+        "heartbeat_interval = \"300ms\"",
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    );
+    let first = eventually("metrics served", Duration::from_secs(10), || scrape(port));
+    assert_eq!(
+        value(&first, "apiary_nodes", Some(("state", "ready"))),
+        Some(0.0)
+    );
+    let token = c.token();
+    let mut a = c.agent("bee-1", Some(&token));
+    let _b = c.agent("bee-2", Some(&token));
+    eventually("two ready in metrics", Duration::from_secs(15), || {
+        let s = scrape(port)?;
+        (value(&s, "apiary_nodes", Some(("state", "ready")))? == 2.0
+            && value(&s, "apiary_enrollments_total", None)? == 2.0)
+            .then_some(())
+    });
+    a.proc.kill9();
+    eventually("one down in metrics", Duration::from_secs(10), || {
+        let s = scrape(port)?;
+        (value(&s, "apiary_nodes", Some(("state", "down")))? == 1.0
+            && value(&s, "apiary_nodes", Some(("state", "ready")))? == 1.0)
+            .then_some(())
+    });
+    let s = scrape(port).expect("scrape");
+    for name in [
+        "apiary_sessions",
+        "apiary_checks_failing",
+        "apiary_tunnel_bytes_total",
+        "apiary_heartbeat_interval_seconds",
+    ] {
+        assert!(s.samples.iter().any(|x| x.metric == name), "{name} missing");
+    }
+}

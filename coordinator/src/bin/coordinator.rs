@@ -44,6 +44,9 @@ enum Command {
         /// Listen address, overriding coordinator.listen in the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics (default address: local-only 127.0.0.1:9464).
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Remove everything the provider made for this cluster (lab: engines,
     /// agents, namespaces, links, bridges, data) and say what was removed.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
                 config,
                 state_dir,
                 listen,
+                metrics_listen,
             } => {
                 let config = ClusterConfig::load(&config)?;
                 serve(
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
                         config,
                         state_dir,
                         listen,
+                        metrics_listen,
                     },
                     shutdown_signal(),
                 )
