@@ -10,8 +10,15 @@
 //! (revoked, expired, wrong CA, bad token) end the process with a message that
 //! says which.
 //!
-//! Limitations (tracked in the issues): host configuration, reachability
-//! probes, Docker/Swarm commands and tunnels are not here yet.
+//! Besides the session it keeps the host configured ([`hostconfig`], through
+//! `host_runner`, across sessions), answers the coordinator's operations
+//! ([`ops`]: reachability responders and probes in [`reach`], Swarm and the
+//! overlay through the local engine in [`swarm`], database services in
+//! [`database`]) and carries tunnels ([`tunnel`]).
+//!
+//! Limitations: Docker is reached only on its local unix socket (by design);
+//! tunnel targets are limited to the allow-list; kernel features are read at
+//! session start.
 
 pub mod config;
 pub mod database;
