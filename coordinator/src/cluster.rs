@@ -974,9 +974,7 @@ pub async fn scale_database(
                     .ok_or("this database cannot scale yet")?
             }
             apiary_agent::database::DatabaseKind::Rethinkdb => {
-                return Err(
-                    "scaling RethinkDB is not implemented yet (its health check is missing)".into(),
-                );
+                return Err("scaling RethinkDB is not implemented yet".into());
             }
         };
         let spec = crate::database::spec_with(&db, &config.overlay, new, command);

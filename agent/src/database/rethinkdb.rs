@@ -1,0 +1,372 @@
+//! RethinkDB's wire protocol, as far as health needs it: the V1_0 handshake
+//! with SCRAM-SHA-256 authentication (RFC 5802/7677), then one query,
+//! `r.db("rethinkdb").table("server_status").coerce_to("array")`.
+//!
+//! Written from the protocol's published description: the client sends the
+//! magic number V1_0 (0x34c2bdc3, little-endian); every handshake message
+//! after that is a NUL-terminated JSON object; queries are framed as an
+//! 8-byte token and a 4-byte length (both little-endian) before the JSON.
+//! HMAC, PBKDF2 (`Hi`) and base64 are written here on `sha2` (nothing more is
+//! needed and the agent stays small).
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const V1_0: u32 = 0x34c2_bdc3;
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(data);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// PBKDF2-HMAC-SHA256 with one block: SCRAM's `Hi`.
+pub fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut s = salt.to_vec();
+    s.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = hmac_sha256(password, &s);
+    let mut out = u;
+    for _ in 1..iterations {
+        u = hmac_sha256(password, &u);
+        for (o, x) in out.iter_mut().zip(u) {
+            *o ^= x;
+        }
+    }
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn b64encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn b64decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = B64.iter().position(|x| *x == c)? as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// A SCRAM-SHA-256 client conversation.
+pub struct Scram {
+    user: String,
+    password: String,
+    client_nonce: String,
+    server_signature: Option<[u8; 32]>,
+}
+
+impl Scram {
+    pub fn new(user: &str, password: &str, client_nonce: &str) -> Scram {
+        Scram {
+            user: user.replace('=', "=3D").replace(',', "=2C"),
+            password: password.to_string(),
+            client_nonce: client_nonce.to_string(),
+            server_signature: None,
+        }
+    }
+
+    fn first_bare(&self) -> String {
+        format!("n={},r={}", self.user, self.client_nonce)
+    }
+
+    /// `n,,n=<user>,r=<nonce>`.
+    pub fn client_first(&self) -> String {
+        format!("n,,{}", self.first_bare())
+    }
+
+    /// Answers the server-first message with the client-final message.
+    pub fn client_final(&mut self, server_first: &str) -> Result<String, String> {
+        let field = |k: &str| {
+            server_first
+                .split(',')
+                .find_map(|p| p.strip_prefix(&format!("{k}=")))
+                .ok_or_else(|| format!("SCRAM: no {k}= in {server_first:?}"))
+        };
+        let nonce = field("r")?;
+        if !nonce.starts_with(&self.client_nonce) {
+            return Err("SCRAM: the server's nonce does not extend ours".into());
+        }
+        let salt = b64decode(field("s")?).ok_or("SCRAM: bad salt")?;
+        let iterations: u32 = field("i")?
+            .parse()
+            .map_err(|_| "SCRAM: bad iteration count")?;
+        let salted = hi(self.password.as_bytes(), &salt, iterations);
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.first_bare());
+        let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(client_signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let server_key = hmac_sha256(&salted, b"Server Key");
+        self.server_signature = Some(hmac_sha256(&server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", b64encode(&proof)))
+    }
+
+    /// Checks the server-final message (`v=<signature>`): the server knew the password.
+    pub fn verify(&self, server_final: &str) -> Result<(), String> {
+        let v = server_final
+            .split(',')
+            .find_map(|p| p.strip_prefix("v="))
+            .and_then(b64decode)
+            .ok_or("SCRAM: no server signature")?;
+        match self.server_signature {
+            Some(s) if s.as_slice() == v.as_slice() => Ok(()),
+            _ => Err("SCRAM: the server's signature is wrong".into()),
+        }
+    }
+}
+
+async fn read_nul_json<S: AsyncRead + Unpin>(s: &mut S) -> Result<Value, String> {
+    let mut buf = Vec::new();
+    loop {
+        let b = s.read_u8().await.map_err(|e| format!("handshake: {e}"))?;
+        if b == 0 {
+            break;
+        }
+        buf.push(b);
+        if buf.len() > 64 * 1024 {
+            return Err("handshake: answer too long".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let v: Value =
+        serde_json::from_str(&text).map_err(|_| format!("handshake: not JSON: {}", text.trim()))?;
+    if v["success"] != true {
+        return Err(format!(
+            "handshake refused: {}",
+            v["error"].as_str().unwrap_or(&text)
+        ));
+    }
+    Ok(v)
+}
+
+async fn write_nul_json<S: AsyncWrite + Unpin>(s: &mut S, v: &Value) -> Result<(), String> {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(0);
+    s.write_all(&b).await.map_err(|e| format!("handshake: {e}"))
+}
+
+/// The V1_0 handshake with SCRAM-SHA-256; returns the server's version.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    user: &str,
+    password: &str,
+    client_nonce: &str,
+) -> Result<String, String> {
+    s.write_all(&V1_0.to_le_bytes())
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let hello = read_nul_json(s).await?;
+    let mut scram = Scram::new(user, password, client_nonce);
+    write_nul_json(
+        s,
+        &json!({
+            "protocol_version": 0,
+            "authentication_method": "SCRAM-SHA-256",
+            "authentication": scram.client_first(),
+        }),
+    )
+    .await?;
+    let first = read_nul_json(s).await?;
+    let fin = scram.client_final(first["authentication"].as_str().unwrap_or_default())?;
+    write_nul_json(s, &json!({ "authentication": fin })).await?;
+    let last = read_nul_json(s).await?;
+    scram.verify(last["authentication"].as_str().unwrap_or_default())?;
+    Ok(hello["server_version"].as_str().unwrap_or("").to_string())
+}
+
+/// Runs one query term; returns the response's `r`.
+pub async fn query<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    token: u64,
+    term: Value,
+) -> Result<Value, String> {
+    let body = serde_json::to_vec(&json!([1, term, {}])).unwrap_or_default();
+    let mut frame = token.to_le_bytes().to_vec();
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    s.write_all(&frame)
+        .await
+        .map_err(|e| format!("query: {e}"))?;
+    let got = s.read_u64_le().await.map_err(|e| format!("query: {e}"))?;
+    let len = s.read_u32_le().await.map_err(|e| format!("query: {e}"))? as usize;
+    if got != token || len > 16 << 20 {
+        return Err("query: bad response frame".into());
+    }
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("query: {e}"))?;
+    let v: Value = serde_json::from_slice(&buf).map_err(|e| format!("query: {e}"))?;
+    match v["t"].as_i64() {
+        Some(1) | Some(2) => Ok(v["r"].clone()),
+        _ => Err(format!("query failed: {}", v["r"])),
+    }
+}
+
+/// `r.db("rethinkdb").table("server_status").coerce_to("array")`.
+pub fn server_status_term() -> Value {
+    json!([51, [[15, [[14, ["rethinkdb"]], "server_status"]], "array"]])
+}
+
+/// The connected servers' names, from `server_status` rows, sorted.
+pub fn connected_servers(rows: &Value) -> Vec<String> {
+    let mut names: Vec<String> = rows
+        .get(0)
+        .and_then(Value::as_array)
+        .or_else(|| rows.as_array())
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7677 section 3: user "user", password "pencil".
+    const CLIENT_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    #[test]
+    fn scram_sha256_matches_rfc7677() {
+        let mut s = Scram::new("user", "pencil", CLIENT_NONCE);
+        assert_eq!(s.client_first(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(s.client_final(SERVER_FIRST).unwrap(), CLIENT_FINAL);
+        s.verify(SERVER_FINAL).expect("server signature");
+        assert!(s.verify("v=AAAA").is_err());
+    }
+
+    #[test]
+    fn hmac_and_base64_known_answers() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(b64decode(&b64encode(s.as_bytes())).unwrap(), s.as_bytes());
+        }
+        assert_eq!(b64encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64encode(b"fo"), "Zm8=");
+    }
+
+    /// A fake server speaking the published handshake with the RFC's values.
+    #[tokio::test]
+    async fn handshake_and_query_follow_the_protocol() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(async move {
+            assert_eq!(server.read_u32_le().await.unwrap(), V1_0);
+            let reply = |v: Value| {
+                let mut b = serde_json::to_vec(&v).unwrap();
+                b.push(0);
+                b
+            };
+            server
+                .write_all(&reply(json!({"success": true, "min_protocol_version": 0, "max_protocol_version": 0, "server_version": "2.4.4"})))
+                .await
+                .unwrap();
+            let m = read_nul_json_raw(&mut server).await;
+            assert_eq!(m["protocol_version"], 0);
+            assert_eq!(m["authentication_method"], "SCRAM-SHA-256");
+            assert_eq!(m["authentication"], "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+            server
+                .write_all(&reply(
+                    json!({"success": true, "authentication": SERVER_FIRST}),
+                ))
+                .await
+                .unwrap();
+            let m = read_nul_json_raw(&mut server).await;
+            assert_eq!(m["authentication"], CLIENT_FINAL);
+            server
+                .write_all(&reply(
+                    json!({"success": true, "authentication": SERVER_FINAL}),
+                ))
+                .await
+                .unwrap();
+            let token = server.read_u64_le().await.unwrap();
+            let len = server.read_u32_le().await.unwrap() as usize;
+            let mut q = vec![0; len];
+            server.read_exact(&mut q).await.unwrap();
+            let q: Value = serde_json::from_slice(&q).unwrap();
+            assert_eq!(q, json!([1, server_status_term(), {}]));
+            let body = serde_json::to_vec(
+                &json!({"t": 1, "r": [[{"name": "rethinkdb_2"}, {"name": "rethinkdb_1"}]]}),
+            )
+            .unwrap();
+            let mut f = token.to_le_bytes().to_vec();
+            f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            f.extend_from_slice(&body);
+            server.write_all(&f).await.unwrap();
+        });
+        let v = handshake(&mut client, "user", "pencil", CLIENT_NONCE)
+            .await
+            .unwrap();
+        assert_eq!(v, "2.4.4");
+        let r = query(&mut client, 1, server_status_term()).await.unwrap();
+        assert_eq!(connected_servers(&r), ["rethinkdb_1", "rethinkdb_2"]);
+        srv.await.unwrap();
+    }
+
+    async fn read_nul_json_raw(s: &mut tokio::io::DuplexStream) -> Value {
+        let mut buf = Vec::new();
+        loop {
+            let b = s.read_u8().await.unwrap();
+            if b == 0 {
+                break;
+            }
+            buf.push(b);
+        }
+        serde_json::from_slice(&buf).unwrap()
+    }
+}
