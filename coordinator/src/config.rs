@@ -56,6 +56,7 @@ struct RawDatabase {
     volume_prefix: Option<String>,
     client_port: Option<u16>,
     peer_port: Option<u16>,
+    image_archive: Option<PathBuf>,
 }
 
 /// The clustered database on the overlay (`[database]`): one server per host
@@ -76,6 +77,9 @@ pub struct DatabaseConfig {
     /// 2380, RethinkDB cluster 29015), on the overlay only.
     pub client_port: u16,
     pub peer_port: u16,
+    /// Lab: a `docker save` archive of `image` loaded into every engine
+    /// (relative to the config file).
+    pub image_archive: Option<PathBuf>,
 }
 
 /// "450m", "1g", "512k", "1048576": bytes (units of 1024, like Docker).
@@ -230,6 +234,8 @@ pub struct LabProviderConfig {
     /// Build and load the lab's etcd image (`[database] kind = "etcd"` with
     /// image `lab/etcd:1`).
     pub etcd_image: bool,
+    /// `docker save` archives loaded into every engine (`[database] image_archive`).
+    pub image_archives: Vec<PathBuf>,
 }
 
 impl ProviderConfig {
@@ -364,6 +370,7 @@ impl ClusterConfig {
                     teardown_on_exit,
                     agent_binary,
                     etcd_image: false,
+                    image_archives: Vec::new(),
                 })
             }
             RawProvider::Digitalocean { hosts, names } => {
@@ -540,6 +547,13 @@ impl ClusterConfig {
                 volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
                 client_port: db.client_port.unwrap_or(client),
                 peer_port: db.peer_port.unwrap_or(peer),
+                image_archive: db.image_archive.map(|a| {
+                    if a.is_relative() {
+                        path.parent().unwrap_or(Path::new(".")).join(a)
+                    } else {
+                        a
+                    }
+                }),
             };
             if cfg.client_port == cfg.peer_port {
                 return Err(at(
@@ -551,8 +565,31 @@ impl ClusterConfig {
                     ),
                 ));
             }
+            if let Some(a) = &cfg.image_archive {
+                if !matches!(provider, ProviderConfig::Lab(_)) {
+                    return Err(at(
+                        Some(span),
+                        "database.image_archive",
+                        "database.image_archive is for the lab (other hosts pull the image)".into(),
+                    ));
+                }
+                if !a.is_file() {
+                    return Err(at(
+                        Some(span),
+                        "database.image_archive",
+                        format!(
+                            "database.image_archive = {:?}: no such file (make one with `docker save {} -o FILE`)",
+                            a.display().to_string(),
+                            cfg.image
+                        ),
+                    ));
+                }
+            }
             if let ProviderConfig::Lab(lab) = &mut provider {
-                lab.etcd_image = cfg.kind == DatabaseKind::Etcd && cfg.image == "lab/etcd:1";
+                lab.etcd_image = cfg.kind == DatabaseKind::Etcd
+                    && cfg.image == "lab/etcd:1"
+                    && cfg.image_archive.is_none();
+                lab.image_archives.extend(cfg.image_archive.clone());
             }
             sw.database = Some(cfg);
         }
@@ -832,5 +869,27 @@ mod tests {
         }
         assert_eq!(parse_memory("450m"), Some(450 << 20));
         assert_eq!(parse_memory("0"), None);
+    }
+
+    #[test]
+    fn a_database_image_archive_must_exist_and_is_loaded_by_the_lab() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("rethinkdb.tar");
+        std::fs::write(&archive, b"x").unwrap();
+        let text = format!(
+            "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{}\"\n",
+            archive.display()
+        );
+        let c = parse(&text).expect("valid");
+        let ProviderConfig::Lab(lab) = c.provider else {
+            panic!("lab expected")
+        };
+        assert_eq!(lab.image_archives, vec![archive.clone()]);
+        assert!(!lab.etcd_image);
+        let err = parse(&text.replace("rethinkdb.tar", "missing.tar")).expect_err("missing");
+        let ConfigError::Invalid { key, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(key, "database.image_archive", "{err}");
     }
 }

@@ -303,6 +303,7 @@ mod tests {
             volume_prefix: kind.as_str().into(),
             client_port: c,
             peer_port: p,
+            image_archive: None,
         }
     }
 

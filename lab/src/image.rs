@@ -491,6 +491,61 @@ pub fn ensure_etcd_archive(
     })
 }
 
+/// What a `docker save` archive (a user-supplied image, e.g. RethinkDB's)
+/// yields when loaded: its first tag and its image id, read from its
+/// `manifest.json` (`<hex>.json` configs, or `blobs/sha256/<hex>` in the
+/// OCI layout of newer engines).
+pub fn archive_info(path: &Path) -> Result<ImageArchive, LabError> {
+    let bad = |why: String| {
+        LabError::io(
+            "use as an image archive",
+            path,
+            io::Error::new(io::ErrorKind::InvalidData, why),
+        )
+    };
+    let f = std::fs::File::open(path).map_err(|e| LabError::io("open", path, e))?;
+    let mut tar = tar::Archive::new(io::BufReader::new(f));
+    let entries = tar.entries().map_err(|e| LabError::io("read", path, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| LabError::io("read", path, e))?;
+        let name = entry
+            .path()
+            .map(|p| p.to_string_lossy().trim_start_matches("./").to_string())
+            .unwrap_or_default();
+        if name != "manifest.json" {
+            continue;
+        }
+        let mut text = String::new();
+        entry
+            .read_to_string(&mut text)
+            .map_err(|e| LabError::io("read", path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("manifest.json is not JSON: {e}")))?;
+        let first = &v[0];
+        let reference = first["RepoTags"][0]
+            .as_str()
+            .ok_or_else(|| bad("the image in it has no tag (docker save NAME:TAG)".into()))?
+            .to_string();
+        let config = first["Config"].as_str().unwrap_or_default();
+        let hex = config
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".json");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!(
+                "unexpected config name {config:?} in manifest.json"
+            )));
+        }
+        return Ok(ImageArchive {
+            path: path.to_path_buf(),
+            reference,
+            id: format!("sha256:{hex}"),
+        });
+    }
+    Err(bad("no manifest.json: not a `docker save` archive".into()))
+}
+
 /// The absolute paths of the shared objects `ldd` lists (the interpreter
 /// included; the vdso, which has no file, left out).
 pub fn ldd_paths(ldd_output: &str) -> Vec<String> {
@@ -662,5 +717,29 @@ mod tests {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
         assert_eq!(etcd_config().cmd, vec!["/usr/bin/etcd".to_string()]);
+    }
+
+    #[test]
+    fn a_saved_archive_tells_its_tag_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.tar");
+        let layer = layer_tar(&[LayerEntry::File {
+            path: "a".into(),
+            mode: 0o644,
+            data: b"a".to_vec(),
+        }])
+        .unwrap();
+        let id = write_image_archive(
+            "rethinkdb:2.4",
+            &ImageConfig::default(),
+            &layer,
+            std::fs::File::create(&path).unwrap(),
+        )
+        .unwrap();
+        let info = archive_info(&path).unwrap();
+        assert_eq!(info.reference, "rethinkdb:2.4");
+        assert_eq!(info.id, id);
+        std::fs::write(&path, b"not a tar").unwrap();
+        assert!(archive_info(&path).is_err());
     }
 }

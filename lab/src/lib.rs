@@ -815,6 +815,15 @@ impl Lab {
         })
     }
 
+    /// Loads a user-supplied `docker save` archive into each engine that
+    /// lacks its image (e.g. RethinkDB's, since no registry is reachable).
+    pub async fn load_archive(&self, hosts: &[&HostPlan], path: &Path) -> Result<String, LabError> {
+        let p = path.to_path_buf();
+        let archive = self.blocking(move |_| image::archive_info(&p)).await?;
+        self.load_image(hosts, &archive).await?;
+        Ok(archive.reference)
+    }
+
     /// Loads `lab/etcd:1` into each engine that lacks it.
     pub async fn ensure_etcd_image(&self, hosts: &[&HostPlan]) -> Result<(), LabError> {
         let archive = self.blocking(|lab| lab.etcd_archive()).await?;

@@ -677,3 +677,63 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     );
     lab.stop();
 }
+
+/// RethinkDB across 4 lab hosts, when a `docker save` archive of
+/// `rethinkdb:2.4` is supplied in APIARY_RETHINKDB_IMAGE_ARCHIVE (no registry
+/// is reachable from this machine, so it is skipped otherwise).
+#[test]
+fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
+    let Ok(archive) = std::env::var("APIARY_RETHINKDB_IMAGE_ARCHIVE") else {
+        eprintln!(
+            "skipped: set APIARY_RETHINKDB_IMAGE_ARCHIVE to a `docker save rethinkdb:2.4` archive"
+        );
+        return;
+    };
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labrdb",
+        4,
+        &format!(
+            "\n[swarm]\nchecks_interval = \"3s\"\n\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{archive}\"\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    lab.start();
+    let status = eventually("rethinkdb 4/4 healthy", Duration::from_secs(240), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(s)
+    });
+    eprintln!(
+        "serve -> rethinkdb 4/4 healthy: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let db = &status["database"];
+    assert_eq!(
+        (db["servers"].clone(), db["connected"].clone()),
+        (4.into(), 4.into()),
+        "{db}"
+    );
+    let q = lab.node(&lab.hosts[0]).expect("node");
+    let sock = format!("unix://{}", q["docker_socket"].as_str().expect("socket"));
+    for n in 1..=4 {
+        let (ok, args) = sh(&[
+            "docker",
+            "-H",
+            &sock,
+            "service",
+            "inspect",
+            &format!("rethinkdb-{n}"),
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Command}} {{json .Spec.EndpointSpec}}",
+        ]);
+        assert!(ok, "{args}");
+        assert_eq!(
+            args.contains("--join rethinkdb-1:29015")
+                || args.contains("\"--join\",\"rethinkdb-1:29015\""),
+            n > 1,
+            "{args}"
+        );
+        assert!(!args.contains("Ports"), "nothing published: {args}");
+    }
+    lab.stop();
+}

@@ -32,6 +32,8 @@ pub struct LabProvider {
     teardown_on_exit: bool,
     /// Load `lab/etcd:1` too (`[database] kind = "etcd"`).
     etcd_image: bool,
+    /// User-supplied `docker save` archives (`[database] image_archive`).
+    image_archives: Vec<PathBuf>,
 }
 
 impl LabProvider {
@@ -83,6 +85,7 @@ impl LabProvider {
             agent_binary,
             teardown_on_exit: config.teardown_on_exit,
             etcd_image: config.etcd_image,
+            image_archives: config.image_archives.clone(),
         })
     }
 
@@ -193,6 +196,16 @@ impl LabProvider {
                 .ensure_etcd_image(&hosts.iter().collect::<Vec<_>>())
                 .await?;
             phase.step("all", "lab/etcd:1 loaded");
+        }
+        for archive in &self.image_archives {
+            let reference = self
+                .lab
+                .load_archive(&hosts.iter().collect::<Vec<_>>(), archive)
+                .await?;
+            phase.step(
+                "all",
+                &format!("{reference} loaded from {}", archive.display()),
+            );
         }
         phase.finish();
 
