@@ -592,6 +592,15 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     let h3 = lab.hosts[2].clone();
     let s3 = socket(&h3);
     let c3 = service_container(&s3, &server_of(&h3)).expect("server on host 3");
+    let events_file = lab.dir.path().join("events.jsonl");
+    let mut events = std::process::Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .args(["events", "--json"])
+        .stdout(std::fs::File::create(&events_file).expect("events file"))
+        .spawn()
+        .expect("ctl events");
+    std::thread::sleep(Duration::from_millis(500));
     let killed = std::time::Instant::now();
     assert!(sh(&["docker", "-H", &format!("unix://{s3}"), "kill", &c3]).0);
     eventually("database 3/4", Duration::from_secs(10), || {
@@ -608,6 +617,16 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         to_degraded.as_secs_f64(),
         killed.elapsed().as_secs_f64()
     );
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
+    let degraded = seen
+        .find("database_degraded")
+        .expect(&format!("no database_degraded event: {seen}"));
+    let healthy = seen
+        .rfind("database_healthy")
+        .expect(&format!("no database_healthy event: {seen}"));
+    assert!(degraded < healthy, "{seen}");
     let c3b = service_container(&s3, &server_of(&h3)).expect("server on host 3 again");
     assert_ne!(c3, c3b, "Swarm started a new task");
     let (ok, out) = etcdctl(&s3, &c3b, &["get", "bees/queen", "--print-value-only"]);
