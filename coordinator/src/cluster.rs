@@ -622,7 +622,7 @@ pub async fn converge(
         );
     }
     if let Some(db) = &config.database {
-        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let names = database_hosts(coord);
         let before = coord.checks().database;
         let d = converge_database(coord, db, &config.overlay, &first, &names, progress).await;
         let was = before.as_ref().is_some_and(DatabaseState::healthy);
@@ -810,6 +810,17 @@ async fn converge_database(
     }
 }
 
+/// Every enrolled host, ready or not, by name: server N stays on the N-th
+/// host while another host is down (placement never shifts).
+fn database_hosts(coord: &Coordinator) -> Vec<String> {
+    let mut names: Vec<String> = coord
+        .status()
+        .map(|s| s.nodes.into_iter().map(|n| n.name).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Serialises `ctl scale database=N` requests.
 static SCALING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -915,7 +926,7 @@ pub async fn scale_database(
         .find(|h| h.manager)
         .map(|h| h.name.clone())
         .ok_or("no Swarm manager is ready")?;
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let names = database_hosts(coord);
     let db = crate::database::effective(base);
     let current = crate::database::servers(&db, &names);
     let flavor = crate::database::flavor(db.kind);
