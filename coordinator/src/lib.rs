@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod database;
 pub mod ctl;
+pub mod docs;
 pub mod error;
 pub mod metrics;
 pub mod progress;

@@ -159,3 +159,48 @@ fn metrics_parse_as_prometheus_text_and_follow_nodes_joining_and_leaving() {
         assert!(s.samples.iter().any(|x| x.metric == name), "{name} missing");
     }
 }
+
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let subcommands = [
+        "status",
+        "events",
+        "checks",
+        "tunnel",
+        "hosts",
+        "nodes",
+        "token",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("ctl"))
+            .args(["completions", shell])
+            .output()
+            .expect("ctl completions");
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in subcommands {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(bin("ctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .expect("ctl man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "ctl.1",
+        "ctl-status.1",
+        "ctl-checks.1",
+        "ctl-tunnel.1",
+        "ctl-hosts-apply.1",
+        "ctl-nodes-remove.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH") && text.len() > 200, "{page} is empty");
+    }
+}

@@ -85,6 +85,10 @@ enum Command {
         command: HostsCommand,
     },
     /// Print (or rotate) the join token new hosts enroll with.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for ctl and every subcommand into DIR.
+    Man { dir: PathBuf },
     Token {
         #[arg(long)]
         rotate: bool,
@@ -146,11 +150,35 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 async fn run(args: Args) -> Result<(), CtlError> {
+    // These need no coordinator and no credentials.
+    match &args.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            apiary_coordinator::docs::write_completions(
+                &mut Args::command(),
+                *shell,
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            let pages =
+                apiary_coordinator::docs::write_man_pages(&Args::command(), dir).map_err(|e| {
+                    CtlError::Failed(format!("writing man pages to {}: {e}", dir.display()))
+                })?;
+            println!("wrote {} man pages to {}", pages.len(), dir.display());
+            return Ok(());
+        }
+        _ => {}
+    }
     let conf = AdminConf::load(&config_path(args.config))?;
     let mut ctl = Ctl::new(&conf)?;
     let stdout = &mut std::io::stdout();
     let io = |e: std::io::Error| CtlError::Failed(format!("writing output: {e}"));
     match args.command {
+        // Handled above, before any connection is made.
+        Command::Completions { .. } | Command::Man { .. } => {}
         Command::Status {
             json, watch: false, ..
         } => {
@@ -213,7 +241,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
             let tunnel = TunnelCtl::new(&conf, parse_target(&target)?)?;
             tunnel.check().await?;
             let listener = bind(local).await?;
-            let addr = listener.local_addr().map_err(|e| CtlError::Failed(e.to_string()))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| CtlError::Failed(e.to_string()))?;
             println!("forwarding {addr} -> {target} (Ctrl-C to stop)");
             use std::io::Write;
             let _ = std::io::stdout().flush();
