@@ -458,108 +458,125 @@ pub async fn converge(
         return;
     }
     state.swarm_error.clear();
-    // Probe containers, one per host, on the overlay.
-    let endpoints: Vec<(Host, Result<ProbeEndpoint, String>)> =
-        join_all(hosts.iter().map(|h| async move {
-            (
-                h.clone(),
-                call::<ProbeEndpoint>(
+    // The database needs only the overlay: it converges while the probe
+    // containers start and the overlay is checked.
+    let database_work = async {
+        match &config.database {
+            Some(db) => {
+                let names = database_hosts(coord);
+                Some(converge_database(coord, db, &config.overlay, &first, &names, progress).await)
+            }
+            None => None,
+        }
+    };
+    let checks_work = async {
+        // Probe containers, one per host, on the overlay.
+        let endpoints: Vec<(Host, Result<ProbeEndpoint, String>)> =
+            join_all(hosts.iter().map(|h| async move {
+                (
+                    h.clone(),
+                    call::<ProbeEndpoint>(
+                        coord,
+                        &h.name,
+                        &OpRequest::EnsureProbe {
+                            network: config.overlay.clone(),
+                        },
+                    )
+                    .await,
+                )
+            }))
+            .await;
+        if let Some(phase) = phase {
+            for (h, e) in &endpoints {
+                phase.step(
+                    &h.name,
+                    &match e {
+                        Ok(e) => format!("probe container at {}", e.address),
+                        Err(err) => format!("no probe container: {err}"),
+                    },
+                );
+            }
+            phase.finish();
+        }
+        let up: Vec<ProbeEndpoint> = endpoints
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().ok().cloned())
+            .collect();
+
+        // After Swarm: its TCP ports directly, and the overlay end to end.
+        let members = as_members(&hosts);
+        let direct = probe_round(coord, &hosts, |h| {
+            members
+                .iter()
+                .filter(|m| m.name != h.name)
+                .map(|m| Target {
+                    peer: apiary_agent::reach::Peer {
+                        name: m.name.clone(),
+                        ip: m.ip,
+                    },
+                    ports: if m.manager {
+                        vec![PortSpec::tcp(2377), PortSpec::tcp(7946)]
+                    } else {
+                        vec![PortSpec::tcp(7946)]
+                    },
+                })
+                .collect()
+        })
+        .await;
+        let overlay: Vec<Cell> = join_all(endpoints.iter().map(|(h, e)| {
+            let up = up.clone();
+            let hosts = hosts.clone();
+            async move {
+                let peers_down = |why: &str| -> Vec<Cell> {
+                    hosts
+                        .iter()
+                        .filter(|p| p.name != h.name)
+                        .map(|p| unavailable(&h.name, &p.name, p.ip, Proto::Overlay, 4789, why))
+                        .collect()
+                };
+                let local = match e {
+                    Ok(l) => l.clone(),
+                    Err(err) => {
+                        return peers_down(&format!("no probe container on {}: {err}", h.name));
+                    }
+                };
+                let mut cells = match call::<Vec<Cell>>(
                     coord,
                     &h.name,
-                    &OpRequest::EnsureProbe {
-                        network: config.overlay.clone(),
+                    &OpRequest::OverlayProbe {
+                        local,
+                        peers: up.clone(),
                     },
                 )
-                .await,
-            )
-        }))
-        .await;
-    if let Some(phase) = phase {
-        for (h, e) in &endpoints {
-            phase.step(
-                &h.name,
-                &match e {
-                    Ok(e) => format!("probe container at {}", e.address),
-                    Err(err) => format!("no probe container: {err}"),
-                },
-            );
-        }
-        phase.finish();
-    }
-    let up: Vec<ProbeEndpoint> = endpoints
-        .iter()
-        .filter_map(|(_, e)| e.as_ref().ok().cloned())
-        .collect();
-
-    // After Swarm: its TCP ports directly, and the overlay end to end.
-    let members = as_members(&hosts);
-    let direct = probe_round(coord, &hosts, |h| {
-        members
-            .iter()
-            .filter(|m| m.name != h.name)
-            .map(|m| Target {
-                peer: apiary_agent::reach::Peer {
-                    name: m.name.clone(),
-                    ip: m.ip,
-                },
-                ports: if m.manager {
-                    vec![PortSpec::tcp(2377), PortSpec::tcp(7946)]
-                } else {
-                    vec![PortSpec::tcp(7946)]
-                },
-            })
-            .collect()
-    })
-    .await;
-    let overlay: Vec<Cell> = join_all(endpoints.iter().map(|(h, e)| {
-        let up = up.clone();
-        let hosts = hosts.clone();
-        async move {
-            let peers_down = |why: &str| -> Vec<Cell> {
-                hosts
+                .await
+                {
+                    Ok(c) => c,
+                    Err(err) => return peers_down(&err),
+                };
+                // Peers without a probe container cannot be reached on the overlay at all.
+                for p in hosts
                     .iter()
-                    .filter(|p| p.name != h.name)
-                    .map(|p| unavailable(&h.name, &p.name, p.ip, Proto::Overlay, 4789, why))
-                    .collect()
-            };
-            let local = match e {
-                Ok(l) => l.clone(),
-                Err(err) => return peers_down(&format!("no probe container on {}: {err}", h.name)),
-            };
-            let mut cells = match call::<Vec<Cell>>(
-                coord,
-                &h.name,
-                &OpRequest::OverlayProbe {
-                    local,
-                    peers: up.clone(),
-                },
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(err) => return peers_down(&err),
-            };
-            // Peers without a probe container cannot be reached on the overlay at all.
-            for p in hosts
-                .iter()
-                .filter(|p| p.name != h.name && !up.iter().any(|u| u.host == p.name))
-            {
-                cells.push(unavailable(
-                    &h.name,
-                    &p.name,
-                    p.ip,
-                    Proto::Overlay,
-                    4789,
-                    &format!("{} has no probe container (engine or agent down?)", p.name),
-                ));
+                    .filter(|p| p.name != h.name && !up.iter().any(|u| u.host == p.name))
+                {
+                    cells.push(unavailable(
+                        &h.name,
+                        &p.name,
+                        p.ip,
+                        Proto::Overlay,
+                        4789,
+                        &format!("{} has no probe container (engine or agent down?)", p.name),
+                    ));
+                }
+                cells
             }
-            cells
-        }
-    }))
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        (up, direct, overlay)
+    };
+    let (database, (up, direct, overlay)) = futures::join!(database_work, checks_work);
 
     // The swarm as the first manager sees it.
     let mut swarm_nodes = HashMap::new();
@@ -621,10 +638,8 @@ pub async fn converge(
             path.clone(),
         );
     }
-    if let Some(db) = &config.database {
-        let names = database_hosts(coord);
+    if let (Some(db), Some(d)) = (&config.database, database) {
         let before = coord.checks().database;
-        let d = converge_database(coord, db, &config.overlay, &first, &names, progress).await;
         let was = before.as_ref().is_some_and(DatabaseState::healthy);
         if d.healthy() && !was {
             info!(summary = %d.summary(), "database healthy");
