@@ -694,6 +694,34 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         4,
         "{ok} {members}"
     );
+
+    // A restarted coordinator adopts the services: no second set, healthy.
+    lab.stop();
+    lab.start();
+    eventually(
+        "database healthy after a coordinator restart",
+        Duration::from_secs(60),
+        || {
+            let s = lab.status()?;
+            (s["database"]["healthy"] == true).then_some(())
+        },
+    );
+    let (ok, services) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}}",
+    ]);
+    let mut services: Vec<&str> = services
+        .lines()
+        .filter(|l| l.starts_with("etcd-"))
+        .collect();
+    services.sort();
+    assert!(ok);
+    assert_eq!(services, ["etcd-1", "etcd-2", "etcd-3", "etcd-4"]);
     lab.stop();
 }
 
