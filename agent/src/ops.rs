@@ -86,9 +86,12 @@ impl OpRequest {
     /// How long the coordinator should wait for an answer.
     pub fn timeout(&self) -> Duration {
         match self {
-            OpRequest::SwarmJoin { .. }
-            | OpRequest::SwarmInit { .. }
-            | OpRequest::EnsureProbe { .. } => Duration::from_secs(60),
+            OpRequest::SwarmJoin { .. } | OpRequest::SwarmInit { .. } => Duration::from_secs(60),
+            // Quick questions to the local engine: an engine that does not
+            // answer them in seconds is down, and a check round must not wait
+            // a minute to say so.
+            OpRequest::SwarmView => Duration::from_secs(5),
+            OpRequest::EnsureProbe { .. } => Duration::from_secs(20),
             OpRequest::OverlayProbe { .. }
             | OpRequest::Probe { .. }
             | OpRequest::DatabaseHealth { .. }

@@ -310,10 +310,12 @@ async fn ensure_swarm(
     let remote = SocketAddr::new(first.ip.into(), 2377);
     let mut tokens: Option<serde_json::Value> = None;
     for h in hosts.iter().filter(|h| h.name != first.name) {
-        if views
-            .get(&h.name)
-            .is_some_and(|v| v.state == SwarmState::Active && v.knows_manager(&remote))
-        {
+        // A host whose engine did not answer is left alone this round: its
+        // cells say so, and joining it would only wait for a timeout.
+        let Some(view) = views.get(&h.name) else {
+            continue;
+        };
+        if view.state == SwarmState::Active && view.knows_manager(&remote) {
             continue;
         }
         if tokens.is_none() {

@@ -103,7 +103,9 @@ impl Registry {
 
     pub fn view(&self, node: &str, heartbeat: Duration) -> Option<LiveView> {
         self.lock().get(node).map(|l| LiveView {
-            connected_and_fresh: l.last_seen.elapsed() < heartbeat * 3,
+            // Ready only once the agent said hello with its facts: a session
+            // that has not yet is not a usable node.
+            connected_and_fresh: l.facts.is_some() && l.last_seen.elapsed() < heartbeat * 3,
             last_seen_unix_ms: l.last_seen_unix_ms,
             facts: l.facts.clone(),
         })

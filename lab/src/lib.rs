@@ -939,6 +939,26 @@ impl Lab {
                 what: format!("no UTS namespace at {}", host.uts_file.display()),
             });
         }
+        // A coordinator killed between starting this process and writing its
+        // pidfile left it running without one: adopt it (its command line is
+        // unique to the host, the state directory is in it) rather than start
+        // a second copy.
+        let table = self
+            .inner
+            .ops
+            .processes()
+            .map_err(|e| LabError::io("read", "/proc", e))?;
+        let wanted = argv.join(" ");
+        if let Some(pid) = table
+            .iter()
+            .filter(|p| p.alive() && p.cmdline.contains(&wanted))
+            .map(|p| p.pid)
+            .min()
+        {
+            self.write_pidfile(host, name, pid)?;
+            info!(host = %host.name, process = name, pid, "adopted (it had no pidfile)");
+            return Ok(pid);
+        }
         self.prepare_dirs(host)?;
         let mut cmd = host::in_host(host, true, argv);
         cmd.env.extend(env.iter().cloned());

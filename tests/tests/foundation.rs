@@ -449,3 +449,25 @@ fn malformed_config_names_file_line_and_key_with_exit_64() {
         "a bad config must not create state"
     );
 }
+
+#[test]
+fn image_archive_is_refused_outside_the_lab_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("manual.toml");
+    std::fs::write(&config, "[cluster]\nname = \"bees\"\n[coordinator]\nlisten = \"127.0.0.1:0\"\n[provider]\nkind = \"manual\"\n").expect("write");
+    let out = std::process::Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--image-archive", "/nonexistent.tar"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--image-archive is for the lab"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("state").exists());
+}

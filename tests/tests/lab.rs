@@ -437,6 +437,46 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         "{{.Hostname}}",
     ]);
     assert_eq!(ls.lines().count(), 4, "duplicate swarm nodes: {ls}");
+
+    // A stopped engine (frozen, so supervision does not replace it): that
+    // host's Swarm state and checks show down, every other path stays green.
+    let worker = lab.hosts[3].clone();
+    let dockerd = lab.pid(&worker, "dockerd").expect("dockerd pid");
+    let pid = nix::unistd::Pid::from_raw(dockerd);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop dockerd");
+    struct Thaw(nix::unistd::Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let thaw = Thaw(pid);
+    let (code, c) = eventually(
+        "the stopped engine is seen",
+        Duration::from_secs(120),
+        || {
+            let (code, c) = checks(&lab)?;
+            let node = lab.node(&worker)?;
+            (node["swarm_status"] == "down" && !c["failures"].as_array()?.is_empty())
+                .then_some((code, c))
+        },
+    );
+    assert_eq!(code, 2);
+    for f in c["failures"].as_array().expect("failures") {
+        assert!(
+            f["src"] == worker.as_str() || f["dst"] == worker.as_str(),
+            "a path not through {worker} failed: {f}"
+        );
+    }
+    drop(thaw);
+    eventually(
+        "the engine is back and every path green",
+        Duration::from_secs(120),
+        || {
+            let (code, _) = checks(&lab)?;
+            (code == 0 && lab.node(&worker)?["swarm_status"] == "ready").then_some(())
+        },
+    );
     lab.stop();
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
-use apiary_coordinator::config::ClusterConfig;
+use apiary_coordinator::config::{ClusterConfig, ProviderConfig};
 use apiary_coordinator::ctl::Ctl;
 use apiary_coordinator::error::{CoordinatorError, exit};
 use apiary_coordinator::serve::{ServeOptions, serve};
@@ -44,6 +44,10 @@ enum Command {
         /// Listen address, overriding coordinator.listen in the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Lab only: a `docker save` archive (e.g. RethinkDB's image) loaded into
+        /// every lab engine, for a [database] whose image cannot be built here.
+        #[arg(long)]
+        image_archive: Option<PathBuf>,
         /// Serve Prometheus metrics (default address: local-only 127.0.0.1:9464).
         #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
         metrics_listen: Option<SocketAddr>,
@@ -84,8 +88,25 @@ fn main() -> ExitCode {
                 state_dir,
                 listen,
                 metrics_listen,
+                image_archive,
             } => {
-                let config = ClusterConfig::load(&config)?;
+                let mut config = ClusterConfig::load(&config)?;
+                if let Some(archive) = image_archive {
+                    match &mut config.provider {
+                        ProviderConfig::Lab(lab) if archive.is_file() => lab.image_archives.push(archive),
+                        ProviderConfig::Lab(_) => {
+                            return Err(CoordinatorError::ProviderConfig(format!(
+                                "--image-archive {}: no such file (make one with `docker save IMAGE -o FILE`)",
+                                archive.display()
+                            )));
+                        }
+                        _ => {
+                            return Err(CoordinatorError::ProviderConfig(
+                                "--image-archive is for the lab provider (real hosts pull their images)".into(),
+                            ));
+                        }
+                    }
+                }
                 serve(
                     ServeOptions {
                         config,
