@@ -318,7 +318,10 @@ async fn session(
     let mut client = AgentApiClient::new(channel.clone());
     // Tunnels ride the same connection; they end with the session (only the
     // connections in flight fail on a reconnect).
-    let _tunnels = AbortOnDrop(tokio::spawn(crate::tunnel::serve(channel, config.tunnel_allow.clone())));
+    let _tunnels = AbortOnDrop(tokio::spawn(crate::tunnel::serve(
+        channel,
+        config.tunnel_allow.clone(),
+    )));
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let first = facts.gather().await;
@@ -373,6 +376,9 @@ async fn session(
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     let mut seq = 0u64;
+    // The heartbeat in flight (seq, when sent) and the last measured round trip.
+    let mut in_flight: Option<(u64, std::time::Instant)> = None;
+    let mut last_rtt_us = 0u64;
     let mut welcomed = false;
     loop {
         tokio::select! {
@@ -386,7 +392,14 @@ async fn session(
                         }
                         welcomed = true;
                     }
-                    Some(coordinator_message::Msg::HeartbeatAck(_)) => {}
+                    Some(coordinator_message::Msg::HeartbeatAck(ack)) => {
+                        if let Some((s, at)) = in_flight
+                            && s == ack.seq
+                        {
+                            last_rtt_us = at.elapsed().as_micros() as u64;
+                            in_flight = None;
+                        }
+                    }
                     Some(coordinator_message::Msg::Command(cmd)) => match cmd.kind {
                         Some(apiary_proto::command::Kind::RefreshFacts(_)) => {
                             let f = facts.gather().await;
@@ -429,7 +442,9 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 seq += 1;
-                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq })) }).await.is_err() {
+                in_flight = Some((seq, std::time::Instant::now()));
+                let hb = Heartbeat { seq, last_rtt_us };
+                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(hb)) }).await.is_err() {
                     return Err(SessionError::Retry("session stream closed".into()));
                 }
             }

@@ -41,6 +41,8 @@ pub struct Metrics {
     tunnel_bytes: Counter,
     tunnel_seen: Mutex<u64>,
     heartbeat_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
+    database_servers: Gauge,
+    database_connected: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +59,8 @@ impl Metrics {
             tunnel_bytes: Counter::default(),
             tunnel_seen: Mutex::new(0),
             heartbeat_interval: Gauge::default(),
+            database_servers: Gauge::default(),
+            database_connected: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,11 +104,35 @@ impl Metrics {
             "Configured agent heartbeat interval",
             m.heartbeat_interval.clone(),
         );
+        registry.register(
+            "apiary_database_servers",
+            "Database servers the spec asks for",
+            m.database_servers.clone(),
+        );
+        registry.register(
+            "apiary_database_servers_connected",
+            "Database servers answering (quorum read)",
+            m.database_connected.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Metrics whose state lives in the coordinator itself.
+    fn with_coordinator(mut self, coord: &Coordinator) -> Self {
+        self.registry.register(
+            "apiary_heartbeat_rtt_seconds",
+            "Heartbeat round trip (agent to coordinator and back), as agents measure it",
+            coord.heartbeat_rtt.clone(),
+        );
+        self
     }
 
     fn refresh(&self, coord: &Coordinator) {
         if let Ok(status) = coord.status() {
+            self.database_servers
+                .set(i64::from(status.database_servers));
+            self.database_connected
+                .set(i64::from(status.database_connected));
             for state in ["ready", "down"] {
                 let n = status.nodes.iter().filter(|x| x.state == state).count();
                 self.nodes
@@ -163,7 +191,7 @@ impl Default for Metrics {
 
 /// Serves `GET /metrics` on `addr` until the task is aborted.
 pub async fn serve(addr: SocketAddr, coord: Arc<Coordinator>) {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_coordinator(&coord));
     {
         let (metrics, mut events) = (metrics.clone(), coord.subscribe());
         tokio::spawn(async move {

@@ -59,6 +59,8 @@ pub struct Coordinator {
     next_command: std::sync::atomic::AtomicU64,
     op_waiters:
         std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<apiary_proto::OpResult>>>,
+    /// Heartbeat round trips as agents measure them (seconds), for metrics.
+    pub(crate) heartbeat_rtt: prometheus_client::metrics::histogram::Histogram,
     /// Tunnels in flight and agents ready to open them (see `tunnel`).
     pub(crate) tunnels: crate::tunnel::TunnelHub,
     /// The latest reachability matrix and Swarm view (see `cluster`).
@@ -155,6 +157,9 @@ impl Coordinator {
             next_command: std::sync::atomic::AtomicU64::new(1),
             op_waiters: Default::default(),
             tunnels: Default::default(),
+            heartbeat_rtt: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
             checks: Default::default(),
         }))
     }
@@ -339,8 +344,14 @@ impl Coordinator {
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
-            .add_service(apiary_proto::tunnel::tunnel_server::TunnelServer::new(crate::tunnel::TunnelSvc(self.clone())))
-            .add_service(apiary_proto::tunnel::tunnel_relay_server::TunnelRelayServer::new(crate::tunnel::TunnelSvc(self.clone())))
+            .add_service(apiary_proto::tunnel::tunnel_server::TunnelServer::new(
+                crate::tunnel::TunnelSvc(self.clone()),
+            ))
+            .add_service(
+                apiary_proto::tunnel::tunnel_relay_server::TunnelRelayServer::new(
+                    crate::tunnel::TunnelSvc(self.clone()),
+                ),
+            )
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
         let result = tokio::select! {
             r = server => r.map_err(|e| CoordinatorError::Serve(e.to_string())),
@@ -939,6 +950,9 @@ impl Coordinator {
                             self.record_facts(&node, session, facts).await
                         }
                         agent_message::Msg::Heartbeat(hb) => {
+                            if hb.last_rtt_us > 0 {
+                                self.heartbeat_rtt.observe(hb.last_rtt_us as f64 / 1e6);
+                            }
                             let ack = CoordinatorMessage {
                                 msg: Some(coordinator_message::Msg::HeartbeatAck(HeartbeatAck {
                                     seq: hb.seq,
@@ -1103,7 +1117,9 @@ impl Admin for Svc {
         let summary = crate::cluster::scale_database(&self.0, &swarm, n)
             .await
             .map_err(Status::failed_precondition)?;
-        Ok(Response::new(apiary_proto::ScaleDatabaseResponse { summary }))
+        Ok(Response::new(apiary_proto::ScaleDatabaseResponse {
+            summary,
+        }))
     }
 
     async fn apply_hosts(

@@ -667,7 +667,7 @@ async fn agents(n: usize, measure: Duration, heartbeat: Duration) -> anyhow::Res
                     _ = tick.tick() => {
                         seq += 1;
                         sent = Some((seq, Instant::now()));
-                        tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq })) }).await?;
+                        tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat { seq, last_rtt_us: 0 })) }).await?;
                     }
                     msg = inbound.message() => match msg? {
                         Some(m) => if let Some(coordinator_message::Msg::HeartbeatAck(ack)) = m.msg
