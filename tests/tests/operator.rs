@@ -204,3 +204,18 @@ fn completions_and_man_pages_cover_every_subcommand() {
         assert!(text.contains(".TH") && text.len() > 200, "{page} is empty");
     }
 }
+
+#[test]
+fn token_json_holds_its_documented_fields() {
+    let c = Coordinator::start("join_token_ttl = \"1h\"");
+    let out = c.ctl(&["token", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        v["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("APIARY-1-")),
+        "{v}"
+    );
+    assert!(v["expires_unix"].as_u64().is_some_and(|e| e > 0), "{v}");
+}
