@@ -12,6 +12,8 @@ use tracing::info;
 #[derive(Debug, Clone)]
 pub struct Progress {
     tty: bool,
+    /// `--quiet`: no progress output at all (the `phase done` events remain).
+    quiet: bool,
     start: Instant,
 }
 
@@ -24,6 +26,7 @@ impl Default for Progress {
 /// One phase of the work, over `total` items (hosts).
 pub struct Phase {
     name: &'static str,
+    quiet: bool,
     bar: Option<ProgressBar>,
     start: Instant,
     origin: Instant,
@@ -33,12 +36,22 @@ impl Progress {
     pub fn new(tty: bool) -> Self {
         Progress {
             tty,
+            quiet: false,
             start: Instant::now(),
         }
     }
 
+    /// For `serve`: bars on a terminal, plain lines when not on one or when
+    /// logs are JSON (bars would tear the JSON lines), nothing with `--quiet`.
+    pub fn for_serve(quiet: bool, json_logs: bool) -> Self {
+        let mut p = Progress::default();
+        p.tty &= !json_logs;
+        p.quiet = quiet;
+        p
+    }
+
     pub fn phase(&self, name: &'static str, total: usize) -> Phase {
-        let bar = self.tty.then(|| {
+        let bar = (self.tty && !self.quiet).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {prefix:<12} [{bar:20}] {pos}/{len} {msg}")
@@ -51,6 +64,7 @@ impl Progress {
         });
         Phase {
             name,
+            quiet: self.quiet,
             bar,
             start: Instant::now(),
             origin: self.start,
@@ -66,6 +80,7 @@ impl Phase {
                 bar.inc(1);
                 bar.set_message(format!("{host}: {what}"));
             }
+            None if self.quiet => {}
             None => eprintln!(
                 "[{:>6.1}s] {:<12} {host}: {what}",
                 self.origin.elapsed().as_secs_f64(),
@@ -78,6 +93,7 @@ impl Phase {
         let elapsed = self.start.elapsed();
         match &self.bar {
             Some(bar) => bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64())),
+            None if self.quiet => {}
             None => eprintln!(
                 "[{:>6.1}s] {:<12} done in {:.1}s",
                 self.origin.elapsed().as_secs_f64(),

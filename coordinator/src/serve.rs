@@ -23,6 +23,10 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics_listen: Option<SocketAddr>,
+    /// No progress output (`--quiet`).
+    pub quiet: bool,
+    /// Logs are JSON: progress as plain lines, never bars.
+    pub json_logs: bool,
 }
 
 /// Binds, writes admin.conf, brings the provider's hosts up, and serves until
@@ -32,7 +36,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
     let addr = opts.listen.unwrap_or(opts.config.listen);
-    let progress = Progress::default();
+    let progress = Progress::for_serve(opts.quiet, opts.json_logs);
     let lab = match &opts.config.provider {
         ProviderConfig::Manual => None,
         ProviderConfig::Lab(lab) => {

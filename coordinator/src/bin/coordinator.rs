@@ -44,6 +44,9 @@ enum Command {
         /// Listen address, overriding coordinator.listen in the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// No progress output (bars or lines); logs only.
+        #[arg(long)]
+        quiet: bool,
         /// Lab only: a `docker save` archive (e.g. RethinkDB's image) loaded into
         /// every lab engine, for a [database] whose image cannot be built here.
         #[arg(long)]
@@ -73,6 +76,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    let json_logs = args.log_format == "json";
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
                 listen,
                 metrics_listen,
                 image_archive,
+                quiet,
             } => {
                 let mut config = ClusterConfig::load(&config)?;
                 if let Some(archive) = image_archive {
@@ -113,6 +118,8 @@ fn main() -> ExitCode {
                         state_dir,
                         listen,
                         metrics_listen,
+                        quiet,
+                        json_logs,
                     },
                     shutdown_signal(),
                 )

@@ -244,6 +244,30 @@ impl LabProvider {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         phase.finish();
+
+        // Host configuration: each agent applies it on its first session.
+        if coordinator.config().host.is_some() {
+            let phase = progress.phase("host config", hosts.len());
+            let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+                let status = coordinator
+                    .status()
+                    .map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
+                pending.retain(|name| match status.nodes.iter().find(|n| n.name == *name) {
+                    Some(n) if n.config_state != "pending" => {
+                        phase.step(name, &n.config_state);
+                        false
+                    }
+                    _ => true,
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for name in pending {
+                phase.step(name, "no report yet (see ctl status)");
+            }
+            phase.finish();
+        }
         Ok(())
     }
 
