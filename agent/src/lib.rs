@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod database;
+mod docker_exec;
 pub mod facts;
 pub mod hostconfig;
 pub mod reach;

@@ -29,15 +29,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
     ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
     TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -387,56 +384,17 @@ impl Database {
         cmd: Vec<String>,
         limit: Duration,
     ) -> Result<(i64, String), String> {
-        let created = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(cmd),
-                    ..Default::default()
-                },
-            )
+        use crate::docker_exec::{ExecError, run};
+        run(&self.docker, container, cmd, limit)
             .await
-            .map_err(|e| self.err("create an exec", e))?;
-        let run = async {
-            let mut text = String::new();
-            match self.docker.start_exec(&created.id, None).await {
-                Ok(StartExecResults::Attached { mut output, .. }) => {
-                    while let Some(chunk) = output.next().await {
-                        match chunk {
-                            Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
-                                text.push_str(&String::from_utf8_lossy(&message));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Err(self.err("read an exec's output", e)),
-                        }
-                    }
-                }
-                Ok(StartExecResults::Detached) => {}
-                Err(e) => return Err(self.err("start an exec", e)),
-            }
-            Ok(text)
-        };
-        let text = tokio::time::timeout(limit, run).await.map_err(|_| {
-            format!(
-                "a database check on {} ran longer than {limit:?}",
-                self.host
-            )
-        })??;
-        for _ in 0..50 {
-            let i = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(|e| self.err("inspect an exec", e))?;
-            if i.running != Some(true) {
-                return Ok((i.exit_code.unwrap_or(-1), text));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err("an exec did not report its exit code".into())
+            .map_err(|e| match e {
+                ExecError::Docker { step, source } => self.err(step, source),
+                ExecError::Timeout(limit) => format!(
+                    "a database check on {} ran longer than {limit:?}",
+                    self.host
+                ),
+                ExecError::NoExitCode => "an exec did not report its exit code".into(),
+            })
     }
 }
 

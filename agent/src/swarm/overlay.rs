@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -556,59 +554,19 @@ impl SwarmClient {
         cmd: Vec<String>,
         limit: Duration,
     ) -> Result<(i64, String), SwarmError> {
+        use crate::docker_exec::{ExecError, run};
         let exec_err = |reason: String| SwarmError::Probe {
             host: self.host.clone(),
             container: container.to_string(),
             reason,
         };
-        let created = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(cmd),
-                    ..Default::default()
-                },
-            )
+        run(&self.docker, container, cmd, limit)
             .await
-            .map_err(|e| self.docker_err("create an exec in the probe container", e))?;
-        let run = async {
-            let mut text = String::new();
-            match self.docker.start_exec(&created.id, None).await {
-                Ok(StartExecResults::Attached { mut output, .. }) => {
-                    while let Some(chunk) = output.next().await {
-                        match chunk {
-                            Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
-                                text.push_str(&String::from_utf8_lossy(&message));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Err(self.docker_err("read an exec's output", e)),
-                        }
-                    }
-                }
-                Ok(StartExecResults::Detached) => {}
-                Err(e) => return Err(self.docker_err("start an exec in the probe container", e)),
-            }
-            Ok(text)
-        };
-        let text = tokio::time::timeout(limit, run)
-            .await
-            .map_err(|_| exec_err(format!("a check ran longer than {limit:?}")))??;
-        // The stream ends when the process does; its exit code may lag a moment.
-        for _ in 0..50 {
-            let i = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(|e| self.docker_err("inspect an exec", e))?;
-            if i.running != Some(true) {
-                return Ok((i.exit_code.unwrap_or(-1), text));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(exec_err("an exec did not report its exit code".into()))
+            .map_err(|e| match e {
+                ExecError::Docker { step, source } => self.docker_err(step, source),
+                ExecError::Timeout(limit) => exec_err(format!("a check ran longer than {limit:?}")),
+                ExecError::NoExitCode => exec_err("an exec did not report its exit code".into()),
+            })
     }
 }
 
