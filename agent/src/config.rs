@@ -124,7 +124,9 @@ impl AgentConfig {
             modprobe: flags.modprobe.or(file.modprobe).unwrap_or(true),
             update_grub: flags.update_grub.or(file.update_grub).unwrap_or(true),
             tunnel_allow: match flags.tunnel_allow.or(file.tunnel_allow) {
-                Some(list) => crate::tunnel::AllowList::parse(&list).map_err(AgentConfigError::TunnelAllow)?,
+                Some(list) => {
+                    crate::tunnel::AllowList::parse(&list).map_err(AgentConfigError::TunnelAllow)?
+                }
                 None => crate::tunnel::AllowList::default_list(),
             },
             state_dir,

@@ -24,12 +24,12 @@ pub mod config;
 pub mod database;
 mod docker_exec;
 pub mod facts;
-pub mod hostconfig;
-pub mod reach;
-pub mod swarm;
 mod host_runner;
+pub mod hostconfig;
 pub mod ops;
+pub mod reach;
 mod session;
+pub mod swarm;
 pub mod tunnel;
 
 pub use session::{AgentError, run};

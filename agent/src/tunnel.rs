@@ -28,7 +28,9 @@ impl AllowList {
         cidrs
             .iter()
             .map(|c| {
-                let (ip, len) = c.split_once('/').ok_or_else(|| format!("{c:?} is not a CIDR (ADDR/LEN)"))?;
+                let (ip, len) = c
+                    .split_once('/')
+                    .ok_or_else(|| format!("{c:?} is not a CIDR (ADDR/LEN)"))?;
                 let ip: IpAddr = ip.parse().map_err(|e| format!("{c:?}: {e}"))?;
                 let len: u8 = len.parse().map_err(|e| format!("{c:?}: {e}"))?;
                 Ok((ip, len))
@@ -38,17 +40,31 @@ impl AllowList {
     }
 
     pub fn default_list() -> Self {
-        Self::parse(&DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or(AllowList(Vec::new()))
+        Self::parse(
+            &DEFAULT_ALLOW
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or(AllowList(Vec::new()))
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|(net, len)| match (net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from((*len).min(32))) };
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from((*len).min(32)))
+                };
                 u32::from(*n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - u32::from((*len).min(128))) };
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from((*len).min(128)))
+                };
                 u128::from(*n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -73,19 +89,28 @@ pub async fn serve(channel: Channel, allow: AllowList) {
 
 async fn connect(channel: Channel, req: OpenRequest, allow: AllowList) {
     let (tx, rx) = mpsc::channel::<Frame>(8);
-    let _ = tx.send(Frame { kind: Some(frame::Kind::Attach(req.conn_id)) }).await;
+    let _ = tx
+        .send(Frame {
+            kind: Some(frame::Kind::Attach(req.conn_id)),
+        })
+        .await;
     let mut client = TunnelRelayClient::new(channel);
     let target = match req.host.parse::<IpAddr>() {
         Ok(ip) if allow.allows(ip) => Ok(std::net::SocketAddr::new(ip, req.port as u16)),
-        Ok(ip) => Err(format!("target {ip}:{} is outside this agent's tunnel allow-list (loopback and the overlay)", req.port)),
+        Ok(ip) => Err(format!(
+            "target {ip}:{} is outside this agent's tunnel allow-list (loopback and the overlay)",
+            req.port
+        )),
         Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
     };
     let tcp = match target {
-        Ok(addr) => match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-            Err(_) => Err(format!("connecting to {addr} timed out")),
-        },
+        Ok(addr) => {
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+                Err(_) => Err(format!("connecting to {addr} timed out")),
+            }
+        }
         Err(e) => Err(e),
     };
     let first = match &tcp {

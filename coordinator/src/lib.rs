@@ -11,8 +11,8 @@
 pub mod admin_conf;
 pub mod cluster;
 pub mod config;
-pub mod database;
 pub mod ctl;
+pub mod database;
 pub mod docs;
 pub mod error;
 pub mod metrics;

@@ -85,12 +85,18 @@ fn frame(kind: frame::Kind) -> Frame {
 }
 
 /// Copies frames from one leg to the other until either side ends; counts bytes.
-async fn pump(mut from: Streaming<Frame>, to: mpsc::Sender<Result<Frame, Status>>, hub: Arc<Coordinator>) {
+async fn pump(
+    mut from: Streaming<Frame>,
+    to: mpsc::Sender<Result<Frame, Status>>,
+    hub: Arc<Coordinator>,
+) {
     loop {
         match from.message().await {
             Ok(Some(f)) => {
                 if let Some(frame::Kind::Data(d)) = &f.kind {
-                    hub.tunnels.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    hub.tunnels
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 if to.send(Ok(f)).await.is_err() {
                     return;
@@ -98,7 +104,12 @@ async fn pump(mut from: Streaming<Frame>, to: mpsc::Sender<Result<Frame, Status>
             }
             Ok(None) => return,
             Err(e) => {
-                let _ = to.send(Ok(frame(frame::Kind::Error(format!("the other side failed: {}", e.message()))))).await;
+                let _ = to
+                    .send(Ok(frame(frame::Kind::Error(format!(
+                        "the other side failed: {}",
+                        e.message()
+                    )))))
+                    .await;
                 return;
             }
         }
@@ -109,44 +120,85 @@ async fn pump(mut from: Streaming<Frame>, to: mpsc::Sender<Result<Frame, Status>
 impl Tunnel for TunnelSvc {
     type OpenStream = FrameStream;
 
-    async fn open(&self, req: Request<Streaming<Frame>>) -> Result<Response<Self::OpenStream>, Status> {
+    async fn open(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::OpenStream>, Status> {
         let admin = require_role(&req, Role::Admin)?;
         let mut inbound = req.into_inner();
         let target = match inbound.message().await? {
-            Some(Frame { kind: Some(frame::Kind::Target(t)) }) => t,
+            Some(Frame {
+                kind: Some(frame::Kind::Target(t)),
+            }) => t,
             _ => return Err(Status::invalid_argument("a tunnel starts with its target")),
         };
         let coord = self.0.clone();
         let hub = &self.0.tunnels;
-        if coord.store().node(&target.node).map_err(|e| Status::internal(e.to_string()))?.is_none() {
-            return Err(Status::not_found(format!("no node named {:?}; `ctl status` lists the nodes", target.node)));
+        if coord
+            .store()
+            .node(&target.node)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "no node named {:?}; `ctl status` lists the nodes",
+                target.node
+            )));
         }
-        let listener = TunnelHub::lock(&hub.listeners).get(&target.node).cloned().ok_or_else(|| {
-            Status::unavailable(format!("{} has no agent session that carries tunnels (is it down?)", target.node))
-        })?;
+        let listener = TunnelHub::lock(&hub.listeners)
+            .get(&target.node)
+            .cloned()
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "{} has no agent session that carries tunnels (is it down?)",
+                    target.node
+                ))
+            })?;
         {
             let mut counts = TunnelHub::lock(&hub.per_admin);
             let n = counts.entry(admin.node.clone()).or_default();
             if *n >= MAX_PER_ADMIN {
-                return Err(Status::resource_exhausted(format!("{} tunnel connections already open for {}", n, admin.node)));
+                return Err(Status::resource_exhausted(format!(
+                    "{} tunnel connections already open for {}",
+                    n, admin.node
+                )));
             }
             *n += 1;
         }
         let conn_id = hub.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         TunnelHub::lock(&hub.pending).insert(conn_id, (target.node.clone(), tx));
-        let host = if target.host.is_empty() { "127.0.0.1".to_string() } else { target.host.clone() };
-        let ask = OpenRequest { conn_id, host: host.clone(), port: target.port };
+        let host = if target.host.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            target.host.clone()
+        };
+        let ask = OpenRequest {
+            conn_id,
+            host: host.clone(),
+            port: target.port,
+        };
         let agent = async {
-            listener.send(Ok(ask)).await.map_err(|_| Status::unavailable(format!("{}'s session ended", target.node)))?;
+            listener
+                .send(Ok(ask))
+                .await
+                .map_err(|_| Status::unavailable(format!("{}'s session ended", target.node)))?;
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await
-                .map_err(|_| Status::deadline_exceeded(format!("{} did not answer the tunnel request within 10 s", target.node)))?
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "{} did not answer the tunnel request within 10 s",
+                        target.node
+                    ))
+                })?
                 .map_err(|_| Status::unavailable(format!("{}'s session ended", target.node)))
         }
         .await;
         TunnelHub::lock(&hub.pending).remove(&conn_id);
-        let slot = Slot { coord: coord.clone(), admin: admin.node.clone() };
+        let slot = Slot {
+            coord: coord.clone(),
+            admin: admin.node.clone(),
+        };
         let mut agent = match agent {
             Ok(a) => a,
             Err(e) => {
@@ -156,14 +208,21 @@ impl Tunnel for TunnelSvc {
         };
         // The agent's verdict on the target comes first: opened, or why not.
         match agent.inbound.message().await? {
-            Some(Frame { kind: Some(frame::Kind::Opened(true)) }) => {}
-            Some(Frame { kind: Some(frame::Kind::Error(e)) }) => {
+            Some(Frame {
+                kind: Some(frame::Kind::Opened(true)),
+            }) => {}
+            Some(Frame {
+                kind: Some(frame::Kind::Error(e)),
+            }) => {
                 drop(slot);
                 return Err(Status::permission_denied(format!("{}: {e}", target.node)));
             }
             _ => {
                 drop(slot);
-                return Err(Status::unavailable(format!("{} closed the tunnel before opening it", target.node)));
+                return Err(Status::unavailable(format!(
+                    "{} closed the tunnel before opening it",
+                    target.node
+                )));
             }
         }
         info!(admin = %admin.node, node = %target.node, %host, port = target.port, conn_id, "tunnel connection opened");
@@ -184,7 +243,10 @@ impl TunnelRelay for TunnelSvc {
     type ListenStream = Pin<Box<dyn Stream<Item = Result<OpenRequest, Status>> + Send>>;
     type AttachStream = FrameStream;
 
-    async fn listen(&self, req: Request<ListenRequest>) -> Result<Response<Self::ListenStream>, Status> {
+    async fn listen(
+        &self,
+        req: Request<ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
         let agent = require_role(&req, Role::Agent)?;
         let (tx, rx) = mpsc::channel(64);
         // A newer listener replaces an older one: connections that were being
@@ -193,23 +255,40 @@ impl TunnelRelay for TunnelSvc {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn attach(&self, req: Request<Streaming<Frame>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let agent = require_role(&req, Role::Agent)?;
         let mut inbound = req.into_inner();
         let conn_id = match inbound.message().await? {
-            Some(Frame { kind: Some(frame::Kind::Attach(id)) }) => id,
-            _ => return Err(Status::invalid_argument("an attach stream starts with its connection id")),
+            Some(Frame {
+                kind: Some(frame::Kind::Attach(id)),
+            }) => id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an attach stream starts with its connection id",
+                ));
+            }
         };
         let waiting = TunnelHub::lock(&self.0.tunnels.pending).remove(&conn_id);
         let Some((node, handoff)) = waiting else {
-            return Err(Status::not_found(format!("no tunnel connection {conn_id} is waiting")));
+            return Err(Status::not_found(format!(
+                "no tunnel connection {conn_id} is waiting"
+            )));
         };
         if node != agent.node {
-            return Err(Status::permission_denied(format!("connection {conn_id} is for {node}, not {}", agent.node)));
+            return Err(Status::permission_denied(format!(
+                "connection {conn_id} is for {node}, not {}",
+                agent.node
+            )));
         }
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         handoff
-            .send(AgentLeg { inbound, outbound: tx })
+            .send(AgentLeg {
+                inbound,
+                outbound: tx,
+            })
             .map_err(|_| Status::cancelled("the operator's side went away"))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -18,7 +18,11 @@ use crate::ctl::CtlError;
 
 /// `NODE:PORT` or `NODE:HOST:PORT` (HOST on the node: loopback or the overlay).
 pub fn parse_target(s: &str) -> Result<Target, CtlError> {
-    let bad = || CtlError::Failed(format!("tunnel target {s:?}: write NODE:PORT or NODE:HOST:PORT"));
+    let bad = || {
+        CtlError::Failed(format!(
+            "tunnel target {s:?}: write NODE:PORT or NODE:HOST:PORT"
+        ))
+    };
     let parts: Vec<&str> = s.split(':').collect();
     let (node, host, port) = match parts.as_slice() {
         [node, port] => (*node, "", *port),
@@ -29,7 +33,11 @@ pub fn parse_target(s: &str) -> Result<Target, CtlError> {
     if node.is_empty() || port == 0 {
         return Err(bad());
     }
-    Ok(Target { node: node.into(), host: host.into(), port: port.into() })
+    Ok(Target {
+        node: node.into(),
+        host: host.into(),
+        port: port.into(),
+    })
 }
 
 pub struct TunnelCtl {
@@ -41,21 +49,44 @@ impl TunnelCtl {
     pub fn new(conf: &AdminConf, target: Target) -> Result<Self, CtlError> {
         let id = conf.identity()?;
         let tls = mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)?;
-        let channel = dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls)
-            .map_err(|e| CtlError::Unreachable { endpoint: conf.endpoint.clone(), reason: e.to_string() })?;
-        Ok(TunnelCtl { client: TunnelClient::new(channel), target })
+        let channel = dial::channel(&conf.endpoint, COORDINATOR_SERVER_NAME, tls).map_err(|e| {
+            CtlError::Unreachable {
+                endpoint: conf.endpoint.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(TunnelCtl {
+            client: TunnelClient::new(channel),
+            target,
+        })
     }
 
     /// Opens one tunnel stream and waits for the agent's verdict, so a refused
     /// target is an error here rather than a silently closed socket.
     async fn open(&self) -> Result<(tonic::Streaming<Frame>, mpsc::Sender<Frame>), CtlError> {
         let (tx, rx) = mpsc::channel(8);
-        let _ = tx.send(Frame { kind: Some(frame::Kind::Target(self.target.clone())) }).await;
-        let mut inbound = self.client.clone().open(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
+        let _ = tx
+            .send(Frame {
+                kind: Some(frame::Kind::Target(self.target.clone())),
+            })
+            .await;
+        let mut inbound = self
+            .client
+            .clone()
+            .open(ReceiverStream::new(rx))
+            .await
+            .map_err(status_err)?
+            .into_inner();
         match inbound.message().await.map_err(status_err)? {
-            Some(Frame { kind: Some(frame::Kind::Opened(true)) }) => Ok((inbound, tx)),
-            Some(Frame { kind: Some(frame::Kind::Error(e)) }) => Err(CtlError::Failed(e)),
-            _ => Err(CtlError::Failed("the tunnel closed before it opened".into())),
+            Some(Frame {
+                kind: Some(frame::Kind::Opened(true)),
+            }) => Ok((inbound, tx)),
+            Some(Frame {
+                kind: Some(frame::Kind::Error(e)),
+            }) => Err(CtlError::Failed(e)),
+            _ => Err(CtlError::Failed(
+                "the tunnel closed before it opened".into(),
+            )),
         }
     }
 
@@ -68,9 +99,15 @@ impl TunnelCtl {
     /// Serves `listener` until cancelled: one tunnel stream per connection.
     pub async fn serve(self, listener: TcpListener) -> Result<(), CtlError> {
         loop {
-            let (tcp, _) = listener.accept().await.map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
+            let (tcp, _) = listener
+                .accept()
+                .await
+                .map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
             let _ = tcp.set_nodelay(true);
-            let me = TunnelCtl { client: self.client.clone(), target: self.target.clone() };
+            let me = TunnelCtl {
+                client: self.client.clone(),
+                target: self.target.clone(),
+            };
             tokio::spawn(async move { me.carry(tcp).await });
         }
     }
@@ -85,11 +122,15 @@ impl TunnelCtl {
 
 fn status_err(s: tonic::Status) -> CtlError {
     match s.code() {
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CtlError::Denied(s.message().to_string()),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            CtlError::Denied(s.message().to_string())
+        }
         _ => CtlError::Failed(s.message().to_string()),
     }
 }
 
 pub async fn bind(local: SocketAddr) -> Result<TcpListener, CtlError> {
-    TcpListener::bind(local).await.map_err(|e| CtlError::Failed(format!("cannot listen on {local}: {e}")))
+    TcpListener::bind(local)
+        .await
+        .map_err(|e| CtlError::Failed(format!("cannot listen on {local}: {e}")))
 }

@@ -31,7 +31,11 @@ fn http_server() -> u16 {
                     }
                 }
                 let text = String::from_utf8_lossy(&req);
-                let n: usize = text.split_whitespace().nth(1).and_then(|p| p.trim_start_matches('/').parse().ok()).unwrap_or(0);
+                let n: usize = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse().ok())
+                    .unwrap_or(0);
                 let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
                 let body: Vec<u8> = (0..n.min(1 << 20)).map(byte).collect();
                 let mut sent = 0;
@@ -53,11 +57,16 @@ fn http_server() -> u16 {
 
 fn fetch(port: u16, n: usize) -> Result<(), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET /{n} HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
     let mut all = Vec::with_capacity(n + 128);
     s.read_to_end(&mut all).map_err(|e| e.to_string())?;
-    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header")? + 4;
+    let head_end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header")?
+        + 4;
     let body = &all[head_end..];
     if body.len() != n {
         return Err(format!("got {} bytes, expected {n}", body.len()));
@@ -71,9 +80,16 @@ fn fetch(port: u16, n: usize) -> Result<(), String> {
 fn start_tunnel(c: &Coordinator, conf: &std::path::Path, target: &str) -> (Proc, u16) {
     let local = free_port();
     let mut cmd = Command::new(bin("ctl"));
-    cmd.arg("--config").arg(conf).args(["tunnel", target, "--local", &format!("127.0.0.1:{local}")]);
+    cmd.arg("--config").arg(conf).args([
+        "tunnel",
+        target,
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
     let p = Proc::spawn(cmd, &c.dir.path().join(format!("tunnel-{local}.log")));
-    eventually("tunnel listening", Duration::from_secs(15), || p.log_text().contains("forwarding").then_some(()));
+    eventually("tunnel listening", Duration::from_secs(15), || {
+        p.log_text().contains("forwarding").then_some(())
+    });
     (p, local)
 }
 
@@ -82,13 +98,17 @@ fn http_through_the_tunnel_byte_for_byte_and_50_at_once() {
     let c = Coordinator::start("");
     let token = c.token();
     let _agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || (c.node_state("bee-1")? == "ready").then_some(()));
+    eventually("agent ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
     let server = http_server();
     let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
 
     fetch(local, 1_000_000).expect("1 MB");
     fetch(local, 100_000_000).expect("100 MB");
-    let handles: Vec<_> = (0..50).map(|_| std::thread::spawn(move || fetch(local, 1_000_000))).collect();
+    let handles: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || fetch(local, 1_000_000)))
+        .collect();
     for h in handles {
         h.join().expect("thread").expect("concurrent fetch");
     }
@@ -99,10 +119,17 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
     let c = Coordinator::start("");
     let token = c.token();
     let agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || (c.node_state("bee-1")? == "ready").then_some(()));
+    eventually("agent ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
 
     let run = |conf: &std::path::Path, target: &str| {
-        Command::new(bin("ctl")).arg("--config").arg(conf).args(["tunnel", target]).output().expect("ctl")
+        Command::new(bin("ctl"))
+            .arg("--config")
+            .arg(conf)
+            .args(["tunnel", target])
+            .output()
+            .expect("ctl")
     };
     // Outside the agent's allow-list (loopback and the overlay).
     let out = run(&c.admin_conf(), "bee-1:198.18.0.1:80");
@@ -116,8 +143,18 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
     let admin = AdminConf::load(&c.admin_conf()).expect("admin.conf");
     let id = apiary_certs::Identity::load(&agent.state).expect("identity");
     let path = c.dir.path().join("agent-as-admin.conf");
-    AdminConf { key: id.key_pem.clone(), cert: id.cert_pem(), ..admin }.save(&path).expect("save");
+    AdminConf {
+        key: id.key_pem.clone(),
+        cert: id.cert_pem(),
+        ..admin
+    }
+    .save(&path)
+    .expect("save");
     let out = run(&path, "bee-1:80");
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
-    assert!(stderr(&out).contains("admin certificates"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("admin certificates"),
+        "{}",
+        stderr(&out)
+    );
 }
