@@ -118,15 +118,9 @@ pub async fn run(
 
 /// Capped exponential backoff with full jitter (so a coordinator restart does
 /// not bring every agent back in the same millisecond).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Backoff {
     attempt: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { attempt: 0 }
-    }
 }
 
 impl Backoff {

@@ -376,6 +376,9 @@ impl ClusterConfig {
             RawProvider::Digitalocean { hosts, names } => {
                 let names = host_names(hosts, names)
                     .map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                // `new()`, not `Default`: an empty [digitalocean] section means
+                // the documented defaults (timeouts, ports), not zeros.
+                #[allow(clippy::unwrap_or_default)]
                 let spec = raw
                     .digitalocean
                     .map(Spanned::into_inner)

@@ -556,10 +556,10 @@ pub fn ldd_paths(ldd_output: &str) -> Vec<String> {
             Some((_, rest)) => rest.split_whitespace().next(),
             None => line.split_whitespace().next(),
         };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            if !out.iter().any(|o| o == p) {
-                out.push(p.to_string());
-            }
+        if let Some(p) = path.filter(|p| p.starts_with('/'))
+            && !out.iter().any(|o| o == p)
+        {
+            out.push(p.to_string());
         }
     }
     out
