@@ -104,8 +104,10 @@ fn droplets_are_created_adopted_scaled_and_torn_down_without_duplicates() {
     let fx = Fixture::new();
     let mut serve = fx.serve(4);
     let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
+    // The fake records a request once it has answered it, a moment after the
+    // droplets exist: wait for both.
     eventually("4 droplets", Duration::from_secs(30), || {
-        (fx.droplet_names() == four).then_some(())
+        (fx.droplet_names() == four && fx.creates() >= 1).then_some(())
     });
     let creates = fx.creates();
     assert_eq!(
