@@ -393,8 +393,13 @@ impl Coordinator {
     /// The cluster as `ctl status` shows it.
     pub fn status(&self) -> Result<StatusResponse, Status> {
         let nodes = self.store.nodes().map_err(internal)?;
-        let nodes = nodes.into_iter().map(|n| self.node_status(n)).collect();
-        let db = self.checks().database.unwrap_or_default();
+        // One snapshot of the matrix and Swarm view for every node.
+        let checks = self.checks();
+        let nodes = nodes
+            .into_iter()
+            .map(|n| self.node_status(n, &checks))
+            .collect();
+        let db = checks.database.unwrap_or_default();
         Ok(StatusResponse {
             cluster: self.config.cluster_name.clone(),
             nodes,
@@ -411,7 +416,13 @@ impl Coordinator {
         })
     }
 
-    fn node_status(&self, n: NodeRecord) -> NodeStatus {
+    fn node_status(&self, n: NodeRecord, checks: &crate::cluster::ChecksState) -> NodeStatus {
+        let swarm = checks.swarm.get(&n.name).cloned().unwrap_or_default();
+        let db_server = checks
+            .database
+            .as_ref()
+            .and_then(|d| d.servers.iter().find(|s| s.host == n.name));
+        let host = self.host_state(&n.name).unwrap_or_default();
         let live = self.registry.view(&n.name, self.config.heartbeat_interval);
         let facts = live.as_ref().and_then(|l| l.facts.clone()).or_else(|| {
             self.store
@@ -446,53 +457,17 @@ impl Coordinator {
                 .get(&n.name)
                 .cloned()
                 .unwrap_or_default(),
-            swarm_role: self
-                .checks()
-                .swarm
-                .get(&n.name)
-                .map(|s| s.role.clone())
-                .unwrap_or_default(),
-            swarm_status: self
-                .checks()
-                .swarm
-                .get(&n.name)
-                .map(|s| s.status.clone())
-                .unwrap_or_default(),
-            swarm_availability: self
-                .checks()
-                .swarm
-                .get(&n.name)
-                .map(|s| s.availability.clone())
-                .unwrap_or_default(),
-            swarm_leader: self.checks().swarm.get(&n.name).is_some_and(|s| s.leader),
-            overlay_attached: self
-                .checks()
-                .swarm
-                .get(&n.name)
-                .is_some_and(|s| s.overlay_attached),
-            database_server: self
-                .checks()
-                .database
-                .and_then(|d| d.servers.into_iter().find(|s| s.host == n.name))
-                .map(|s| s.name)
-                .unwrap_or_default(),
-            database_healthy: self
-                .checks()
-                .database
-                .is_some_and(|d| d.servers.iter().any(|s| s.host == n.name && s.healthy)),
+            swarm_role: swarm.role,
+            swarm_status: swarm.status,
+            swarm_availability: swarm.availability,
+            swarm_leader: swarm.leader,
+            overlay_attached: swarm.overlay_attached,
+            database_server: db_server.map(|s| s.name.clone()).unwrap_or_default(),
+            database_healthy: db_server.is_some_and(|s| s.healthy),
             config_state: self.config_state(&n.name),
-            config_items: self
-                .host_state(&n.name)
-                .map(|h| h.items)
-                .unwrap_or_default(),
-            last_drift_repaired_unix_ms: self
-                .host_state(&n.name)
-                .map(|h| h.last_drift_unix_ms)
-                .unwrap_or(0),
-            last_drift_items: self
-                .host_state(&n.name)
-                .map(|h| h.last_drift_items)
-                .unwrap_or_default(),
+            config_items: host.items,
+            last_drift_repaired_unix_ms: host.last_drift_unix_ms,
+            last_drift_items: host.last_drift_items,
             name: n.name,
         }
     }
