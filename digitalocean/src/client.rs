@@ -407,10 +407,9 @@ impl Client {
         }
     }
 
-    /// `droplets_destroy`; `false` when the droplet was already gone.
-    pub async fn delete_droplet(&self, id: u64) -> Result<bool, ApiError> {
-        let op = "droplets_destroy";
-        let url = self.url_with(&["v2", "droplets", &id.to_string()]);
+    /// A DELETE that is done when the thing is gone: `false` when it already was
+    /// (404), so a retried or repeated teardown is not an error.
+    async fn delete(&self, op: &'static str, url: Url) -> Result<bool, ApiError> {
         match self
             .send(op, Method::DELETE, url, None, Safety::Idempotent)
             .await
@@ -421,19 +420,19 @@ impl Client {
         }
     }
 
+    /// `droplets_destroy`; `false` when the droplet was already gone.
+    pub async fn delete_droplet(&self, id: u64) -> Result<bool, ApiError> {
+        let op = "droplets_destroy";
+        let url = self.url_with(&["v2", "droplets", &id.to_string()]);
+        self.delete(op, url).await
+    }
+
     /// `droplets_destroy_byTag`; `false` when the tag does not exist.
     pub async fn delete_droplets_by_tag(&self, tag: &str) -> Result<bool, ApiError> {
         let op = "droplets_destroy_byTag";
         let mut url = self.url("v2/droplets");
         url.query_pairs_mut().append_pair("tag_name", tag);
-        match self
-            .send(op, Method::DELETE, url, None, Safety::Idempotent)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(op, url).await
     }
 
     /// `dropletActions_post` (reboot, power cycle, ...).
@@ -534,14 +533,7 @@ impl Client {
     pub async fn delete_vpc(&self, id: &str) -> Result<bool, ApiError> {
         let op = "delete_vpc";
         let url = self.url_with(&["v2", "vpcs", id]);
-        match self
-            .send(op, Method::DELETE, url, None, Safety::Idempotent)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(op, url).await
     }
 
     /// `firewalls_list`, all pages.
@@ -608,14 +600,7 @@ impl Client {
     pub async fn delete_firewall(&self, id: &str) -> Result<bool, ApiError> {
         let op = "delete_firewall";
         let url = self.url_with(&["v2", "firewalls", id]);
-        match self
-            .send(op, Method::DELETE, url, None, Safety::Idempotent)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(op, url).await
     }
 
     /// `regions_list`, all pages.
