@@ -414,6 +414,16 @@ pub async fn converge(
         return;
     }
     if let Some(phase) = phase {
+        hosts.iter().for_each(|h| {
+            phase.host(
+                &h.name,
+                if h.manager {
+                    "swarm manager"
+                } else {
+                    "swarm worker"
+                },
+            )
+        });
         phase.step(
             "all",
             &format!(
@@ -646,7 +656,10 @@ pub async fn converge(
         if d.healthy() && !was {
             info!(summary = %d.summary(), "database healthy");
             coord.emit("database_healthy", "", d.summary());
-            eprintln!("database {} healthy: {}", db.kind.as_str(), d.summary());
+            crate::progress::say(
+                progress,
+                format!("database {} healthy: {}", db.kind.as_str(), d.summary()),
+            );
         } else if !d.healthy() && (was || before.is_none()) {
             let detail = database_detail(&d);
             warn!(summary = %d.summary(), %detail, "database degraded");
@@ -657,12 +670,12 @@ pub async fn converge(
                     format!("{}: {detail}", d.summary()),
                 );
             }
-            if progress.is_some() {
-                eprintln!(
+            if let Some(progress) = progress {
+                progress.println(format!(
                     "database {} not ready: {} ({detail}); ctl status shows it",
                     db.kind.as_str(),
                     d.summary()
-                );
+                ));
             }
         }
         state.database = Some(d);
@@ -1078,17 +1091,18 @@ pub async fn run(coord: Arc<Coordinator>, config: SwarmConfig, progress: Progres
                     paths = state.cells.len(),
                     failing, "swarm and overlay checked"
                 );
-                eprintln!(
+                progress.println(format!(
                     "swarm and overlay {}: {} paths checked, {failing} failing (ctl checks)",
                     config.overlay,
                     state.cells.len()
-                );
+                ));
             } else {
-                eprintln!(
+                progress.println(format!(
                     "swarm and overlay not ready: {} (ctl checks)",
                     state.swarm_error
-                );
+                ));
             }
+            progress.finish();
         }
         round += 1;
         tokio::time::sleep(config.checks_interval).await;

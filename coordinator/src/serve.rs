@@ -90,14 +90,17 @@ pub async fn serve(
                         hosts = lab.lab().hosts().len(),
                         "cluster up: every host enrolled and ready"
                     );
-                    eprintln!(
+                    progress.println(format!(
                         "cluster {cluster} is up. Try: ctl --config {} status",
                         admin_conf.display()
-                    );
+                    ));
                 }
                 // Keep serving: the hosts that came up are usable, and
                 // supervision keeps trying the others.
                 Err(e) => error!(error = %e, "bring-up incomplete"),
+            }
+            if swarm_config.is_none() {
+                progress.finish();
             }
             // Swarm, overlay and checks once every host is in; supervision
             // keeps engines and agents up meanwhile.
@@ -129,6 +132,9 @@ pub async fn serve(
             }
         })
     });
+    // Hosts that join by themselves: each one's line follows its events.
+    let joining = matches!(opts.config.provider, ProviderConfig::Manual)
+        .then(|| tokio::spawn(follow_hosts(coordinator.subscribe(), progress.clone())));
     // Without a provider that makes the hosts, Swarm work starts at once and
     // takes in hosts as they become ready.
     let swarm_work = match (&lab, &opts.config.swarm) {
@@ -142,7 +148,7 @@ pub async fn serve(
     let result = server
         .await
         .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    for work in [provider_work, droplet_work, swarm_work, metrics]
+    for work in [provider_work, droplet_work, swarm_work, metrics, joining]
         .into_iter()
         .flatten()
     {
@@ -155,6 +161,32 @@ pub async fn serve(
         eprintln!("{report}");
     }
     result
+}
+
+/// Shows hosts joining, connecting and going down on their progress lines
+/// (until the bring-up is over).
+async fn follow_hosts(
+    mut events: tokio::sync::broadcast::Receiver<apiary_proto::Event>,
+    progress: Progress,
+) {
+    loop {
+        match events.recv().await {
+            Ok(e) => {
+                let what = match e.kind.as_str() {
+                    "node_enrolled" => "enrolled".to_string(),
+                    // The agent's hello: the node is ready from here on.
+                    "node_connected" => "connected, ready".to_string(),
+                    "node_ready" => "ready again".to_string(),
+                    "node_down" => format!("down ({})", e.message),
+                    "node_removed" => "removed".to_string(),
+                    _ => continue,
+                };
+                progress.host(&e.node, &what);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Removes everything the provider made for this cluster and says what.

@@ -226,7 +226,8 @@ fn init_tracing(format: &str) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Above the progress bars while they are drawn, never through them.
+        .with_writer(apiary_coordinator::progress::log_writer)
         // Colour only for a person at a terminal, and never with NO_COLOR.
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())

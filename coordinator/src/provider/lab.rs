@@ -171,6 +171,7 @@ impl LabProvider {
     ) -> Result<(), CoordinatorError> {
         let hosts = self.lab.hosts();
         coordinator.set_provider_info(self.provider_info());
+        progress.hosts(hosts.iter().map(|h| h.name.as_str()));
 
         let phase = progress.phase("engines", hosts.len());
         try_join_all(hosts.iter().map(|h| async {
@@ -178,7 +179,7 @@ impl LabProvider {
             let what = if status.changed() {
                 format!("engine up (docker {})", status.docker_version)
             } else {
-                "adopted".into()
+                "engine adopted".into()
             };
             phase.step(&h.name, &what);
             Ok::<_, CoordinatorError>(())
@@ -213,7 +214,7 @@ impl LabProvider {
         let token = coordinator.current_token().token;
         for h in hosts {
             let pid = self.start_agent(h, endpoint, &token)?;
-            phase.step(&h.name, &format!("agent pid {pid}"));
+            phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
         phase.finish();
 
@@ -256,7 +257,7 @@ impl LabProvider {
                     .map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
                 pending.retain(|name| match status.nodes.iter().find(|n| n.name == *name) {
                     Some(n) if n.config_state != "pending" => {
-                        phase.step(name, &n.config_state);
+                        phase.step(name, &format!("host config {}", n.config_state));
                         false
                     }
                     _ => true,
