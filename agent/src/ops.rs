@@ -27,6 +27,10 @@ pub enum OpRequest {
         manager: bool,
     },
     StopResponder,
+    /// Answer ESP (IP protocol 50) probes on the private address, for an
+    /// encrypted overlay; idempotent, and kept through Swarm (which never
+    /// holds protocol 50), unlike the port responder.
+    StartEspResponder,
     Probe {
         targets: Vec<Target>,
         timeout_ms: u64,
@@ -107,6 +111,7 @@ pub struct Ops {
     host: String,
     docker_socket: PathBuf,
     responder: Mutex<Option<Responder>>,
+    esp_responder: Mutex<Option<Responder>>,
 }
 
 impl Ops {
@@ -115,6 +120,7 @@ impl Ops {
             host,
             docker_socket,
             responder: Mutex::new(None),
+            esp_responder: Mutex::new(None),
         }
     }
 
@@ -150,6 +156,26 @@ impl Ops {
                 let states: Vec<String> = r.ports().iter().map(|p| format!("{p:?}")).collect();
                 *slot = Some(r);
                 Ok(serde_json::json!({ "ports": states }))
+            }
+            OpRequest::StartEspResponder => {
+                let ip = private_ip.ok_or("this host has no private address to listen on")?;
+                let mut slot = self.esp_responder.lock().await;
+                let running = slot
+                    .as_ref()
+                    .is_some_and(|r| r.ip() == ip && r.local_addr(PortSpec::esp()).is_some());
+                if !running {
+                    if let Some(old) = slot.take() {
+                        old.stop().await;
+                    }
+                    let r = Responder::start(ip, &[PortSpec::esp()]).map_err(|e| e.to_string())?;
+                    if let Some(p) = r.ports().first()
+                        && let crate::reach::PortState::Failed(e) = &p.state
+                    {
+                        return Err(format!("cannot answer ESP probes: {e}"));
+                    }
+                    *slot = Some(r);
+                }
+                Ok(serde_json::Value::Null)
             }
             OpRequest::StopResponder => {
                 if let Some(r) = self.responder.lock().await.take() {

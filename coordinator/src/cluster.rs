@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use apiary_agent::database::EndpointMode;
 use apiary_agent::ops::OpRequest;
 use apiary_agent::reach::{
     Cell, Check, Coverage, Matrix, Member, Outcome, PortSpec, Proto, Target, targets,
@@ -284,6 +285,38 @@ async fn pre_swarm_checks(coord: &Coordinator, hosts: &[Host], round: u64) -> Ve
     cells
 }
 
+/// ESP between every pair of hosts (for an encrypted overlay): responders
+/// (idempotent, kept across rounds) and one probe per ordered pair.
+async fn esp_checks(coord: &Coordinator, hosts: &[Host]) -> Vec<Cell> {
+    let started: Vec<(String, Result<serde_json::Value, String>)> =
+        join_all(hosts.iter().map(|h| async move {
+            (
+                h.name.clone(),
+                call::<serde_json::Value>(coord, &h.name, &OpRequest::StartEspResponder).await,
+            )
+        }))
+        .await;
+    for (node, r) in &started {
+        if let Err(e) = r {
+            warn!(node = %node, error = %e, "ESP responder did not start");
+        }
+    }
+    probe_round(coord, hosts, |h| {
+        hosts
+            .iter()
+            .filter(|p| p.name != h.name)
+            .map(|p| Target {
+                peer: apiary_agent::reach::Peer {
+                    name: p.name.clone(),
+                    ip: p.ip,
+                },
+                ports: vec![PortSpec::esp()],
+            })
+            .collect()
+    })
+    .await
+}
+
 /// Makes the swarm: init on the first manager (or adopt), join the rest.
 async fn ensure_swarm(
     coord: &Coordinator,
@@ -441,21 +474,35 @@ pub async fn converge(
         .unwrap_or_default();
 
     let phase = progress.map(|p| p.phase("overlay", hosts.len()));
-    if config.encrypted {
-        let missing: Vec<String> = join_all(hosts.iter().map(|h| async move {
-            call::<serde_json::Value>(coord, &h.name, &OpRequest::EncryptionSupport).await
-        }))
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
+    // An encrypted overlay needs ESP between every pair and the kernel
+    // pieces on every host; Docker would create it anyway and then drop all
+    // traffic, so both are checked each round and the overlay refused first.
+    let esp = if config.encrypted {
+        let (cells, kernel) = futures::join!(
+            esp_checks(coord, &hosts),
+            join_all(hosts.iter().map(|h| async move {
+                call::<serde_json::Value>(coord, &h.name, &OpRequest::EncryptionSupport).await
+            }))
+        );
+        let mut missing: Vec<String> = kernel.into_iter().filter_map(Result::err).collect();
+        missing.extend(cells.iter().filter(|c| !c.outcome.is_open()).map(|c| {
+            format!(
+                "ESP (IP protocol 50) from {} to {}: {}",
+                c.src, c.dst, c.outcome
+            )
+        }));
         if !missing.is_empty() {
             state.swarm_error = format!("encrypted overlay refused: {}", missing.join("; "));
             warn!(error = %state.swarm_error, "encrypted overlay refused");
+            state.cells = cells;
+            state.at_unix_ms = now_unix_ms();
             coord.set_checks(state);
             return;
         }
-    }
+        cells
+    } else {
+        Vec::new()
+    };
     let spec = OverlaySpec {
         name: config.overlay.clone(),
         attachable: true,
@@ -613,12 +660,20 @@ pub async fn converge(
         .into_iter()
         .map(|f| {
             (
-                format!("{} -> {} {}/{}", f.src, f.dst, f.port, f.proto),
+                format!(
+                    "{} -> {} {}",
+                    f.src,
+                    f.dst,
+                    PortSpec {
+                        port: f.port,
+                        proto: f.proto
+                    }
+                ),
                 f.cause,
             )
         })
         .collect();
-    state.cells = direct.into_iter().chain(overlay).collect();
+    state.cells = direct.into_iter().chain(overlay).chain(esp).collect();
     state.phase = "swarm".into();
     state.at_unix_ms = now_unix_ms();
     state.swarm = swarm_nodes;
@@ -628,7 +683,15 @@ pub async fn converge(
         .into_iter()
         .map(|f| {
             (
-                format!("{} -> {} {}/{}", f.src, f.dst, f.port, f.proto),
+                format!(
+                    "{} -> {} {}",
+                    f.src,
+                    f.dst,
+                    PortSpec {
+                        port: f.port,
+                        proto: f.proto
+                    }
+                ),
                 f.cause,
             )
         })
@@ -772,10 +835,16 @@ async fn converge_database(
     hosts: &[String],
     progress: Option<&Progress>,
 ) -> DatabaseState {
-    let db = &crate::database::effective(db);
+    let db = &crate::database::effective(db, coord.database_scale());
     let flavor = crate::database::flavor(db.kind);
     let servers = crate::database::servers(db, hosts);
-    let specs = crate::database::specs(db, &coord_cluster(coord), network, &servers);
+    let specs = crate::database::specs(
+        db,
+        &coord_cluster(coord),
+        network,
+        &servers,
+        endpoint_mode(coord),
+    );
     let phase = progress.map(|p| p.phase("database", servers.len()));
     let started = std::time::Instant::now();
     let mut created_any = false;
@@ -842,6 +911,23 @@ async fn converge_database(
 
 /// Every enrolled host, ready or not, by name: server N stays on the N-th
 /// host while another host is down (placement never shifts).
+/// The database services' endpoint mode: a VIP is balanced by IPVS in the
+/// resolving container's own host, so it needs `ip_vs` on every host; one
+/// host without it (or facts not yet reported) means dnsrr.
+fn endpoint_mode(coord: &Coordinator) -> EndpointMode {
+    let nodes = coord.status().map(|s| s.nodes).unwrap_or_default();
+    EndpointMode::for_kernels(
+        !nodes.is_empty()
+            && nodes.iter().all(|n| {
+                n.facts.as_ref().is_some_and(|f| {
+                    f.kernel_features
+                        .iter()
+                        .any(|k| k.name == "ip_vs" && k.available)
+                })
+            }),
+    )
+}
+
 fn database_hosts(coord: &Coordinator) -> Vec<String> {
     let mut names: Vec<String> = coord
         .status()
@@ -957,7 +1043,7 @@ pub async fn scale_database(
         .map(|h| h.name.clone())
         .ok_or("no Swarm manager is ready")?;
     let names = database_hosts(coord);
-    let db = crate::database::effective(base);
+    let db = crate::database::effective(base, coord.database_scale());
     let current = crate::database::servers(&db, &names);
     let flavor = crate::database::flavor(db.kind);
     let mut all = db.clone();
@@ -1014,11 +1100,14 @@ pub async fn scale_database(
                     .join_command(&db, &coord_cluster(coord), new, &initial, generation)
                     .ok_or("this database cannot scale yet")?
             }
+            // A new RethinkDB server joins the first by name, as every
+            // non-first server does at bring-up.
             apiary_agent::database::DatabaseKind::Rethinkdb => {
-                return Err("scaling RethinkDB is not implemented yet".into());
+                flavor.command(&db, &coord_cluster(coord), new, &possible[..=count])
             }
         };
-        let spec = crate::database::spec_with(&db, &config.overlay, new, command);
+        let spec =
+            crate::database::spec_with(&db, &config.overlay, new, command, endpoint_mode(coord));
         call::<apiary_agent::database::ServiceState>(
             coord,
             &first_manager,
@@ -1026,7 +1115,7 @@ pub async fn scale_database(
         )
         .await?;
         count += 1;
-        crate::database::set_scale_target(count);
+        coord.set_database_scale(count).await?;
         coord.emit(
             "database_scaled",
             &new.host,
@@ -1038,22 +1127,31 @@ pub async fn scale_database(
         let gone = &possible[count - 1];
         let via = &possible[0];
         // Converge rounds stop looking after it first.
-        crate::database::set_scale_target(count - 1);
+        coord.set_database_scale(count - 1).await?;
         if db.kind == apiary_agent::database::DatabaseKind::Etcd {
-            let list = etcdctl(
-                coord,
-                &db,
-                via,
-                &["member".into(), "list".into(), "-w".into(), "json".into()],
-            )
-            .await?;
-            if let Some(id) = etcd_member_id(&list, &peer(gone)) {
-                etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
+            let removed = async {
+                let list = etcdctl(
+                    coord,
+                    &db,
+                    via,
+                    &["member".into(), "list".into(), "-w".into(), "json".into()],
+                )
+                .await?;
+                if let Some(id) = etcd_member_id(&list, &peer(gone)) {
+                    etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
+                }
+                Ok::<(), String>(())
+            };
+            if let Err(e) = removed.await {
+                // Still a member: keep looking after its server.
+                coord.set_database_scale(count).await?;
+                return Err(e);
             }
-        } else {
-            crate::database::set_scale_target(count);
-            return Err("scaling RethinkDB is not implemented yet".into());
         }
+        // RethinkDB needs nothing before: a server that leaves is dropped
+        // from `server_status`; tables with replicas on it are reconfigured
+        // by the operator (`r.db(..).table(..).reconfigure`), as upstream
+        // documents for removing a server.
         call::<serde_json::Value>(
             coord,
             &first_manager,

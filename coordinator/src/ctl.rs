@@ -369,10 +369,9 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
     let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for cell in &cells {
         let proto = cell["proto"].as_str().unwrap_or("?");
-        let kind = if proto == "overlay" {
-            "overlay".to_string()
-        } else {
-            format!("{}/{}", cell["port"], proto)
+        let kind = match proto {
+            "overlay" | "esp" => proto.to_string(),
+            _ => format!("{}/{}", cell["port"], proto),
         };
         let entry = by_kind.entry(kind).or_default();
         entry.0 += 1;
@@ -392,10 +391,14 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
     } else {
         writeln!(out, "{} failing:", c.failures.len())?;
         for f in &c.failures {
+            let path = match f.proto.as_str() {
+                "esp" => "esp".to_string(),
+                proto => format!("{}/{proto}", f.port),
+            };
             writeln!(
                 out,
-                "  {} -> {} {}/{} ({}): {} — likely {}",
-                f.src, f.dst, f.port, f.proto, f.check, f.outcome, f.cause
+                "  {} -> {} {path} ({}): {} — likely {}",
+                f.src, f.dst, f.check, f.outcome, f.cause
             )?;
         }
     }

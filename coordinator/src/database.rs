@@ -11,10 +11,9 @@
 //! pinned with `node.hostname==<host>`, memory-limited, with the named volume
 //! `<prefix>-N-data`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apiary_agent::database::{DatabaseKind, ServiceSpec};
+use apiary_agent::database::{DatabaseKind, EndpointMode, ServiceSpec};
 
 use crate::config::DatabaseConfig;
 
@@ -22,20 +21,12 @@ use crate::config::DatabaseConfig;
 /// volume; a short delay keeps a 3/4 state short).
 pub const RESTART_DELAY: Duration = Duration::from_secs(10);
 
-/// The server count set by `ctl scale database=N` (0: the config's). Kept in
-/// memory only: a restarted coordinator goes back to the config's count.
-static SCALE_TARGET: AtomicUsize = AtomicUsize::new(0);
-
-pub fn set_scale_target(n: usize) {
-    SCALE_TARGET.store(n, Ordering::SeqCst);
-}
-
-/// The config with the scale override applied.
-pub fn effective(cfg: &DatabaseConfig) -> DatabaseConfig {
+/// The config with the server count of `ctl scale database=N` applied
+/// (`scaled`, kept in the coordinator's store), if one was set.
+pub fn effective(cfg: &DatabaseConfig, scaled: Option<usize>) -> DatabaseConfig {
     let mut c = cfg.clone();
-    match SCALE_TARGET.load(Ordering::SeqCst) {
-        0 => {}
-        n => c.servers = Some(n),
+    if let Some(n) = scaled {
+        c.servers = Some(n);
     }
     c
 }
@@ -234,21 +225,18 @@ pub fn specs(
     cluster: &str,
     network: &str,
     all: &[Server],
+    endpoint_mode: EndpointMode,
 ) -> Vec<ServiceSpec> {
     let f = flavor(cfg.kind);
     all.iter()
-        .map(|s| ServiceSpec {
-            name: s.name.clone(),
-            kind: cfg.kind,
-            image: cfg.image.clone(),
-            node: s.host.clone(),
-            network: network.to_string(),
-            command: f.command(cfg, cluster, s, all),
-            env: f.env(),
-            memory_bytes: cfg.memory_bytes,
-            volume: format!("{}-{}-data", cfg.volume_prefix, s.index),
-            data_dir: f.data_dir().to_string(),
-            restart_delay: RESTART_DELAY,
+        .map(|s| {
+            spec_with(
+                cfg,
+                network,
+                s,
+                f.command(cfg, cluster, s, all),
+                endpoint_mode,
+            )
         })
         .collect()
 }
@@ -259,6 +247,7 @@ pub fn spec_with(
     network: &str,
     s: &Server,
     command: Vec<String>,
+    endpoint_mode: EndpointMode,
 ) -> ServiceSpec {
     let f = flavor(cfg.kind);
     ServiceSpec {
@@ -273,6 +262,7 @@ pub fn spec_with(
         volume: format!("{}-{}-data", cfg.volume_prefix, s.index),
         data_dir: f.data_dir().to_string(),
         restart_delay: RESTART_DELAY,
+        endpoint_mode,
     }
 }
 
@@ -317,7 +307,7 @@ mod tests {
     fn etcd_is_one_pinned_server_per_host_with_a_static_initial_cluster() {
         let c = cfg(DatabaseKind::Etcd);
         let all = servers(&c, &hosts());
-        let specs = specs(&c, "bees", "apiary", &all);
+        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr);
         assert_eq!(specs.len(), 4);
         let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
         assert_eq!(
@@ -365,7 +355,7 @@ mod tests {
         c.servers = Some(3);
         let all = servers(&c, &hosts());
         assert_eq!(all.len(), 3);
-        let specs = specs(&c, "bees", "apiary", &all);
+        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr);
         let first = specs[0].command.join(" ");
         assert!(
             first.starts_with("rethinkdb --bind all --server-name rethinkdb_1"),

@@ -231,6 +231,30 @@ impl Coordinator {
         self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The database server count `ctl scale database=N` set, if any: it
+    /// outlives coordinator restarts, so a restart does not undo a scale.
+    pub fn database_scale(&self) -> Option<usize> {
+        match self.store.database_scale() {
+            Ok(d) => d.map(|d| d.servers),
+            Err(e) => {
+                warn!(error = %e, "cannot read the database scale; using the config's count");
+                None
+            }
+        }
+    }
+
+    pub async fn set_database_scale(&self, servers: usize) -> Result<(), String> {
+        self.store
+            .apply(vec![Op::PutDatabaseScale(
+                crate::store::DatabaseScaleRecord {
+                    servers,
+                    set_unix: crate::registry::now_unix_ms() / 1000,
+                },
+            )])
+            .await
+            .map_err(|e| format!("could not record the new server count: {e}"))
+    }
+
     /// Replaces the join token; the old one is refused for new enrollments.
     pub async fn rotate_token(&self) -> Result<TokenRecord, CoordinatorError> {
         let old = self.current_token();

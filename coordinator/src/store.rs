@@ -85,6 +85,14 @@ pub struct TokenRecord {
     pub rotated_hashes: Vec<String>,
 }
 
+/// The database server count `ctl scale database=N` set, overriding the
+/// config's until the next scale (a restarted coordinator keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseScaleRecord {
+    pub servers: usize,
+    pub set_unix: u64,
+}
+
 /// One change to durable state.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -94,6 +102,7 @@ pub enum Op {
     Revoke(RevocationRecord),
     PutFacts { node: String, encoded: Vec<u8> },
     PutToken(TokenRecord),
+    PutDatabaseScale(DatabaseScaleRecord),
 }
 
 type Batch = (Vec<Op>, oneshot::Sender<Result<(), StoreError>>);
@@ -111,6 +120,7 @@ impl std::fmt::Debug for Store {
 }
 
 const TOKEN_KEY: &str = "join_token";
+const DATABASE_SCALE_KEY: &str = "database_scale";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -194,6 +204,10 @@ impl Store {
         self.one(META, TOKEN_KEY)
     }
 
+    pub fn database_scale(&self) -> Result<Option<DatabaseScaleRecord>, StoreError> {
+        self.one(META, DATABASE_SCALE_KEY)
+    }
+
     pub fn facts(&self, node: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FACTS)?;
@@ -263,6 +277,9 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                 Op::PutToken(t) => {
                     meta.insert(TOKEN_KEY, encode(t).as_slice())?;
                 }
+                Op::PutDatabaseScale(d) => {
+                    meta.insert(DATABASE_SCALE_KEY, encode(d).as_slice())?;
+                }
             }
         }
     }
@@ -301,6 +318,10 @@ mod tests {
                         node: "c".into(),
                         revoked_unix: 3,
                     }),
+                    Op::PutDatabaseScale(DatabaseScaleRecord {
+                        servers: 3,
+                        set_unix: 4,
+                    }),
                 ])
                 .await
                 .expect("apply");
@@ -321,6 +342,10 @@ mod tests {
         };
         assert_eq!(store.nodes().expect("nodes"), vec![node("a")]);
         assert_eq!(store.revocations().expect("rev").len(), 1);
+        assert_eq!(
+            store.database_scale().expect("scale").map(|d| d.servers),
+            Some(3)
+        );
     }
 
     #[tokio::test]

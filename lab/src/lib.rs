@@ -644,8 +644,9 @@ impl Lab {
         }
     }
 
-    /// The synchronous part of ensure_host: everything up to a started dockerd.
-    fn ensure_host_sync(&self, host: &HostPlan) -> Result<(Vec<String>, u32), LabError> {
+    /// The host without its engine: namespace, veths and addresses, UTS
+    /// namespace and hostname. What it changed.
+    fn ensure_host_network_sync(&self, host: &HostPlan) -> Result<Vec<String>, LabError> {
         let mut changes = Vec::new();
         self.prepare_dirs(host)?;
         let root = self.root_links()?;
@@ -663,6 +664,12 @@ impl Lab {
             changes.push(c.to_string());
         }
         self.ensure_uts(host, &mut changes)?;
+        Ok(changes)
+    }
+
+    /// The synchronous part of ensure_host: everything up to a started dockerd.
+    fn ensure_host_sync(&self, host: &HostPlan) -> Result<(Vec<String>, u32), LabError> {
+        let mut changes = self.ensure_host_network_sync(host)?;
         let pid = match self.process_pid(host, DOCKERD) {
             Some(pid) => pid,
             None => {
@@ -690,6 +697,20 @@ impl Lab {
             }
         };
         Ok((changes, pid))
+    }
+
+    /// The host's network only, with no Docker engine: for probe-only hosts
+    /// (the reachability benchmark at N = 32 and more, where 32 engines would
+    /// not fit this machine). Tears down like any other host.
+    pub async fn ensure_host_network(&self, host: &HostPlan) -> Result<Vec<String>, LabError> {
+        self.require_lock()?;
+        self.planned(host)?;
+        self.require_root("create network namespaces")?;
+        self.require_tools(&["ip", "nsenter", "unshare"])?;
+        let _net = self.inner.net.lock().await;
+        let h = host.clone();
+        self.blocking(move |lab| lab.ensure_host_network_sync(&h))
+            .await
     }
 
     /// Makes the host whole and running: namespace, veths and addresses, UTS

@@ -481,18 +481,24 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
 }
 
 #[test]
-fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_naming_host_and_piece() {
+fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names_its_pairs() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = LabCluster::new(
         "labcrypt",
-        2,
+        3,
         "\n[swarm]\nencrypted = true\nchecks_interval = \"2s\"\n",
     );
     lab.start();
     lab.wait_all_ready(Duration::from_secs(120));
+    let esp_cells = |c: &serde_json::Value| -> Vec<serde_json::Value> {
+        c["cells"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| x["proto"] == "esp").cloned().collect())
+            .unwrap_or_default()
+    };
     let (code, c) = eventually("refusal reported", Duration::from_secs(90), || {
         let (code, c) = checks(&lab)?;
-        (!c["swarm_error"].as_str()?.is_empty()).then_some((code, c))
+        (!c["swarm_error"].as_str()?.is_empty() && esp_cells(&c).len() == 6).then_some((code, c))
     });
     assert_eq!(code, 2);
     let err = c["swarm_error"].as_str().unwrap_or("");
@@ -501,6 +507,70 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_naming_host_and_piece
         err.contains("queenbee") && err.contains("ESP"),
         "names host and piece: {err}"
     );
+    // ESP itself crosses between the namespaces: every ordered pair was
+    // probed with protocol 50 and answered; only the kernel is missing pieces.
+    for cell in esp_cells(&c) {
+        assert_eq!(cell["outcome"], "open", "{cell}");
+    }
+    assert!(!err.contains("IP protocol 50"), "{err}");
+
+    // ESP dropped on one host (a cloud firewall that allows only TCP/UDP):
+    // exactly the pairs through it fail, named as ESP, and the refusal says so.
+    let victim = lab.hosts[2].clone();
+    let ns = lab.netns(&victim);
+    let rules = "table inet labfault {\n chain in { type filter hook input priority -300; policy accept; meta l4proto esp drop; }\n}\n";
+    let file = lab.dir.path().join("drop-esp.nft");
+    std::fs::write(&file, rules).expect("write");
+    assert!(
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "-f",
+            &file.display().to_string()
+        ])
+        .0
+    );
+    let (code, c) = eventually("the ESP drop is seen", Duration::from_secs(60), || {
+        let (code, c) = checks(&lab)?;
+        let failing = c["failures"]
+            .as_array()?
+            .iter()
+            .filter(|f| f["proto"] == "esp")
+            .count();
+        (failing == 4).then_some((code, c))
+    });
+    assert_eq!(code, 2);
+    for f in c["failures"].as_array().expect("failures") {
+        assert_eq!(f["proto"], "esp", "{f}");
+        assert!(
+            f["src"] == victim.as_str() || f["dst"] == victim.as_str(),
+            "a pair not through {victim}: {f}"
+        );
+        assert!(
+            f["cause"].as_str().unwrap_or("").contains("IP protocol 50"),
+            "{f}"
+        );
+    }
+    let err = c["swarm_error"].as_str().unwrap_or("");
+    assert!(
+        err.contains(&format!("ESP (IP protocol 50) from queenbee to {victim}")),
+        "{err}"
+    );
+    assert!(
+        sh(&[
+            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", "labfault"
+        ])
+        .0
+    );
+    eventually("the ESP drop clears", Duration::from_secs(60), || {
+        let (_, c) = checks(&lab)?;
+        let cells = esp_cells(&c);
+        (cells.len() == 6 && cells.iter().all(|x| x["outcome"] == "open")).then_some(())
+    });
+
     // Docker was not asked to make a network that would drop all traffic.
     let socket = lab.node("queenbee").expect("node")["docker_socket"]
         .as_str()

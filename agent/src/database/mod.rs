@@ -79,6 +79,39 @@ pub struct ServiceSpec {
     pub volume: String,
     pub data_dir: String,
     pub restart_delay: Duration,
+    /// How the service name resolves on the overlay.
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+}
+
+/// How a Swarm service's name resolves: Docker's default, a virtual IP
+/// balanced by the kernel's IPVS, needs `ip_vs` on every host; without it
+/// the service's VIP silently carries nothing, so apiary falls back to
+/// `dnsrr` (the name resolves to the task's own address) there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    Vip,
+    #[default]
+    Dnsrr,
+}
+
+impl EndpointMode {
+    /// VIP when every host's kernel has `ip_vs`, else dnsrr.
+    pub fn for_kernels(all_have_ip_vs: bool) -> Self {
+        if all_have_ip_vs {
+            EndpointMode::Vip
+        } else {
+            EndpointMode::Dnsrr
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -88,8 +121,8 @@ impl ServiceSpec {
         hex::encode(&Sha256::digest(&json)[..8])
     }
 
-    /// The Swarm service definition: `--endpoint-mode dnsrr` (no VIP, no
-    /// ingress, no published port), `--constraint node.hostname==<node>`,
+    /// The Swarm service definition: `--endpoint-mode` from
+    /// [`EndpointMode`] (no ingress, no published port), `--constraint node.hostname==<node>`,
     /// `--hostname <name>`, the volume, the memory limit, restart on any exit.
     pub fn to_docker(&self) -> DockerServiceSpec {
         let labels = HashMap::from([
@@ -137,7 +170,10 @@ impl ServiceSpec {
                 ..Default::default()
             }),
             endpoint_spec: Some(EndpointSpec {
-                mode: Some(EndpointSpecModeEnum::DNSRR),
+                mode: Some(match self.endpoint_mode {
+                    EndpointMode::Vip => EndpointSpecModeEnum::VIP,
+                    EndpointMode::Dnsrr => EndpointSpecModeEnum::DNSRR,
+                }),
                 ports: None,
             }),
             ..Default::default()
@@ -491,7 +527,22 @@ mod tests {
             volume: "etcd-2-data".into(),
             data_dir: "/var/lib/etcd".into(),
             restart_delay: Duration::from_secs(5),
+            endpoint_mode: EndpointMode::Dnsrr,
         }
+    }
+
+    #[test]
+    fn endpoint_mode_is_vip_only_when_every_kernel_has_ip_vs() {
+        assert_eq!(EndpointMode::for_kernels(true), EndpointMode::Vip);
+        assert_eq!(EndpointMode::for_kernels(false), EndpointMode::Dnsrr);
+        let vip = ServiceSpec {
+            endpoint_mode: EndpointMode::Vip,
+            ..spec()
+        };
+        let json = serde_json::to_value(vip.to_docker()).unwrap();
+        assert_eq!(json["EndpointSpec"]["Mode"], "vip");
+        assert!(json["EndpointSpec"].get("Ports").is_none());
+        assert_ne!(vip.digest(), spec().digest(), "a mode change is drift");
     }
 
     #[test]

@@ -283,7 +283,11 @@ impl Matrix {
         let heads: Vec<String> = columns
             .iter()
             .map(|(port, proto, check)| match check {
-                Check::Direct => format!("{port}/{proto}"),
+                Check::Direct => PortSpec {
+                    port: *port,
+                    proto: *proto,
+                }
+                .to_string(),
                 Check::PingName => "ov:ping-name".into(),
                 Check::PingAddress => "ov:ping-addr".into(),
                 Check::TcpName => "ov:tcp-name".into(),

@@ -32,8 +32,12 @@
 //!   daemons ignore our challenges, so UDP cells then read as dropped. After
 //!   Swarm, the overlay data path is probed end to end instead
 //!   (`crate::swarm::overlay_probe`, cells with [`Proto::Overlay`]).
-//! - ESP (IP protocol 50, needed by encrypted overlays) is not probed here.
+//! - **ESP** (IP protocol 50, needed by encrypted overlays) has no ports: the
+//!   same challenge/echo travels in raw protocol-50 packets ([`esp`]), probed
+//!   only when the overlay is encrypted, and before and after Swarm alike
+//!   (Swarm never holds protocol 50).
 
+mod esp;
 mod matrix;
 mod probe;
 mod responder;
@@ -74,6 +78,8 @@ pub enum Proto {
     Udp,
     /// The overlay data path, end to end between probe containers.
     Overlay,
+    /// IP protocol 50, which carries an encrypted overlay (no port: 0).
+    Esp,
 }
 
 impl fmt::Display for Proto {
@@ -82,6 +88,7 @@ impl fmt::Display for Proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
             Proto::Overlay => "overlay",
+            Proto::Esp => "esp",
         })
     }
 }
@@ -107,11 +114,22 @@ impl PortSpec {
             proto: Proto::Udp,
         }
     }
+
+    /// ESP between the hosts' private addresses (port 0: it has none).
+    pub const fn esp() -> Self {
+        PortSpec {
+            port: 0,
+            proto: Proto::Esp,
+        }
+    }
 }
 
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.port, self.proto)
+        match self.proto {
+            Proto::Esp => f.write_str("esp"),
+            _ => write!(f, "{}/{}", self.port, self.proto),
+        }
     }
 }
 
@@ -243,6 +261,11 @@ impl Cell {
                  between their private addresses (host nftables/iptables or a cloud firewall); open udp/{port} \
                  from the private network (and ESP, IP protocol 50, for an encrypted overlay)"
             ),
+            (Outcome::Dropped, _) if proto == Proto::Esp => format!(
+                "firewall: ESP (IP protocol 50) from {src} to {dst} ({addr}) is dropped; an encrypted overlay \
+                 carries nothing without it. Cloud firewalls and security groups often allow only TCP, UDP and \
+                 ICMP: allow IP protocol 50 between the private addresses (or turn overlay encryption off)"
+            ),
             (Outcome::Closed, _) if overlay => format!(
                 "nothing listens in {dst}'s probe container at {addr}: the container is not running its server"
             ),
@@ -266,11 +289,11 @@ impl Cell {
 
 impl fmt::Display for Cell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} → {} {}/{}",
-            self.src, self.dst, self.port, self.proto
-        )?;
+        let spec = PortSpec {
+            port: self.port,
+            proto: self.proto,
+        };
+        write!(f, "{} → {} {spec}", self.src, self.dst)?;
         if self.check != Check::Direct {
             write!(f, " ({}, {})", self.check, self.addr)?;
         }

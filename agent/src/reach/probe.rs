@@ -21,6 +21,7 @@ pub async fn probe(src: &str, peer: &Peer, port: PortSpec, timeout: Duration) ->
     let (outcome, rtt, detail) = match port.proto {
         Proto::Tcp => probe_tcp(src, addr, timeout).await,
         Proto::Udp => probe_udp(src, addr, timeout).await,
+        Proto::Esp => super::esp::probe(src, peer.ip, timeout).await,
         Proto::Overlay => (
             Outcome::Error(
                 "the overlay is probed from probe containers (swarm::overlay_probe)".into(),
@@ -70,7 +71,7 @@ pub async fn probe_all(
     cells
 }
 
-type Probed = (Outcome, Option<Duration>, Option<String>);
+pub(super) type Probed = (Outcome, Option<Duration>, Option<String>);
 
 async fn probe_tcp(src: &str, addr: SocketAddr, timeout: Duration) -> Probed {
     let start = Instant::now();
@@ -156,7 +157,7 @@ async fn probe_udp(src: &str, addr: SocketAddr, timeout: Duration) -> Probed {
     (Outcome::Dropped, None, None)
 }
 
-fn classify(e: &io::Error) -> Outcome {
+pub(super) fn classify(e: &io::Error) -> Outcome {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => Outcome::Closed,
         io::ErrorKind::TimedOut => Outcome::Dropped,
@@ -222,6 +223,33 @@ mod tests {
                 .iter()
                 .all(|p| matches!(p.state, PortState::Listening(_)))
         );
+    }
+
+    #[tokio::test]
+    async fn esp_is_echoed_by_a_responder_and_silence_reads_as_dropped() {
+        let ip = lo(63);
+        let r = Responder::start(ip, &[PortSpec::esp()]).expect("start");
+        assert!(
+            matches!(r.ports()[0].state, PortState::Listening(_)),
+            "a raw ESP socket (needs root, as the agent runs): {:?}",
+            r.ports()
+        );
+        let open = probe("me", &peer("bee", ip), PortSpec::esp(), T).await;
+        assert_eq!(open.outcome, Outcome::Open, "{open}");
+        assert_eq!((open.port, open.proto), (0, Proto::Esp));
+        assert_eq!(open.to_string().split(':').next(), Some("me → bee esp"));
+        // No responder there: the challenge is seen by nobody who answers.
+        let silent = probe("me", &peer("wasp", lo(64)), PortSpec::esp(), T).await;
+        assert_eq!(silent.outcome, Outcome::Dropped, "{silent}");
+        assert!(
+            silent
+                .likely_cause()
+                .is_some_and(|c| c.contains("IP protocol 50")),
+            "{silent:?}"
+        );
+        r.stop().await;
+        let after = probe("me", &peer("bee", ip), PortSpec::esp(), T).await;
+        assert_eq!(after.outcome, Outcome::Dropped, "stopped: {after}");
     }
 
     #[tokio::test]

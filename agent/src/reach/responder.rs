@@ -80,6 +80,10 @@ impl Responder {
                     let local = s.local_addr();
                     (local, tokio::spawn(serve_udp(s)))
                 }),
+                Proto::Esp => super::esp::raw_socket(Some(private_ip)).map(|fd| {
+                    let local = Ok(SocketAddr::from((private_ip, 0)));
+                    (local, tokio::spawn(super::esp::serve(fd)))
+                }),
                 Proto::Overlay => Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "the overlay is probed between containers, not listened on",
