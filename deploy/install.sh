@@ -17,9 +17,24 @@ case "$what" in
              install -m 0644 deploy/systemd/apiary-coordinator.service /etc/systemd/system/ ;;
 esac
 install -d /usr/share/bash-completion/completions /usr/share/zsh/vendor-completions /usr/share/fish/vendor_completions.d /usr/local/share/man/man1
-/usr/local/bin/ctl completions bash > /usr/share/bash-completion/completions/ctl
-/usr/local/bin/ctl completions zsh > /usr/share/zsh/vendor-completions/_ctl
-/usr/local/bin/ctl completions fish > /usr/share/fish/vendor_completions.d/ctl.fish
-/usr/local/bin/ctl man /usr/local/share/man/man1
+# Completions and man pages for each installed program, from its own clap
+# definition (the agent's generators are hidden flags: it has no subcommands).
+completions() { # program, then the arguments that print a script for a shell
+  local b=$1; shift
+  "$@" bash > "/usr/share/bash-completion/completions/$b"
+  "$@" zsh > "/usr/share/zsh/vendor-completions/_$b"
+  "$@" fish > "/usr/share/fish/vendor_completions.d/$b.fish"
+}
+completions ctl /usr/local/bin/ctl completions
+/usr/local/bin/ctl man /usr/local/share/man/man1 >/dev/null
+if [ -x /usr/local/bin/coordinator ] && [ "$what" != agent ]; then
+  completions coordinator /usr/local/bin/coordinator completions
+  /usr/local/bin/coordinator man /usr/local/share/man/man1 >/dev/null
+fi
+if [ -x /usr/local/bin/agent ] && [ "$what" != coordinator ]; then
+  completions agent /usr/local/bin/agent --generate-completions
+  /usr/local/bin/agent --generate-man /usr/local/share/man/man1 >/dev/null
+fi
+command -v mandb >/dev/null && mandb -q 2>/dev/null || true
 command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
 echo "installed; enable with: systemctl enable --now apiary-agent (or apiary-coordinator)"

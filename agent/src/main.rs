@@ -49,10 +49,33 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Write the agent's man page (agent.1) into DIR and exit (for packagers).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_man: Option<PathBuf>,
+    /// Print a shell completion script (bash, zsh, fish, ...) and exit.
+    #[arg(long, value_name = "SHELL", hide = true)]
+    generate_completions: Option<clap_complete::Shell>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(shell) = args.generate_completions {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Args::command(), "agent", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = &args.generate_man {
+        return match write_man_page(dir) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("agent: cannot write the man page to {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     init_tracing(&args.log_format);
     let file = match &args.config {
         Some(path) => match AgentFile::load(path) {
@@ -92,6 +115,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e, u8::try_from(e.exit_code()).unwrap_or(1)),
     }
+}
+
+/// `agent.1`, from the same clap definition the agent parses with (the
+/// packaging flags themselves are hidden from it).
+fn write_man_page(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command()).render(&mut page)?;
+    let path = dir.join("agent.1");
+    std::fs::write(&path, page)?;
+    Ok(path)
 }
 
 fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {

@@ -54,6 +54,11 @@ pub enum CoordinatorError {
     /// Provider settings that cannot work (a missing token, a bad region): exit 64.
     #[error("{0}")]
     ProviderConfig(String),
+    #[error("cannot write man pages to {dir}: {source}")]
+    ManPages {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl CoordinatorError {

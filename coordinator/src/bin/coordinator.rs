@@ -71,6 +71,10 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for coordinator and every subcommand into DIR.
+    Man { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,25 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Token { state_dir, rotate } => token(&state_dir, rotate).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                apiary_coordinator::docs::write_completions(
+                    &mut Args::command(),
+                    shell,
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+            Command::Man { dir } => {
+                use clap::CommandFactory;
+                let pages = apiary_coordinator::docs::write_man_pages(&Args::command(), &dir)
+                    .map_err(|source| CoordinatorError::ManPages {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                Ok(())
+            }
             Command::Teardown { config, state_dir } => {
                 let config = ClusterConfig::load(&config)?;
                 let report = apiary_coordinator::serve::teardown(&config, &state_dir).await?;
