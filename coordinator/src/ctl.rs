@@ -405,8 +405,24 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
     Ok(())
 }
 
-/// The table form of `ctl status`.
-pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<()> {
+/// Colour for a person at a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>: any non-empty value).
+pub fn colour_wanted(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `text` in green (good) or red (bad) when `colour`, as is otherwise.
+fn paint(text: &str, good: bool, colour: bool) -> String {
+    match (colour, good) {
+        (false, _) => text.to_string(),
+        (true, true) => format!("\x1b[32m{text}\x1b[0m"),
+        (true, false) => format!("\x1b[31m{text}\x1b[0m"),
+    }
+}
+
+/// The table form of `ctl status`; node states and database servers in
+/// colour when `colour`.
+pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> std::io::Result<()> {
     let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
     writeln!(
         out,
@@ -460,11 +476,20 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
             *w = (*w).max(c.len());
         }
     }
-    for r in std::iter::once(&header).chain(rows.iter()) {
+    for (i, r) in std::iter::once(&header).chain(rows.iter()).enumerate() {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .enumerate()
+            .map(|(col, (c, w))| {
+                let cell = format!("{c:<w$}");
+                // Column 1 is STATE; row 0 the header.
+                if col == 1 && i > 0 {
+                    paint(&cell, c == "ready", colour)
+                } else {
+                    cell
+                }
+            })
             .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
@@ -487,11 +512,15 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse) -> std::io::Result<
                 "  {} on {}: {}",
                 n.database_server,
                 n.name,
-                if n.database_healthy {
-                    "connected"
-                } else {
-                    "not connected"
-                }
+                paint(
+                    if n.database_healthy {
+                        "connected"
+                    } else {
+                        "not connected"
+                    },
+                    n.database_healthy,
+                    colour
+                )
             )?;
         }
         if !s.database_error.is_empty() {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
 use apiary_coordinator::ctl::{
-    Ctl, CtlError, apply_json, checks_json, event_line, print_apply, print_checks, print_status,
-    status_json,
+    Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
+    print_status, status_json,
 };
 use clap::{Parser, Subcommand};
 
@@ -189,7 +189,8 @@ async fn run(args: Args) -> Result<(), CtlError> {
                     serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default()
                 );
             } else {
-                print_status(stdout, &status).map_err(io)?;
+                let colour = colour_wanted(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+                print_status(stdout, &status, colour).map_err(io)?;
             }
         }
         Command::Status {
@@ -202,7 +203,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
             loop {
                 let status = ctl.status().await?;
                 let mut frame = Vec::new();
-                print_status(&mut frame, &status).map_err(io)?;
+                print_status(&mut frame, &status, colour_wanted(tty)).map_err(io)?;
                 if tty {
                     // Home the cursor and clear: redraw in place.
                     print!("\x1b[H\x1b[2J");
