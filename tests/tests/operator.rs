@@ -219,3 +219,250 @@ fn token_json_holds_its_documented_fields() {
     );
     assert!(v["expires_unix"].as_u64().is_some_and(|e| e > 0), "{v}");
 }
+
+/// A process whose stdin, stdout and stderr are a pseudo-terminal (120x40),
+/// as when a person runs it; what it shows is collected. Killed (by PID) when
+/// dropped.
+struct OnTerminal {
+    child: std::process::Child,
+    shown: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnTerminal {
+    /// `NO_COLOR` is removed from the environment unless `env` sets it.
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> OnTerminal {
+        use std::io::Read;
+        use std::process::Stdio;
+        let size = nix::pty::Winsize {
+            ws_row: 40,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().expect("dup pty"));
+        cmd.stdin(slave(&pty.slave))
+            .stdout(slave(&pty.slave))
+            .stderr(slave(&pty.slave))
+            .env("TERM", "xterm-256color")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied());
+        let child = cmd.spawn().expect("spawn on a pty");
+        // Only the child holds the terminal now: reading ends when it exits.
+        drop(cmd);
+        drop(pty.slave);
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = shown.clone();
+        let mut master = std::fs::File::from(pty.master);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            // Ends with EIO once the child (the terminal's last user) is gone.
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                sink.lock().expect("sink").extend_from_slice(&buf[..n]);
+            }
+        });
+        OnTerminal {
+            child,
+            shown,
+            reader: Some(reader),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().expect("shown")).into_owned()
+    }
+
+    /// Waits for the exit and everything shown until then.
+    fn finish(mut self) -> (i32, String) {
+        let status = eventually("exit", Duration::from_secs(20), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code().unwrap_or(-1), self.text())
+    }
+}
+
+impl Drop for OnTerminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctl_on_terminal(c: &Coordinator, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.arg("--config").arg(c.admin_conf()).args(args);
+    OnTerminal::spawn(cmd, env).finish()
+}
+
+/// A coordinator whose output goes to a terminal (manual provider, loopback).
+fn coordinator_on_terminal() -> (Coordinator, OnTerminal) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nname = \"test\"\n\n[coordinator]\nheartbeat_interval = \"300ms\"\n\n[provider]\nkind = \"manual\"\n",
+    )
+    .expect("write config");
+    let c = Coordinator {
+        state: dir.path().join("state"),
+        config,
+        proc: None,
+        port: free_port(),
+        dir,
+        serve_args: Vec::new(),
+    };
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&c.config)
+        .arg("--state-dir")
+        .arg(&c.state)
+        .args(["--listen", &c.endpoint()]);
+    let serve = OnTerminal::spawn(cmd, &[]);
+    eventually("coordinator listening", Duration::from_secs(20), || {
+        (c.admin_conf().exists() && std::net::TcpStream::connect(c.endpoint()).is_ok())
+            .then_some(())
+    });
+    (c, serve)
+}
+
+#[test]
+fn serve_draws_a_line_per_host_on_a_terminal_and_plain_lines_elsewhere() {
+    // On a terminal: the host's line, redrawn in place as it moves on.
+    let (c, serve) = coordinator_on_terminal();
+    let token = c.token();
+    let _a = c.agent("bee-1", Some(&token));
+    let shown = eventually("bee-1's line", Duration::from_secs(15), || {
+        let t = serve.text();
+        t.contains("enrolled → connected, ready").then_some(t)
+    });
+    assert!(shown.contains("bee-1"), "{shown:?}");
+    assert!(
+        shown.contains("\u{1b}[") && shown.contains('\r'),
+        "no terminal redraw codes on a terminal: {shown:?}"
+    );
+
+    // Not on a terminal: one timestamped line per host event, no redraws.
+    let c = Coordinator::start("heartbeat_interval = \"300ms\"");
+    let token = c.token();
+    let _a = c.agent("bee-1", Some(&token));
+    let log = eventually("bee-1's lines", Duration::from_secs(15), || {
+        let t = c.proc.as_ref().expect("coordinator").log_text();
+        t.contains("bee-1: connected, ready").then_some(t)
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("bee-1: ")).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with('[') && l.contains("bee-1: enrolled")),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\r') && !log.contains('\u{1b}'),
+        "progress-bar control characters in a non-terminal log: {log:?}"
+    );
+
+    // --quiet: no progress at all.
+    let q = Coordinator::start_with("heartbeat_interval = \"300ms\"", &["--quiet"]);
+    let token = q.token();
+    let _b = q.agent("bee-2", Some(&token));
+    eventually("bee-2 ready", Duration::from_secs(15), || {
+        (q.node_state("bee-2")? == "ready").then_some(())
+    });
+    let log = q.proc.as_ref().expect("coordinator").log_text();
+    assert!(!log.contains("bee-2: enrolled"), "{log}");
+}
+
+#[test]
+fn ctl_colours_states_on_a_terminal_and_never_with_no_color() {
+    let c = Coordinator::start("heartbeat_interval = \"300ms\"");
+    let token = c.token();
+    let _a = c.agent("bee-1", Some(&token));
+    eventually("bee-1 ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
+
+    let (code, shown) = ctl_on_terminal(&c, &["status"], &[]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("\u{1b}[32mready"),
+        "ready is not green on a terminal: {shown:?}"
+    );
+
+    for env in [[("NO_COLOR", "1")], [("NO_COLOR", "yes")]] {
+        let (code, shown) = ctl_on_terminal(&c, &["status"], &env);
+        assert_eq!(code, 0, "{shown}");
+        assert!(shown.contains("bee-1") && shown.contains("ready"), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}'),
+            "escape codes with NO_COLOR on a terminal: {shown:?}"
+        );
+    }
+    // `ctl checks` (nothing to check on a manual cluster without Swarm) says
+    // so on a terminal without any escape codes under NO_COLOR either.
+    let (code, shown) = ctl_on_terminal(&c, &["checks"], &[("NO_COLOR", "1")]);
+    assert_eq!(code, 2, "{shown}");
+    assert!(shown.contains("no checks yet"), "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+
+    // A pipe: no colour even without NO_COLOR.
+    let out = c.ctl(&["status"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\u{1b}'));
+}
+
+#[test]
+fn every_binary_has_man_pages_and_completions_for_every_subcommand() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(bin("coordinator"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .expect("coordinator man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new(bin("agent"))
+        .arg("--generate-man")
+        .arg(dir.path())
+        .output()
+        .expect("agent --generate-man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "coordinator.1",
+        "coordinator-serve.1",
+        "coordinator-teardown.1",
+        "coordinator-token.1",
+        "coordinator-completions.1",
+        "coordinator-man.1",
+        "agent.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH") && text.len() > 200, "{page} is empty");
+    }
+    let serve = std::fs::read_to_string(dir.path().join("coordinator-serve.1")).expect("page");
+    assert!(serve.contains("quiet") && serve.contains("metrics"), "{serve}");
+    let agent = std::fs::read_to_string(dir.path().join("agent.1")).expect("page");
+    assert!(agent.contains("coordinator") && agent.contains("token"), "{agent}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("coordinator"))
+            .args(["completions", shell])
+            .output()
+            .expect("coordinator completions");
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["serve", "teardown", "token", "man"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+        let out = Command::new(bin("agent"))
+            .args(["--generate-completions", shell])
+            .output()
+            .expect("agent completions");
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("coordinator") && text.contains("state-dir"),
+            "{shell}: {text}"
+        );
+    }
+}
