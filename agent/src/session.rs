@@ -314,7 +314,11 @@ async fn session(
     // connections in flight fail on a reconnect).
     let _tunnels = AbortOnDrop(tokio::spawn(crate::tunnel::serve(
         channel,
-        config.tunnel_allow.clone(),
+        crate::tunnel::TunnelSettings {
+            allow: config.tunnel_allow.clone(),
+            host: config.name.clone(),
+            docker_socket: config.docker_socket.clone(),
+        },
     )));
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);

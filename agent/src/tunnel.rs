@@ -3,8 +3,17 @@
 //! (loopback and the overlay by default: never an arbitrary address, so a
 //! compromised coordinator cannot use agents as a general proxy), connects,
 //! and carries the bytes on a stream of its own.
+//!
+//! A target may also be a Swarm service (`ctl tunnel database:admin`,
+//! `ctl tunnel etcd-2:2379`): the agent connects to 127.0.0.1:PORT inside the
+//! network namespace of that service's running container on this host (the
+//! database's ports exist only on the overlay, which the agent is not on).
+//! It does so only when the container is a Swarm task with an address in the
+//! allow-list (the overlay), so a service target reaches one of the cluster's
+//! containers, never an arbitrary address.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_proto::tunnel::tunnel_relay_client::TunnelRelayClient;
@@ -72,8 +81,18 @@ impl AllowList {
     }
 }
 
+/// What the agent needs to open tunnels: its allow-list and, for service
+/// targets, its engine.
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub allow: AllowList,
+    /// The host's name (in messages) and its engine's socket.
+    pub host: String,
+    pub docker_socket: PathBuf,
+}
+
 /// Serves open requests until the session's connection goes away.
-pub async fn serve(channel: Channel, allow: AllowList) {
+pub async fn serve(channel: Channel, settings: TunnelSettings) {
     let mut client = TunnelRelayClient::new(channel.clone());
     let mut requests = match client.listen(ListenRequest {}).await {
         Ok(r) => r.into_inner(),
@@ -83,11 +102,35 @@ pub async fn serve(channel: Channel, allow: AllowList) {
         }
     };
     while let Ok(Some(req)) = requests.message().await {
-        tokio::spawn(connect(channel.clone(), req, allow.clone()));
+        tokio::spawn(connect(channel.clone(), req, settings.clone()));
     }
 }
 
-async fn connect(channel: Channel, req: OpenRequest, allow: AllowList) {
+/// Connects to `service`'s container on this host, inside its network
+/// namespace, if the container is on an allowed network.
+async fn connect_service(
+    settings: &TunnelSettings,
+    service: &str,
+    port: u16,
+) -> Result<TcpStream, String> {
+    let swarm = crate::swarm::SwarmClient::connect(&settings.host, &settings.docker_socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let db = crate::database::Database::new(swarm.docker().clone(), &settings.host);
+    let c = db.service_container(service).await?;
+    if !c.addresses.iter().any(|ip| settings.allow.allows(*ip)) {
+        return Err(format!(
+            "the container of {service} on {} has no address in this agent's tunnel allow-list (the overlay); refusing to enter it",
+            settings.host
+        ));
+    }
+    crate::database::connect_in_netns(c.pid, port, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("{service} on {}: {e} (inside its container)", settings.host))
+}
+
+async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
+    let allow = &settings.allow;
     let (tx, rx) = mpsc::channel::<Frame>(8);
     let _ = tx
         .send(Frame {
@@ -95,23 +138,23 @@ async fn connect(channel: Channel, req: OpenRequest, allow: AllowList) {
         })
         .await;
     let mut client = TunnelRelayClient::new(channel);
-    let target = match req.host.parse::<IpAddr>() {
-        Ok(ip) if allow.allows(ip) => Ok(std::net::SocketAddr::new(ip, req.port as u16)),
-        Ok(ip) => Err(format!(
-            "target {ip}:{} is outside this agent's tunnel allow-list (loopback and the overlay)",
-            req.port
-        )),
-        Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
-    };
-    let tcp = match target {
-        Ok(addr) => {
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => Ok(s),
-                Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-                Err(_) => Err(format!("connecting to {addr} timed out")),
+    let tcp = match u16::try_from(req.port) {
+        Err(_) | Ok(0) => Err(format!("port {} is not a TCP port", req.port)),
+        Ok(port) if !req.service.is_empty() => connect_service(&settings, &req.service, port).await,
+        Ok(port) => match req.host.parse::<IpAddr>() {
+            Ok(ip) if allow.allows(ip) => {
+                let addr = std::net::SocketAddr::new(ip, port);
+                match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+                    Err(_) => Err(format!("connecting to {addr} timed out")),
+                }
             }
-        }
-        Err(e) => Err(e),
+            Ok(ip) => Err(format!(
+                "target {ip}:{port} is outside this agent's tunnel allow-list (loopback and the overlay)"
+            )),
+            Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
+        },
     };
     let first = match &tcp {
         Ok(_) => frame::Kind::Opened(true),
@@ -130,7 +173,7 @@ async fn connect(channel: Channel, req: OpenRequest, allow: AllowList) {
     };
     if let Ok(tcp) = tcp {
         let _ = tcp.set_nodelay(true);
-        info!(conn_id = req.conn_id, host = %req.host, port = req.port, "tunnel connection");
+        info!(conn_id = req.conn_id, host = %req.host, service = %req.service, port = req.port, "tunnel connection");
         pipe(tcp, inbound, tx).await;
     }
 }

@@ -44,6 +44,33 @@ struct RawConfig {
     host: Option<Spanned<HostConfigSpec>>,
     swarm: Option<Spanned<RawSwarm>>,
     database: Option<Spanned<RawDatabase>>,
+    tunnel: Option<RawTunnel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    max_connections_per_admin: Option<Spanned<i64>>,
+    max_bytes_in_flight_per_connection: Option<Spanned<toml::Value>>,
+}
+
+/// Limits on `ctl tunnel` (`[tunnel]`), enforced by the coordinator's relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelLimits {
+    /// Tunnel connections one admin certificate may have open at once.
+    pub max_connections_per_admin: usize,
+    /// Bytes the relay queues per connection and direction before it stops
+    /// reading from the sending side (HTTP/2 flow control then holds it back).
+    pub max_bytes_in_flight_per_connection: usize,
+}
+
+impl Default for TunnelLimits {
+    fn default() -> Self {
+        TunnelLimits {
+            max_connections_per_admin: 256,
+            max_bytes_in_flight_per_connection: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +233,8 @@ pub struct ClusterConfig {
     /// `None`: apiary does not make a swarm (manual and digitalocean without a
     /// `[swarm]` section). The lab makes one by default.
     pub swarm: Option<SwarmConfig>,
+    /// `[tunnel]`: limits on `ctl tunnel`.
+    pub tunnel: TunnelLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -609,6 +638,43 @@ impl ClusterConfig {
             })?),
             None => (!listen.ip().is_unspecified()).then_some(listen),
         };
+        let mut tunnel = TunnelLimits::default();
+        if let Some(t) = raw.tunnel {
+            if let Some(v) = t.max_connections_per_admin {
+                let key = "tunnel.max_connections_per_admin";
+                tunnel.max_connections_per_admin = usize::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        at(
+                            Some(v.span()),
+                            key,
+                            format!("{key} = {}: write a count from 1 to 1000000", v.get_ref()),
+                        )
+                    })?;
+            }
+            if let Some(v) = t.max_bytes_in_flight_per_connection {
+                let key = "tunnel.max_bytes_in_flight_per_connection";
+                let bytes = match v.get_ref() {
+                    toml::Value::Integer(n) => Some(*n),
+                    toml::Value::String(s) => parse_memory(s),
+                    _ => None,
+                };
+                tunnel.max_bytes_in_flight_per_connection = bytes
+                    .and_then(|b| usize::try_from(b).ok())
+                    .filter(|b| (MIN_TUNNEL_BYTES..=1 << 30).contains(b))
+                    .ok_or_else(|| {
+                        at(
+                            Some(v.span()),
+                            key,
+                            format!(
+                                "{key} = {}: write a size from \"64k\" to \"1g\" (or bytes)",
+                                v.get_ref()
+                            ),
+                        )
+                    })?;
+            }
+        }
         if let ProviderConfig::DigitalOcean(_) = provider
             && advertise.is_none()
         {
@@ -627,9 +693,13 @@ impl ClusterConfig {
             host,
             host_recheck_interval,
             swarm,
+            tunnel,
         })
     }
 }
+
+/// The smallest per-connection budget: one full tunnel frame.
+pub const MIN_TUNNEL_BYTES: usize = 64 << 10;
 
 /// Host names from `hosts = N` and/or `names = [...]`: the recipe's queenbee and
 /// workerbees by default.
@@ -701,6 +771,50 @@ mod tests {
 
     fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         ClusterConfig::parse(Path::new("cluster.toml"), text)
+    }
+
+    #[test]
+    fn tunnel_limits_have_defaults_and_bad_values_name_line_and_key() {
+        let base = "[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n";
+        assert_eq!(parse(base).expect("valid").tunnel, TunnelLimits::default());
+        let c = parse(&format!(
+            "{base}[tunnel]\nmax_connections_per_admin = 3\nmax_bytes_in_flight_per_connection = \"256k\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.tunnel,
+            TunnelLimits {
+                max_connections_per_admin: 3,
+                max_bytes_in_flight_per_connection: 256 << 10
+            }
+        );
+        for (text, line, key) in [
+            (
+                "max_connections_per_admin = 0",
+                6,
+                "tunnel.max_connections_per_admin",
+            ),
+            (
+                "max_bytes_in_flight_per_connection = \"1k\"",
+                6,
+                "tunnel.max_bytes_in_flight_per_connection",
+            ),
+            (
+                "max_bytes_in_flight_per_connection = \"lots\"",
+                6,
+                "tunnel.max_bytes_in_flight_per_connection",
+            ),
+            ("max_tunnels = 3", 6, "max_tunnels"),
+        ] {
+            match parse(&format!("{base}[tunnel]\n{text}\n")) {
+                Err(ConfigError::Invalid {
+                    line: l, key: k, ..
+                }) => {
+                    assert_eq!((l, k.as_str()), (line, key), "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

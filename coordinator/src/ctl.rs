@@ -32,12 +32,15 @@ pub enum CtlError {
     Failed(String),
     #[error("checks failed: {0}")]
     CheckFailed(String),
+    /// The command names something that does not exist (a tunnel target).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CtlError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CtlError::Config(_) | CtlError::Cert(_) => exit::USAGE,
+            CtlError::Config(_) | CtlError::Cert(_) | CtlError::Usage(_) => exit::USAGE,
             CtlError::Unreachable { .. } => exit::UNAVAILABLE,
             CtlError::Refused(_) | CtlError::Denied(_) => exit::REFUSED,
             CtlError::Failed(_) => exit::FAILURE,

@@ -70,6 +70,9 @@ pub trait Flavor: Send + Sync {
     /// Whether server 1 must be healthy before the others are created
     /// (RethinkDB's joins), instead of all at once (etcd's static bootstrap).
     fn first_before_others(&self) -> bool;
+    /// The port `ctl tunnel database:admin` opens: the one an operator
+    /// points a browser or an HTTP client at.
+    fn admin_port(&self, cfg: &DatabaseConfig) -> u16;
 }
 
 pub struct Etcd;
@@ -149,6 +152,11 @@ impl Flavor for Etcd {
     fn first_before_others(&self) -> bool {
         false
     }
+    /// etcd serves its HTTP endpoints (`/health`, `/version`, `/metrics`)
+    /// on the client port.
+    fn admin_port(&self, cfg: &DatabaseConfig) -> u16 {
+        cfg.client_port
+    }
 }
 
 impl Flavor for Rethinkdb {
@@ -192,6 +200,10 @@ impl Flavor for Rethinkdb {
     }
     fn first_before_others(&self) -> bool {
         true
+    }
+    /// RethinkDB's web UI (`--http-port`, default 8080).
+    fn admin_port(&self, _cfg: &DatabaseConfig) -> u16 {
+        8080
     }
 }
 

@@ -4,14 +4,21 @@
 //!
 //! One gRPC stream per TCP connection on each leg, so connections are
 //! independent and HTTP/2 flow control applies per connection: the relay
-//! forwards a frame only when the other leg accepted the previous ones
-//! (bounded channels), so a slow reader never makes the coordinator buffer
-//! without bound. Half-close and errors travel as frames. An agent that
-//! reconnects fails only the connections that were in flight.
+//! queues at most `[tunnel] max_bytes_in_flight_per_connection` bytes per
+//! connection and direction, then stops reading from the sending leg, so a
+//! slow reader never makes the coordinator buffer without bound. Half-close
+//! and errors travel as frames. An agent that reconnects fails only the
+//! connections that were in flight.
 //!
-//! Only admin certificates open tunnels; the agent decides which targets are
-//! allowed (loopback and the overlay), so a compromised coordinator cannot
-//! turn agents into a general proxy.
+//! Targets are a node's port, or a name the coordinator resolves to the host
+//! that runs it: `database` (the database's leader, as the last health round
+//! saw it), a database server (`etcd-2`), or any Swarm service (asked of each
+//! connected agent in turn). `database:admin` is the database's admin port.
+//!
+//! Only admin certificates open tunnels, at most `[tunnel]
+//! max_connections_per_admin` connections each; the agent decides which
+//! targets are allowed (loopback and the overlay), so a compromised
+//! coordinator cannot turn agents into a general proxy.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,27 +30,28 @@ use std::time::Duration;
 use apiary_certs::Role;
 use apiary_proto::tunnel::tunnel_relay_server::TunnelRelay;
 use apiary_proto::tunnel::tunnel_server::Tunnel;
-use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, frame};
-use futures::Stream;
-use tokio::sync::{mpsc, oneshot};
+use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, Target, frame};
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use crate::server::{Coordinator, require_role};
 
-/// Frames in flight per direction and connection (each ≤ 64 KiB): the
-/// coordinator's buffer per tunnel connection is bounded by this.
-pub const FRAMES_IN_FLIGHT: usize = 8;
-/// Tunnel connections one admin may hold open at once.
-pub const MAX_PER_ADMIN: usize = 256;
+/// Frames queued per direction and connection, whatever their size (control
+/// frames carry no data; data frames are bounded in bytes by the budget).
+const QUEUE_FRAMES: usize = 64;
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+/// A queued frame and the share of its connection's byte budget it holds
+/// until the sending leg takes it.
+type Queued = (Frame, Option<OwnedSemaphorePermit>);
 
 /// The agent's half of a connection, handed from `Attach` to the waiting `Open`.
 struct AgentLeg {
     inbound: Streaming<Frame>,
-    outbound: mpsc::Sender<Result<Frame, Status>>,
+    outbound: mpsc::Sender<Queued>,
 }
 
 #[derive(Default)]
@@ -84,12 +92,52 @@ fn frame(kind: frame::Kind) -> Frame {
     Frame { kind: Some(kind) }
 }
 
+/// A queue toward one leg, bounded to `budget` bytes of data.
+fn queue(budget: usize) -> (Sender, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+    (
+        Sender {
+            tx,
+            budget: Arc::new(Semaphore::new(budget)),
+            max: budget,
+        },
+        rx,
+    )
+}
+
+struct Sender {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Sender {
+    /// Waits for room in the byte budget, then queues `f`. False when the
+    /// other leg is gone.
+    async fn send(&self, f: Frame) -> bool {
+        let permit = match &f.kind {
+            Some(frame::Kind::Data(d)) if !d.is_empty() => {
+                // A frame larger than the whole budget takes all of it.
+                let n = d.len().min(self.max) as u32;
+                match self.budget.clone().acquire_many_owned(n).await {
+                    Ok(p) => Some(p),
+                    Err(_) => return false,
+                }
+            }
+            _ => None,
+        };
+        self.tx.send((f, permit)).await.is_ok()
+    }
+}
+
+/// What the sending leg reads: frames in order, each releasing its bytes of
+/// the budget as it is taken.
+fn drain(rx: mpsc::Receiver<Queued>) -> FrameStream {
+    Box::pin(ReceiverStream::new(rx).map(|(f, _permit)| Ok(f)))
+}
+
 /// Copies frames from one leg to the other until either side ends; counts bytes.
-async fn pump(
-    mut from: Streaming<Frame>,
-    to: mpsc::Sender<Result<Frame, Status>>,
-    hub: Arc<Coordinator>,
-) {
+async fn pump(mut from: Streaming<Frame>, to: Sender, hub: Arc<Coordinator>) {
     loop {
         match from.message().await {
             Ok(Some(f)) => {
@@ -98,19 +146,215 @@ async fn pump(
                         .bytes
                         .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
-                if to.send(Ok(f)).await.is_err() {
+                if !to.send(f).await {
                     return;
                 }
             }
             Ok(None) => return,
             Err(e) => {
-                let _ = to
-                    .send(Ok(frame(frame::Kind::Error(format!(
-                        "the other side failed: {}",
-                        e.message()
-                    )))))
-                    .await;
+                to.send(frame(frame::Kind::Error(format!(
+                    "the other side failed: {}",
+                    e.message()
+                ))))
+                .await;
                 return;
+            }
+        }
+    }
+}
+
+/// Where a target resolved to: a node, and on it an address or a service's
+/// container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Address {
+        node: String,
+        host: String,
+    },
+    Service {
+        node: String,
+        service: String,
+    },
+    /// A Swarm service whose host is not known here: the agents are asked.
+    AnyHost {
+        service: String,
+    },
+}
+
+/// Resolves `target` against the nodes and the database as last seen.
+fn resolve(coord: &Coordinator, target: &Target) -> Result<(Place, u16), Status> {
+    let name = target.node.as_str();
+    let is_node = coord
+        .store()
+        .node(name)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .is_some();
+    let port = u16::try_from(target.port)
+        .ok()
+        .filter(|p| *p > 0 || target.admin)
+        .ok_or_else(|| Status::invalid_argument(format!("{} is not a TCP port", target.port)))?;
+    if is_node && !target.admin {
+        let host = if target.host.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            target.host.clone()
+        };
+        return Ok((
+            Place::Address {
+                node: name.to_string(),
+                host,
+            },
+            port,
+        ));
+    }
+    if !target.host.is_empty() {
+        return Err(Status::not_found(format!(
+            "no node named {name:?}; `ctl status` lists the nodes"
+        )));
+    }
+    let db_cfg = coord
+        .config()
+        .swarm
+        .as_ref()
+        .and_then(|s| s.database.as_ref());
+    let db_state = || coord.checks().database;
+    // `database` and the database's server names.
+    let server = if name == "database" {
+        let Some(cfg) = db_cfg else {
+            return Err(no_database());
+        };
+        let state = db_state().ok_or_else(|| {
+            Status::unavailable(format!(
+                "the {} database has not been read yet (it starts once the overlay is checked); `ctl status` shows its progress",
+                cfg.kind.as_str()
+            ))
+        })?;
+        let leader = state
+            .servers
+            .iter()
+            .find(|s| !state.leader.is_empty() && s.name == state.leader)
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "the {} database has no leader right now ({}); `ctl status` shows why",
+                    cfg.kind.as_str(),
+                    state.summary()
+                ))
+            })?;
+        Some((leader.name.clone(), leader.host.clone()))
+    } else {
+        db_state().and_then(|d| {
+            d.servers
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| (s.name.clone(), s.host.clone()))
+        })
+    };
+    if target.admin {
+        let Some(cfg) = db_cfg else {
+            return Err(no_database());
+        };
+        let Some((service, node)) = server else {
+            return Err(Status::not_found(format!(
+                "{name}:admin: `admin` is the database's admin port; write database:admin (the leader) or SERVER:admin with a server `ctl status` lists"
+            )));
+        };
+        let port = crate::database::flavor(cfg.kind).admin_port(cfg);
+        return Ok((Place::Service { node, service }, port));
+    }
+    Ok(match server {
+        Some((service, node)) => (Place::Service { node, service }, port),
+        None => (
+            Place::AnyHost {
+                service: name.to_string(),
+            },
+            port,
+        ),
+    })
+}
+
+fn no_database() -> Status {
+    Status::failed_precondition(
+        "no database is deployed on this cluster (cluster.toml has no [database] section); `ctl tunnel NODE:PORT` reaches a port on a node",
+    )
+}
+
+impl TunnelSvc {
+    /// Asks `node`'s agent to connect to the target; on success, the agent's
+    /// leg of the connection, after its verdict.
+    async fn ask_agent(&self, node: &str, ask: OpenRequest) -> Result<AgentLeg, Status> {
+        let hub = &self.0.tunnels;
+        let listener = TunnelHub::lock(&hub.listeners)
+            .get(node)
+            .cloned()
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "{node} has no agent session that carries tunnels (is it down?)"
+                ))
+            })?;
+        let conn_id = ask.conn_id;
+        let (tx, rx) = oneshot::channel();
+        TunnelHub::lock(&hub.pending).insert(conn_id, (node.to_string(), tx));
+        let agent = async {
+            listener
+                .send(Ok(ask))
+                .await
+                .map_err(|_| Status::unavailable(format!("{node}'s session ended")))?;
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "{node} did not answer the tunnel request within 10 s"
+                    ))
+                })?
+                .map_err(|_| Status::unavailable(format!("{node}'s session ended")))
+        }
+        .await;
+        TunnelHub::lock(&hub.pending).remove(&conn_id);
+        let mut agent = agent?;
+        // The agent's verdict on the target comes first: opened, or why not.
+        match agent.inbound.message().await? {
+            Some(Frame {
+                kind: Some(frame::Kind::Opened(true)),
+            }) => Ok(agent),
+            Some(Frame {
+                kind: Some(frame::Kind::Error(e)),
+            }) => Err(Status::permission_denied(format!("{node}: {e}"))),
+            _ => Err(Status::unavailable(format!(
+                "{node} closed the tunnel before opening it"
+            ))),
+        }
+    }
+
+    /// Opens the agent's leg toward `place`; for a service of unknown host,
+    /// each connected agent is asked in turn (by name) until one runs it.
+    async fn open_agent(&self, place: &Place, port: u16) -> Result<(String, AgentLeg), Status> {
+        let hub = &self.0.tunnels;
+        let ask = |host: &str, service: &str| OpenRequest {
+            conn_id: hub.next.fetch_add(1, Ordering::Relaxed) + 1,
+            host: host.to_string(),
+            port: port.into(),
+            service: service.to_string(),
+        };
+        match place {
+            Place::Address { node, host } => {
+                Ok((node.clone(), self.ask_agent(node, ask(host, "")).await?))
+            }
+            Place::Service { node, service } => {
+                Ok((node.clone(), self.ask_agent(node, ask("", service)).await?))
+            }
+            Place::AnyHost { service } => {
+                let mut nodes: Vec<String> =
+                    TunnelHub::lock(&hub.listeners).keys().cloned().collect();
+                nodes.sort();
+                for node in nodes {
+                    match self.ask_agent(&node, ask("", service)).await {
+                        Ok(leg) => return Ok((node, leg)),
+                        Err(e) => debug!(%node, %service, error = %e.message(), "not here"),
+                    }
+                }
+                Err(Status::not_found(format!(
+                    "no node, database server or running Swarm service named {service:?}; `ctl status` lists nodes and database servers"
+                )))
             }
         }
     }
@@ -133,108 +377,40 @@ impl Tunnel for TunnelSvc {
             _ => return Err(Status::invalid_argument("a tunnel starts with its target")),
         };
         let coord = self.0.clone();
-        let hub = &self.0.tunnels;
-        if coord
-            .store()
-            .node(&target.node)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .is_none()
+        let limits = coord.config().tunnel;
+        let (place, port) = resolve(&coord, &target)?;
         {
-            return Err(Status::not_found(format!(
-                "no node named {:?}; `ctl status` lists the nodes",
-                target.node
-            )));
-        }
-        let listener = TunnelHub::lock(&hub.listeners)
-            .get(&target.node)
-            .cloned()
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "{} has no agent session that carries tunnels (is it down?)",
-                    target.node
-                ))
-            })?;
-        {
-            let mut counts = TunnelHub::lock(&hub.per_admin);
+            let mut counts = TunnelHub::lock(&coord.tunnels.per_admin);
             let n = counts.entry(admin.node.clone()).or_default();
-            if *n >= MAX_PER_ADMIN {
+            if *n >= limits.max_connections_per_admin {
                 return Err(Status::resource_exhausted(format!(
-                    "{} tunnel connections already open for {}",
-                    n, admin.node
+                    "{} already has {n} tunnel connections open, the most allowed ([tunnel] max_connections_per_admin in cluster.toml); close some or raise the limit",
+                    admin.node
                 )));
             }
             *n += 1;
         }
-        let conn_id = hub.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        TunnelHub::lock(&hub.pending).insert(conn_id, (target.node.clone(), tx));
-        let host = if target.host.is_empty() {
-            "127.0.0.1".to_string()
-        } else {
-            target.host.clone()
-        };
-        let ask = OpenRequest {
-            conn_id,
-            host: host.clone(),
-            port: target.port,
-        };
-        let agent = async {
-            listener
-                .send(Ok(ask))
-                .await
-                .map_err(|_| Status::unavailable(format!("{}'s session ended", target.node)))?;
-            tokio::time::timeout(Duration::from_secs(10), rx)
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "{} did not answer the tunnel request within 10 s",
-                        target.node
-                    ))
-                })?
-                .map_err(|_| Status::unavailable(format!("{}'s session ended", target.node)))
-        }
-        .await;
-        TunnelHub::lock(&hub.pending).remove(&conn_id);
         let slot = Slot {
             coord: coord.clone(),
             admin: admin.node.clone(),
         };
-        let mut agent = match agent {
-            Ok(a) => a,
-            Err(e) => {
-                drop(slot);
-                return Err(e);
-            }
+        // On failure the slot is released as `slot` drops.
+        let (node, agent) = self.open_agent(&place, port).await?;
+        info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
+        let (to_ctl, from_agent_rx) = queue(limits.max_bytes_in_flight_per_connection);
+        to_ctl.send(frame(frame::Kind::Opened(true))).await;
+        let to_agent = Sender {
+            tx: agent.outbound,
+            budget: Arc::new(Semaphore::new(limits.max_bytes_in_flight_per_connection)),
+            max: limits.max_bytes_in_flight_per_connection,
         };
-        // The agent's verdict on the target comes first: opened, or why not.
-        match agent.inbound.message().await? {
-            Some(Frame {
-                kind: Some(frame::Kind::Opened(true)),
-            }) => {}
-            Some(Frame {
-                kind: Some(frame::Kind::Error(e)),
-            }) => {
-                drop(slot);
-                return Err(Status::permission_denied(format!("{}: {e}", target.node)));
-            }
-            _ => {
-                drop(slot);
-                return Err(Status::unavailable(format!(
-                    "{} closed the tunnel before opening it",
-                    target.node
-                )));
-            }
-        }
-        info!(admin = %admin.node, node = %target.node, %host, port = target.port, conn_id, "tunnel connection opened");
-        let (to_ctl, from_agent_rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-        let _ = to_ctl.send(Ok(frame(frame::Kind::Opened(true)))).await;
         tokio::spawn(pump(agent.inbound, to_ctl, coord.clone()));
         tokio::spawn(async move {
-            pump(inbound, agent.outbound, coord.clone()).await;
+            pump(inbound, to_agent, coord.clone()).await;
             drop(slot);
-            debug!(conn_id, "tunnel connection from ctl ended");
+            debug!(%node, "tunnel connection from ctl ended");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(from_agent_rx))))
+        Ok(Response::new(drain(from_agent_rx)))
     }
 }
 
@@ -283,13 +459,15 @@ impl TunnelRelay for TunnelSvc {
                 agent.node
             )));
         }
-        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        // The byte budget of this direction is the opener's (it knows the
+        // limits); the queue itself only carries frames.
+        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
         handoff
             .send(AgentLeg {
                 inbound,
                 outbound: tx,
             })
             .map_err(|_| Status::cancelled("the operator's side went away"))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(drain(rx)))
     }
 }

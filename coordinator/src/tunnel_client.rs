@@ -16,11 +16,14 @@ use tonic::transport::Channel;
 use crate::admin_conf::AdminConf;
 use crate::ctl::CtlError;
 
-/// `NODE:PORT` or `NODE:HOST:PORT` (HOST on the node: loopback or the overlay).
+/// `NODE:PORT`, `NODE:HOST:PORT` (HOST on the node: loopback or the
+/// overlay), `SERVICE:PORT` (a database server or Swarm service, resolved by
+/// the coordinator to its host; `database` is the database's leader) or
+/// `database:admin` / `SERVER:admin` (the database's admin port).
 pub fn parse_target(s: &str) -> Result<Target, CtlError> {
     let bad = || {
-        CtlError::Failed(format!(
-            "tunnel target {s:?}: write NODE:PORT or NODE:HOST:PORT"
+        CtlError::Usage(format!(
+            "tunnel target {s:?}: write NODE:PORT, NODE:HOST:PORT, SERVICE:PORT or database:admin"
         ))
     };
     let parts: Vec<&str> = s.split(':').collect();
@@ -29,14 +32,25 @@ pub fn parse_target(s: &str) -> Result<Target, CtlError> {
         [node, host, port] => (*node, *host, *port),
         _ => return Err(bad()),
     };
+    if node.is_empty() {
+        return Err(bad());
+    }
+    if port == "admin" && host.is_empty() {
+        return Ok(Target {
+            node: node.into(),
+            admin: true,
+            ..Default::default()
+        });
+    }
     let port: u16 = port.parse().map_err(|_| bad())?;
-    if node.is_empty() || port == 0 {
+    if port == 0 {
         return Err(bad());
     }
     Ok(Target {
         node: node.into(),
         host: host.into(),
         port: port.into(),
+        admin: false,
     })
 }
 
@@ -121,9 +135,12 @@ impl TunnelCtl {
 }
 
 fn status_err(s: tonic::Status) -> CtlError {
+    use tonic::Code;
     match s.code() {
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-            CtlError::Denied(s.message().to_string())
+        Code::PermissionDenied | Code::Unauthenticated => CtlError::Denied(s.message().to_string()),
+        // The target names nothing that exists (no such node, no database).
+        Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument => {
+            CtlError::Usage(s.message().to_string())
         }
         _ => CtlError::Failed(s.message().to_string()),
     }
@@ -133,4 +150,35 @@ pub async fn bind(local: SocketAddr) -> Result<TcpListener, CtlError> {
     TcpListener::bind(local)
         .await
         .map_err(|e| CtlError::Failed(format!("cannot listen on {local}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_nodes_addresses_services_or_the_admin_port() {
+        let t = parse_target("bee-1:8080").expect("node");
+        assert_eq!(
+            (t.node.as_str(), t.host.as_str(), t.port, t.admin),
+            ("bee-1", "", 8080, false)
+        );
+        let t = parse_target("bee-1:10.232.0.5:2379").expect("address");
+        assert_eq!((t.host.as_str(), t.port), ("10.232.0.5", 2379));
+        let t = parse_target("database:admin").expect("admin");
+        assert_eq!((t.node.as_str(), t.port, t.admin), ("database", 0, true));
+        let t = parse_target("etcd-2:2379").expect("server");
+        assert_eq!((t.node.as_str(), t.port), ("etcd-2", 2379));
+        for bad in [
+            "bee-1",
+            "bee-1:0",
+            ":80",
+            "a:b:c:d",
+            "bee-1:http",
+            "bee-1:h:admin",
+        ] {
+            let e = parse_target(bad).expect_err(bad);
+            assert_eq!(e.exit_code(), 64, "{bad}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Moving one TCP connection's bytes over a tunnel stream, for both ends that
 //! hold a socket (ctl's local side, the agent's target side).
 
+use prost::bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -8,11 +9,12 @@ use tonic::Streaming;
 
 use crate::tunnel::{Frame, frame};
 
-/// Largest data frame: big enough for throughput, small enough that the
-/// bounded channels on the way cap memory per connection.
-pub const CHUNK: usize = 64 * 1024;
+/// Largest data frame (one socket read): big enough that per-frame costs
+/// (gRPC framing, a task wake-up per hop) vanish next to the bytes, small
+/// enough that the bounded queues on the way cap memory per connection.
+pub const CHUNK: usize = 256 * 1024;
 
-pub fn data(bytes: Vec<u8>) -> Frame {
+pub fn data(bytes: Bytes) -> Frame {
     Frame {
         kind: Some(frame::Kind::Data(bytes)),
     }
@@ -24,9 +26,15 @@ pub fn data(bytes: Vec<u8>) -> Frame {
 pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc::Sender<Frame>) {
     let (mut rd, mut wr) = tcp.into_split();
     let upstream = async move {
-        let mut buf = vec![0u8; CHUNK];
+        // Each read fills the spare room of one buffer and is handed on
+        // without a copy (`split().freeze()`); the buffer grows again only
+        // when its room runs low.
+        let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
-            match rd.read(&mut buf).await {
+            if buf.capacity() < CHUNK / 4 {
+                buf.reserve(CHUNK);
+            }
+            match rd.read_buf(&mut buf).await {
                 Ok(0) => {
                     let _ = outbound
                         .send(Frame {
@@ -35,8 +43,8 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
                         .await;
                     return;
                 }
-                Ok(n) => {
-                    if outbound.send(data(buf[..n].to_vec())).await.is_err() {
+                Ok(_) => {
+                    if outbound.send(data(buf.split().freeze())).await.is_err() {
                         return;
                     }
                 }
@@ -78,6 +86,9 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
         }
     };
     if reset {
+        // The other end failed: reset ours too (RST, not a clean FIN), so the
+        // application sees a failed connection rather than a short one.
+        let _ = wr.as_ref().set_zero_linger();
         upstream.abort();
     } else {
         let _ = upstream.await;

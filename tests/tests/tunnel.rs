@@ -1,6 +1,8 @@
 //! `ctl tunnel` on loopback: an HTTP server behind an agent, fetched through
-//! ctl ⇄ coordinator ⇄ agent byte for byte, many connections at once, and the
-//! refusals (agent certificate, target outside the allow-list, unknown node).
+//! ctl ⇄ coordinator ⇄ agent byte for byte, many connections at once, the
+//! refusals (agent certificate, target outside the allow-list, unknown node,
+//! no database), the per-admin connection limit, and an agent killed under a
+//! transfer. The database targets (`database:admin`) are tested in the lab.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -135,10 +137,25 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
     let out = run(&c.admin_conf(), "bee-1:198.18.0.1:80");
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("allow-list"), "{}", stderr(&out));
-    // Unknown node.
+    // Unknown node (nor a database server, nor a Swarm service).
     let out = run(&c.admin_conf(), "nobody:80");
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no node, database server or running Swarm service named \"nobody\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&c.admin_conf(), "nobody:10.232.0.2:80");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("no node named"), "{}", stderr(&out));
+    // No database on this cluster.
+    let out = run(&c.admin_conf(), "database:admin");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no database is deployed on this cluster"),
+        "{}",
+        stderr(&out)
+    );
     // An agent certificate may not open tunnels.
     let admin = AdminConf::load(&c.admin_conf()).expect("admin.conf");
     let id = apiary_certs::Identity::load(&agent.state).expect("identity");
@@ -157,4 +174,112 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
         "{}",
         stderr(&out)
     );
+}
+
+/// Sends a GET for a body far larger than will be read and waits for the
+/// response header: the connection is then open end to end and stays open
+/// (the server blocks once the buffers on the way are full).
+fn hold(port: u16) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET /100000000000 HTTP/1.0\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    head.starts_with(b"HTTP/1.0 200").then_some(s)
+}
+
+#[test]
+fn connections_per_admin_are_limited_by_the_cluster_config() {
+    let c = Coordinator::start("\n[tunnel]\nmax_connections_per_admin = 2\n");
+    let token = c.token();
+    let _agent = c.agent("bee-1", Some(&token));
+    eventually("agent ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
+    let server = http_server();
+    let target = format!("bee-1:{server}");
+    let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
+
+    // Two connections held open (ctl's start-up check releases its slot as
+    // soon as the coordinator sees it closed, hence `eventually`).
+    let first = eventually("first connection", Duration::from_secs(15), || hold(local));
+    let _second = eventually("second connection", Duration::from_secs(15), || hold(local));
+    // A third is refused: its socket closes with nothing read, and ctl says why.
+    let mut third = TcpStream::connect(("127.0.0.1", local)).expect("connect");
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let _ = write!(third, "GET /10 HTTP/1.0\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = third.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "the third connection got {} bytes",
+        got.len()
+    );
+    eventually("ctl names the limit", Duration::from_secs(15), || {
+        tunnel
+            .log_text()
+            .contains(
+                "2 tunnel connections open, the most allowed ([tunnel] max_connections_per_admin",
+            )
+            .then_some(())
+    });
+    // A second `ctl tunnel` by the same admin fails at start with the reason.
+    let out = Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(c.admin_conf())
+        .args(["tunnel", &target])
+        .output()
+        .expect("ctl");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_connections_per_admin"),
+        "{}",
+        stderr(&out)
+    );
+    // Closing one frees its slot.
+    drop(first);
+    eventually(
+        "a connection after one closed",
+        Duration::from_secs(15),
+        || fetch(local, 1000).ok(),
+    );
+}
+
+#[test]
+fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
+    let c = Coordinator::start("");
+    let token = c.token();
+    let mut agent = c.agent("bee-1", Some(&token));
+    eventually("agent ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
+    let server = http_server();
+    let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+
+    // A long transfer, in flight: its header and the first megabyte are read.
+    let mut long = eventually("a long transfer", Duration::from_secs(15), || hold(local));
+    let mut first = vec![0u8; 1 << 20];
+    long.read_exact(&mut first).expect("the first megabyte");
+
+    agent.proc.kill9();
+    agent = Agent::start(&agent.endpoint.clone(), None, &agent.state.clone(), "bee-1");
+
+    // The transfer in flight fails (reset or cut short, never the whole body)...
+    let mut rest = Vec::new();
+    let outcome = long.read_to_end(&mut rest);
+    assert!(
+        outcome.is_err() || rest.len() + first.len() < 100_000_000_000,
+        "{outcome:?}"
+    );
+    // ...and the same `ctl tunnel` carries new connections through the
+    // restarted agent's session.
+    eventually(
+        "a new connection after the restart",
+        Duration::from_secs(30),
+        || fetch(local, 1_000_000).ok(),
+    );
+    fetch(local, 10_000_000).expect("10 MB after the restart");
+    drop(agent);
 }

@@ -347,39 +347,10 @@ impl Database {
     /// container's network namespace (its driver port is on the overlay
     /// only, which the agent is not on), to 127.0.0.1:28015.
     async fn rethinkdb_health(&self, container: &str, h: &mut ServerHealth) -> Result<(), String> {
-        let pid = self
-            .docker
-            .inspect_container(container, None)
+        let pid = self.inspect(container).await?.pid;
+        let mut stream = connect_in_netns(pid, 28015, Duration::from_secs(3))
             .await
-            .map_err(|e| self.err("inspect a container", e))?
-            .state
-            .and_then(|s| s.pid)
-            .filter(|p| *p > 0)
-            .ok_or("the server's container has no process")?;
-        let std_stream =
-            tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream, String> {
-                std::thread::scope(|sc| {
-                    sc.spawn(|| {
-                        let ns = format!("/proc/{pid}/ns/net");
-                        let fd = std::fs::File::open(&ns).map_err(|e| format!("open {ns}: {e}"))?;
-                        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| format!("enter {ns}: {e}"))?;
-                        std::net::TcpStream::connect_timeout(
-                            &std::net::SocketAddr::from(([127, 0, 0, 1], 28015)),
-                            Duration::from_secs(3),
-                        )
-                        .map_err(|e| format!("connect to 127.0.0.1:28015 in the container: {e}"))
-                    })
-                    .join()
-                    .map_err(|_| "netns thread panicked".to_string())?
-                })
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-        std_stream
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let mut stream = tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{e} (in the server's container)"))?;
         let nonce = hex::encode(rand::random::<[u8; 18]>());
         let run = async {
             rethinkdb::handshake(&mut stream, "admin", "", &nonce).await?;
@@ -402,6 +373,39 @@ impl Database {
             .collect();
         h.healthy = true;
         Ok(())
+    }
+
+    /// The main process and addresses of `container`.
+    async fn inspect(&self, container: &str) -> Result<ContainerNet, String> {
+        let c = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| self.err("inspect a container", e))?;
+        let pid = c
+            .state
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("container {container} on {} has no process", self.host))?;
+        let addresses = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|n| n.into_values())
+            .filter_map(|e| e.ip_address?.parse().ok())
+            .collect();
+        Ok(ContainerNet { pid, addresses })
+    }
+
+    /// The running container of Swarm service `service` on this host: its
+    /// main process (whose network namespace [`connect_in_netns`] enters) and
+    /// its addresses.
+    pub async fn service_container(&self, service: &str) -> Result<ContainerNet, String> {
+        let c = self
+            .local_container(service)
+            .await?
+            .ok_or_else(|| format!("no running container of service {service} on {}", self.host))?;
+        self.inspect(&c).await
     }
 
     /// Runs `cmd` in the running container of `service` on this host.
@@ -432,6 +436,48 @@ impl Database {
                 ExecError::NoExitCode => "an exec did not report its exit code".into(),
             })
     }
+}
+
+/// A container's main process and its addresses (on every network it is attached to).
+#[derive(Debug, Clone)]
+pub struct ContainerNet {
+    pub pid: i64,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// A TCP connection to `127.0.0.1:port` inside the network namespace of
+/// process `pid` (a container's ports on the overlay are not reachable from
+/// the agent's namespace). The socket is made on a thread of its own that
+/// enters the namespace and then ends, so no pooled thread is left in it; the
+/// connected socket keeps its namespace.
+pub async fn connect_in_netns(
+    pid: i64,
+    port: u16,
+    within: Duration,
+) -> Result<tokio::net::TcpStream, String> {
+    let std_stream = tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream, String> {
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let ns = format!("/proc/{pid}/ns/net");
+                let fd = std::fs::File::open(&ns).map_err(|e| format!("open {ns}: {e}"))?;
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("enter {ns}: {e}"))?;
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    within,
+                )
+                .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))
+            })
+            .join()
+            .map_err(|_| "netns thread panicked".to_string())?
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
 }
 
 /// etcd's IDs are u64; JSON numbers that large lose nothing in serde_json,

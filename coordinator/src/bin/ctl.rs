@@ -63,8 +63,11 @@ enum Command {
     },
     /// Forward a local port to a port on a cluster host through the
     /// coordinator and the host's agent (no SSH, no public port). TARGET is
-    /// NODE:PORT (the node's loopback) or NODE:HOST:PORT (HOST on the node:
-    /// loopback or the overlay). Stays in the foreground until Ctrl-C.
+    /// NODE:PORT (the node's loopback), NODE:HOST:PORT (HOST on the node:
+    /// loopback or the overlay), SERVICE:PORT (a database server such as
+    /// etcd-2, or a Swarm service: inside its container, wherever it runs) or
+    /// database:admin (the database's admin port on its leader). Stays in the
+    /// foreground until Ctrl-C.
     Tunnel {
         target: String,
         /// Local address to listen on (port 0: any free port).
