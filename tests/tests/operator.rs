@@ -299,7 +299,7 @@ fn ctl_on_terminal(c: &Coordinator, args: &[&str], env: &[(&str, &str)]) -> (i32
 }
 
 /// A coordinator whose output goes to a terminal (manual provider, loopback).
-fn coordinator_on_terminal() -> (Coordinator, OnTerminal) {
+fn coordinator_on_terminal(env: &[(&str, &str)]) -> (Coordinator, OnTerminal) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("cluster.toml");
     std::fs::write(
@@ -321,7 +321,7 @@ fn coordinator_on_terminal() -> (Coordinator, OnTerminal) {
         .arg("--state-dir")
         .arg(&c.state)
         .args(["--listen", &c.endpoint()]);
-    let serve = OnTerminal::spawn(cmd, &[]);
+    let serve = OnTerminal::spawn(cmd, env);
     eventually("coordinator listening", Duration::from_secs(20), || {
         (c.admin_conf().exists() && std::net::TcpStream::connect(c.endpoint()).is_ok())
             .then_some(())
@@ -332,7 +332,7 @@ fn coordinator_on_terminal() -> (Coordinator, OnTerminal) {
 #[test]
 fn serve_draws_a_line_per_host_on_a_terminal_and_plain_lines_elsewhere() {
     // On a terminal: the host's line, redrawn in place as it moves on.
-    let (c, serve) = coordinator_on_terminal();
+    let (c, serve) = coordinator_on_terminal(&[]);
     let token = c.token();
     let _a = c.agent("bee-1", Some(&token));
     let shown = eventually("bee-1's line", Duration::from_secs(15), || {
@@ -355,12 +355,27 @@ fn serve_draws_a_line_per_host_on_a_terminal_and_plain_lines_elsewhere() {
     });
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("bee-1: ")).collect();
     assert!(
-        lines.iter().any(|l| l.starts_with('[') && l.contains("bee-1: enrolled")),
+        lines
+            .iter()
+            .any(|l| l.starts_with('[') && l.contains("bee-1: enrolled")),
         "{log}"
     );
     assert!(
         !log.contains('\r') && !log.contains('\u{1b}'),
         "progress-bar control characters in a non-terminal log: {log:?}"
+    );
+
+    // A terminal with NO_COLOR: the plain lines, no escape codes at all.
+    let (c, serve) = coordinator_on_terminal(&[("NO_COLOR", "1")]);
+    let token = c.token();
+    let _a = c.agent("bee-3", Some(&token));
+    let shown = eventually("bee-3's lines", Duration::from_secs(15), || {
+        let t = serve.text();
+        t.contains("bee-3: connected, ready").then_some(t)
+    });
+    assert!(
+        !shown.contains('\u{1b}'),
+        "escape codes on a terminal with NO_COLOR: {shown:?}"
     );
 
     // --quiet: no progress at all.
@@ -393,7 +408,10 @@ fn ctl_colours_states_on_a_terminal_and_never_with_no_color() {
     for env in [[("NO_COLOR", "1")], [("NO_COLOR", "yes")]] {
         let (code, shown) = ctl_on_terminal(&c, &["status"], &env);
         assert_eq!(code, 0, "{shown}");
-        assert!(shown.contains("bee-1") && shown.contains("ready"), "{shown}");
+        assert!(
+            shown.contains("bee-1") && shown.contains("ready"),
+            "{shown}"
+        );
         assert!(
             !shown.contains('\u{1b}'),
             "escape codes with NO_COLOR on a terminal: {shown:?}"
@@ -440,9 +458,15 @@ fn every_binary_has_man_pages_and_completions_for_every_subcommand() {
         assert!(text.contains(".TH") && text.len() > 200, "{page} is empty");
     }
     let serve = std::fs::read_to_string(dir.path().join("coordinator-serve.1")).expect("page");
-    assert!(serve.contains("quiet") && serve.contains("metrics"), "{serve}");
+    assert!(
+        serve.contains("quiet") && serve.contains("metrics"),
+        "{serve}"
+    );
     let agent = std::fs::read_to_string(dir.path().join("agent.1")).expect("page");
-    assert!(agent.contains("coordinator") && agent.contains("token"), "{agent}");
+    assert!(
+        agent.contains("coordinator") && agent.contains("token"),
+        "{agent}"
+    );
 
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(bin("coordinator"))
