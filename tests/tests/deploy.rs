@@ -1,4 +1,5 @@
-//! The files in deploy/ work as they are: examples parse, systemd units verify.
+//! The files in deploy/ work as they are: examples parse, systemd units
+//! verify, install.sh installs binaries, units, completions and man pages.
 
 use std::path::{Path, PathBuf};
 
@@ -71,4 +72,40 @@ fn systemd_units_verify_and_are_hardened() {
         agent.contains("RestartPreventExitStatus=64 77"),
         "a refused agent must not be restarted in a loop"
     );
+}
+
+#[test]
+fn install_sh_installs_man_pages_and_completions_for_every_program() {
+    let root = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("deploy/install.sh"))
+        .arg("all")
+        .env("DESTDIR", root.path())
+        .env("APIARY_BIN", bin_dir())
+        .output()
+        .expect("bash deploy/install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |path: &str| {
+        let p = root.path().join(path);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(!text.trim().is_empty(), "{path} is empty");
+        text
+    };
+    for b in ["agent", "coordinator", "ctl"] {
+        assert!(root.path().join("usr/local/bin").join(b).exists(), "{b}");
+        file(&format!("usr/local/share/man/man1/{b}.1"));
+        file(&format!("usr/share/bash-completion/completions/{b}"));
+        file(&format!("usr/share/zsh/vendor-completions/_{b}"));
+        file(&format!("usr/share/fish/vendor_completions.d/{b}.fish"));
+    }
+    for page in ["coordinator-serve", "ctl-hosts-apply", "ctl-status"] {
+        assert!(file(&format!("usr/local/share/man/man1/{page}.1")).contains(".TH"));
+    }
+    file("etc/systemd/system/apiary-agent.service");
+    file("etc/systemd/system/apiary-coordinator.service");
 }
