@@ -129,8 +129,15 @@ impl Progress {
         self.inner.multi.is_some()
     }
 
+    /// A phase: a bar during the bring-up on a terminal; after it (a
+    /// provider reconciling again later) and elsewhere, timestamped lines.
     pub fn phase(&self, name: &'static str, total: usize) -> Phase {
-        let bar = self.inner.multi.as_ref().map(|multi| {
+        let drawing = self
+            .inner
+            .multi
+            .as_ref()
+            .filter(|_| !self.inner.done.load(Ordering::Relaxed));
+        let bar = drawing.map(|multi| {
             let bar = multi.add(ProgressBar::new(total as u64));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -339,6 +346,24 @@ mod tests {
             trail(&more),
             "… → agent started → enrolled, ready → host config ok → swarm manager"
         );
+    }
+
+    #[test]
+    fn bars_are_for_the_bring_up_only() {
+        // A hidden draw target here (the test's stderr is not a terminal),
+        // but the same bookkeeping as on one.
+        let p = Progress::new(true);
+        p.hosts(["h1"]);
+        let phase = p.phase("engines", 1);
+        assert!(phase.bar.is_some());
+        phase.step("h1", "engine up");
+        phase.finish();
+        assert_eq!(p.hosts_lock()[0].trail, ["engine up"]);
+        p.finish();
+        // A provider reconciling later: lines, not a growing stack of bars.
+        assert!(p.phase("droplets", 1).bar.is_none());
+        p.host("h1", "down");
+        assert_eq!(p.hosts_lock()[0].trail, ["engine up"]);
     }
 
     #[test]

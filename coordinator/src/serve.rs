@@ -128,6 +128,8 @@ pub async fn serve(
                     Ok(()) => info!("droplets match the spec"),
                     Err(e) => error!(error = %e, "droplet reconcile failed; retrying"),
                 }
+                // Later reconciles print lines; bars are for the bring-up.
+                progress.finish();
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
         })
