@@ -592,6 +592,22 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names
     lab.stop();
 }
 
+/// An HTTP/1.0 GET on 127.0.0.1:`port`: the body of a 200 answer.
+fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+    let (head, body) = all.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        return Err(format!("answer: {head}"));
+    }
+    Ok(body.to_string())
+}
+
 /// The running container of a database service on a lab host, by its engine's socket.
 fn service_container(socket: &str, service: &str) -> Option<String> {
     let (ok, out) = sh(&[
@@ -666,6 +682,43 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         lab.log()
             .contains("database etcd healthy: 4/4 servers connected")
     );
+
+    // `ctl tunnel database:admin` reaches etcd's HTTP endpoints on the
+    // leader's host, inside its container (the port exists only on the
+    // overlay): `/version` is etcd's, and `/metrics` says it is the leader.
+    // `ctl tunnel etcd-N:2379` reaches a named server the same way.
+    let leader = db["leader"].as_str().unwrap_or("").to_string();
+    let other = (1..=4)
+        .map(|i| format!("etcd-{i}"))
+        .find(|s| *s != leader)
+        .unwrap_or_default();
+    for (target, expect) in [
+        ("database:admin".to_string(), "etcd_server_is_leader 1"),
+        (format!("{other}:2379"), "etcd_server_is_leader 0"),
+    ] {
+        let local = free_port();
+        let mut cmd = std::process::Command::new(bin("ctl"));
+        cmd.arg("--config").arg(lab.admin_conf()).args([
+            "tunnel",
+            &target,
+            "--local",
+            &format!("127.0.0.1:{local}"),
+        ]);
+        let tunnel = Proc::spawn(cmd, &lab.dir.path().join(format!("tunnel-{local}.log")));
+        eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
+            tunnel.log_text().contains("forwarding").then_some(())
+        });
+        let version = http_get(local, "/version").expect("GET /version through the tunnel");
+        assert!(
+            version.contains("\"etcdserver\":\"3.") && version.contains("\"etcdcluster\""),
+            "{target}: {version}"
+        );
+        let metrics = http_get(local, "/metrics").expect("GET /metrics through the tunnel");
+        assert!(
+            metrics.contains(expect),
+            "{target}: no {expect:?} in /metrics"
+        );
+    }
 
     let socket = |host: &str| -> String {
         lab.node(host).expect("node")["docker_socket"]
