@@ -333,7 +333,7 @@ impl Coordinator {
                 let acceptor = acceptor.clone();
                 let conn_tx = conn_tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(apiary_proto::dial::BufferedTcp::new(tcp))).await
                     {
                         Ok(Ok(tls)) => {
                             let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
@@ -365,6 +365,7 @@ impl Coordinator {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .initial_stream_window_size(Some(apiary_proto::dial::STREAM_WINDOW))
             .initial_connection_window_size(Some(apiary_proto::dial::CONNECTION_WINDOW))
+            .max_frame_size(Some(apiary_proto::dial::MAX_FRAME))
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
