@@ -333,7 +333,11 @@ impl Coordinator {
                 let acceptor = acceptor.clone();
                 let conn_tx = conn_tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(apiary_proto::dial::BufferedTcp::new(tcp))).await
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(apiary_proto::dial::BufferedTcp::new(tcp)),
+                    )
+                    .await
                     {
                         Ok(Ok(tls)) => {
                             let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
