@@ -169,6 +169,31 @@ impl ClusterCa {
             key.serialize_pem(),
         ))
     }
+
+    /// A coordinator server certificate (and a new key) valid for `names`:
+    /// IP addresses and DNS names as written (an IP becomes an IP SAN). For
+    /// listeners that clients reach by address with ordinary hostname
+    /// checks, such as curl on a booting host fetching the agent binary.
+    pub fn issue_server_with_key(
+        &self,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(IssuedCert, String), CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let now = SystemTime::now();
+        let mut params = leaf_params(
+            "coordinator",
+            Role::Coordinator,
+            now - backdate(ttl),
+            now + ttl,
+        )?;
+        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
+        let cert = params.signed_by(&key, self.issuer())?;
+        Ok((
+            issued(cert.der().to_vec(), cert.pem(), &params)?,
+            key.serialize_pem(),
+        ))
+    }
 }
 
 /// Certificates start a little in the past to tolerate clock skew between

@@ -30,8 +30,8 @@ pub use files::write_private;
 pub use identity::{Identity, new_key_and_csr};
 pub use peer::{PeerIdentity, Role};
 pub use tls::{
-    RevocationSet, TlsRefusal, classify_tls_failure, enrollment_client_config, mtls_client_config,
-    server_config,
+    RevocationSet, TlsRefusal, classify_tls_failure, enrollment_client_config, https_server_config,
+    mtls_client_config, server_config,
 };
 pub use token::{CaDigest, JoinToken};
 

@@ -158,6 +158,29 @@ pub fn server_config(
     Ok(config)
 }
 
+/// A plain HTTPS listener (the coordinator's artifact server, fetched by
+/// curl on a booting host): presents `[server cert, CA]`, asks for no client
+/// certificate, speaks HTTP/1.1 over TLS 1.3 or 1.2 (the host's curl may be
+/// older than ours; both versions only with ring's AEAD suites).
+pub fn https_server_config(
+    ca_der: &[u8],
+    server_cert_der: &[u8],
+    server_key_pem: &str,
+) -> Result<ServerConfig, CertError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                CertificateDer::from(server_cert_der.to_vec()),
+                CertificateDer::from(ca_der.to_vec()),
+            ],
+            key_from_pem(server_key_pem)?,
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Why the pinned verifier refused a coordinator.
 #[derive(Debug)]
 struct PinMismatch {

@@ -187,6 +187,8 @@ struct RawCoordinator {
     admin_cert_ttl: Option<Spanned<String>>,
     join_token_ttl: Option<Spanned<String>>,
     host_recheck_interval: Option<Spanned<String>>,
+    agent_binary: Option<Spanned<String>>,
+    artifacts_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +237,12 @@ pub struct ClusterConfig {
     pub swarm: Option<SwarmConfig>,
     /// `[tunnel]`: limits on `ctl tunnel`.
     pub tunnel: TunnelLimits,
+    /// The agent binary the artifact listener serves (relative paths from the
+    /// config file); `None`: the `agent` file beside the running coordinator.
+    pub agent_binary: Option<PathBuf>,
+    /// Where the artifact listener binds (see `crate::artifacts`); `None`:
+    /// only when a provider needs it, on `listen`'s IP and port + 1.
+    pub artifacts_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -675,6 +683,30 @@ impl ClusterConfig {
                     })?;
             }
         }
+        let agent_binary = match &c.agent_binary {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                return Err(at(
+                    Some(v.span()),
+                    "coordinator.agent_binary",
+                    "coordinator.agent_binary is empty: write the path of the agent binary to serve, or remove the key for the `agent` beside the coordinator".into(),
+                ));
+            }
+            Some(v) => Some(path.parent().unwrap_or(Path::new(".")).join(v.get_ref())),
+            None => None,
+        };
+        let artifacts_listen = match &c.artifacts_listen {
+            Some(v) => Some(v.get_ref().parse::<SocketAddr>().map_err(|e| {
+                at(
+                    Some(v.span()),
+                    "coordinator.artifacts_listen",
+                    format!(
+                        "coordinator.artifacts_listen = {:?}: {e} (write IP:PORT)",
+                        v.get_ref()
+                    ),
+                )
+            })?),
+            None => None,
+        };
         if let ProviderConfig::DigitalOcean(_) = provider
             && advertise.is_none()
         {
@@ -694,6 +726,8 @@ impl ClusterConfig {
             host_recheck_interval,
             swarm,
             tunnel,
+            agent_binary,
+            artifacts_listen,
         })
     }
 }
@@ -811,6 +845,37 @@ mod tests {
                     line: l, key: k, ..
                 }) => {
                     assert_eq!((l, k.as_str()), (line, key), "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn artifact_settings_resolve_paths_and_name_bad_values() {
+        let base = "[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n";
+        let c = parse(base).expect("valid");
+        assert_eq!((c.agent_binary, c.artifacts_listen), (None, None));
+        let c = ClusterConfig::parse(
+            Path::new("/etc/apiary/cluster.toml"),
+            &format!("{base}[coordinator]\nagent_binary = \"bin/agent\"\nartifacts_listen = \"10.0.0.2:7444\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.agent_binary, Some(PathBuf::from("/etc/apiary/bin/agent")));
+        assert_eq!(
+            c.artifacts_listen,
+            Some("10.0.0.2:7444".parse().expect("addr"))
+        );
+        for (text, key) in [
+            (
+                "artifacts_listen = \"7444\"",
+                "coordinator.artifacts_listen",
+            ),
+            ("agent_binary = \" \"", "coordinator.agent_binary"),
+        ] {
+            match parse(&format!("{base}[coordinator]\n{text}\n")) {
+                Err(ConfigError::Invalid { line, key: k, .. }) => {
+                    assert_eq!((line, k.as_str()), (6, key), "{text}")
                 }
                 other => panic!("{text}: {other:?}"),
             }

@@ -54,6 +54,9 @@ pub enum CoordinatorError {
     /// Provider settings that cannot work (a missing token, a bad region): exit 64.
     #[error("{0}")]
     ProviderConfig(String),
+    /// The artifact listener (the agent binary for booting hosts).
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactError),
     #[error("cannot write man pages to {dir}: {source}")]
     ManPages {
         dir: PathBuf,
@@ -65,6 +68,7 @@ impl CoordinatorError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CoordinatorError::Config(_) | CoordinatorError::ProviderConfig(_) => exit::USAGE,
+            CoordinatorError::Artifacts(e) if e.is_config() => exit::USAGE,
             CoordinatorError::Store(StoreError::InUse { .. }) => exit::IN_USE,
             _ => exit::FAILURE,
         }

@@ -9,6 +9,7 @@
 //! [`ctl`] (the CLI's commands), [`admin_conf`] (the operator's credentials).
 
 pub mod admin_conf;
+pub mod artifacts;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

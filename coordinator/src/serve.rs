@@ -53,11 +53,16 @@ pub async fn serve(
         ProviderConfig::DigitalOcean(_) => None,
     };
     let droplets = match &opts.config.provider {
-        ProviderConfig::DigitalOcean(d) => Some(Arc::new(DigitalOceanProvider::new(
-            &opts.config.cluster_name,
-            d,
-        )?)),
+        ProviderConfig::DigitalOcean(d) => {
+            Some(DigitalOceanProvider::new(&opts.config.cluster_name, d)?)
+        }
         _ => None,
+    };
+    // The agent binary is checked before any state exists: a missing one is
+    // a configuration error, refused as early as a missing API token.
+    let agent_binary = match crate::artifacts::needed(&opts.config) {
+        true => Some(open_agent_binary(&opts.config).await?),
+        false => None,
     };
     let coordinator = Coordinator::open(opts.config.clone(), &opts.state_dir).await?;
     let listener = TcpListener::bind(addr)
@@ -66,6 +71,17 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| CoordinatorError::Bind { addr, source })?;
+    let (artifacts, droplets) = match agent_binary {
+        Some(agent) => {
+            let (server, url) =
+                artifact_server(&opts.config, &coordinator, local, agent.clone()).await?;
+            let droplets =
+                droplets.map(|d| d.with_coordinator_agent(url, agent.sha256().to_string()));
+            (Some(server), droplets)
+        }
+        None => (None, droplets),
+    };
+    let droplets = droplets.map(Arc::new);
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
 
@@ -150,9 +166,16 @@ pub async fn serve(
     let result = server
         .await
         .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    for work in [provider_work, droplet_work, swarm_work, metrics, joining]
-        .into_iter()
-        .flatten()
+    for work in [
+        provider_work,
+        droplet_work,
+        swarm_work,
+        metrics,
+        joining,
+        artifacts,
+    ]
+    .into_iter()
+    .flatten()
     {
         work.abort();
     }
@@ -163,6 +186,52 @@ pub async fn serve(
         eprintln!("{report}");
     }
     result
+}
+
+/// Opens and hashes the agent binary hosts fetch (off the runtime: a debug
+/// build is a few hundred megabytes).
+async fn open_agent_binary(
+    config: &ClusterConfig,
+) -> Result<Arc<crate::artifacts::AgentBinary>, CoordinatorError> {
+    let path = crate::artifacts::agent_path(config)?;
+    let agent = tokio::task::spawn_blocking(move || crate::artifacts::AgentBinary::open(&path))
+        .await
+        .map_err(|e| CoordinatorError::Serve(e.to_string()))??;
+    Ok(Arc::new(agent))
+}
+
+/// Binds the artifact listener and starts it; returns its task and the URL
+/// hosts fetch the agent from.
+async fn artifact_server(
+    config: &ClusterConfig,
+    coordinator: &Arc<Coordinator>,
+    grpc: SocketAddr,
+    agent: Arc<crate::artifacts::AgentBinary>,
+) -> Result<(tokio::task::JoinHandle<()>, url::Url), CoordinatorError> {
+    use crate::artifacts::{
+        ArtifactError, ArtifactServer, Limits, agent_url, cert_names, listen_addr, tls_from_ca,
+    };
+    let addr = listen_addr(config, grpc)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ArtifactError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ArtifactError::Bind { addr, source })?;
+    let advertise = config.advertise.map_or(grpc.ip(), |a| a.ip());
+    let url = agent_url(advertise, bound)?;
+    let names = cert_names(advertise, bound);
+    let ca_holder = coordinator.clone();
+    let server = ArtifactServer::new(
+        agent.clone(),
+        Box::new(move || tls_from_ca(ca_holder.ca(), &names)),
+        Limits::default(),
+    )?;
+    info!(listen = %bound, %url, sha256 = %agent.sha256(), agent = %agent.path().display(), "serving the agent binary to hosts");
+    Ok((
+        tokio::spawn(server.run(listener, std::future::pending())),
+        url,
+    ))
 }
 
 /// Shows hosts joining, connecting and going down on their progress lines

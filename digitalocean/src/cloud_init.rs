@@ -43,17 +43,20 @@ WantedBy=multi-user.target
 /// digest when one is given, then moves it into place, so a half-written
 /// binary is never started. `cluster-ca` trust means curl trusts only the
 /// cluster CA written by cloud-init (`--cacert` replaces the system bundle).
-const INSTALLER: &str = r#"#!/bin/sh
+/// `APIARY_INSTALL_ROOT` (unset on hosts) prefixes every path, so tests run
+/// the very script a droplet runs without touching this machine's files.
+pub const INSTALLER: &str = r#"#!/bin/sh
 # apiary: install the agent binary. Usage: install-agent URL TRUST [SHA256]
 # TRUST is "cluster-ca" (only /etc/apiary/ca.pem is trusted) or "system".
 set -eu
 url="$1"
 trust="$2"
 sum="${3:-}"
-tmp="$(mktemp /usr/local/bin/.apiary-agent.XXXXXX)"
+root="${APIARY_INSTALL_ROOT:-}"
+tmp="$(mktemp "$root/usr/local/bin/.apiary-agent.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
 if [ "$trust" = cluster-ca ]; then
-  set -- --cacert /etc/apiary/ca.pem
+  set -- --cacert "$root/etc/apiary/ca.pem"
 else
   set --
 fi
@@ -65,7 +68,7 @@ if [ -n "$sum" ]; then
   echo "$sum  $tmp" | sha256sum --check --status
 fi
 chmod 0755 "$tmp"
-mv -f "$tmp" /usr/local/bin/apiary-agent
+mv -f "$tmp" "$root/usr/local/bin/apiary-agent"
 trap - EXIT
 "#;
 
@@ -102,16 +105,23 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RenderError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentSource {
     /// Served by the coordinator over HTTPS; the server must present a
-    /// certificate from the cluster CA (the one in user_data).
-    Coordinator { url: Url },
+    /// certificate from the cluster CA (the one in user_data), and the bytes
+    /// must have this SHA-256 (hex), which the coordinator computed when it
+    /// started: TLS proves who served the file, the digest proves which.
+    Coordinator { url: Url, sha256: String },
     /// An HTTPS URL from the config, verified against the system's trust
     /// store, and against `sha256` when given.
     Url { url: Url, sha256: Option<String> },
 }
 
 impl AgentSource {
-    /// The config's `agent_url` if set, else the coordinator's URL.
-    pub fn for_config(config: &DigitalOceanConfig, coordinator_url: Url) -> AgentSource {
+    /// The config's `agent_url` if set, else the coordinator's URL and the
+    /// digest of the binary it serves.
+    pub fn for_config(
+        config: &DigitalOceanConfig,
+        coordinator_url: Url,
+        coordinator_sha256: String,
+    ) -> AgentSource {
         match &config.agent {
             Some(a) => AgentSource::Url {
                 url: a.url.clone(),
@@ -119,7 +129,26 @@ impl AgentSource {
             },
             None => AgentSource::Coordinator {
                 url: coordinator_url,
+                sha256: coordinator_sha256,
             },
+        }
+    }
+
+    /// The `runcmd` entry that installs the agent (argv, no shell): the
+    /// installer at [`INSTALLER_PATH`] with the URL, the trust and the digest.
+    pub fn install_command(&self) -> Vec<String> {
+        let (url, trust, sum) = self.parts();
+        let mut cmd = vec![INSTALLER_PATH.to_owned(), url.to_string(), trust.to_owned()];
+        if let Some(sum) = sum {
+            cmd.push(sum.to_ascii_lowercase());
+        }
+        cmd
+    }
+
+    fn parts(&self) -> (&Url, &'static str, Option<&str>) {
+        match self {
+            AgentSource::Coordinator { url, sha256 } => (url, "cluster-ca", Some(sha256)),
+            AgentSource::Url { url, sha256 } => (url, "system", sha256.as_deref()),
         }
     }
 }
@@ -210,10 +239,7 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
     if !b.state_dir.starts_with('/') || b.state_dir.chars().any(char::is_control) {
         return Err(invalid("state_dir", "expected an absolute path"));
     }
-    let (url, trust, sum) = match &b.agent_source {
-        AgentSource::Coordinator { url } => (url, "cluster-ca", None),
-        AgentSource::Url { url, sha256 } => (url, "system", sha256.as_deref()),
-    };
+    let (url, _, sum) = b.agent_source.parts();
     if url.scheme() != "https" {
         return Err(invalid(
             "agent_source",
@@ -252,10 +278,7 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
          # replaces it with the node's own certificate.\n{agent}"
     );
 
-    let mut install = vec![INSTALLER_PATH.to_owned(), url.to_string(), trust.to_owned()];
-    if let Some(sum) = sum {
-        install.push(sum.to_ascii_lowercase());
-    }
+    let install = b.agent_source.install_command();
     let cmd = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let doc = CloudConfig {
         package_update: true,
@@ -361,7 +384,8 @@ mod tests {
             "APIARY-1-abc-def",
             CA,
             AgentSource::Coordinator {
-                url: Url::parse("https://10.20.0.2:7443/agent/linux-amd64").unwrap(),
+                url: Url::parse("https://10.20.0.2:7444/v1/agent/linux-x86_64").unwrap(),
+                sha256: "ab".repeat(32),
             },
         )
     }
@@ -392,6 +416,12 @@ mod tests {
         assert!(render_user_data(&b).is_err());
         let mut b = bootstrap();
         b.systemd_unit = Some("ExecStart=/x APIARY-1-abc-def".into());
+        assert!(render_user_data(&b).is_err());
+        let mut b = bootstrap();
+        b.agent_source = AgentSource::Coordinator {
+            url: Url::parse("https://10.20.0.2:7444/v1/agent/linux-x86_64").unwrap(),
+            sha256: "not-a-digest".into(),
+        };
         assert!(render_user_data(&b).is_err());
     }
 

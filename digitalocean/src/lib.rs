@@ -49,7 +49,11 @@
 //!     "10.20.0.2:7443",
 //!     "APIARY-1-<digest>-<secret>",
 //!     "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
-//!     AgentSource::for_config(&config, "https://10.20.0.2:7443/agent".parse()?),
+//!     AgentSource::for_config(
+//!         &config,
+//!         "https://10.20.0.2:7444/v1/agent/linux-x86_64".parse()?,
+//!         "<sha256 of the served binary, 64 hex digits>".into(),
+//!     ),
 //! );
 //! bootstrap.systemd_unit = Some(std::fs::read_to_string("deploy/systemd/apiary-agent.service")?);
 //! let user_data = render_user_data(&bootstrap)?; // shared: no node_name

@@ -27,15 +27,19 @@ MIIBszCCAVmgAwIBAgIUQ2x1c3RlckNBZm9yYXBpYXJ5dGVzdDAKBggqhkjOPQQD
 -----END CERTIFICATE-----
 ";
 
+/// The digest of the binary the coordinator serves.
+const SUM: &str = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592";
+
 fn bootstrap() -> Bootstrap {
     Bootstrap::new(
         "10.20.0.2:7443",
         TOKEN,
         CA,
         AgentSource::Coordinator {
-            url: "https://10.20.0.2:7443/v1/agent/linux-amd64"
+            url: "https://10.20.0.2:7444/v1/agent/linux-x86_64"
                 .parse()
                 .unwrap(),
+            sha256: SUM.into(),
         },
     )
 }
@@ -140,11 +144,13 @@ fn renders_a_valid_cloud_config_for_the_coordinator_download() {
         .iter()
         .find(|c| c[0] == INSTALLER_PATH)
         .expect("install step");
-    assert_eq!(install[1], "https://10.20.0.2:7443/v1/agent/linux-amd64");
+    assert_eq!(install[1], "https://10.20.0.2:7444/v1/agent/linux-x86_64");
     assert_eq!(
         install[2], "cluster-ca",
         "the download trusts only the pinned CA"
     );
+    assert_eq!(install[3], SUM, "and checks the digest beyond TLS");
+    assert_eq!(*install, bootstrap().agent_source.install_command());
     let enable = cmds
         .iter()
         .position(|c| c.ends_with(&["--now".to_owned(), UNIT_NAME.to_owned()]));
@@ -154,7 +160,12 @@ fn renders_a_valid_cloud_config_for_the_coordinator_download() {
         "the binary is installed before the unit starts: {cmds:?}"
     );
     let script = get(file(&doc, INSTALLER_PATH), "content").as_str().unwrap();
-    assert!(script.contains("--cacert /etc/apiary/ca.pem") && script.contains("--proto '=https'"));
+    // Paths are under $root, which is empty on a host (tests set it).
+    assert!(
+        script.contains(r#"--cacert "$root/etc/apiary/ca.pem""#)
+            && script.contains("--proto '=https'")
+            && script.contains(r#"root="${APIARY_INSTALL_ROOT:-}""#)
+    );
     let sh = Command::new("sh")
         .arg("-n")
         .arg("-c")

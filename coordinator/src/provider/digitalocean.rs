@@ -27,6 +27,9 @@ pub struct DigitalOceanProvider {
     config: DigitalOceanConfig,
     tag: TagName,
     hosts: Vec<String>,
+    /// The coordinator's artifact listener: the agent's URL and SHA-256
+    /// (used when the config names no `agent_url`).
+    coordinator_agent: Option<(url::Url, String)>,
 }
 
 fn provider_err(e: impl std::fmt::Display) -> CoordinatorError {
@@ -52,7 +55,15 @@ impl DigitalOceanProvider {
             config: validated,
             tag,
             hosts: config.hosts.clone(),
+            coordinator_agent: None,
         })
+    }
+
+    /// Hosts fetch the agent from the coordinator's artifact listener at
+    /// `url`, and check it against `sha256`.
+    pub fn with_coordinator_agent(mut self, url: url::Url, sha256: String) -> Self {
+        self.coordinator_agent = Some((url, sha256));
+        self
     }
 
     fn user_data(
@@ -60,14 +71,19 @@ impl DigitalOceanProvider {
         coordinator: &Coordinator,
         advertise: SocketAddr,
     ) -> Result<String, CoordinatorError> {
-        let source = match &self.config.agent {
-            Some(_) => AgentSource::for_config(
+        let source = match (&self.config.agent, &self.coordinator_agent) {
+            (Some(_), _) => AgentSource::for_config(
                 &self.config,
                 "https://unused.invalid/".parse().map_err(provider_err)?,
+                String::new(),
             ),
-            None => {
+            (None, Some((url, sha256))) => {
+                AgentSource::for_config(&self.config, url.clone(), sha256.clone())
+            }
+            // `serve` starts the listener whenever agent_url is absent.
+            (None, None) => {
                 return Err(CoordinatorError::ProviderConfig(
-                    "digitalocean.agent_url is required: the coordinator does not serve the agent binary yet".into(),
+                    "digitalocean: hosts need the agent binary: set digitalocean.agent_url, or let the coordinator serve it (its artifact listener is not running)".into(),
                 ));
             }
         };
