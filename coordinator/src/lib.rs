@@ -6,7 +6,8 @@
 //! Map: [`config`] (cluster.toml → validated spec), [`store`] (redb, durable
 //! state), [`registry`] (live sessions), [`server`] (the gRPC services and the
 //! TLS listener), [`serve`] (`coordinator serve`: open, listen, run providers),
-//! [`ctl`] (the CLI's commands), [`admin_conf`] (the operator's credentials).
+//! [`ctl`] (the CLI's commands), [`admin_conf`] (the operator's credentials),
+//! [`artifacts`] (the agent binary over HTTPS for hosts booting from cloud-init).
 
 pub mod admin_conf;
 pub mod artifacts;
