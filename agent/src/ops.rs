@@ -51,6 +51,16 @@ pub enum OpRequest {
         node: String,
         labels: BTreeMap<String, String>,
     },
+    /// Drain and demote `node` (a manager's agent): answers `{"changed": bool}`.
+    SwarmDrain {
+        node: String,
+    },
+    /// This host leaves the swarm: answers `{"left": bool}`.
+    SwarmLeave,
+    /// Remove `node` from the node list (a manager's agent): `{"removed": bool}`.
+    SwarmRemoveNode {
+        node: String,
+    },
     EnsureOverlay {
         spec: OverlaySpec,
     },
@@ -241,6 +251,35 @@ impl Ops {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(serde_json::json!({ "changed": changed }))
+            }
+            OpRequest::SwarmDrain { node } => {
+                let changed = self
+                    .swarm()
+                    .await?
+                    .drain(&node)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "changed": changed }))
+            }
+            OpRequest::SwarmLeave => {
+                // Drained and demoted by the coordinator first, so a plain
+                // leave: force only matters for a manager, which it no longer is.
+                let left = self
+                    .swarm()
+                    .await?
+                    .leave(false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "left": left }))
+            }
+            OpRequest::SwarmRemoveNode { node } => {
+                let removed = self
+                    .swarm()
+                    .await?
+                    .remove_node(&node)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "removed": removed }))
             }
             OpRequest::EnsureOverlay { spec } => {
                 let s = self

@@ -937,6 +937,95 @@ fn database_hosts(coord: &Coordinator) -> Vec<String> {
     names
 }
 
+/// Takes `node` out of the database and Swarm before it is removed (its
+/// certificate revoked, its droplet deleted), the way an operator would:
+/// its database server leaves through the database's own API (the last
+/// server only: the others keep their names and hosts), then a manager
+/// drains and demotes it, it leaves, and a manager drops it from the node
+/// list. Returns one sentence per step. Swarm steps that cannot run (the
+/// host is already gone) are reported and skipped, so a dead host can still
+/// be removed; a database that cannot let its server go refuses the drain.
+pub async fn drain_node(
+    coord: &Coordinator,
+    config: &SwarmConfig,
+    node: &str,
+) -> Result<Vec<String>, String> {
+    let mut steps = Vec::new();
+    if let Some(base) = &config.database {
+        let db = crate::database::effective(base, coord.database_scale());
+        let servers = crate::database::servers(&db, &database_hosts(coord));
+        if let Some(pos) = servers.iter().position(|s| s.host == node) {
+            let last = &servers[servers.len() - 1];
+            if pos + 1 != servers.len() {
+                return Err(format!(
+                    "{node} runs database server {}; only the last server ({} on {}) can leave without moving \
+                     the others: remove {} first, or lower the server count with `ctl scale database=N`",
+                    servers[pos].name, last.name, last.host, last.host
+                ));
+            }
+            if servers.len() == 1 {
+                return Err(format!(
+                    "{node} runs the only database server ({}): removing it would lose the database",
+                    last.name
+                ));
+            }
+            let summary = scale_database(coord, config, servers.len() - 1)
+                .await
+                .map_err(|e| format!("{node}'s database server {} cannot leave: {e}", last.name))?;
+            steps.push(format!(
+                "database: {} left the cluster ({summary})",
+                last.name
+            ));
+        }
+    }
+    let view = coord.checks().swarm;
+    let manager = members(coord, config)
+        .into_iter()
+        .filter(|h| h.name != node)
+        .find(|h| view.get(&h.name).is_some_and(|n| n.role == "manager") || h.manager)
+        .map(|h| h.name);
+    if !view.contains_key(node) {
+        steps.push(format!("swarm: {node} is not a swarm node"));
+        return Ok(steps);
+    }
+    let Some(manager) = manager else {
+        steps.push(
+            "swarm: no other manager is ready; the swarm keeps its entry for this node".into(),
+        );
+        return Ok(steps);
+    };
+    let drain = OpRequest::SwarmDrain {
+        node: node.to_string(),
+    };
+    steps.push(
+        match call::<serde_json::Value>(coord, &manager, &drain).await {
+            Ok(_) => format!("swarm: {node} drained and demoted (by {manager})"),
+            Err(e) => format!("swarm: could not drain {node}: {e}"),
+        },
+    );
+    steps.push(
+        match call::<serde_json::Value>(coord, node, &OpRequest::SwarmLeave).await {
+            Ok(_) => format!("swarm: {node} left the swarm"),
+            Err(e) => {
+                format!("swarm: {node} could not leave ({e}); removed from the node list instead")
+            }
+        },
+    );
+    let remove = OpRequest::SwarmRemoveNode {
+        node: node.to_string(),
+    };
+    steps.push(
+        match call::<serde_json::Value>(coord, &manager, &remove).await {
+            Ok(_) => format!("swarm: {node} removed from the node list"),
+            Err(e) => format!("swarm: could not remove {node} from the node list: {e}"),
+        },
+    );
+    for s in &steps {
+        info!(node, step = %s, "drain");
+    }
+    Ok(steps)
+}
+
 /// Serialises `ctl scale database=N` requests.
 static SCALING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

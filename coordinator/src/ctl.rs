@@ -109,7 +109,10 @@ impl Ctl {
         }
     }
 
-    pub async fn remove_node(&mut self, name: &str) -> Result<Vec<String>, CtlError> {
+    pub async fn remove_node(
+        &mut self,
+        name: &str,
+    ) -> Result<apiary_proto::RemoveNodeResponse, CtlError> {
         match self
             .client
             .remove_node(RemoveNodeRequest {
@@ -117,7 +120,7 @@ impl Ctl {
             })
             .await
         {
-            Ok(r) => Ok(r.into_inner().revoked_serials),
+            Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.judge(s).await),
         }
     }

@@ -711,6 +711,25 @@ impl Coordinator {
 
     /// Removes a node: every certificate it holds is refused from the next
     /// handshake on, and its live session is ended with the reason.
+    /// Drains `name` (database server, Swarm) and then removes it: what the
+    /// drain did, and the serials revoked. A drain that would break the
+    /// database refuses, and nothing is removed.
+    pub async fn drain_and_remove(&self, name: &str) -> Result<(Vec<String>, Vec<String>), Status> {
+        if self.store.node(name).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!(
+                "no node named {name:?}; `ctl status` lists the nodes"
+            )));
+        }
+        let drained = match &self.config.swarm {
+            Some(swarm) => crate::cluster::drain_node(self, swarm, name)
+                .await
+                .map_err(Status::failed_precondition)?,
+            None => Vec::new(),
+        };
+        let serials = self.remove_node(name).await?;
+        Ok((drained, serials))
+    }
+
     pub async fn remove_node(&self, name: &str) -> Result<Vec<String>, Status> {
         if self.store.node(name).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!(
@@ -1179,8 +1198,11 @@ impl Admin for Svc {
         let admin = require_role(&req, Role::Admin)?;
         let name = req.into_inner().name;
         info!(admin = %admin.node, node = %name, "remove node requested");
-        let revoked_serials = self.0.remove_node(&name).await?;
-        Ok(Response::new(RemoveNodeResponse { revoked_serials }))
+        let (drained, revoked_serials) = self.0.drain_and_remove(&name).await?;
+        Ok(Response::new(RemoveNodeResponse {
+            revoked_serials,
+            drained,
+        }))
     }
 
     async fn join_token(

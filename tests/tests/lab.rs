@@ -885,6 +885,46 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     services.sort();
     assert!(ok);
     assert_eq!(services, ["etcd-1", "etcd-2", "etcd-3", "etcd-4"]);
+
+    // Removing a host drains it first: its database server leaves through
+    // etcd's member API, then Swarm drains, demotes and forgets the node.
+    let out = ctl_with(&conf, &["nodes", "remove", &h4]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for step in [
+        "database: etcd-4 left",
+        "drained and demoted",
+        "left the swarm",
+        "removed from the node list",
+        "revoked",
+    ] {
+        assert!(text.contains(step), "no {step:?} in: {text}");
+    }
+    let (ok, members) = etcdctl(&s1, &c1, &["member", "list"]);
+    assert!(ok && members.lines().count() == 3, "{members}");
+    let (_, ls) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}}",
+    ]);
+    assert!(
+        !ls.lines().any(|l| l == h4),
+        "{h4} still in the swarm: {ls}"
+    );
+    eventually(
+        "3/3 healthy without the removed host",
+        Duration::from_secs(60),
+        || {
+            let s = lab.status()?;
+            (s["database"]["healthy"] == true && s["nodes"].as_array()?.len() == 3).then_some(())
+        },
+    );
+    let (ok, out) = etcdctl(&s1, &c1, &["get", "bees/queen", "--print-value-only"]);
+    assert!(ok && out.trim() == "alive", "{out}");
     lab.stop();
 }
 

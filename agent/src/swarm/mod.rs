@@ -35,8 +35,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bollard::models::{LocalNodeState, Node, SwarmInitRequest, SwarmJoinRequest};
-use bollard::query_parameters::{LeaveSwarmOptions, UpdateNodeOptions};
+use bollard::models::{
+    LocalNodeState, Node, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmInitRequest,
+    SwarmJoinRequest,
+};
+use bollard::query_parameters::{DeleteNodeOptions, LeaveSwarmOptions, UpdateNodeOptions};
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -518,7 +521,68 @@ impl SwarmClient {
         node: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<bool, SwarmError> {
-        // A concurrent update bumps the version; re-read and retry a few times.
+        let changed = self
+            .update_node(node, "update a node's labels", |spec| {
+                let current = spec.labels.get_or_insert_with(Default::default);
+                if labels.iter().all(|(k, v)| current.get(k) == Some(v)) {
+                    return false;
+                }
+                current.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                true
+            })
+            .await?;
+        if changed {
+            info!(host = %self.host, node, ?labels, "node labels set");
+        }
+        Ok(changed)
+    }
+
+    /// Drains `node` before it leaves: no tasks scheduled there, and a
+    /// manager demoted to worker (so its departure does not leave the Raft
+    /// group counting a member that is gone). Whether anything changed.
+    /// Manager only.
+    pub async fn drain(&self, node: &str) -> Result<bool, SwarmError> {
+        let changed = self
+            .update_node(node, "drain a node", |spec| {
+                let drained = spec.availability == Some(NodeSpecAvailabilityEnum::DRAIN)
+                    && spec.role == Some(NodeSpecRoleEnum::WORKER);
+                spec.availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+                spec.role = Some(NodeSpecRoleEnum::WORKER);
+                !drained
+            })
+            .await?;
+        if changed {
+            info!(host = %self.host, node, "node drained and demoted");
+        }
+        Ok(changed)
+    }
+
+    /// Removes `node` from the swarm's node list (after it left, or for
+    /// good when its host is gone); false when there is no such node.
+    /// Manager only.
+    pub async fn remove_node(&self, node: &str) -> Result<bool, SwarmError> {
+        match self
+            .docker
+            .delete_node(node, Some(DeleteNodeOptions { force: true }))
+            .await
+        {
+            Ok(()) => {
+                info!(host = %self.host, node, "node removed from the swarm");
+                Ok(true)
+            }
+            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => Ok(false),
+            Err(e) => Err(self.docker_err("remove a node from the swarm", e)),
+        }
+    }
+
+    /// Applies `change` to `node`'s spec (it says whether it changed
+    /// anything), retrying when a concurrent update bumps the version.
+    async fn update_node(
+        &self,
+        node: &str,
+        what: &'static str,
+        change: impl Fn(&mut NodeSpec) -> bool,
+    ) -> Result<bool, SwarmError> {
         for _ in 0..3 {
             let n = match self.docker.inspect_node(node).await {
                 Ok(n) => n,
@@ -531,32 +595,27 @@ impl SwarmClient {
                 Err(e) => return Err(self.docker_err("inspect a node", e)),
             };
             let mut spec = n.spec.unwrap_or_default();
-            let current = spec.labels.get_or_insert_with(Default::default);
-            if labels.iter().all(|(k, v)| current.get(k) == Some(v)) {
+            if !change(&mut spec) {
                 return Ok(false);
             }
-            current.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             let version = n.version.and_then(|v| v.index).unwrap_or(0);
             let opts = UpdateNodeOptions {
                 version: i64::try_from(version).unwrap_or(i64::MAX),
             };
             let id = n.id.unwrap_or_else(|| node.to_string());
             match self.docker.update_node(&id, spec, opts).await {
-                Ok(()) => {
-                    info!(host = %self.host, node, ?labels, "node labels set");
-                    return Ok(true);
-                }
+                Ok(()) => return Ok(true),
                 Err(e)
                     if server_message(&e).is_some_and(|(_, m)| m.contains("out of sequence")) =>
                 {
                     continue;
                 }
-                Err(e) => return Err(self.docker_err("update a node's labels", e)),
+                Err(e) => return Err(self.docker_err(what, e)),
             }
         }
         Err(SwarmError::Timeout {
             host: self.host.clone(),
-            what: format!("a label update of {node} without concurrent changes"),
+            what: format!("{what} ({node}) without concurrent changes"),
             after: Duration::ZERO,
         })
     }

@@ -234,10 +234,13 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Nodes {
             command: NodesCommand::Remove { name },
         } => {
-            let serials = ctl.remove_node(&name).await?;
+            let r = ctl.remove_node(&name).await?;
+            for step in &r.drained {
+                println!("  {step}");
+            }
             println!(
                 "removed node {name}; revoked {} certificate(s)",
-                serials.len()
+                r.revoked_serials.len()
             );
         }
         Command::Tunnel { target, local } => {

@@ -159,11 +159,12 @@ impl DigitalOceanProvider {
             "droplets reconciled"
         );
         if !report.surplus.is_empty() {
-            // Drain first: the node leaves the cluster (its certificate is
-            // revoked), then its droplet is deleted.
+            // Drain first (its database server, then Swarm), then the node
+            // leaves the cluster (its certificate is revoked), then its
+            // droplet is deleted.
             for h in &report.surplus {
                 let name = &h.name;
-                if let Err(e) = coordinator.remove_node(name).await {
+                if let Err(e) = coordinator.drain_and_remove(name).await {
                     warn!(node = %name, error = %e.message(), "draining a surplus node");
                 }
             }
