@@ -96,7 +96,11 @@ async fn one_matrix(hosts: &[HostPlan]) -> anyhow::Result<(Duration, usize, usiz
     if !failures.is_empty() {
         let mut by: std::collections::BTreeMap<String, usize> = Default::default();
         for f in &failures {
-            let o = f.outcome.as_ref().map(|o| o.to_string()).unwrap_or_default();
+            let o = f
+                .outcome
+                .as_ref()
+                .map(|o| o.to_string())
+                .unwrap_or_default();
             *by.entry(format!("{}/{} {o}", f.port, f.proto)).or_default() += 1;
         }
         eprintln!("{} hosts, failing by port and outcome: {by:?}", hosts.len());
