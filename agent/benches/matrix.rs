@@ -103,7 +103,11 @@ async fn one_matrix(hosts: &[HostPlan]) -> anyhow::Result<(Duration, usize, usiz
                 .unwrap_or_default();
             *by.entry(format!("{}/{} {o}", f.port, f.proto)).or_default() += 1;
         }
-        eprintln!("{} hosts, failing by port and outcome: {by:?}", hosts.len());
+        eprintln!(
+            "{} hosts, failing by port and outcome: {by:?}; first: {:?}",
+            hosts.len(),
+            failures.first()
+        );
     }
     Ok((took, matrix.cells().count(), failures.len()))
 }
