@@ -909,8 +909,6 @@ async fn converge_database(
     }
 }
 
-/// Every enrolled host, ready or not, by name: server N stays on the N-th
-/// host while another host is down (placement never shifts).
 /// The database services' endpoint mode: a VIP is balanced by IPVS in the
 /// resolving container's own host, so it needs `ip_vs` on every host; one
 /// host without it (or facts not yet reported) means dnsrr.
@@ -928,6 +926,8 @@ fn endpoint_mode(coord: &Coordinator) -> EndpointMode {
     )
 }
 
+/// Every enrolled host, ready or not, by name: server N stays on the N-th
+/// host while another host is down (placement never shifts).
 fn database_hosts(coord: &Coordinator) -> Vec<String> {
     let mut names: Vec<String> = coord
         .status()

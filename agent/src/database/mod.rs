@@ -31,8 +31,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
-    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,10 @@ impl DatabaseKind {
         }
     }
 }
+
+/// The upstream resolver database containers get: their own loopback,
+/// where nothing answers DNS (see [`ServiceSpec::to_docker`]).
+pub const NO_UPSTREAM_DNS: &str = "127.0.0.1";
 
 /// One database server as a Swarm service: pinned to one node, on the
 /// overlay, with its own named volume, memory-limited. There is no field for
@@ -137,6 +142,17 @@ impl ServiceSpec {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(self.image.clone()),
                     hostname: Some(self.name.clone()),
+                    // Servers find each other by name on the overlay, which
+                    // Docker's embedded DNS answers itself; any other name
+                    // it forwards to this "upstream", where nothing listens,
+                    // so it fails at once. Without it a peer whose task does
+                    // not exist yet resolves with an upstream i/o timeout
+                    // (seconds per attempt while the cluster forms), and the
+                    // servers never query a resolver outside the cluster.
+                    dns_config: Some(TaskSpecContainerSpecDnsConfig {
+                        nameservers: Some(vec![NO_UPSTREAM_DNS.to_string()]),
+                        ..Default::default()
+                    }),
                     command: Some(self.command.clone()),
                     env: Some(self.env.clone()),
                     mounts: Some(vec![Mount {
@@ -325,8 +341,15 @@ impl Database {
         h.running = true;
         match kind {
             DatabaseKind::Etcd => {
-                let script = "E='etcdctl --endpoints=http://127.0.0.1:2379 --dial-timeout=2s --command-timeout=3s'; \
-                    $E endpoint health -w json 2>&1; echo '@@'; $E endpoint status -w json 2>&1; echo '@@'; $E member list -w json 2>&1";
+                // The three questions at once, each with a short timeout: a
+                // forming cluster answers none of them until it has a quorum,
+                // and asked one after the other they cost up to 9 s a round,
+                // which is how late "healthy" would be seen.
+                let script = "E='etcdctl --endpoints=http://127.0.0.1:2379 --dial-timeout=1s --command-timeout=2s'; \
+                    d=/tmp/apiary-health.$$; \
+                    $E endpoint health -w json >$d.h 2>&1 & $E endpoint status -w json >$d.s 2>&1 & \
+                    $E member list -w json >$d.m 2>&1 & wait; \
+                    cat $d.h; echo '@@'; cat $d.s; echo '@@'; cat $d.m; rm -f $d.h $d.s $d.m";
                 let cmd = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
                 match self.exec(&container, cmd, Duration::from_secs(12)).await {
                     Ok((_, out)) => parse_etcd(&out, &mut h),
@@ -605,6 +628,11 @@ mod tests {
         assert_eq!(t["ContainerSpec"]["Mounts"][0]["Source"], "etcd-2-data");
         assert_eq!(t["Networks"][0]["Target"], "apiary");
         assert_eq!(t["RestartPolicy"]["Condition"], "any");
+        assert_eq!(
+            t["ContainerSpec"]["DNSConfig"]["Nameservers"],
+            serde_json::json!(["127.0.0.1"]),
+            "no upstream resolver"
+        );
         assert_eq!(json["Labels"][SPEC_LABEL], spec().digest());
     }
 
