@@ -31,9 +31,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
-    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum,
+    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
 use serde::{Deserialize, Serialize};
@@ -59,10 +58,6 @@ impl DatabaseKind {
         }
     }
 }
-
-/// The upstream resolver database containers get: their own loopback,
-/// where nothing answers DNS (see [`ServiceSpec::to_docker`]).
-pub const NO_UPSTREAM_DNS: &str = "127.0.0.1";
 
 /// One database server as a Swarm service: pinned to one node, on the
 /// overlay, with its own named volume, memory-limited. There is no field for
@@ -142,17 +137,6 @@ impl ServiceSpec {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(self.image.clone()),
                     hostname: Some(self.name.clone()),
-                    // Servers find each other by name on the overlay, which
-                    // Docker's embedded DNS answers itself; any other name
-                    // it forwards to this "upstream", where nothing listens,
-                    // so it fails at once. Without it a peer whose task does
-                    // not exist yet resolves with an upstream i/o timeout
-                    // (seconds per attempt while the cluster forms), and the
-                    // servers never query a resolver outside the cluster.
-                    dns_config: Some(TaskSpecContainerSpecDnsConfig {
-                        nameservers: Some(vec![NO_UPSTREAM_DNS.to_string()]),
-                        ..Default::default()
-                    }),
                     command: Some(self.command.clone()),
                     env: Some(self.env.clone()),
                     mounts: Some(vec![Mount {
@@ -628,11 +612,6 @@ mod tests {
         assert_eq!(t["ContainerSpec"]["Mounts"][0]["Source"], "etcd-2-data");
         assert_eq!(t["Networks"][0]["Target"], "apiary");
         assert_eq!(t["RestartPolicy"]["Condition"], "any");
-        assert_eq!(
-            t["ContainerSpec"]["DNSConfig"]["Nameservers"],
-            serde_json::json!(["127.0.0.1"]),
-            "no upstream resolver"
-        );
         assert_eq!(json["Labels"][SPEC_LABEL], spec().digest());
     }
 
