@@ -1089,6 +1089,27 @@ async fn etcdctl(
     Ok(out)
 }
 
+/// Removes the etcd member whose peer URL is `peer_url`, if there is one,
+/// asking through the server `via`.
+async fn etcd_remove_member(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    via: &crate::database::Server,
+    peer_url: &str,
+) -> Result<(), String> {
+    let list = etcdctl(
+        coord,
+        db,
+        via,
+        &["member".into(), "list".into(), "-w".into(), "json".into()],
+    )
+    .await?;
+    if let Some(id) = etcd_member_id(&list, peer_url) {
+        etcdctl(coord, db, via, &["member".into(), "remove".into(), id]).await?;
+    }
+    Ok(())
+}
+
 /// The member id (hex) of the member with peer URL `peer`, from `member list -w json`.
 fn etcd_member_id(list_json: &str, peer: &str) -> Option<String> {
     let start = list_json.find('{')?;
@@ -1151,16 +1172,7 @@ pub async fn scale_database(
         let command = match db.kind {
             apiary_agent::database::DatabaseKind::Etcd => {
                 // A member left over by a failed attempt is removed first.
-                let list = etcdctl(
-                    coord,
-                    &db,
-                    via,
-                    &["member".into(), "list".into(), "-w".into(), "json".into()],
-                )
-                .await?;
-                if let Some(id) = etcd_member_id(&list, &peer(new)) {
-                    etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
-                }
+                etcd_remove_member(coord, &db, via, &peer(new)).await?;
                 // etcd refuses a member add ("unhealthy cluster") until the
                 // member asked has been connected to a quorum for 5 s, e.g.
                 // just after a restart or a removal: retry for a while.
@@ -1218,20 +1230,7 @@ pub async fn scale_database(
         // Converge rounds stop looking after it first.
         coord.set_database_scale(count - 1).await?;
         if db.kind == apiary_agent::database::DatabaseKind::Etcd {
-            let removed = async {
-                let list = etcdctl(
-                    coord,
-                    &db,
-                    via,
-                    &["member".into(), "list".into(), "-w".into(), "json".into()],
-                )
-                .await?;
-                if let Some(id) = etcd_member_id(&list, &peer(gone)) {
-                    etcdctl(coord, &db, via, &["member".into(), "remove".into(), id]).await?;
-                }
-                Ok::<(), String>(())
-            };
-            if let Err(e) = removed.await {
+            if let Err(e) = etcd_remove_member(coord, &db, via, &peer(gone)).await {
                 // Still a member: keep looking after its server.
                 coord.set_database_scale(count).await?;
                 return Err(e);

@@ -289,6 +289,35 @@ fn checks(lab: &LabCluster) -> Option<(i32, serde_json::Value)> {
     Some((out.status.code().unwrap_or(-1), v))
 }
 
+/// A fault inside one lab host: an nftables table of the test's own
+/// (`labfault`, never the agent's) applying `rule` to input, and to output
+/// too when `both_ways`.
+fn fault(lab: &LabCluster, host: &str, rule: &str, both_ways: bool) {
+    let out_chain = if both_ways {
+        format!(" chain out {{ type filter hook output priority -300; policy accept; {rule} }}\n")
+    } else {
+        String::new()
+    };
+    let rules = format!(
+        "table inet labfault {{\n chain in {{ type filter hook input priority -300; policy accept; {rule} }}\n{out_chain}}}\n"
+    );
+    let file = lab.dir.path().join("fault.nft");
+    std::fs::write(&file, rules).expect("write");
+    let ns = lab.netns(host);
+    let path = file.display().to_string();
+    assert!(sh(&["ip", "netns", "exec", &ns, "nft", "-f", &path]).0);
+}
+
+fn clear_fault(lab: &LabCluster, host: &str) {
+    let ns = lab.netns(host);
+    assert!(
+        sh(&[
+            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", "labfault"
+        ])
+        .0
+    );
+}
+
 #[test]
 fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -343,22 +372,7 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
 
     // Drop VXLAN inside one host: exactly the pairs through it fail, on the overlay.
     let victim = lab.hosts[2].clone();
-    let ns = lab.netns(&victim);
-    let rules = "table inet labfault {\n chain in { type filter hook input priority -300; policy accept; udp dport 4789 drop; }\n chain out { type filter hook output priority -300; policy accept; udp dport 4789 drop; }\n}\n";
-    let file = lab.dir.path().join("drop.nft");
-    std::fs::write(&file, rules).expect("write");
-    assert!(
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "-f",
-            &file.display().to_string()
-        ])
-        .0
-    );
+    fault(&lab, &victim, "udp dport 4789 drop;", true);
     let (code, c) = eventually("the drop is seen", Duration::from_secs(30), || {
         let (code, c) = checks(&lab)?;
         (c["failures"].as_array()?.len() >= 30).then_some((code, c))
@@ -378,12 +392,7 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         assert_eq!(f["proto"], "overlay");
         assert!(f["cause"].as_str().unwrap_or("").contains("4789"), "{f}");
     }
-    assert!(
-        sh(&[
-            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", "labfault"
-        ])
-        .0
-    );
+    clear_fault(&lab, &victim);
     eventually("the drop clears", Duration::from_secs(30), || {
         let (code, c) = checks(&lab)?;
         (code == 0 && c["failures"].as_array()?.is_empty()).then_some(())
@@ -517,22 +526,7 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names
     // ESP dropped on one host (a cloud firewall that allows only TCP/UDP):
     // exactly the pairs through it fail, named as ESP, and the refusal says so.
     let victim = lab.hosts[2].clone();
-    let ns = lab.netns(&victim);
-    let rules = "table inet labfault {\n chain in { type filter hook input priority -300; policy accept; meta l4proto esp drop; }\n}\n";
-    let file = lab.dir.path().join("drop-esp.nft");
-    std::fs::write(&file, rules).expect("write");
-    assert!(
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "-f",
-            &file.display().to_string()
-        ])
-        .0
-    );
+    fault(&lab, &victim, "meta l4proto esp drop;", false);
     let (code, c) = eventually("the ESP drop is seen", Duration::from_secs(60), || {
         let (code, c) = checks(&lab)?;
         let failing = c["failures"]
@@ -559,12 +553,7 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names
         err.contains(&format!("ESP (IP protocol 50) from queenbee to {victim}")),
         "{err}"
     );
-    assert!(
-        sh(&[
-            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", "labfault"
-        ])
-        .0
-    );
+    clear_fault(&lab, &victim);
     eventually("the ESP drop clears", Duration::from_secs(60), || {
         let (_, c) = checks(&lab)?;
         let cells = esp_cells(&c);
