@@ -61,8 +61,19 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(shell) = args.generate_completions {
         use clap::CommandFactory;
-        clap_complete::generate(shell, &mut Args::command(), "agent", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+        // Rendered first: clap_complete panics when a write fails, and a
+        // reader that stops early (`| head`) is not an error.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Args::command(), "agent", &mut script);
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        return match out.write_all(&script).and_then(|()| out.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("agent: cannot write the completion script: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
     }
     if let Some(dir) = &args.generate_man {
         return match write_man_page(dir) {

@@ -36,12 +36,20 @@ fn write_page(
     Ok(())
 }
 
-/// Completion script for `shell` on stdout-like `out`.
+/// Completion script for `shell` on stdout-like `out`. Rendered first and
+/// written once: `clap_complete::generate` panics when a write fails, and a
+/// reader that stops early (`... | head`) is not an error, so a closed pipe
+/// ends quietly; any other write error is returned.
 pub fn write_completions(
     cmd: &mut Command,
     shell: clap_complete::Shell,
     out: &mut dyn std::io::Write,
-) {
+) -> std::io::Result<()> {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, cmd, name, out);
+    let mut script = Vec::new();
+    clap_complete::generate(shell, cmd, name, &mut script);
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

@@ -62,6 +62,8 @@ pub enum CoordinatorError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the completion script: {0}")]
+    Completions(std::io::Error),
 }
 
 impl CoordinatorError {

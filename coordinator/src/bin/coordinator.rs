@@ -136,8 +136,8 @@ fn main() -> ExitCode {
                     &mut Args::command(),
                     shell,
                     &mut std::io::stdout(),
-                );
-                Ok(())
+                )
+                .map_err(CoordinatorError::Completions)
             }
             Command::Man { dir } => {
                 use clap::CommandFactory;

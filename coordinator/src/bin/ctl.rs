@@ -157,12 +157,12 @@ async fn run(args: Args) -> Result<(), CtlError> {
     match &args.command {
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            apiary_coordinator::docs::write_completions(
+            return apiary_coordinator::docs::write_completions(
                 &mut Args::command(),
                 *shell,
                 &mut std::io::stdout(),
-            );
-            return Ok(());
+            )
+            .map_err(|e| CtlError::Failed(format!("writing the completion script: {e}")));
         }
         Command::Man { dir } => {
             use clap::CommandFactory;
