@@ -1229,12 +1229,12 @@ pub async fn scale_database(
         let via = &possible[0];
         // Converge rounds stop looking after it first.
         coord.set_database_scale(count - 1).await?;
-        if db.kind == apiary_agent::database::DatabaseKind::Etcd {
-            if let Err(e) = etcd_remove_member(coord, &db, via, &peer(gone)).await {
-                // Still a member: keep looking after its server.
-                coord.set_database_scale(count).await?;
-                return Err(e);
-            }
+        if db.kind == apiary_agent::database::DatabaseKind::Etcd
+            && let Err(e) = etcd_remove_member(coord, &db, via, &peer(gone)).await
+        {
+            // Still a member: keep looking after its server.
+            coord.set_database_scale(count).await?;
+            return Err(e);
         }
         // RethinkDB needs nothing before: a server that leaves is dropped
         // from `server_status`; tables with replicas on it are reconfigured
