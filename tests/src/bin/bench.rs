@@ -69,6 +69,14 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "4,8")]
         hosts: Vec<usize>,
     },
+    /// The main job (root): `coordinator serve` on 4 fresh lab hosts until
+    /// etcd is 4/4 healthy, alternating with the hand recipe doing the same
+    /// steps (tests/bench/hand-recipe-etcd.sh), `runs` times each; medians
+    /// and their ratio.
+    Database {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -104,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Tunnel { bytes, requests } => tunnel_bench(bytes, requests)?,
         Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
+        Cmd::Database { runs } => println!("{}", database_bench(runs)?),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -528,6 +537,76 @@ fn lab(n: usize) -> anyhow::Result<String> {
         hand_total,
         ours_hosts / hand_total,
     ))
+}
+
+/// One apiary bring-up to a healthy 4-server etcd: seconds from spawning
+/// `coordinator serve` to `ctl status` saying healthy.
+fn apiary_database_once() -> anyhow::Result<f64> {
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut lab = apiary_tests::LabCluster::new("benchdb", 4, "\n[database]\nkind = \"etcd\"\n");
+    let start = Instant::now();
+    lab.start();
+    eventually("etcd 4/4 healthy", Duration::from_secs(300), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    let took = start.elapsed().as_secs_f64();
+    lab.stop();
+    let out = lab.teardown();
+    anyhow::ensure!(
+        out.status.success(),
+        "teardown failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+/// One run of the hand recipe: its own "etcd 4/4 healthy" time.
+fn hand_database_once() -> anyhow::Result<f64> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/hand-recipe-etcd.sh");
+    // The recipe makes namespaces and bridges of its own: under the lab lock.
+    let out = Command::new("flock")
+        .arg(apiary_lab::plan::DEFAULT_RUN_BASE.to_string() + "/lab.lock")
+        .arg("bash")
+        .arg(&script)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hand recipe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.ends_with("etcd 4/4 healthy"))
+        .and_then(|l| l.strip_prefix("HAND ")?.split(' ').next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the hand recipe printed no healthy time"))
+}
+
+fn database_bench(runs: usize) -> anyhow::Result<String> {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut ours, mut hand) = (Vec::new(), Vec::new());
+    let mut table = String::from(
+        "| run | apiary: serve → etcd 4/4 healthy | hand recipe | ratio |\n|---:|---:|---:|---:|\n",
+    );
+    for run in 1..=runs.max(1) {
+        let a = apiary_database_once()?;
+        let h = hand_database_once()?;
+        table.push_str(&format!("| {run} | {a:.1} s | {h:.1} s | {:.2} |\n", a / h));
+        eprintln!("run {run}: apiary {a:.1} s, hand {h:.1} s");
+        ours.push(a);
+        hand.push(h);
+    }
+    let (a, h) = (median(&mut ours), median(&mut hand));
+    table.push_str(&format!(
+        "| median | {a:.1} s | {h:.1} s | {:.2} |\n",
+        a / h
+    ));
+    Ok(table)
 }
 
 fn raise_fd_limit() {
