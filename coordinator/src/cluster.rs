@@ -653,49 +653,12 @@ pub async fn converge(
             );
         }
     }
-    let before: BTreeMap<String, String> = coord
-        .checks()
-        .matrix()
-        .failures()
-        .into_iter()
-        .map(|f| {
-            (
-                format!(
-                    "{} -> {} {}",
-                    f.src,
-                    f.dst,
-                    PortSpec {
-                        port: f.port,
-                        proto: f.proto
-                    }
-                ),
-                f.cause,
-            )
-        })
-        .collect();
+    let before = failing_paths(&coord.checks().matrix());
     state.cells = direct.into_iter().chain(overlay).chain(esp).collect();
     state.phase = "swarm".into();
     state.at_unix_ms = now_unix_ms();
     state.swarm = swarm_nodes;
-    let after: BTreeMap<String, String> = state
-        .matrix()
-        .failures()
-        .into_iter()
-        .map(|f| {
-            (
-                format!(
-                    "{} -> {} {}",
-                    f.src,
-                    f.dst,
-                    PortSpec {
-                        port: f.port,
-                        proto: f.proto
-                    }
-                ),
-                f.cause,
-            )
-        })
-        .collect();
+    let after = failing_paths(&state.matrix());
     for (path, cause) in &after {
         if !before.contains_key(path) {
             warn!(path = %path, %cause, "check failed");
@@ -757,6 +720,21 @@ pub fn database_detail(d: &DatabaseState) -> String {
         parts.push(d.error.clone());
     }
     parts.join("; ")
+}
+
+/// Each failing path ("src -> dst port/proto") and its cause: what the
+/// events compare between two rounds.
+fn failing_paths(m: &Matrix) -> BTreeMap<String, String> {
+    m.failures()
+        .into_iter()
+        .map(|f| {
+            let spec = PortSpec {
+                port: f.port,
+                proto: f.proto,
+            };
+            (format!("{} -> {} {spec}", f.src, f.dst), f.cause)
+        })
+        .collect()
 }
 
 /// Reads every server's health through the agent on its host.

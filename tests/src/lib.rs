@@ -493,3 +493,56 @@ pub fn alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Byte `i` of every body [`sized_http_server`] sends: a pattern with a
+/// prime period, so a dropped, repeated or shifted chunk shows.
+pub fn body_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Serves `GET /N` with N bytes of [`body_byte`], HTTP/1.0, a thread per
+/// connection; the port on 127.0.0.1. Bodies are written from one block
+/// built once (a whole number of periods, so blocks follow each other
+/// without a seam): fast enough to measure a tunnel, exact enough to check
+/// one byte for byte.
+pub fn sized_http_server() -> u16 {
+    use std::io::{Read, Write};
+    const PERIODS: usize = 4177; // 4177 × 251 bytes ≈ 1 MiB
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let block: std::sync::Arc<Vec<u8>> =
+        std::sync::Arc::new((0..251 * PERIODS).map(body_byte).collect());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let block = block.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let _ = conn.set_nodelay(true);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req);
+                let n: usize = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse().ok())
+                    .unwrap_or(0);
+                let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                let mut sent = 0;
+                while sent < n {
+                    let k = (n - sent).min(block.len());
+                    if conn.write_all(&block[..k]).is_err() {
+                        return;
+                    }
+                    sent += k;
+                }
+            });
+        }
+    });
+    port
+}

@@ -5,57 +5,12 @@
 //! transfer. The database targets (`database:admin`) are tested in the lab.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use apiary_coordinator::admin_conf::AdminConf;
 use apiary_tests::*;
-
-fn byte(i: usize) -> u8 {
-    (i % 251) as u8
-}
-
-/// Serves `GET /N` with N deterministic bytes, HTTP/1.0, one thread per connection.
-fn http_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req);
-                let n: usize = text
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.trim_start_matches('/').parse().ok())
-                    .unwrap_or(0);
-                let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
-                let body: Vec<u8> = (0..n.min(1 << 20)).map(byte).collect();
-                let mut sent = 0;
-                while sent < n {
-                    let chunk = (n - sent).min(body.len());
-                    // The pattern repeats every 251 bytes; chunks start on a multiple of 1 MiB.
-                    let start = sent % 251;
-                    let slice: Vec<u8> = (0..chunk).map(|i| byte(start + i)).collect();
-                    if conn.write_all(&slice).is_err() {
-                        return;
-                    }
-                    sent += chunk;
-                }
-            });
-        }
-    });
-    port
-}
 
 fn fetch(port: u16, n: usize) -> Result<(), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -73,7 +28,11 @@ fn fetch(port: u16, n: usize) -> Result<(), String> {
     if body.len() != n {
         return Err(format!("got {} bytes, expected {n}", body.len()));
     }
-    if let Some(i) = body.iter().enumerate().position(|(i, b)| *b != byte(i)) {
+    if let Some(i) = body
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != body_byte(i))
+    {
         return Err(format!("byte {i} differs"));
     }
     Ok(())
@@ -103,7 +62,7 @@ fn http_through_the_tunnel_byte_for_byte_and_50_at_once() {
     eventually("agent ready", Duration::from_secs(15), || {
         (c.node_state("bee-1")? == "ready").then_some(())
     });
-    let server = http_server();
+    let server = sized_http_server();
     let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
 
     fetch(local, 1_000_000).expect("1 MB");
@@ -196,7 +155,7 @@ fn connections_per_admin_are_limited_by_the_cluster_config() {
     eventually("agent ready", Duration::from_secs(15), || {
         (c.node_state("bee-1")? == "ready").then_some(())
     });
-    let server = http_server();
+    let server = sized_http_server();
     let target = format!("bee-1:{server}");
     let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
 
@@ -255,7 +214,7 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
     eventually("agent ready", Duration::from_secs(15), || {
         (c.node_state("bee-1")? == "ready").then_some(())
     });
-    let server = http_server();
+    let server = sized_http_server();
     let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
 
     // A long transfer, in flight: its header and the first megabyte are read.

@@ -185,47 +185,6 @@ fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
     ))
 }
 
-/// Serves `GET /N` with N bytes from memory, HTTP/1.0, a thread per connection.
-fn bench_http_server() -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let chunk: Arc<Vec<u8>> = Arc::new(vec![0x5a; 1 << 20]);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let chunk = chunk.clone();
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let _ = conn.set_nodelay(true);
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req);
-                let n: usize = text
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.trim_start_matches('/').parse().ok())
-                    .unwrap_or(0);
-                let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n");
-                let mut sent = 0;
-                while sent < n {
-                    let k = (n - sent).min(chunk.len());
-                    if conn.write_all(&chunk[..k]).is_err() {
-                        return;
-                    }
-                    sent += k;
-                }
-            });
-        }
-    });
-    port
-}
-
 /// One GET through `port`; returns (bytes, seconds).
 fn bench_get(port: u16, n: usize) -> anyhow::Result<(usize, f64)> {
     use std::io::{Read, Write};
@@ -246,7 +205,7 @@ fn bench_get(port: u16, n: usize) -> anyhow::Result<(usize, f64)> {
 }
 
 fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
-    let server = bench_http_server();
+    let server = apiary_tests::sized_http_server();
     // apiary: coordinator + agent on loopback, ctl tunnel.
     let c = apiary_tests::Coordinator::start("");
     let token = c.token();
