@@ -6,83 +6,41 @@
 //! magic number V1_0 (0x34c2bdc3, little-endian); every handshake message
 //! after that is a NUL-terminated JSON object; queries are framed as an
 //! 8-byte token and a 4-byte length (both little-endian) before the JSON.
-//! HMAC, PBKDF2 (`Hi`) and base64 are written here on `sha2` (nothing more is
-//! needed and the agent stays small).
+//! HMAC, PBKDF2 (`Hi`) and base64 come from RustCrypto's `hmac` and `pbkdf2`
+//! and the `base64` crate.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const V1_0: u32 = 0x34c2_bdc3;
 
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA-256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(data);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    let mut mac = HmacSha256::new_from_slice(key)
+        .expect("HMAC takes keys of any length (longer ones are hashed)");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
-/// PBKDF2-HMAC-SHA256 with one block: SCRAM's `Hi`.
+/// PBKDF2-HMAC-SHA-256 with one block: SCRAM's `Hi`.
 pub fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut s = salt.to_vec();
-    s.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac_sha256(password, &s);
-    let mut out = u;
-    for _ in 1..iterations {
-        u = hmac_sha256(password, &u);
-        for (o, x) in out.iter_mut().zip(u) {
-            *o ^= x;
-        }
-    }
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
     out
 }
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 pub fn b64encode(data: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    BASE64.encode(data)
 }
 
 pub fn b64decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = B64.iter().position(|x| *x == c)? as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    BASE64.decode(s).ok()
 }
 
 /// A SCRAM-SHA-256 client conversation.
