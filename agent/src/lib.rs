@@ -20,6 +20,7 @@
 //! tunnel targets are limited to the allow-list; kernel features are read at
 //! session start.
 
+pub mod cli;
 pub mod config;
 pub mod database;
 mod docker_exec;

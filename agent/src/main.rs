@@ -3,62 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use apiary_agent::cli::Args;
 use apiary_agent::config::{AgentConfig, AgentFile};
-use clap::Parser;
-
-/// apiary's host agent: enrolls this host into a cluster with a join token, then
-/// keeps one mutual-TLS session to the coordinator (heartbeats, facts,
-/// commands). Settings come from --config (as written by cloud-init or the
-/// lab) and are overridden by flags.
-///
-/// Exit codes: 0 stopped, 1 failure, 64 usage/config error, 77 refused by the
-/// coordinator (bad or rotated token, revoked or expired certificate, CA mismatch).
-#[derive(Debug, Parser)]
-#[command(name = "agent", version)]
-struct Args {
-    /// Agent config file (TOML: coordinator, token, state_dir, name, docker_socket, ...).
-    #[arg(long, env = "APIARY_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Coordinator address, HOST:PORT.
-    #[arg(long)]
-    coordinator: Option<String>,
-    /// Join token (APIARY-1-...); only needed until this host holds a certificate.
-    #[arg(long, env = "APIARY_JOIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Where the key, certificate and CA are kept (0600).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Node name (default: the hostname).
-    #[arg(long)]
-    name: Option<String>,
-    /// The local Docker engine's socket.
-    #[arg(long)]
-    docker_socket: Option<PathBuf>,
-    /// Manage host files (daemon.json, GRUB defaults) below this prefix.
-    #[arg(long)]
-    root_prefix: Option<PathBuf>,
-    /// Shell command restarting the Docker engine after daemon.json changed.
-    #[arg(long)]
-    engine_restart: Option<String>,
-    /// Never load kernel modules (report them instead).
-    #[arg(long)]
-    no_modprobe: bool,
-    /// Never regenerate GRUB's config (report needs-reboot only).
-    #[arg(long)]
-    no_update_grub: bool,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    /// Write the agent's man page (agent.1) into DIR and exit (for packagers).
-    #[arg(long, value_name = "DIR", hide = true)]
-    generate_man: Option<PathBuf>,
-    /// Print a shell completion script (bash, zsh, fish, ...) and exit.
-    #[arg(long, value_name = "SHELL", hide = true)]
-    generate_completions: Option<clap_complete::Shell>,
-}
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match apiary_agent::cli::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     if let Some(shell) = args.generate_completions {
         use clap::CommandFactory;
         // Rendered first: clap_complete panics when a write fails, and a
@@ -91,7 +43,7 @@ fn main() -> ExitCode {
     let file = match &args.config {
         Some(path) => match AgentFile::load(path) {
             Ok(f) => f,
-            Err(e) => return fail(&e, 64),
+            Err(e) => return fail(&e, apiary_agent::cli::EXIT_USAGE),
         },
         None => AgentFile::default(),
     };
@@ -112,7 +64,7 @@ fn main() -> ExitCode {
     };
     let config = match AgentConfig::merge(flags, file) {
         Ok(c) => c,
-        Err(e) => return fail(&e, 64),
+        Err(e) => return fail(&e, apiary_agent::cli::EXIT_USAGE),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,11 +6,13 @@
 //! Map: [`config`] (cluster.toml → validated spec), [`store`] (redb, durable
 //! state), [`registry`] (live sessions), [`server`] (the gRPC services and the
 //! TLS listener), [`serve`] (`coordinator serve`: open, listen, run providers),
-//! [`ctl`] (the CLI's commands), [`admin_conf`] (the operator's credentials),
+//! [`cli`] (the command lines of both binaries), [`ctl`] (the CLI's commands),
+//! [`admin_conf`] (the operator's credentials),
 //! [`artifacts`] (the agent binary over HTTPS for hosts booting from cloud-init).
 
 pub mod admin_conf;
 pub mod artifacts;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

@@ -1,84 +1,23 @@
 //! `coordinator`: parses arguments, sets up logging, calls the library, and
 //! turns the outcome into an exit code.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
+use apiary_coordinator::cli::coordinator::{Args, Command};
 use apiary_coordinator::config::{ClusterConfig, ProviderConfig};
 use apiary_coordinator::ctl::Ctl;
 use apiary_coordinator::error::{CoordinatorError, exit};
 use apiary_coordinator::serve::{ServeOptions, serve};
 use apiary_coordinator::server::ADMIN_CONF;
 use apiary_coordinator::store::{Store, StoreError};
-use clap::{Parser, Subcommand};
-
-/// apiary's coordinator: owns a cluster's CA and desired state, makes hosts
-/// through a provider (manual, lab), enrolls their agents and serves the agent
-/// and admin APIs over mutual TLS.
-///
-/// Exit codes: 0 ok, 1 failure, 64 usage or config error, 75 the state
-/// directory is in use by another coordinator.
-#[derive(Debug, Parser)]
-#[command(name = "coordinator", version)]
-struct Args {
-    /// Log format: text (for people) or json (for journald and log shippers).
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the coordinator: create the CA and admin.conf on first start, make
-    /// the provider's hosts, enroll agents, serve until interrupted.
-    Serve {
-        /// The cluster spec (TOML; see deploy/examples/).
-        #[arg(long)]
-        config: PathBuf,
-        /// Where the CA, the store and admin.conf live (created 0700).
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// Listen address, overriding coordinator.listen in the config.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// No progress output (bars or lines); logs only.
-        #[arg(long)]
-        quiet: bool,
-        /// Lab only: a `docker save` archive (e.g. RethinkDB's image) loaded into
-        /// every lab engine, for a [database] whose image cannot be built here.
-        #[arg(long)]
-        image_archive: Option<PathBuf>,
-        /// Serve Prometheus metrics (default address: local-only 127.0.0.1:9464).
-        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
-        metrics_listen: Option<SocketAddr>,
-    },
-    /// Remove everything the provider made for this cluster (lab: engines,
-    /// agents, namespaces, links, bridges, data) and say what was removed.
-    Teardown {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        state_dir: PathBuf,
-    },
-    /// Print the current join token (asks the running coordinator if there is one).
-    Token {
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// Make a new token; the old one is refused for new enrollments.
-        #[arg(long)]
-        rotate: bool,
-    },
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
-    /// Write man pages for coordinator and every subcommand into DIR.
-    Man { dir: PathBuf },
-}
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match apiary_coordinator::cli::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     init_tracing(&args.log_format);
     let json_logs = args.log_format == "json";
     raise_fd_limit();
@@ -87,7 +26,7 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&e, exit::FAILURE),
+        Err(e) => return fail(&e, exit::FAILURE, json_logs),
     };
     let result = runtime.block_on(async {
         match args.command {
@@ -159,7 +98,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, e.exit_code()),
+        Err(e) => fail(&e, e.exit_code(), json_logs),
     }
 }
 
@@ -227,8 +166,14 @@ fn raise_fd_limit() {
     }
 }
 
-fn fail(e: &dyn std::fmt::Display, code: i32) -> ExitCode {
-    eprintln!("coordinator: {e}");
+/// The error that ended the process: a JSON event when logs are JSON (so
+/// stderr stays one object per line), a line for people otherwise.
+fn fail(e: &dyn std::fmt::Display, code: i32, json_logs: bool) -> ExitCode {
+    if json_logs {
+        tracing::error!(error = %e, exit_code = code, "coordinator stopped");
+    } else {
+        eprintln!("coordinator: {e}");
+    }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 

@@ -5,123 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use apiary_coordinator::admin_conf::AdminConf;
+use apiary_coordinator::cli::ctl::{Args, Command, HostsCommand, NodesCommand};
 use apiary_coordinator::ctl::{
     Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
     print_status, status_json,
 };
-use clap::{Parser, Subcommand};
-
-/// Operate an apiary cluster over mutual TLS with an admin certificate.
-///
-/// Credentials come from admin.conf (written by `coordinator serve` into its
-/// state directory): --config, or APIARY_CONFIG, or ~/.apiary/admin.conf.
-///
-/// Exit codes: 0 ok, 1 failure, 64 usage or config error, 69 coordinator
-/// unreachable, 77 refused (revoked, expired or foreign certificate).
-#[derive(Debug, Parser)]
-#[command(name = "ctl", version)]
-struct Args {
-    /// admin.conf to use.
-    #[arg(long, global = true, env = "APIARY_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Nodes at a glance: state (ready/down), addresses, last seen, kernel, Docker.
-    Status {
-        /// Machine-readable output (stable field names, see the README).
-        #[arg(long)]
-        json: bool,
-        /// Redraw in place until interrupted (Ctrl-C).
-        #[arg(long, conflicts_with = "json")]
-        watch: bool,
-        /// How often --watch redraws.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
-    },
-    /// Stream what happens (node joined, down, back, removed; certificate
-    /// renewed; token rotated) until interrupted.
-    Events {
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Manage nodes.
-    Nodes {
-        #[command(subcommand)]
-        command: NodesCommand,
-    },
-    /// The reachability matrix: before Swarm every cluster port between every
-    /// pair of hosts, after it Swarm's ports and the overlay data path end to
-    /// end. Exit 2 when a required path fails.
-    Checks {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Forward a local port to a port on a cluster host through the
-    /// coordinator and the host's agent (no SSH, no public port). TARGET is
-    /// NODE:PORT (the node's loopback), NODE:HOST:PORT (HOST on the node:
-    /// loopback or the overlay), SERVICE:PORT (a database server such as
-    /// etcd-2, or a Swarm service: inside its container, wherever it runs) or
-    /// database:admin (the database's admin port on its leader). Stays in the
-    /// foreground until Ctrl-C.
-    Tunnel {
-        target: String,
-        /// Local address to listen on (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        local: std::net::SocketAddr,
-    },
-    /// Scale a service: `database=N` adds or removes database servers (one
-    /// per host, up to the host count) one at a time, keeping the cluster
-    /// healthy (etcd: member add before a server starts, member remove
-    /// before its service goes).
-    Scale {
-        /// `database=N`.
-        what: String,
-    },
-    /// Host configuration (firewall, sysctls, GRUB, daemon.json).
-    Hosts {
-        #[command(subcommand)]
-        command: HostsCommand,
-    },
-    /// Print (or rotate) the join token new hosts enroll with.
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
-    /// Write man pages for ctl and every subcommand into DIR.
-    Man { dir: PathBuf },
-    Token {
-        #[arg(long)]
-        rotate: bool,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum HostsCommand {
-    /// Apply the cluster's host configuration now; with --dry-run, print per
-    /// host and item the diff that would be applied, changing nothing.
-    Apply {
-        /// Nodes to apply to (default: all).
-        nodes: Vec<String>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum NodesCommand {
-    /// Remove a node: its certificate is refused from the next handshake on.
-    Remove { name: String },
-}
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match apiary_coordinator::cli::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     // Two workers: `ctl tunnel` moves bulk data both ways at once.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -264,7 +158,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 .strip_prefix("database=")
                 .and_then(|n| n.parse::<u32>().ok())
                 .ok_or_else(|| {
-                    CtlError::Failed(format!("scale {what}: write database=N (N servers)"))
+                    CtlError::Usage(format!("scale {what}: write database=N (N servers)"))
                 })?;
             let summary = ctl.scale_database(n).await?;
             println!("{summary}");
