@@ -317,14 +317,35 @@ async fn esp_checks(coord: &Coordinator, hosts: &[Host]) -> Vec<Cell> {
     .await
 }
 
+/// Why the swarm did not form this round: what failed, on which host.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct SwarmError {
+    /// The host the failing step ran on (empty: none, as with no manager).
+    node: String,
+    message: String,
+}
+
+impl SwarmError {
+    fn on(node: &str) -> impl FnOnce(String) -> SwarmError + '_ {
+        move |message| SwarmError {
+            node: node.to_string(),
+            message,
+        }
+    }
+}
+
 /// Makes the swarm: init on the first manager (or adopt), join the rest.
 async fn ensure_swarm(
     coord: &Coordinator,
     config: &SwarmConfig,
     hosts: &[Host],
     views: &HashMap<String, SwarmView>,
-) -> Result<SwarmView, String> {
-    let first = hosts.iter().find(|h| h.manager).ok_or("no manager")?;
+) -> Result<SwarmView, SwarmError> {
+    let first = hosts
+        .iter()
+        .find(|h| h.manager)
+        .ok_or_else(|| SwarmError::on("")("no manager".into()))?;
     let leader_view = match views.get(&first.name) {
         Some(v) if v.state == SwarmState::Active && v.manager => v.clone(),
         _ => {
@@ -337,7 +358,8 @@ async fn ensure_swarm(
                     default_addr_pool: config.default_addr_pool.clone(),
                 },
             )
-            .await?
+            .await
+            .map_err(SwarmError::on(&first.name))?
         }
     };
     let remote = SocketAddr::new(first.ip.into(), 2377);
@@ -352,7 +374,11 @@ async fn ensure_swarm(
             continue;
         }
         if tokens.is_none() {
-            tokens = Some(call(coord, &first.name, &OpRequest::JoinTokens).await?);
+            tokens = Some(
+                call(coord, &first.name, &OpRequest::JoinTokens)
+                    .await
+                    .map_err(SwarmError::on(&first.name))?,
+            );
         }
         let t = tokens
             .as_ref()
@@ -369,7 +395,8 @@ async fn ensure_swarm(
                 advertise_ip: h.ip,
             },
         )
-        .await?;
+        .await
+        .map_err(SwarmError::on(&h.name))?;
         coord.emit(
             "swarm_joined",
             &h.name,
@@ -389,19 +416,23 @@ async fn ensure_swarm(
                 labels: labels.clone(),
             },
         )
-        .await?;
+        .await
+        .map_err(SwarmError::on(&first.name))?;
     }
     Ok(leader_view)
 }
 
 /// One round: see the module docs. Errors end the round early and are shown
-/// by `ctl checks`; the next round tries again.
+/// by `ctl checks`; the next round tries again. Phases are shown only for the
+/// `bring_up` round; results (the database turning healthy) in every round.
 pub async fn converge(
     coord: &Coordinator,
     config: &SwarmConfig,
     round: u64,
-    progress: Option<&Progress>,
+    output: &Progress,
+    bring_up: bool,
 ) {
+    let progress = bring_up.then_some(output);
     let hosts = members(coord, config);
     if hosts.is_empty() {
         return;
@@ -441,7 +472,7 @@ pub async fn converge(
     let phase = progress.map(|p| p.phase("swarm", hosts.len()));
     let swarm = ensure_swarm(coord, config, &hosts, &views).await;
     if let Err(e) = &swarm {
-        warn!(error = %e, "swarm not formed");
+        warn!(node = %e.node, error = %e, "swarm not formed");
         state.swarm_error = format!("swarm: {e}");
         coord.set_checks(state);
         return;
@@ -661,12 +692,9 @@ pub async fn converge(
     let after = failing_paths(&state.matrix());
     for (path, cause) in &after {
         if !before.contains_key(path) {
-            warn!(path = %path, %cause, "check failed");
-            coord.emit(
-                "check_failed",
-                path.split(' ').next().unwrap_or(""),
-                format!("{path}: {cause}"),
-            );
+            let node = path.split(' ').next().unwrap_or("");
+            warn!(node, path = %path, %cause, "check failed");
+            coord.emit("check_failed", node, format!("{path}: {cause}"));
         }
     }
     for path in before.keys().filter(|p| !after.contains_key(*p)) {
@@ -682,10 +710,11 @@ pub async fn converge(
         if d.healthy() && !was {
             info!(summary = %d.summary(), "database healthy");
             coord.emit("database_healthy", "", d.summary());
-            crate::progress::say(
-                progress,
-                format!("database {} healthy: {}", db.kind.as_str(), d.summary()),
-            );
+            output.println(format!(
+                "database {} healthy: {}",
+                db.kind.as_str(),
+                d.summary()
+            ));
         } else if !d.healthy() && (was || before.is_none()) {
             let detail = database_detail(&d);
             warn!(summary = %d.summary(), %detail, "database degraded");
@@ -1246,7 +1275,7 @@ fn coord_cluster(coord: &Coordinator) -> String {
 pub async fn run(coord: Arc<Coordinator>, config: SwarmConfig, progress: Progress) {
     let mut round = 0u64;
     loop {
-        converge(&coord, &config, round, (round == 0).then_some(&progress)).await;
+        converge(&coord, &config, round, &progress, round == 0).await;
         if round == 0 {
             let state = coord.checks();
             let failing = state.matrix().failures().len();

@@ -2,10 +2,11 @@
 //! host showing the steps it went through (`h2  engine up → agent started →
 //! enrolled, ready → host config ok → swarm manager`) with a spinner while the
 //! bring-up runs, and one bar per phase below them. Elsewhere (logs, CI, pipes,
-//! `--log-format json`): plain timestamped lines, one per host event, which
-//! `scripts/lab-up` filters. `--quiet`: none of it. Every phase also ends with
-//! a structured tracing event (`phase`, `elapsed_ms`) that benchmarks and log
-//! shippers read.
+//! `NO_COLOR`) and with `--quiet` on a terminal: plain timestamped lines, one
+//! per host event, which `scripts/lab-up` filters. With `--log-format json`
+//! the same lines are tracing events (fields `phase`, `node`), so stderr stays
+//! one JSON object per line. Every phase also ends with a structured tracing
+//! event (`phase`, `elapsed_ms`) that benchmarks and log shippers read.
 //!
 //! The cluster logic only calls this API ([`Progress::phase`],
 //! [`Phase::step`], [`Phase::host`], [`Progress::host`]); it never writes
@@ -27,14 +28,25 @@ pub struct Progress {
 }
 
 struct Inner {
-    /// `--quiet`: no progress output at all (the `phase done` events remain).
-    quiet: bool,
+    mode: Mode,
     start: Instant,
-    /// Bars and host lines: only on a terminal (and not quiet).
+    /// Bars and host lines: only in [`Mode::Bars`].
     multi: Option<MultiProgress>,
     hosts: Mutex<Vec<HostLine>>,
     /// The bring-up is over: host events are no longer shown.
     done: AtomicBool,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A line per host and a bar per phase, redrawn in place (a terminal).
+    Bars,
+    /// `[  12.3s] phase        host: what` on stderr.
+    Lines,
+    /// Each of those lines as a tracing event with `phase` and `node` fields
+    /// (JSON logs: a plain line would break the one-object-per-line stream).
+    Events,
 }
 
 struct HostLine {
@@ -46,15 +58,14 @@ struct HostLine {
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Progress")
-            .field("tty", &self.inner.multi.is_some())
-            .field("quiet", &self.inner.quiet)
+            .field("mode", &self.inner.mode)
             .finish()
     }
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress::new(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        Progress::new(Self::terminal())
     }
 }
 
@@ -97,18 +108,18 @@ const TRAIL: usize = 4;
 impl Progress {
     /// `tty`: draw bars and host lines (on stderr); otherwise plain lines.
     pub fn new(tty: bool) -> Self {
-        Self::build(tty, false)
+        Self::with_mode(if tty { Mode::Bars } else { Mode::Lines })
     }
 
-    fn build(tty: bool, quiet: bool) -> Self {
-        let multi = (tty && !quiet).then(|| {
+    pub fn with_mode(mode: Mode) -> Self {
+        let multi = (mode == Mode::Bars).then(|| {
             let multi = DRAWING.get_or_init(MultiProgress::new).clone();
             multi.set_move_cursor(true);
             multi
         });
         Progress {
             inner: Arc::new(Inner {
-                quiet,
+                mode,
                 start: Instant::now(),
                 multi,
                 hosts: Mutex::new(Vec::new()),
@@ -117,11 +128,23 @@ impl Progress {
         }
     }
 
-    /// For `serve`: bars on a terminal, plain lines when not on one or when
-    /// logs are JSON (bars would tear the JSON lines), nothing with `--quiet`.
+    /// For `serve`: events when logs are JSON, bars on a terminal, plain
+    /// lines elsewhere or with `--quiet`.
     pub fn for_serve(quiet: bool, json_logs: bool) -> Self {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Self::build(tty && !json_logs, quiet)
+        Self::with_mode(Self::serve_mode(Self::terminal(), quiet, json_logs))
+    }
+
+    fn serve_mode(terminal: bool, quiet: bool, json_logs: bool) -> Mode {
+        match (json_logs, terminal && !quiet) {
+            (true, _) => Mode::Events,
+            (false, true) => Mode::Bars,
+            (false, false) => Mode::Lines,
+        }
+    }
+
+    /// stderr is a terminal that may be drawn on (no `NO_COLOR`).
+    fn terminal() -> bool {
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
     }
 
     /// Bars are drawn (a terminal, not quiet).
@@ -176,15 +199,17 @@ impl Progress {
             self.host_line(host, false);
             self.note(host, what);
         } else {
-            self.line("hosts", &format!("{host}: {what}"));
+            self.line("hosts", Some(host), what);
         }
     }
 
     /// A line that belongs in the output whatever the mode (a result, not
-    /// progress): above the bars on a terminal, on stderr otherwise.
+    /// progress): above the bars on a terminal, a log event with JSON logs,
+    /// on stderr otherwise.
     pub fn println(&self, line: impl AsRef<str>) {
         match &self.inner.multi {
             Some(multi) if !multi.is_hidden() => multi.suspend(|| eprintln!("{}", line.as_ref())),
+            _ if self.inner.mode == Mode::Events => info!("{}", line.as_ref()),
             _ => eprintln!("{}", line.as_ref()),
         }
     }
@@ -255,23 +280,21 @@ impl Progress {
         }
     }
 
-    /// `[  12.3s] phase        text`: the form `scripts/lab-up` filters on.
-    fn line(&self, phase: &str, text: &str) {
-        if self.inner.quiet {
+    /// `[  12.3s] phase        host: text`: the form `scripts/lab-up`
+    /// filters on; with JSON logs an event with `phase` and `node` fields.
+    fn line(&self, phase: &str, host: Option<&str>, text: &str) {
+        if self.inner.mode == Mode::Events {
+            match host {
+                Some(node) => info!(phase, node, "{text}"),
+                None => info!(phase, "{text}"),
+            }
             return;
         }
+        let host = host.map(|h| format!("{h}: ")).unwrap_or_default();
         eprintln!(
-            "[{:>6.1}s] {phase:<12} {text}",
+            "[{:>6.1}s] {phase:<12} {host}{text}",
             self.inner.start.elapsed().as_secs_f64()
         );
-    }
-}
-
-/// [`Progress::println`] when there is a progress display, stderr otherwise.
-pub fn say(progress: Option<&Progress>, line: impl AsRef<str>) {
-    match progress {
-        Some(p) => p.println(line),
-        None => eprintln!("{}", line.as_ref()),
     }
 }
 
@@ -300,7 +323,7 @@ impl Phase {
                 bar.set_message(format!("{host}: {what}"));
                 self.progress.note(host, what);
             }
-            None => self.progress.line(self.name, &format!("{host}: {what}")),
+            None => self.progress.line(self.name, Some(host), what),
         }
     }
 
@@ -309,7 +332,7 @@ impl Phase {
     pub fn host(&self, host: &str, what: &str) {
         match &self.bar {
             Some(_) => self.progress.note(host, what),
-            None => self.progress.line(self.name, &format!("{host}: {what}")),
+            None => self.progress.line(self.name, Some(host), what),
         }
     }
 
@@ -317,9 +340,11 @@ impl Phase {
         let elapsed = self.start.elapsed();
         match &self.bar {
             Some(bar) => bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64())),
+            // With JSON logs the `phase done` event below says it.
+            None if self.progress.inner.mode == Mode::Events => {}
             None => self
                 .progress
-                .line(self.name, &format!("done in {:.1}s", elapsed.as_secs_f64())),
+                .line(self.name, None, &format!("done in {:.1}s", elapsed.as_secs_f64())),
         }
         info!(
             phase = self.name,
@@ -378,5 +403,16 @@ mod tests {
         p.finish();
         p.host("h1", "down");
         assert!(p.hosts_lock().is_empty());
+    }
+
+    #[test]
+    fn quiet_means_lines_on_a_terminal_and_json_logs_mean_events() {
+        assert_eq!(Progress::serve_mode(true, false, false), Mode::Bars);
+        assert_eq!(Progress::serve_mode(true, true, false), Mode::Lines);
+        assert_eq!(Progress::serve_mode(false, false, false), Mode::Lines);
+        assert_eq!(Progress::serve_mode(false, true, false), Mode::Lines);
+        for (terminal, quiet) in [(true, false), (true, true), (false, false)] {
+            assert_eq!(Progress::serve_mode(terminal, quiet, true), Mode::Events);
+        }
     }
 }

@@ -23,9 +23,9 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics_listen: Option<SocketAddr>,
-    /// No progress output (`--quiet`).
+    /// `--quiet`: progress as plain timestamped lines even on a terminal.
     pub quiet: bool,
-    /// Logs are JSON: progress as plain lines, never bars.
+    /// Logs are JSON: progress as JSON log events too, never bars or text.
     pub json_logs: bool,
 }
 
@@ -183,7 +183,7 @@ pub async fn serve(
         && lab.teardown_on_exit()
     {
         let report = lab.lab().teardown().await?;
-        eprintln!("{report}");
+        progress.println(report.to_string());
     }
     result
 }
