@@ -191,7 +191,8 @@ pub mod ctl {
         /// before its service goes).
         Scale {
             /// `database=N`: the number of database servers wanted.
-            what: String,
+            #[arg(value_name = "database=N", value_parser = database_servers)]
+            servers: u32,
         },
         /// Host configuration (firewall, sysctls, GRUB, daemon.json).
         Hosts {
@@ -219,6 +220,13 @@ pub mod ctl {
         },
     }
 
+    /// `database=N` → N.
+    fn database_servers(what: &str) -> Result<u32, String> {
+        what.strip_prefix("database=")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| "write database=N (N servers)".to_string())
+    }
+
     #[derive(Debug, Subcommand)]
     pub enum HostsCommand {
         /// Apply the cluster's host configuration now; with --dry-run, print per
@@ -243,5 +251,30 @@ pub mod ctl {
             /// The node's name (as in `ctl status`).
             name: String,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_lines_are_consistent() {
+        super::ctl::Args::command().debug_assert();
+        super::coordinator::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn scale_takes_database_equals_a_count() {
+        use clap::Parser;
+        let args = super::ctl::Args::try_parse_from(["ctl", "scale", "database=3"]).expect("parse");
+        assert!(matches!(
+            args.command,
+            super::ctl::Command::Scale { servers: 3 }
+        ));
+        for bad in ["database=", "database=-1", "db=3", "3"] {
+            let e = super::ctl::Args::try_parse_from(["ctl", "scale", bad]).expect_err(bad);
+            assert!(e.to_string().contains("write database=N"), "{e}");
+        }
     }
 }

@@ -342,9 +342,11 @@ impl Phase {
             Some(bar) => bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64())),
             // With JSON logs the `phase done` event below says it.
             None if self.progress.inner.mode == Mode::Events => {}
-            None => self
-                .progress
-                .line(self.name, None, &format!("done in {:.1}s", elapsed.as_secs_f64())),
+            None => self.progress.line(
+                self.name,
+                None,
+                &format!("done in {:.1}s", elapsed.as_secs_f64()),
+            ),
         }
         info!(
             phase = self.name,

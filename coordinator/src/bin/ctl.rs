@@ -153,14 +153,8 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        Command::Scale { what } => {
-            let n = what
-                .strip_prefix("database=")
-                .and_then(|n| n.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    CtlError::Usage(format!("scale {what}: write database=N (N servers)"))
-                })?;
-            let summary = ctl.scale_database(n).await?;
+        Command::Scale { servers } => {
+            let summary = ctl.scale_database(servers).await?;
             println!("{summary}");
         }
         Command::Checks { json } => {
