@@ -36,7 +36,11 @@ fn lab_of_four_comes_up_heals_and_tears_down_completely() {
             !n["docker_version"].as_str().unwrap_or("").is_empty(),
             "no Docker version for {name}: {n}"
         );
+        // The lab-only fields of `ctl status --json` (README).
+        assert_eq!(n["provider"], "lab");
         assert_eq!(n["netns"], lab.netns(name));
+        let root = n["root_prefix"].as_str().expect("root_prefix");
+        assert!(std::path::Path::new(root).is_dir(), "root_prefix {root}");
         let socket = n["docker_socket"].as_str().expect("docker_socket");
         assert_eq!(
             docker_name(socket).as_deref(),
@@ -774,10 +778,10 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
     let degraded = seen
         .find("database_degraded")
-        .expect(&format!("no database_degraded event: {seen}"));
+        .unwrap_or_else(|| panic!("no database_degraded event: {seen}"));
     let healthy = seen
         .rfind("database_healthy")
-        .expect(&format!("no database_healthy event: {seen}"));
+        .unwrap_or_else(|| panic!("no database_healthy event: {seen}"));
     assert!(degraded < healthy, "{seen}");
     let c3b = service_container(&s3, &server_of(&h3)).expect("server on host 3 again");
     assert_ne!(c3, c3b, "Swarm started a new task");
