@@ -249,7 +249,8 @@ pub struct ClusterConfig {
 pub enum ProviderConfig {
     Manual,
     Lab(LabProviderConfig),
-    DigitalOcean(DigitalOceanProviderConfig),
+    // Boxed: its spec is several times the size of the others.
+    DigitalOcean(Box<DigitalOceanProviderConfig>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -420,7 +421,10 @@ impl ClusterConfig {
                     .digitalocean
                     .map(Spanned::into_inner)
                     .unwrap_or_else(apiary_digitalocean::DigitalOceanSpec::new);
-                ProviderConfig::DigitalOcean(DigitalOceanProviderConfig { hosts: names, spec })
+                ProviderConfig::DigitalOcean(Box::new(DigitalOceanProviderConfig {
+                    hosts: names,
+                    spec,
+                }))
             }
         };
 
@@ -1016,7 +1020,7 @@ mod tests {
         assert_eq!(db.servers, Some(3));
         let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n").expect("valid");
         assert!(
-            c.swarm.unwrap().database.is_none(),
+            c.swarm.expect("swarm").database.is_none(),
             "no database unless [database]"
         );
     }
@@ -1055,9 +1059,9 @@ mod tests {
 
     #[test]
     fn a_database_image_archive_must_exist_and_is_loaded_by_the_lab() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
         let archive = dir.path().join("rethinkdb.tar");
-        std::fs::write(&archive, b"x").unwrap();
+        std::fs::write(&archive, b"x").expect("write");
         let text = format!(
             "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{}\"\n",
             archive.display()

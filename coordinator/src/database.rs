@@ -350,7 +350,7 @@ mod tests {
             "{cmd}"
         );
         // On the overlay only: dnsrr, nothing published, pinned, limited.
-        let d = serde_json::to_value(s.to_docker()).unwrap();
+        let d = serde_json::to_value(s.to_docker()).expect("json");
         assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
         assert!(d["EndpointSpec"].get("Ports").is_none());
         assert_eq!(
@@ -386,7 +386,7 @@ mod tests {
             assert_eq!(s.image, "rethinkdb:2.4");
             assert_eq!(s.memory_bytes, 450 << 20);
             assert_eq!(s.data_dir, "/data");
-            let d = serde_json::to_value(s.to_docker()).unwrap();
+            let d = serde_json::to_value(s.to_docker()).expect("json");
             assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
             assert!(
                 d["EndpointSpec"].get("Ports").is_none(),
