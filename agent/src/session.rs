@@ -309,11 +309,15 @@ async fn session(
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
     let channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
         .map_err(|e| SessionError::Retry(e.to_string()))?;
-    let mut client = AgentApiClient::new(channel.clone());
-    // Tunnels ride the same connection; they end with the session (only the
-    // connections in flight fail on a reconnect).
+    let mut client = AgentApiClient::new(channel);
+    // Tunnels get a connection of their own, opened with the same identity:
+    // HTTP/2 returns connection-level window only as a stream is read, so a
+    // few tunnels stalled behind a slow reader would otherwise freeze the
+    // session's heartbeats and commands with them.
+    let tunnel_channel = dial::channel(&config.coordinator, COORDINATOR_SERVER_NAME, tls.clone())
+        .map_err(|e| SessionError::Retry(e.to_string()))?;
     let _tunnels = AbortOnDrop(tokio::spawn(crate::tunnel::serve(
-        channel,
+        tunnel_channel,
         crate::tunnel::TunnelSettings {
             allow: config.tunnel_allow.clone(),
             host: config.name.clone(),

@@ -363,50 +363,45 @@ async fn ensure_swarm(
         }
     };
     let remote = SocketAddr::new(first.ip.into(), 2377);
-    let mut tokens: Option<serde_json::Value> = None;
-    for h in hosts.iter().filter(|h| h.name != first.name) {
-        // A host whose engine did not answer is left alone this round: its
-        // cells say so, and joining it would only wait for a timeout.
-        let Some(view) = views.get(&h.name) else {
-            continue;
-        };
-        if view.state == SwarmState::Active && view.knows_manager(&remote) {
-            continue;
-        }
-        if tokens.is_none() {
-            tokens = Some(
-                call(coord, &first.name, &OpRequest::JoinTokens)
-                    .await
-                    .map_err(SwarmError::on(&first.name))?,
-            );
-        }
-        let t = tokens
-            .as_ref()
-            .and_then(|t| t[if h.manager { "manager" } else { "worker" }].as_str())
-            .unwrap_or_default()
-            .to_string();
-        info!(node = %h.name, manager = h.manager, "joining the swarm");
-        call::<SwarmView>(
-            coord,
-            &h.name,
-            &OpRequest::SwarmJoin {
-                remote,
-                token: t,
-                advertise_ip: h.ip,
-            },
-        )
-        .await
-        .map_err(SwarmError::on(&h.name))?;
-        coord.emit(
-            "swarm_joined",
-            &h.name,
-            if h.manager {
-                "joined as manager"
-            } else {
-                "joined as worker"
-            },
-        );
+    // A host whose engine did not answer is left alone this round: its cells
+    // say so, and joining it would only wait for a timeout.
+    let joining: Vec<&Host> = hosts
+        .iter()
+        .filter(|h| h.name != first.name)
+        .filter(|h| {
+            views.get(&h.name).is_some_and(|view| {
+                !(view.state == SwarmState::Active && view.knows_manager(&remote))
+            })
+        })
+        .collect();
+    if joining.is_empty() {
+        return Ok(leader_view);
     }
+    let tokens: serde_json::Value = call(coord, &first.name, &OpRequest::JoinTokens)
+        .await
+        .map_err(SwarmError::on(&first.name))?;
+    let token = |h: &Host| {
+        tokens[if h.manager { "manager" } else { "worker" }]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Managers join one at a time: each is a Raft membership change, and
+    // Raft takes those one after another. Workers change no membership and
+    // join all at once beside them (the hand recipe joins all in a row).
+    let managers = async {
+        for h in joining.iter().filter(|h| h.manager) {
+            join_swarm(coord, h, remote, token(h)).await?;
+        }
+        Ok::<_, SwarmError>(())
+    };
+    let workers = futures::future::try_join_all(
+        joining
+            .iter()
+            .filter(|h| !h.manager)
+            .map(|h| join_swarm(coord, h, remote, token(h))),
+    );
+    futures::future::try_join(managers, workers).await?;
     for (node, labels) in &config.labels {
         call::<serde_json::Value>(
             coord,
@@ -420,6 +415,36 @@ async fn ensure_swarm(
         .map_err(SwarmError::on(&first.name))?;
     }
     Ok(leader_view)
+}
+
+async fn join_swarm(
+    coord: &Coordinator,
+    h: &Host,
+    remote: SocketAddr,
+    token: String,
+) -> Result<(), SwarmError> {
+    info!(node = %h.name, manager = h.manager, "joining the swarm");
+    call::<SwarmView>(
+        coord,
+        &h.name,
+        &OpRequest::SwarmJoin {
+            remote,
+            token,
+            advertise_ip: h.ip,
+        },
+    )
+    .await
+    .map_err(SwarmError::on(&h.name))?;
+    coord.emit(
+        "swarm_joined",
+        &h.name,
+        if h.manager {
+            "joined as manager"
+        } else {
+            "joined as worker"
+        },
+    );
+    Ok(())
 }
 
 /// One round: see the module docs. Errors end the round early and are shown
@@ -544,6 +569,13 @@ pub async fn converge(
         call::<serde_json::Value>(coord, &first, &OpRequest::EnsureOverlay { spec }).await
     {
         state.swarm_error = format!("overlay {}: {e}", config.overlay);
+        coord.set_checks(state);
+        return;
+    }
+    // Probe and database containers need their images on every host; the
+    // lab may still be loading them (it does so while Swarm forms).
+    if let Err(e) = coord.images_ready().await {
+        state.swarm_error = format!("images: {e}");
         coord.set_checks(state);
         return;
     }
@@ -911,7 +943,9 @@ async fn converge_database(
             }
             return state;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Health rounds are cheap (one short `etcdctl` per server); a
+        // tighter poll is seen healthy sooner.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         health = database_health(coord, db.kind, &servers).await;
     }
 }

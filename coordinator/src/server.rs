@@ -67,6 +67,19 @@ pub struct Coordinator {
     checks: std::sync::Mutex<crate::cluster::ChecksState>,
     /// Provider-specific facts per node (lab: netns, Docker socket), shown by `ctl status --json`.
     provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
+    /// Whether the images containers need are on every host (see [`Images`]).
+    images: tokio::sync::watch::Sender<Images>,
+}
+
+/// Whether the images the cluster's containers need (probe, database) are on
+/// every host. The lab loads them while agents enroll and Swarm forms, and
+/// only the work that starts containers waits for them; providers whose hosts
+/// pull or already hold their images leave it `Ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Images {
+    Loading,
+    Ready,
+    Failed(String),
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -161,7 +174,26 @@ impl Coordinator {
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
             ),
             checks: Default::default(),
+            images: tokio::sync::watch::channel(Images::Ready).0,
         }))
+    }
+
+    /// Says whether the hosts hold the images containers need.
+    pub fn set_images(&self, images: Images) {
+        self.images.send_replace(images);
+    }
+
+    /// Waits until the images are loaded; the error says why they are not.
+    pub async fn images_ready(&self) -> Result<(), String> {
+        let mut rx = self.images.subscribe();
+        let seen = rx
+            .wait_for(|i| *i != Images::Loading)
+            .await
+            .map_err(|_| "the coordinator is shutting down".to_string())?;
+        match &*seen {
+            Images::Failed(why) => Err(why.clone()),
+            _ => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &ClusterConfig {

@@ -404,9 +404,18 @@ impl Tunnel for TunnelSvc {
             budget: Arc::new(Semaphore::new(limits.max_bytes_in_flight_per_connection)),
             max: limits.max_bytes_in_flight_per_connection,
         };
-        tokio::spawn(pump(agent.inbound, to_ctl, coord.clone()));
+        // The connection counts against the admin's limit until both
+        // directions end: a client that half-closes at once must not free
+        // its slot while the download goes on.
+        let slot = Arc::new(slot);
+        let held = slot.clone();
         tokio::spawn(async move {
-            pump(inbound, to_agent, coord.clone()).await;
+            pump(agent.inbound, to_ctl, coord.clone()).await;
+            drop(held);
+        });
+        let coord = self.0.clone();
+        tokio::spawn(async move {
+            pump(inbound, to_agent, coord).await;
             drop(slot);
             debug!(%node, "tunnel connection from ctl ended");
         });

@@ -16,8 +16,16 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// What one stream (a tunnel connection's direction) may have in flight
+/// unread: the real bound on a connection's memory, with the number of
+/// streams (limited per admin by `[tunnel] max_connections_per_admin`).
 pub const STREAM_WINDOW: u32 = 2 << 20;
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Far above any stream's window, on purpose: HTTP/2 gives connection window
+/// back only as a stream is read, so with a connection window of a few
+/// stream windows, that many tunnels stalled behind slow readers would
+/// freeze every other stream on the connection. Flow control stays per
+/// stream.
+pub const CONNECTION_WINDOW: u32 = 1 << 30;
 /// Largest HTTP/2 frame either side accepts: a tunnel frame (256 KiB) then
 /// crosses as one DATA frame instead of sixteen of the default 16 KiB.
 pub const MAX_FRAME: u32 = 1 << 20;

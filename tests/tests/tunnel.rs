@@ -138,10 +138,15 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
 /// Sends a GET for a body far larger than will be read and waits for the
 /// response header: the connection is then open end to end and stays open
 /// (the server blocks once the buffers on the way are full).
-fn hold(port: u16) -> Option<TcpStream> {
+/// With `half_close`, the client shuts its sending side once the request is
+/// out (as `curl` and `nc -N` do) and only reads from then on.
+fn hold(port: u16, half_close: bool) -> Option<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(s, "GET /100000000000 HTTP/1.0\r\n\r\n").ok()?;
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+    }
     let mut head = [0u8; 12];
     s.read_exact(&mut head).ok()?;
     head.starts_with(b"HTTP/1.0 200").then_some(s)
@@ -160,9 +165,14 @@ fn connections_per_admin_are_limited_by_the_cluster_config() {
     let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
 
     // Two connections held open (ctl's start-up check releases its slot as
-    // soon as the coordinator sees it closed, hence `eventually`).
-    let first = eventually("first connection", Duration::from_secs(15), || hold(local));
-    let _second = eventually("second connection", Duration::from_secs(15), || hold(local));
+    // soon as the coordinator sees it closed, hence `eventually`). The
+    // second has half-closed: it still downloads, so it still counts.
+    let first = eventually("first connection", Duration::from_secs(15), || {
+        hold(local, false)
+    });
+    let _second = eventually("second connection", Duration::from_secs(15), || {
+        hold(local, true)
+    });
     // A third is refused: its socket closes with nothing read, and ctl says why.
     let mut third = TcpStream::connect(("127.0.0.1", local)).expect("connect");
     third
@@ -218,7 +228,9 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
     let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
 
     // A long transfer, in flight: its header and the first megabyte are read.
-    let mut long = eventually("a long transfer", Duration::from_secs(15), || hold(local));
+    let mut long = eventually("a long transfer", Duration::from_secs(15), || {
+        hold(local, false)
+    });
     let mut first = vec![0u8; 1 << 20];
     long.read_exact(&mut first).expect("the first megabyte");
 
@@ -241,4 +253,42 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
     );
     fetch(local, 10_000_000).expect("10 MB after the restart");
     drop(agent);
+}
+
+#[test]
+fn tunnels_stalled_behind_slow_readers_leave_the_session_and_other_tunnels_flowing() {
+    let c = Coordinator::start("heartbeat_interval = \"1s\"");
+    let token = c.token();
+    let _agent = c.agent("bee-1", Some(&token));
+    eventually("agent ready", Duration::from_secs(15), || {
+        (c.node_state("bee-1")? == "ready").then_some(())
+    });
+    let server = sized_http_server();
+    let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+
+    // Twelve downloads that read their header and then nothing: every
+    // buffer on their way fills (each stream's window, the relay's queue).
+    let stalled: Vec<TcpStream> = (0..12)
+        .map(|i| {
+            eventually(
+                &format!("stalled connection {i}"),
+                Duration::from_secs(15),
+                || hold(local, false),
+            )
+        })
+        .collect();
+    // Enough time for them to fill up, seen from the outside: a fresh
+    // transfer still goes through at once, byte for byte...
+    fetch(local, 10_000_000).expect("10 MB beside twelve stalled transfers");
+    // ...and the agent's session keeps its heartbeats (its last-seen time
+    // moves on) while they stay stalled.
+    let seen = |c: &Coordinator| c.node("bee-1")?["last_seen_unix_ms"].as_u64();
+    let before = eventually("last seen", Duration::from_secs(15), || seen(&c));
+    eventually(
+        "a heartbeat after the stall",
+        Duration::from_secs(30),
+        || (seen(&c)? > before).then_some(()),
+    );
+    assert_eq!(c.node_state("bee-1").as_deref(), Some("ready"));
+    drop(stalled);
 }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::config::LabProviderConfig;
 use crate::error::CoordinatorError;
 use crate::progress::Progress;
-use crate::server::Coordinator;
+use crate::server::{Coordinator, Images};
 
 pub const AGENT: &str = "agent";
 
@@ -161,11 +161,11 @@ impl LabProvider {
             .spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
     }
 
-    /// Hosts, engines, images and agents, then waits until every host is
-    /// enrolled and ready.
+    /// Hosts, engines and agents, then waits until every host is enrolled
+    /// and ready; images go on loading in the background (see [`Images`]).
     pub async fn bring_up(
         &self,
-        coordinator: &Coordinator,
+        coordinator: &Arc<Coordinator>,
         endpoint: SocketAddr,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
@@ -187,28 +187,46 @@ impl LabProvider {
         .await?;
         phase.finish();
 
+        // Images load while agents enroll and Swarm forms (neither needs
+        // them); the probe containers and the database wait on the gate.
+        // Measured on 4 hosts: loading lab/etcd:1 takes about as long as
+        // enrollment, host config, the port matrix and Swarm together.
+        coordinator.set_images(Images::Loading);
         let phase = progress.phase("images", 1);
-        self.lab
-            .ensure_images(&hosts.iter().collect::<Vec<_>>())
-            .await?;
-        phase.step("all", "lab/busybox:1 loaded");
-        if self.etcd_image {
-            self.lab
-                .ensure_etcd_image(&hosts.iter().collect::<Vec<_>>())
-                .await?;
-            phase.step("all", "lab/etcd:1 loaded");
-        }
-        for archive in &self.image_archives {
-            let reference = self
-                .lab
-                .load_archive(&hosts.iter().collect::<Vec<_>>(), archive)
-                .await?;
-            phase.step(
-                "all",
-                &format!("{reference} loaded from {}", archive.display()),
-            );
-        }
-        phase.finish();
+        let (lab, etcd_image, archives, gate) = (
+            self.lab.clone(),
+            self.etcd_image,
+            self.image_archives.clone(),
+            coordinator.clone(),
+        );
+        tokio::spawn(async move {
+            let hosts: Vec<&HostPlan> = lab.hosts().iter().collect();
+            let loaded = async {
+                lab.ensure_images(&hosts).await?;
+                phase.step("all", "lab/busybox:1 loaded");
+                if etcd_image {
+                    lab.ensure_etcd_image(&hosts).await?;
+                    phase.step("all", "lab/etcd:1 loaded");
+                }
+                for archive in &archives {
+                    let reference = lab.load_archive(&hosts, archive).await?;
+                    phase.step(
+                        "all",
+                        &format!("{reference} loaded from {}", archive.display()),
+                    );
+                }
+                Ok::<_, apiary_lab::LabError>(())
+            }
+            .await;
+            phase.finish();
+            gate.set_images(match loaded {
+                Ok(()) => Images::Ready,
+                Err(e) => {
+                    warn!(error = %e, "images not loaded");
+                    Images::Failed(e.to_string())
+                }
+            });
+        });
 
         let phase = progress.phase("agents", hosts.len());
         let token = coordinator.current_token().token;
