@@ -741,6 +741,17 @@ pub fn firewall_rules(
             sources: vpc(),
         });
     }
+    // ICMP (ping, path-MTU discovery on the overlay's underlay) from the
+    // VPC only. The API takes no port for ICMP; "0" is what it returns.
+    inbound.push(InboundRule {
+        protocol: "icmp".into(),
+        ports: "0".into(),
+        sources: vpc(),
+    });
+    // No ESP (IP protocol 50) rule: the API's rule protocols are tcp, udp
+    // and icmp only, so a Cloud Firewall drops the encrypted overlay's data
+    // path. The coordinator refuses `firewall = true` with
+    // `swarm.encrypted = true` for that reason.
     // A Cloud Firewall without outbound rules blocks all outbound traffic:
     // hosts must reach the coordinator, the package mirror and each other.
     // "0" is the spec's "all ports" (ignored for ICMP).
@@ -1221,9 +1232,25 @@ mod tests {
         for r in &inbound {
             let public = r.sources.addresses.contains(&"0.0.0.0/0".to_owned());
             let port: u16 = r.ports.parse().unwrap();
-            assert_eq!(public, port == 22 || port == 7443, "{r:?}");
+            assert_eq!(
+                public,
+                r.protocol == "tcp" && (port == 22 || port == 7443),
+                "{r:?}"
+            );
+            if !public {
+                assert_eq!(r.sources.addresses, ["10.20.0.0/20"], "{r:?}");
+            }
         }
-        assert_eq!(inbound.len(), 6);
+        let icmp: Vec<_> = inbound.iter().filter(|r| r.protocol == "icmp").collect();
+        assert_eq!(icmp.len(), 1, "ICMP from the VPC: {inbound:?}");
+        assert_eq!(icmp[0].sources.addresses, ["10.20.0.0/20"]);
+        // The API knows tcp, udp and icmp only: nothing else may be asked for.
+        assert!(
+            inbound
+                .iter()
+                .all(|r| ["tcp", "udp", "icmp"].contains(&r.protocol.as_str()))
+        );
+        assert_eq!(inbound.len(), 7);
         assert_eq!(outbound.len(), 3);
     }
 }
