@@ -119,5 +119,6 @@ pub use config::{
 pub use model::{Droplet, DropletStatus, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES};
 pub use reconcile::{
     ClusterTarget, HostSpec, HostState, Plan, ProviderError, ReconcileReport, RemoveReport,
-    TeardownOptions, TeardownReport, plan, preflight, reconcile, remove, teardown, teardown_with,
+    TeardownOptions, TeardownReport, VpcState, ensure_vpc, plan, preflight, reconcile, remove,
+    teardown, teardown_with,
 };

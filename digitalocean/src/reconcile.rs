@@ -53,7 +53,8 @@ pub enum ProviderError {
     },
 
     #[error(
-        "VPC {name} has no ip_range in the API's answer, so the firewall cannot be scoped to it"
+        "VPC {name} has no ip_range in the API's answer, so neither the firewall nor the agents' \
+         private address can be scoped to it"
     )]
     VpcWithoutRange { name: String },
 
@@ -386,7 +387,7 @@ async fn reconcile_inner(
         None => client.create_tag(target.tag.as_str()).await?.name,
     };
 
-    let (vpc, vpc_created) = ensure_vpc(client, target).await?;
+    let (vpc, vpc_created) = find_or_create_vpc(client, target).await?;
     let vpc_state = VpcState {
         id: vpc.id.clone(),
         name: vpc.name.clone(),
@@ -654,7 +655,30 @@ async fn wait_active(
     Ok(Vec::new())
 }
 
-async fn ensure_vpc(client: &Client, target: &ClusterTarget) -> Result<(Vpc, bool), ProviderError> {
+/// Finds the cluster's VPC, or creates it, as [`reconcile`] does first; for
+/// callers that need its range before they render user_data (agents choose
+/// their private address by it: a droplet's eth0 has a 10.x anchor address
+/// too). The range is required: the API always reports one.
+pub async fn ensure_vpc(
+    client: &Client,
+    target: &ClusterTarget,
+) -> Result<VpcState, ProviderError> {
+    let (vpc, created) = find_or_create_vpc(client, target).await?;
+    if vpc.ip_range.is_none() {
+        return Err(ProviderError::VpcWithoutRange { name: vpc.name });
+    }
+    Ok(VpcState {
+        id: vpc.id,
+        name: vpc.name,
+        ip_range: vpc.ip_range,
+        created,
+    })
+}
+
+async fn find_or_create_vpc(
+    client: &Client,
+    target: &ClusterTarget,
+) -> Result<(Vpc, bool), ProviderError> {
     let name = target.vpc_name();
     let region = &target.droplet.region;
     let find = |vpcs: Vec<Vpc>| vpcs.into_iter().find(|v| v.name == name);
