@@ -160,6 +160,8 @@ pub struct FakeDroplet {
     pub name: String,
     pub region: String,
     pub size: String,
+    /// The image's slug (an image asked for by id is stored by its slug).
+    pub image: String,
     pub tags: Vec<String>,
     pub vpc_uuid: String,
     pub user_data: Option<String>,
@@ -531,7 +533,7 @@ impl FakeApi {
             st.ensure_tag(t);
         }
         let tags = tags.iter().map(|t| st.canonical_tag(t)).collect();
-        st.insert_droplet(name, "nyc3", "s-1vcpu-1gb", tags, &vpc, None)
+        st.insert_droplet(name, "nyc3", "s-1vcpu-1gb", IMAGES[0].1, tags, &vpc, None)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
@@ -928,6 +930,7 @@ impl State {
         name: &str,
         region: &str,
         size: &str,
+        image: &str,
         tags: Vec<String>,
         vpc: &str,
         user_data: Option<String>,
@@ -943,6 +946,7 @@ impl State {
                 name: name.to_owned(),
                 region: region.to_owned(),
                 size: size.to_owned(),
+                image: image.to_owned(),
                 tags,
                 vpc_uuid: vpc.to_owned(),
                 user_data,
@@ -1052,7 +1056,7 @@ impl State {
                 },
             ])
         };
-        let image = IMAGES.first().map_or("debian-12-x64", |i| i.1);
+        let image = d.image.as_str();
         json!({
             "id": d.id,
             "name": d.name,
@@ -1655,14 +1659,14 @@ impl State {
         if !SIZES.iter().any(|s| s.0 == size) {
             return unprocessable("Size is not available in this region.");
         }
-        let image_ok = match body.get("image") {
-            Some(Value::String(s)) => IMAGES.iter().any(|i| i.1 == s),
-            Some(Value::Number(n)) => IMAGES.iter().any(|i| Some(i.0) == n.as_u64()),
-            _ => false,
+        let image = match body.get("image") {
+            Some(Value::String(s)) => IMAGES.iter().find(|i| i.1 == s),
+            Some(Value::Number(n)) => IMAGES.iter().find(|i| Some(i.0) == n.as_u64()),
+            _ => None,
         };
-        if !image_ok {
+        let Some(&(_, image, _, _)) = image else {
             return unprocessable("You specified an invalid image for Droplet creation.");
-        }
+        };
         if let Some(keys) = body.get("ssh_keys").and_then(Value::as_array) {
             for k in keys {
                 let known = match k {
@@ -1710,8 +1714,15 @@ impl State {
         let tags: Vec<String> = tags.iter().map(|t| self.ensure_tag(t)).collect();
         let mut created = Vec::new();
         for name in &names {
-            let id =
-                self.insert_droplet(name, &region, &size, tags.clone(), &vpc, user_data.clone());
+            let id = self.insert_droplet(
+                name,
+                &region,
+                &size,
+                image,
+                tags.clone(),
+                &vpc,
+                user_data.clone(),
+            );
             created.push(id);
         }
         let droplets: Vec<Value> = created
