@@ -153,6 +153,14 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
 }
 
+/// Where and what a new droplet is.
+#[derive(Clone, Copy)]
+struct Kind<'a> {
+    region: &'a str,
+    size: &'a str,
+    image: &'a str,
+}
+
 /// A droplet as stored in the fake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeDroplet {
@@ -533,7 +541,12 @@ impl FakeApi {
             st.ensure_tag(t);
         }
         let tags = tags.iter().map(|t| st.canonical_tag(t)).collect();
-        st.insert_droplet(name, "nyc3", "s-1vcpu-1gb", IMAGES[0].1, tags, &vpc, None)
+        let kind = Kind {
+            region: "nyc3",
+            size: "s-1vcpu-1gb",
+            image: IMAGES[0].1,
+        };
+        st.insert_droplet(name, kind, tags, &vpc, None)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
@@ -928,13 +941,16 @@ impl State {
     fn insert_droplet(
         &mut self,
         name: &str,
-        region: &str,
-        size: &str,
-        image: &str,
+        kind: Kind<'_>,
         tags: Vec<String>,
         vpc: &str,
         user_data: Option<String>,
     ) -> u64 {
+        let Kind {
+            region,
+            size,
+            image,
+        } = kind;
         let id = self.next_id;
         self.next_id += 1;
         let public = self.next_public_ip();
@@ -1714,15 +1730,12 @@ impl State {
         let tags: Vec<String> = tags.iter().map(|t| self.ensure_tag(t)).collect();
         let mut created = Vec::new();
         for name in &names {
-            let id = self.insert_droplet(
-                name,
-                &region,
-                &size,
+            let kind = Kind {
+                region: &region,
+                size: &size,
                 image,
-                tags.clone(),
-                &vpc,
-                user_data.clone(),
-            );
+            };
+            let id = self.insert_droplet(name, kind, tags.clone(), &vpc, user_data.clone());
             created.push(id);
         }
         let droplets: Vec<Value> = created
