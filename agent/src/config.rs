@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::facts::PrivateAddress;
+use crate::hostconfig::Cidr;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
     #[error("cannot read agent config {path}: {source}")]
@@ -23,6 +26,13 @@ pub enum AgentConfigError {
     TunnelAllow(String),
     #[error("{0} is required (flag --{0}, or `{0} = ...` in the agent config file)")]
     Missing(&'static str),
+    #[error("private_cidr = {value:?}: {reason}")]
+    PrivateCidr { value: String, reason: String },
+    #[error(
+        "private_interface = {interface:?} and private_cidr = {cidr:?} both choose the private \
+         address; keep one (private_cidr names the VPC's range and survives interface renames)"
+    )]
+    PrivateChosenTwice { interface: String, cidr: String },
 }
 
 /// The file form; every key is optional so that flags can fill the rest.
@@ -41,7 +51,12 @@ pub struct AgentFile {
     pub ca_cert: Option<PathBuf>,
     pub docker_socket: Option<PathBuf>,
     pub public_interface: Option<String>,
+    /// The private address is the one on this interface.
     pub private_interface: Option<String>,
+    /// The private address is the one inside this IPv4 range (the
+    /// DigitalOcean provider writes its VPC's `ip_range`). Unset, and
+    /// without `private_interface`: the first RFC 1918 address.
+    pub private_cidr: Option<String>,
     /// Host files (daemon.json, GRUB defaults) are managed below this prefix
     /// (`/` on a real host; the lab gives each host its own).
     pub root_prefix: Option<PathBuf>,
@@ -92,7 +107,7 @@ pub struct AgentConfig {
     pub tunnel_allow: crate::tunnel::AllowList,
     pub docker_socket: PathBuf,
     pub public_interface: Option<String>,
-    pub private_interface: Option<String>,
+    pub private_address: PrivateAddress,
 }
 
 impl AgentConfig {
@@ -111,6 +126,29 @@ impl AgentConfig {
             None => nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .map_err(|_| AgentConfigError::Missing("name"))?,
+        };
+        let private_address = match (
+            flags.private_interface.or(file.private_interface),
+            flags.private_cidr.or(file.private_cidr),
+        ) {
+            (None, None) => PrivateAddress::FirstRfc1918,
+            (Some(interface), None) => PrivateAddress::Interface(interface),
+            (None, Some(cidr)) => {
+                let range = Cidr::parse(&cidr).map_err(|reason| AgentConfigError::PrivateCidr {
+                    value: cidr.clone(),
+                    reason,
+                })?;
+                if !range.is_ipv4() {
+                    return Err(AgentConfigError::PrivateCidr {
+                        value: cidr,
+                        reason: "write an IPv4 range (the private address is IPv4)".into(),
+                    });
+                }
+                PrivateAddress::InRange(range)
+            }
+            (Some(interface), Some(cidr)) => {
+                return Err(AgentConfigError::PrivateChosenTwice { interface, cidr });
+            }
         };
         Ok(AgentConfig {
             coordinator,
@@ -136,7 +174,7 @@ impl AgentConfig {
                 .or(file.docker_socket)
                 .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
             public_interface: flags.public_interface.or(file.public_interface),
-            private_interface: flags.private_interface.or(file.private_interface),
+            private_address,
         })
     }
 }
@@ -169,6 +207,51 @@ mod tests {
         let err = AgentFile::load(&path).expect_err("unknown key").to_string();
         assert!(
             err.contains("agent.toml:2:") && err.contains("tokn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_private_address_is_chosen_by_range_or_interface_never_both() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agent.toml");
+        let base = "coordinator = \"10.0.0.1:7443\"\nstate_dir = \"/s\"\nname = \"a\"\n";
+        let merged = |extra: &str| {
+            std::fs::write(&path, format!("{base}{extra}")).expect("write");
+            AgentConfig::merge(AgentFile::default(), AgentFile::load(&path).expect("load"))
+        };
+        assert_eq!(
+            merged("").expect("default").private_address,
+            PrivateAddress::FirstRfc1918
+        );
+        assert_eq!(
+            merged("private_cidr = \"10.124.0.0/20\"\n")
+                .expect("cidr")
+                .private_address,
+            PrivateAddress::InRange(Cidr::parse("10.124.0.0/20").expect("cidr"))
+        );
+        assert_eq!(
+            merged("private_interface = \"eth1\"\n")
+                .expect("interface")
+                .private_address,
+            PrivateAddress::Interface("eth1".into())
+        );
+        let err = merged("private_cidr = \"10.124.0.0\"\n")
+            .expect_err("no length")
+            .to_string();
+        assert!(
+            err.contains("private_cidr") && err.contains("10.124.0.0"),
+            "{err}"
+        );
+        let err = merged("private_cidr = \"fd00::/64\"\n")
+            .expect_err("v6")
+            .to_string();
+        assert!(err.contains("IPv4"), "{err}");
+        let err = merged("private_cidr = \"10.124.0.0/20\"\nprivate_interface = \"eth1\"\n")
+            .expect_err("both")
+            .to_string();
+        assert!(
+            err.contains("private_interface") && err.contains("private_cidr"),
             "{err}"
         );
     }

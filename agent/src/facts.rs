@@ -2,12 +2,16 @@
 //! through a root prefix (`/` on a real host) so the parsing is tested on
 //! fixture trees without root.
 
+use std::fmt;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use apiary_proto::{Facts, Interface, KernelFeature};
+use tracing::warn;
+
+use crate::hostconfig::Cidr;
 
 /// Kernel features Swarm's overlay needs, with the kernel config symbol of each.
 pub const REQUIRED_FEATURES: [(&str, &str); 4] = [
@@ -17,14 +21,41 @@ pub const REQUIRED_FEATURES: [(&str, &str); 4] = [
     ("ip_vs", "CONFIG_IP_VS"),
 ];
 
+/// How the host's private address (the one Swarm advertises and listens on,
+/// and the probes use) is chosen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PrivateAddress {
+    /// The first RFC 1918 address: right where a host has one private
+    /// network (the lab, most hosts).
+    #[default]
+    FirstRfc1918,
+    /// The first IPv4 address on this interface (`private_interface`).
+    Interface(String),
+    /// The first address inside this range (`private_cidr`). What the
+    /// DigitalOcean provider writes: a droplet's eth0 carries a 10.x
+    /// "anchor" address beside its public one, so "the first RFC 1918
+    /// address" may be the anchor instead of the VPC address on eth1.
+    InRange(Cidr),
+}
+
+impl fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrivateAddress::FirstRfc1918 => f.write_str("the first RFC 1918 address"),
+            PrivateAddress::Interface(i) => write!(f, "the address on {i} (private_interface)"),
+            PrivateAddress::InRange(c) => write!(f, "an address in {c} (private_cidr)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FactsSource {
     /// Where /proc, /sys and /lib/modules are read from.
     pub root: PathBuf,
     pub docker_socket: PathBuf,
-    /// Interface names that override address classification.
+    /// An interface name that overrides the public address's detection.
     pub public_interface: Option<String>,
-    pub private_interface: Option<String>,
+    pub private: PrivateAddress,
 }
 
 impl FactsSource {
@@ -33,7 +64,7 @@ impl FactsSource {
             root: PathBuf::from("/"),
             docker_socket,
             public_interface: None,
-            private_interface: None,
+            private: PrivateAddress::default(),
         }
     }
 
@@ -51,11 +82,11 @@ impl FactsSource {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         let interfaces = interfaces();
-        let (public_ip, private_ip) = classify(
-            &interfaces,
-            self.public_interface.as_deref(),
-            self.private_interface.as_deref(),
-        );
+        let (public_ip, private_ip) =
+            classify(&interfaces, self.public_interface.as_deref(), &self.private);
+        if private_ip.is_none() {
+            warn!(choice = %self.private, "no private address on this host: Swarm and the probes cannot start until one appears");
+        }
         let cgroup_version = if self.root.join("sys/fs/cgroup/cgroup.controllers").exists() {
             2
         } else {
@@ -200,13 +231,14 @@ fn interfaces() -> Vec<(String, Vec<Ipv4Addr>)> {
     out
 }
 
-/// The private address is the first RFC 1918 one, the public the first other
-/// routable one, unless an interface is named for either. Docker's own bridges
-/// (docker0, docker_gwbridge, br-*, veth*) never count.
+/// The private address as `private` says (by default the first RFC 1918
+/// one), the public the first other routable one unless an interface is
+/// named for it. Docker's own bridges (docker0, docker_gwbridge, br-*,
+/// veth*) never count.
 pub fn classify(
     interfaces: &[(String, Vec<Ipv4Addr>)],
     public_if: Option<&str>,
-    private_if: Option<&str>,
+    private: &PrivateAddress,
 ) -> (Option<Ipv4Addr>, Option<Ipv4Addr>) {
     let ours = |name: &str| {
         !(name.starts_with("docker") || name.starts_with("br-") || name.starts_with("veth"))
@@ -219,9 +251,10 @@ pub fn classify(
             .find(|(n, ip)| want(n, ip))
             .map(|(_, ip)| *ip)
     };
-    let private = match private_if {
-        Some(want) => first(&|n, _| n == want),
-        None => first(&|_, ip| ip.is_private()),
+    let private = match private {
+        PrivateAddress::FirstRfc1918 => first(&|_, ip| ip.is_private()),
+        PrivateAddress::Interface(want) => first(&|n, _| n == want),
+        PrivateAddress::InRange(range) => first(&|_, ip| range.contains(IpAddr::V4(*ip))),
     };
     let public = match public_if {
         Some(want) => first(&|n, _| n == want),
@@ -300,17 +333,64 @@ mod tests {
             ("eth0".to_string(), vec![Ipv4Addr::new(10, 231, 0, 11)]),
             ("eth1".to_string(), vec![Ipv4Addr::new(198, 18, 0, 11)]),
         ];
+        // The lab's default: unchanged by the explicit choices below.
         assert_eq!(
-            classify(&ifs, None, None),
+            classify(&ifs, None, &PrivateAddress::default()),
             (
                 Some(Ipv4Addr::new(198, 18, 0, 11)),
                 Some(Ipv4Addr::new(10, 231, 0, 11))
             )
         );
         assert_eq!(
-            classify(&ifs, Some("eth0"), Some("eth1")).0,
-            Some(Ipv4Addr::new(10, 231, 0, 11))
+            classify(
+                &ifs,
+                Some("eth0"),
+                &PrivateAddress::Interface("eth1".into())
+            ),
+            (
+                Some(Ipv4Addr::new(10, 231, 0, 11)),
+                Some(Ipv4Addr::new(198, 18, 0, 11))
+            )
         );
+    }
+
+    /// A DigitalOcean droplet: eth0 has the public address and a 10.x
+    /// anchor address (for reserved IPs), eth1 the VPC address, docker0 a
+    /// 172.17 bridge. Swarm must get the VPC address.
+    fn droplet() -> Vec<(String, Vec<Ipv4Addr>)> {
+        vec![
+            (
+                "eth0".to_string(),
+                vec![Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::new(10, 17, 0, 5)],
+            ),
+            ("eth1".to_string(), vec![Ipv4Addr::new(10, 124, 0, 2)]),
+            ("docker0".to_string(), vec![Ipv4Addr::new(172, 17, 0, 1)]),
+        ]
+    }
+
+    #[test]
+    fn a_droplet_advertises_its_vpc_address_when_told_the_vpc_range() {
+        let ifs = droplet();
+        let vpc = PrivateAddress::InRange(Cidr::parse("10.124.0.0/20").expect("cidr"));
+        assert_eq!(
+            classify(&ifs, None, &vpc),
+            (
+                Some(Ipv4Addr::new(203, 0, 113, 7)),
+                Some(Ipv4Addr::new(10, 124, 0, 2))
+            )
+        );
+        assert_eq!(
+            classify(&ifs, None, &PrivateAddress::Interface("eth1".into())).1,
+            Some(Ipv4Addr::new(10, 124, 0, 2))
+        );
+        // Why the choice must be explicit there: the default takes the anchor.
+        assert_eq!(
+            classify(&ifs, None, &PrivateAddress::default()).1,
+            Some(Ipv4Addr::new(10, 17, 0, 5))
+        );
+        // A range no interface is in gives no private address, not a guess.
+        let elsewhere = PrivateAddress::InRange(Cidr::parse("10.200.0.0/20").expect("cidr"));
+        assert_eq!(classify(&ifs, None, &elsewhere).1, None);
     }
 
     #[test]
@@ -323,7 +403,7 @@ mod tests {
             root: dir.path().to_path_buf(),
             docker_socket: dir.path().join("none.sock"),
             public_interface: None,
-            private_interface: None,
+            private: PrivateAddress::default(),
         };
         let f = src.kernel_features("1.2.3");
         assert!(f.iter().any(|k| k.name == "vxlan" && k.available));

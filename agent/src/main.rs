@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         docker_socket: args.docker_socket,
         public_interface: None,
         private_interface: None,
+        private_cidr: None,
         ca_cert: None,
         root_prefix: args.root_prefix,
         engine_restart: args.engine_restart,

@@ -80,7 +80,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let facts = FactsSource {
         public_interface: config.public_interface.clone(),
-        private_interface: config.private_interface.clone(),
+        private: config.private_address.clone(),
         ..FactsSource::host(config.docker_socket.clone())
     };
     let runner = Arc::new(HostRunner::new(Arc::new(effects_for(&config))));

@@ -981,7 +981,9 @@ fn database_hosts(coord: &Coordinator) -> Vec<String> {
 /// Takes `node` out of the database and Swarm before it is removed (its
 /// certificate revoked, its droplet deleted), the way an operator would:
 /// its database server leaves through the database's own API (the last
-/// server only: the others keep their names and hosts), then a manager
+/// server only: servers are named and placed by position, so removing
+/// another would rename or move every later one; the DigitalOcean
+/// scale-down drains highest-numbered first so each is the last), then a manager
 /// drains and demotes it, it leaves, and a manager drops it from the node
 /// list. Returns one sentence per step. Swarm steps that cannot run (the
 /// host is already gone) are reported and skipped, so a dead host can still

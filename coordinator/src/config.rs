@@ -393,6 +393,8 @@ impl ClusterConfig {
         };
 
         let provider_span = raw.provider.span();
+        let digitalocean_span = raw.digitalocean.as_ref().map(Spanned::span);
+        let swarm_span = raw.swarm.as_ref().map(Spanned::span);
         let provider = match raw.provider.into_inner() {
             RawProvider::Manual {} => ProviderConfig::Manual,
             RawProvider::Lab {
@@ -711,6 +713,27 @@ impl ClusterConfig {
             })?),
             None => None,
         };
+        // A Cloud Firewall's rules name tcp, udp or icmp only (the API's
+        // enum): it would drop ESP, the encrypted overlay's data path, and
+        // the overlay would look up while carrying nothing. Refused here,
+        // where both settings are known, rather than found in production.
+        if let ProviderConfig::DigitalOcean(d) = &provider
+            && d.spec.firewall
+            && swarm.as_ref().is_some_and(|s| s.encrypted)
+        {
+            let offset = key_offset(text, digitalocean_span.clone(), "firewall")
+                .or_else(|| key_offset(text, swarm_span.clone(), "encrypted"));
+            return Err(at(
+                offset.map(|o| o..o),
+                "digitalocean.firewall",
+                "digitalocean.firewall = true and swarm.encrypted = true cannot go together: a \
+                 DigitalOcean Cloud Firewall allows only tcp, udp and icmp, so it would drop ESP \
+                 (IP protocol 50), which carries the encrypted overlay; set digitalocean.firewall \
+                 = false (each droplet's host firewall still admits ESP only from the VPC) or \
+                 swarm.encrypted = false"
+                    .into(),
+            ));
+        }
         if let ProviderConfig::DigitalOcean(_) = provider
             && advertise.is_none()
         {
@@ -789,6 +812,28 @@ fn host_names(
         return Err(("provider.names", "host names must be unique".into()));
     }
     Ok(list)
+}
+
+/// Where `key = ...` starts in the table whose header is at `span` (serde
+/// gives a table's span as its `[header]` only), else the header itself:
+/// for errors about a key whose own span is gone.
+fn key_offset(text: &str, span: Option<Range<usize>>, key: &str) -> Option<usize> {
+    let span = span?;
+    let body = span.end + text.get(span.end..)?.find('\n')? + 1;
+    let mut start = body;
+    for line in text.get(body..)?.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            break;
+        }
+        if let Some(value) = trimmed.strip_prefix(key)
+            && value.trim_start().starts_with('=')
+        {
+            return Some(start + (line.len() - trimmed.len()));
+        }
+        start += line.len();
+    }
+    Some(span.start)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1077,5 +1122,30 @@ mod tests {
             panic!("{err}")
         };
         assert_eq!(key, "database.image_archive", "{err}");
+    }
+    #[test]
+    fn a_cloud_firewall_with_an_encrypted_overlay_is_refused_naming_both() {
+        let base = "[cluster]\nname = \"b\"\n[coordinator]\nadvertise = \"10.0.0.2:7443\"\n[provider]\nkind = \"digitalocean\"\n[digitalocean]\nregion = \"nyc3\"\nfirewall = true\n";
+        let err = parse(&format!("{base}[swarm]\nencrypted = true\n")).expect_err("refused");
+        let ConfigError::Invalid { line, key, .. } = &err else {
+            panic!("{err}")
+        };
+        // Line 9 is `firewall = true`.
+        assert_eq!((*line, key.as_str()), (9, "digitalocean.firewall"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("cluster.toml:9:1")
+                && text.contains("digitalocean.firewall = true")
+                && text.contains("swarm.encrypted = true")
+                && text.contains("ESP"),
+            "{text}"
+        );
+        // Either alone is fine.
+        parse(&format!("{base}[swarm]\nencrypted = false\n")).expect("plain overlay");
+        parse(&format!(
+            "{}[swarm]\nencrypted = true\n",
+            base.replace("firewall = true", "firewall = false")
+        ))
+        .expect("no cloud firewall");
     }
 }

@@ -5,7 +5,8 @@
 //! looks at the kind: it asks the [`Flavor`] for the specs and whether the
 //! servers must start in order.
 //!
-//! Server `N` (1-based) runs on the N-th host by name as service `<kind>-N`,
+//! Server `N` (1-based) runs on the N-th host in [`placement_order`] (by
+//! name, numbers compared as numbers) as service `<kind>-N`,
 //! whose name is also its hostname and its DNS name on the overlay
 //! (`--endpoint-mode dnsrr`: no virtual IP, no ingress, nothing published),
 //! pinned with `node.hostname==<host>`, memory-limited, with the named volume
@@ -214,10 +215,52 @@ pub fn flavor(kind: DatabaseKind) -> Box<dyn Flavor> {
     }
 }
 
-/// The servers: one per host (hosts sorted by name), up to `servers`.
+/// The order hosts take servers in: by name, runs of digits compared as
+/// numbers (`workerbee-9` before `workerbee-10`). So the highest-numbered
+/// hosts, the ones a scale-down of the provider's `hosts = N` removes, hold
+/// the last servers: the only ones that can leave without moving the others
+/// (see `cluster::drain_node`). Plain string order would put `workerbee-10`
+/// among the first servers.
+pub fn placement_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn runs(s: &str) -> impl Iterator<Item = &str> {
+        let mut rest = s;
+        std::iter::from_fn(move || {
+            let first = rest.chars().next()?;
+            let digit = first.is_ascii_digit();
+            let end = rest
+                .find(|c: char| c.is_ascii_digit() != digit)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(end);
+            rest = tail;
+            Some(run)
+        })
+    }
+    let mut x = runs(a);
+    let mut y = runs(b);
+    loop {
+        let order = match (x.next(), y.next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q))
+                if p.as_bytes()[0].is_ascii_digit() && q.as_bytes()[0].is_ascii_digit() =>
+            {
+                let (p, q) = (p.trim_start_matches('0'), q.trim_start_matches('0'));
+                p.len().cmp(&q.len()).then_with(|| p.cmp(q))
+            }
+            (Some(p), Some(q)) => p.cmp(q),
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+}
+
+/// The servers: one per host (hosts in [`placement_order`]), up to `servers`.
 pub fn servers(cfg: &DatabaseConfig, hosts: &[String]) -> Vec<Server> {
     let mut hosts = hosts.to_vec();
-    hosts.sort();
+    hosts.sort_by(|a, b| placement_order(a, b));
     let n = cfg.servers.unwrap_or(hosts.len()).min(hosts.len());
     hosts
         .into_iter()
@@ -290,6 +333,32 @@ pub fn etcd_initial_cluster(member_add_output: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_puts_the_highest_numbered_hosts_last() {
+        let mut hosts: Vec<String> = std::iter::once("queenbee".to_string())
+            .chain((1..=11).map(|i| format!("workerbee-{i}")))
+            .collect();
+        hosts.reverse();
+        hosts.sort_by(|a, b| placement_order(a, b));
+        assert_eq!(hosts[0], "queenbee");
+        assert_eq!(hosts[9], "workerbee-9");
+        assert_eq!(hosts[10], "workerbee-10");
+        assert_eq!(hosts[11], "workerbee-11");
+        let servers = servers(&cfg(DatabaseKind::Etcd), &hosts);
+        assert_eq!(
+            servers.last().map(|s| s.host.as_str()),
+            Some("workerbee-11")
+        );
+        assert_eq!(servers[2].host, "workerbee-2");
+        // Names without numbers keep string order; leading zeros are equal
+        // numbers, told apart only as a last resort (never Equal for
+        // different names).
+        assert!(placement_order("a", "b").is_lt());
+        assert!(placement_order("node-2", "node-02").is_ne());
+        assert!(placement_order("node-2b", "node-10a").is_lt());
+        assert!(placement_order("node", "node-1").is_lt());
+    }
 
     fn cfg(kind: DatabaseKind) -> DatabaseConfig {
         let (image, c, p) = match kind {

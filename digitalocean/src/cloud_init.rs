@@ -10,7 +10,7 @@
 use serde::Serialize;
 use url::Url;
 
-use crate::config::{DigitalOceanConfig, HostName};
+use crate::config::{DigitalOceanConfig, HostName, Ipv4Cidr};
 use crate::model::MAX_USER_DATA_BYTES;
 
 /// Where the files go on the host.
@@ -170,6 +170,11 @@ pub struct Bootstrap {
     pub state_dir: String,
     /// The systemd unit's text; `None` for [`DEFAULT_UNIT`].
     pub systemd_unit: Option<String>,
+    /// The VPC's range, written as the agent's `private_cidr`: the agent's
+    /// private address (what Swarm advertises) is the one inside it. `None`
+    /// leaves the agent's default, the first RFC 1918 address, which on a
+    /// droplet may be eth0's 10.x anchor address instead of the VPC's.
+    pub private_cidr: Option<Ipv4Cidr>,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -180,6 +185,7 @@ impl std::fmt::Debug for Bootstrap {
             .field("agent_source", &self.agent_source)
             .field("node_name", &self.node_name)
             .field("state_dir", &self.state_dir)
+            .field("private_cidr", &self.private_cidr)
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +205,7 @@ impl Bootstrap {
             node_name: None,
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             systemd_unit: None,
+            private_cidr: None,
         }
     }
 }
@@ -212,6 +219,8 @@ struct AgentFile<'a> {
     state_dir: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_cidr: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -268,6 +277,7 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
         ca_cert: CA_PATH,
         state_dir: &b.state_dir,
         node_name: b.node_name.as_ref().map(HostName::as_str),
+        private_cidr: b.private_cidr.map(|c| c.to_string()),
     })
     .map_err(|e| RenderError::Serialise {
         what: "agent config",
@@ -433,6 +443,28 @@ mod tests {
             render_user_data(&b),
             Err(RenderError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn the_agent_config_names_the_vpc_range_when_given() {
+        let agent_toml = |b: &Bootstrap| -> toml::Table {
+            let doc: serde_norway::Value =
+                serde_norway::from_str(&render_user_data(b).unwrap()).unwrap();
+            let file = doc["write_files"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"].as_str() == Some(AGENT_CONFIG_PATH))
+                .unwrap();
+            toml::from_str(file["content"].as_str().unwrap()).unwrap()
+        };
+        assert!(!agent_toml(&bootstrap()).contains_key("private_cidr"));
+        let mut b = bootstrap();
+        b.private_cidr = Some(Ipv4Cidr::parse("10.124.0.0/20").unwrap());
+        assert_eq!(
+            agent_toml(&b)["private_cidr"].as_str(),
+            Some("10.124.0.0/20")
+        );
     }
 
     #[test]

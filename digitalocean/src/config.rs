@@ -105,7 +105,10 @@ pub struct DigitalOceanSpec {
     /// Create a Cloud Firewall that mirrors the host policy: `public_tcp_ports`
     /// open to the world, the cluster ports (2377/tcp, 7946/tcp+udp, 4789/udp)
     /// and ICMP only from the VPC range. Default: false (the agent's nftables
-    /// policy still applies on the hosts).
+    /// policy still applies on the hosts). Cloud Firewall rules can name
+    /// only tcp, udp and icmp, so ESP (the encrypted overlay's data path)
+    /// cannot pass one: the coordinator refuses this with
+    /// `swarm.encrypted = true`.
     #[serde(default)]
     pub firewall: bool,
     /// TCP ports the Cloud Firewall opens to everyone. Default: `[22]`. Add

@@ -15,7 +15,9 @@
 //!   hosts (up to ten per request when their user_data is identical), waits
 //!   for `active` until `boot_timeout`, and returns each host's id, public and
 //!   private IPv4 ([`ReconcileReport`]). Deciding is a pure function
-//!   ([`plan`]); the rest is I/O.
+//!   ([`plan`]); the rest is I/O. [`ensure_vpc`] does the VPC step alone,
+//!   for a caller that needs the range first (it goes into user_data as
+//!   the agent's `private_cidr`).
 //! - **Never a duplicate.** A create whose answer is lost (5xx, timeout,
 //!   dropped connection) may still have happened: the client reports
 //!   [`ApiError::OutcomeUnknown`] instead of retrying, and reconcile lists the
@@ -119,5 +121,6 @@ pub use config::{
 pub use model::{Droplet, DropletStatus, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES};
 pub use reconcile::{
     ClusterTarget, HostSpec, HostState, Plan, ProviderError, ReconcileReport, RemoveReport,
-    TeardownOptions, TeardownReport, plan, preflight, reconcile, remove, teardown, teardown_with,
+    TeardownOptions, TeardownReport, VpcState, ensure_vpc, plan, preflight, reconcile, remove,
+    teardown, teardown_with,
 };

@@ -53,7 +53,8 @@ pub enum ProviderError {
     },
 
     #[error(
-        "VPC {name} has no ip_range in the API's answer, so the firewall cannot be scoped to it"
+        "VPC {name} has no ip_range in the API's answer, so neither the firewall nor the agents' \
+         private address can be scoped to it"
     )]
     VpcWithoutRange { name: String },
 
@@ -386,7 +387,7 @@ async fn reconcile_inner(
         None => client.create_tag(target.tag.as_str()).await?.name,
     };
 
-    let (vpc, vpc_created) = ensure_vpc(client, target).await?;
+    let (vpc, vpc_created) = find_or_create_vpc(client, target).await?;
     let vpc_state = VpcState {
         id: vpc.id.clone(),
         name: vpc.name.clone(),
@@ -654,7 +655,30 @@ async fn wait_active(
     Ok(Vec::new())
 }
 
-async fn ensure_vpc(client: &Client, target: &ClusterTarget) -> Result<(Vpc, bool), ProviderError> {
+/// Finds the cluster's VPC, or creates it, as [`reconcile`] does first; for
+/// callers that need its range before they render user_data (agents choose
+/// their private address by it: a droplet's eth0 has a 10.x anchor address
+/// too). The range is required: the API always reports one.
+pub async fn ensure_vpc(
+    client: &Client,
+    target: &ClusterTarget,
+) -> Result<VpcState, ProviderError> {
+    let (vpc, created) = find_or_create_vpc(client, target).await?;
+    if vpc.ip_range.is_none() {
+        return Err(ProviderError::VpcWithoutRange { name: vpc.name });
+    }
+    Ok(VpcState {
+        id: vpc.id,
+        name: vpc.name,
+        ip_range: vpc.ip_range,
+        created,
+    })
+}
+
+async fn find_or_create_vpc(
+    client: &Client,
+    target: &ClusterTarget,
+) -> Result<(Vpc, bool), ProviderError> {
     let name = target.vpc_name();
     let region = &target.droplet.region;
     let find = |vpcs: Vec<Vpc>| vpcs.into_iter().find(|v| v.name == name);
@@ -741,6 +765,17 @@ pub fn firewall_rules(
             sources: vpc(),
         });
     }
+    // ICMP (ping, path-MTU discovery on the overlay's underlay) from the
+    // VPC only. The API takes no port for ICMP; "0" is what it returns.
+    inbound.push(InboundRule {
+        protocol: "icmp".into(),
+        ports: "0".into(),
+        sources: vpc(),
+    });
+    // No ESP (IP protocol 50) rule: the API's rule protocols are tcp, udp
+    // and icmp only, so a Cloud Firewall drops the encrypted overlay's data
+    // path. The coordinator refuses `firewall = true` with
+    // `swarm.encrypted = true` for that reason.
     // A Cloud Firewall without outbound rules blocks all outbound traffic:
     // hosts must reach the coordinator, the package mirror and each other.
     // "0" is the spec's "all ports" (ignored for ICMP).
@@ -1221,9 +1256,25 @@ mod tests {
         for r in &inbound {
             let public = r.sources.addresses.contains(&"0.0.0.0/0".to_owned());
             let port: u16 = r.ports.parse().unwrap();
-            assert_eq!(public, port == 22 || port == 7443, "{r:?}");
+            assert_eq!(
+                public,
+                r.protocol == "tcp" && (port == 22 || port == 7443),
+                "{r:?}"
+            );
+            if !public {
+                assert_eq!(r.sources.addresses, ["10.20.0.0/20"], "{r:?}");
+            }
         }
-        assert_eq!(inbound.len(), 6);
+        let icmp: Vec<_> = inbound.iter().filter(|r| r.protocol == "icmp").collect();
+        assert_eq!(icmp.len(), 1, "ICMP from the VPC: {inbound:?}");
+        assert_eq!(icmp[0].sources.addresses, ["10.20.0.0/20"]);
+        // The API knows tcp, udp and icmp only: nothing else may be asked for.
+        assert!(
+            inbound
+                .iter()
+                .all(|r| ["tcp", "udp", "icmp"].contains(&r.protocol.as_str()))
+        );
+        assert_eq!(inbound.len(), 7);
         assert_eq!(outbound.len(), 3);
     }
 }

@@ -64,6 +64,13 @@ async fn create_adopt_scale_and_teardown() {
         .filter_map(|r| r["ports"].as_str())
         .collect();
     assert_eq!(public, BTreeSet::from(["22", "7443"]));
+    // ICMP from the VPC only, in a form the spec accepts (checked below).
+    let icmp: Vec<_> = inbound.iter().filter(|r| r["protocol"] == "icmp").collect();
+    assert_eq!(icmp.len(), 1, "{inbound:?}");
+    assert_eq!(
+        icmp[0]["sources"]["addresses"],
+        serde_json::json!([range.to_string()])
+    );
     env.assert_spec_clean();
 
     // Adopt after a restart: a new client, same tag, nothing created.

@@ -2,7 +2,9 @@
 //! fake DigitalOcean API (held to the OpenAPI spec): create, adopt after kill -9,
 //! scale up and down, teardown, a missing token refused first, and droplets
 //! booted from the agent binary the coordinator serves (the rendered installer
-//! run here against the live listener, as a droplet would run it).
+//! run here against the live listener, as a droplet would run it), the
+//! shipped example spec run as is, and a surplus node whose drain fails
+//! keeping its droplet.
 
 use std::process::Command;
 use std::time::Duration;
@@ -425,4 +427,229 @@ fn a_missing_agent_binary_is_refused_before_any_droplet() {
         !fx.dir.path().join("state").exists(),
         "state was created before the agent binary was checked"
     );
+}
+
+/// The droplets with `tag`, by name.
+fn tagged(fx: &Fixture, tag: &str) -> Vec<apiary_digitalocean::fake::FakeDroplet> {
+    let mut list: Vec<_> = fx
+        .fake()
+        .api()
+        .droplets()
+        .into_iter()
+        .filter(|d| d.tags.iter().any(|t| t == tag))
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+
+#[test]
+fn the_example_spec_makes_its_droplets_as_is() {
+    use apiary_agent::config::{AgentConfig, AgentFile};
+    use apiary_agent::facts::{PrivateAddress, classify};
+    use apiary_digitalocean::cloud_init::AGENT_CONFIG_PATH;
+
+    let fx = Fixture::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/digitalocean.toml");
+    let mut cmd = Command::new(bin("coordinator"));
+    // The file as shipped. Only the listener is moved off the example's
+    // fixed 0.0.0.0:7443 (and 7444 for the agent binary), which another
+    // run on this machine may hold: loopback, a port the kernel picks.
+    cmd.args(["serve", "--config"])
+        .arg(&example)
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("state"))
+        .args(["--listen", "127.0.0.1:0"]);
+    cmd.env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .env("DIGITALOCEAN_API_URL", fx.fake().url());
+    for var in [
+        "DIGITALOCEAN_REGION",
+        "DIGITALOCEAN_SIZE",
+        "DIGITALOCEAN_IMAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut serve = Proc::spawn(cmd, &fx.dir.path().join("serve-example.log"));
+    let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
+    let droplets = eventually("the example's 4 droplets", Duration::from_secs(60), || {
+        let list = tagged(&fx, "apiary-bees");
+        (list.iter().map(|d| d.name.as_str()).eq(four)
+            && serve.log_text().contains("droplets match the spec"))
+        .then_some(list)
+    });
+    for d in &droplets {
+        assert_eq!(
+            (d.region.as_str(), d.size.as_str(), d.image.as_str()),
+            ("nyc3", "s-2vcpu-4gb", "debian-12-x64"),
+            "{d:?}"
+        );
+    }
+    // firewall = true: one Cloud Firewall on the cluster tag.
+    let firewalls = fx.fake().api().firewalls();
+    assert_eq!(firewalls.len(), 1, "{firewalls:?}");
+    assert_eq!(firewalls[0].tags, ["apiary-bees"]);
+
+    // The agent.toml cloud-init writes names the VPC's range, the agent's
+    // own loader reads it, and on a droplet's interfaces (eth0: public and
+    // a 10.x anchor address; eth1: the VPC address) it picks the VPC one.
+    let vpcs = fx.fake().api().vpcs();
+    let vpc = vpcs
+        .iter()
+        .find(|v| v.id == droplets[0].vpc_uuid)
+        .expect("the droplets' VPC");
+    let user_data = droplets[0].user_data.clone().expect("user_data");
+    let doc: serde_norway::Value = serde_norway::from_str(&user_data).expect("YAML");
+    let path = fx.dir.path().join("agent.toml");
+    std::fs::write(&path, written(&doc, AGENT_CONFIG_PATH)).expect("write agent.toml");
+    let agent = AgentConfig::merge(
+        AgentFile::default(),
+        AgentFile::load(&path).expect("the agent accepts what cloud-init writes"),
+    )
+    .expect("agent config");
+    let PrivateAddress::InRange(range) = &agent.private_address else {
+        panic!("agent.toml does not name the VPC's range: {user_data}")
+    };
+    assert_eq!(range.to_string(), vpc.ip_range);
+    let ifs = vec![
+        (
+            "eth0".to_string(),
+            vec![droplets[0].public_ipv4, "10.17.0.5".parse().expect("ip")],
+        ),
+        ("eth1".to_string(), vec![droplets[0].private_ipv4]),
+    ];
+    assert_eq!(
+        classify(&ifs, None, &agent.private_address).1,
+        Some(droplets[0].private_ipv4)
+    );
+
+    assert!(
+        fx.fake().api().violations().is_empty(),
+        "requests broke the OpenAPI spec: {:?}",
+        fx.fake().api().violations()
+    );
+    serve.kill9();
+}
+
+#[test]
+fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
+    let fx = Fixture::new();
+    // Swarm and a two-server etcd: with three hosts enrolled the servers
+    // are etcd-1 on workerbee-3 and etcd-2 on workerbee-4; workerbee-5
+    // runs none.
+    let config = |hosts: usize| {
+        let path = fx.config(hosts);
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str("\n[swarm]\n\n[database]\nkind = \"etcd\"\nservers = 2\n");
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let mut serve = fx.serve_config(&config(6), "6-db");
+    eventually("6 droplets", Duration::from_secs(30), || {
+        (fx.droplet_names().len() == 6).then_some(())
+    });
+    let token = String::from_utf8_lossy(
+        &Command::new(bin("coordinator"))
+            .args(["token", "--state-dir"])
+            .arg(fx.dir.path().join("state"))
+            .output()
+            .expect("token")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    // Agents on loopback stand in for the droplets' agents: no Docker, and
+    // a private range no interface here has, so no private address: the
+    // cluster round leaves them alone, and the database cannot scale
+    // (that is the failure under test).
+    let agent_conf = fx.dir.path().join("agent.toml");
+    std::fs::write(&agent_conf, "private_cidr = \"10.254.254.0/24\"\n").expect("agent.toml");
+    let _agents: Vec<Proc> = ["workerbee-3", "workerbee-4", "workerbee-5"]
+        .iter()
+        .map(|name| {
+            let mut cmd = Command::new(bin("agent"));
+            cmd.arg("--config")
+                .arg(&agent_conf)
+                .args(["--coordinator", &format!("127.0.0.1:{}", fx.port)])
+                .args(["--name", name, "--state-dir"])
+                .arg(fx.dir.path().join(format!("agent-{name}")))
+                .arg("--docker-socket")
+                .arg(fx.dir.path().join("no-docker.sock"))
+                .env("APIARY_JOIN_TOKEN", &token);
+            Proc::spawn(cmd, &fx.dir.path().join(format!("agent-{name}.log")))
+        })
+        .collect();
+    let admin = fx.dir.path().join("state/admin.conf");
+    let nodes = || -> Vec<String> {
+        let out = ctl_with(&admin, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut names: Vec<String> = v["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    eventually("3 agents enrolled", Duration::from_secs(60), || {
+        (nodes() == ["workerbee-3", "workerbee-4", "workerbee-5"]).then_some(())
+    });
+
+    // Down to 4 hosts: workerbee-4 and -5 are surplus. workerbee-5 (no
+    // database server) is drained and its droplet deleted; workerbee-4 runs
+    // the last etcd server, which cannot leave: its droplet stays, and the
+    // log says which node and why.
+    serve.kill9();
+    let mut serve = fx.serve_config(&config(4), "4-db");
+    let kept = |serve: &Proc| {
+        serve.log_text().lines().any(|l| {
+            l.contains("surplus droplet kept")
+                && l.contains("workerbee-4")
+                && l.contains("etcd-2 cannot leave")
+        })
+    };
+    eventually(
+        "workerbee-4 kept, named with the reason",
+        Duration::from_secs(60),
+        || kept(&serve).then_some(()),
+    );
+    eventually(
+        "workerbee-5's droplet deleted",
+        Duration::from_secs(30),
+        || {
+            (fx.droplet_names()
+                == [
+                    "queenbee",
+                    "workerbee-1",
+                    "workerbee-2",
+                    "workerbee-3",
+                    "workerbee-4",
+                ])
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        nodes(),
+        ["workerbee-3", "workerbee-4"],
+        "workerbee-5 left the cluster, workerbee-4 did not"
+    );
+
+    // The next reconcile (a restart is one) tries again and keeps it again.
+    serve.kill9();
+    let mut serve = fx.serve_config(&config(4), "4-db-again");
+    eventually("workerbee-4 tried again", Duration::from_secs(60), || {
+        kept(&serve).then_some(())
+    });
+    assert!(
+        fx.droplet_names().contains(&"workerbee-4".to_string()),
+        "a node whose drain failed lost its droplet"
+    );
+    assert!(
+        fx.fake().api().violations().is_empty(),
+        "requests broke the OpenAPI spec: {:?}",
+        fx.fake().api().violations()
+    );
+    serve.kill9();
 }

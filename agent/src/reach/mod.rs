@@ -64,7 +64,7 @@ pub const VXLAN_PORT: u16 = 4789;
 #[derive(Debug, thiserror::Error)]
 pub enum ReachError {
     #[error(
-        "cannot listen on {ip}: the address is not on this host; check the private address in the agent's config (private_interface) and `ip addr`"
+        "cannot listen on {ip}: the address is not on this host; check the private address in the agent's config (private_cidr or private_interface) and `ip addr`"
     )]
     AddressNotLocal { ip: Ipv4Addr },
     #[error("Responder::start must run inside a tokio runtime (it spawns its listeners as tasks)")]

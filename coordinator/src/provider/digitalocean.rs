@@ -2,15 +2,21 @@
 //! by cloud-init into a running agent (see the `apiary-digitalocean` crate for
 //! the API client, reconcile and the user_data). The coordinator's part is to
 //! turn the cluster spec into a target, render the bootstrap with the current
-//! join token and the CA, drain surplus nodes before their droplets go, and
-//! report what exists.
+//! join token, the CA and the VPC's range, drain surplus nodes before their
+//! droplets go, and report what exists.
+//!
+//! Surplus droplets are drained one at a time, highest-numbered first
+//! ([`next_surplus_step`] decides, without I/O). A droplet whose node cannot
+//! be drained is kept, with an event and a log line naming the node and the
+//! reason, and tried again at the next reconcile: deleting it anyway could
+//! take a live etcd member (and the quorum it counts in) down with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use apiary_digitalocean::{
-    AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec, TagName,
-    reconcile, remove, render_user_data, teardown,
+    AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec,
+    Ipv4Cidr, TagName, ensure_vpc, reconcile, remove, render_user_data, teardown,
 };
 use tracing::{info, warn};
 
@@ -70,6 +76,7 @@ impl DigitalOceanProvider {
         &self,
         coordinator: &Coordinator,
         advertise: SocketAddr,
+        vpc_range: Ipv4Cidr,
     ) -> Result<String, CoordinatorError> {
         let source = match (&self.config.agent, &self.coordinator_agent) {
             (Some(_), _) => AgentSource::for_config(
@@ -97,6 +104,10 @@ impl DigitalOceanProvider {
             "/usr/local/bin/agent",
             apiary_digitalocean::cloud_init::AGENT_BINARY_PATH,
         ));
+        // The agent's private address (what Swarm advertises) is its VPC
+        // address: eth0 holds a 10.x anchor address too, which "the first
+        // RFC 1918 address" could pick.
+        bootstrap.private_cidr = Some(vpc_range);
         // No node name: each droplet's name is its hostname, which the agent
         // takes, so all hosts share one user_data and one create request per ten.
         render_user_data(&bootstrap).map_err(provider_err)
@@ -111,8 +122,20 @@ impl DigitalOceanProvider {
         advertise: SocketAddr,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
-        let user_data = self.user_data(coordinator, advertise)?;
-        let hosts = self
+        let mut target = ClusterTarget::new(&self.config, self.tag.clone(), Vec::new());
+        // The VPC first: its range goes into the user_data.
+        let vpc = ensure_vpc(&self.client, &target)
+            .await
+            .map_err(provider_err)?;
+        let range = vpc
+            .ip_range
+            .as_deref()
+            .map(Ipv4Cidr::parse)
+            .transpose()
+            .map_err(|e| provider_err(format!("VPC {} has an unusable ip_range: {e}", vpc.name)))?
+            .ok_or_else(|| provider_err(format!("VPC {} has no ip_range", vpc.name)))?;
+        let user_data = self.user_data(coordinator, advertise, range)?;
+        target.hosts = self
             .hosts
             .iter()
             .map(|h| {
@@ -122,13 +145,10 @@ impl DigitalOceanProvider {
                 })
             })
             .collect::<Result<Vec<_>, CoordinatorError>>()?;
-        let phase = progress.phase("droplets", hosts.len());
-        let report = reconcile(
-            &self.client,
-            &ClusterTarget::new(&self.config, self.tag.clone(), hosts),
-        )
-        .await
-        .map_err(provider_err)?;
+        let phase = progress.phase("droplets", target.hosts.len());
+        let report = reconcile(&self.client, &target)
+            .await
+            .map_err(provider_err)?;
         let mut info = HashMap::new();
         for h in &report.hosts {
             phase.step(
@@ -159,25 +179,57 @@ impl DigitalOceanProvider {
             "droplets reconciled"
         );
         if !report.surplus.is_empty() {
-            // Drain first (its database server, then Swarm), then the node
-            // leaves the cluster (its certificate is revoked), then its
-            // droplet is deleted.
-            for h in &report.surplus {
-                let name = &h.name;
-                if let Err(e) = coordinator.drain_and_remove(name).await {
-                    warn!(node = %name, error = %e.message(), "draining a surplus node");
-                }
-            }
-            let names = report
-                .surplus
-                .iter()
-                .filter_map(|h| HostName::parse(&h.name).ok())
-                .collect::<Vec<_>>();
-            let removed = remove(&self.client, &self.tag, &names)
-                .await
-                .map_err(provider_err)?;
-            info!(%removed, "surplus droplets removed");
+            self.remove_surplus(coordinator, &report.surplus).await?;
         }
+        Ok(())
+    }
+
+    /// Drains the surplus nodes one at a time (database server, then Swarm;
+    /// then the node leaves the cluster and its certificate is revoked) and
+    /// deletes the droplets of those drained; the others stay until a later
+    /// reconcile drains them.
+    async fn remove_surplus(
+        &self,
+        coordinator: &Coordinator,
+        surplus: &[apiary_digitalocean::HostState],
+    ) -> Result<(), CoordinatorError> {
+        let names: Vec<String> = surplus.iter().map(|h| h.name.clone()).collect();
+        let mut done = Vec::new();
+        let (delete, keep) = loop {
+            match next_surplus_step(&names, &done) {
+                SurplusStep::Drain(name) => {
+                    let outcome = match coordinator.drain_and_remove(&name).await {
+                        Ok((steps, _)) => {
+                            info!(node = %name, steps = %steps.join("; "), "surplus node drained");
+                            DrainOutcome::Drained
+                        }
+                        Err(s) if s.code() == tonic::Code::NotFound => DrainOutcome::NotEnrolled,
+                        Err(s) => DrainOutcome::Failed(s.message().to_string()),
+                    };
+                    done.push((name, outcome));
+                }
+                SurplusStep::Finish { delete, keep } => break (delete, keep),
+            }
+        };
+        for (name, reason) in &keep {
+            warn!(node = %name, %reason, "surplus droplet kept: its node could not be drained; trying again at the next reconcile");
+            coordinator.emit(
+                "drain_failed",
+                name,
+                format!("droplet kept, drain retried at the next reconcile: {reason}"),
+            );
+        }
+        if delete.is_empty() {
+            return Ok(());
+        }
+        let delete = delete
+            .iter()
+            .map(|n| HostName::parse(n).map_err(provider_err))
+            .collect::<Result<Vec<_>, _>>()?;
+        let removed = remove(&self.client, &self.tag, &delete)
+            .await
+            .map_err(provider_err)?;
+        info!(%removed, "surplus droplets removed");
         Ok(())
     }
 
@@ -187,5 +239,159 @@ impl DigitalOceanProvider {
             .await
             .map_err(provider_err)?
             .to_string())
+    }
+}
+
+/// What draining one surplus node came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Drained and removed from the cluster: its droplet can go.
+    Drained,
+    /// No node by that name: it never enrolled, or an earlier reconcile
+    /// drained it and then failed to delete the droplet. Nothing to drain.
+    NotEnrolled,
+    /// The drain refused or failed, saying why: the droplet stays.
+    Failed(String),
+}
+
+/// The next thing to do with the surplus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SurplusStep {
+    /// Drain this node (and report its [`DrainOutcome`]).
+    Drain(String),
+    /// Every surplus node was tried: delete these droplets; keep these,
+    /// each with the reason its node could not be drained.
+    Finish {
+        delete: Vec<String>,
+        keep: Vec<(String, String)>,
+    },
+}
+
+/// Decides, from the surplus droplets' names and the drains done so far,
+/// what comes next: one drain at a time, highest-numbered host first (the
+/// reverse of the database's [`placement_order`]).
+///
+/// Why this order and not "remove any database server while quorum holds":
+/// servers are named and placed by position (`etcd-N` on the N-th host,
+/// its volume `etcd-N-data`), so only the last one can leave without every
+/// later server changing name, host or data. Going from the highest-numbered
+/// host down, each surplus server is the last one when its turn comes, and
+/// `cluster::drain_node` removes it as an etcd member (one membership change
+/// at a time, each waited for) before its host goes. A surplus host in the
+/// middle of the order (a name removed from `names = [...]`) is refused by
+/// `drain_node` with the server to remove first, and its droplet kept.
+///
+/// A failed drain does not stop the others: each drain judges the cluster
+/// as it then is, and refuses what would break the database by itself.
+///
+/// [`placement_order`]: crate::database::placement_order
+pub fn next_surplus_step(surplus: &[String], done: &[(String, DrainOutcome)]) -> SurplusStep {
+    let mut order: Vec<&String> = surplus.iter().collect();
+    order.sort_by(|a, b| crate::database::placement_order(b, a));
+    order.dedup();
+    if let Some(next) = order
+        .iter()
+        .find(|name| !done.iter().any(|(d, _)| d == **name))
+    {
+        return SurplusStep::Drain((*next).clone());
+    }
+    let mut delete = Vec::new();
+    let mut keep = Vec::new();
+    for name in order {
+        match done.iter().find(|(d, _)| d == name).map(|(_, o)| o) {
+            Some(DrainOutcome::Drained | DrainOutcome::NotEnrolled) => delete.push(name.clone()),
+            Some(DrainOutcome::Failed(reason)) => keep.push((name.clone(), reason.clone())),
+            None => {}
+        }
+    }
+    SurplusStep::Finish { delete, keep }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Runs the decision with `drain` standing in for the coordinator,
+    /// returning the drains in the order asked and the final step.
+    fn run(
+        surplus: &[&str],
+        drain: impl Fn(&str, &[(String, DrainOutcome)]) -> DrainOutcome,
+    ) -> (Vec<String>, SurplusStep) {
+        let surplus = names(surplus);
+        let mut done = Vec::new();
+        let mut asked = Vec::new();
+        loop {
+            match next_surplus_step(&surplus, &done) {
+                SurplusStep::Drain(name) => {
+                    assert!(asked.len() <= surplus.len(), "drains without end");
+                    let o = drain(&name, &done);
+                    asked.push(name.clone());
+                    done.push((name, o));
+                }
+                finish => return (asked, finish),
+            }
+        }
+    }
+
+    #[test]
+    fn surplus_is_drained_highest_numbered_first_and_deleted_once_drained() {
+        // 12 hosts down to 9: workerbee-9, -10 and -11 go, -11 first (in
+        // string order -10 and -11 would come before -2).
+        let (asked, finish) = run(&["workerbee-9", "workerbee-10", "workerbee-11"], |_, _| {
+            DrainOutcome::Drained
+        });
+        assert_eq!(asked, ["workerbee-11", "workerbee-10", "workerbee-9"]);
+        assert_eq!(
+            finish,
+            SurplusStep::Finish {
+                delete: names(&["workerbee-11", "workerbee-10", "workerbee-9"]),
+                keep: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_drain_keeps_that_droplet_and_names_why() {
+        // The last database server cannot leave (say the database is
+        // unhealthy); the next one down is then refused too, as drain_node
+        // refuses any server but the last. Only the host that never
+        // enrolled is deleted.
+        let (asked, finish) = run(&["workerbee-3", "workerbee-4", "workerbee-5"], |name, _| {
+            match name {
+                "workerbee-5" => DrainOutcome::Failed(
+                    "workerbee-5's database server etcd-6 cannot leave: not scaling an unhealthy database".into(),
+                ),
+                "workerbee-4" => DrainOutcome::Failed(
+                    "workerbee-4 runs database server etcd-5; only the last server (etcd-6 on workerbee-5) can leave".into(),
+                ),
+                _ => DrainOutcome::NotEnrolled,
+            }
+        });
+        assert_eq!(asked, ["workerbee-5", "workerbee-4", "workerbee-3"]);
+        let SurplusStep::Finish { delete, keep } = finish else {
+            panic!("not finished")
+        };
+        assert_eq!(delete, names(&["workerbee-3"]));
+        assert_eq!(
+            keep.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["workerbee-5", "workerbee-4"]
+        );
+        assert!(keep[0].1.contains("unhealthy"), "{keep:?}");
+        assert!(keep[1].1.contains("etcd-6 on workerbee-5"), "{keep:?}");
+    }
+
+    #[test]
+    fn nothing_surplus_means_nothing_to_do() {
+        assert_eq!(
+            next_surplus_step(&[], &[]),
+            SurplusStep::Finish {
+                delete: vec![],
+                keep: vec![]
+            }
+        );
     }
 }

@@ -153,6 +153,14 @@ pub struct RequestRecord {
     pub fault: Option<&'static str>,
 }
 
+/// Where and what a new droplet is.
+#[derive(Clone, Copy)]
+struct Kind<'a> {
+    region: &'a str,
+    size: &'a str,
+    image: &'a str,
+}
+
 /// A droplet as stored in the fake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeDroplet {
@@ -160,6 +168,8 @@ pub struct FakeDroplet {
     pub name: String,
     pub region: String,
     pub size: String,
+    /// The image's slug (an image asked for by id is stored by its slug).
+    pub image: String,
     pub tags: Vec<String>,
     pub vpc_uuid: String,
     pub user_data: Option<String>,
@@ -531,7 +541,12 @@ impl FakeApi {
             st.ensure_tag(t);
         }
         let tags = tags.iter().map(|t| st.canonical_tag(t)).collect();
-        st.insert_droplet(name, "nyc3", "s-1vcpu-1gb", tags, &vpc, None)
+        let kind = Kind {
+            region: "nyc3",
+            size: "s-1vcpu-1gb",
+            image: IMAGES[0].1,
+        };
+        st.insert_droplet(name, kind, tags, &vpc, None)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
@@ -926,12 +941,16 @@ impl State {
     fn insert_droplet(
         &mut self,
         name: &str,
-        region: &str,
-        size: &str,
+        kind: Kind<'_>,
         tags: Vec<String>,
         vpc: &str,
         user_data: Option<String>,
     ) -> u64 {
+        let Kind {
+            region,
+            size,
+            image,
+        } = kind;
         let id = self.next_id;
         self.next_id += 1;
         let public = self.next_public_ip();
@@ -943,6 +962,7 @@ impl State {
                 name: name.to_owned(),
                 region: region.to_owned(),
                 size: size.to_owned(),
+                image: image.to_owned(),
                 tags,
                 vpc_uuid: vpc.to_owned(),
                 user_data,
@@ -1052,7 +1072,7 @@ impl State {
                 },
             ])
         };
-        let image = IMAGES.first().map_or("debian-12-x64", |i| i.1);
+        let image = d.image.as_str();
         json!({
             "id": d.id,
             "name": d.name,
@@ -1655,14 +1675,14 @@ impl State {
         if !SIZES.iter().any(|s| s.0 == size) {
             return unprocessable("Size is not available in this region.");
         }
-        let image_ok = match body.get("image") {
-            Some(Value::String(s)) => IMAGES.iter().any(|i| i.1 == s),
-            Some(Value::Number(n)) => IMAGES.iter().any(|i| Some(i.0) == n.as_u64()),
-            _ => false,
+        let image = match body.get("image") {
+            Some(Value::String(s)) => IMAGES.iter().find(|i| i.1 == s),
+            Some(Value::Number(n)) => IMAGES.iter().find(|i| Some(i.0) == n.as_u64()),
+            _ => None,
         };
-        if !image_ok {
+        let Some(&(_, image, _, _)) = image else {
             return unprocessable("You specified an invalid image for Droplet creation.");
-        }
+        };
         if let Some(keys) = body.get("ssh_keys").and_then(Value::as_array) {
             for k in keys {
                 let known = match k {
@@ -1710,8 +1730,12 @@ impl State {
         let tags: Vec<String> = tags.iter().map(|t| self.ensure_tag(t)).collect();
         let mut created = Vec::new();
         for name in &names {
-            let id =
-                self.insert_droplet(name, &region, &size, tags.clone(), &vpc, user_data.clone());
+            let kind = Kind {
+                region: &region,
+                size: &size,
+                image,
+            };
+            let id = self.insert_droplet(name, kind, tags.clone(), &vpc, user_data.clone());
             created.push(id);
         }
         let droplets: Vec<Value> = created
