@@ -79,6 +79,31 @@ pub trait Flavor: Send + Sync {
 pub struct Etcd;
 pub struct Rethinkdb;
 
+/// Runs `argv` once every name in `names` resolves on the overlay, or after
+/// 20 s at the latest. Database containers have no upstream resolver (see
+/// `apiary_agent::database::NO_UPSTREAM_DNS`), so a peer whose task has not
+/// started yet fails to resolve at once, and this loop sees it appear within
+/// 100 ms. Without it etcd starts, cannot resolve a peer, and either waits
+/// out its retries or exits (and Swarm restarts it after its delay); with
+/// it, every peer is there when etcd starts, and it elects a leader in about
+/// one election timeout. The deadline keeps a server whose peer's host is
+/// gone from waiting forever: etcd then starts anyway, as it would without.
+fn wait_for_names(names: &[&str], argv: Vec<String>) -> Vec<String> {
+    let script = format!(
+        "i=0; for peer in {}; do until nslookup \"$peer\" >/dev/null 2>&1 || [ $i -ge 200 ]; do i=$((i+1)); sleep 0.1; done; done; exec \"$@\"",
+        names.join(" ")
+    );
+    [
+        "/bin/sh".to_string(),
+        "-c".into(),
+        script,
+        "wait-for-peers".into(),
+    ]
+    .into_iter()
+    .chain(argv)
+    .collect()
+}
+
 impl Flavor for Etcd {
     fn kind(&self) -> DatabaseKind {
         DatabaseKind::Etcd
@@ -101,7 +126,7 @@ impl Flavor for Etcd {
             .map(|s| format!("{0}=http://{0}:{p}", s.name))
             .collect::<Vec<_>>()
             .join(",");
-        [
+        let etcd = vec![
             "/usr/bin/etcd".to_string(),
             "--name".into(),
             server.name.clone(),
@@ -121,8 +146,11 @@ impl Flavor for Etcd {
             format!("{cluster}-etcd"),
             "--initial-cluster-state".into(),
             "new".into(),
-        ]
-        .to_vec()
+        ];
+        wait_for_names(
+            &all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            etcd,
+        )
     }
     fn env(&self) -> Vec<String> {
         vec!["ETCDCTL_API=3".into()]
@@ -400,7 +428,16 @@ mod tests {
         assert_eq!(s.volume, "etcd-2-data");
         assert_eq!(s.memory_bytes, 450 << 20);
         assert_eq!(s.network, "apiary");
-        let cmd = s.command.join(" ");
+        // etcd starts once every peer's name resolves (or 20 s have passed).
+        assert_eq!(s.command[..2], ["/bin/sh", "-c"]);
+        assert!(
+            s.command[2].contains("for peer in etcd-1 etcd-2 etcd-3 etcd-4;")
+                && s.command[2].contains("nslookup")
+                && s.command[2].ends_with("exec \"$@\""),
+            "{}",
+            s.command[2]
+        );
+        let cmd = s.command[4..].join(" ");
         assert!(
             cmd.starts_with("/usr/bin/etcd --name etcd-2 --data-dir /var/lib/etcd"),
             "{cmd}"

@@ -31,8 +31,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
-    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,10 @@ impl DatabaseKind {
         }
     }
 }
+
+/// The upstream resolver database containers get: their own loopback,
+/// where nothing answers DNS (see [`ServiceSpec::to_docker`]).
+pub const NO_UPSTREAM_DNS: &str = "127.0.0.1";
 
 /// One database server as a Swarm service: pinned to one node, on the
 /// overlay, with its own named volume, memory-limited. There is no field for
@@ -137,6 +142,20 @@ impl ServiceSpec {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(self.image.clone()),
                     hostname: Some(self.name.clone()),
+                    // Servers find each other by name on the overlay, which
+                    // Docker's embedded DNS answers itself; any other name it
+                    // forwards to this "upstream", where nothing listens, so
+                    // it fails at once. With Docker's default a peer whose
+                    // task does not exist yet resolves with an upstream i/o
+                    // timeout (seconds per attempt while the cluster forms);
+                    // and the servers never ask a resolver outside the
+                    // cluster. Start order is the command's business (etcd
+                    // waits for its peers' names: `wait_for_names` in the
+                    // coordinator's database module).
+                    dns_config: Some(TaskSpecContainerSpecDnsConfig {
+                        nameservers: Some(vec![NO_UPSTREAM_DNS.to_string()]),
+                        ..Default::default()
+                    }),
                     command: Some(self.command.clone()),
                     env: Some(self.env.clone()),
                     mounts: Some(vec![Mount {
@@ -612,6 +631,11 @@ mod tests {
         assert_eq!(t["ContainerSpec"]["Mounts"][0]["Source"], "etcd-2-data");
         assert_eq!(t["Networks"][0]["Target"], "apiary");
         assert_eq!(t["RestartPolicy"]["Condition"], "any");
+        assert_eq!(
+            t["ContainerSpec"]["DNSConfig"]["Nameservers"],
+            serde_json::json!(["127.0.0.1"]),
+            "no upstream resolver"
+        );
         assert_eq!(json["Labels"][SPEC_LABEL], spec().digest());
     }
 
