@@ -350,7 +350,7 @@ async fn ensure_swarm(
         Some(v) if v.state == SwarmState::Active && v.manager => v.clone(),
         _ => {
             info!(node = %first.name, "initialising the swarm");
-            call::<SwarmView>(
+            let view = call::<SwarmView>(
                 coord,
                 &first.name,
                 &OpRequest::SwarmInit {
@@ -359,7 +359,17 @@ async fn ensure_swarm(
                 },
             )
             .await
-            .map_err(SwarmError::on(&first.name))?
+            .map_err(SwarmError::on(&first.name))?;
+            coord.emit(
+                "swarm_initialised",
+                &first.name,
+                format!(
+                    "swarm {} on {}",
+                    view.cluster_id.as_deref().unwrap_or("(no id yet)"),
+                    first.ip
+                ),
+            );
+            view
         }
     };
     let remote = SocketAddr::new(first.ip.into(), 2377);
@@ -975,11 +985,15 @@ async fn converge_database(
     }
 }
 
-/// The database services' endpoint mode: a VIP is balanced by IPVS in the
-/// resolving container's own host, so it needs `ip_vs` on every host; one
-/// host without it (or facts not yet reported) means dnsrr.
 fn endpoint_mode(coord: &Coordinator) -> EndpointMode {
-    let nodes = coord.status().map(|s| s.nodes).unwrap_or_default();
+    endpoint_mode_for(&coord.status().map(|s| s.nodes).unwrap_or_default())
+}
+
+/// The database services' endpoint mode from the nodes' facts: a VIP is
+/// balanced by IPVS in the resolving container's own host, so it needs
+/// `ip_vs` on every host; one host without it (or facts not yet reported)
+/// means dnsrr.
+fn endpoint_mode_for(nodes: &[apiary_proto::NodeStatus]) -> EndpointMode {
     EndpointMode::for_kernels(
         !nodes.is_empty()
             && nodes.iter().all(|n| {
@@ -1379,6 +1393,65 @@ mod tests {
             default_addr_pool: vec![],
             database: None,
         }
+    }
+
+    /// A node whose facts list `ip_vs` as available or not; `None`: no facts yet.
+    fn node(name: &str, ip_vs: Option<bool>) -> apiary_proto::NodeStatus {
+        apiary_proto::NodeStatus {
+            name: name.into(),
+            facts: ip_vs.map(|available| apiary_proto::Facts {
+                kernel_features: vec![
+                    apiary_proto::KernelFeature {
+                        name: "vxlan".into(),
+                        available: true,
+                        detail: String::new(),
+                    },
+                    apiary_proto::KernelFeature {
+                        name: "ip_vs".into(),
+                        available,
+                        detail: String::new(),
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoint_mode_is_vip_only_when_every_node_reports_ip_vs() {
+        let all = [
+            node("a", Some(true)),
+            node("b", Some(true)),
+            node("c", Some(true)),
+        ];
+        assert_eq!(endpoint_mode_for(&all), EndpointMode::Vip);
+        // Mixed kernels: one host without IPVS would resolve a VIP that carries nothing.
+        let mixed = [
+            node("a", Some(true)),
+            node("b", Some(false)),
+            node("c", Some(true)),
+        ];
+        assert_eq!(endpoint_mode_for(&mixed), EndpointMode::Dnsrr);
+        let none = [node("a", Some(false)), node("b", Some(false))];
+        assert_eq!(endpoint_mode_for(&none), EndpointMode::Dnsrr);
+        // A host that has not reported facts yet is not assumed to have it.
+        let unknown = [node("a", Some(true)), node("b", None)];
+        assert_eq!(endpoint_mode_for(&unknown), EndpointMode::Dnsrr);
+        // A kernel that does not list ip_vs at all lacks it.
+        let mut missing = node("b", Some(true));
+        if let Some(f) = missing.facts.as_mut() {
+            f.kernel_features.retain(|k| k.name != "ip_vs");
+        }
+        assert_eq!(
+            endpoint_mode_for(&[node("a", Some(true)), missing]),
+            EndpointMode::Dnsrr
+        );
+        assert_eq!(
+            endpoint_mode_for(&[]),
+            EndpointMode::Dnsrr,
+            "no nodes known"
+        );
     }
 
     #[test]

@@ -437,7 +437,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
         ready,
         s.nodes.len()
     )?;
-    let rows: Vec<[String; 9]> = s
+    let rows: Vec<[String; 10]> = s
         .nodes
         .iter()
         .map(|n| {
@@ -451,15 +451,22 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
                 dash(&f.kernel_version),
                 dash(&f.docker_version),
                 dash(&n.config_state),
+                // role (* for the leader) / node status / availability
                 if n.swarm_role.is_empty() {
                     "-".into()
                 } else {
                     format!(
-                        "{}{}/{}",
+                        "{}{}/{}/{}",
                         n.swarm_role,
                         if n.swarm_leader { "*" } else { "" },
-                        n.swarm_status
+                        dash(&n.swarm_status),
+                        dash(&n.swarm_availability)
                     )
+                },
+                match (n.swarm_role.is_empty(), n.overlay_attached) {
+                    (true, _) => "-".into(),
+                    (false, true) => "attached".into(),
+                    (false, false) => "no".into(),
                 },
             ]
         })
@@ -474,6 +481,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
         "DOCKER",
         "CONFIG",
         "SWARM",
+        "OVERLAY",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
@@ -541,5 +549,61 @@ fn dash(s: &str) -> String {
         "-".into()
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(
+        name: &str,
+        role: &str,
+        leader: bool,
+        availability: &str,
+        attached: bool,
+    ) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            state: "ready".into(),
+            swarm_role: role.into(),
+            swarm_status: if role.is_empty() { "" } else { "ready" }.into(),
+            swarm_availability: availability.into(),
+            swarm_leader: leader,
+            overlay_attached: attached,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_status_table_shows_swarm_availability_and_the_overlay() {
+        let s = StatusResponse {
+            cluster: "bees".into(),
+            nodes: vec![
+                node("queenbee", "manager", true, "active", true),
+                node("workerbee-1", "worker", false, "drain", false),
+                node("workerbee-2", "", false, "", false),
+            ],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        print_status(&mut out, &s, false).expect("print");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("SWARM") && lines[1].ends_with("OVERLAY"),
+            "{text}"
+        );
+        let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let q = cols(lines[2]);
+        assert_eq!(
+            q[q.len() - 2..],
+            ["manager*/ready/active", "attached"],
+            "{text}"
+        );
+        let w = cols(lines[3]);
+        assert_eq!(w[w.len() - 2..], ["worker/ready/drain", "no"], "{text}");
+        let none = cols(lines[4]);
+        assert_eq!(none[none.len() - 2..], ["-", "-"], "{text}");
     }
 }

@@ -322,34 +322,253 @@ fn clear_fault(lab: &LabCluster, host: &str) {
     );
 }
 
+/// `docker` against one lab host's engine, by its unix socket.
+fn docker(socket: &str, args: &[&str]) -> (bool, String) {
+    let host = format!("unix://{socket}");
+    let mut argv = vec!["docker", "-H", &host];
+    argv.extend_from_slice(args);
+    sh(&argv)
+}
+
+/// Each host's `docker info` Swarm section, from its own engine.
+fn swarm_infos(sockets: &[(String, String)]) -> Vec<(String, serde_json::Value)> {
+    sockets
+        .iter()
+        .map(|(host, socket)| {
+            let (_, out) = docker(socket, &["info", "--format", "{{json .Swarm}}"]);
+            (
+                host.clone(),
+                serde_json::from_str(out.trim()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// One swarm across the hosts: every host active in it, every manager
+/// reporting the same cluster ID (workers' engines do not report one), and
+/// every host's own node ID listed by the first manager under its hostname,
+/// once. Returns the cluster ID and each host's node ID.
+fn one_swarm(sockets: &[(String, String)]) -> (String, Vec<(String, String)>) {
+    let infos = swarm_infos(sockets);
+    let (_, ls) = docker(
+        &sockets[0].1,
+        &["node", "ls", "--format", "{{.ID}} {{.Hostname}}"],
+    );
+    let listed: Vec<&str> = ls.lines().collect();
+    assert_eq!(listed.len(), sockets.len(), "swarm nodes: {ls}");
+    let id = infos[0].1["Cluster"]["ID"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        !id.is_empty(),
+        "no cluster ID on the first manager: {infos:?}"
+    );
+    let mut nodes = Vec::new();
+    for (host, info) in &infos {
+        assert_eq!(info["LocalNodeState"], "active", "{host}: {info}");
+        if info["ControlAvailable"] == true {
+            assert_eq!(
+                info["Cluster"]["ID"],
+                id.as_str(),
+                "{host} is in another swarm"
+            );
+        }
+        let node = info["NodeID"].as_str().unwrap_or("").to_string();
+        assert!(
+            listed.contains(&format!("{node} {host}").as_str()),
+            "{host}'s node {node} is not the swarm's {host}: {ls}"
+        );
+        nodes.push((host.clone(), node));
+    }
+    (id, nodes)
+}
+
+/// `ctl events --json` lines seen so far, parsed.
+fn events_in(file: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 #[test]
 fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut lab = LabCluster::new("labswarm", 4, "\n[swarm]\nchecks_interval = \"2s\"\n");
+    let mut lab = LabCluster::new(
+        "labswarm",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\nmtu = 1400\n\
+         [swarm.labels.queenbee]\nzone = \"hive\"\nrole = \"queen\"\n\
+         [swarm.labels.workerbee-3]\nzone = \"field\"\n",
+    );
     lab.start();
-    lab.wait_all_ready(Duration::from_secs(120));
+    // Events from the start: the swarm's init is where the coordinator is killed.
+    // (Long: another lab on this machine holds the lab lock until it is torn down.)
+    eventually(
+        "coordinator answering (or the lab lock)",
+        Duration::from_secs(900),
+        || lab.status().map(|_| ()),
+    );
+    let events_file = lab.dir.path().join("swarm-events.jsonl");
+    let mut cmd = std::process::Command::new(bin("ctl"));
+    cmd.arg("--config")
+        .arg(lab.admin_conf())
+        .args(["events", "--json"]);
+    let events = Proc::spawn(cmd, &events_file);
+    let status = lab.wait_all_ready(Duration::from_secs(120));
+    let sockets: Vec<(String, String)> = lab
+        .hosts
+        .iter()
+        .map(|h| {
+            let n = status["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == h.as_str()))
+                .expect("node");
+            (
+                h.clone(),
+                n["docker_socket"].as_str().expect("socket").into(),
+            )
+        })
+        .collect();
+
+    // Before Swarm takes the ports, every cluster port is probed between
+    // every ordered pair: N·(N−1) cells each for 7946/tcp, 7946/udp and
+    // 4789/udp, and 2377/tcp only towards the 3 managers (the first hosts by
+    // name). Read now: the matrix lives in the coordinator's memory, and the
+    // coordinator is killed below.
+    let c = eventually("the pre-Swarm matrix", Duration::from_secs(120), || {
+        let (_, c) = checks(&lab)?;
+        (!c["pre_swarm_cells"].as_array()?.is_empty()).then_some(c)
+    });
+    assert_eq!(c["hosts"], 4, "{c}");
+    let managers = &lab.hosts[..3];
+    let mut want = std::collections::BTreeSet::new();
+    for src in &lab.hosts {
+        for dst in lab.hosts.iter().filter(|d| *d != src) {
+            for (port, proto) in [(7946, "tcp"), (7946, "udp"), (4789, "udp")] {
+                want.insert((src.clone(), dst.clone(), port, proto.to_string()));
+            }
+            if managers.contains(dst) {
+                want.insert((src.clone(), dst.clone(), 2377, "tcp".to_string()));
+            }
+        }
+    }
+    assert_eq!(want.len(), 4 * 3 * 3 + 3 * 3);
+    let pre = c["pre_swarm_cells"].as_array().expect("pre-swarm cells");
+    let mut seen = std::collections::BTreeSet::new();
+    for x in pre {
+        assert_eq!(x["outcome"], "open", "pre-Swarm cell not open: {x}");
+        let key = (
+            x["src"].as_str().unwrap_or("").to_string(),
+            x["dst"].as_str().unwrap_or("").to_string(),
+            x["port"].as_u64().unwrap_or(0) as u16,
+            x["proto"].as_str().unwrap_or("").to_string(),
+        );
+        assert!(seen.insert(key.clone()), "duplicate pre-Swarm cell {key:?}");
+    }
+    assert_eq!(
+        seen,
+        want,
+        "pre-Swarm cells: missing {:?}, unexpected {:?}",
+        want.difference(&seen).collect::<Vec<_>>(),
+        seen.difference(&want).collect::<Vec<_>>()
+    );
+
+    // A coordinator killed in the middle of Swarm formation: as soon as the
+    // first manager has initialised the swarm (joins run one after another
+    // from then on). The restarted one, on the same state directory, finishes
+    // the job: one swarm, the one first made, every host in it once.
+    let init = eventually("swarm initialised", Duration::from_secs(120), || {
+        events_in(&events_file)
+            .into_iter()
+            .find(|e| e["kind"] == "swarm_initialised")
+    });
+    if let Some(p) = lab.coordinator.as_mut() {
+        p.kill9();
+    }
+    drop(events);
+    let swarm_id = init["message"]
+        .as_str()
+        .and_then(|m| m.split_whitespace().nth(1))
+        .expect("cluster ID in the event")
+        .to_string();
+    let active: Vec<String> = swarm_infos(&sockets)
+        .into_iter()
+        .filter(|(_, i)| i["LocalNodeState"] == "active")
+        .map(|(h, _)| h)
+        .collect();
+    eprintln!(
+        "coordinator killed after swarm {swarm_id} was initialised; hosts active in a swarm then: {}/4 {active:?}",
+        active.len()
+    );
+    lab.start();
+
+    // `hosts` too: a round counts only the hosts whose agents are connected,
+    // and after the restart they come back one by one.
     let (code, c) = eventually(
         "swarm formed and all paths open",
         Duration::from_secs(120),
         || {
             let (code, c) = checks(&lab)?;
-            (c["phase"] == "swarm" && c["ok"] == true).then_some((code, c))
+            (c["phase"] == "swarm" && c["ok"] == true && c["hosts"] == 4).then_some((code, c))
         },
     );
     assert_eq!(code, 0);
-    // Before Swarm took the ports, every cluster port was probed between every pair.
-    let pre = c["pre_swarm_cells"].as_array().expect("pre-swarm cells");
-    for (port, proto) in [(7946, "udp"), (7946, "tcp"), (4789, "udp"), (2377, "tcp")] {
-        assert!(
-            pre.iter()
-                .any(|x| x["port"] == port && x["proto"] == proto && x["outcome"] == "open"),
-            "{port}/{proto} not probed before Swarm"
+    let (id, swarm_nodes) = one_swarm(&sockets);
+    assert_eq!(id, swarm_id, "the swarm was made again");
+
+    // Node labels from [swarm.labels], as Swarm holds them.
+    let labels = |host: &str| -> serde_json::Value {
+        let (ok, out) = docker(
+            &sockets[0].1,
+            &["node", "inspect", host, "--format", "{{json .Spec.Labels}}"],
         );
-    }
-    // After: the overlay end to end between every pair, by name and address.
+        assert!(ok, "node inspect {host}: {out}");
+        serde_json::from_str(out.trim()).expect("labels json")
+    };
+    assert_eq!(
+        labels("queenbee"),
+        serde_json::json!({"zone": "hive", "role": "queen"})
+    );
+    assert_eq!(labels("workerbee-3"), serde_json::json!({"zone": "field"}));
+    let none = labels("workerbee-1");
+    assert!(
+        none.is_null() || none == serde_json::json!({}),
+        "labels on an unlabelled node: {none}"
+    );
+
+    // The overlay: attachable, with the configured MTU.
+    let (ok, net) = docker(
+        &sockets[0].1,
+        &["network", "inspect", "apiary", "--format", "{{json .}}"],
+    );
+    assert!(ok, "{net}");
+    let net: serde_json::Value = serde_json::from_str(net.trim()).expect("network json");
+    assert_eq!(net["Driver"], "overlay", "{net}");
+    assert_eq!(net["Attachable"], true, "{net}");
+    assert_eq!(
+        net["Options"]["com.docker.network.driver.mtu"], "1400",
+        "{net}"
+    );
+
+    // After: the overlay end to end between every pair, by name and address,
+    // and full-size packets for that MTU: the option is the path's MTU
+    // between hosts, containers get 50 bytes less (VXLAN's header), and a
+    // full ping carries 28 bytes less than that (IP and ICMP headers).
     let cells = c["cells"].as_array().expect("cells");
     let overlay = cells.iter().filter(|x| x["proto"] == "overlay").count();
     assert_eq!(overlay, 4 * 3 * 5, "5 overlay checks per ordered pair");
+    let mtu: Vec<&serde_json::Value> = cells
+        .iter()
+        .filter(|x| x["proto"] == "overlay" && x["check"].get("mtu").is_some())
+        .collect();
+    assert_eq!(mtu.len(), 4 * 3, "{mtu:?}");
+    for x in &mtu {
+        assert_eq!(x["check"]["mtu"], 1400 - 50 - 28, "{x}");
+        assert_eq!(x["outcome"], "open", "{x}");
+    }
 
     let status = lab.status().expect("status");
     let nodes = status["nodes"].as_array().expect("nodes");
@@ -363,11 +582,25 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         1
     );
     assert!(
-        nodes
-            .iter()
-            .all(|n| n["swarm_status"] == "ready" && n["overlay_attached"] == true),
+        nodes.iter().all(|n| n["swarm_status"] == "ready"
+            && n["swarm_availability"] == "active"
+            && n["overlay_attached"] == true),
         "{status}"
     );
+    // The table shows the same: role/status/availability, and the overlay.
+    let out = ctl_with(&lab.admin_conf(), &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for h in &lab.hosts {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{h} ")))
+            .unwrap_or_else(|| panic!("no row for {h}: {table}"));
+        assert!(
+            row.contains("/ready/active") && row.trim_end().ends_with("attached"),
+            "{row}"
+        );
+    }
     let leader = nodes
         .iter()
         .find(|n| n["swarm_leader"] == true)
@@ -375,12 +608,19 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         .clone();
 
     // Drop VXLAN inside one host: exactly the pairs through it fail, on the overlay.
+    // How long detection takes is printed, not asserted (one check interval
+    // is 2 s here, plus the round's own probes).
     let victim = lab.hosts[2].clone();
     fault(&lab, &victim, "udp dport 4789 drop;", true);
+    let dropped = std::time::Instant::now();
     let (code, c) = eventually("the drop is seen", Duration::from_secs(30), || {
         let (code, c) = checks(&lab)?;
         (c["failures"].as_array()?.len() >= 30).then_some((code, c))
     });
+    eprintln!(
+        "udp/4789 dropped on {victim} -> ctl checks fails: {:.1} s (checks_interval 2 s)",
+        dropped.elapsed().as_secs_f64()
+    );
     assert_eq!(code, 2, "ctl checks exits 2 when a path fails");
     let failures = c["failures"].as_array().expect("failures");
     assert_eq!(
@@ -450,6 +690,15 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         "{{.Hostname}}",
     ]);
     assert_eq!(ls.lines().count(), 4, "duplicate swarm nodes: {ls}");
+    let (id, nodes_after) = one_swarm(&sockets);
+    assert_eq!(
+        id, swarm_id,
+        "the swarm was re-initialised after the agent's restart"
+    );
+    assert_eq!(
+        nodes_after, swarm_nodes,
+        "a host joined again after the agent's restart"
+    );
 
     // A stopped engine (frozen, so supervision does not replace it): that
     // host's Swarm state and checks show down, every other path stays green.
@@ -675,6 +924,39 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         lab.log()
             .contains("database etcd healthy: 4/4 servers connected")
     );
+
+    // Endpoint mode follows the kernels the facts report: VIP only when
+    // every host has ip_vs (this machine's kernel has none: dnsrr).
+    let ip_vs: Vec<bool> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["kernel_features"]["ip_vs"]["available"] == true)
+        .collect();
+    let want = if ip_vs.iter().all(|a| *a) {
+        "vip"
+    } else {
+        "dnsrr"
+    };
+    eprintln!("ip_vs per host: {ip_vs:?}; endpoint mode expected: {want}");
+    let manager_socket = lab.node(&lab.hosts[0]).expect("node")["docker_socket"]
+        .as_str()
+        .expect("docker_socket")
+        .to_string();
+    for n in 1..=4 {
+        let (ok, mode) = docker(
+            &manager_socket,
+            &[
+                "service",
+                "inspect",
+                &format!("etcd-{n}"),
+                "--format",
+                "{{.Spec.EndpointSpec.Mode}}",
+            ],
+        );
+        assert!(ok, "etcd-{n}: {mode}");
+        assert_eq!(mode.trim(), want, "etcd-{n}'s endpoint mode");
+    }
 
     // `ctl tunnel database:admin` reaches etcd's HTTP endpoints on the
     // leader's host, inside its container (the port exists only on the
