@@ -612,9 +612,13 @@ pub async fn converge(
                 )
                 .await;
                 db_running.send_replace(true);
-                Some(state)
+                report_database(coord, db, state, output, progress);
             }
-            None => None,
+            None => {
+                let mut checks = coord.checks();
+                checks.database = None;
+                coord.set_checks(checks);
+            }
         }
     };
     let checks_work = async {
@@ -729,7 +733,7 @@ pub async fn converge(
         .collect();
         (up, direct, overlay)
     };
-    let (database, (up, direct, overlay)) = futures::join!(database_work, checks_work);
+    let ((), (up, direct, overlay)) = futures::join!(database_work, checks_work);
 
     // The swarm as the first manager sees it.
     let mut swarm_nodes = HashMap::new();
@@ -767,38 +771,53 @@ pub async fn converge(
             path.clone(),
         );
     }
-    if let (Some(db), Some(d)) = (&config.database, database) {
-        let before = coord.checks().database;
-        let was = before.as_ref().is_some_and(DatabaseState::healthy);
-        if d.healthy() && !was {
-            info!(summary = %d.summary(), "database healthy");
-            coord.emit("database_healthy", "", d.summary());
-            output.println(format!(
-                "database {} healthy: {}",
+    // Reported as soon as it converged (see `report_database`); kept here
+    // so that this round's state does not put an older one back.
+    state.database = coord.checks().database;
+    coord.set_checks(state);
+}
+
+/// Logs, announces and publishes a database state the moment it is known:
+/// `ctl status` shows a healthy database without waiting for the overlay
+/// checks of the same round.
+fn report_database(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    d: DatabaseState,
+    output: &Progress,
+    progress: Option<&Progress>,
+) {
+    let before = coord.checks().database;
+    let was = before.as_ref().is_some_and(DatabaseState::healthy);
+    if d.healthy() && !was {
+        info!(summary = %d.summary(), "database healthy");
+        coord.emit("database_healthy", "", d.summary());
+        output.println(format!(
+            "database {} healthy: {}",
+            db.kind.as_str(),
+            d.summary()
+        ));
+    } else if !d.healthy() && (was || before.is_none()) {
+        let detail = database_detail(&d);
+        warn!(summary = %d.summary(), %detail, "database degraded");
+        if was {
+            coord.emit(
+                "database_degraded",
+                "",
+                format!("{}: {detail}", d.summary()),
+            );
+        }
+        if let Some(progress) = progress {
+            progress.println(format!(
+                "database {} not ready: {} ({detail}); ctl status shows it",
                 db.kind.as_str(),
                 d.summary()
             ));
-        } else if !d.healthy() && (was || before.is_none()) {
-            let detail = database_detail(&d);
-            warn!(summary = %d.summary(), %detail, "database degraded");
-            if was {
-                coord.emit(
-                    "database_degraded",
-                    "",
-                    format!("{}: {detail}", d.summary()),
-                );
-            }
-            if let Some(progress) = progress {
-                progress.println(format!(
-                    "database {} not ready: {} ({detail}); ctl status shows it",
-                    db.kind.as_str(),
-                    d.summary()
-                ));
-            }
         }
-        state.database = Some(d);
     }
-    coord.set_checks(state);
+    let mut checks = coord.checks();
+    checks.database = Some(d);
+    coord.set_checks(checks);
 }
 
 pub fn database_detail(d: &DatabaseState) -> String {
