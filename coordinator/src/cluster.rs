@@ -591,26 +591,27 @@ pub async fn converge(
     }
     state.swarm_error.clear();
     // The database needs only the overlay, and the overlay check needs only
-    // the probe containers: both go on at once, except that the database's
-    // services are created once the probe containers run (15 s at most).
-    // Those attach every host to the overlay first, and a host already on it
-    // learns the names of containers that join it later at once: measured
-    // here, a server whose host attached with it waited about 2 s before its
-    // peers could resolve its name. And on two cores, eight containers
-    // joining the overlay together each took about twice as long to start
-    // as four. In later rounds everything runs already.
-    let (probes_up, mut probes_up_rx) = tokio::sync::watch::channel(false);
+    // the probe containers: both go on at once, except that the probe
+    // containers wait until the database's are running (15 s at most). On
+    // two cores, eight containers joining the overlay together took each
+    // about twice as long to start as four, and the database is what the
+    // bring-up waits for; in later rounds everything is running already.
+    let (db_running, mut db_running_rx) = tokio::sync::watch::channel(config.database.is_none());
     let database_work = async {
         match &config.database {
             Some(db) => {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(15),
-                    probes_up_rx.wait_for(|up| *up),
+                let names = database_hosts(coord);
+                let state = converge_database(
+                    coord,
+                    db,
+                    &config.overlay,
+                    &first,
+                    &names,
+                    progress,
+                    &db_running,
                 )
                 .await;
-                let names = database_hosts(coord);
-                let state =
-                    converge_database(coord, db, &config.overlay, &first, &names, progress).await;
+                db_running.send_replace(true);
                 report_database(coord, db, state, output, progress);
             }
             None => {
@@ -621,6 +622,11 @@ pub async fn converge(
         }
     };
     let checks_work = async {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            db_running_rx.wait_for(|running| *running),
+        )
+        .await;
         // Probe containers, one per host, on the overlay.
         let endpoints: Vec<(Host, Result<ProbeEndpoint, String>)> =
             join_all(hosts.iter().map(|h| async move {
@@ -637,7 +643,6 @@ pub async fn converge(
                 )
             }))
             .await;
-        probes_up.send_replace(true);
         if let Some(phase) = phase {
             for (h, e) in &endpoints {
                 phase.step(
@@ -918,6 +923,7 @@ async fn converge_database(
     first_manager: &str,
     hosts: &[String],
     progress: Option<&Progress>,
+    all_running: &tokio::sync::watch::Sender<bool>,
 ) -> DatabaseState {
     let db = &crate::database::effective(db, coord.database_scale());
     let flavor = crate::database::flavor(db.kind);
@@ -934,6 +940,9 @@ async fn converge_database(
     let mut created_any = false;
     let mut health = database_health(coord, db.kind, &servers).await;
     loop {
+        if health.iter().all(|h| h.running) {
+            all_running.send_replace(true);
+        }
         let mut error = String::new();
         let first_healthy = health.first().is_some_and(|h| h.healthy);
         for (i, spec) in specs.iter().enumerate() {

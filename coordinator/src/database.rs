@@ -538,7 +538,10 @@ mod tests {
             cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-4=http://etcd-4:2380 "),
             "{cmd}"
         );
-        assert!(cmd.contains("--initial-cluster-state existing "), "{cmd}");
+        assert!(
+            cmd.contains("--initial-cluster-state existing "),
+            "{cmd}"
+        );
         assert!(Rethinkdb.join_command(&c, "bees", s, &ic, 7).is_none());
     }
 }
