@@ -1079,13 +1079,27 @@ pub async fn drain_node(
             ));
         }
     }
-    let view = coord.checks().swarm;
-    let manager = members(coord, config)
+    // Asked of a manager now, not read from the last round: right after a
+    // coordinator restart no round has finished yet.
+    let cached = coord.checks().swarm;
+    let mut manager = None;
+    let mut in_swarm = cached.contains_key(node);
+    for h in members(coord, config)
         .into_iter()
         .filter(|h| h.name != node)
-        .find(|h| view.get(&h.name).is_some_and(|n| n.role == "manager") || h.manager)
-        .map(|h| h.name);
-    if !view.contains_key(node) {
+    {
+        if !(h.manager || cached.get(&h.name).is_some_and(|n| n.role == "manager")) {
+            continue;
+        }
+        if let Ok(view) = call::<SwarmView>(coord, &h.name, &OpRequest::SwarmView).await
+            && view.manager
+        {
+            in_swarm = view.nodes.iter().any(|n| n.hostname == node);
+            manager = Some(h.name);
+            break;
+        }
+    }
+    if !in_swarm {
         steps.push(format!("swarm: {node} is not a swarm node"));
         return Ok(steps);
     }

@@ -153,15 +153,6 @@ impl Flavor for Etcd {
             // randomized timeout (1-2 s) to try again. Without the advance
             // the first timer to run out wins, as Raft intends.
             "--initial-election-tick-advance=false".into(),
-            // Peers share a LAN or one machine's overlay (round trips well
-            // under a millisecond): half etcd's WAN-minded defaults (100 ms,
-            // 1 s) still leave a follower fifty round trips before it calls
-            // an election, and a forming cluster elects its leader in half
-            // the time.
-            "--heartbeat-interval".into(),
-            "50".into(),
-            "--election-timeout".into(),
-            "500".into(),
         ];
         wait_for_names(
             &all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
@@ -468,7 +459,7 @@ mod tests {
         );
         assert!(cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-2=http://etcd-2:2380,etcd-3=http://etcd-3:2380,etcd-4=http://etcd-4:2380 "), "{cmd}");
         assert!(
-            cmd.contains("--initial-cluster-token bees-etcd --initial-cluster-state new --initial-election-tick-advance=false --heartbeat-interval 50 --election-timeout 500"),
+            cmd.contains("--initial-cluster-token bees-etcd --initial-cluster-state new --initial-election-tick-advance=false"),
             "{cmd}"
         );
         // On the overlay only: dnsrr, nothing published, pinned, limited.
@@ -538,10 +529,7 @@ mod tests {
             cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-4=http://etcd-4:2380 "),
             "{cmd}"
         );
-        assert!(
-            cmd.contains("--initial-cluster-state existing "),
-            "{cmd}"
-        );
+        assert!(cmd.contains("--initial-cluster-state existing "), "{cmd}");
         assert!(Rethinkdb.join_command(&c, "bees", s, &ic, 7).is_none());
     }
 }

@@ -54,16 +54,39 @@ fn start_tunnel(c: &Coordinator, conf: &std::path::Path, target: &str) -> (Proc,
     (p, local)
 }
 
-#[test]
-fn http_through_the_tunnel_byte_for_byte_and_50_at_once() {
-    let c = Coordinator::start("");
+/// A coordinator (`extra` goes in its config), one ready agent `bee-1`, and
+/// an HTTP server behind it reached through `ctl tunnel bee-1:PORT`.
+struct Behind {
+    c: Coordinator,
+    agent: Agent,
+    tunnel: Proc,
+    /// `bee-1:PORT`
+    target: String,
+    local: u16,
+}
+
+fn server_behind_an_agent(extra: &str) -> Behind {
+    let c = Coordinator::start(extra);
     let token = c.token();
-    let _agent = c.agent("bee-1", Some(&token));
+    let agent = c.agent("bee-1", Some(&token));
     eventually("agent ready", Duration::from_secs(15), || {
         (c.node_state("bee-1")? == "ready").then_some(())
     });
-    let server = sized_http_server();
-    let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+    let target = format!("bee-1:{}", sized_http_server());
+    let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
+    Behind {
+        c,
+        agent,
+        tunnel,
+        target,
+        local,
+    }
+}
+
+#[test]
+fn http_through_the_tunnel_byte_for_byte_and_50_at_once() {
+    let Behind { local, .. } = &server_behind_an_agent("");
+    let local = *local;
 
     fetch(local, 1_000_000).expect("1 MB");
     fetch(local, 100_000_000).expect("100 MB");
@@ -154,15 +177,14 @@ fn hold(port: u16, half_close: bool) -> Option<TcpStream> {
 
 #[test]
 fn connections_per_admin_are_limited_by_the_cluster_config() {
-    let c = Coordinator::start("\n[tunnel]\nmax_connections_per_admin = 2\n");
-    let token = c.token();
-    let _agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
-    let server = sized_http_server();
-    let target = format!("bee-1:{server}");
-    let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
+    let Behind {
+        c,
+        tunnel,
+        target,
+        local,
+        ..
+    } = &server_behind_an_agent("\n[tunnel]\nmax_connections_per_admin = 2\n");
+    let (target, local) = (target.as_str(), *local);
 
     // Two connections held open (ctl's start-up check releases its slot as
     // soon as the coordinator sees it closed, hence `eventually`). The
@@ -198,7 +220,7 @@ fn connections_per_admin_are_limited_by_the_cluster_config() {
     let out = Command::new(bin("ctl"))
         .arg("--config")
         .arg(c.admin_conf())
-        .args(["tunnel", &target])
+        .args(["tunnel", target])
         .output()
         .expect("ctl");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -218,14 +240,10 @@ fn connections_per_admin_are_limited_by_the_cluster_config() {
 
 #[test]
 fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
-    let c = Coordinator::start("");
-    let token = c.token();
-    let mut agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
-    let server = sized_http_server();
-    let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+    // Bound whole: a `..` pattern on the temporary would drop (and kill)
+    // the coordinator and the tunnel at once.
+    let mut behind = server_behind_an_agent("");
+    let local = behind.local;
 
     // A long transfer, in flight: its header and the first megabyte are read.
     let mut long = eventually("a long transfer", Duration::from_secs(15), || {
@@ -234,8 +252,13 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
     let mut first = vec![0u8; 1 << 20];
     long.read_exact(&mut first).expect("the first megabyte");
 
-    agent.proc.kill9();
-    agent = Agent::start(&agent.endpoint.clone(), None, &agent.state.clone(), "bee-1");
+    behind.agent.proc.kill9();
+    behind.agent = Agent::start(
+        &behind.agent.endpoint.clone(),
+        None,
+        &behind.agent.state.clone(),
+        "bee-1",
+    );
 
     // The transfer in flight fails (reset or cut short, never the whole body)...
     let mut rest = Vec::new();
@@ -252,19 +275,13 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
         || fetch(local, 1_000_000).ok(),
     );
     fetch(local, 10_000_000).expect("10 MB after the restart");
-    drop(agent);
+    drop(behind);
 }
 
 #[test]
 fn tunnels_stalled_behind_slow_readers_leave_the_session_and_other_tunnels_flowing() {
-    let c = Coordinator::start("heartbeat_interval = \"1s\"");
-    let token = c.token();
-    let _agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
-    let server = sized_http_server();
-    let (_tunnel, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+    let Behind { c, local, .. } = &server_behind_an_agent("heartbeat_interval = \"1s\"");
+    let local = *local;
 
     // Twelve downloads that read their header and then nothing: every
     // buffer on their way fills (each stream's window, the relay's queue).
