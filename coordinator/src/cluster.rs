@@ -892,15 +892,29 @@ fn database_state(
         .filter(|h| h.healthy && !h.leader_id.is_empty() && h.leader_id != "0")
         .find_map(|h| names.get(&h.leader_id).cloned())
         .unwrap_or_default();
+    let expected = servers.len();
     let servers: Vec<DatabaseServer> = servers
         .iter()
         .zip(health)
-        .map(|(s, h)| DatabaseServer {
-            name: s.name.clone(),
-            host: s.host.clone(),
-            running: h.running,
-            healthy: h.healthy,
-            error: h.error.clone().unwrap_or_default(),
+        .map(|(s, h)| {
+            // A RethinkDB server answers its own queries whether or not it
+            // joined the others: it counts only when its `server_status`
+            // lists all of them. (etcd's health is a quorum read already.)
+            let alone = kind == "rethinkdb" && h.healthy && h.members.len() < expected;
+            DatabaseServer {
+                name: s.name.clone(),
+                host: s.host.clone(),
+                running: h.running,
+                healthy: h.healthy && !alone,
+                error: if alone {
+                    format!(
+                        "sees {} of {expected} servers in server_status (not joined to the others?)",
+                        h.members.len()
+                    )
+                } else {
+                    h.error.clone().unwrap_or_default()
+                },
+            }
         })
         .collect();
     DatabaseState {
@@ -1484,6 +1498,53 @@ mod tests {
             endpoint_mode_for(&[]),
             EndpointMode::Dnsrr,
             "no nodes known"
+        );
+    }
+
+    #[test]
+    fn a_rethinkdb_server_that_sees_only_itself_is_not_connected() {
+        use apiary_agent::database::{MemberView, ServerHealth};
+        let servers: Vec<crate::database::Server> = (1..=2)
+            .map(|i| crate::database::Server {
+                index: i,
+                name: format!("rethinkdb-{i}"),
+                host: format!("h{i}"),
+            })
+            .collect();
+        let member = |n: &str| MemberView {
+            id: n.into(),
+            name: n.into(),
+        };
+        let health = |members: Vec<MemberView>| ServerHealth {
+            running: true,
+            healthy: true,
+            members,
+            ..Default::default()
+        };
+        let joined = database_state(
+            "rethinkdb",
+            &servers,
+            &[
+                health(vec![member("rethinkdb_1"), member("rethinkdb_2")]),
+                health(vec![member("rethinkdb_1"), member("rethinkdb_2")]),
+            ],
+            String::new(),
+        );
+        assert_eq!(joined.connected, 2);
+        let apart = database_state(
+            "rethinkdb",
+            &servers,
+            &[
+                health(vec![member("rethinkdb_1")]),
+                health(vec![member("rethinkdb_2")]),
+            ],
+            String::new(),
+        );
+        assert_eq!(apart.connected, 0);
+        assert!(
+            apart.servers[1].error.contains("sees 1 of 2 servers"),
+            "{}",
+            apart.servers[1].error
         );
     }
 
