@@ -22,6 +22,16 @@ struct Fixture {
 const TOKEN: &str = "dop_v1_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 impl Fixture {
+    /// Every request the client sent and every answer the fake gave held
+    /// to DigitalOcean's OpenAPI spec.
+    fn assert_spec_kept(&self) {
+        let violations = self.fake().api().violations();
+        assert!(
+            violations.is_empty(),
+            "requests broke the OpenAPI spec: {violations:?}"
+        );
+    }
+
     fn new() -> Fixture {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let fake = rt
@@ -226,11 +236,7 @@ fn droplets_are_created_adopted_scaled_and_torn_down_without_duplicates() {
         fx.fake().api().firewalls().is_empty(),
         "firewall left after teardown"
     );
-    assert!(
-        fx.fake().api().violations().is_empty(),
-        "requests broke the OpenAPI spec: {:?}",
-        fx.fake().api().violations()
-    );
+    fx.assert_spec_kept();
     let _ = serve.try_exit();
 }
 
@@ -389,11 +395,7 @@ fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
-    assert!(
-        fx.fake().api().violations().is_empty(),
-        "requests broke the OpenAPI spec: {:?}",
-        fx.fake().api().violations()
-    );
+    fx.assert_spec_kept();
     serve.kill9();
 }
 
@@ -522,11 +524,7 @@ fn the_example_spec_makes_its_droplets_as_is() {
         Some(droplets[0].private_ipv4)
     );
 
-    assert!(
-        fx.fake().api().violations().is_empty(),
-        "requests broke the OpenAPI spec: {:?}",
-        fx.fake().api().violations()
-    );
+    fx.assert_spec_kept();
     serve.kill9();
 }
 
@@ -646,10 +644,6 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
         fx.droplet_names().contains(&"workerbee-4".to_string()),
         "a node whose drain failed lost its droplet"
     );
-    assert!(
-        fx.fake().api().violations().is_empty(),
-        "requests broke the OpenAPI spec: {:?}",
-        fx.fake().api().violations()
-    );
+    fx.assert_spec_kept();
     serve.kill9();
 }

@@ -6,20 +6,25 @@ use std::time::Duration;
 
 use apiary_tests::*;
 
-#[test]
-fn events_stream_joins_downs_and_removals_as_json_lines() {
-    let c = Coordinator::start("heartbeat_interval = \"300ms\"");
+/// `ctl events --json` against `c`, returned once it is subscribed: a token
+/// rotation (an event of our own making) has reached it.
+fn subscribed_events(c: &Coordinator) -> Proc {
     let mut cmd = Command::new(bin("ctl"));
     cmd.arg("--config")
         .arg(c.admin_conf())
         .args(["events", "--json"]);
     let events = Proc::spawn(cmd, &c.dir.path().join("events.log"));
-    // The watcher is subscribed once it has connected; give it a moment by
-    // waiting for its first byte of connection (a status call proves the server is up).
     eventually("events subscribed", Duration::from_secs(10), || {
-        c.ctl(&["status"]).status.success().then_some(())
+        c.ctl(&["token", "--rotate"]);
+        events.log_text().contains("token_rotated").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    events
+}
+
+#[test]
+fn events_stream_joins_downs_and_removals_as_json_lines() {
+    let c = Coordinator::start("heartbeat_interval = \"300ms\"");
+    let events = subscribed_events(&c);
     let token = c.token();
     let mut a = c.agent("bee-1", Some(&token));
     eventually("bee-1 ready", Duration::from_secs(15), || {
@@ -848,16 +853,7 @@ fn readme_status_keys(section: &str) -> std::collections::BTreeSet<String> {
 fn status_events_and_checks_json_hold_every_documented_field() {
     use Kind::*;
     let c = Coordinator::start("heartbeat_interval = \"300ms\"");
-    let mut cmd = Command::new(bin("ctl"));
-    cmd.arg("--config")
-        .arg(c.admin_conf())
-        .args(["events", "--json"]);
-    let events = Proc::spawn(cmd, &c.dir.path().join("events.log"));
-    // Subscribed once an event of ours shows up.
-    eventually("events subscribed", Duration::from_secs(10), || {
-        c.ctl(&["token", "--rotate"]);
-        events.log_text().contains("token_rotated").then_some(())
-    });
+    let events = subscribed_events(&c);
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock");
