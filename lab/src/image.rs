@@ -721,25 +721,25 @@ mod tests {
 
     #[test]
     fn a_saved_archive_tells_its_tag_and_id() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test archive");
         let path = dir.path().join("x.tar");
         let layer = layer_tar(&[LayerEntry::File {
             path: "a".into(),
             mode: 0o644,
             data: b"a".to_vec(),
         }])
-        .unwrap();
+        .expect("test archive");
         let id = write_image_archive(
             "rethinkdb:2.4",
             &ImageConfig::default(),
             &layer,
-            std::fs::File::create(&path).unwrap(),
+            std::fs::File::create(&path).expect("test archive"),
         )
-        .unwrap();
-        let info = archive_info(&path).unwrap();
+        .expect("test archive");
+        let info = archive_info(&path).expect("test archive");
         assert_eq!(info.reference, "rethinkdb:2.4");
         assert_eq!(info.id, id);
-        std::fs::write(&path, b"not a tar").unwrap();
+        std::fs::write(&path, b"not a tar").expect("test archive");
         assert!(archive_info(&path).is_err());
     }
 }

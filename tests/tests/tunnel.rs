@@ -300,11 +300,11 @@ fn tunnels_stalled_behind_slow_readers_leave_the_session_and_other_tunnels_flowi
     // ...and the agent's session keeps its heartbeats (its last-seen time
     // moves on) while they stay stalled.
     let seen = |c: &Coordinator| c.node("bee-1")?["last_seen_unix_ms"].as_u64();
-    let before = eventually("last seen", Duration::from_secs(15), || seen(&c));
+    let before = eventually("last seen", Duration::from_secs(15), || seen(c));
     eventually(
         "a heartbeat after the stall",
         Duration::from_secs(30),
-        || (seen(&c)? > before).then_some(()),
+        || (seen(c)? > before).then_some(()),
     );
     assert_eq!(c.node_state("bee-1").as_deref(), Some("ready"));
     drop(stalled);

@@ -611,7 +611,7 @@ mod tests {
             endpoint_mode: EndpointMode::Vip,
             ..spec()
         };
-        let json = serde_json::to_value(vip.to_docker()).unwrap();
+        let json = serde_json::to_value(vip.to_docker()).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "vip");
         assert!(json["EndpointSpec"].get("Ports").is_none());
         assert_ne!(vip.digest(), spec().digest(), "a mode change is drift");
@@ -620,7 +620,7 @@ mod tests {
     #[test]
     fn docker_service_is_pinned_dnsrr_limited_with_a_volume_and_no_ports() {
         let d = spec().to_docker();
-        let json = serde_json::to_value(&d).unwrap();
+        let json = serde_json::to_value(&d).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "dnsrr");
         assert!(json["EndpointSpec"].get("Ports").is_none());
         let t = &json["TaskTemplate"];
@@ -663,6 +663,10 @@ mod tests {
         let mut h = ServerHealth::default();
         parse_etcd(out, &mut h);
         assert!(!h.healthy);
-        assert!(h.error.unwrap().contains("context deadline exceeded"));
+        assert!(
+            h.error
+                .expect("test data")
+                .contains("context deadline exceeded")
+        );
     }
 }

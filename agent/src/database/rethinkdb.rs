@@ -240,7 +240,11 @@ mod tests {
     fn scram_sha256_matches_rfc7677() {
         let mut s = Scram::new("user", "pencil", CLIENT_NONCE);
         assert_eq!(s.client_first(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
-        assert_eq!(s.client_final(SERVER_FIRST).unwrap(), CLIENT_FINAL);
+        assert_eq!(
+            s.client_final(SERVER_FIRST)
+                .expect("the fake server exchange"),
+            CLIENT_FINAL
+        );
         s.verify(SERVER_FINAL).expect("server signature");
         assert!(s.verify("v=AAAA").is_err());
     }
@@ -253,7 +257,10 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            assert_eq!(b64decode(&b64encode(s.as_bytes())).unwrap(), s.as_bytes());
+            assert_eq!(
+                b64decode(&b64encode(s.as_bytes())).expect("the fake server exchange"),
+                s.as_bytes()
+            );
         }
         assert_eq!(b64encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(b64encode(b"fo"), "Zm8=");
@@ -264,16 +271,22 @@ mod tests {
     async fn handshake_and_query_follow_the_protocol() {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let srv = tokio::spawn(async move {
-            assert_eq!(server.read_u32_le().await.unwrap(), V1_0);
+            assert_eq!(
+                server
+                    .read_u32_le()
+                    .await
+                    .expect("the fake server exchange"),
+                V1_0
+            );
             let reply = |v: Value| {
-                let mut b = serde_json::to_vec(&v).unwrap();
+                let mut b = serde_json::to_vec(&v).expect("the fake server exchange");
                 b.push(0);
                 b
             };
             server
                 .write_all(&reply(json!({"success": true, "min_protocol_version": 0, "max_protocol_version": 0, "server_version": "2.4.4"})))
                 .await
-                .unwrap();
+                .expect("the fake server exchange");
             let m = read_nul_json_raw(&mut server).await;
             assert_eq!(m["protocol_version"], 0);
             assert_eq!(m["authentication_method"], "SCRAM-SHA-256");
@@ -283,7 +296,7 @@ mod tests {
                     json!({"success": true, "authentication": SERVER_FIRST}),
                 ))
                 .await
-                .unwrap();
+                .expect("the fake server exchange");
             let m = read_nul_json_raw(&mut server).await;
             assert_eq!(m["authentication"], CLIENT_FINAL);
             server
@@ -291,40 +304,54 @@ mod tests {
                     json!({"success": true, "authentication": SERVER_FINAL}),
                 ))
                 .await
-                .unwrap();
-            let token = server.read_u64_le().await.unwrap();
-            let len = server.read_u32_le().await.unwrap() as usize;
+                .expect("the fake server exchange");
+            let token = server
+                .read_u64_le()
+                .await
+                .expect("the fake server exchange");
+            let len = server
+                .read_u32_le()
+                .await
+                .expect("the fake server exchange") as usize;
             let mut q = vec![0; len];
-            server.read_exact(&mut q).await.unwrap();
-            let q: Value = serde_json::from_slice(&q).unwrap();
+            server
+                .read_exact(&mut q)
+                .await
+                .expect("the fake server exchange");
+            let q: Value = serde_json::from_slice(&q).expect("the fake server exchange");
             assert_eq!(q, json!([1, server_status_term(), {}]));
             let body = serde_json::to_vec(
                 &json!({"t": 1, "r": [[{"name": "rethinkdb_2"}, {"name": "rethinkdb_1"}]]}),
             )
-            .unwrap();
+            .expect("the fake server exchange");
             let mut f = token.to_le_bytes().to_vec();
             f.extend_from_slice(&(body.len() as u32).to_le_bytes());
             f.extend_from_slice(&body);
-            server.write_all(&f).await.unwrap();
+            server
+                .write_all(&f)
+                .await
+                .expect("the fake server exchange");
         });
         let v = handshake(&mut client, "user", "pencil", CLIENT_NONCE)
             .await
-            .unwrap();
+            .expect("the fake server exchange");
         assert_eq!(v, "2.4.4");
-        let r = query(&mut client, 1, server_status_term()).await.unwrap();
+        let r = query(&mut client, 1, server_status_term())
+            .await
+            .expect("the fake server exchange");
         assert_eq!(connected_servers(&r), ["rethinkdb_1", "rethinkdb_2"]);
-        srv.await.unwrap();
+        srv.await.expect("the fake server exchange");
     }
 
     async fn read_nul_json_raw(s: &mut tokio::io::DuplexStream) -> Value {
         let mut buf = Vec::new();
         loop {
-            let b = s.read_u8().await.unwrap();
+            let b = s.read_u8().await.expect("the fake server exchange");
             if b == 0 {
                 break;
             }
             buf.push(b);
         }
-        serde_json::from_slice(&buf).unwrap()
+        serde_json::from_slice(&buf).expect("the fake server exchange")
     }
 }
