@@ -598,27 +598,20 @@ pub async fn converge(
     // bring-up waits for; in later rounds everything is running already.
     let (db_running, mut db_running_rx) = tokio::sync::watch::channel(config.database.is_none());
     let database_work = async {
-        match &config.database {
-            Some(db) => {
-                let names = database_hosts(coord);
-                let state = converge_database(
-                    coord,
-                    db,
-                    &config.overlay,
-                    &first,
-                    &names,
-                    progress,
-                    &db_running,
-                )
-                .await;
-                db_running.send_replace(true);
-                report_database(coord, db, state, output, progress);
-            }
-            None => {
-                let mut checks = coord.checks();
-                checks.database = None;
-                coord.set_checks(checks);
-            }
+        if let Some(db) = &config.database {
+            let names = database_hosts(coord);
+            let state = converge_database(
+                coord,
+                db,
+                &config.overlay,
+                &first,
+                &names,
+                progress,
+                &db_running,
+            )
+            .await;
+            db_running.send_replace(true);
+            report_database(coord, db, state, output, progress);
         }
     };
     let checks_work = async {
@@ -771,10 +764,12 @@ pub async fn converge(
             path.clone(),
         );
     }
-    // Reported as soon as it converged (see `report_database`); kept here
-    // so that this round's state does not put an older one back.
-    state.database = coord.checks().database;
-    coord.set_checks(state);
+    // The database was published as soon as it converged (see
+    // `report_database`): this round's older copy must not put it back.
+    coord.update_checks(|current| {
+        state.database = current.database.take();
+        *current = state;
+    });
 }
 
 /// Logs, announces and publishes a database state the moment it is known:
@@ -787,7 +782,8 @@ fn report_database(
     output: &Progress,
     progress: Option<&Progress>,
 ) {
-    let before = coord.checks().database;
+    let mut before = None;
+    coord.update_checks(|checks| before = checks.database.clone());
     let was = before.as_ref().is_some_and(DatabaseState::healthy);
     if d.healthy() && !was {
         info!(summary = %d.summary(), "database healthy");
@@ -815,9 +811,7 @@ fn report_database(
             ));
         }
     }
-    let mut checks = coord.checks();
-    checks.database = Some(d);
-    coord.set_checks(checks);
+    coord.update_checks(|checks| checks.database = Some(d));
 }
 
 pub fn database_detail(d: &DatabaseState) -> String {

@@ -612,6 +612,13 @@ impl Coordinator {
         *self.checks.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
+    /// Changes the checks state in place, under its lock: for a part that
+    /// is published apart from the round (the database), without copying
+    /// the whole matrix or racing another writer.
+    pub fn update_checks(&self, change: impl FnOnce(&mut crate::cluster::ChecksState)) {
+        change(&mut self.checks.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     pub fn checks(&self) -> crate::cluster::ChecksState {
         self.checks
             .lock()

@@ -410,7 +410,7 @@ impl Tunnel for TunnelSvc {
         let slot = Arc::new(slot);
         let held = slot.clone();
         tokio::spawn(async move {
-            pump(agent.inbound, to_ctl, coord.clone()).await;
+            pump(agent.inbound, to_ctl, coord).await;
             drop(held);
         });
         let coord = self.0.clone();

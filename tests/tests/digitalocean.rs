@@ -22,6 +22,16 @@ struct Fixture {
 const TOKEN: &str = "dop_v1_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 impl Fixture {
+    /// The cluster's join token, as `coordinator token` prints it.
+    fn join_token(&self) -> String {
+        let out = Command::new(bin("coordinator"))
+            .args(["token", "--state-dir"])
+            .arg(self.dir.path().join("state"))
+            .output()
+            .expect("token");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Every request the client sent and every answer the fake gave held
     /// to DigitalOcean's OpenAPI spec.
     fn assert_spec_kept(&self) {
@@ -150,16 +160,7 @@ fn droplets_are_created_adopted_scaled_and_torn_down_without_duplicates() {
     );
 
     // The user_data boots the agent with this cluster's join token and CA.
-    let token = String::from_utf8_lossy(
-        &Command::new(bin("coordinator"))
-            .args(["token", "--state-dir"])
-            .arg(fx.dir.path().join("state"))
-            .output()
-            .expect("token")
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let token = fx.join_token();
     let droplet = fx
         .fake()
         .api()
@@ -545,16 +546,7 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
     eventually("6 droplets", Duration::from_secs(30), || {
         (fx.droplet_names().len() == 6).then_some(())
     });
-    let token = String::from_utf8_lossy(
-        &Command::new(bin("coordinator"))
-            .args(["token", "--state-dir"])
-            .arg(fx.dir.path().join("state"))
-            .output()
-            .expect("token")
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let token = fx.join_token();
     // Agents on loopback stand in for the droplets' agents: no Docker, and
     // a private range no interface here has, so no private address: the
     // cluster round leaves them alone, and the database cannot scale
