@@ -7,7 +7,7 @@ use apiary_certs::{COORDINATOR_SERVER_NAME, mtls_client_config};
 use apiary_proto::dial;
 use apiary_proto::tunnel::tunnel_client::TunnelClient;
 use apiary_proto::tunnel::{Frame, Target, frame};
-use apiary_proto::tunnel_io::pipe;
+use apiary_proto::tunnel_io;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,14 +76,21 @@ impl TunnelCtl {
     }
 
     /// Opens one tunnel stream and waits for the agent's verdict, so a refused
-    /// target is an error here rather than a silently closed socket.
-    async fn open(&self) -> Result<(tonic::Streaming<Frame>, mpsc::Sender<Frame>), CtlError> {
+    /// target is an error here rather than a silently closed socket. What
+    /// `early` puts on the stream meanwhile (the client's first bytes) goes
+    /// with the open request: the coordinator holds it until the agent has
+    /// reached the target, which saves a round trip per connection.
+    async fn open(
+        &self,
+        early: impl FnOnce(mpsc::Sender<Frame>),
+    ) -> Result<tonic::Streaming<Frame>, CtlError> {
         let (tx, rx) = mpsc::channel(8);
         let _ = tx
             .send(Frame {
                 kind: Some(frame::Kind::Target(self.target.clone())),
             })
             .await;
+        early(tx);
         let mut inbound = self
             .client
             .clone()
@@ -94,7 +101,7 @@ impl TunnelCtl {
         match inbound.message().await.map_err(status_err)? {
             Some(Frame {
                 kind: Some(frame::Kind::Opened(true)),
-            }) => Ok((inbound, tx)),
+            }) => Ok(inbound),
             Some(Frame {
                 kind: Some(frame::Kind::Error(e)),
             }) => Err(CtlError::Failed(e)),
@@ -107,7 +114,7 @@ impl TunnelCtl {
     /// Opens (and closes) one connection, so a refused target fails `ctl
     /// tunnel` at start with the reason instead of on first use.
     pub async fn check(&self) -> Result<(), CtlError> {
-        self.open().await.map(drop)
+        self.open(drop).await.map(drop)
     }
 
     /// Serves `listener` until cancelled: one tunnel stream per connection.
@@ -127,9 +134,22 @@ impl TunnelCtl {
     }
 
     async fn carry(&self, tcp: TcpStream) {
-        match self.open().await {
-            Ok((inbound, outbound)) => pipe(tcp, inbound, outbound).await,
-            Err(e) => eprintln!("ctl tunnel: connection refused: {e}"),
+        let (rd, wr) = tcp.into_split();
+        let mut upstream = None;
+        let opened = self
+            .open(|tx| upstream = Some(tunnel_io::send_upstream(rd, tx)))
+            .await;
+        let Some(upstream) = upstream else {
+            return;
+        };
+        match opened {
+            Ok(inbound) => tunnel_io::receive_downstream(wr, inbound, upstream).await,
+            Err(e) => {
+                // The client may have sent bytes already: it sees a reset
+                // connection, as with ssh -L when the far side refuses.
+                tunnel_io::reset_connection(wr, upstream);
+                eprintln!("ctl tunnel: connection refused: {e}");
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 use prost::bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tonic::Streaming;
 
 use crate::tunnel::{Frame, frame};
@@ -23,9 +25,18 @@ pub fn data(bytes: Bytes) -> Frame {
 /// Copies `tcp` ⇄ the stream until both directions are done. A TCP EOF is sent
 /// as `half_close`, a received `half_close` shuts our write side, an `error`
 /// frame or a failed stream resets the connection.
-pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc::Sender<Frame>) {
-    let (mut rd, mut wr) = tcp.into_split();
-    let upstream = async move {
+pub async fn pipe(tcp: TcpStream, inbound: Streaming<Frame>, outbound: mpsc::Sender<Frame>) {
+    let (rd, wr) = tcp.into_split();
+    let upstream = send_upstream(rd, outbound);
+    receive_downstream(wr, inbound, upstream).await
+}
+
+/// Starts sending what `rd` reads as data frames on `outbound`, then
+/// `half_close` at EOF. Started on its own, before the stream's answer
+/// arrives, it lets a client's first bytes travel with the open request
+/// instead of a round trip later.
+pub fn send_upstream(mut rd: OwnedReadHalf, outbound: mpsc::Sender<Frame>) -> JoinHandle<()> {
+    tokio::spawn(async move {
         // Each read fills the spare room of one buffer and is handed on
         // without a copy (`split().freeze()`); the buffer grows again only
         // when its room runs low.
@@ -58,10 +69,17 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
                 }
             }
         }
-    };
-    // Each direction ends on its own (half-close); the connection ends when
-    // both have. A reset (an error frame, a failed stream) ends both at once.
-    let upstream = tokio::spawn(upstream);
+    })
+}
+
+/// Writes the stream's data to `wr` until the other side half-closes, then
+/// waits for `upstream` (the connection ends when both directions have).
+/// A reset (an error frame, a failed stream) ends both at once.
+pub async fn receive_downstream(
+    mut wr: OwnedWriteHalf,
+    mut inbound: Streaming<Frame>,
+    upstream: JoinHandle<()>,
+) {
     let reset = loop {
         match inbound.message().await {
             Ok(Some(Frame {
@@ -86,11 +104,15 @@ pub async fn pipe(tcp: TcpStream, mut inbound: Streaming<Frame>, outbound: mpsc:
         }
     };
     if reset {
-        // The other end failed: reset ours too (RST, not a clean FIN), so the
-        // application sees a failed connection rather than a short one.
-        let _ = wr.as_ref().set_zero_linger();
-        upstream.abort();
+        reset_connection(wr, upstream);
     } else {
         let _ = upstream.await;
     }
+}
+
+/// Ends the connection with an RST rather than a clean FIN, so the
+/// application sees a failed connection rather than a short one.
+pub fn reset_connection(wr: OwnedWriteHalf, upstream: JoinHandle<()>) {
+    let _ = wr.as_ref().set_zero_linger();
+    upstream.abort();
 }

@@ -62,6 +62,14 @@ enum Cmd {
         /// Small requests for the latency figure.
         #[arg(long, default_value_t = 100)]
         requests: usize,
+        /// Which paths to measure (`apiary` alone, long, is handy under a
+        /// profiler).
+        #[arg(long, value_delimiter = ',', default_value = "direct,floor,apiary,ssh")]
+        paths: Vec<TunnelPath>,
+        /// Throughput transfers per path; the paths take turns, so a change
+        /// in the machine's speed during the run touches them all alike.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Lab bring-up (root): wall time and peak memory per phase until every
     /// host is ready, beside the hand recipe's host steps in the same run.
@@ -77,6 +85,94 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TunnelPath {
+    Direct,
+    /// The tunnel's topology with nothing but copying: three plain TCP relays
+    /// (ctl's, the coordinator's and the agent's places), so the same four
+    /// loopback hops and no TLS, framing or flow control. What the kernel
+    /// alone costs along that path: no tunnel can beat it on this machine.
+    Floor,
+    Apiary,
+    Ssh,
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// One core's AES-128-GCM rate here, in bytes/s: sealing then opening
+/// 16 KiB records (TLS's record size) with ring, the library under rustls.
+/// One byte through the tunnel is sealed and opened once per TLS leg.
+fn aes_gcm_seal_open_rate() -> f64 {
+    use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let Ok(key) = UnboundKey::new(&AES_128_GCM, &[7u8; 16]) else {
+        return f64::NAN;
+    };
+    let key = LessSafeKey::new(key);
+    let mut record = vec![0x5au8; 16 << 10];
+    let total: usize = 1 << 30;
+    let t = Instant::now();
+    for i in 0..total / record.len() {
+        let nonce = || {
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&(i as u64).to_be_bytes());
+            Nonce::assume_unique_for_key(n)
+        };
+        let Ok(tag) = key.seal_in_place_separate_tag(nonce(), Aad::empty(), &mut record) else {
+            return f64::NAN;
+        };
+        record.extend_from_slice(tag.as_ref());
+        if key
+            .open_in_place(nonce(), Aad::empty(), &mut record)
+            .is_err()
+        {
+            return f64::NAN;
+        }
+        record.truncate(16 << 10);
+    }
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A plain TCP relay to `next` on loopback: each connection copied both ways
+/// by two threads through 256 KiB buffers, half-close passed on.
+fn plain_relay(next: u16) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    fn copy(mut from: TcpStream, mut to: TcpStream) {
+        let mut buf = vec![0u8; 256 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(out) = TcpStream::connect(("127.0.0.1", next)) else {
+                continue;
+            };
+            let _ = (conn.set_nodelay(true), out.set_nodelay(true));
+            let (Ok(conn2), Ok(out2)) = (conn.try_clone(), out.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || copy(conn, out));
+            std::thread::spawn(move || copy(out2, conn2));
+        }
+    });
+    port
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -110,7 +206,12 @@ fn main() -> anyhow::Result<()> {
                 println!("{row}");
             }
         }
-        Cmd::Tunnel { bytes, requests } => tunnel_bench(bytes, requests)?,
+        Cmd::Tunnel {
+            bytes,
+            requests,
+            paths,
+            rounds,
+        } => tunnel_bench(bytes, requests, &paths, rounds)?,
         Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
         Cmd::Database { runs } => println!("{}", database_bench(runs)?),
         Cmd::Lab { hosts } => {
@@ -204,7 +305,12 @@ fn bench_get(port: u16, n: usize) -> anyhow::Result<(usize, f64)> {
     Ok((total, t.elapsed().as_secs_f64()))
 }
 
-fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
+fn tunnel_bench(
+    bytes: usize,
+    requests: usize,
+    which: &[TunnelPath],
+    rounds: usize,
+) -> anyhow::Result<()> {
     let server = apiary_tests::sized_http_server();
     // apiary: coordinator + agent on loopback, ctl tunnel.
     let c = apiary_tests::Coordinator::start("");
@@ -229,12 +335,25 @@ fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
     // ssh -L, its own sshd on 127.0.0.1:2222 with throwaway keys.
     let ssh_dir = tempfile::tempdir()?;
     let sshd_bin = std::path::Path::new("/usr/sbin/sshd");
-    let mut paths: Vec<(String, u16, Option<Proc>)> = vec![
-        ("direct".into(), server, None),
-        ("apiary tunnel".into(), local, None),
-    ];
+    let mut paths: Vec<(String, u16, Option<Proc>)> = Vec::new();
+    if which.contains(&TunnelPath::Direct) {
+        paths.push(("direct".into(), server, None));
+    }
+    if which.contains(&TunnelPath::Floor) {
+        let agent_side = plain_relay(server);
+        let coordinator_side = plain_relay(agent_side);
+        paths.push((
+            "floor: 3 plain relays, no TLS".into(),
+            plain_relay(coordinator_side),
+            None,
+        ));
+    }
+    if which.contains(&TunnelPath::Apiary) {
+        paths.push(("apiary tunnel".into(), local, None));
+    }
     let mut sshd = None;
-    if sshd_bin.exists() {
+    if !which.contains(&TunnelPath::Ssh) {
+    } else if sshd_bin.exists() {
         let d = ssh_dir.path();
         for (k, t) in [("host", "ed25519"), ("user", "ed25519")] {
             Command::new("ssh-keygen")
@@ -289,22 +408,32 @@ fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
             ));
         }
     } else {
-        eprintln!("no /usr/sbin/sshd: apt-get install openssh-server for the ssh -L baseline");
+        eprintln!("no /usr/sbin/sshd: `sudo ./scripts/setup-host --bench` installs it for the ssh -L baseline");
     }
     println!(
-        "| path | throughput MB/s (median of 3, {} MB each) | small GET p50 ms | p99 ms |",
+        "| path | throughput MB/s (median of {rounds}, {} MB each, paths in turn) | small GET p50 ms | p99 ms |",
         bytes / 1_000_000
     );
     println!("|---|---|---|---|");
-    let mut results = Vec::new();
-    for (name, port, _) in &paths {
-        let mut rates: Vec<f64> = (0..3)
-            .map(|_| {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    // CPU seconds per byte along the floor: client, server and the three
+    // relays all run in this process, so its own CPU time is the whole cost.
+    let mut floor_cpu_per_byte = Vec::new();
+    for _ in 0..rounds.max(1) {
+        for ((name, port, _), r) in paths.iter().zip(&mut rates) {
+            let cpu = cpu_seconds();
+            r.push(
                 bench_get(*port, bytes)
                     .map(|(b, s)| b as f64 / s / 1e6)
-                    .unwrap_or(f64::NAN)
-            })
-            .collect();
+                    .unwrap_or(f64::NAN),
+            );
+            if name.starts_with("floor") {
+                floor_cpu_per_byte.push((cpu_seconds() - cpu) / bytes as f64);
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for ((name, port, _), mut rates) in paths.iter().zip(rates) {
         rates.sort_by(|a, b| a.total_cmp(b));
         let mut lat: Vec<f64> = (0..requests)
             .map(|_| {
@@ -319,13 +448,9 @@ fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
                 .copied()
                 .unwrap_or(f64::NAN)
         };
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} |",
-            rates[1],
-            p(0.5),
-            p(0.99)
-        );
-        results.push((name.clone(), rates[1], p(0.5)));
+        let median = rates[rates.len() / 2];
+        println!("| {name} | {median:.0} | {:.2} | {:.2} |", p(0.5), p(0.99));
+        results.push((name.clone(), median, p(0.5)));
     }
     let get = |n: &str| {
         results
@@ -344,6 +469,27 @@ fn tunnel_bench(bytes: usize, requests: usize) -> anyhow::Result<()> {
         println!(
             "tunnel / ssh -L (aes128-gcm, its fastest cipher) throughput: {:.2}",
             t.0 / s.0
+        );
+    }
+    if let (Some(f), Some(s)) = (get("floor"), get("ssh -L (aes128-gcm")) {
+        println!(
+            "floor (the tunnel's four hops, copying only) / ssh -L (aes128-gcm): {:.2}",
+            f.0 / s.0
+        );
+        // The most any tunnel with two TLS legs could carry here: the floor's
+        // CPU per byte plus two AES-GCM seals and opens per byte, spread
+        // perfectly over every core, and nothing else (no framing, no
+        // copies beyond the floor's, no waiting).
+        floor_cpu_per_byte.sort_by(|a, b| a.total_cmp(b));
+        let floor_cpu = floor_cpu_per_byte[floor_cpu_per_byte.len() / 2];
+        let aes = aes_gcm_seal_open_rate();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let ceiling = cores / (floor_cpu + 2.0 / aes) / 1e6;
+        println!(
+            "floor CPU: {:.2} core-s/GB; AES-128-GCM seal+open here: {:.0} MB/s per core; ceiling for two TLS legs on {cores} cores: {ceiling:.0} MB/s = {:.2} x ssh -L (aes128-gcm)",
+            floor_cpu * 1e9,
+            aes / 1e6,
+            ceiling / s.0
         );
     }
     // 100 concurrent connections through the tunnel, none may fail.
