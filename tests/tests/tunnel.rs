@@ -279,6 +279,42 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
 }
 
 #[test]
+fn a_coordinator_restart_fails_the_transfer_in_flight_and_the_same_agent_and_tunnel_carry_on() {
+    let mut behind = server_behind_an_agent("");
+    let local = behind.local;
+    let mut long = eventually("a long transfer", Duration::from_secs(15), || {
+        hold(local, false)
+    });
+    let mut first = vec![0u8; 1 << 20];
+    long.read_exact(&mut first).expect("the first megabyte");
+
+    // Both legs' connections go down at once; the agent and `ctl tunnel`
+    // processes stay up and reconnect on their own.
+    behind.c.restart();
+
+    let mut rest = Vec::new();
+    let outcome = long.read_to_end(&mut rest);
+    assert!(
+        outcome.is_err() || rest.len() + first.len() < 100_000_000_000,
+        "the transfer in flight must fail, not look complete: {outcome:?}"
+    );
+    eventually("the agent's session back", Duration::from_secs(30), || {
+        (behind.c.node_state("bee-1")? == "ready").then_some(())
+    });
+    eventually(
+        "a new connection after the restart",
+        Duration::from_secs(30),
+        || fetch(local, 1_000_000).ok(),
+    );
+    fetch(local, 10_000_000).expect("10 MB after the restart");
+    assert!(
+        behind.agent.proc.try_exit().is_none() && behind.tunnel.try_exit().is_none(),
+        "the agent and ctl tunnel kept running through the restart"
+    );
+    drop(behind);
+}
+
+#[test]
 fn tunnels_stalled_behind_slow_readers_leave_the_session_and_other_tunnels_flowing() {
     let Behind { c, local, .. } = &server_behind_an_agent("heartbeat_interval = \"1s\"");
     let local = *local;
