@@ -55,6 +55,12 @@ pub struct Args {
     /// Never regenerate GRUB's config (report needs-reboot only).
     #[arg(long)]
     pub no_update_grub: bool,
+    /// CIDRs tunnels may reach on this host, comma-separated (default:
+    /// loopback and the overlay, 127.0.0.0/8,::1/128,10.232.0.0/16). The
+    /// coordinator writes the cluster's `[tunnel] allow` here for the hosts
+    /// it creates; the agent refuses every other target.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub tunnel_allow: Option<Vec<String>>,
     /// Log format: text or json (one JSON object per line, for journald and
     /// log shippers).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         engine_restart: args.engine_restart,
         modprobe: args.no_modprobe.then_some(false),
         update_grub: args.no_update_grub.then_some(false),
-        tunnel_allow: None,
+        tunnel_allow: args.tunnel_allow,
     };
     let config = match AgentConfig::merge(flags, file) {
         Ok(c) => c,

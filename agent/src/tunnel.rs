@@ -32,6 +32,18 @@ pub const DEFAULT_ALLOW: [&str; 3] = ["127.0.0.0/8", "::1/128", "10.232.0.0/16"]
 #[derive(Debug, Clone)]
 pub struct AllowList(Vec<(IpAddr, u8)>);
 
+impl std::fmt::Display for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("empty");
+        }
+        for (i, (ip, len)) in self.0.iter().enumerate() {
+            write!(f, "{}{ip}/{len}", if i > 0 { ", " } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
 impl AllowList {
     pub fn parse(cidrs: &[String]) -> Result<Self, String> {
         cidrs
@@ -151,7 +163,7 @@ async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
                 }
             }
             Ok(ip) => Err(format!(
-                "target {ip}:{port} is outside this agent's tunnel allow-list (loopback and the overlay)"
+                "target {ip}:{port} is outside this agent's tunnel allow-list ({allow}; `[tunnel] allow` in cluster.toml, `tunnel_allow` in agent.toml)"
             )),
             Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
         },

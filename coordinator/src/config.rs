@@ -52,6 +52,7 @@ struct RawConfig {
 struct RawTunnel {
     max_connections_per_admin: Option<Spanned<i64>>,
     max_bytes_in_flight_per_connection: Option<Spanned<toml::Value>>,
+    allow: Option<Spanned<Vec<String>>>,
 }
 
 /// Limits on `ctl tunnel` (`[tunnel]`), enforced by the coordinator's relay.
@@ -237,6 +238,11 @@ pub struct ClusterConfig {
     pub swarm: Option<SwarmConfig>,
     /// `[tunnel]`: limits on `ctl tunnel`.
     pub tunnel: TunnelLimits,
+    /// `[tunnel] allow`: the CIDRs tunnels may reach on a host, written into
+    /// the agent configuration of the hosts apiary creates (the agent
+    /// enforces its own copy: a coordinator cannot widen it later). Default:
+    /// loopback and the overlay's address pool.
+    pub tunnel_allow: Vec<String>,
     /// The agent binary the artifact listener serves (relative paths from the
     /// config file); `None`: the `agent` file beside the running coordinator.
     pub agent_binary: Option<PathBuf>,
@@ -653,7 +659,25 @@ impl ClusterConfig {
             None => (!listen.ip().is_unspecified()).then_some(listen),
         };
         let mut tunnel = TunnelLimits::default();
+        let mut tunnel_allow = ["127.0.0.0/8", "::1/128"].map(String::from).to_vec();
+        tunnel_allow.extend(
+            swarm
+                .as_ref()
+                .map(|s| s.default_addr_pool.clone())
+                .unwrap_or_else(default_pool),
+        );
         if let Some(t) = raw.tunnel {
+            if let Some(v) = t.allow {
+                let key = "tunnel.allow";
+                apiary_agent::tunnel::AllowList::parse(v.get_ref()).map_err(|e| {
+                    at(
+                        Some(v.span()),
+                        key,
+                        format!("{key}: {e}; write CIDRs such as \"127.0.0.0/8\""),
+                    )
+                })?;
+                tunnel_allow = v.into_inner();
+            }
             if let Some(v) = t.max_connections_per_admin {
                 let key = "tunnel.max_connections_per_admin";
                 tunnel.max_connections_per_admin = usize::try_from(*v.get_ref())
@@ -753,6 +777,7 @@ impl ClusterConfig {
             host_recheck_interval,
             swarm,
             tunnel,
+            tunnel_allow,
             agent_binary,
             artifacts_listen,
         })
@@ -857,6 +882,24 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_allow_list_defaults_to_loopback_and_the_overlay_pool() {
+        let base = "[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n";
+        let lo = ["127.0.0.0/8", "::1/128"];
+        assert_eq!(
+            parse(base).expect("valid").tunnel_allow,
+            [&lo[..], &["10.232.0.0/16"]].concat()
+        );
+        // The overlay's pool follows `[swarm] default_addr_pool`.
+        let c = parse(&format!(
+            "{base}[swarm]\ndefault_addr_pool = [\"10.50.0.0/16\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.tunnel_allow, [&lo[..], &["10.50.0.0/16"]].concat());
+        let c = parse(&format!("{base}[tunnel]\nallow = [\"127.0.0.1/32\"]\n")).expect("valid");
+        assert_eq!(c.tunnel_allow, ["127.0.0.1/32"]);
+    }
+
+    #[test]
     fn tunnel_limits_have_defaults_and_bad_values_name_line_and_key() {
         let base = "[cluster]\nname = \"bees\"\n[provider]\nkind = \"manual\"\n";
         assert_eq!(parse(base).expect("valid").tunnel, TunnelLimits::default());
@@ -888,6 +931,8 @@ mod tests {
                 "tunnel.max_bytes_in_flight_per_connection",
             ),
             ("max_tunnels = 3", 6, "max_tunnels"),
+            ("allow = [\"10.0.0.0\"]", 6, "tunnel.allow"),
+            ("allow = [\"10.0.0.300/8\"]", 6, "tunnel.allow"),
         ] {
             match parse(&format!("{base}[tunnel]\n{text}\n")) {
                 Err(ConfigError::Invalid {

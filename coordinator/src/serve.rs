@@ -41,8 +41,9 @@ pub async fn serve(
         ProviderConfig::Manual => None,
         ProviderConfig::Lab(lab) => {
             let phase = progress.phase("network", 1);
-            let provider =
-                LabProvider::prepare(&opts.config.cluster_name, lab, &opts.state_dir).await?;
+            let provider = LabProvider::prepare(&opts.config.cluster_name, lab, &opts.state_dir)
+                .await?
+                .with_tunnel_allow(opts.config.tunnel_allow.clone());
             phase.step(
                 "bridges",
                 "apiary-pub 198.18.0.1/24, apiary-priv 10.231.0.1/24",

@@ -175,6 +175,9 @@ pub struct Bootstrap {
     /// leaves the agent's default, the first RFC 1918 address, which on a
     /// droplet may be eth0's 10.x anchor address instead of the VPC's.
     pub private_cidr: Option<Ipv4Cidr>,
+    /// The CIDRs tunnels may reach on the host (the agent's `tunnel_allow`);
+    /// `None`: the agent's default, loopback and the overlay.
+    pub tunnel_allow: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -206,6 +209,7 @@ impl Bootstrap {
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             systemd_unit: None,
             private_cidr: None,
+            tunnel_allow: None,
         }
     }
 }
@@ -221,6 +225,8 @@ struct AgentFile<'a> {
     node_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     private_cidr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_allow: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -278,6 +284,7 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
         state_dir: &b.state_dir,
         node_name: b.node_name.as_ref().map(HostName::as_str),
         private_cidr: b.private_cidr.map(|c| c.to_string()),
+        tunnel_allow: b.tunnel_allow.as_deref(),
     })
     .map_err(|e| RenderError::Serialise {
         what: "agent config",
@@ -464,6 +471,12 @@ mod tests {
         assert_eq!(
             agent_toml(&b)["private_cidr"].as_str(),
             Some("10.124.0.0/20")
+        );
+        assert!(!agent_toml(&b).contains_key("tunnel_allow"));
+        b.tunnel_allow = Some(vec!["127.0.0.0/8".into(), "10.50.0.0/16".into()]);
+        assert_eq!(
+            agent_toml(&b)["tunnel_allow"],
+            toml::Value::Array(vec!["127.0.0.0/8".into(), "10.50.0.0/16".into()])
         );
     }
 

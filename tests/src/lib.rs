@@ -268,9 +268,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(endpoint: &str, token: Option<&str>, state: &Path, name: &str) -> Agent {
+        Self::start_with(endpoint, token, state, name, &[])
+    }
+
+    /// As [`Agent::start`], with extra command-line arguments.
+    pub fn start_with(
+        endpoint: &str,
+        token: Option<&str>,
+        state: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Agent {
         let mut cmd = Command::new(bin("agent"));
         cmd.args(["--coordinator", endpoint, "--name", name, "--state-dir"])
-            .arg(state);
+            .arg(state)
+            .args(extra);
         cmd.env("APIARY_JOIN_TOKEN", token.unwrap_or(""));
         if token.is_none() {
             cmd.env_remove("APIARY_JOIN_TOKEN");

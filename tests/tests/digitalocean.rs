@@ -513,6 +513,26 @@ fn the_example_spec_makes_its_droplets_as_is() {
         panic!("agent.toml does not name the VPC's range: {user_data}")
     };
     assert_eq!(range.to_string(), vpc.ip_range);
+    // The cluster's tunnel allow-list (the default: loopback and the overlay
+    // pool) is written for the agent, which refuses the rest, the VPC too.
+    let written_allow: toml::Table =
+        toml::from_str(&written(&doc, AGENT_CONFIG_PATH)).expect("agent.toml is TOML");
+    assert_eq!(
+        written_allow["tunnel_allow"],
+        toml::Value::Array(
+            ["127.0.0.0/8", "::1/128", "10.232.0.0/16"]
+                .map(|c| toml::Value::String(c.into()))
+                .to_vec()
+        )
+    );
+    for (ip, allowed) in [
+        ("127.0.0.1".parse().expect("ip"), true),
+        ("10.232.4.5".parse().expect("ip"), true),
+        (std::net::IpAddr::V4(droplets[0].private_ipv4), false),
+        (std::net::IpAddr::V4(droplets[0].public_ipv4), false),
+    ] {
+        assert_eq!(agent.tunnel_allow.allows(ip), allowed, "{ip}");
+    }
     let ifs = vec![
         (
             "eth0".to_string(),

@@ -51,7 +51,17 @@ fn lab_of_four_comes_up_heals_and_tears_down_completely() {
         assert_eq!(n["private_ip"], format!("10.231.0.{}", 11 + idx), "{i}");
         assert_eq!(n["public_ip"], format!("198.18.0.{}", 11 + idx));
         pids.push(lab.pid(name, "dockerd").expect("dockerd pid"));
-        pids.push(lab.pid(name, "agent").expect("agent pid"));
+        let agent = lab.pid(name, "agent").expect("agent pid");
+        pids.push(agent);
+        // The cluster's tunnel allow-list (default: loopback and the overlay
+        // pool) is handed to every agent the lab starts.
+        let argv = std::fs::read(format!("/proc/{agent}/cmdline")).expect("agent cmdline");
+        let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+        assert!(
+            argv.windows(2)
+                .any(|w| w[0] == b"--tunnel-allow" && w[1] == b"127.0.0.0/8,::1/128,10.232.0.0/16"),
+            "{name}'s agent runs without the cluster's tunnel allow-list"
+        );
     }
 
     // The private network reaches every host from the first, and the public bridge reaches every host.

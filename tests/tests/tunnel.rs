@@ -119,6 +119,30 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
     let out = run(&c.admin_conf(), "bee-1:198.18.0.1:80");
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("allow-list"), "{}", stderr(&out));
+    // An agent given its own list (as the coordinator passes `[tunnel]
+    // allow` to the hosts it creates) refuses loopback, which bee-1 allows.
+    let server = sized_http_server();
+    let narrow = Agent::start_with(
+        &c.endpoint(),
+        Some(&token),
+        &c.dir.path().join("agent-bee-2"),
+        "bee-2",
+        &["--tunnel-allow", "10.232.0.0/16,10.50.0.0/16"],
+    );
+    eventually("bee-2 ready", Duration::from_secs(15), || {
+        (c.node_state("bee-2")? == "ready").then_some(())
+    });
+    let out = run(&c.admin_conf(), &format!("bee-2:{server}"));
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("outside this agent's tunnel allow-list (10.232.0.0/16, 10.50.0.0/16"),
+        "{}",
+        stderr(&out)
+    );
+    let (_open, local) = start_tunnel(&c, &c.admin_conf(), &format!("bee-1:{server}"));
+    fetch(local, 1_000).expect("bee-1's default list allows loopback");
+    drop(narrow);
     // Unknown node (nor a database server, nor a Swarm service).
     let out = run(&c.admin_conf(), "nobody:80");
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));

@@ -108,6 +108,7 @@ impl DigitalOceanProvider {
         // address: eth0 holds a 10.x anchor address too, which "the first
         // RFC 1918 address" could pick.
         bootstrap.private_cidr = Some(vpc_range);
+        bootstrap.tunnel_allow = Some(coordinator.config().tunnel_allow.clone());
         // No node name: each droplet's name is its hostname, which the agent
         // takes, so all hosts share one user_data and one create request per ten.
         render_user_data(&bootstrap).map_err(provider_err)

@@ -34,6 +34,8 @@ pub struct LabProvider {
     etcd_image: bool,
     /// User-supplied `docker save` archives (`[database] image_archive`).
     image_archives: Vec<PathBuf>,
+    /// `[tunnel] allow`, passed to every agent.
+    tunnel_allow: Vec<String>,
 }
 
 impl LabProvider {
@@ -86,7 +88,14 @@ impl LabProvider {
             teardown_on_exit: config.teardown_on_exit,
             etcd_image: config.etcd_image,
             image_archives: config.image_archives.clone(),
+            tunnel_allow: Vec::new(),
         })
+    }
+
+    /// The CIDRs every agent of the lab lets tunnels reach (`[tunnel] allow`).
+    pub fn with_tunnel_allow(mut self, cidrs: Vec<String>) -> Self {
+        self.tunnel_allow = cidrs;
+        self
     }
 
     pub fn teardown_on_exit(&self) -> bool {
@@ -121,7 +130,7 @@ impl LabProvider {
     }
 
     fn agent_argv(&self, host: &HostPlan, endpoint: SocketAddr) -> Vec<String> {
-        vec![
+        let mut argv = vec![
             self.agent_binary.display().to_string(),
             "--coordinator".into(),
             endpoint.to_string(),
@@ -143,7 +152,11 @@ impl LabProvider {
                 "pid=$(cat {pidfile}) && kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
                 pidfile = host.docker_pidfile().display()
             ),
-        ]
+        ];
+        if !self.tunnel_allow.is_empty() {
+            argv.extend(["--tunnel-allow".into(), self.tunnel_allow.join(",")]);
+        }
+        argv
     }
 
     fn start_agent(

@@ -408,7 +408,9 @@ fn tunnel_bench(
             ));
         }
     } else {
-        eprintln!("no /usr/sbin/sshd: `sudo ./scripts/setup-host --bench` installs it for the ssh -L baseline");
+        eprintln!(
+            "no /usr/sbin/sshd: `sudo ./scripts/setup-host --bench` installs it for the ssh -L baseline"
+        );
     }
     println!(
         "| path | throughput MB/s (median of {rounds}, {} MB each, paths in turn) | small GET p50 ms | p99 ms |",
