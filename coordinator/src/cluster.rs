@@ -168,13 +168,21 @@ fn members(coord: &Coordinator, config: &SwarmConfig) -> Vec<Host> {
     let Ok(status) = coord.status() else {
         return Vec::new();
     };
-    let mut hosts: Vec<(String, Ipv4Addr)> = status
+    let hosts: Vec<(String, Ipv4Addr)> = status
         .nodes
         .iter()
         .filter(|n| n.state == "ready")
         .filter_map(|n| Some((n.name.clone(), n.private_ip.parse().ok()?)))
         .collect();
-    hosts.sort();
+    with_roles(hosts, config)
+}
+
+/// Hosts in placement order (names, numbers compared as numbers), the first
+/// `manager_count` of them managers: the same order the database places its
+/// servers in, so the highest-numbered hosts, the ones a scale-down removes,
+/// are workers (`workerbee-10` is not a manager before `workerbee-2`).
+fn with_roles(mut hosts: Vec<(String, Ipv4Addr)>, config: &SwarmConfig) -> Vec<Host> {
+    hosts.sort_by(|a, b| crate::database::placement_order(&a.0, &b.0));
     let managers = manager_count(config, hosts.len());
     hosts
         .into_iter()
@@ -1434,6 +1442,26 @@ mod tests {
             default_addr_pool: vec![],
             database: None,
         }
+    }
+
+    #[test]
+    fn managers_are_the_first_hosts_with_numbers_compared_as_numbers() {
+        let hosts = ["workerbee-10", "workerbee-2", "queenbee", "workerbee-1", "workerbee-9"]
+            .map(|n| (n.to_string(), Ipv4Addr::new(10, 231, 0, 11)))
+            .to_vec();
+        let roles: Vec<(String, bool)> = with_roles(hosts, &cfg(None))
+            .into_iter()
+            .map(|h| (h.name, h.manager))
+            .collect();
+        let expect = [
+            ("queenbee", true),
+            ("workerbee-1", true),
+            ("workerbee-2", true),
+            ("workerbee-9", false),
+            ("workerbee-10", false),
+        ]
+        .map(|(n, m)| (n.to_string(), m));
+        assert_eq!(roles, expect);
     }
 
     /// A node whose facts list `ip_vs` as available or not; `None`: no facts yet.

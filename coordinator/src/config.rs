@@ -159,7 +159,8 @@ fn default_pool() -> Vec<String> {
 /// Swarm and the overlay, as the coordinator drives them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwarmConfig {
-    /// Managers: the first hosts by name (default 1, or 3 from 3 hosts up).
+    /// Managers: the first hosts by name, numbers compared as numbers
+    /// (default 1, or 3 from 3 hosts up).
     pub managers: Option<usize>,
     pub overlay: String,
     pub encrypted: bool,
