@@ -1446,9 +1446,15 @@ mod tests {
 
     #[test]
     fn managers_are_the_first_hosts_with_numbers_compared_as_numbers() {
-        let hosts = ["workerbee-10", "workerbee-2", "queenbee", "workerbee-1", "workerbee-9"]
-            .map(|n| (n.to_string(), Ipv4Addr::new(10, 231, 0, 11)))
-            .to_vec();
+        let hosts = [
+            "workerbee-10",
+            "workerbee-2",
+            "queenbee",
+            "workerbee-1",
+            "workerbee-9",
+        ]
+        .map(|n| (n.to_string(), Ipv4Addr::new(10, 231, 0, 11)))
+        .to_vec();
         let roles: Vec<(String, bool)> = with_roles(hosts, &cfg(None))
             .into_iter()
             .map(|h| (h.name, h.manager))

@@ -370,11 +370,17 @@ impl LabCluster {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// As [`LabCluster::start`], with extra `serve` arguments.
+    pub fn start_with(&mut self, serve_args: &[&str]) {
         let mut cmd = Command::new(bin("coordinator"));
         cmd.args(["serve", "--config"])
             .arg(&self.config)
             .arg("--state-dir")
-            .arg(&self.state);
+            .arg(&self.state)
+            .args(serve_args);
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);

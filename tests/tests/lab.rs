@@ -297,6 +297,71 @@ fn host_configuration_is_applied_dry_run_changes_nothing_and_drift_is_repaired()
     lab.stop();
 }
 
+#[test]
+fn a_bad_image_archive_is_named_and_loaded_once_replaced_without_a_restart() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labimages", 2, "\n[swarm]\nchecks_interval = \"2s\"\n");
+    let archive = lab.dir.path().join("extra.tar");
+    std::fs::write(&archive, b"not a docker save archive").expect("write");
+    lab.start_with(&["--image-archive", &archive.display().to_string()]);
+    let status = lab.wait_all_ready(Duration::from_secs(900));
+
+    // The overlay checks wait on the images, and each round says why.
+    let (code, c) = eventually("checks name the archive", Duration::from_secs(120), || {
+        let (code, c) = checks(&lab)?;
+        c["swarm_error"]
+            .as_str()?
+            .contains("extra.tar")
+            .then_some((code, c))
+    });
+    assert_eq!(code, 2, "{c}");
+    assert!(
+        c["swarm_error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("images: "),
+        "{c}"
+    );
+
+    // The operator replaces the file: the next attempt loads it into every
+    // engine and the checks go on, with the same coordinator process.
+    let layer = apiary_lab::image::layer_tar(&[apiary_lab::image::LayerEntry::File {
+        path: "hello".into(),
+        mode: 0o644,
+        data: b"hello from an archive\n".to_vec(),
+    }])
+    .expect("layer");
+    let staged = lab.dir.path().join("extra.tar.new");
+    apiary_lab::image::write_image_archive(
+        "lab/extra:1",
+        &apiary_lab::image::busybox_config(),
+        &layer,
+        std::fs::File::create(&staged).expect("create"),
+    )
+    .expect("archive");
+    std::fs::rename(&staged, &archive).expect("replace");
+    eventually(
+        "checks pass after the replacement",
+        Duration::from_secs(120),
+        || {
+            let (code, c) = checks(&lab)?;
+            (code == 0 && c["swarm_error"] == "").then_some(())
+        },
+    );
+    for n in status["nodes"].as_array().expect("nodes") {
+        let socket = n["docker_socket"].as_str().expect("docker_socket");
+        let (ok, out) = docker(socket, &["image", "inspect", "lab/extra:1"]);
+        assert!(ok, "{}: {out}", n["name"]);
+    }
+    assert!(
+        lab.coordinator
+            .as_mut()
+            .is_some_and(|p| p.try_exit().is_none()),
+        "the same coordinator, never restarted"
+    );
+    lab.stop();
+}
+
 fn checks(lab: &LabCluster) -> Option<(i32, serde_json::Value)> {
     let out = ctl_with(&lab.admin_conf(), &["checks", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

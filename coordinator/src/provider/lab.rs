@@ -214,31 +214,52 @@ impl LabProvider {
         );
         tokio::spawn(async move {
             let hosts: Vec<&HostPlan> = lab.hosts().iter().collect();
-            let loaded = async {
-                lab.ensure_images(&hosts).await?;
-                phase.step("all", "lab/busybox:1 loaded");
-                if etcd_image {
-                    lab.ensure_etcd_image(&hosts).await?;
-                    phase.step("all", "lab/etcd:1 loaded");
+            // A failed load is tried again (engines that have an image skip
+            // it), so a replaced archive or an engine back from a restart
+            // opens the gate without restarting the coordinator; meanwhile
+            // each checks round names the failure.
+            let mut phase = Some(phase);
+            let mut retry = Duration::from_secs(2);
+            loop {
+                let step = |what: &str| {
+                    if let Some(p) = &phase {
+                        p.step("all", what);
+                    }
+                };
+                let loaded = async {
+                    lab.ensure_images(&hosts).await?;
+                    step("lab/busybox:1 loaded");
+                    if etcd_image {
+                        lab.ensure_etcd_image(&hosts).await?;
+                        step("lab/etcd:1 loaded");
+                    }
+                    for archive in &archives {
+                        let reference = lab.load_archive(&hosts, archive).await?;
+                        step(&format!("{reference} loaded from {}", archive.display()));
+                    }
+                    Ok::<_, apiary_lab::LabError>(())
                 }
-                for archive in &archives {
-                    let reference = lab.load_archive(&hosts, archive).await?;
-                    phase.step(
-                        "all",
-                        &format!("{reference} loaded from {}", archive.display()),
-                    );
+                .await;
+                if let Some(p) = phase.take() {
+                    p.finish();
                 }
-                Ok::<_, apiary_lab::LabError>(())
+                match loaded {
+                    Ok(()) => {
+                        gate.set_images(Images::Ready);
+                        info!("images loaded on every host");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?retry, "images not loaded; trying again");
+                        gate.set_images(Images::Failed(format!(
+                            "{e} (trying again in {} s)",
+                            retry.as_secs()
+                        )));
+                    }
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(30));
             }
-            .await;
-            phase.finish();
-            gate.set_images(match loaded {
-                Ok(()) => Images::Ready,
-                Err(e) => {
-                    warn!(error = %e, "images not loaded");
-                    Images::Failed(e.to_string())
-                }
-            });
         });
 
         let phase = progress.phase("agents", hosts.len());
