@@ -56,6 +56,9 @@ pub struct ChecksState {
     pub cells: Vec<Cell>,
     pub swarm_error: String,
     pub hosts: u32,
+    /// Enrolled hosts whose agent was not connected for the round: none of
+    /// their paths were checked, so the checks cannot pass.
+    pub down: Vec<String>,
     pub swarm: HashMap<String, NodeSwarm>,
     /// Pre-swarm matrix, kept for reference once Swarm runs.
     pub pre_swarm: Vec<Cell>,
@@ -129,6 +132,15 @@ impl ChecksState {
                     .unwrap_or_else(|| "no result".into()),
                 cause: f.cause,
             })
+            .chain(self.down.iter().map(|host| apiary_proto::CheckFailure {
+                src: host.clone(),
+                dst: String::new(),
+                port: 0,
+                proto: "host".into(),
+                check: "session".into(),
+                outcome: "down".into(),
+                cause: "its agent is not connected, so none of its paths were checked (`ctl status` shows since when)".into(),
+            }))
             .collect();
         apiary_proto::ChecksResponse {
             phase: if self.phase.is_empty() {
@@ -477,11 +489,27 @@ pub async fn converge(
 ) {
     let progress = bring_up.then_some(output);
     let hosts = members(coord, config);
+    let down: Vec<String> = coord
+        .status()
+        .map(|s| {
+            s.nodes
+                .into_iter()
+                .filter(|n| n.state != "ready")
+                .map(|n| n.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut state = coord.checks();
     if hosts.is_empty() {
+        // Every host down: say so rather than show the last round as current.
+        if !down.is_empty() && state.down != down {
+            state.down = down;
+            coord.set_checks(state);
+        }
         return;
     }
-    let mut state = coord.checks();
     state.hosts = hosts.len() as u32;
+    state.down = down;
     let views: HashMap<String, SwarmView> = join_all(hosts.iter().map(|h| async move {
         (
             h.name.clone(),
@@ -505,6 +533,7 @@ pub async fn converge(
             );
             phase.finish();
         }
+        coord.save_pre_swarm(&cells).await;
         state.pre_swarm = cells.clone();
         state.cells = cells;
         state.phase = "pre-swarm".into();

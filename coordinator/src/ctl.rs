@@ -397,6 +397,10 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
     } else {
         writeln!(out, "{} failing:", c.failures.len())?;
         for f in &c.failures {
+            if f.proto == "host" {
+                writeln!(out, "  {}: {} — {}", f.src, f.outcome, f.cause)?;
+                continue;
+            }
             let path = match f.proto.as_str() {
                 "esp" => "esp".to_string(),
                 proto => format!("{}/{proto}", f.port),
@@ -555,6 +559,36 @@ fn dash(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_whose_agent_is_down_fails_the_checks_by_name() {
+        let state = crate::cluster::ChecksState {
+            phase: "overlay".into(),
+            hosts: 3,
+            down: vec!["workerbee-2".into()],
+            ..Default::default()
+        };
+        let wire = state.to_wire();
+        let json = checks_json(&wire);
+        assert_eq!(json["ok"], false, "{json}");
+        assert_eq!(json["failures"][0]["src"], "workerbee-2");
+        assert_eq!(json["failures"][0]["proto"], "host");
+        assert_eq!(json["failures"][0]["outcome"], "down");
+        let mut text = Vec::new();
+        print_checks(&mut text, &wire).expect("print");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(
+            text.contains("1 failing:\n  workerbee-2: down — its agent is not connected"),
+            "{text}"
+        );
+        // Back: nothing is failing any more.
+        let wire = crate::cluster::ChecksState {
+            down: Vec::new(),
+            ..state
+        }
+        .to_wire();
+        assert_eq!(checks_json(&wire)["ok"], true);
+    }
 
     fn node(
         name: &str,

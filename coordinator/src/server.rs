@@ -154,6 +154,10 @@ impl Coordinator {
             &server_key,
             revoked.clone(),
         )?);
+        let pre_swarm = store.pre_swarm_cells().unwrap_or_else(|e| {
+            warn!(error = %e, "the last pre-Swarm matrix cannot be read; it is measured again before a new swarm");
+            Vec::new()
+        });
         Ok(Arc::new(Coordinator {
             config,
             state_dir: state_dir.to_path_buf(),
@@ -173,7 +177,10 @@ impl Coordinator {
             heartbeat_rtt: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
             ),
-            checks: Default::default(),
+            checks: std::sync::Mutex::new(crate::cluster::ChecksState {
+                pre_swarm,
+                ..Default::default()
+            }),
             images: tokio::sync::watch::channel(Images::Ready).0,
         }))
     }
@@ -272,6 +279,17 @@ impl Coordinator {
                 warn!(error = %e, "cannot read the database scale; using the config's count");
                 None
             }
+        }
+    }
+
+    /// Keeps the pre-Swarm matrix across restarts (see `Op::PutPreSwarmCells`).
+    pub async fn save_pre_swarm(&self, cells: &[apiary_agent::reach::Cell]) {
+        if let Err(e) = self
+            .store
+            .apply(vec![Op::PutPreSwarmCells(cells.to_vec())])
+            .await
+        {
+            warn!(error = %e, "the pre-Swarm matrix is not saved; a restarted coordinator will not show it");
         }
     }
 

@@ -100,9 +100,16 @@ pub enum Op {
     DeleteNode(String),
     PutCert(CertRecord),
     Revoke(RevocationRecord),
-    PutFacts { node: String, encoded: Vec<u8> },
+    PutFacts {
+        node: String,
+        encoded: Vec<u8>,
+    },
     PutToken(TokenRecord),
     PutDatabaseScale(DatabaseScaleRecord),
+    /// The last pre-Swarm port matrix (`ctl checks --json`'s
+    /// `pre_swarm_cells`): once Swarm holds the ports it cannot be measured
+    /// again, so a restarted coordinator reads it back.
+    PutPreSwarmCells(Vec<apiary_agent::reach::Cell>),
 }
 
 type Batch = (Vec<Op>, oneshot::Sender<Result<(), StoreError>>);
@@ -121,6 +128,7 @@ impl std::fmt::Debug for Store {
 
 const TOKEN_KEY: &str = "join_token";
 const DATABASE_SCALE_KEY: &str = "database_scale";
+const PRE_SWARM_KEY: &str = "pre_swarm_cells";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -208,6 +216,10 @@ impl Store {
         self.one(META, DATABASE_SCALE_KEY)
     }
 
+    pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_agent::reach::Cell>, StoreError> {
+        Ok(self.one(META, PRE_SWARM_KEY)?.unwrap_or_default())
+    }
+
     pub fn facts(&self, node: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FACTS)?;
@@ -280,6 +292,9 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                 Op::PutDatabaseScale(d) => {
                     meta.insert(DATABASE_SCALE_KEY, encode(d).as_slice())?;
                 }
+                Op::PutPreSwarmCells(cells) => {
+                    meta.insert(PRE_SWARM_KEY, encode(cells).as_slice())?;
+                }
             }
         }
     }
@@ -322,6 +337,7 @@ mod tests {
                         servers: 3,
                         set_unix: 4,
                     }),
+                    Op::PutPreSwarmCells(vec![pre_swarm_cell()]),
                 ])
                 .await
                 .expect("apply");
@@ -346,6 +362,25 @@ mod tests {
             store.database_scale().expect("scale").map(|d| d.servers),
             Some(3)
         );
+        assert_eq!(
+            store.pre_swarm_cells().expect("pre-swarm"),
+            vec![pre_swarm_cell()]
+        );
+    }
+
+    fn pre_swarm_cell() -> apiary_agent::reach::Cell {
+        use apiary_agent::reach::{Cell, Check, Outcome, Proto};
+        Cell {
+            src: "queenbee".into(),
+            dst: "workerbee-1".into(),
+            addr: std::net::Ipv4Addr::new(10, 231, 0, 12),
+            port: 7946,
+            proto: Proto::Udp,
+            check: Check::Direct,
+            outcome: Outcome::Open,
+            rtt: Some(std::time::Duration::from_micros(250)),
+            detail: None,
+        }
     }
 
     #[tokio::test]

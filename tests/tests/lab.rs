@@ -511,8 +511,8 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
     // Before Swarm takes the ports, every cluster port is probed between
     // every ordered pair: N·(N−1) cells each for 7946/tcp, 7946/udp and
     // 4789/udp, and 2377/tcp only towards the 3 managers (the first hosts by
-    // name). Read now: the matrix lives in the coordinator's memory, and the
-    // coordinator is killed below.
+    // name). The coordinator is killed below: the restarted one shows the
+    // same matrix from its store.
     let c = eventually("the pre-Swarm matrix", Duration::from_secs(120), || {
         let (_, c) = checks(&lab)?;
         (!c["pre_swarm_cells"].as_array()?.is_empty()).then_some(c)
@@ -593,6 +593,13 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
     assert_eq!(code, 0);
     let (id, swarm_nodes) = one_swarm(&sockets);
     assert_eq!(id, swarm_id, "the swarm was made again");
+    // The pre-Swarm matrix cannot be measured again once Swarm holds the
+    // ports: the restarted coordinator shows the one it saved.
+    assert_eq!(
+        c["pre_swarm_cells"].as_array().map(Vec::len),
+        Some(want.len()),
+        "{c}"
+    );
 
     // Node labels from [swarm.labels], as Swarm holds them.
     let labels = |host: &str| -> serde_json::Value {
