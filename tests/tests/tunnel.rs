@@ -268,13 +268,7 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
     // the coordinator and the tunnel at once.
     let mut behind = server_behind_an_agent("");
     let local = behind.local;
-
-    // A long transfer, in flight: its header and the first megabyte are read.
-    let mut long = eventually("a long transfer", Duration::from_secs(15), || {
-        hold(local, false)
-    });
-    let mut first = vec![0u8; 1 << 20];
-    long.read_exact(&mut first).expect("the first megabyte");
+    let long = transfer_in_flight(local);
 
     behind.agent.proc.kill9();
     behind.agent = Agent::start(
@@ -284,53 +278,57 @@ fn an_agent_killed_under_a_transfer_fails_only_that_connection() {
         "bee-1",
     );
 
-    // The transfer in flight fails (reset or cut short, never the whole body)...
+    // The transfer in flight fails, and the same `ctl tunnel` carries new
+    // connections through the restarted agent's session.
+    fails_short(long);
+    carries_new_connections(local);
+    drop(behind);
+}
+
+/// A long transfer, in flight: its header and first megabyte are read.
+fn transfer_in_flight(local: u16) -> TcpStream {
+    let mut long = eventually("a long transfer", Duration::from_secs(15), || {
+        hold(local, false)
+    });
+    let mut first = vec![0u8; 1 << 20];
+    long.read_exact(&mut first).expect("the first megabyte");
+    long
+}
+
+/// The transfer fails: reset or cut short, never a body that looks whole.
+fn fails_short(mut long: TcpStream) {
     let mut rest = Vec::new();
     let outcome = long.read_to_end(&mut rest);
     assert!(
-        outcome.is_err() || rest.len() + first.len() < 100_000_000_000,
-        "{outcome:?}"
+        outcome.is_err() || rest.len() + (1 << 20) < 100_000_000_000,
+        "the transfer in flight must fail, not look complete: {outcome:?}"
     );
-    // ...and the same `ctl tunnel` carries new connections through the
-    // restarted agent's session.
+}
+
+fn carries_new_connections(local: u16) {
     eventually(
         "a new connection after the restart",
         Duration::from_secs(30),
         || fetch(local, 1_000_000).ok(),
     );
     fetch(local, 10_000_000).expect("10 MB after the restart");
-    drop(behind);
 }
 
 #[test]
 fn a_coordinator_restart_fails_the_transfer_in_flight_and_the_same_agent_and_tunnel_carry_on() {
     let mut behind = server_behind_an_agent("");
     let local = behind.local;
-    let mut long = eventually("a long transfer", Duration::from_secs(15), || {
-        hold(local, false)
-    });
-    let mut first = vec![0u8; 1 << 20];
-    long.read_exact(&mut first).expect("the first megabyte");
+    let long = transfer_in_flight(local);
 
     // Both legs' connections go down at once; the agent and `ctl tunnel`
     // processes stay up and reconnect on their own.
     behind.c.restart();
 
-    let mut rest = Vec::new();
-    let outcome = long.read_to_end(&mut rest);
-    assert!(
-        outcome.is_err() || rest.len() + first.len() < 100_000_000_000,
-        "the transfer in flight must fail, not look complete: {outcome:?}"
-    );
+    fails_short(long);
     eventually("the agent's session back", Duration::from_secs(30), || {
         (behind.c.node_state("bee-1")? == "ready").then_some(())
     });
-    eventually(
-        "a new connection after the restart",
-        Duration::from_secs(30),
-        || fetch(local, 1_000_000).ok(),
-    );
-    fetch(local, 10_000_000).expect("10 MB after the restart");
+    carries_new_connections(local);
     assert!(
         behind.agent.proc.try_exit().is_none() && behind.tunnel.try_exit().is_none(),
         "the agent and ctl tunnel kept running through the restart"
