@@ -1137,9 +1137,18 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         to_degraded.as_secs_f64(),
         killed.elapsed().as_secs_f64()
     );
+    // `ctl events` streams what happened; the event may reach it a moment
+    // after `ctl status` shows the state.
+    let seen = eventually(
+        "the database_healthy event",
+        Duration::from_secs(10),
+        || {
+            let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
+            seen.contains("database_healthy").then_some(seen)
+        },
+    );
     let _ = events.kill();
     let _ = events.wait();
-    let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
     let degraded = seen
         .find("database_degraded")
         .unwrap_or_else(|| panic!("no database_degraded event: {seen}"));
