@@ -247,6 +247,20 @@ impl Coordinator {
         let state = self.dir.path().join(format!("agent-{name}"));
         Agent::start(&self.endpoint(), token, &state, name)
     }
+
+    /// Waits until `name`'s agent has a live session (`ready` in `ctl status`).
+    pub fn wait_ready(&self, name: &str, within: Duration) {
+        eventually(&format!("{name} ready"), within, || {
+            (self.node_state(name)? == "ready").then_some(())
+        });
+    }
+
+    /// An agent enrolled with the current join token, once it is ready.
+    pub fn ready_agent(&self, name: &str) -> Agent {
+        let agent = self.agent(name, Some(&self.token()));
+        self.wait_ready(name, Duration::from_secs(15));
+        agent
+    }
 }
 
 pub fn ctl_with(conf: &Path, args: &[&str]) -> Output {

@@ -104,9 +104,7 @@ fn a_silent_or_dead_agent_is_down_within_three_heartbeats_and_returns() {
     );
     assert_eq!(c.node_state("bee-2").as_deref(), Some("ready"));
     agents[0].proc.signal(Signal::SIGCONT);
-    eventually("thawed agent ready", Duration::from_secs(10), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(10));
 
     // Session drops (process killed).
     agents[1].proc.kill9();
@@ -117,9 +115,7 @@ fn a_silent_or_dead_agent_is_down_within_three_heartbeats_and_returns() {
     // Restarted without a token: same identity, no duplicate node.
     let serial_before = c.node("bee-2").expect("bee-2")["cert_serial"].clone();
     agents[1].restart(None);
-    eventually("restarted agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-2")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-2", Duration::from_secs(15));
     let status = c.status();
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3));
     assert_eq!(
@@ -223,9 +219,7 @@ fn join_token_refusals_say_which() {
         a.proc.log_text()
     );
     let _ok = c.agent("fresh", Some(&new));
-    eventually("new token enrolls", Duration::from_secs(15), || {
-        (c.node_state("fresh")? == "ready").then_some(())
-    });
+    c.wait_ready("fresh", Duration::from_secs(15));
 
     // Expired (ttl 2 s).
     std::thread::sleep(Duration::from_millis(2200));
@@ -272,11 +266,7 @@ fn conf_with(c: &Coordinator, name: &str, key: &str, cert: &str, ca: &str) -> st
 #[test]
 fn certificates_are_refused_by_role_ca_expiry_revocation_and_plaintext() {
     let c = Coordinator::start("");
-    let token = c.token();
-    let agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let agent = c.ready_agent("bee-1");
     let admin = AdminConf::load(&c.admin_conf()).expect("admin.conf");
 
     // An agent certificate on the admin API.
@@ -400,9 +390,7 @@ fn agents_renew_their_certificate_before_expiry_without_restarting() {
     let c = Coordinator::start("node_cert_ttl = \"6s\"\nheartbeat_interval = \"500ms\"");
     let token = c.token();
     let mut agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(15));
     let first = c.node("bee-1").expect("node")["cert_serial"].clone();
     // Two thirds of 6 s is 4 s; allow for the slack of the clock and the poll.
     let second = eventually("certificate renewed", Duration::from_secs(10), || {

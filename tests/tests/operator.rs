@@ -27,9 +27,7 @@ fn events_stream_joins_downs_and_removals_as_json_lines() {
     let events = subscribed_events(&c);
     let token = c.token();
     let mut a = c.agent("bee-1", Some(&token));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(15));
     a.proc.kill9();
     eventually("bee-1 down", Duration::from_secs(5), || {
         (c.node_state("bee-1")? == "down").then_some(())
@@ -69,11 +67,7 @@ fn events_stream_joins_downs_and_removals_as_json_lines() {
 #[test]
 fn watch_redraws_and_plain_output_has_no_escape_codes() {
     let c = Coordinator::start("heartbeat_interval = \"300ms\"");
-    let token = c.token();
-    let _a = c.agent("bee-1", Some(&token));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let _a = c.ready_agent("bee-1");
 
     let mut cmd = Command::new(bin("ctl"));
     cmd.arg("--config")
@@ -420,11 +414,7 @@ fn escape_sequences(text: &str) -> Vec<String> {
 #[test]
 fn watch_on_a_terminal_redraws_in_place_and_colours_only_without_no_color() {
     let c = Coordinator::start("heartbeat_interval = \"300ms\"");
-    let token = c.token();
-    let _a = c.agent("bee-1", Some(&token));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let _a = c.ready_agent("bee-1");
     for (env, colour) in [(&[][..], true), (&[("NO_COLOR", "1")][..], false)] {
         let mut cmd = Command::new(bin("ctl"));
         cmd.arg("--config")
@@ -466,11 +456,7 @@ fn watch_on_a_terminal_redraws_in_place_and_colours_only_without_no_color() {
 #[test]
 fn ctl_colours_states_on_a_terminal_and_never_with_no_color() {
     let c = Coordinator::start("heartbeat_interval = \"300ms\"");
-    let token = c.token();
-    let _a = c.agent("bee-1", Some(&token));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let _a = c.ready_agent("bee-1");
 
     let (code, shown) = ctl_on_terminal(&c, &["status"], &[]);
     assert_eq!(code, 0, "{shown}");
@@ -857,11 +843,7 @@ fn status_events_and_checks_json_hold_every_documented_field() {
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock");
-    let token = c.token();
-    let _a = c.agent("bee-1", Some(&token));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let _a = c.ready_agent("bee-1");
     let status = eventually(
         "bee-1 seen after a heartbeat",
         Duration::from_secs(10),
@@ -1095,9 +1077,7 @@ fn json_logs_are_one_object_per_line_and_lines_about_a_host_name_it() {
         .args(["--log-format", "json"])
         .env("APIARY_JOIN_TOKEN", &token);
     let agent = Proc::spawn(agent_cmd, &c.dir.path().join("agent.log"));
-    eventually("bee-1 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(15));
     // A frozen agent keeps its session but stops heartbeating: a warning
     // about the host, then (thawed) its recovery.
     agent.signal(nix::sys::signal::Signal::SIGSTOP);

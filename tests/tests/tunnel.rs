@@ -67,11 +67,7 @@ struct Behind {
 
 fn server_behind_an_agent(extra: &str) -> Behind {
     let c = Coordinator::start(extra);
-    let token = c.token();
-    let agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    let agent = c.ready_agent("bee-1");
     let target = format!("bee-1:{}", sized_http_server());
     let (tunnel, local) = start_tunnel(&c, &c.admin_conf(), &target);
     Behind {
@@ -103,9 +99,7 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
     let c = Coordinator::start("");
     let token = c.token();
     let agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(15), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(15));
 
     let run = |conf: &std::path::Path, target: &str| {
         Command::new(bin("ctl"))
@@ -129,9 +123,7 @@ fn tunnels_are_refused_for_agents_outside_the_allow_list_and_to_unknown_nodes() 
         "bee-2",
         &["--tunnel-allow", "10.232.0.0/16,10.50.0.0/16"],
     );
-    eventually("bee-2 ready", Duration::from_secs(15), || {
-        (c.node_state("bee-2")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-2", Duration::from_secs(15));
     let out = run(&c.admin_conf(), &format!("bee-2:{server}"));
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(
@@ -325,9 +317,7 @@ fn a_coordinator_restart_fails_the_transfer_in_flight_and_the_same_agent_and_tun
     behind.c.restart();
 
     fails_short(long);
-    eventually("the agent's session back", Duration::from_secs(30), || {
-        (behind.c.node_state("bee-1")? == "ready").then_some(())
-    });
+    behind.c.wait_ready("bee-1", Duration::from_secs(30));
     carries_new_connections(local);
     assert!(
         behind.agent.proc.try_exit().is_none() && behind.tunnel.try_exit().is_none(),

@@ -316,9 +316,7 @@ fn tunnel_bench(
     let c = apiary_tests::Coordinator::start("");
     let token = c.token();
     let _agent = c.agent("bee-1", Some(&token));
-    eventually("agent ready", Duration::from_secs(30), || {
-        (c.node_state("bee-1")? == "ready").then_some(())
-    });
+    c.wait_ready("bee-1", Duration::from_secs(30));
     let local = free_port();
     let mut cmd = Command::new(bin("ctl"));
     cmd.arg("--config").arg(c.admin_conf()).args([
