@@ -177,11 +177,14 @@ fn manager_count(config: &SwarmConfig, hosts: usize) -> usize {
 
 /// The ready hosts with a private address, managers first by name.
 fn members(coord: &Coordinator, config: &SwarmConfig) -> Vec<Host> {
-    let Ok(status) = coord.status() else {
-        return Vec::new();
-    };
-    let hosts: Vec<(String, Ipv4Addr)> = status
-        .nodes
+    coord
+        .status()
+        .map(|s| members_of(&s.nodes, config))
+        .unwrap_or_default()
+}
+
+fn members_of(nodes: &[apiary_proto::NodeStatus], config: &SwarmConfig) -> Vec<Host> {
+    let hosts: Vec<(String, Ipv4Addr)> = nodes
         .iter()
         .filter(|n| n.state == "ready")
         .filter_map(|n| Some((n.name.clone(), n.private_ip.parse().ok()?)))
@@ -488,17 +491,14 @@ pub async fn converge(
     bring_up: bool,
 ) {
     let progress = bring_up.then_some(output);
-    let hosts = members(coord, config);
-    let down: Vec<String> = coord
-        .status()
-        .map(|s| {
-            s.nodes
-                .into_iter()
-                .filter(|n| n.state != "ready")
-                .map(|n| n.name)
-                .collect()
-        })
-        .unwrap_or_default();
+    // One read of the nodes serves both: who is checked, and who is down.
+    let nodes = coord.status().map(|s| s.nodes).unwrap_or_default();
+    let hosts = members_of(&nodes, config);
+    let down: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.state != "ready")
+        .map(|n| n.name.clone())
+        .collect();
     let mut state = coord.checks();
     if hosts.is_empty() {
         // Every host down: say so rather than show the last round as current.
