@@ -423,14 +423,12 @@ impl Coordinator {
             .add_service(EnrollmentServer::new(svc.clone()))
             .add_service(AgentApiServer::new(svc.clone()))
             .add_service(AdminServer::new(svc))
-            .add_service(apiary_proto::tunnel::tunnel_server::TunnelServer::new(
+            .add_service(crate::tunnel::TunnelRoutes(crate::tunnel::TunnelSvc(
+                self.clone(),
+            )))
+            .add_service(crate::tunnel::TunnelRelayRoutes::new(
                 crate::tunnel::TunnelSvc(self.clone()),
             ))
-            .add_service(
-                apiary_proto::tunnel::tunnel_relay_server::TunnelRelayServer::new(
-                    crate::tunnel::TunnelSvc(self.clone()),
-                ),
-            )
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
         let result = tokio::select! {
             r = server => r.map_err(|e| CoordinatorError::Serve(e.to_string())),

@@ -21,37 +21,45 @@
 //! coordinator cannot turn agents into a general proxy.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apiary_certs::Role;
-use apiary_proto::tunnel::tunnel_relay_server::TunnelRelay;
-use apiary_proto::tunnel::tunnel_server::Tunnel;
+use apiary_proto::tunnel::tunnel_relay_server::{TunnelRelay, TunnelRelayServer};
 use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, Target, frame};
-use futures::{Stream, StreamExt};
+use apiary_proto::tunnel_wire::{self, WireReader};
+use futures::Stream;
+use prost::bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use crate::server::{Coordinator, require_role};
 
-/// Frames queued per direction and connection, whatever their size (control
-/// frames carry no data; data frames are bounded in bytes by the budget).
-const QUEUE_FRAMES: usize = 64;
+/// Chunks queued per direction and connection, whatever their size (the
+/// byte budget bounds what they hold).
+const QUEUE_CHUNKS: usize = 64;
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
-/// A queued frame and the share of its connection's byte budget it holds
-/// until the sending leg takes it.
-type Queued = (Frame, Option<OwnedSemaphorePermit>);
+/// What goes to one leg: relayed bytes, each holding its share of the
+/// connection's byte budget until that leg takes it, or the end of the
+/// stream with an error.
+enum Out {
+    Chunk(Bytes, Option<OwnedSemaphorePermit>),
+    Fail(Status),
+}
 
 /// The agent's half of a connection, handed from `Attach` to the waiting `Open`.
 struct AgentLeg {
-    inbound: Streaming<Frame>,
-    outbound: mpsc::Sender<Queued>,
+    inbound: WireReader,
+    outbound: mpsc::Sender<Out>,
 }
 
 #[derive(Default)]
@@ -61,7 +69,7 @@ pub struct TunnelHub {
     pending: Mutex<HashMap<u64, (String, oneshot::Sender<AgentLeg>)>>,
     per_admin: Mutex<HashMap<String, usize>>,
     next: AtomicU64,
-    /// Bytes carried, both directions (for metrics and the benchmark).
+    /// Data bytes carried, both directions (for metrics and the benchmark).
     pub bytes: AtomicU64,
 }
 
@@ -88,75 +96,126 @@ impl Drop for Slot {
 #[derive(Clone)]
 pub struct TunnelSvc(pub Arc<Coordinator>);
 
-fn frame(kind: frame::Kind) -> Frame {
-    Frame { kind: Some(kind) }
-}
-
-/// A queue toward one leg, bounded to `budget` bytes of data.
-fn queue(budget: usize) -> (Sender, mpsc::Receiver<Queued>) {
-    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-    (
-        Sender {
-            tx,
-            budget: Arc::new(Semaphore::new(budget)),
-            max: budget,
-        },
-        rx,
-    )
+/// A queue toward one leg, bounded to `budget` bytes.
+fn queue(budget: usize) -> (Sender, mpsc::Receiver<Out>) {
+    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+    (Sender::new(tx, budget), rx)
 }
 
 struct Sender {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Out>,
     budget: Arc<Semaphore>,
     max: usize,
 }
 
 impl Sender {
-    /// Waits for room in the byte budget, then queues `f`. False when the
-    /// other leg is gone.
-    async fn send(&self, f: Frame) -> bool {
-        let permit = match &f.kind {
-            Some(frame::Kind::Data(d)) if !d.is_empty() => {
-                // A frame larger than the whole budget takes all of it.
-                let n = d.len().min(self.max) as u32;
-                match self.budget.clone().acquire_many_owned(n).await {
-                    Ok(p) => Some(p),
-                    Err(_) => return false,
-                }
+    fn new(tx: mpsc::Sender<Out>, budget: usize) -> Self {
+        Sender {
+            tx,
+            budget: Arc::new(Semaphore::new(budget)),
+            max: budget,
+        }
+    }
+
+    /// Waits for room in the byte budget, then queues `chunk`. False when
+    /// the other leg is gone.
+    async fn send(&self, chunk: Bytes) -> bool {
+        // A chunk larger than the whole budget takes all of it.
+        let n = chunk.len().min(self.max) as u32;
+        let permit = if n == 0 {
+            None
+        } else {
+            match self.budget.clone().acquire_many_owned(n).await {
+                Ok(p) => Some(p),
+                Err(_) => return false,
             }
-            _ => None,
         };
-        self.tx.send((f, permit)).await.is_ok()
+        self.tx.send(Out::Chunk(chunk, permit)).await.is_ok()
+    }
+
+    async fn fail(&self, status: Status) {
+        let _ = self.tx.send(Out::Fail(status)).await;
     }
 }
 
-/// What the sending leg reads: frames in order, each releasing its bytes of
-/// the budget as it is taken.
-fn drain(rx: mpsc::Receiver<Queued>) -> FrameStream {
-    Box::pin(ReceiverStream::new(rx).map(|(f, _permit)| Ok(f)))
+/// The response body toward one leg: the queued chunks, then gRPC's
+/// trailers (OK when the queue's senders are gone, else the failure).
+struct Outgoing {
+    rx: mpsc::Receiver<Out>,
+    done: bool,
 }
 
-/// Copies frames from one leg to the other until either side ends; counts bytes.
-async fn pump(mut from: Streaming<Frame>, to: Sender, hub: Arc<Coordinator>) {
+impl http_body::Body for Outgoing {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let status = match std::task::ready!(self.rx.poll_recv(cx)) {
+            // The permit goes as the chunk leaves the queue: the budget
+            // bounds what waits here, HTTP/2 flow control what is in flight.
+            Some(Out::Chunk(chunk, _permit)) => {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+            }
+            Some(Out::Fail(status)) => status,
+            None => Status::ok(""),
+        };
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(e) = status.add_header(&mut trailers) {
+            let _ = e.add_header(&mut trailers);
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// A streaming gRPC response whose body is what `rx` receives.
+fn streaming_response(rx: mpsc::Receiver<Out>) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::new(Outgoing { rx, done: false }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// Moves one leg's bytes to the other, as they arrive, until either side
+/// ends; counts the data carried. A failure between two frames goes on as an
+/// error frame; inside one (the bytes sent so far end mid-frame), as the
+/// stream's error status. Either way the far end resets its connection.
+async fn pump(mut from: WireReader, to: Sender, coord: Arc<Coordinator>) {
+    let mut counted = 0;
     loop {
-        match from.message().await {
-            Ok(Some(f)) => {
-                if let Some(frame::Kind::Data(d)) = &f.kind {
-                    hub.tunnels
-                        .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed);
-                }
-                if !to.send(f).await {
+        let got = from.chunk().await;
+        let carried = from.bounds().data_bytes;
+        coord
+            .tunnels
+            .bytes
+            .fetch_add(carried - counted, Ordering::Relaxed);
+        counted = carried;
+        match got {
+            Ok(Some(chunk)) => {
+                if !to.send(chunk).await {
                     return;
                 }
             }
             Ok(None) => return,
             Err(e) => {
-                to.send(frame(frame::Kind::Error(format!(
-                    "the other side failed: {}",
-                    e.message()
-                ))))
-                .await;
+                let why = format!("the other side failed: {}", e.message());
+                if from.bounds().at_boundary() {
+                    to.send(tunnel_wire::error(why)).await;
+                } else {
+                    to.fail(Status::unavailable(why)).await;
+                }
                 return;
             }
         }
@@ -360,16 +419,16 @@ impl TunnelSvc {
     }
 }
 
-#[tonic::async_trait]
-impl Tunnel for TunnelSvc {
-    type OpenStream = FrameStream;
-
-    async fn open(
-        &self,
-        req: Request<Streaming<Frame>>,
-    ) -> Result<Response<Self::OpenStream>, Status> {
-        let admin = require_role(&req, Role::Admin)?;
-        let mut inbound = req.into_inner();
+impl TunnelSvc {
+    /// `Tunnel.Open`: one operator connection. Its first frame names the
+    /// target; once the agent has reached it, bytes flow both ways.
+    async fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let (parts, body) = req.into_parts();
+        let admin = require_role(
+            &Request::from_http(http::Request::from_parts(parts, ())),
+            Role::Admin,
+        )?;
+        let mut inbound = WireReader::new(body);
         let target = match inbound.message().await? {
             Some(Frame {
                 kind: Some(frame::Kind::Target(t)),
@@ -398,12 +457,12 @@ impl Tunnel for TunnelSvc {
         let (node, agent) = self.open_agent(&place, port).await?;
         info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
         let (to_ctl, from_agent_rx) = queue(limits.max_bytes_in_flight_per_connection);
-        to_ctl.send(frame(frame::Kind::Opened(true))).await;
-        let to_agent = Sender {
-            tx: agent.outbound,
-            budget: Arc::new(Semaphore::new(limits.max_bytes_in_flight_per_connection)),
-            max: limits.max_bytes_in_flight_per_connection,
-        };
+        to_ctl
+            .send(tunnel_wire::encode(&Frame {
+                kind: Some(frame::Kind::Opened(true)),
+            }))
+            .await;
+        let to_agent = Sender::new(agent.outbound, limits.max_bytes_in_flight_per_connection);
         // The connection counts against the admin's limit until both
         // directions end: a client that half-closes at once must not free
         // its slot while the download goes on.
@@ -419,33 +478,18 @@ impl Tunnel for TunnelSvc {
             drop(slot);
             debug!(%node, "tunnel connection from ctl ended");
         });
-        Ok(Response::new(drain(from_agent_rx)))
-    }
-}
-
-#[tonic::async_trait]
-impl TunnelRelay for TunnelSvc {
-    type ListenStream = Pin<Box<dyn Stream<Item = Result<OpenRequest, Status>> + Send>>;
-    type AttachStream = FrameStream;
-
-    async fn listen(
-        &self,
-        req: Request<ListenRequest>,
-    ) -> Result<Response<Self::ListenStream>, Status> {
-        let agent = require_role(&req, Role::Agent)?;
-        let (tx, rx) = mpsc::channel(64);
-        // A newer listener replaces an older one: connections that were being
-        // opened through the old session fail, new ones go to the new session.
-        TunnelHub::lock(&self.0.tunnels.listeners).insert(agent.node.clone(), tx);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(streaming_response(from_agent_rx))
     }
 
-    async fn attach(
-        &self,
-        req: Request<Streaming<Frame>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        let agent = require_role(&req, Role::Agent)?;
-        let mut inbound = req.into_inner();
+    /// `TunnelRelay.Attach`: the agent's leg of one connection, handed to
+    /// the `open` waiting for it.
+    async fn attach(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let (parts, body) = req.into_parts();
+        let agent = require_role(
+            &Request::from_http(http::Request::from_parts(parts, ())),
+            Role::Agent,
+        )?;
+        let mut inbound = WireReader::new(body);
         let conn_id = match inbound.message().await? {
             Some(Frame {
                 kind: Some(frame::Kind::Attach(id)),
@@ -469,14 +513,118 @@ impl TunnelRelay for TunnelSvc {
             )));
         }
         // The byte budget of this direction is the opener's (it knows the
-        // limits); the queue itself only carries frames.
-        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+        // limits); the queue itself only carries chunks.
+        let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         handoff
             .send(AgentLeg {
                 inbound,
                 outbound: tx,
             })
             .map_err(|_| Status::cancelled("the operator's side went away"))?;
-        Ok(Response::new(drain(rx)))
+        Ok(streaming_response(rx))
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// The `Tunnel` service, served by hand rather than through tonic's codec so
+/// that the relay forwards bytes without decoding them (see
+/// [`apiary_proto::tunnel_wire`]).
+#[derive(Clone)]
+pub struct TunnelRoutes(pub TunnelSvc);
+
+impl NamedService for TunnelRoutes {
+    const NAME: &'static str = apiary_proto::tunnel::tunnel_server::SERVICE_NAME;
+}
+
+impl tower::Service<http::Request<Body>> for TunnelRoutes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let answer = if req.uri().path() == "/apiary.tunnel.v1.Tunnel/Open" {
+                svc.open(req).await
+            } else {
+                Err(Status::unimplemented(format!(
+                    "no method {}",
+                    req.uri().path()
+                )))
+            };
+            Ok(answer.unwrap_or_else(Status::into_http))
+        })
+    }
+}
+
+/// The `TunnelRelay` service: `Attach` by hand like `Open`, `Listen` through
+/// tonic.
+#[derive(Clone)]
+pub struct TunnelRelayRoutes {
+    svc: TunnelSvc,
+    generated: TunnelRelayServer<TunnelSvc>,
+}
+
+impl TunnelRelayRoutes {
+    pub fn new(svc: TunnelSvc) -> Self {
+        TunnelRelayRoutes {
+            generated: TunnelRelayServer::new(svc.clone()),
+            svc,
+        }
+    }
+}
+
+impl NamedService for TunnelRelayRoutes {
+    const NAME: &'static str = apiary_proto::tunnel::tunnel_relay_server::SERVICE_NAME;
+}
+
+impl tower::Service<http::Request<Body>> for TunnelRelayRoutes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+        if req.uri().path() == "/apiary.tunnel.v1.TunnelRelay/Attach" {
+            let svc = self.svc.clone();
+            Box::pin(async move { Ok(svc.attach(req).await.unwrap_or_else(Status::into_http)) })
+        } else {
+            Box::pin(self.generated.call(req))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TunnelRelay for TunnelSvc {
+    type ListenStream = Pin<Box<dyn Stream<Item = Result<OpenRequest, Status>> + Send>>;
+    type AttachStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+    async fn listen(
+        &self,
+        req: Request<ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        let agent = require_role(&req, Role::Agent)?;
+        let (tx, rx) = mpsc::channel(64);
+        // A newer listener replaces an older one: connections that were being
+        // opened through the old session fail, new ones go to the new session.
+        TunnelHub::lock(&self.0.tunnels.listeners).insert(agent.node.clone(), tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// Never called: [`TunnelRelayRoutes`] serves `Attach` before tonic
+    /// would route it here.
+    async fn attach(
+        &self,
+        _: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::internal("Attach is served by TunnelRelayRoutes"))
     }
 }

@@ -20,3 +20,4 @@ pub mod tunnel {
 
 pub mod dial;
 pub mod tunnel_io;
+pub mod tunnel_wire;

@@ -267,10 +267,7 @@ fn agent_footprint(duration: Duration) -> anyhow::Result<String> {
         peak = peak.max(proc_stat(pid).rss_kib);
     }
     let after = proc_stat(pid);
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
+    let ticks_per_sec = ticks_per_sec();
     let cpu =
         (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64()
             * 100.0;
@@ -419,9 +416,21 @@ fn tunnel_bench(
     // CPU seconds per byte along the floor: client, server and the three
     // relays all run in this process, so its own CPU time is the whole cost.
     let mut floor_cpu_per_byte = Vec::new();
+    // CPU seconds per byte of ctl, the coordinator and the agent: steadier
+    // than throughput on a shared machine, so the figure to compare builds by.
+    let tunnel_pids = [
+        c.proc.as_ref().map_or(0, Proc::pid),
+        _agent.proc.pid(),
+        tunnel.pid(),
+    ];
+    let tunnel_cpu = || -> f64 {
+        let ticks: u64 = tunnel_pids.iter().map(|p| proc_stat(*p).cpu_ticks).sum();
+        ticks as f64 / ticks_per_sec()
+    };
+    let mut tunnel_cpu_per_byte = Vec::new();
     for _ in 0..rounds.max(1) {
         for ((name, port, _), r) in paths.iter().zip(&mut rates) {
-            let cpu = cpu_seconds();
+            let (cpu, processes) = (cpu_seconds(), tunnel_cpu());
             r.push(
                 bench_get(*port, bytes)
                     .map(|(b, s)| b as f64 / s / 1e6)
@@ -429,6 +438,9 @@ fn tunnel_bench(
             );
             if name.starts_with("floor") {
                 floor_cpu_per_byte.push((cpu_seconds() - cpu) / bytes as f64);
+            }
+            if name.starts_with("apiary") {
+                tunnel_cpu_per_byte.push((tunnel_cpu() - processes) / bytes as f64);
             }
         }
     }
@@ -463,6 +475,14 @@ fn tunnel_bench(
             "\ntunnel / direct throughput: {:.2}; added p50 latency: {:.2} ms",
             t.0 / d.0,
             t.1 - d.1
+        );
+    }
+    if !tunnel_cpu_per_byte.is_empty() {
+        tunnel_cpu_per_byte.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "tunnel CPU (ctl + coordinator + agent): {:.2} core-s/GB (median of {})",
+            tunnel_cpu_per_byte[tunnel_cpu_per_byte.len() / 2] * 1e9,
+            tunnel_cpu_per_byte.len()
         );
     }
     if let (Some(t), Some(s)) = (get("apiary"), get("ssh -L (aes128-gcm")) {
@@ -721,6 +741,14 @@ fn raise_fd_limit() {
     }
 }
 
+/// Clock ticks per second, the unit of CPU times in /proc/PID/stat.
+fn ticks_per_sec() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
 struct ProcStat {
     rss_kib: u64,
     hwm_kib: u64,
@@ -884,10 +912,7 @@ async fn agents(n: usize, measure: Duration, heartbeat: Duration) -> anyhow::Res
     tokio::time::sleep(measure).await;
     measuring.store(false, Ordering::Relaxed);
     let after = proc_stat(coordinator.pid());
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
+    let ticks_per_sec = ticks_per_sec();
     let cpu =
         (after.cpu_ticks - before.cpu_ticks) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64()
             * 100.0;
