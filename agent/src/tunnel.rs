@@ -17,11 +17,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use apiary_proto::tunnel::tunnel_relay_client::TunnelRelayClient;
-use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, frame};
+use apiary_proto::tunnel::{ListenRequest, OpenRequest, frame};
 use apiary_proto::tunnel_io::pipe;
+use apiary_proto::tunnel_wire::{self, Outbound};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -143,13 +142,8 @@ async fn connect_service(
 
 async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
     let allow = &settings.allow;
-    let (tx, rx) = mpsc::channel::<Frame>(8);
-    let _ = tx
-        .send(Frame {
-            kind: Some(frame::Kind::Attach(req.conn_id)),
-        })
-        .await;
-    let mut client = TunnelRelayClient::new(channel);
+    let (tx, body) = Outbound::new(8);
+    tx.frame(frame::Kind::Attach(req.conn_id)).await;
     let tcp = match u16::try_from(req.port) {
         Err(_) | Ok(0) => Err(format!("port {} is not a TCP port", req.port)),
         Ok(port) if !req.service.is_empty() => connect_service(&settings, &req.service, port).await,
@@ -175,9 +169,9 @@ async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
             frame::Kind::Error(e.clone())
         }
     };
-    let _ = tx.send(Frame { kind: Some(first) }).await;
-    let inbound = match client.attach(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
+    tx.frame(first).await;
+    let inbound = match tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body).await {
+        Ok(inbound) => inbound,
         Err(e) => {
             warn!(error = %e.message(), "tunnel attach failed");
             return;

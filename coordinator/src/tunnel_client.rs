@@ -5,12 +5,10 @@ use std::net::SocketAddr;
 
 use apiary_certs::{COORDINATOR_SERVER_NAME, mtls_client_config};
 use apiary_proto::dial;
-use apiary_proto::tunnel::tunnel_client::TunnelClient;
 use apiary_proto::tunnel::{Frame, Target, frame};
 use apiary_proto::tunnel_io;
+use apiary_proto::tunnel_wire::{self, FrameReader, Outbound, Piece};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::admin_conf::AdminConf;
@@ -54,8 +52,11 @@ pub fn parse_target(s: &str) -> Result<Target, CtlError> {
     })
 }
 
+/// Frames a connection may have queued toward the coordinator.
+const QUEUE_FRAMES: usize = 8;
+
 pub struct TunnelCtl {
-    client: TunnelClient<Channel>,
+    channel: Channel,
     target: Target,
 }
 
@@ -69,10 +70,7 @@ impl TunnelCtl {
                 reason: e.to_string(),
             }
         })?;
-        Ok(TunnelCtl {
-            client: TunnelClient::new(channel),
-            target,
-        })
+        Ok(TunnelCtl { channel, target })
     }
 
     /// Opens one tunnel stream and waits for the agent's verdict, so a refused
@@ -80,31 +78,24 @@ impl TunnelCtl {
     /// `early` puts on the stream meanwhile (the client's first bytes) goes
     /// with the open request: the coordinator holds it until the agent has
     /// reached the target, which saves a round trip per connection.
-    async fn open(
-        &self,
-        early: impl FnOnce(mpsc::Sender<Frame>),
-    ) -> Result<tonic::Streaming<Frame>, CtlError> {
-        let (tx, rx) = mpsc::channel(8);
-        let _ = tx
-            .send(Frame {
-                kind: Some(frame::Kind::Target(self.target.clone())),
-            })
-            .await;
+    async fn open(&self, early: impl FnOnce(Outbound)) -> Result<FrameReader, CtlError> {
+        let (tx, body) = Outbound::new(QUEUE_FRAMES);
+        tx.frame(frame::Kind::Target(self.target.clone())).await;
         early(tx);
-        let mut inbound = self
-            .client
-            .clone()
-            .open(ReceiverStream::new(rx))
-            .await
-            .map_err(status_err)?
-            .into_inner();
-        match inbound.message().await.map_err(status_err)? {
-            Some(Frame {
+        let mut inbound = tunnel_wire::call(
+            self.channel.clone(),
+            "/apiary.tunnel.v1.Tunnel/Open",
+            body,
+        )
+        .await
+        .map_err(status_err)?;
+        match inbound.next().await.map_err(status_err)? {
+            Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::Opened(true)),
-            }) => Ok(inbound),
-            Some(Frame {
+            })) => Ok(inbound),
+            Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::Error(e)),
-            }) => Err(CtlError::Failed(e)),
+            })) => Err(CtlError::Failed(e)),
             _ => Err(CtlError::Failed(
                 "the tunnel closed before it opened".into(),
             )),
@@ -126,7 +117,7 @@ impl TunnelCtl {
                 .map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
             let _ = tcp.set_nodelay(true);
             let me = TunnelCtl {
-                client: self.client.clone(),
+                channel: self.channel.clone(),
                 target: self.target.clone(),
             };
             tokio::spawn(async move { me.carry(tcp).await });

@@ -1,31 +1,24 @@
 //! Moving one TCP connection's bytes over a tunnel stream, for both ends that
 //! hold a socket (ctl's local side, the agent's target side).
 
-use prost::bytes::{Bytes, BytesMut};
+use prost::bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::Streaming;
 
 use crate::tunnel::{Frame, frame};
+use crate::tunnel_wire::{FrameReader, Outbound, Piece};
 
 /// Largest data frame (one socket read): big enough that per-frame costs
 /// (gRPC framing, a task wake-up per hop) vanish next to the bytes, small
 /// enough that the bounded queues on the way cap memory per connection.
 pub const CHUNK: usize = 256 * 1024;
 
-pub fn data(bytes: Bytes) -> Frame {
-    Frame {
-        kind: Some(frame::Kind::Data(bytes)),
-    }
-}
-
 /// Copies `tcp` ⇄ the stream until both directions are done. A TCP EOF is sent
 /// as `half_close`, a received `half_close` shuts our write side, an `error`
 /// frame or a failed stream resets the connection.
-pub async fn pipe(tcp: TcpStream, inbound: Streaming<Frame>, outbound: mpsc::Sender<Frame>) {
+pub async fn pipe(tcp: TcpStream, inbound: FrameReader, outbound: Outbound) {
     let (rd, wr) = tcp.into_split();
     let upstream = send_upstream(rd, outbound);
     receive_downstream(wr, inbound, upstream).await
@@ -35,7 +28,7 @@ pub async fn pipe(tcp: TcpStream, inbound: Streaming<Frame>, outbound: mpsc::Sen
 /// `half_close` at EOF. Started on its own, before the stream's answer
 /// arrives, it lets a client's first bytes travel with the open request
 /// instead of a round trip later.
-pub fn send_upstream(mut rd: OwnedReadHalf, outbound: mpsc::Sender<Frame>) -> JoinHandle<()> {
+pub fn send_upstream(mut rd: OwnedReadHalf, outbound: Outbound) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Each read fills the spare room of one buffer and is handed on
         // without a copy (`split().freeze()`); the buffer grows again only
@@ -47,23 +40,17 @@ pub fn send_upstream(mut rd: OwnedReadHalf, outbound: mpsc::Sender<Frame>) -> Jo
             }
             match rd.read_buf(&mut buf).await {
                 Ok(0) => {
-                    let _ = outbound
-                        .send(Frame {
-                            kind: Some(frame::Kind::HalfClose(true)),
-                        })
-                        .await;
+                    outbound.frame(frame::Kind::HalfClose(true)).await;
                     return;
                 }
                 Ok(_) => {
-                    if outbound.send(data(buf.split().freeze())).await.is_err() {
+                    if !outbound.data(buf.split().freeze()).await {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = outbound
-                        .send(Frame {
-                            kind: Some(frame::Kind::Error(format!("connection reset: {e}"))),
-                        })
+                    outbound
+                        .frame(frame::Kind::Error(format!("connection reset: {e}")))
                         .await;
                     return;
                 }
@@ -77,30 +64,28 @@ pub fn send_upstream(mut rd: OwnedReadHalf, outbound: mpsc::Sender<Frame>) -> Jo
 /// A reset (an error frame, a failed stream) ends both at once.
 pub async fn receive_downstream(
     mut wr: OwnedWriteHalf,
-    mut inbound: Streaming<Frame>,
+    mut inbound: FrameReader,
     upstream: JoinHandle<()>,
 ) {
     let reset = loop {
-        match inbound.message().await {
-            Ok(Some(Frame {
-                kind: Some(frame::Kind::Data(d)),
-            })) => {
+        match inbound.next().await {
+            Ok(Some(Piece::Data(d))) => {
                 if wr.write_all(&d).await.is_err() {
                     break true;
                 }
             }
-            Ok(Some(Frame {
+            Ok(Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::HalfClose(_)),
-            }))
+            })))
             | Ok(None) => {
                 let _ = wr.shutdown().await;
                 break false;
             }
-            Ok(Some(Frame {
+            Ok(Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::Error(_)),
-            }))
+            })))
             | Err(_) => break true,
-            Ok(Some(_)) => {}
+            Ok(Some(Piece::Frame(_))) => {}
         }
     };
     if reset {

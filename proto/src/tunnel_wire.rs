@@ -1,22 +1,32 @@
-//! Tunnel streams as the coordinator relays them: bytes in gRPC's framing,
-//! moved from one leg to the other without decoding and re-encoding.
+//! Tunnel streams on the wire: `Frame`s in gRPC's framing, written and read
+//! without tonic's codec so that a connection's bytes are never copied into
+//! a message buffer.
 //!
-//! tonic's codec copies every message twice on a relay (into its decode
-//! buffer, then into its encode buffer), and allocates a fresh buffer per
-//! large message: a quarter of the coordinator's work on a bulk tunnel. The
-//! relay needs none of it past the first frames of a stream: it forwards the
-//! HTTP/2 body chunks as they arrive and only tracks where messages begin and
-//! end, so that a frame of its own (an error) can go in between two.
+//! tonic's codec copies every message once to encode it and once more to
+//! decode it (into a fresh buffer per large message), at each end and twice
+//! at the coordinator: about a third of the copying on a bulk tunnel. Here a
+//! data frame goes out as a few bytes of header followed by the data itself
+//! ([`Outbound`]); a reader hands data on as slices of the chunks HTTP/2
+//! received ([`FrameReader`]); the coordinator forwards chunks as they arrive
+//! and only tracks where frames begin and end ([`WireReader`],
+//! [`Boundaries`]), so that a frame of its own (an error) can go in between.
 //!
 //! The framing is gRPC's (one byte "compressed", four bytes of big-endian
-//! length, then the protobuf `Frame`), so both ends stay plain tonic clients.
-//! Hand-written because no crate exposes gRPC's message framing apart from a
-//! codec; it is the five bytes above.
+//! length, then the protobuf `Frame`), so the methods stay gRPC methods that
+//! any gRPC client can call. Hand-written because no crate exposes gRPC's
+//! message framing apart from a codec; it is the five bytes above and the
+//! two-field prefix of a data frame.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
 use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::Channel;
 
 use crate::tunnel::{Frame, frame};
 
@@ -37,6 +47,18 @@ pub fn encode(frame: &Frame) -> Bytes {
     out.put_u8(0);
     out.put_u32(len as u32);
     frame.encode_raw(&mut out);
+    out.freeze()
+}
+
+/// What precedes `len` bytes of data in a data frame: gRPC's prefix, the
+/// field's key and the data's length.
+fn data_head(len: usize) -> Bytes {
+    let body = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+    let mut out = BytesMut::with_capacity(PREFIX + body - len);
+    out.put_u8(0);
+    out.put_u32(body as u32);
+    out.put_u8(DATA_KEY);
+    prost::encoding::encode_varint(len as u64, &mut out);
     out.freeze()
 }
 
@@ -127,14 +149,14 @@ fn data_len(len: usize) -> usize {
 /// The receiving side of a relayed stream: its first frames decoded, then its
 /// bytes as they arrive.
 pub struct WireReader {
-    body: tonic::body::Body,
+    body: Body,
     /// Received but not yet handed on.
     pending: BytesMut,
     bounds: Boundaries,
 }
 
 impl WireReader {
-    pub fn new(body: tonic::body::Body) -> Self {
+    pub fn new(body: Body) -> Self {
         WireReader {
             body,
             pending: BytesMut::new(),
@@ -203,28 +225,282 @@ impl WireReader {
         &self.bounds
     }
 
-    /// The body's next data chunk; trailers end the stream (with their
-    /// error, if they carry one).
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, Status> {
-        loop {
-            let Some(frame) = self.body.frame().await else {
-                return Ok(None);
-            };
-            let frame = frame?;
-            match frame.into_data() {
-                Ok(data) if data.is_empty() => continue,
-                Ok(data) => return Ok(Some(data)),
-                Err(frame) => {
-                    if let Some(status) = frame.trailers_ref().and_then(Status::from_header_map)
-                        && status.code() != tonic::Code::Ok
-                    {
-                        return Err(status);
-                    }
-                    return Ok(None);
+        next_chunk(&mut self.body).await
+    }
+}
+
+/// `body`'s next data chunk; trailers end the stream (with their error, if
+/// they carry one).
+async fn next_chunk(body: &mut Body) -> Result<Option<Bytes>, Status> {
+    loop {
+        let Some(frame) = body.frame().await else {
+            return Ok(None);
+        };
+        match frame?.into_data() {
+            Ok(data) if data.is_empty() => continue,
+            Ok(data) => return Ok(Some(data)),
+            Err(frame) => {
+                if let Some(status) = frame.trailers_ref().and_then(Status::from_header_map)
+                    && status.code() != tonic::Code::Ok
+                {
+                    return Err(status);
                 }
+                return Ok(None);
             }
         }
     }
+}
+
+/// What an end of a tunnel stream reads: data as it arrives, or a whole
+/// control frame.
+#[derive(Debug, PartialEq)]
+pub enum Piece {
+    /// Some of a data frame's bytes (a frame may come in several pieces).
+    Data(Bytes),
+    Frame(Frame),
+}
+
+#[derive(Debug)]
+enum ReadState {
+    /// Collecting a frame's prefix, key and (for data) length into `head`.
+    Head,
+    /// Handing on this many more bytes of data.
+    Data(usize),
+    /// Collecting a whole frame of this length (plus prefix) into `head`.
+    Whole(usize),
+}
+
+/// Reads the frames of a tunnel stream, data without copying it.
+pub struct FrameReader {
+    body: Body,
+    /// The rest of the last chunk received.
+    pending: Bytes,
+    head: BytesMut,
+    state: ReadState,
+}
+
+impl FrameReader {
+    pub fn new(body: Body) -> Self {
+        FrameReader {
+            body,
+            pending: Bytes::new(),
+            head: BytesMut::new(),
+            state: ReadState::Head,
+        }
+    }
+
+    /// The next piece; `None` when the stream ends between frames.
+    pub async fn next(&mut self) -> Result<Option<Piece>, Status> {
+        loop {
+            let complete = matches!(self.state, ReadState::Whole(len) if self.head.len() == PREFIX + len);
+            if self.pending.is_empty() && !complete {
+                match next_chunk(&mut self.body).await? {
+                    Some(chunk) => self.pending = chunk,
+                    None if matches!(self.state, ReadState::Head) && self.head.is_empty() => {
+                        return Ok(None);
+                    }
+                    None => {
+                        return Err(Status::unavailable(
+                            "the tunnel stream ended inside a frame",
+                        ));
+                    }
+                }
+            }
+            if let Some(piece) = self.advance()? {
+                return Ok(Some(piece));
+            }
+        }
+    }
+
+    /// Takes what it can of `pending`; a piece once one is complete.
+    fn advance(&mut self) -> Result<Option<Piece>, Status> {
+        match self.state {
+            ReadState::Data(remaining) => {
+                let piece = self.pending.split_to(remaining.min(self.pending.len()));
+                let remaining = remaining - piece.len();
+                self.state = if remaining == 0 {
+                    ReadState::Head
+                } else {
+                    ReadState::Data(remaining)
+                };
+                Ok((!piece.is_empty()).then_some(Piece::Data(piece)))
+            }
+            ReadState::Whole(len) => {
+                let take = (PREFIX + len - self.head.len()).min(self.pending.len());
+                self.head.extend_from_slice(&self.pending.split_to(take));
+                if self.head.len() < PREFIX + len {
+                    return Ok(None);
+                }
+                let mut whole = self.head.split();
+                whole.advance(PREFIX);
+                self.state = ReadState::Head;
+                let frame = Frame::decode(whole.freeze())
+                    .map_err(|e| Status::internal(format!("a bad tunnel frame: {e}")))?;
+                Ok(Some(match frame.kind {
+                    Some(frame::Kind::Data(d)) => Piece::Data(d),
+                    _ => Piece::Frame(frame),
+                }))
+            }
+            ReadState::Head => {
+                // A byte at a time: a head is at most ten bytes.
+                while !self.pending.is_empty() {
+                    self.head.put_u8(self.pending.get_u8());
+                    if let Some(next) = self.head_done()? {
+                        // A whole frame keeps collecting; otherwise the
+                        // head has been read.
+                        if !matches!(next, ReadState::Whole(_)) {
+                            self.head.clear();
+                        }
+                        self.state = next;
+                        return Ok(None);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Where the frame whose start is in `head` goes next, once `head` says.
+    fn head_done(&self) -> Result<Option<ReadState>, Status> {
+        let h = &self.head[..];
+        if h.len() < PREFIX {
+            return Ok(None);
+        }
+        if h[0] != 0 {
+            return Err(Status::internal("tunnel frames are never compressed"));
+        }
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        if len > MAX_MESSAGE {
+            return Err(Status::resource_exhausted(format!(
+                "a tunnel frame of {len} bytes is over the limit of {MAX_MESSAGE}"
+            )));
+        }
+        if len == 0 {
+            return Ok(Some(ReadState::Whole(0)));
+        }
+        match h.get(PREFIX) {
+            None => return Ok(None),
+            Some(&key) if key != DATA_KEY => return Ok(Some(ReadState::Whole(len))),
+            Some(_) => {}
+        }
+        let varint = &h[PREFIX + 1..];
+        match varint.last() {
+            Some(b) if b & 0x80 == 0 => {}
+            _ if varint.len() < 5 && varint.len() < len - 1 => return Ok(None),
+            _ => return Ok(Some(ReadState::Whole(len))),
+        }
+        let n = prost::encoding::decode_varint(&mut &varint[..])
+            .map_err(|e| Status::internal(format!("a bad tunnel frame: {e}")))?;
+        // Only a frame that is its data and nothing else is read in place.
+        Ok(Some(if 1 + varint.len() as u64 + n == len as u64 {
+            if n == 0 {
+                ReadState::Head
+            } else {
+                ReadState::Data(n as usize)
+            }
+        } else {
+            ReadState::Whole(len)
+        }))
+    }
+}
+
+/// What [`Outbound`] queues: a control frame, or a data frame's head and its
+/// data (one item, so nothing can come between them).
+pub enum Chunks {
+    One(Bytes),
+    Two(Bytes, Bytes),
+}
+
+/// The sending side of a tunnel stream.
+#[derive(Clone)]
+pub struct Outbound(mpsc::Sender<Chunks>);
+
+impl Outbound {
+    /// A stream's sender and the body that sends what it queues; at most
+    /// `frames` frames wait.
+    pub fn new(frames: usize) -> (Outbound, OutboundBody) {
+        let (tx, rx) = mpsc::channel(frames);
+        (Outbound(tx), OutboundBody { rx, second: None })
+    }
+
+    /// Queues a control frame; false when the stream is gone.
+    pub async fn frame(&self, kind: frame::Kind) -> bool {
+        let f = Frame { kind: Some(kind) };
+        self.0.send(Chunks::One(encode(&f))).await.is_ok()
+    }
+
+    /// Queues `data` as one data frame, without copying it.
+    pub async fn data(&self, data: Bytes) -> bool {
+        let head = data_head(data.len());
+        self.0.send(Chunks::Two(head, data)).await.is_ok()
+    }
+}
+
+/// A request body that sends what an [`Outbound`] queues, and ends (the
+/// gRPC half-close) when every `Outbound` is dropped.
+pub struct OutboundBody {
+    rx: mpsc::Receiver<Chunks>,
+    second: Option<Bytes>,
+}
+
+impl http_body::Body for OutboundBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if let Some(data) = self.second.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        Poll::Ready(match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Chunks::One(b)) => Some(Ok(http_body::Frame::data(b))),
+            Some(Chunks::Two(head, data)) => {
+                self.second = Some(data);
+                Some(Ok(http_body::Frame::data(head)))
+            }
+            None => None,
+        })
+    }
+}
+
+/// Calls the streaming method at `path` (`/package.Service/Method`) on
+/// `channel` with `body` as the request; the response's frames once its
+/// headers are in.
+pub async fn call(
+    channel: Channel,
+    path: &'static str,
+    body: OutboundBody,
+) -> Result<FrameReader, Status> {
+    use tower::ServiceExt;
+    let mut req = http::Request::new(Body::new(body));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_static(path);
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let response = channel
+        .oneshot(req)
+        .await
+        .map_err(|e| Status::from_error(Box::new(e)))?;
+    // A refusal comes as a response of headers only, carrying the status.
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "the coordinator answered HTTP {}",
+            response.status()
+        )));
+    }
+    Ok(FrameReader::new(response.into_body()))
 }
 
 #[cfg(test)]
@@ -279,6 +555,57 @@ mod tests {
     fn data_length_is_read_from_the_message_length() {
         for n in [0usize, 1, 127, 128, 16_383, 16_384, 262_144, 2_097_151, 2_097_152] {
             assert_eq!(data_len(data(n).encoded_len()), n);
+        }
+    }
+
+    /// Every frame `wire` holds, read by a `FrameReader` that receives it in
+    /// pieces of `cut` bytes; data frames joined.
+    fn read_all(wire: &[u8], cut: usize) -> Vec<Piece> {
+        let chunks: Vec<Result<http_body::Frame<Bytes>, Status>> = wire
+            .chunks(cut)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks)));
+        let mut reader = FrameReader::new(body);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut out: Vec<Piece> = Vec::new();
+            while let Some(p) = reader.next().await.expect("frame") {
+                match (out.last_mut(), p) {
+                    (Some(Piece::Data(prev)), Piece::Data(d)) => {
+                        let mut joined = BytesMut::from(&prev[..]);
+                        joined.extend_from_slice(&d);
+                        *prev = joined.freeze();
+                    }
+                    (_, p) => out.push(p),
+                }
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn a_reader_gets_every_frame_whatever_the_chunks() {
+        let half_close = Frame {
+            kind: Some(frame::Kind::HalfClose(true)),
+        };
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&data_head(300));
+        wire.extend_from_slice(&[1u8; 300]);
+        wire.extend_from_slice(&encode(&half_close));
+        // A data frame written by any protobuf encoder, and an empty one.
+        wire.extend_from_slice(&encode(&data(200_000)));
+        wire.extend_from_slice(&data_head(0));
+        wire.extend_from_slice(&encode(&Frame::default()));
+        for cut in [1, 2, 6, 7, 4096, wire.len()] {
+            let pieces = read_all(&wire, cut);
+            assert_eq!(pieces.len(), 4, "cut {cut}: {:?}", pieces.len());
+            assert_eq!(pieces[0], Piece::Data(Bytes::from(vec![1u8; 300])), "cut {cut}");
+            assert_eq!(pieces[1], Piece::Frame(half_close.clone()), "cut {cut}");
+            assert_eq!(pieces[2], Piece::Data(Bytes::from(vec![7u8; 200_000])), "cut {cut}");
+            assert_eq!(pieces[3], Piece::Frame(Frame::default()), "cut {cut}");
         }
     }
 
