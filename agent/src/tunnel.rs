@@ -170,13 +170,14 @@ async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
         }
     };
     tx.frame(first).await;
-    let inbound = match tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body).await {
-        Ok(inbound) => inbound,
-        Err(e) => {
-            warn!(error = %e.message(), "tunnel attach failed");
-            return;
-        }
-    };
+    let inbound =
+        match tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body).await {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                warn!(error = %e.message(), "tunnel attach failed");
+                return;
+            }
+        };
     if let Ok(tcp) = tcp {
         let _ = tcp.set_nodelay(true);
         info!(conn_id = req.conn_id, host = %req.host, service = %req.service, port = req.port, "tunnel connection");

@@ -82,13 +82,10 @@ impl TunnelCtl {
         let (tx, body) = Outbound::new(QUEUE_FRAMES);
         tx.frame(frame::Kind::Target(self.target.clone())).await;
         early(tx);
-        let mut inbound = tunnel_wire::call(
-            self.channel.clone(),
-            "/apiary.tunnel.v1.Tunnel/Open",
-            body,
-        )
-        .await
-        .map_err(status_err)?;
+        let mut inbound =
+            tunnel_wire::call(self.channel.clone(), "/apiary.tunnel.v1.Tunnel/Open", body)
+                .await
+                .map_err(status_err)?;
         match inbound.next().await.map_err(status_err)? {
             Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::Opened(true)),

@@ -293,7 +293,8 @@ impl FrameReader {
     /// The next piece; `None` when the stream ends between frames.
     pub async fn next(&mut self) -> Result<Option<Piece>, Status> {
         loop {
-            let complete = matches!(self.state, ReadState::Whole(len) if self.head.len() == PREFIX + len);
+            let complete =
+                matches!(self.state, ReadState::Whole(len) if self.head.len() == PREFIX + len);
             if self.pending.is_empty() && !complete {
                 match next_chunk(&mut self.body).await? {
                     Some(chunk) => self.pending = chunk,
@@ -533,7 +534,8 @@ mod tests {
             let mut at = 0;
             let mut ends = Vec::new();
             while at < wire.len() {
-                let len = u32::from_be_bytes(wire[at + 1..at + 5].try_into().unwrap()) as usize;
+                let len =
+                    u32::from_be_bytes(wire[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
                 at += PREFIX + len;
                 ends.push(at);
             }
@@ -543,7 +545,7 @@ mod tests {
             let mut b = Boundaries::default();
             let mut at = 0;
             for piece in wire.chunks(cut) {
-                b.advance(piece).unwrap();
+                b.advance(piece).expect("well framed");
                 at += piece.len();
                 assert_eq!(b.at_boundary(), ends.contains(&at), "cut {cut} at {at}");
             }
@@ -553,7 +555,9 @@ mod tests {
 
     #[test]
     fn data_length_is_read_from_the_message_length() {
-        for n in [0usize, 1, 127, 128, 16_383, 16_384, 262_144, 2_097_151, 2_097_152] {
+        for n in [
+            0usize, 1, 127, 128, 16_383, 16_384, 262_144, 2_097_151, 2_097_152,
+        ] {
             assert_eq!(data_len(data(n).encoded_len()), n);
         }
     }
@@ -602,9 +606,17 @@ mod tests {
         for cut in [1, 2, 6, 7, 4096, wire.len()] {
             let pieces = read_all(&wire, cut);
             assert_eq!(pieces.len(), 4, "cut {cut}: {:?}", pieces.len());
-            assert_eq!(pieces[0], Piece::Data(Bytes::from(vec![1u8; 300])), "cut {cut}");
+            assert_eq!(
+                pieces[0],
+                Piece::Data(Bytes::from(vec![1u8; 300])),
+                "cut {cut}"
+            );
             assert_eq!(pieces[1], Piece::Frame(half_close.clone()), "cut {cut}");
-            assert_eq!(pieces[2], Piece::Data(Bytes::from(vec![7u8; 200_000])), "cut {cut}");
+            assert_eq!(
+                pieces[2],
+                Piece::Data(Bytes::from(vec![7u8; 200_000])),
+                "cut {cut}"
+            );
             assert_eq!(pieces[3], Piece::Frame(Frame::default()), "cut {cut}");
         }
     }
@@ -612,10 +624,10 @@ mod tests {
     #[test]
     fn compressed_or_oversized_frames_are_refused() {
         let mut b = Boundaries::default();
-        let err = b.advance(&[1, 0, 0, 0, 1, 0]).unwrap_err();
+        let err = b.advance(&[1, 0, 0, 0, 1, 0]).expect_err("compressed");
         assert!(err.message().contains("never compressed"), "{err}");
         let mut b = Boundaries::default();
-        let err = b.advance(&[0, 0xff, 0, 0, 0]).unwrap_err();
+        let err = b.advance(&[0, 0xff, 0, 0, 0]).expect_err("oversized");
         assert!(err.message().contains("over the limit"), "{err}");
     }
 }
