@@ -562,19 +562,28 @@ mod tests {
         }
     }
 
-    /// Every frame `wire` holds, read by a `FrameReader` that receives it in
-    /// pieces of `cut` bytes; data frames joined.
-    fn read_all(wire: &[u8], cut: usize) -> Vec<Piece> {
+    /// A request or response body that delivers `wire` in pieces of `cut`
+    /// bytes.
+    fn body(wire: &[u8], cut: usize) -> Body {
         let chunks: Vec<Result<http_body::Frame<Bytes>, Status>> = wire
             .chunks(cut)
             .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
             .collect();
-        let body = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks)));
-        let mut reader = FrameReader::new(body);
-        let rt = tokio::runtime::Builder::new_current_thread()
+        Body::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks)))
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
             .build()
-            .expect("runtime");
-        rt.block_on(async {
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Every frame `wire` holds, read by a `FrameReader` that receives it in
+    /// pieces of `cut` bytes; data frames joined.
+    fn read_all(wire: &[u8], cut: usize) -> Vec<Piece> {
+        let mut reader = FrameReader::new(body(wire, cut));
+        block_on(async {
             let mut out: Vec<Piece> = Vec::new();
             while let Some(p) = reader.next().await.expect("frame") {
                 match (out.last_mut(), p) {
@@ -619,6 +628,58 @@ mod tests {
             );
             assert_eq!(pieces[3], Piece::Frame(Frame::default()), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn the_relay_decodes_the_first_frames_and_passes_the_rest_on_as_it_is() {
+        let target = Frame {
+            kind: Some(frame::Kind::Attach(42)),
+        };
+        let mut wire = encode(&target).to_vec();
+        wire.extend_from_slice(&encode(&data(100_000)));
+        wire.extend_from_slice(&encode(&Frame {
+            kind: Some(frame::Kind::HalfClose(true)),
+        }));
+        for cut in [1, 3, 5, 9, 1000, wire.len()] {
+            let mut reader = WireReader::new(body(&wire, cut));
+            let (first, rest) = block_on(async {
+                let first = reader.message().await.expect("first frame");
+                let mut rest = Vec::new();
+                while let Some(c) = reader.chunk().await.expect("chunk") {
+                    rest.extend_from_slice(&c);
+                }
+                (first, rest)
+            });
+            assert_eq!(first, Some(target.clone()), "cut {cut}");
+            assert_eq!(rest, wire[encode(&target).len()..], "cut {cut}");
+            assert!(reader.bounds().at_boundary(), "cut {cut}");
+            assert_eq!(reader.bounds().data_bytes, 100_000, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_or_opened_with_garbage_is_an_error_not_a_hang() {
+        let wire = encode(&data(1000));
+        let mut reader = WireReader::new(body(&wire[..600], 100));
+        let err = block_on(async {
+            while reader.chunk().await?.is_some() {}
+            Ok::<_, Status>(())
+        })
+        .expect_err("cut");
+        assert!(err.message().contains("ended inside a frame"), "{err}");
+
+        let mut reader = FrameReader::new(body(&wire[..600], 100));
+        let err = block_on(async {
+            while reader.next().await?.is_some() {}
+            Ok::<_, Status>(())
+        })
+        .expect_err("cut");
+        assert!(err.message().contains("ended inside a frame"), "{err}");
+
+        let garbage = [0u8, 0xff, 0xff, 0, 0, 1, 2, 3];
+        let mut reader = WireReader::new(body(&garbage, 8));
+        let err = block_on(reader.message()).expect_err("garbage");
+        assert!(err.message().contains("must start with"), "{err}");
     }
 
     #[test]
