@@ -140,13 +140,12 @@ async fn connect_service(
         .map_err(|e| format!("{service} on {}: {e} (inside its container)", settings.host))
 }
 
-async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
+/// Reaches the target `req` names, if this agent allows it.
+async fn dial_target(req: &OpenRequest, settings: &TunnelSettings) -> Result<TcpStream, String> {
     let allow = &settings.allow;
-    let (tx, body) = Outbound::new(8);
-    tx.frame(frame::Kind::Attach(req.conn_id)).await;
-    let tcp = match u16::try_from(req.port) {
+    match u16::try_from(req.port) {
         Err(_) | Ok(0) => Err(format!("port {} is not a TCP port", req.port)),
-        Ok(port) if !req.service.is_empty() => connect_service(&settings, &req.service, port).await,
+        Ok(port) if !req.service.is_empty() => connect_service(settings, &req.service, port).await,
         Ok(port) => match req.host.parse::<IpAddr>() {
             Ok(ip) if allow.allows(ip) => {
                 let addr = std::net::SocketAddr::new(ip, port);
@@ -161,23 +160,36 @@ async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
             )),
             Err(_) => Err(format!("target {:?} is not an IP address", req.host)),
         },
-    };
-    let first = match &tcp {
-        Ok(_) => frame::Kind::Opened(true),
-        Err(e) => {
-            warn!(conn_id = req.conn_id, error = %e, "tunnel refused");
-            frame::Kind::Error(e.clone())
-        }
-    };
-    tx.frame(first).await;
-    let inbound =
-        match tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body).await {
-            Ok(inbound) => inbound,
+    }
+}
+
+async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
+    let (tx, body) = Outbound::new(8);
+    tx.frame(frame::Kind::Attach(req.conn_id)).await;
+    // The attach stream opens while the target is dialled, so that once it
+    // answers only the verdict is left to send: a connection's setup waits
+    // for one of the two, not both in turn.
+    let attach = tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body);
+    let reach = async {
+        let tcp = dial_target(&req, &settings).await;
+        let verdict = match &tcp {
+            Ok(_) => frame::Kind::Opened(true),
             Err(e) => {
-                warn!(error = %e.message(), "tunnel attach failed");
-                return;
+                warn!(conn_id = req.conn_id, error = %e, "tunnel refused");
+                frame::Kind::Error(e.clone())
             }
         };
+        tx.frame(verdict).await;
+        tcp
+    };
+    let (inbound, tcp) = tokio::join!(attach, reach);
+    let inbound = match inbound {
+        Ok(inbound) => inbound,
+        Err(e) => {
+            warn!(error = %e.message(), "tunnel attach failed");
+            return;
+        }
+    };
     if let Ok(tcp) = tcp {
         let _ = tcp.set_nodelay(true);
         info!(conn_id = req.conn_id, host = %req.host, service = %req.service, port = req.port, "tunnel connection");
