@@ -133,6 +133,16 @@ impl Sender {
         self.tx.send(Out::Chunk(chunk, permit)).await.is_ok()
     }
 
+    /// Queues an error frame outside the budget: a leg whose reader has
+    /// stalled still learns that the connection failed once it reads on.
+    async fn error(&self, why: String) {
+        let _ = self
+            .tx
+            .send(Out::Chunk(tunnel_wire::error(why), None))
+            .await;
+    }
+
+    /// Ends the leg's stream with `status` (outside the budget, likewise).
     async fn fail(&self, status: Status) {
         let _ = self.tx.send(Out::Fail(status)).await;
     }
@@ -212,7 +222,7 @@ async fn pump(mut from: WireReader, to: Sender, coord: Arc<Coordinator>) {
             Err(e) => {
                 let why = format!("the other side failed: {}", e.message());
                 if from.bounds().at_boundary() {
-                    to.send(tunnel_wire::error(why)).await;
+                    to.error(why).await;
                 } else {
                     to.fail(Status::unavailable(why)).await;
                 }
