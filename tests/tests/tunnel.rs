@@ -1,8 +1,9 @@
 //! `ctl tunnel` on loopback: an HTTP server behind an agent, fetched through
 //! ctl ⇄ coordinator ⇄ agent byte for byte, many connections at once, the
 //! refusals (agent certificate, target outside the allow-list, unknown node,
-//! no database), the per-admin connection limit, and an agent killed under a
-//! transfer. The database targets (`database:admin`) are tested in the lab.
+//! no database), the per-admin connection limit, an agent killed under a
+//! transfer, and the methods called by a stock gRPC client. The database
+//! targets (`database:admin`) are tested in the lab.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -356,4 +357,95 @@ fn tunnels_stalled_behind_slow_readers_leave_the_session_and_other_tunnels_flowi
     );
     assert_eq!(c.node_state("bee-1").as_deref(), Some("ready"));
     drop(stalled);
+}
+
+/// The coordinator serves the tunnel methods by hand (no protobuf codec on
+/// the relay), so nothing but this test holds them to the gRPC contract: a
+/// stock tonic client, with the generated code and codec, opens a connection
+/// and gets the server's bytes in order, its verdict first and a half-close
+/// last.
+#[test]
+fn the_tunnel_methods_stay_plain_grpc_to_a_generated_client() {
+    use apiary_proto::tunnel::tunnel_client::TunnelClient;
+    use apiary_proto::tunnel::{Frame, Target, frame};
+    let c = Coordinator::start("");
+    let _agent = c.ready_agent("bee-1");
+    let server = sized_http_server();
+    let conf = AdminConf::load(&c.admin_conf()).expect("admin.conf");
+    let id = conf.identity().expect("identity");
+    let tls = apiary_certs::mtls_client_config(&id.ca_der, &id.cert_der, &id.key_pem)
+        .expect("tls config");
+    let n = 3_000_000;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let (first, body, last) = rt.block_on(async move {
+        let channel =
+            apiary_proto::dial::channel(&conf.endpoint, apiary_certs::COORDINATOR_SERVER_NAME, tls)
+                .expect("channel");
+        let request = [
+            Frame {
+                kind: Some(frame::Kind::Target(Target {
+                    node: "bee-1".into(),
+                    port: server.into(),
+                    ..Default::default()
+                })),
+            },
+            Frame {
+                kind: Some(frame::Kind::Data(
+                    format!("GET /{n} HTTP/1.0\r\n\r\n").into_bytes().into(),
+                )),
+            },
+        ];
+        // The request stream stays open (no half-close) until the answer has
+        // ended, as a client that is still reading would.
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let outbound = tokio_stream::StreamExt::chain(
+            tokio_stream::iter(request),
+            futures::stream::once(async move {
+                let _ = held.await;
+                Frame {
+                    kind: Some(frame::Kind::HalfClose(true)),
+                }
+            }),
+        );
+        let mut inbound = TunnelClient::new(channel)
+            .open(outbound)
+            .await
+            .expect("open")
+            .into_inner();
+        let first = inbound.message().await.expect("first frame");
+        let mut body = Vec::new();
+        let last = loop {
+            match inbound.message().await.expect("frame") {
+                Some(Frame {
+                    kind: Some(frame::Kind::Data(d)),
+                }) => body.extend_from_slice(&d),
+                other => break other,
+            }
+        };
+        drop(hold);
+        (first, body, last)
+    });
+    assert_eq!(
+        first.and_then(|f| f.kind),
+        Some(frame::Kind::Opened(true)),
+        "the agent's verdict comes first"
+    );
+    let head_end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP header")
+        + 4;
+    assert_eq!(body.len() - head_end, n, "every byte of the body");
+    assert!(
+        body[head_end..]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == body_byte(i)),
+        "the body byte for byte"
+    );
+    assert_eq!(
+        last.and_then(|f| f.kind),
+        Some(frame::Kind::HalfClose(true)),
+        "the server's close arrives as a half-close"
+    );
 }
