@@ -169,7 +169,12 @@ async fn connect(channel: Channel, req: OpenRequest, settings: TunnelSettings) {
     // The attach stream opens while the target is dialled, so that once it
     // answers only the verdict is left to send: a connection's setup waits
     // for one of the two, not both in turn.
-    let attach = tunnel_wire::call(channel, "/apiary.tunnel.v1.TunnelRelay/Attach", body);
+    let attach = tunnel_wire::call(
+        channel,
+        "/apiary.tunnel.v1.TunnelRelay/Attach",
+        Default::default(),
+        body,
+    );
     let reach = async {
         let tcp = dial_target(&req, &settings).await;
         let verdict = match &tcp {

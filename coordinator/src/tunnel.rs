@@ -348,8 +348,8 @@ fn no_database() -> Status {
 }
 
 impl TunnelSvc {
-    /// Asks `node`'s agent to connect to the target; on success, the agent's
-    /// leg of the connection, after its verdict.
+    /// Asks `node`'s agent to connect to the target; the agent's leg once
+    /// it has attached, its verdict on the target still to come.
     async fn ask_agent(&self, node: &str, ask: OpenRequest) -> Result<AgentLeg, Status> {
         let hub = &self.0.tunnels;
         let listener = TunnelHub::lock(&hub.listeners)
@@ -379,12 +379,16 @@ impl TunnelSvc {
         }
         .await;
         TunnelHub::lock(&hub.pending).remove(&conn_id);
-        let mut agent = agent?;
-        // The agent's verdict on the target comes first: opened, or why not.
-        match agent.inbound.message().await? {
+        agent
+    }
+
+    /// The agent's verdict on the target, the first frame of its leg:
+    /// opened, or why not.
+    async fn verdict(node: &str, leg: &mut WireReader) -> Result<(), Status> {
+        match leg.message().await? {
             Some(Frame {
                 kind: Some(frame::Kind::Opened(true)),
-            }) => Ok(agent),
+            }) => Ok(()),
             Some(Frame {
                 kind: Some(frame::Kind::Error(e)),
             }) => Err(Status::permission_denied(format!("{node}: {e}"))),
@@ -394,9 +398,14 @@ impl TunnelSvc {
         }
     }
 
-    /// Opens the agent's leg toward `place`; for a service of unknown host,
-    /// each connected agent is asked in turn (by name) until one runs it.
-    async fn open_agent(&self, place: &Place, port: u16) -> Result<(String, AgentLeg), Status> {
+    /// Opens the agent's leg toward `place`, and says whether the agent's
+    /// verdict has been read. For a service of unknown host, each connected
+    /// agent is asked in turn (by name) until one runs it, so there it has.
+    async fn open_agent(
+        &self,
+        place: &Place,
+        port: u16,
+    ) -> Result<(String, AgentLeg, bool), Status> {
         let hub = &self.0.tunnels;
         let ask = |host: &str, service: &str| OpenRequest {
             conn_id: hub.next.fetch_add(1, Ordering::Relaxed) + 1,
@@ -405,19 +414,27 @@ impl TunnelSvc {
             service: service.to_string(),
         };
         match place {
-            Place::Address { node, host } => {
-                Ok((node.clone(), self.ask_agent(node, ask(host, "")).await?))
-            }
-            Place::Service { node, service } => {
-                Ok((node.clone(), self.ask_agent(node, ask("", service)).await?))
-            }
+            Place::Address { node, host } => Ok((
+                node.clone(),
+                self.ask_agent(node, ask(host, "")).await?,
+                false,
+            )),
+            Place::Service { node, service } => Ok((
+                node.clone(),
+                self.ask_agent(node, ask("", service)).await?,
+                false,
+            )),
             Place::AnyHost { service } => {
                 let mut nodes: Vec<String> =
                     TunnelHub::lock(&hub.listeners).keys().cloned().collect();
                 nodes.sort();
                 for node in nodes {
-                    match self.ask_agent(&node, ask("", service)).await {
-                        Ok(leg) => return Ok((node, leg)),
+                    let asked = match self.ask_agent(&node, ask("", service)).await {
+                        Ok(mut leg) => Self::verdict(&node, &mut leg.inbound).await.map(|_| leg),
+                        Err(e) => Err(e),
+                    };
+                    match asked {
+                        Ok(leg) => return Ok((node, leg, true)),
                         Err(e) => debug!(%node, %service, error = %e.message(), "not here"),
                     }
                 }
@@ -434,16 +451,22 @@ impl TunnelSvc {
     /// target; once the agent has reached it, bytes flow both ways.
     async fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
         let (parts, body) = req.into_parts();
-        let admin = require_role(
-            &Request::from_http(http::Request::from_parts(parts, ())),
-            Role::Admin,
-        )?;
+        let request = Request::from_http(http::Request::from_parts(parts, ()));
+        let admin = require_role(&request, Role::Admin)?;
+        let parts = request.metadata();
         let mut inbound = WireReader::new(body);
-        let target = match inbound.message().await? {
-            Some(Frame {
-                kind: Some(frame::Kind::Target(t)),
-            }) => t,
-            _ => return Err(Status::invalid_argument("a tunnel starts with its target")),
+        let target = match tunnel_wire::target_from_headers(parts.as_ref())? {
+            Some(t) => t,
+            None => match inbound.message().await? {
+                Some(Frame {
+                    kind: Some(frame::Kind::Target(t)),
+                }) => t,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "a tunnel starts with its target (header apiary-target-bin or the first frame)",
+                    ));
+                }
+            },
         };
         let coord = self.0.clone();
         let limits = coord.config().tunnel;
@@ -464,7 +487,32 @@ impl TunnelSvc {
             admin: admin.node.clone(),
         };
         // On failure the slot is released as `slot` drops.
-        let (node, agent) = self.open_agent(&place, port).await?;
+        let (node, agent, decided) = self.open_agent(&place, port).await?;
+        let AgentLeg {
+            inbound: mut from_agent,
+            outbound,
+        } = agent;
+        // The connection counts against the admin's limit until both
+        // directions end: a client that half-closes at once must not free
+        // its slot while the download goes on.
+        let slot = Arc::new(slot);
+        // The client's first bytes go on to the agent while it dials, and
+        // wait there rather than here for the target to answer: the agent
+        // writes them as soon as it is connected. A refusing agent drops
+        // them with its leg.
+        let to_agent = Sender::new(outbound, limits.max_bytes_in_flight_per_connection);
+        let from_ctl = {
+            let (coord, slot, node) = (coord.clone(), slot.clone(), node.clone());
+            tokio::spawn(async move {
+                pump(inbound, to_agent, coord).await;
+                drop(slot);
+                debug!(%node, "tunnel connection from ctl ended");
+            })
+        };
+        if !decided && let Err(e) = Self::verdict(&node, &mut from_agent).await {
+            from_ctl.abort();
+            return Err(e);
+        }
         info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
         let (to_ctl, from_agent_rx) = queue(limits.max_bytes_in_flight_per_connection);
         to_ctl
@@ -472,21 +520,9 @@ impl TunnelSvc {
                 kind: Some(frame::Kind::Opened(true)),
             }))
             .await;
-        let to_agent = Sender::new(agent.outbound, limits.max_bytes_in_flight_per_connection);
-        // The connection counts against the admin's limit until both
-        // directions end: a client that half-closes at once must not free
-        // its slot while the download goes on.
-        let slot = Arc::new(slot);
-        let held = slot.clone();
         tokio::spawn(async move {
-            pump(agent.inbound, to_ctl, coord).await;
-            drop(held);
-        });
-        let coord = self.0.clone();
-        tokio::spawn(async move {
-            pump(inbound, to_agent, coord).await;
+            pump(from_agent, to_ctl, coord).await;
             drop(slot);
-            debug!(%node, "tunnel connection from ctl ended");
         });
         Ok(streaming_response(from_agent_rx))
     }

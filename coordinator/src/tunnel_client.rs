@@ -77,15 +77,20 @@ impl TunnelCtl {
     /// target is an error here rather than a silently closed socket. What
     /// `early` puts on the stream meanwhile (the client's first bytes) goes
     /// with the open request: the coordinator holds it until the agent has
-    /// reached the target, which saves a round trip per connection.
+    /// reached the target, which saves a round trip per connection. The
+    /// target travels in the request's headers, so the coordinator asks the
+    /// agent before the request's first data arrives.
     async fn open(&self, early: impl FnOnce(Outbound)) -> Result<FrameReader, CtlError> {
         let (tx, body) = Outbound::new(QUEUE_FRAMES);
-        tx.frame(frame::Kind::Target(self.target.clone())).await;
         early(tx);
-        let mut inbound =
-            tunnel_wire::call(self.channel.clone(), "/apiary.tunnel.v1.Tunnel/Open", body)
-                .await
-                .map_err(status_err)?;
+        let mut inbound = tunnel_wire::call(
+            self.channel.clone(),
+            "/apiary.tunnel.v1.Tunnel/Open",
+            tunnel_wire::target_metadata(&self.target),
+            body,
+        )
+        .await
+        .map_err(status_err)?;
         match inbound.next().await.map_err(status_err)? {
             Some(Piece::Frame(Frame {
                 kind: Some(frame::Kind::Opened(true)),

@@ -467,18 +467,54 @@ impl http_body::Body for OutboundBody {
     }
 }
 
+/// The request header that may carry an `Open`'s target (a protobuf
+/// `Target`), so that the coordinator can resolve it and ask the agent as
+/// soon as the request's headers arrive, not once its first frame has
+/// followed them. Without it, the first frame is the target.
+pub const TARGET_HEADER: &str = "apiary-target-bin";
+
+/// `target` as the value of [`TARGET_HEADER`].
+pub fn target_metadata(target: &crate::tunnel::Target) -> tonic::metadata::MetadataMap {
+    let mut map = tonic::metadata::MetadataMap::new();
+    map.insert_bin(
+        TARGET_HEADER,
+        tonic::metadata::MetadataValue::from_bytes(&target.encode_to_vec()),
+    );
+    map
+}
+
+/// The target in `headers`, if they carry one.
+pub fn target_from_headers(
+    headers: &http::HeaderMap,
+) -> Result<Option<crate::tunnel::Target>, Status> {
+    let Some(value) = headers.get(TARGET_HEADER) else {
+        return Ok(None);
+    };
+    let mut only = http::HeaderMap::new();
+    only.insert(TARGET_HEADER, value.clone());
+    let bytes = tonic::metadata::MetadataMap::from_headers(only)
+        .get_bin(TARGET_HEADER)
+        .and_then(|v| v.to_bytes().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("{TARGET_HEADER} is not base64")))?;
+    crate::tunnel::Target::decode(bytes)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(format!("{TARGET_HEADER}: {e}")))
+}
+
 /// Calls the streaming method at `path` (`/package.Service/Method`) on
-/// `channel` with `body` as the request; the response's frames once its
-/// headers are in.
+/// `channel` with `metadata` and `body` as the request; the response's
+/// frames once its headers are in.
 pub async fn call(
     channel: Channel,
     path: &'static str,
+    metadata: tonic::metadata::MetadataMap,
     body: OutboundBody,
 ) -> Result<FrameReader, Status> {
     use tower::ServiceExt;
     let mut req = http::Request::new(Body::new(body));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = http::Uri::from_static(path);
+    *req.headers_mut() = metadata.into_headers();
     let headers = req.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
