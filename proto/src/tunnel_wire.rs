@@ -719,6 +719,29 @@ mod tests {
     }
 
     #[test]
+    fn a_target_travels_in_the_headers_and_garbage_there_is_named() {
+        let target = crate::tunnel::Target {
+            node: "bee-1".into(),
+            host: "10.232.0.5".into(),
+            port: 2379,
+            admin: false,
+        };
+        let headers = target_metadata(&target).into_headers();
+        assert_eq!(
+            target_from_headers(&headers).expect("decodes"),
+            Some(target)
+        );
+        assert_eq!(
+            target_from_headers(&http::HeaderMap::new()).expect("none"),
+            None
+        );
+        let mut bad = http::HeaderMap::new();
+        bad.insert(TARGET_HEADER, http::HeaderValue::from_static("%%%"));
+        let err = target_from_headers(&bad).expect_err("garbage");
+        assert!(err.message().contains(TARGET_HEADER), "{err}");
+    }
+
+    #[test]
     fn compressed_or_oversized_frames_are_refused() {
         let mut b = Boundaries::default();
         let err = b.advance(&[1, 0, 0, 0, 1, 0]).expect_err("compressed");
