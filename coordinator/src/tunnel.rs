@@ -513,7 +513,6 @@ impl TunnelSvc {
             from_ctl.abort();
             return Err(e);
         }
-        info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
         let (to_ctl, from_agent_rx) = queue(limits.max_bytes_in_flight_per_connection);
         to_ctl
             .send(tunnel_wire::encode(&Frame {
@@ -521,6 +520,10 @@ impl TunnelSvc {
             }))
             .await;
         tokio::spawn(async move {
+            // Logged here, beside the answer rather than before it: the
+            // line costs a write to the log that the connection need not
+            // wait for.
+            info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
             pump(from_agent, to_ctl, coord).await;
             drop(slot);
         });
