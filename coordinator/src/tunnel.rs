@@ -10,6 +10,12 @@
 //! and errors travel as frames. An agent that reconnects fails only the
 //! connections that were in flight.
 //!
+//! The relay decodes only a stream's first frames (the target, unless the
+//! request's headers carry it; the agent's attach id and verdict); after
+//! that it forwards HTTP/2 chunks as they arrive (`apiary_proto::tunnel_wire`),
+//! which is why `Open` and `Attach` are served by hand beside tonic's
+//! generated services.
+//!
 //! Targets are a node's port, or a name the coordinator resolves to the host
 //! that runs it: `database` (the database's leader, as the last health round
 //! saw it), a database server (`etcd-2`), or any Swarm service (asked of each
