@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apiary_certs::Role;
+use apiary_certs::{PeerIdentity, Role};
 use apiary_proto::tunnel::tunnel_relay_server::{TunnelRelay, TunnelRelayServer};
 use apiary_proto::tunnel::{Frame, ListenRequest, OpenRequest, Target, frame};
 use apiary_proto::tunnel_wire::{self, WireReader};
@@ -452,16 +452,26 @@ impl TunnelSvc {
     }
 }
 
+/// The caller of a hand-served method, checked to hold `role`; the
+/// request's headers; its body, to read.
+fn caller(
+    req: http::Request<Body>,
+    role: Role,
+) -> Result<(PeerIdentity, http::HeaderMap, WireReader), Status> {
+    let (parts, body) = req.into_parts();
+    let request = Request::from_http(http::Request::from_parts(parts, ()));
+    let peer = require_role(&request, role)?;
+    let (metadata, _, ()) = request.into_parts();
+    Ok((peer, metadata.into_headers(), WireReader::new(body)))
+}
+
 impl TunnelSvc {
-    /// `Tunnel.Open`: one operator connection. Its first frame names the
-    /// target; once the agent has reached it, bytes flow both ways.
+    /// `Tunnel.Open`: one operator connection. Its headers or its first
+    /// frame name the target; once the agent has reached it, bytes flow
+    /// both ways.
     async fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
-        let (parts, body) = req.into_parts();
-        let request = Request::from_http(http::Request::from_parts(parts, ()));
-        let admin = require_role(&request, Role::Admin)?;
-        let parts = request.metadata();
-        let mut inbound = WireReader::new(body);
-        let target = match tunnel_wire::target_from_headers(parts.as_ref())? {
+        let (admin, headers, mut inbound) = caller(req, Role::Admin)?;
+        let target = match tunnel_wire::target_from_headers(&headers)? {
             Some(t) => t,
             None => match inbound.message().await? {
                 Some(Frame {
@@ -539,12 +549,7 @@ impl TunnelSvc {
     /// `TunnelRelay.Attach`: the agent's leg of one connection, handed to
     /// the `open` waiting for it.
     async fn attach(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
-        let (parts, body) = req.into_parts();
-        let agent = require_role(
-            &Request::from_http(http::Request::from_parts(parts, ())),
-            Role::Agent,
-        )?;
-        let mut inbound = WireReader::new(body);
+        let (agent, _, mut inbound) = caller(req, Role::Agent)?;
         let conn_id = match inbound.message().await? {
             Some(Frame {
                 kind: Some(frame::Kind::Attach(id)),

@@ -40,6 +40,23 @@ pub const MAX_MESSAGE: usize = 4 << 20;
 /// Largest frame read whole (targets, verdicts, attach ids are a few bytes).
 const MAX_CONTROL: usize = 64 << 10;
 
+/// The length of the frame whose gRPC prefix `prefix` starts with (at least
+/// five bytes). A compressed frame is refused with `fault` (whose fault it
+/// is: `InvalidArgument` from a caller, `Internal` from the coordinator),
+/// one over [`MAX_MESSAGE`] as too large.
+fn frame_len(prefix: &[u8], fault: tonic::Code) -> Result<usize, Status> {
+    if prefix[0] != 0 {
+        return Err(Status::new(fault, "tunnel frames are never compressed"));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(Status::resource_exhausted(format!(
+            "a tunnel frame of {len} bytes is over the limit of {MAX_MESSAGE}"
+        )));
+    }
+    Ok(len)
+}
+
 /// `frame` as one gRPC message.
 pub fn encode(frame: &Frame) -> Bytes {
     let len = frame.encoded_len();
@@ -104,22 +121,7 @@ impl Boundaries {
                     break;
                 }
                 self.prefix_seen = 0;
-                if self.prefix[0] != 0 {
-                    return Err(Status::invalid_argument(
-                        "tunnel frames are never compressed",
-                    ));
-                }
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]) as usize;
-                if len > MAX_MESSAGE {
-                    return Err(Status::resource_exhausted(format!(
-                        "a tunnel frame of {len} bytes is over the limit of {MAX_MESSAGE}"
-                    )));
-                }
+                let len = frame_len(&self.prefix, tonic::Code::InvalidArgument)?;
                 (self.remaining, self.len, self.body_started) = (len, len, false);
                 continue;
             }
@@ -169,17 +171,14 @@ impl WireReader {
     pub async fn message(&mut self) -> Result<Option<Frame>, Status> {
         loop {
             if self.pending.len() >= PREFIX {
-                let len = u32::from_be_bytes([
-                    self.pending[1],
-                    self.pending[2],
-                    self.pending[3],
-                    self.pending[4],
-                ]) as usize;
-                if self.pending[0] != 0 || len > MAX_CONTROL {
-                    return Err(Status::invalid_argument(
-                        "a tunnel stream must start with its target or attach frame",
-                    ));
-                }
+                let len = frame_len(&self.pending, tonic::Code::InvalidArgument)
+                    .ok()
+                    .filter(|len| *len <= MAX_CONTROL)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "a tunnel stream must start with its target or attach frame",
+                        )
+                    })?;
                 if self.pending.len() >= PREFIX + len {
                     let mut whole = self.pending.split_to(PREFIX + len);
                     whole.advance(PREFIX);
@@ -368,15 +367,7 @@ impl FrameReader {
         if h.len() < PREFIX {
             return Ok(None);
         }
-        if h[0] != 0 {
-            return Err(Status::internal("tunnel frames are never compressed"));
-        }
-        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-        if len > MAX_MESSAGE {
-            return Err(Status::resource_exhausted(format!(
-                "a tunnel frame of {len} bytes is over the limit of {MAX_MESSAGE}"
-            )));
-        }
+        let len = frame_len(h, tonic::Code::Internal)?;
         if len == 0 {
             return Ok(Some(ReadState::Whole(0)));
         }
