@@ -76,8 +76,9 @@ impl TunnelCtl {
     /// Opens one tunnel stream and waits for the agent's verdict, so a refused
     /// target is an error here rather than a silently closed socket. What
     /// `early` puts on the stream meanwhile (the client's first bytes) goes
-    /// with the open request: the coordinator holds it until the agent has
-    /// reached the target, which saves a round trip per connection. The
+    /// with the open request: the coordinator passes it on to the agent,
+    /// which writes it as soon as it has reached the target, so no round
+    /// trip waits for the verdict. The
     /// target travels in the request's headers, so the coordinator asks the
     /// agent before the request's first data arrives.
     async fn open(&self, early: impl FnOnce(Outbound)) -> Result<FrameReader, CtlError> {
