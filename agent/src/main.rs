@@ -7,6 +7,7 @@ use apiary_agent::cli::Args;
 use apiary_agent::config::{AgentConfig, AgentFile};
 
 fn main() -> ExitCode {
+    apiary_proto::malloc::tune_for_streaming();
     let args = match apiary_agent::cli::parse() {
         Ok(args) => args,
         Err(code) => return code,

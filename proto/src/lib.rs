@@ -19,5 +19,6 @@ pub mod tunnel {
 }
 
 pub mod dial;
+pub mod malloc;
 pub mod tunnel_io;
 pub mod tunnel_wire;

@@ -14,6 +14,7 @@ use apiary_coordinator::server::ADMIN_CONF;
 use apiary_coordinator::store::{Store, StoreError};
 
 fn main() -> ExitCode {
+    apiary_proto::malloc::tune_for_streaming();
     let args = match apiary_coordinator::cli::parse::<Args>() {
         Ok(args) => args,
         Err(code) => return code,

@@ -12,6 +12,7 @@ use apiary_coordinator::ctl::{
 };
 
 fn main() -> ExitCode {
+    apiary_proto::malloc::tune_for_streaming();
     let args = match apiary_coordinator::cli::parse::<Args>() {
         Ok(args) => args,
         Err(code) => return code,
