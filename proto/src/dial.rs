@@ -187,3 +187,42 @@ pub async fn handshake(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Bytes come out in order however the reader slices them (rustls asks
+    /// for 4 KiB or less), end of stream is seen, and a drained buffer holds
+    /// no memory.
+    #[tokio::test]
+    async fn bytes_pass_in_order_and_a_drained_buffer_holds_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let to_send = sent.clone();
+        let writer = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(&to_send).await.unwrap();
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut reader = BufferedTcp::new(tcp);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        for size in [1usize, 100, 4096, 17].iter().cycle() {
+            let n = reader.read(&mut chunk[..*size]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            if reader.unread.is_empty() {
+                assert_eq!(reader.unread.capacity(), 0, "drained buffer kept");
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "bytes changed or reordered");
+    }
+}
