@@ -7,7 +7,7 @@
 //! What it leaves out is the coordinator's fan-out of the request and the
 //! cells over the mTLS sessions (one message each way per host).
 //!
-//!   sudo cargo bench -p apiary-agent --bench matrix -- 4,8,16,32,64
+//!   cargo bench -p apiary-agent --bench matrix -- 4,8,16,32,64
 //!
 //! Measurements only: it prints a Markdown table for the README.
 

@@ -404,7 +404,7 @@ fn tunnel_bench(
         }
     } else {
         eprintln!(
-            "no /usr/sbin/sshd: `sudo ./scripts/setup-host --bench` installs it for the ssh -L baseline"
+            "no /usr/sbin/sshd: `./scripts/setup-host --bench` installs it for the ssh -L baseline"
         );
     }
     println!(
