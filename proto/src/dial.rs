@@ -27,8 +27,8 @@ pub const STREAM_WINDOW: u32 = 2 << 20;
 /// freeze every other stream on the connection. Flow control stays per
 /// stream.
 pub const CONNECTION_WINDOW: u32 = 1 << 30;
-/// Largest HTTP/2 frame either side accepts: a tunnel frame (256 KiB) then
-/// crosses as one DATA frame instead of sixteen of the default 16 KiB.
+/// Largest HTTP/2 frame either side accepts: a tunnel frame (512 KiB) then
+/// crosses as one DATA frame instead of thirty-two of the default 16 KiB.
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest read under TLS (see [`BufferedTcp`]).
 const READ_BUFFER: usize = 256 << 10;

@@ -35,7 +35,7 @@ const PREFIX: usize = 5;
 /// The protobuf key of `Frame.data` (field 2, length-delimited).
 const DATA_KEY: u8 = 2 << 3 | 2;
 /// Largest message accepted, as tonic's default decode limit (the ends send
-/// 256 KiB of data per message).
+/// up to 512 KiB of data per message, `tunnel_io::CHUNK`).
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Largest frame read whole (targets, verdicts, attach ids are a few bytes).
 const MAX_CONTROL: usize = 64 << 10;
