@@ -66,18 +66,19 @@ impl AsyncRead for BufferedTcp {
         out: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.unread.is_empty() {
+        // Readiness first, so that a socket with nothing to read costs no
+        // allocation.
+        while this.unread.is_empty() {
+            std::task::ready!(this.tcp.poll_read_ready(cx))?;
             this.unread.reserve(READ_BUFFER);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.tcp), cx, &mut this.unread) {
+            match this.tcp.try_read_buf(&mut this.unread) {
                 // 0 bytes is end of stream: `out` stays empty, which says so.
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
+                Ok(_) => break,
+                Err(e) => {
                     this.unread = BytesMut::new();
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Pending => {
-                    this.unread = BytesMut::new();
-                    return Poll::Pending;
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
         }
