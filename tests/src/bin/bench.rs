@@ -64,7 +64,11 @@ enum Cmd {
         requests: usize,
         /// Which paths to measure (`apiary` alone, long, is handy under a
         /// profiler).
-        #[arg(long, value_delimiter = ',', default_value = "direct,floor,apiary,ssh")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "direct,floor,tls-floor,apiary,ssh"
+        )]
         paths: Vec<TunnelPath>,
         /// Throughput transfers per path; the paths take turns, so a change
         /// in the machine's speed during the run touches them all alike.
@@ -95,6 +99,13 @@ enum TunnelPath {
     /// loopback hops and no TLS, framing or flow control. What the kernel
     /// alone costs along that path: no tunnel can beat it on this machine.
     Floor,
+    /// The floor with the tunnel's security: the same three relays, the two
+    /// middle legs over mTLS with the tunnel's rustls configuration (the
+    /// coordinator's and an admin's certificates, AES-128-GCM), each relay a
+    /// tokio runtime with two workers as the tunnel's processes are. No
+    /// HTTP/2, no framing, no flow control: what a relay built on the same
+    /// TLS stack costs at least, so the tunnel's own overhead is the gap to it.
+    TlsFloor,
     Apiary,
     Ssh,
 }
@@ -173,6 +184,103 @@ fn plain_relay(next: u16) -> u16 {
         }
     });
     port
+}
+
+/// The TLS floor's three relays (see [`TunnelPath::TlsFloor`]); returns the
+/// port a client connects to. The runtimes live as long as the process.
+fn tls_relays(server: u16) -> anyhow::Result<u16> {
+    use apiary_certs::{ClusterCa, RevocationSet, Role, server_config};
+    use rustls_pki_types::ServerName;
+    use tokio::net::{TcpListener, TcpStream};
+
+    let ca = ClusterCa::generate("bench")?;
+    let (server_cert, server_key) =
+        ca.issue_with_key("coordinator", Role::Coordinator, Duration::from_secs(3600))?;
+    let (client_cert, client_key) =
+        ca.issue_with_key("admin", Role::Admin, Duration::from_secs(3600))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+        ca.cert_der(),
+        &server_cert.der,
+        &server_key,
+        RevocationSet::default(),
+    )?));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(mtls_client_config(
+        ca.cert_der(),
+        &client_cert.der,
+        &client_key,
+    )?));
+    let name = ServerName::try_from(COORDINATOR_SERVER_NAME)?;
+
+    // One relay: accept on a fresh port (TLS or not), dial `next` (TLS or
+    // not), copy both ways with the tunnel's buffer size.
+    fn relay<A, D, AF, DF>(accept: A, dial: D) -> anyhow::Result<u16>
+    where
+        A: Fn(TcpStream) -> AF + Send + Sync + 'static,
+        D: Fn() -> DF + Send + Sync + 'static,
+        AF: Future<Output = std::io::Result<Box<dyn Stream>>> + Send,
+        DF: Future<Output = std::io::Result<Box<dyn Stream>>> + Send,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        let (accept, dial) = (Arc::new(accept), Arc::new(dial));
+        rt.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (accept, dial) = (accept.clone(), dial.clone());
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    if let (Ok(mut a), Ok(mut b)) = (accept(tcp).await, dial().await) {
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut a,
+                            &mut b,
+                            512 << 10,
+                            512 << 10,
+                        )
+                        .await;
+                    }
+                });
+            }
+        });
+        std::mem::forget(rt);
+        Ok(port)
+    }
+    trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+    use std::future::Future;
+
+    async fn plain(port: u16) -> std::io::Result<Box<dyn Stream>> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Box::new(tcp))
+    }
+    let tls_dial = move |port: u16| {
+        let (connector, name) = (connector.clone(), name.clone());
+        move || {
+            let (connector, name) = (connector.clone(), name.clone());
+            async move {
+                let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, dial::BufferedTcp::new(tcp)).await?;
+                Ok(Box::new(tls) as Box<dyn Stream>)
+            }
+        }
+    };
+    let tls_accept = move |tcp: TcpStream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let tls = acceptor.accept(dial::BufferedTcp::new(tcp)).await?;
+            Ok(Box::new(tls) as Box<dyn Stream>)
+        }
+    };
+    let agent_side = relay(tls_accept.clone(), move || plain(server))?;
+    let coordinator_side = relay(tls_accept, tls_dial(agent_side))?;
+    relay(
+        |tcp| async move { Ok(Box::new(tcp) as Box<dyn Stream>) },
+        tls_dial(coordinator_side),
+    )
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -343,6 +451,13 @@ fn tunnel_bench(
             None,
         ));
     }
+    if which.contains(&TunnelPath::TlsFloor) {
+        paths.push((
+            "TLS floor: 3 relays, 2 mTLS legs, no HTTP/2".into(),
+            tls_relays(server)?,
+            None,
+        ));
+    }
     if which.contains(&TunnelPath::Apiary) {
         paths.push(("apiary tunnel".into(), local, None));
     }
@@ -490,6 +605,15 @@ fn tunnel_bench(
             "tunnel / ssh -L (aes128-gcm, its fastest cipher) throughput: {:.2}",
             t.0 / s.0
         );
+    }
+    if let (Some(t), Some(f)) = (get("apiary"), get("TLS floor")) {
+        println!(
+            "tunnel / TLS floor (the same TLS stack with nothing above it) throughput: {:.2}",
+            t.0 / f.0
+        );
+    }
+    if let (Some(f), Some(s)) = (get("TLS floor"), get("ssh -L (aes128-gcm")) {
+        println!("TLS floor / ssh -L (aes128-gcm): {:.2}", f.0 / s.0);
     }
     if let (Some(f), Some(s)) = (get("floor"), get("ssh -L (aes128-gcm")) {
         println!(
