@@ -76,7 +76,8 @@ pub enum OpRequest {
     /// Creates a database server's service unless it exists (a manager's
     /// agent); answers a [`ServiceState`].
     EnsureService {
-        spec: ServiceSpec,
+        /// Boxed: with its certificate it is the largest request by far.
+        spec: Box<ServiceSpec>,
     },
     /// Removes a service; answers `{"removed": bool}`.
     RemoveService {

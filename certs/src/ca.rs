@@ -196,6 +196,39 @@ impl ClusterCa {
     }
 }
 
+/// The common name of every database peer certificate. Database servers
+/// admit a peer only with this name (etcd's `--peer-cert-allowed-cn`), so
+/// an agent's or an admin's certificate, from the same CA, cannot join the
+/// database's peer network. It holds spaces, which no host name can.
+pub const DATABASE_PEER_CN: &str = "apiary database peer";
+
+impl ClusterCa {
+    /// A database server's peer certificate (and a new key): valid for
+    /// `names` (the server's names on the overlay) as DNS names, for
+    /// serving and for dialing, common name [`DATABASE_PEER_CN`], role
+    /// `database`.
+    pub fn issue_database_peer(
+        &self,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(IssuedCert, String), CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let now = SystemTime::now();
+        let mut params = leaf_params(
+            DATABASE_PEER_CN,
+            Role::Database,
+            now - backdate(ttl),
+            now + ttl,
+        )?;
+        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
+        let cert = params.signed_by(&key, self.issuer())?;
+        Ok((
+            issued(cert.der().to_vec(), cert.pem(), &params)?,
+            key.serialize_pem(),
+        ))
+    }
+}
+
 /// Certificates start a little in the past to tolerate clock skew between
 /// hosts, but never by more than a tenth of their life: holders plan renewal
 /// from not_before, and a large backdate on a short life would make them renew
@@ -228,7 +261,7 @@ fn leaf_params(
 ) -> Result<CertificateParams, CertError> {
     let sans = match role {
         Role::Coordinator => vec![COORDINATOR_SERVER_NAME.to_string()],
-        Role::Agent | Role::Admin => vec![],
+        Role::Agent | Role::Admin | Role::Database => vec![],
     };
     let mut params = CertificateParams::new(sans)?;
     params.distinguished_name = name(node, Some(role));
@@ -237,6 +270,12 @@ fn leaf_params(
     params.extended_key_usages = match role {
         Role::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth],
         Role::Agent | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        // A database server presents one certificate both ways: listening
+        // for its peers and dialing them.
+        Role::Database => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     };
     params.not_before = to_offset(not_before);
     params.not_after = to_offset(not_after);
@@ -331,5 +370,46 @@ mod tests {
         again
             .sign_csr(&csr, "x", Role::Agent, Duration::from_secs(60))
             .expect("sign after reload");
+    }
+
+    #[test]
+    fn a_database_peer_certificate_serves_and_dials_under_its_names_only() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let names = ["etcd-2".to_string(), "tasks.etcd-2".to_string()];
+        let (cert, key) = ca
+            .issue_database_peer(&names, Duration::from_secs(3600))
+            .expect("issue");
+        assert!(key.contains("PRIVATE KEY"));
+        let peer = PeerIdentity::from_der(&cert.der).expect("parse");
+        assert_eq!(
+            (peer.node.as_str(), peer.role),
+            (DATABASE_PEER_CN, Role::Database)
+        );
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert.der).expect("x509");
+        let eku = x509
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && eku.client_auth, "{eku:?}");
+        let sans: Vec<String> = x509
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present")
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, ["DNSName(etcd-2)", "DNSName(tasks.etcd-2)"]);
+        // An agent's certificate from the same CA never has that name.
+        let (_k, csr) = new_key_and_csr("x").expect("csr");
+        let agent = ca
+            .sign_csr(&csr, "etcd-2", Role::Agent, Duration::from_secs(60))
+            .expect("sign");
+        assert_ne!(
+            PeerIdentity::from_der(&agent.der).expect("parse").node,
+            DATABASE_PEER_CN
+        );
     }
 }

@@ -24,7 +24,7 @@ mod peer;
 mod tls;
 mod token;
 
-pub use ca::{ClusterCa, IssuedCert};
+pub use ca::{ClusterCa, DATABASE_PEER_CN, IssuedCert};
 pub use error::CertError;
 pub use files::write_private;
 pub use identity::{Identity, new_key_and_csr};

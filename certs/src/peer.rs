@@ -10,6 +10,10 @@ pub enum Role {
     Agent,
     Admin,
     Coordinator,
+    /// A database server's peer certificate (see
+    /// [`ClusterCa::issue_database_peer`](crate::ClusterCa::issue_database_peer)):
+    /// the coordinator's APIs refuse it, they accept only agents and admins.
+    Database,
 }
 
 impl Role {
@@ -18,6 +22,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Admin => "admin",
             Role::Coordinator => "coordinator",
+            Role::Database => "database",
         }
     }
 
@@ -26,6 +31,7 @@ impl Role {
             "agent" => Some(Role::Agent),
             "admin" => Some(Role::Admin),
             "coordinator" => Some(Role::Coordinator),
+            "database" => Some(Role::Database),
             _ => None,
         }
     }

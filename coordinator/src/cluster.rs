@@ -973,17 +973,23 @@ async fn converge_database(
     let db = &crate::database::effective(db, coord.database_scale());
     let flavor = crate::database::flavor(db.kind);
     let servers = crate::database::servers(db, hosts);
+    let mut health = database_health(coord, db.kind, &servers).await;
+    let tls = match peer_tls(coord, db, &servers) {
+        Ok(tls) => tls,
+        // No service without its certificate: its command expects one.
+        Err(e) => return database_state(db.kind.as_str(), &servers, &health, e),
+    };
     let specs = crate::database::specs(
         db,
         &coord_cluster(coord),
         network,
         &servers,
         endpoint_mode(coord),
+        &|s| tls.get(&s.name).cloned(),
     );
     let phase = progress.map(|p| p.phase("database", servers.len()));
     let started = std::time::Instant::now();
     let mut created_any = false;
-    let mut health = database_health(coord, db.kind, &servers).await;
     loop {
         if health.iter().all(|h| h.running) {
             all_running.send_replace(true);
@@ -1004,7 +1010,9 @@ async fn converge_database(
             match call::<apiary_agent::database::ServiceState>(
                 coord,
                 first_manager,
-                &OpRequest::EnsureService { spec: spec.clone() },
+                &OpRequest::EnsureService {
+                    spec: Box::new(spec.clone()),
+                },
             )
             .await
             {
@@ -1047,6 +1055,22 @@ async fn converge_database(
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         health = database_health(coord, db.kind, &servers).await;
     }
+}
+
+/// Each server's peer certificate, by service name, when `[database]
+/// peer_tls` is on (none when off).
+fn peer_tls(
+    coord: &Coordinator,
+    db: &DatabaseConfig,
+    servers: &[crate::database::Server],
+) -> Result<HashMap<String, apiary_agent::database::PeerTls>, String> {
+    if !db.peer_tls {
+        return Ok(HashMap::new());
+    }
+    servers
+        .iter()
+        .map(|s| Ok((s.name.clone(), coord.database_peer_tls(&s.name)?)))
+        .collect()
 }
 
 fn endpoint_mode(coord: &Coordinator) -> EndpointMode {
@@ -1323,7 +1347,7 @@ pub async fn scale_database(
     wait_database_healthy(coord, &db, &current, std::time::Duration::from_secs(5))
         .await
         .map_err(|e| format!("not scaling an unhealthy database: {e}"))?;
-    let peer = |s: &crate::database::Server| format!("http://{}:{}", s.name, db.peer_port);
+    let peer = |s: &crate::database::Server| crate::database::peer_url(&db, s);
     let mut count = current.len();
     while count < n {
         let new = &possible[count];
@@ -1367,12 +1391,21 @@ pub async fn scale_database(
                 flavor.command(&db, &coord_cluster(coord), new, &possible[..=count])
             }
         };
-        let spec =
-            crate::database::spec_with(&db, &config.overlay, new, command, endpoint_mode(coord));
+        let tls = peer_tls(coord, &db, std::slice::from_ref(new))?;
+        let spec = crate::database::spec_with(
+            &db,
+            &config.overlay,
+            new,
+            command,
+            endpoint_mode(coord),
+            tls.get(&new.name).cloned(),
+        );
         call::<apiary_agent::database::ServiceState>(
             coord,
             &first_manager,
-            &OpRequest::EnsureService { spec },
+            &OpRequest::EnsureService {
+                spec: Box::new(spec),
+            },
         )
         .await?;
         count += 1;

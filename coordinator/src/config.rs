@@ -85,6 +85,7 @@ struct RawDatabase {
     client_port: Option<u16>,
     peer_port: Option<u16>,
     image_archive: Option<PathBuf>,
+    peer_tls: Option<bool>,
 }
 
 /// The clustered database on the overlay (`[database]`): one server per host
@@ -105,6 +106,9 @@ pub struct DatabaseConfig {
     /// 2380, RethinkDB cluster 29015), on the overlay only.
     pub client_port: u16,
     pub peer_port: u16,
+    /// TLS between the servers, with certificates from the cluster CA
+    /// (default on). Clients on the client port are not affected.
+    pub peer_tls: bool,
     /// Lab: a `docker save` archive of `image` loaded into every engine
     /// (relative to the config file).
     pub image_archive: Option<PathBuf>,
@@ -600,6 +604,7 @@ impl ClusterConfig {
                 volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
                 client_port: db.client_port.unwrap_or(client),
                 peer_port: db.peer_port.unwrap_or(peer),
+                peer_tls: db.peer_tls.unwrap_or(true),
                 image_archive: db.image_archive.map(|a| {
                     if a.is_relative() {
                         path.parent().unwrap_or(Path::new(".")).join(a)
@@ -1094,11 +1099,12 @@ mod tests {
         assert_eq!((db.client_port, db.peer_port), (2379, 2380));
         assert_eq!(db.volume_prefix, "etcd");
         assert_eq!(db.servers, None);
+        assert!(db.peer_tls, "peers talk TLS unless told otherwise");
         let ProviderConfig::Lab(lab) = c.provider else {
             panic!("lab expected")
         };
         assert!(lab.etcd_image);
-        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"rethinkdb\"\nservers = 3\nmemory = \"1g\"\n")
+        let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n[database]\nkind = \"rethinkdb\"\nservers = 3\nmemory = \"1g\"\npeer_tls = false\n")
             .expect("valid");
         let db = c
             .swarm
@@ -1109,6 +1115,7 @@ mod tests {
         assert_eq!((db.client_port, db.peer_port), (28015, 29015));
         assert_eq!(db.memory_bytes, 1 << 30);
         assert_eq!(db.servers, Some(3));
+        assert!(!db.peer_tls);
         let c = parse("[cluster]\nname = \"bees\"\n[provider]\nkind = \"lab\"\n").expect("valid");
         assert!(
             c.swarm.expect("swarm").database.is_none(),

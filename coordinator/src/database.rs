@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use apiary_agent::database::{DatabaseKind, EndpointMode, ServiceSpec};
+use apiary_agent::database::{DatabaseKind, EndpointMode, PeerTls, ServiceSpec};
 
 use crate::config::DatabaseConfig;
 
@@ -104,6 +104,21 @@ fn wait_for_names(names: &[&str], argv: Vec<String>) -> Vec<String> {
     .collect()
 }
 
+/// The URL a server's peers reach it at: https when `[database] peer_tls`.
+pub fn peer_url(cfg: &DatabaseConfig, server: &Server) -> String {
+    let scheme = if cfg.peer_tls { "https" } else { "http" };
+    format!("{scheme}://{}:{}", server.name, cfg.peer_port)
+}
+
+/// The names a server's peer certificate is valid for: its service name
+/// and `tasks.<name>`, which Docker's DNS answers with the task's own
+/// address. etcd checks a dialing peer's certificate against the address it
+/// dials from, and with a virtual IP the service name resolves to the VIP,
+/// not to that address.
+pub fn peer_names(server_name: &str) -> Vec<String> {
+    vec![server_name.to_string(), format!("tasks.{server_name}")]
+}
+
 impl Flavor for Etcd {
     fn kind(&self) -> DatabaseKind {
         DatabaseKind::Etcd
@@ -123,23 +138,24 @@ impl Flavor for Etcd {
         let (c, p) = (cfg.client_port, cfg.peer_port);
         let initial = all
             .iter()
-            .map(|s| format!("{0}=http://{0}:{p}", s.name))
+            .map(|s| format!("{}={}", s.name, peer_url(cfg, s)))
             .collect::<Vec<_>>()
             .join(",");
-        let etcd = vec![
+        let scheme = if cfg.peer_tls { "https" } else { "http" };
+        let mut etcd = vec![
             "/usr/bin/etcd".to_string(),
             "--name".into(),
             server.name.clone(),
             "--data-dir".into(),
             self.data_dir().into(),
             "--listen-peer-urls".into(),
-            format!("http://0.0.0.0:{p}"),
+            format!("{scheme}://0.0.0.0:{p}"),
             "--listen-client-urls".into(),
             format!("http://0.0.0.0:{c}"),
             "--advertise-client-urls".into(),
             format!("http://{}:{c}", server.name),
             "--initial-advertise-peer-urls".into(),
-            format!("http://{}:{p}", server.name),
+            peer_url(cfg, server),
             "--initial-cluster".into(),
             initial,
             "--initial-cluster-token".into(),
@@ -154,6 +170,22 @@ impl Flavor for Etcd {
             // the first timer to run out wins, as Raft intends.
             "--initial-election-tick-advance=false".into(),
         ];
+        if cfg.peer_tls {
+            // Peers present certificates from the cluster CA, and only
+            // database peer certificates are admitted (an agent's, from the
+            // same CA, has another name).
+            etcd.extend([
+                "--peer-cert-file".into(),
+                PeerTls::CERT_FILE.into(),
+                "--peer-key-file".into(),
+                PeerTls::KEY_FILE.into(),
+                "--peer-trusted-ca-file".into(),
+                PeerTls::CA_FILE.into(),
+                "--peer-client-cert-auth".into(),
+                "--peer-cert-allowed-cn".into(),
+                apiary_certs::DATABASE_PEER_CN.into(),
+            ]);
+        }
         wait_for_names(
             &all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             etcd,
@@ -226,6 +258,18 @@ impl Flavor for Rethinkdb {
             "--cluster-port".into(),
             cfg.peer_port.to_string(),
         ];
+        if cfg.peer_tls {
+            // Cluster connections over TLS, both ends' certificates checked
+            // against the cluster CA.
+            cmd.extend([
+                "--cluster-tls-key".into(),
+                PeerTls::KEY_FILE.into(),
+                "--cluster-tls-cert".into(),
+                PeerTls::CERT_FILE.into(),
+                "--cluster-tls-ca".into(),
+                PeerTls::CA_FILE.into(),
+            ]);
+        }
         if server.index > 1
             && let Some(first) = all.first()
         {
@@ -309,13 +353,15 @@ pub fn servers(cfg: &DatabaseConfig, hosts: &[String]) -> Vec<Server> {
         .collect()
 }
 
-/// The service definitions of `servers` on `network`.
+/// The service definitions of `servers` on `network`; `peer_tls` gives
+/// each server's certificate when `[database] peer_tls` is on.
 pub fn specs(
     cfg: &DatabaseConfig,
     cluster: &str,
     network: &str,
     all: &[Server],
     endpoint_mode: EndpointMode,
+    peer_tls: &dyn Fn(&Server) -> Option<PeerTls>,
 ) -> Vec<ServiceSpec> {
     let f = flavor(cfg.kind);
     all.iter()
@@ -326,6 +372,7 @@ pub fn specs(
                 s,
                 f.command(cfg, cluster, s, all),
                 endpoint_mode,
+                peer_tls(s),
             )
         })
         .collect()
@@ -338,6 +385,7 @@ pub fn spec_with(
     s: &Server,
     command: Vec<String>,
     endpoint_mode: EndpointMode,
+    peer_tls: Option<PeerTls>,
 ) -> ServiceSpec {
     let f = flavor(cfg.kind);
     ServiceSpec {
@@ -353,6 +401,7 @@ pub fn spec_with(
         data_dir: f.data_dir().to_string(),
         restart_delay: RESTART_DELAY,
         endpoint_mode,
+        peer_tls: peer_tls.filter(|_| cfg.peer_tls),
     }
 }
 
@@ -409,7 +458,35 @@ mod tests {
             volume_prefix: kind.as_str().into(),
             client_port: c,
             peer_port: p,
+            peer_tls: true,
             image_archive: None,
+        }
+    }
+
+    /// A stand-in certificate per server, named after it.
+    fn tls(s: &Server) -> Option<PeerTls> {
+        Some(PeerTls {
+            ca_pem: "ca".into(),
+            cert_pem: format!("cert of {}", s.name),
+            key_pem: format!("key of {}", s.name),
+        })
+    }
+
+    #[test]
+    fn without_peer_tls_peers_talk_http_and_no_certificate_is_mounted() {
+        for kind in [DatabaseKind::Etcd, DatabaseKind::Rethinkdb] {
+            let mut c = cfg(kind);
+            c.peer_tls = false;
+            let all = servers(&c, &hosts());
+            for s in specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls) {
+                let cmd = s.command.join(" ");
+                assert!(!cmd.contains("https") && !cmd.contains("tls"), "{cmd}");
+                assert!(!cmd.contains("/run/secrets"), "{cmd}");
+                assert_eq!(s.peer_tls, None);
+                let d = serde_json::to_value(s.to_docker(&[])).expect("json");
+                assert!(d["TaskTemplate"]["ContainerSpec"].get("Secrets").is_none());
+            }
+            assert!(peer_url(&c, &all[0]).starts_with("http://"));
         }
     }
 
@@ -423,7 +500,7 @@ mod tests {
     fn etcd_is_one_pinned_server_per_host_with_a_static_initial_cluster() {
         let c = cfg(DatabaseKind::Etcd);
         let all = servers(&c, &hosts());
-        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr);
+        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls);
         assert_eq!(specs.len(), 4);
         let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
         assert_eq!(
@@ -454,16 +531,37 @@ mod tests {
             "{cmd}"
         );
         assert!(
-            cmd.contains("--initial-advertise-peer-urls http://etcd-2:2380"),
+            cmd.contains("--initial-advertise-peer-urls https://etcd-2:2380"),
             "{cmd}"
         );
-        assert!(cmd.contains("--initial-cluster etcd-1=http://etcd-1:2380,etcd-2=http://etcd-2:2380,etcd-3=http://etcd-3:2380,etcd-4=http://etcd-4:2380 "), "{cmd}");
+        assert!(
+            cmd.contains("--listen-peer-urls https://0.0.0.0:2380 "),
+            "{cmd}"
+        );
+        assert!(cmd.contains("--initial-cluster etcd-1=https://etcd-1:2380,etcd-2=https://etcd-2:2380,etcd-3=https://etcd-3:2380,etcd-4=https://etcd-4:2380 "), "{cmd}");
+        // Peers over TLS with the cluster CA's database peer certificates
+        // only, mounted from the spec's secrets.
+        let argv = &s.command[4..];
+        for (flag, value) in [
+            ("--peer-cert-file", PeerTls::CERT_FILE),
+            ("--peer-key-file", PeerTls::KEY_FILE),
+            ("--peer-trusted-ca-file", PeerTls::CA_FILE),
+            ("--peer-cert-allowed-cn", apiary_certs::DATABASE_PEER_CN),
+        ] {
+            let at = argv.iter().position(|a| a == flag).expect(flag);
+            assert_eq!(argv[at + 1], value, "{flag}");
+        }
+        assert!(argv.iter().any(|a| a == "--peer-client-cert-auth"), "{cmd}");
+        assert_eq!(
+            s.peer_tls.as_ref().map(|t| t.cert_pem.as_str()),
+            Some("cert of etcd-2")
+        );
         assert!(
             cmd.contains("--initial-cluster-token bees-etcd --initial-cluster-state new --initial-election-tick-advance=false"),
             "{cmd}"
         );
         // On the overlay only: dnsrr, nothing published, pinned, limited.
-        let d = serde_json::to_value(s.to_docker()).expect("json");
+        let d = serde_json::to_value(s.to_docker(&[])).expect("json");
         assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
         assert!(d["EndpointSpec"].get("Ports").is_none());
         assert_eq!(
@@ -480,7 +578,7 @@ mod tests {
         c.servers = Some(3);
         let all = servers(&c, &hosts());
         assert_eq!(all.len(), 3);
-        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr);
+        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls);
         let first = specs[0].command.join(" ");
         assert!(
             first.starts_with("rethinkdb --bind all --server-name rethinkdb_1"),
@@ -489,17 +587,28 @@ mod tests {
         assert!(!first.contains("--join"), "{first}");
         for s in &specs[1..] {
             let cmd = s.command.join(" ");
-            assert!(cmd.ends_with("--join rethinkdb-1:29015"), "{cmd}");
+            assert!(cmd.contains(" --join rethinkdb-1:29015"), "{cmd}");
             assert!(
                 cmd.contains(&format!("--canonical-address {} ", s.name)),
                 "{cmd}"
             );
         }
         for s in &specs {
+            let cmd = s.command.join(" ");
+            assert!(
+                cmd.contains(&format!(
+                    "--cluster-tls-key {} --cluster-tls-cert {} --cluster-tls-ca {}",
+                    PeerTls::KEY_FILE,
+                    PeerTls::CERT_FILE,
+                    PeerTls::CA_FILE
+                )),
+                "{cmd}"
+            );
+            assert!(s.peer_tls.is_some());
             assert_eq!(s.image, "rethinkdb:2.4");
             assert_eq!(s.memory_bytes, 450 << 20);
             assert_eq!(s.data_dir, "/data");
-            let d = serde_json::to_value(s.to_docker()).expect("json");
+            let d = serde_json::to_value(s.to_docker(&[])).expect("json");
             assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
             assert!(
                 d["EndpointSpec"].get("Ports").is_none(),

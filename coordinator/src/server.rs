@@ -39,6 +39,10 @@ use crate::error::CoordinatorError;
 use crate::registry::Registry;
 use crate::store::{CertRecord, NodeRecord, Op, RevocationRecord, Store, TokenRecord};
 
+/// How long a database server's peer certificate is valid (see
+/// [`Coordinator::database_peer_tls`]).
+pub const DATABASE_PEER_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub struct Coordinator {
     config: ClusterConfig,
     state_dir: PathBuf,
@@ -209,6 +213,47 @@ impl Coordinator {
 
     pub fn ca(&self) -> &ClusterCa {
         &self.ca
+    }
+
+    /// The peer certificate of database server `service`, issued by the
+    /// cluster CA on first use and kept in `state_dir/pki/database/`
+    /// (the key 0600), so every round asks Swarm for the same secrets and
+    /// the service's spec stays the same across restarts. Valid for
+    /// [`DATABASE_PEER_TTL`]: servers are not re-keyed while they run.
+    pub fn database_peer_tls(
+        &self,
+        service: &str,
+    ) -> Result<apiary_agent::database::PeerTls, String> {
+        let dir = self.state_dir.join("pki").join("database");
+        let (cert_path, key_path) = (
+            dir.join(format!("{service}.pem")),
+            dir.join(format!("{service}.key")),
+        );
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("database peer certificate of {service}: cannot {what}: {e}")
+        };
+        let kept = std::fs::read_to_string(&cert_path)
+            .and_then(|c| Ok((c, std::fs::read_to_string(&key_path)?)));
+        let (cert_pem, key_pem) = match kept {
+            Ok(kept) => kept,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (cert, key) = self
+                    .ca
+                    .issue_database_peer(&crate::database::peer_names(service), DATABASE_PEER_TTL)
+                    .map_err(|e| fail("issue it", &e))?;
+                std::fs::create_dir_all(&dir).map_err(|e| fail("create its directory", &e))?;
+                apiary_certs::write_private(&key_path, key.as_bytes())
+                    .map_err(|e| fail("write its key", &e))?;
+                std::fs::write(&cert_path, &cert.pem).map_err(|e| fail("write it", &e))?;
+                (cert.pem, key)
+            }
+            Err(e) => return Err(fail(&format!("read {}", cert_path.display()), &e)),
+        };
+        Ok(apiary_agent::database::PeerTls {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        })
     }
 
     pub fn store(&self) -> &Store {

@@ -352,6 +352,20 @@ fn certificates_are_refused_by_role_ca_expiry_revocation_and_plaintext() {
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
 
+    // A database server's peer certificate, from this cluster's CA: valid
+    // for TLS, refused by the admin API by its role.
+    let (peer, peer_key) = ca
+        .issue_database_peer(&["etcd-1".to_string()], Duration::from_secs(3600))
+        .expect("issue");
+    let path = conf_with(&c, "database.conf", &peer_key, &peer.pem, &admin.ca);
+    let out = ctl_with(&path, &["status"]);
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("admin certificates; the caller presented a database certificate"),
+        "{}",
+        stderr(&out)
+    );
+
     // Plaintext HTTP/2 (gRPC without TLS) gets nothing.
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let endpoint = c.endpoint();

@@ -1101,6 +1101,60 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         4,
         "{members}"
     );
+    // Peers talk TLS (the default `[database] peer_tls`): every member's
+    // peer URL is https, and etcd-2's peer port refuses plain HTTP from
+    // host 1's server while its client port on the same path answers.
+    assert!(
+        members.lines().filter(|l| l.contains("started")).all(|l| l
+            .split(", ")
+            .nth(3)
+            .is_some_and(|peer| peer.starts_with("https://etcd-"))),
+        "{members}"
+    );
+    // A plain HTTP request with busybox's nc (its wget crashes in this
+    // static image) to etcd-2's address from Docker's DNS, stdin open until
+    // the answer is in. etcd answers `/version` on both ports; on the peer
+    // port only inside TLS now.
+    let plain_get = |port: u16| {
+        sh(&[
+            "docker",
+            "-H",
+            &format!("unix://{s1}"),
+            "exec",
+            &c1,
+            "sh",
+            "-c",
+            &format!(
+                "ip=$(nslookup etcd-2 | awk '/^Address/ {{a=$NF}} END {{print a}}'); (printf 'GET /version HTTP/1.0\\r\\n\\r\\n'; sleep 1) | nc -w 5 $ip {port}"
+            ),
+        ])
+        .1
+    };
+    let out = plain_get(2379);
+    assert!(out.contains("etcdserver"), "client port: {out}");
+    let out = plain_get(2380);
+    assert!(
+        !out.contains("etcdserver"),
+        "the peer port answered plain HTTP: {out}"
+    );
+    // The certificate and key come as Swarm secrets, the key for root only.
+    let (ok, out) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "exec",
+        &c1,
+        "stat",
+        "-c",
+        "%n %a",
+        "/run/secrets/apiary-peer-ca.pem",
+        "/run/secrets/apiary-peer.pem",
+        "/run/secrets/apiary-peer.key",
+    ]);
+    assert!(
+        ok && out.contains("/run/secrets/apiary-peer.key 400"),
+        "{out}"
+    );
     // Written through host 1, read through host 4.
     let (ok, out) = etcdctl(&s1, &c1, &["put", "bees/queen", "alive"]);
     assert!(ok && out.contains("OK"), "{out}");

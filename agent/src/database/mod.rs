@@ -31,8 +31,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
-    ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    SecretSpec, ServiceSpec as DockerServiceSpec, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecDnsConfig, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
+    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
@@ -87,6 +88,54 @@ pub struct ServiceSpec {
     /// How the service name resolves on the overlay.
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
+    /// The server's peer certificate, its key and the CA, mounted as Swarm
+    /// secrets at [`PeerTls::CA_FILE`], [`PeerTls::CERT_FILE`] and
+    /// [`PeerTls::KEY_FILE`]; `None`: peers talk in plain text.
+    #[serde(default)]
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// What a database server needs for TLS between peers, issued by the
+/// cluster CA (the coordinator keeps them; they travel to the first
+/// manager's agent over its mTLS session, and on as Swarm secrets: kept
+/// encrypted in Swarm's Raft log, mounted on a tmpfs in the one container).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls { key: <redacted> }")
+    }
+}
+
+impl PeerTls {
+    pub const CA_FILE: &str = "/run/secrets/apiary-peer-ca.pem";
+    pub const CERT_FILE: &str = "/run/secrets/apiary-peer.pem";
+    pub const KEY_FILE: &str = "/run/secrets/apiary-peer.key";
+
+    /// (secret name, file in the container, content) for `service`. A name
+    /// carries a digest of its content: Swarm secrets cannot change, so new
+    /// content is a new secret and an unchanged one is found again.
+    fn secrets(&self, service: &str) -> [(String, &'static str, &str); 3] {
+        fn named<'a>(
+            service: &str,
+            file: &'static str,
+            content: &'a str,
+        ) -> (String, &'static str, &'a str) {
+            let digest = hex::encode(&Sha256::digest(content.as_bytes())[..6]);
+            let base = file.rsplit('/').next().unwrap_or(file);
+            (format!("{service}-{base}-{digest}"), file, content)
+        }
+        [
+            named(service, Self::CA_FILE, &self.ca_pem),
+            named(service, Self::CERT_FILE, &self.cert_pem),
+            named(service, Self::KEY_FILE, &self.key_pem),
+        ]
+    }
 }
 
 /// How a Swarm service's name resolves: Docker's default, a virtual IP
@@ -128,8 +177,28 @@ impl ServiceSpec {
 
     /// The Swarm service definition: `--endpoint-mode` from
     /// [`EndpointMode`] (no ingress, no published port), `--constraint node.hostname==<node>`,
-    /// `--hostname <name>`, the volume, the memory limit, restart on any exit.
-    pub fn to_docker(&self) -> DockerServiceSpec {
+    /// `--hostname <name>`, the volume, the memory limit, restart on any exit,
+    /// and `secrets` ((name, id) of the [`PeerTls`] secrets, which Swarm
+    /// needs by id: made first by [`Database::ensure_service`]).
+    pub fn to_docker(&self, secrets: &[(String, String)]) -> DockerServiceSpec {
+        let secret_refs = self.peer_tls.as_ref().map(|tls| {
+            tls.secrets(&self.name)
+                .into_iter()
+                .map(|(name, file, _)| TaskSpecContainerSpecSecrets {
+                    file: Some(TaskSpecContainerSpecFile {
+                        name: Some(file.trim_start_matches("/run/secrets/").to_string()),
+                        uid: Some("0".into()),
+                        gid: Some("0".into()),
+                        mode: Some(0o400),
+                    }),
+                    secret_id: secrets
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, id)| id.clone()),
+                    secret_name: Some(name),
+                })
+                .collect::<Vec<_>>()
+        });
         let labels = HashMap::from([
             (DATABASE_LABEL.to_string(), self.kind.as_str().to_string()),
             (SPEC_LABEL.to_string(), self.digest()),
@@ -158,6 +227,7 @@ impl ServiceSpec {
                     }),
                     command: Some(self.command.clone()),
                     env: Some(self.env.clone()),
+                    secrets: secret_refs,
                     mounts: Some(vec![Mount {
                         typ: Some(MountType::VOLUME),
                         source: Some(self.volume.clone()),
@@ -280,8 +350,15 @@ impl Database {
             Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => {}
             Err(e) => return Err(self.err("inspect a service", e)),
         }
+        let mut secrets = Vec::new();
+        if let Some(tls) = &spec.peer_tls {
+            for (name, _, content) in tls.secrets(&spec.name) {
+                let id = self.ensure_secret(&name, content).await?;
+                secrets.push((name, id));
+            }
+        }
         self.docker
-            .create_service(spec.to_docker(), None)
+            .create_service(spec.to_docker(&secrets), None)
             .await
             .map_err(|e| self.err("create a service", e))?;
         Ok(ServiceState {
@@ -289,6 +366,37 @@ impl Database {
             created: true,
             matches: true,
         })
+    }
+
+    /// The id of the Swarm secret `name`, made with `content` unless it
+    /// exists (names carry a digest of their content, see [`PeerTls`]).
+    async fn ensure_secret(&self, name: &str, content: &str) -> Result<String, String> {
+        use base64::Engine;
+        let spec = SecretSpec {
+            name: Some(name.to_string()),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(content)),
+            labels: Some(HashMap::from([(
+                "io.apiary.managed".to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_secret(spec).await {
+            Ok(made) => Ok(made.id),
+            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 409) => self
+                .docker
+                .inspect_secret(name)
+                .await
+                .map_err(|e| self.err("read a secret", e))?
+                .id
+                .ok_or_else(|| {
+                    format!(
+                        "the Docker engine of {} gave secret {name} no id",
+                        self.host
+                    )
+                }),
+            Err(e) => Err(self.err("create a secret", e)),
+        }
     }
 
     /// Removes the service; false when there was none.
@@ -600,6 +708,7 @@ mod tests {
             data_dir: "/var/lib/etcd".into(),
             restart_delay: Duration::from_secs(5),
             endpoint_mode: EndpointMode::Dnsrr,
+            peer_tls: None,
         }
     }
 
@@ -611,15 +720,69 @@ mod tests {
             endpoint_mode: EndpointMode::Vip,
             ..spec()
         };
-        let json = serde_json::to_value(vip.to_docker()).expect("test data");
+        let json = serde_json::to_value(vip.to_docker(&[])).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "vip");
         assert!(json["EndpointSpec"].get("Ports").is_none());
         assert_ne!(vip.digest(), spec().digest(), "a mode change is drift");
     }
 
     #[test]
+    fn peer_tls_is_mounted_from_secrets_named_by_content_and_never_printed() {
+        let tls = PeerTls {
+            ca_pem: "CA".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "-----BEGIN PRIVATE KEY----- secret".into(),
+        };
+        let with_tls = ServiceSpec {
+            peer_tls: Some(tls.clone()),
+            ..spec()
+        };
+        assert!(!format!("{with_tls:?}").contains("secret"), "{with_tls:?}");
+        let secrets = tls.secrets("etcd-2");
+        let ids: Vec<(String, String)> = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, _))| (name.clone(), format!("id{i}")))
+            .collect();
+        let json = serde_json::to_value(with_tls.to_docker(&ids)).expect("test data");
+        let mounted = json["TaskTemplate"]["ContainerSpec"]["Secrets"]
+            .as_array()
+            .expect("secrets")
+            .clone();
+        assert_eq!(mounted.len(), 3);
+        for (m, (i, (name, file, _))) in mounted.iter().zip(secrets.iter().enumerate()) {
+            assert_eq!(m["SecretName"], name.as_str());
+            assert_eq!(m["SecretID"], format!("id{i}"));
+            assert_eq!(
+                format!("/run/secrets/{}", m["File"]["Name"].as_str().unwrap_or("")),
+                *file
+            );
+            assert_eq!(m["File"]["Mode"], 0o400);
+        }
+        assert!(
+            secrets[2].0.starts_with("etcd-2-apiary-peer.key-"),
+            "{}",
+            secrets[2].0
+        );
+        // New content, new secret name (Swarm secrets cannot change); the
+        // same content finds the same secret again.
+        let rekeyed = PeerTls {
+            key_pem: "another".into(),
+            ..tls.clone()
+        };
+        assert_ne!(rekeyed.secrets("etcd-2")[2].0, secrets[2].0);
+        assert_eq!(tls.secrets("etcd-2")[2].0, secrets[2].0);
+        assert_eq!(rekeyed.secrets("etcd-2")[0].0, secrets[0].0);
+        assert_ne!(
+            with_tls.digest(),
+            spec().digest(),
+            "turning peer TLS on is drift"
+        );
+    }
+
+    #[test]
     fn docker_service_is_pinned_dnsrr_limited_with_a_volume_and_no_ports() {
-        let d = spec().to_docker();
+        let d = spec().to_docker(&[]);
         let json = serde_json::to_value(&d).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "dnsrr");
         assert!(json["EndpointSpec"].get("Ports").is_none());
