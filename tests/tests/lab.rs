@@ -1251,12 +1251,31 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         service_container(&socket(&h4), "etcd-4").is_none(),
         "etcd-4's service is gone"
     );
+    // Its peer certificate's secrets went with it (Swarm keeps secrets
+    // cluster-wide; host 1 is a manager).
+    let secrets_of = |server: &str| {
+        let (ok, out) = docker(
+            &s1,
+            &[
+                "secret",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=io.apiary.database.server={server}"),
+            ],
+        );
+        assert!(ok, "{out}");
+        out.lines().count()
+    };
+    assert_eq!(secrets_of("etcd-4"), 0, "etcd-4's secrets are gone");
+    assert_eq!(secrets_of("etcd-3"), 3, "etcd-3 keeps its secrets");
     let out = ctl_with(&conf, &["scale", "database=4"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("4/4 servers connected"),
         "{out:?}"
     );
+    assert_eq!(secrets_of("etcd-4"), 3, "etcd-4's secrets are back");
     eprintln!(
         "scale 4->3: {:.1} s; 3->4: {:.1} s",
         to3.as_secs_f64(),

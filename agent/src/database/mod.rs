@@ -42,6 +42,9 @@ use sha2::{Digest, Sha256};
 
 /// Label on every service apiary makes for the database.
 pub const DATABASE_LABEL: &str = "io.apiary.database";
+/// Label on a server's secrets: the service they belong to, so that
+/// removing the service removes them too.
+pub const SERVER_LABEL: &str = "io.apiary.database.server";
 /// Label carrying a digest of the [`ServiceSpec`] a service was made from.
 pub const SPEC_LABEL: &str = "io.apiary.spec";
 
@@ -353,7 +356,7 @@ impl Database {
         let mut secrets = Vec::new();
         if let Some(tls) = &spec.peer_tls {
             for (name, _, content) in tls.secrets(&spec.name) {
-                let id = self.ensure_secret(&name, content).await?;
+                let id = self.ensure_secret(&spec.name, &name, content).await?;
                 secrets.push((name, id));
             }
         }
@@ -370,15 +373,20 @@ impl Database {
 
     /// The id of the Swarm secret `name`, made with `content` unless it
     /// exists (names carry a digest of their content, see [`PeerTls`]).
-    async fn ensure_secret(&self, name: &str, content: &str) -> Result<String, String> {
+    async fn ensure_secret(
+        &self,
+        service: &str,
+        name: &str,
+        content: &str,
+    ) -> Result<String, String> {
         use base64::Engine;
         let spec = SecretSpec {
             name: Some(name.to_string()),
             data: Some(base64::engine::general_purpose::STANDARD.encode(content)),
-            labels: Some(HashMap::from([(
-                "io.apiary.managed".to_string(),
-                "true".to_string(),
-            )])),
+            labels: Some(HashMap::from([
+                ("io.apiary.managed".to_string(), "true".to_string()),
+                (SERVER_LABEL.to_string(), service.to_string()),
+            ])),
             ..Default::default()
         };
         match self.docker.create_secret(spec).await {
@@ -399,13 +407,30 @@ impl Database {
         }
     }
 
-    /// Removes the service; false when there was none.
+    /// Removes the service and its secrets; false when there was no service.
     pub async fn remove_service(&self, name: &str) -> Result<bool, String> {
-        match self.docker.delete_service(name).await {
-            Ok(()) => Ok(true),
-            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => Ok(false),
-            Err(e) => Err(self.err("remove a service", e)),
+        let removed = match self.docker.delete_service(name).await {
+            Ok(()) => true,
+            Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => false,
+            Err(e) => return Err(self.err("remove a service", e)),
+        };
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("{SERVER_LABEL}={name}")])]);
+        let secrets = self
+            .docker
+            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| self.err("list secrets", e))?;
+        for id in secrets.into_iter().filter_map(|s| s.id) {
+            match self.docker.delete_secret(&id).await {
+                Ok(()) => {}
+                Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => {}
+                Err(e) => return Err(self.err("remove a secret", e)),
+            }
         }
+        Ok(removed)
     }
 
     /// The running container of `service` on this host, if any.
