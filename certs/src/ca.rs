@@ -160,14 +160,7 @@ impl ClusterCa {
         role: Role,
         ttl: Duration,
     ) -> Result<(IssuedCert, String), CertError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let now = SystemTime::now();
-        let params = leaf_params(node, role, now - backdate(ttl), now + ttl)?;
-        let cert = params.signed_by(&key, self.issuer())?;
-        Ok((
-            issued(cert.der().to_vec(), cert.pem(), &params)?,
-            key.serialize_pem(),
-        ))
+        self.issue_new_key(node, role, None, ttl)
     }
 
     /// A coordinator server certificate (and a new key) valid for `names`:
@@ -179,15 +172,36 @@ impl ClusterCa {
         names: &[String],
         ttl: Duration,
     ) -> Result<(IssuedCert, String), CertError> {
+        self.issue_new_key("coordinator", Role::Coordinator, Some(names), ttl)
+    }
+
+    /// A database server's peer certificate (and a new key): valid for
+    /// `names` (the server's names on the overlay) as DNS names, for
+    /// serving and for dialing, common name [`DATABASE_PEER_CN`], role
+    /// `database`.
+    pub fn issue_database_peer(
+        &self,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(IssuedCert, String), CertError> {
+        self.issue_new_key(DATABASE_PEER_CN, Role::Database, Some(names), ttl)
+    }
+
+    /// A certificate with a new P-256 key, valid from now (less the
+    /// backdate) for `ttl`; `names` replace the role's default SANs.
+    fn issue_new_key(
+        &self,
+        common_name: &str,
+        role: Role,
+        names: Option<&[String]>,
+        ttl: Duration,
+    ) -> Result<(IssuedCert, String), CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
-        let mut params = leaf_params(
-            "coordinator",
-            Role::Coordinator,
-            now - backdate(ttl),
-            now + ttl,
-        )?;
-        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
+        let mut params = leaf_params(common_name, role, now - backdate(ttl), now + ttl)?;
+        if let Some(names) = names {
+            params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
+        }
         let cert = params.signed_by(&key, self.issuer())?;
         Ok((
             issued(cert.der().to_vec(), cert.pem(), &params)?,
@@ -201,33 +215,6 @@ impl ClusterCa {
 /// an agent's or an admin's certificate, from the same CA, cannot join the
 /// database's peer network. It holds spaces, which no host name can.
 pub const DATABASE_PEER_CN: &str = "apiary database peer";
-
-impl ClusterCa {
-    /// A database server's peer certificate (and a new key): valid for
-    /// `names` (the server's names on the overlay) as DNS names, for
-    /// serving and for dialing, common name [`DATABASE_PEER_CN`], role
-    /// `database`.
-    pub fn issue_database_peer(
-        &self,
-        names: &[String],
-        ttl: Duration,
-    ) -> Result<(IssuedCert, String), CertError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let now = SystemTime::now();
-        let mut params = leaf_params(
-            DATABASE_PEER_CN,
-            Role::Database,
-            now - backdate(ttl),
-            now + ttl,
-        )?;
-        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
-        let cert = params.signed_by(&key, self.issuer())?;
-        Ok((
-            issued(cert.der().to_vec(), cert.pem(), &params)?,
-            key.serialize_pem(),
-        ))
-    }
-}
 
 /// Certificates start a little in the past to tolerate clock skew between
 /// hosts, but never by more than a tenth of their life: holders plan renewal
