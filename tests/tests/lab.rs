@@ -634,6 +634,17 @@ fn swarm_and_overlay_form_checks_pass_and_a_vxlan_drop_names_exactly_its_pairs()
         net["Options"]["com.docker.network.driver.mtu"], "1400",
         "{net}"
     );
+    // No routing mesh: nothing is published, and the ingress network was
+    // removed when the swarm was made (see `Swarm::remove_ingress`), on
+    // every node.
+    for (host, socket) in &sockets {
+        let (ok, nets) = docker(socket, &["network", "ls", "--format", "{{.Name}}"]);
+        assert!(ok, "{nets}");
+        assert!(
+            !nets.lines().any(|l| l == "ingress"),
+            "{host} still has an ingress network: {nets}"
+        );
+    }
 
     // After: the overlay end to end between every pair, by name and address,
     // and full-size packets for that MTU: the option is the path's MTU

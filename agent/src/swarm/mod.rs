@@ -433,7 +433,43 @@ impl SwarmClient {
                 managers: v.manager_list(),
             });
         }
+        self.remove_ingress().await;
         Ok(v)
+    }
+
+    /// Removes the swarm's `ingress` network (the routing mesh) from a new
+    /// swarm. apiary publishes no port, so the mesh would carry nothing; and
+    /// with it, every node that joins sets up an ingress sandbox and the
+    /// overlay's at about the same time when its first task arrives, and
+    /// Docker's network database then sometimes starts two bulk syncs with
+    /// one peer at once, loses one (moby/moby#51701) and holds the task for
+    /// its 30 s timeout. Swarm does not make it again. Best effort: a swarm
+    /// that keeps it works as before.
+    async fn remove_ingress(&self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.docker.inspect_network("ingress", None).await {
+                Ok(n) => {
+                    let id = n.id.unwrap_or_else(|| "ingress".into());
+                    match self.docker.remove_network(&id).await {
+                        Ok(()) => {
+                            info!(host = %self.host, "ingress network removed: no routing mesh")
+                        }
+                        Err(e) => {
+                            warn!(host = %self.host, error = %e, "could not remove the ingress network; Swarm keeps its routing mesh")
+                        }
+                    }
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    warn!(host = %self.host, error = %e, "no ingress network to remove");
+                    return;
+                }
+            }
+        }
     }
 
     async fn wait_active(&self, what: &str) -> Result<SwarmView, SwarmError> {
