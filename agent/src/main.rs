@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(&args.log_format);
+    apiary_proto::process::init_tracing(&args.log_format, std::io::stderr);
     let file = match &args.config {
         Some(path) => match AgentFile::load(path) {
             Ok(f) => f,
@@ -76,7 +76,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e, 1),
     };
-    match runtime.block_on(apiary_agent::run(config, shutdown_signal())) {
+    match runtime.block_on(apiary_agent::run(
+        config,
+        apiary_proto::process::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e, u8::try_from(e.exit_code()).unwrap_or(1)),
     }
@@ -98,34 +101,4 @@ fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
     tracing::error!("{e}");
     eprintln!("agent: {e}");
     ExitCode::from(code)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, and never with NO_COLOR.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        );
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -20,5 +20,6 @@ pub mod tunnel {
 
 pub mod dial;
 pub mod malloc;
+pub mod process;
 pub mod tunnel_io;
 pub mod tunnel_wire;

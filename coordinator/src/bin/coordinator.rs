@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    init_tracing(&args.log_format);
+    // Above the progress bars while they are drawn, never through them.
+    apiary_proto::process::init_tracing(&args.log_format, apiary_coordinator::progress::log_writer);
     let json_logs = args.log_format == "json";
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
                         quiet,
                         json_logs,
                     },
-                    shutdown_signal(),
+                    apiary_proto::process::shutdown_signal(),
                 )
                 .await
             }
@@ -176,35 +177,4 @@ fn fail(e: &dyn std::fmt::Display, code: i32, json_logs: bool) -> ExitCode {
         eprintln!("coordinator: {e}");
     }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-fn init_tracing(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Above the progress bars while they are drawn, never through them.
-        .with_writer(apiary_coordinator::progress::log_writer)
-        // Colour only for a person at a terminal, and never with NO_COLOR.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        );
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
