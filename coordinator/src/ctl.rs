@@ -234,6 +234,7 @@ pub fn status_json(s: &StatusResponse) -> serde_json::Value {
                 "leader": s.database_leader,
                 "healthy": s.database_servers > 0 && s.database_connected == s.database_servers && !s.database_leader.is_empty(),
                 "error": s.database_error,
+                "peer_tls": s.database_peer_tls,
                 "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy})).collect::<Vec<_>>(),
             }),
         );
@@ -514,7 +515,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
     if !s.database_kind.is_empty() {
         writeln!(
             out,
-            "database: {}/{} servers connected, leader {} ({})",
+            "database: {}/{} servers connected, leader {} ({}, {})",
             s.database_connected,
             s.database_servers,
             if s.database_leader.is_empty() {
@@ -522,7 +523,12 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             } else {
                 &s.database_leader
             },
-            s.database_kind
+            s.database_kind,
+            if s.database_peer_tls {
+                "peers over TLS"
+            } else {
+                "peers in plain text"
+            }
         )?;
         for n in s.nodes.iter().filter(|n| !n.database_server.is_empty()) {
             writeln!(
@@ -639,5 +645,30 @@ mod tests {
         assert_eq!(w[w.len() - 2..], ["worker/ready/drain", "no"], "{text}");
         let none = cols(lines[4]);
         assert_eq!(none[none.len() - 2..], ["-", "-"], "{text}");
+    }
+
+    #[test]
+    fn the_database_line_says_whether_peers_talk_tls() {
+        for (peer_tls, said) in [(true, "peers over TLS"), (false, "peers in plain text")] {
+            let s = StatusResponse {
+                cluster: "bees".into(),
+                database_kind: "etcd".into(),
+                database_servers: 4,
+                database_connected: 4,
+                database_leader: "etcd-2".into(),
+                database_peer_tls: peer_tls,
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            print_status(&mut out, &s, false).expect("print");
+            let text = String::from_utf8(out).expect("utf-8");
+            assert!(
+                text.contains(&format!(
+                    "database: 4/4 servers connected, leader etcd-2 (etcd, {said})"
+                )),
+                "{text}"
+            );
+            assert_eq!(status_json(&s)["database"]["peer_tls"], peer_tls);
+        }
     }
 }

@@ -535,6 +535,12 @@ impl Coordinator {
             } else {
                 crate::cluster::database_detail(&db)
             },
+            database_peer_tls: self
+                .config
+                .swarm
+                .as_ref()
+                .and_then(|s| s.database.as_ref())
+                .is_some_and(|d| d.peer_tls),
         })
     }
 

@@ -998,6 +998,7 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         (4.into(), 4.into()),
         "{db}"
     );
+    assert_eq!(db["peer_tls"], true, "{db}");
     assert!(
         db["leader"]
             .as_str()

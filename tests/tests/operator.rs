@@ -901,6 +901,7 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         "leader",
         "healthy",
         "error",
+        "peer_tls",
         "hosts",
         "server",
         "host",
