@@ -104,10 +104,14 @@ fn wait_for_names(names: &[&str], argv: Vec<String>) -> Vec<String> {
     .collect()
 }
 
-/// The URL a server's peers reach it at: https when `[database] peer_tls`.
+/// The scheme of peer URLs: https when `[database] peer_tls`.
+fn peer_scheme(cfg: &DatabaseConfig) -> &'static str {
+    if cfg.peer_tls { "https" } else { "http" }
+}
+
+/// The URL a server's peers reach it at.
 pub fn peer_url(cfg: &DatabaseConfig, server: &Server) -> String {
-    let scheme = if cfg.peer_tls { "https" } else { "http" };
-    format!("{scheme}://{}:{}", server.name, cfg.peer_port)
+    format!("{}://{}:{}", peer_scheme(cfg), server.name, cfg.peer_port)
 }
 
 /// The names a server's peer certificate is valid for: its service name
@@ -141,7 +145,6 @@ impl Flavor for Etcd {
             .map(|s| format!("{}={}", s.name, peer_url(cfg, s)))
             .collect::<Vec<_>>()
             .join(",");
-        let scheme = if cfg.peer_tls { "https" } else { "http" };
         let mut etcd = vec![
             "/usr/bin/etcd".to_string(),
             "--name".into(),
@@ -149,7 +152,7 @@ impl Flavor for Etcd {
             "--data-dir".into(),
             self.data_dir().into(),
             "--listen-peer-urls".into(),
-            format!("{scheme}://0.0.0.0:{p}"),
+            format!("{}://0.0.0.0:{p}", peer_scheme(cfg)),
             "--listen-client-urls".into(),
             format!("http://0.0.0.0:{c}"),
             "--advertise-client-urls".into(),

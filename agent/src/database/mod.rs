@@ -120,6 +120,11 @@ impl PeerTls {
     pub const CERT_FILE: &str = "/run/secrets/apiary-peer.pem";
     pub const KEY_FILE: &str = "/run/secrets/apiary-peer.key";
 
+    /// A mounted file's name under `/run/secrets`, as Swarm wants it.
+    fn file_name(path: &str) -> &str {
+        path.rsplit('/').next().unwrap_or(path)
+    }
+
     /// (secret name, file in the container, content) for `service`. A name
     /// carries a digest of its content: Swarm secrets cannot change, so new
     /// content is a new secret and an unchanged one is found again.
@@ -130,8 +135,11 @@ impl PeerTls {
             content: &'a str,
         ) -> (String, &'static str, &'a str) {
             let digest = hex::encode(&Sha256::digest(content.as_bytes())[..6]);
-            let base = file.rsplit('/').next().unwrap_or(file);
-            (format!("{service}-{base}-{digest}"), file, content)
+            (
+                format!("{service}-{}-{digest}", PeerTls::file_name(file)),
+                file,
+                content,
+            )
         }
         [
             named(service, Self::CA_FILE, &self.ca_pem),
@@ -189,7 +197,7 @@ impl ServiceSpec {
                 .into_iter()
                 .map(|(name, file, _)| TaskSpecContainerSpecSecrets {
                     file: Some(TaskSpecContainerSpecFile {
-                        name: Some(file.trim_start_matches("/run/secrets/").to_string()),
+                        name: Some(PeerTls::file_name(file).to_string()),
                         uid: Some("0".into()),
                         gid: Some("0".into()),
                         mode: Some(0o400),
