@@ -9,7 +9,7 @@
 //!
 //!   cargo bench -p apiary-agent --bench matrix -- 4,8,16,32,64
 //!
-//! Measurements only: it prints a Markdown table for the README.
+//! Measurements only: it prints a Markdown table for docs/performance.md.
 
 use std::fs::File;
 use std::path::Path;

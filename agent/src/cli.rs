@@ -75,11 +75,8 @@ pub struct Args {
 
 /// Parses this process's arguments. `--help` and `--version` print on stdout
 /// and give exit 0; a usage error prints clap's message (naming the offending
-/// argument) on stderr and gives exit 64, never clap's own 2.
+/// argument) on stderr and gives exit 64, never clap's own 2 (one
+/// implementation for every program: [`apiary_proto::process::parse`]).
 pub fn parse() -> Result<Args, ExitCode> {
-    Args::try_parse().map_err(|e| {
-        // Nothing more to say if even this cannot be written (`| head`).
-        let _ = e.print();
-        ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 })
-    })
+    apiary_proto::process::parse()
 }

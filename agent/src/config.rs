@@ -23,7 +23,7 @@ pub enum AgentConfigError {
         message: String,
     },
     #[error("tunnel_allow: {0}")]
-    TunnelAllow(String),
+    TunnelAllow(#[from] apiary_api::tunnel::BadCidr),
     #[error("{0} is required (flag --{0}, or `{0} = ...` in the agent config file)")]
     Missing(&'static str),
     #[error("private_cidr = {value:?}: {reason}")]

@@ -14,18 +14,17 @@ fn main() -> ExitCode {
     };
     if let Some(shell) = args.generate_completions {
         use clap::CommandFactory;
-        // Rendered first: clap_complete panics when a write fails, and a
-        // reader that stops early (`| head`) is not an error.
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Args::command(), "agent", &mut script);
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        return match out.write_all(&script).and_then(|()| out.flush()) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+        let written = apiary_proto::process::write_completions(
+            &mut Args::command(),
+            shell,
+            &mut std::io::stdout(),
+        );
+        return match written {
+            Err(e) => {
                 eprintln!("agent: cannot write the completion script: {e}");
                 ExitCode::FAILURE
             }
-            _ => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::SUCCESS,
         };
     }
     if let Some(dir) = &args.generate_man {
@@ -86,15 +85,15 @@ fn main() -> ExitCode {
 }
 
 /// `agent.1`, from the same clap definition the agent parses with (the
-/// packaging flags themselves are hidden from it).
+/// packaging flags themselves are hidden from it; the agent has no
+/// subcommands, so this is its only page).
 fn write_man_page(dir: &std::path::Path) -> std::io::Result<PathBuf> {
     use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Args::command()).render(&mut page)?;
-    let path = dir.join("agent.1");
-    std::fs::write(&path, page)?;
-    Ok(path)
+    let pages = apiary_proto::process::write_man_pages(&Args::command(), dir)?;
+    Ok(pages
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| dir.join("agent.1")))
 }
 
 fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {

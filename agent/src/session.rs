@@ -403,10 +403,6 @@ async fn session(
                         }
                     }
                     Some(coordinator_message::Msg::Command(cmd)) => match cmd.kind {
-                        Some(apiary_proto::command::Kind::RefreshFacts(_)) => {
-                            let f = facts.gather().await;
-                            let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Facts(f)) }).await;
-                        }
                         Some(apiary_proto::command::Kind::Op(op)) => {
                             let (ops, tx) = (ops.clone(), tx.clone());
                             let private_ip = session_facts.private_ip.parse().ok();
@@ -416,7 +412,7 @@ async fn session(
                                     Err(e) => Err(format!("this agent does not understand the request: {e}")),
                                 };
                                 let reply = match result {
-                                    Ok(v) => OpResult { command_id: cmd.id, ok: true, error: String::new(), result_json: v.to_string() },
+                                    Ok(v) => OpResult { command_id: cmd.id, ok: true, error: String::new(), result_json: v },
                                     Err(e) => OpResult { command_id: cmd.id, ok: false, error: e, result_json: String::new() },
                                 };
                                 let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::OpResult(reply)) }).await;

@@ -24,73 +24,7 @@ use tokio::net::TcpStream;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-/// Targets the agent agrees to connect to: loopback, and the overlay's address
-/// pool (Swarm's default pool in apiary, 10.232.0.0/16).
-pub const DEFAULT_ALLOW: [&str; 3] = ["127.0.0.0/8", "::1/128", "10.232.0.0/16"];
-
-#[derive(Debug, Clone)]
-pub struct AllowList(Vec<(IpAddr, u8)>);
-
-impl std::fmt::Display for AllowList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("empty");
-        }
-        for (i, (ip, len)) in self.0.iter().enumerate() {
-            write!(f, "{}{ip}/{len}", if i > 0 { ", " } else { "" })?;
-        }
-        Ok(())
-    }
-}
-
-impl AllowList {
-    pub fn parse(cidrs: &[String]) -> Result<Self, String> {
-        cidrs
-            .iter()
-            .map(|c| {
-                let (ip, len) = c
-                    .split_once('/')
-                    .ok_or_else(|| format!("{c:?} is not a CIDR (ADDR/LEN)"))?;
-                let ip: IpAddr = ip.parse().map_err(|e| format!("{c:?}: {e}"))?;
-                let len: u8 = len.parse().map_err(|e| format!("{c:?}: {e}"))?;
-                Ok((ip, len))
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map(AllowList)
-    }
-
-    pub fn default_list() -> Self {
-        Self::parse(
-            &DEFAULT_ALLOW
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or(AllowList(Vec::new()))
-    }
-
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|(net, len)| match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if *len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from((*len).min(32)))
-                };
-                u32::from(*n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if *len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from((*len).min(128)))
-                };
-                u128::from(*n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        })
-    }
-}
+pub use apiary_api::tunnel::{AllowList, DEFAULT_ALLOW};
 
 /// What the agent needs to open tunnels: its allow-list and, for service
 /// targets, its engine.

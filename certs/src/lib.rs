@@ -16,6 +16,7 @@
 //! Limitations: no CRL/OCSP distribution (only the coordinator verifies client
 //! certificates, so an in-memory set is enough); no CA rotation yet.
 
+mod admin_conf;
 mod ca;
 mod error;
 mod files;
@@ -24,6 +25,7 @@ mod peer;
 mod tls;
 mod token;
 
+pub use admin_conf::{AdminConf, AdminConfError};
 pub use ca::{ClusterCa, DATABASE_PEER_CN, IssuedCert};
 pub use error::CertError;
 pub use files::write_private;

@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use apiary_agent::database::DatabaseKind;
-use apiary_agent::hostconfig::{HostConfig, HostConfigSpec};
+pub use apiary_api::database::DatabaseKind;
+use apiary_api::hostconfig::{HostConfig, HostConfigSpec};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -675,7 +675,7 @@ impl ClusterConfig {
         if let Some(t) = raw.tunnel {
             if let Some(v) = t.allow {
                 let key = "tunnel.allow";
-                apiary_agent::tunnel::AllowList::parse(v.get_ref()).map_err(|e| {
+                apiary_api::tunnel::AllowList::parse(v.get_ref()).map_err(|e| {
                     at(
                         Some(v.span()),
                         key,

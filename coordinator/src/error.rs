@@ -3,25 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::admin_conf::AdminConfError;
+use apiary_certs::AdminConfError;
+
 use crate::config::ConfigError;
+use crate::pki::PkiError;
 use crate::store::StoreError;
 
-/// Exit codes shared by `coordinator` and `ctl` (documented in the README).
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const FAILURE: i32 = 1;
-    /// A check failed (`ctl checks`).
-    pub const CHECK_FAILED: i32 = 2;
-    /// Usage or configuration error (sysexits EX_USAGE).
-    pub const USAGE: i32 = 64;
-    /// The coordinator cannot be reached (EX_UNAVAILABLE).
-    pub const UNAVAILABLE: i32 = 69;
-    /// The state directory is in use by another coordinator (EX_TEMPFAIL).
-    pub const IN_USE: i32 = 75;
-    /// Refused: credentials revoked, expired, from another CA, wrong role (EX_NOPERM).
-    pub const REFUSED: i32 = 77;
-}
+/// Exit codes shared by every program (documented in the README).
+pub use apiary_api::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -33,6 +22,8 @@ pub enum CoordinatorError {
     Cert(#[from] apiary_certs::CertError),
     #[error(transparent)]
     AdminConf(#[from] AdminConfError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
     #[error("cannot use state directory {path}: {source}")]
     StateDir {
         path: PathBuf,

@@ -1,30 +1,44 @@
 //! apiary's coordinator: owns the cluster's desired state and CA, enrolls
-//! agents, serves the agent and admin APIs over mutual TLS, and drives the
-//! providers that create hosts. `ctl`, the operator's CLI, lives here too: it
-//! shares the admin API's types and the exit codes.
+//! agents, serves the agent and admin APIs over mutual TLS, drives the
+//! providers that create hosts, and runs the cluster round.
 //!
-//! Map: [`config`] (cluster.toml → validated spec), [`store`] (redb, durable
-//! state), [`registry`] (live sessions), [`server`] (the gRPC services and the
-//! TLS listener), [`serve`] (`coordinator serve`: open, listen, run providers),
-//! [`cli`] (the command lines of both binaries), [`ctl`] (the CLI's commands),
-//! [`admin_conf`] (the operator's credentials),
-//! [`artifacts`] (the agent binary over HTTPS for hosts booting from cloud-init).
+//! Map (imports flow down this list, never up; `scripts/check-layers` checks
+//! it):
+//! - [`serve`] — `coordinator serve` / `teardown`: open, listen, run providers and the round;
+//! - [`metrics`] — Prometheus, over the parts below;
+//! - [`provider`] — hosts from the lab or DigitalOcean;
+//! - [`api`] — the gRPC services (the only place errors become `tonic::Status`,
+//!   [`api::require_role`]), sessions' handler, `ctl status`, the tunnel relay;
+//! - [`core`] — [`core::Coordinator`], the composition root, and the glue
+//!   between its parts;
+//! - [`reconcile`] — the cluster round: observe, decide ([`reconcile::plan`], pure), act;
+//! - [`database`] — all database control: specs and flavours, membership, converge, scale;
+//! - [`context`] — what the round and the database need ([`context::ClusterContext`]);
+//! - [`pki`] — CA, join token, enroll/renew/revoke, admin.conf, database peer certificates;
+//! - [`sessions`] — live sessions and the one request/reply waiter for agent calls;
+//! - [`state`] — the in-memory cluster view: checks, database, host configuration, images;
+//! - [`events`] — [`events::EventKind`] and the event channel;
+//! - [`store`] (redb, durable state), [`config`] (cluster.toml → validated
+//!   spec), [`progress`], [`artifacts`] (the agent binary over HTTPS for
+//!   hosts booting from cloud-init), [`cli`], [`docs`], [`error`], [`time`].
 
-pub mod admin_conf;
+pub mod api;
 pub mod artifacts;
 pub mod cli;
-pub mod cluster;
 pub mod config;
-pub mod ctl;
+pub mod context;
+pub mod core;
 pub mod database;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod metrics;
+pub mod pki;
 pub mod progress;
 pub mod provider;
-pub mod registry;
+pub mod reconcile;
 pub mod serve;
-pub mod server;
+pub mod sessions;
+pub mod state;
 pub mod store;
-pub mod tunnel;
-pub mod tunnel_client;
+pub mod time;

@@ -17,7 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-use crate::server::Coordinator;
+use crate::api::tunnel::TunnelHub;
+use crate::core::Coordinator;
+use crate::events::{Event, EventKind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct State {
@@ -127,8 +129,8 @@ impl Metrics {
         self
     }
 
-    fn refresh(&self, coord: &Coordinator) {
-        if let Ok(status) = coord.status() {
+    fn refresh(&self, coord: &Coordinator, tunnels: &TunnelHub) {
+        if let Ok(status) = crate::api::status::status(coord) {
             self.database_servers
                 .set(i64::from(status.database_servers));
             self.database_connected
@@ -142,14 +144,13 @@ impl Metrics {
                     .set(n as i64);
             }
         }
-        self.connected.set(coord.registry().connected() as i64);
-        let checks = coord.checks().to_wire();
-        self.checks_failing.set(checks.failures.len() as i64);
-        let paths: usize = serde_json::from_str::<Vec<serde_json::Value>>(&checks.cells_json)
-            .map(|v| v.len())
-            .unwrap_or(0);
-        self.checks_paths.set(paths as i64);
-        let total = coord.tunnels.bytes.load(Ordering::Relaxed);
+        self.connected
+            .set(coord.sessions.registry.connected() as i64);
+        let checks = coord.view.checks();
+        let failing = checks.matrix().failures().len() + checks.down.len();
+        self.checks_failing.set(failing as i64);
+        self.checks_paths.set(checks.cells.len() as i64);
+        let total = tunnels.bytes.load(Ordering::Relaxed);
         let mut seen = self.tunnel_seen.lock().unwrap_or_else(|p| p.into_inner());
         self.tunnel_bytes.inc_by(total.saturating_sub(*seen));
         *seen = total;
@@ -157,25 +158,25 @@ impl Metrics {
             .set(coord.config().heartbeat_interval.as_secs_f64());
     }
 
-    fn count(&self, event: &apiary_proto::Event) {
+    fn count(&self, event: &Event) {
         self.events
             .get_or_create(&Kind {
-                kind: event.kind.clone(),
+                kind: event.kind.as_str().to_string(),
             })
             .inc();
-        match event.kind.as_str() {
-            "node_enrolled" => {
+        match event.kind {
+            EventKind::NodeEnrolled => {
                 self.enrollments.inc();
             }
-            "drift_repaired" => {
+            EventKind::DriftRepaired => {
                 self.drift_repairs.inc();
             }
             _ => {}
         }
     }
 
-    pub fn render(&self, coord: &Coordinator) -> String {
-        self.refresh(coord);
+    pub fn render(&self, coord: &Coordinator, tunnels: &TunnelHub) -> String {
+        self.refresh(coord, tunnels);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -190,10 +191,10 @@ impl Default for Metrics {
 }
 
 /// Serves `GET /metrics` on `addr` until the task is aborted.
-pub async fn serve(addr: SocketAddr, coord: Arc<Coordinator>) {
+pub async fn serve(addr: SocketAddr, coord: Arc<Coordinator>, tunnels: Arc<TunnelHub>) {
     let metrics = Arc::new(Metrics::new().with_coordinator(&coord));
     {
-        let (metrics, mut events) = (metrics.clone(), coord.subscribe());
+        let (metrics, mut events) = (metrics.clone(), coord.events.subscribe());
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
@@ -215,14 +216,14 @@ pub async fn serve(addr: SocketAddr, coord: Arc<Coordinator>) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (metrics, coord) = (metrics.clone(), coord.clone());
+            let (metrics, coord, tunnels) = (metrics.clone(), coord.clone(), tunnels.clone());
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    metrics.render(&coord),
+                    metrics.render(&coord, &tunnels),
                 )
             }
         }),

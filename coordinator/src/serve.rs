@@ -10,11 +10,12 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::config::{ClusterConfig, ProviderConfig};
+use crate::core::Coordinator;
 use crate::error::CoordinatorError;
+use crate::events::EventKind;
 use crate::progress::Progress;
 use crate::provider::digitalocean::DigitalOceanProvider;
 use crate::provider::lab::LabProvider;
-use crate::server::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -86,10 +87,20 @@ pub async fn serve(
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
 
-    let metrics = opts
-        .metrics_listen
-        .map(|addr| tokio::spawn(crate::metrics::serve(addr, coordinator.clone())));
-    let server = tokio::spawn(coordinator.clone().serve(listener, shutdown));
+    let tunnels = Arc::new(crate::api::tunnel::TunnelHub::default());
+    let metrics = opts.metrics_listen.map(|addr| {
+        tokio::spawn(crate::metrics::serve(
+            addr,
+            coordinator.clone(),
+            tunnels.clone(),
+        ))
+    });
+    let server = tokio::spawn(crate::api::serve(
+        coordinator.clone(),
+        tunnels.clone(),
+        listener,
+        shutdown,
+    ));
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
     let provider_work = lab.clone().map(|lab| {
@@ -122,11 +133,16 @@ pub async fn serve(
             // Swarm, overlay and checks once every host is in; supervision
             // keeps engines and agents up meanwhile.
             let swarm = swarm_config.map(|cfg| {
-                tokio::spawn(crate::cluster::run(
-                    coordinator.clone(),
-                    cfg,
-                    progress.clone(),
-                ))
+                let (coordinator, progress) = (coordinator.clone(), progress.clone());
+                tokio::spawn(async move {
+                    crate::reconcile::run(
+                        coordinator.as_ref(),
+                        &cfg,
+                        progress,
+                        std::future::pending(),
+                    )
+                    .await
+                })
             });
             lab.supervise(coordinator, local).await;
             if let Some(s) = swarm {
@@ -152,16 +168,22 @@ pub async fn serve(
         })
     });
     // Hosts that join by themselves: each one's line follows its events.
-    let joining = matches!(opts.config.provider, ProviderConfig::Manual)
-        .then(|| tokio::spawn(follow_hosts(coordinator.subscribe(), progress.clone())));
+    let joining = matches!(opts.config.provider, ProviderConfig::Manual).then(|| {
+        tokio::spawn(follow_hosts(
+            coordinator.events.subscribe(),
+            progress.clone(),
+        ))
+    });
     // Without a provider that makes the hosts, Swarm work starts at once and
     // takes in hosts as they become ready.
     let swarm_work = match (&lab, &opts.config.swarm) {
-        (None, Some(cfg)) => Some(tokio::spawn(crate::cluster::run(
-            coordinator.clone(),
-            cfg.clone(),
-            progress.clone(),
-        ))),
+        (None, Some(cfg)) => {
+            let (coordinator, cfg, progress) = (coordinator.clone(), cfg.clone(), progress.clone());
+            Some(tokio::spawn(async move {
+                crate::reconcile::run(coordinator.as_ref(), &cfg, progress, std::future::pending())
+                    .await
+            }))
+        }
         _ => None,
     };
     let result = server
@@ -225,7 +247,7 @@ async fn artifact_server(
     let ca_holder = coordinator.clone();
     let server = ArtifactServer::new(
         agent.clone(),
-        Box::new(move || tls_from_ca(ca_holder.ca(), &names)),
+        Box::new(move || tls_from_ca(ca_holder.pki.ca(), &names)),
         Limits::default(),
     )?;
     info!(listen = %bound, %url, sha256 = %agent.sha256(), agent = %agent.path().display(), "serving the agent binary to hosts");
@@ -238,19 +260,19 @@ async fn artifact_server(
 /// Shows hosts joining, connecting and going down on their progress lines
 /// (until the bring-up is over).
 async fn follow_hosts(
-    mut events: tokio::sync::broadcast::Receiver<apiary_proto::Event>,
+    mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
     progress: Progress,
 ) {
     loop {
         match events.recv().await {
             Ok(e) => {
-                let what = match e.kind.as_str() {
-                    "node_enrolled" => "enrolled".to_string(),
+                let what = match e.kind {
+                    EventKind::NodeEnrolled => "enrolled".to_string(),
                     // The agent's hello: the node is ready from here on.
-                    "node_connected" => "connected, ready".to_string(),
-                    "node_ready" => "ready again".to_string(),
-                    "node_down" => format!("down ({})", e.message),
-                    "node_removed" => "removed".to_string(),
+                    EventKind::NodeConnected => "connected, ready".to_string(),
+                    EventKind::NodeReady => "ready again".to_string(),
+                    EventKind::NodeDown => format!("down ({})", e.message),
+                    EventKind::NodeRemoved => "removed".to_string(),
                     _ => continue,
                 };
                 progress.host(&e.node, &what);

@@ -109,7 +109,7 @@ pub enum Op {
     /// The last pre-Swarm port matrix (`ctl checks --json`'s
     /// `pre_swarm_cells`): once Swarm holds the ports it cannot be measured
     /// again, so a restarted coordinator reads it back.
-    PutPreSwarmCells(Vec<apiary_agent::reach::Cell>),
+    PutPreSwarmCells(Vec<apiary_api::reach::Cell>),
 }
 
 type Batch = (Vec<Op>, oneshot::Sender<Result<(), StoreError>>);
@@ -216,7 +216,7 @@ impl Store {
         self.one(META, DATABASE_SCALE_KEY)
     }
 
-    pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_agent::reach::Cell>, StoreError> {
+    pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_api::reach::Cell>, StoreError> {
         Ok(self.one(META, PRE_SWARM_KEY)?.unwrap_or_default())
     }
 
@@ -368,8 +368,8 @@ mod tests {
         );
     }
 
-    fn pre_swarm_cell() -> apiary_agent::reach::Cell {
-        use apiary_agent::reach::{Cell, Check, Outcome, Proto};
+    fn pre_swarm_cell() -> apiary_api::reach::Cell {
+        use apiary_api::reach::{Cell, Check, Outcome, Proto};
         Cell {
             src: "queenbee".into(),
             dst: "workerbee-1".into(),

@@ -13,7 +13,7 @@
 //! the heaps and leaving some free space at their tops removes that:
 //! measured in `apiary-bench tunnel`, alternating builds, the tunnel
 //! processes' CPU per GB fell by about a third and throughput rose by
-//! about 40 % (README, Performance). The coordinator's memory with 10,000
+//! about 40 % (docs/performance.md). The coordinator's memory with 10,000
 //! agents did not move (`apiary-bench agents`).
 //!
 //! A replacement allocator was measured too: mimalloc gave the same speed

@@ -4,8 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
-use apiary_certs::{ClusterCa, Role, new_key_and_csr};
-use apiary_coordinator::admin_conf::AdminConf;
+use apiary_certs::{AdminConf, ClusterCa, Role, new_key_and_csr};
 use apiary_tests::*;
 use nix::sys::signal::Signal;
 

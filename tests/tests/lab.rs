@@ -36,7 +36,7 @@ fn lab_of_four_comes_up_heals_and_tears_down_completely() {
             !n["docker_version"].as_str().unwrap_or("").is_empty(),
             "no Docker version for {name}: {n}"
         );
-        // The lab-only fields of `ctl status --json` (README).
+        // The lab-only fields of `ctl status --json` (docs/json.md).
         assert_eq!(n["provider"], "lab");
         assert_eq!(n["netns"], lab.netns(name));
         let root = n["root_prefix"].as_str().expect("root_prefix");

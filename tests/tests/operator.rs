@@ -493,7 +493,7 @@ fn ctl_colours_states_on_a_terminal_and_never_with_no_color() {
 fn programs() -> [(&'static str, clap::Command); 3] {
     use clap::CommandFactory;
     [
-        ("ctl", apiary_coordinator::cli::ctl::Args::command()),
+        ("ctl", apiary_ctl::cli::Args::command()),
         (
             "coordinator",
             apiary_coordinator::cli::coordinator::Args::command(),
@@ -629,7 +629,7 @@ fn every_subcommand_and_argument_explains_itself_in_help() {
 
 #[test]
 fn exit_codes_are_the_same_in_the_readme_and_every_programs_help() {
-    use apiary_coordinator::error::exit;
+    use apiary_api::exit;
     let readme = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
     )
@@ -800,27 +800,30 @@ fn assert_fields(what: &str, v: &serde_json::Value, fields: &[(&str, Kind)]) {
     for key in obj.keys() {
         assert!(
             fields.iter().any(|(name, _)| name == key),
-            "{what} has field {key}, which the README does not document: {v}"
+            "{what} has field {key}, which docs/json.md does not document: {v}"
         );
     }
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("README.md")
+/// docs/json.md, where the `--json` fields are documented.
+fn json_doc() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/json.md"),
+    )
+    .expect("docs/json.md")
 }
 
-/// The README section that starts with heading `title`.
-fn readme_section(readme: &str, title: &str) -> String {
-    let start = readme
+/// The section of `doc` (docs/json.md) that starts with heading `### title`.
+fn doc_section(doc: &str, title: &str) -> String {
+    let start = doc
         .find(&format!("### {title}\n"))
-        .unwrap_or_else(|| panic!("README has no section {title}"));
-    let body = &readme[start + title.len() + 5..];
+        .unwrap_or_else(|| panic!("docs/json.md has no section {title}"));
+    let body = &doc[start + title.len() + 5..];
     body[..body.find("\n### ").unwrap_or(body.len())].to_string()
 }
 
-/// Every `"key":` in the README's example JSON of `ctl status --json`.
-fn readme_status_keys(section: &str) -> std::collections::BTreeSet<String> {
+/// Every `"key":` in docs/json.md's example JSON of `ctl status --json`.
+fn doc_status_keys(section: &str) -> std::collections::BTreeSet<String> {
     let block = section
         .split("```json")
         .nth(1)
@@ -856,7 +859,7 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock");
 
-    // `ctl status --json`: every field the README shows, of its type, and no
+    // `ctl status --json`: every field docs/json.md shows, of its type, and no
     // other. Lab-only fields (provider, netns, docker_socket, root_prefix)
     // and `database` are absent on a manual cluster without [database].
     let node_fields = [
@@ -911,9 +914,9 @@ fn status_events_and_checks_json_hold_every_documented_field() {
     let item_fields = ["item", "outcome", "reason", "diff"];
     let features = ["vxlan", "overlay", "br_netfilter", "ip_vs"];
 
-    // The test's lists and the README's example name the same fields.
-    let text = readme();
-    let documented = readme_status_keys(&readme_section(&text, "`ctl status --json`"));
+    // The test's lists and docs/json.md's example name the same fields.
+    let text = json_doc();
+    let documented = doc_status_keys(&doc_section(&text, "`ctl status --json`"));
     let listed: std::collections::BTreeSet<String> = top_fields
         .iter()
         .chain(&node_fields)
@@ -926,7 +929,7 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         .chain(features)
         .map(str::to_string)
         .collect();
-    assert_eq!(documented, listed, "README's ctl status --json example");
+    assert_eq!(documented, listed, "docs/json.md, ctl status --json");
 
     assert_fields("status", &status, &top_fields);
     assert_eq!(status["heartbeat_interval_ms"], 300);
@@ -978,14 +981,14 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         }
     }
 
-    // `ctl events --json`: one object per line with the README's fields.
-    let section = readme_section(&text, "JSON output of the other read commands");
+    // `ctl events --json`: one object per line with docs/json.md's fields.
+    let section = doc_section(&text, "JSON output of the other read commands");
     for field in ["at_unix_ms", "kind", "node", "message"] {
         assert!(
             section
                 .lines()
                 .any(|l| l.contains("`ctl events --json`") && l.contains(&format!("`{field}`"))),
-            "README does not document events' {field}"
+            "docs/json.md does not document events' {field}"
         );
     }
     let lines = eventually("bee-1's events", Duration::from_secs(10), || {
@@ -1051,7 +1054,7 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         };
         assert!(
             section.contains(&doc),
-            "README does not document checks' {doc}"
+            "docs/json.md does not document checks' {doc}"
         );
     }
     assert_fields("checks", &checks, &check_fields);

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use apiary_coordinator::admin_conf::AdminConf;
+use apiary_certs::AdminConf;
 use apiary_tests::*;
 
 fn fetch(port: u16, n: usize) -> Result<(), String> {

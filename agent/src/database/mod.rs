@@ -37,8 +37,6 @@ use bollard::models::{
     TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::ListContainersOptions;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Label on every service apiary makes for the database.
 pub const DATABASE_LABEL: &str = "io.apiary.database";
@@ -48,269 +46,104 @@ pub const SERVER_LABEL: &str = "io.apiary.database.server";
 /// Label carrying a digest of the [`ServiceSpec`] a service was made from.
 pub const SPEC_LABEL: &str = "io.apiary.spec";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseKind {
-    Etcd,
-    Rethinkdb,
-}
+/// The contract types (specs, health, peer TLS) live in `apiary-api`.
+pub use apiary_api::database::{
+    DatabaseKind, EndpointMode, MemberView, NO_UPSTREAM_DNS, PeerTls, ServerHealth, ServiceSpec,
+    ServiceState,
+};
 
-impl DatabaseKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DatabaseKind::Etcd => "etcd",
-            DatabaseKind::Rethinkdb => "rethinkdb",
-        }
-    }
-}
-
-/// The upstream resolver database containers get: their own loopback,
-/// where nothing answers DNS (see [`ServiceSpec::to_docker`]).
-pub const NO_UPSTREAM_DNS: &str = "127.0.0.1";
-
-/// One database server as a Swarm service: pinned to one node, on the
-/// overlay, with its own named volume, memory-limited. There is no field for
-/// published ports: a server is reachable only on the overlay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    /// Service name, also the container's hostname and its DNS name on the overlay.
-    pub name: String,
-    pub kind: DatabaseKind,
-    pub image: String,
-    /// The Swarm node (hostname) it is pinned to.
-    pub node: String,
-    pub network: String,
-    /// The whole command line (executable first).
-    pub command: Vec<String>,
-    pub env: Vec<String>,
-    pub memory_bytes: i64,
-    /// Named volume and where it is mounted.
-    pub volume: String,
-    pub data_dir: String,
-    pub restart_delay: Duration,
-    /// How the service name resolves on the overlay.
-    #[serde(default)]
-    pub endpoint_mode: EndpointMode,
-    /// The server's peer certificate, its key and the CA, mounted as Swarm
-    /// secrets at [`PeerTls::CA_FILE`], [`PeerTls::CERT_FILE`] and
-    /// [`PeerTls::KEY_FILE`]; `None`: peers talk in plain text.
-    #[serde(default)]
-    pub peer_tls: Option<PeerTls>,
-}
-
-/// What a database server needs for TLS between peers, issued by the
-/// cluster CA (the coordinator keeps them; they travel to the first
-/// manager's agent over its mTLS session, and on as Swarm secrets: kept
-/// encrypted in Swarm's Raft log, mounted on a tmpfs in the one container).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerTls {
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for PeerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PeerTls { key: <redacted> }")
-    }
-}
-
-impl PeerTls {
-    pub const CA_FILE: &str = "/run/secrets/apiary-peer-ca.pem";
-    pub const CERT_FILE: &str = "/run/secrets/apiary-peer.pem";
-    pub const KEY_FILE: &str = "/run/secrets/apiary-peer.key";
-
-    /// A mounted file's name under `/run/secrets`, as Swarm wants it.
-    fn file_name(path: &str) -> &str {
-        path.rsplit('/').next().unwrap_or(path)
-    }
-
-    /// (secret name, file in the container, content) for `service`. A name
-    /// carries a digest of its content: Swarm secrets cannot change, so new
-    /// content is a new secret and an unchanged one is found again.
-    fn secrets(&self, service: &str) -> [(String, &'static str, &str); 3] {
-        fn named<'a>(
-            service: &str,
-            file: &'static str,
-            content: &'a str,
-        ) -> (String, &'static str, &'a str) {
-            let digest = hex::encode(&Sha256::digest(content.as_bytes())[..6]);
-            (
-                format!("{service}-{}-{digest}", PeerTls::file_name(file)),
-                file,
-                content,
-            )
-        }
-        [
-            named(service, Self::CA_FILE, &self.ca_pem),
-            named(service, Self::CERT_FILE, &self.cert_pem),
-            named(service, Self::KEY_FILE, &self.key_pem),
-        ]
-    }
-}
-
-/// How a Swarm service's name resolves: Docker's default, a virtual IP
-/// balanced by the kernel's IPVS, needs `ip_vs` on every host; without it
-/// the service's VIP silently carries nothing, so apiary falls back to
-/// `dnsrr` (the name resolves to the task's own address) there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndpointMode {
-    Vip,
-    #[default]
-    Dnsrr,
-}
-
-impl EndpointMode {
-    /// VIP when every host's kernel has `ip_vs`, else dnsrr.
-    pub fn for_kernels(all_have_ip_vs: bool) -> Self {
-        if all_have_ip_vs {
-            EndpointMode::Vip
-        } else {
-            EndpointMode::Dnsrr
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointMode::Vip => "vip",
-            EndpointMode::Dnsrr => "dnsrr",
-        }
-    }
-}
-
-impl ServiceSpec {
-    /// A short digest of the spec, kept as a label to tell drift.
-    pub fn digest(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(&Sha256::digest(&json)[..8])
-    }
-
-    /// The Swarm service definition: `--endpoint-mode` from
-    /// [`EndpointMode`] (no ingress, no published port), `--constraint node.hostname==<node>`,
-    /// `--hostname <name>`, the volume, the memory limit, restart on any exit,
-    /// and `secrets` ((name, id) of the [`PeerTls`] secrets, which Swarm
-    /// needs by id: made first by [`Database::ensure_service`]).
-    pub fn to_docker(&self, secrets: &[(String, String)]) -> DockerServiceSpec {
-        let secret_refs = self.peer_tls.as_ref().map(|tls| {
-            tls.secrets(&self.name)
-                .into_iter()
-                .map(|(name, file, _)| TaskSpecContainerSpecSecrets {
-                    file: Some(TaskSpecContainerSpecFile {
-                        name: Some(PeerTls::file_name(file).to_string()),
-                        uid: Some("0".into()),
-                        gid: Some("0".into()),
-                        mode: Some(0o400),
-                    }),
-                    secret_id: secrets
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, id)| id.clone()),
-                    secret_name: Some(name),
-                })
-                .collect::<Vec<_>>()
-        });
-        let labels = HashMap::from([
-            (DATABASE_LABEL.to_string(), self.kind.as_str().to_string()),
-            (SPEC_LABEL.to_string(), self.digest()),
-            ("io.apiary.managed".to_string(), "true".to_string()),
-        ]);
-        DockerServiceSpec {
-            name: Some(self.name.clone()),
-            labels: Some(labels),
-            task_template: Some(TaskSpec {
-                container_spec: Some(TaskSpecContainerSpec {
-                    image: Some(self.image.clone()),
-                    hostname: Some(self.name.clone()),
-                    // Servers find each other by name on the overlay, which
-                    // Docker's embedded DNS answers itself; any other name it
-                    // forwards to this "upstream", where nothing listens, so
-                    // it fails at once. With Docker's default a peer whose
-                    // task does not exist yet resolves with an upstream i/o
-                    // timeout (seconds per attempt while the cluster forms);
-                    // and the servers never ask a resolver outside the
-                    // cluster. Start order is the command's business (etcd
-                    // waits for its peers' names: `wait_for_names` in the
-                    // coordinator's database module).
-                    dns_config: Some(TaskSpecContainerSpecDnsConfig {
-                        nameservers: Some(vec![NO_UPSTREAM_DNS.to_string()]),
-                        ..Default::default()
-                    }),
-                    command: Some(self.command.clone()),
-                    env: Some(self.env.clone()),
-                    secrets: secret_refs,
-                    mounts: Some(vec![Mount {
-                        typ: Some(MountType::VOLUME),
-                        source: Some(self.volume.clone()),
-                        target: Some(self.data_dir.clone()),
-                        ..Default::default()
-                    }]),
+/// The Swarm service definition: `--endpoint-mode` from
+/// [`EndpointMode`] (no ingress, no published port), `--constraint node.hostname==<node>`,
+/// `--hostname <name>`, the volume, the memory limit, restart on any exit,
+/// and `secrets` ((name, id) of the [`PeerTls`] secrets, which Swarm
+/// needs by id: made first by [`Database::ensure_service`]).
+pub fn to_docker(spec: &ServiceSpec, secrets: &[(String, String)]) -> DockerServiceSpec {
+    let secret_refs = spec.peer_tls.as_ref().map(|tls| {
+        tls.secrets(&spec.name)
+            .into_iter()
+            .map(|(name, file, _)| TaskSpecContainerSpecSecrets {
+                file: Some(TaskSpecContainerSpecFile {
+                    name: Some(PeerTls::file_name(file).to_string()),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o400),
+                }),
+                secret_id: secrets
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, id)| id.clone()),
+                secret_name: Some(name),
+            })
+            .collect::<Vec<_>>()
+    });
+    let labels = HashMap::from([
+        (DATABASE_LABEL.to_string(), spec.kind.as_str().to_string()),
+        (SPEC_LABEL.to_string(), spec.digest()),
+        ("io.apiary.managed".to_string(), "true".to_string()),
+    ]);
+    DockerServiceSpec {
+        name: Some(spec.name.clone()),
+        labels: Some(labels),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(spec.image.clone()),
+                hostname: Some(spec.name.clone()),
+                // Servers find each other by name on the overlay, which
+                // Docker's embedded DNS answers itself; any other name it
+                // forwards to this "upstream", where nothing listens, so
+                // it fails at once. With Docker's default a peer whose
+                // task does not exist yet resolves with an upstream i/o
+                // timeout (seconds per attempt while the cluster forms);
+                // and the servers never ask a resolver outside the
+                // cluster. Start order is the command's business (etcd
+                // waits for its peers' names: `wait_for_names` in the
+                // coordinator's database module).
+                dns_config: Some(TaskSpecContainerSpecDnsConfig {
+                    nameservers: Some(vec![NO_UPSTREAM_DNS.to_string()]),
                     ..Default::default()
                 }),
-                resources: Some(TaskSpecResources {
-                    limits: Some(Limit {
-                        memory_bytes: Some(self.memory_bytes),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                restart_policy: Some(TaskSpecRestartPolicy {
-                    condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
-                    delay: Some(self.restart_delay.as_nanos() as i64),
-                    ..Default::default()
-                }),
-                placement: Some(TaskSpecPlacement {
-                    constraints: Some(vec![format!("node.hostname=={}", self.node)]),
-                    ..Default::default()
-                }),
-                networks: Some(vec![NetworkAttachmentConfig {
-                    target: Some(self.network.clone()),
+                command: Some(spec.command.clone()),
+                env: Some(spec.env.clone()),
+                secrets: secret_refs,
+                mounts: Some(vec![Mount {
+                    typ: Some(MountType::VOLUME),
+                    source: Some(spec.volume.clone()),
+                    target: Some(spec.data_dir.clone()),
                     ..Default::default()
                 }]),
                 ..Default::default()
             }),
-            endpoint_spec: Some(EndpointSpec {
-                mode: Some(match self.endpoint_mode {
-                    EndpointMode::Vip => EndpointSpecModeEnum::VIP,
-                    EndpointMode::Dnsrr => EndpointSpecModeEnum::DNSRR,
+            resources: Some(TaskSpecResources {
+                limits: Some(Limit {
+                    memory_bytes: Some(spec.memory_bytes),
+                    ..Default::default()
                 }),
-                ports: None,
+                ..Default::default()
             }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                delay: Some(spec.restart_delay.as_nanos() as i64),
+                ..Default::default()
+            }),
+            placement: Some(TaskSpecPlacement {
+                constraints: Some(vec![format!("node.hostname=={}", spec.node)]),
+                ..Default::default()
+            }),
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(spec.network.clone()),
+                ..Default::default()
+            }]),
             ..Default::default()
-        }
+        }),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(match spec.endpoint_mode {
+                EndpointMode::Vip => EndpointSpecModeEnum::VIP,
+                EndpointMode::Dnsrr => EndpointSpecModeEnum::DNSRR,
+            }),
+            ports: None,
+        }),
+        ..Default::default()
     }
-}
-
-/// What [`Database::ensure_service`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceState {
-    pub name: String,
-    pub created: bool,
-    /// False when an existing service was made from another spec.
-    pub matches: bool,
-}
-
-/// One member as the database lists it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberView {
-    pub id: String,
-    /// Empty while a member added through the API has not started.
-    pub name: String,
-}
-
-/// The server on this host, as it answers over its own protocol.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerHealth {
-    pub host: String,
-    pub service: String,
-    /// Whether a container of the service runs on this host.
-    pub running: bool,
-    /// Whether it answered a quorum read.
-    pub healthy: bool,
-    pub member_id: String,
-    pub leader_id: String,
-    pub members: Vec<MemberView>,
-    pub error: Option<String>,
 }
 
 /// The database work of one agent, on its local engine.
@@ -369,7 +202,7 @@ impl Database {
             }
         }
         self.docker
-            .create_service(spec.to_docker(&secrets), None)
+            .create_service(to_docker(spec, &secrets), None)
             .await
             .map_err(|e| self.err("create a service", e))?;
         Ok(ServiceState {
@@ -753,7 +586,7 @@ mod tests {
             endpoint_mode: EndpointMode::Vip,
             ..spec()
         };
-        let json = serde_json::to_value(vip.to_docker(&[])).expect("test data");
+        let json = serde_json::to_value(to_docker(&vip, &[])).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "vip");
         assert!(json["EndpointSpec"].get("Ports").is_none());
         assert_ne!(vip.digest(), spec().digest(), "a mode change is drift");
@@ -777,7 +610,7 @@ mod tests {
             .enumerate()
             .map(|(i, (name, _, _))| (name.clone(), format!("id{i}")))
             .collect();
-        let json = serde_json::to_value(with_tls.to_docker(&ids)).expect("test data");
+        let json = serde_json::to_value(to_docker(&with_tls, &ids)).expect("test data");
         let mounted = json["TaskTemplate"]["ContainerSpec"]["Secrets"]
             .as_array()
             .expect("secrets")
@@ -815,7 +648,7 @@ mod tests {
 
     #[test]
     fn docker_service_is_pinned_dnsrr_limited_with_a_volume_and_no_ports() {
-        let d = spec().to_docker(&[]);
+        let d = to_docker(&spec(), &[]);
         let json = serde_json::to_value(&d).expect("test data");
         assert_eq!(json["EndpointSpec"]["Mode"], "dnsrr");
         assert!(json["EndpointSpec"].get("Ports").is_none());

@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::spec::SysctlName;
+use apiary_api::hostconfig::SysctlName;
 
 /// What went wrong touching the host. Each variant names the thing (path,
 /// command, sysctl, socket) and reads as advice.

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::effects::HostEffects;
 use super::report::{HostFacts, ItemReport, Outcome, unified_diff};
-use super::spec::{FirewallPolicy, IfName};
+use apiary_api::hostconfig::{FirewallPolicy, IfName};
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "apiary";
@@ -65,14 +65,14 @@ pub fn resolve_interfaces(
             .find(|(_, addrs)| addrs.iter().any(want))
             .map(|(name, _)| name.as_str())
     };
-    let private = match &policy.private_interface {
+    let private = match policy.private_interface() {
         Some(p) => Some(p.clone()),
-        None => holding(&|ip| policy.private_cidr.contains(*ip))
+        None => holding(&|ip| policy.private_cidr().contains(*ip))
             .map(IfName::parse)
             .transpose()
             .map_err(|e| format!("the private interface found in the facts: {e}"))?,
     };
-    let public = match &policy.public_interface {
+    let public = match policy.public_interface() {
         Some(p) => p.clone(),
         None => {
             let name = facts
@@ -100,14 +100,14 @@ pub fn resolve_interfaces(
 pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&str>) -> String {
     let public = format!("iifname \"{}\"", ifs.public);
     let from_private = {
-        let saddr = if policy.private_cidr.is_ipv4() {
+        let saddr = if policy.private_cidr().is_ipv4() {
             "ip saddr"
         } else {
             "ip6 saddr"
         };
         match &ifs.private {
-            Some(p) => format!("iifname \"{p}\" {saddr} {}", policy.private_cidr),
-            None => format!("{saddr} {}", policy.private_cidr),
+            Some(p) => format!("iifname \"{p}\" {saddr} {}", policy.private_cidr()),
+            None => format!("{saddr} {}", policy.private_cidr()),
         }
     };
     let mut input: Vec<(String, &str)> = vec![
@@ -115,13 +115,13 @@ pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&
         ("ct state established,related accept".into(), "replies"),
         ("meta l4proto { icmp, ipv6-icmp } accept".into(), "icmp"),
         (
-            format!("{public} tcp dport {} accept", policy.ssh_port),
+            format!("{public} tcp dport {} accept", policy.ssh_port()),
             "ssh",
         ),
     ];
-    if policy.coordinator_port != policy.ssh_port {
+    if policy.coordinator_port() != policy.ssh_port() {
         input.push((
-            format!("{public} tcp dport {} accept", policy.coordinator_port),
+            format!("{public} tcp dport {} accept", policy.coordinator_port()),
             "coordinator",
         ));
     }
@@ -134,7 +134,7 @@ pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&
         format!("{from_private} udp dport {SWARM_UDP} accept"),
         "swarm udp from the private network",
     ));
-    if policy.encrypted_overlay {
+    if policy.encrypted_overlay() {
         input.push((
             format!("{from_private} meta l4proto esp accept"),
             "encrypted overlay from the private network",
@@ -148,7 +148,7 @@ pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&
         format!("udp dport {SWARM_UDP} drop"),
         "swarm udp only from the private network",
     ));
-    if policy.encrypted_overlay {
+    if policy.encrypted_overlay() {
         input.push((
             "meta l4proto esp drop".into(),
             "esp only from the private network",
@@ -170,7 +170,7 @@ pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&
         format!("{public} ct state established,related accept"),
         "replies to containers".into(),
     )];
-    for port in &policy.allow_public_tcp {
+    for port in policy.allow_public_tcp() {
         // One rule per port: nft 1.0.6 prints a set of proto-dst values as
         // hex, and a single value reads back as written.
         forward.push((
@@ -338,7 +338,7 @@ pub fn apply_firewall(
 mod tests {
     use super::*;
     use crate::hostconfig::memory::MemoryEffects;
-    use crate::hostconfig::spec::FirewallSpec;
+    use apiary_api::hostconfig::FirewallSpec;
 
     fn policy(edit: impl FnOnce(&mut FirewallSpec)) -> FirewallPolicy {
         let mut s = FirewallSpec::new("10.231.0.0/24");

@@ -3,7 +3,7 @@
 
 use super::effects::{BootloaderUpdate, HostEffects};
 use super::report::{HostFacts, ItemReport, Outcome, unified_diff};
-use super::spec::GrubMode;
+use apiary_api::hostconfig::GrubMode;
 
 pub const GRUB_DEFAULTS: &str = "/etc/default/grub";
 /// Where update-grub writes (Debian) or grub2-mkconfig (Fedora family).

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use super::effects::{BootloaderUpdate, CmdOutput, EffectError, HostEffects, host_path};
-use super::spec::SysctlName;
+use apiary_api::hostconfig::SysctlName;
 
 /// Decides whether the simulated engine starts with a daemon.json (its text,
 /// or `None` when there is none): `Some(reason)` means it refuses.

@@ -130,7 +130,7 @@ pub mod kernel;
 mod memory;
 mod real;
 mod report;
-mod spec;
+
 pub mod sysctls;
 
 use std::sync::Arc;
@@ -138,15 +138,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
+pub use apiary_api::hostconfig::{
+    Cidr, FirewallPolicy, FirewallSpec, GrubMode, HostConfig, HostConfigSpec, IfName,
+    REQUIRED_SYSCTLS, SpecError, SysctlName, SysctlValue,
+};
 pub use effects::{BootloaderUpdate, CmdOutput, EffectError, HostEffects, host_path, sysctl_path};
 pub use memory::{DEBIAN_GRUB_DEFAULTS, EngineCheck, MemState, MemoryEffects};
 pub use real::RealEffects;
 pub use report::{
     FeatureFact, FeatureState, HostFacts, ItemReport, Outcome, unified_diff, value_diff,
-};
-pub use spec::{
-    Cidr, FirewallPolicy, FirewallSpec, GrubMode, HostConfig, HostConfigSpec, IfName,
-    REQUIRED_SYSCTLS, SpecError, SysctlName, SysctlValue,
 };
 
 /// How often [`keep_applied`] re-checks when nothing asks it to.
@@ -162,7 +162,7 @@ pub fn apply(
     dry_run: bool,
 ) -> Vec<ItemReport> {
     let mut reports = vec![firewall::apply_firewall(
-        &config.firewall,
+        config.firewall(),
         facts,
         effects,
         dry_run,
@@ -171,13 +171,13 @@ pub fn apply(
     reports.extend(kernel::apply_kernel_features(
         facts,
         effects,
-        config.manage_modules,
+        config.manage_modules(),
         dry_run,
     ));
     reports.extend(sysctls::apply_sysctls(config, effects, dry_run));
-    reports.push(grub::apply_grub(config.grub, facts, effects, dry_run));
+    reports.push(grub::apply_grub(config.grub(), facts, effects, dry_run));
     reports.push(daemon_json::apply_daemon_json(
-        &config.daemon_json,
+        config.daemon_json(),
         effects,
         dry_run,
     ));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::effects::{
     BootloaderUpdate, CmdOutput, EffectError, HostEffects, host_path, sysctl_path,
 };
-use super::spec::SysctlName;
+use apiary_api::hostconfig::SysctlName;
 
 /// Host effects on a real machine. Every field is public so the caller (the
 /// agent's main, the lab provider, a test) states where things are instead

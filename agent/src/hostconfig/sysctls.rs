@@ -2,7 +2,7 @@
 
 use super::effects::HostEffects;
 use super::report::{ItemReport, value_diff};
-use super::spec::{HostConfig, SysctlName, normalize_sysctl};
+use apiary_api::hostconfig::{HostConfig, SysctlName, normalize_sysctl};
 
 /// One report per sysctl ("sysctl net.ipv4.ip_forward"). Values compare
 /// whitespace-normalized (the kernel prints ranges with a tab), and a
@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use crate::hostconfig::memory::MemoryEffects;
     use crate::hostconfig::report::Outcome;
-    use crate::hostconfig::spec::{HostConfigSpec, SysctlValue};
+    use apiary_api::hostconfig::{HostConfigSpec, SysctlValue};
 
     fn config() -> HostConfig {
         let mut s = HostConfigSpec::new("10.231.0.0/24");

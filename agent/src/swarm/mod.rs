@@ -30,7 +30,6 @@ mod crypto;
 mod overlay;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,14 +40,15 @@ use bollard::models::{
 };
 use bollard::query_parameters::{DeleteNodeOptions, LeaveSwarmOptions, UpdateNodeOptions};
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub use crypto::{KernelCrypto, Missing, MissingPiece, encryption_support};
-pub use overlay::{
-    OverlaySpec, OverlayStatus, PROBE_IMAGE, ProbeEndpoint, ProbeOptions, overlay_differences,
-    probe_container_name,
+/// The contract types (views, specs, tokens) live in `apiary-api`.
+pub use apiary_api::swarm::{
+    JoinTokens, ManagerPeer, NodeView, OverlaySpec, OverlayStatus, ProbeEndpoint, SwarmState,
+    SwarmView,
 };
+pub use crypto::{KernelCrypto, Missing, MissingPiece, encryption_support};
+pub use overlay::{PROBE_IMAGE, ProbeOptions, overlay_differences, probe_container_name};
 
 /// How long a node may stay `pending` (joining) before we give up.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
@@ -127,106 +127,6 @@ pub enum SwarmError {
         container: String,
         reason: String,
     },
-}
-
-/// Swarm state of the local node, as Docker names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SwarmState {
-    Inactive,
-    Pending,
-    Active,
-    Error,
-    Locked,
-}
-
-impl fmt::Display for SwarmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SwarmState::Inactive => "inactive",
-            SwarmState::Pending => "pending",
-            SwarmState::Active => "active",
-            SwarmState::Error => "error",
-            SwarmState::Locked => "locked",
-        })
-    }
-}
-
-/// A manager as the local node knows it (`RemoteManagers` of `docker info`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManagerPeer {
-    pub node_id: String,
-    /// "ip:port" of its 2377 listener.
-    pub addr: String,
-}
-
-/// One node of the swarm, as a manager lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeView {
-    pub id: String,
-    pub hostname: String,
-    /// "manager" or "worker".
-    pub role: String,
-    /// "active", "pause" or "drain".
-    pub availability: String,
-    /// "ready", "down", "disconnected" or "unknown".
-    pub status: String,
-    pub addr: String,
-    pub leader: bool,
-    /// Manager reachability ("reachable", "unreachable"), for managers.
-    pub reachability: Option<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// The local node's view of Swarm.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmView {
-    /// Empty while inactive.
-    pub node_id: String,
-    pub state: SwarmState,
-    /// Whether this node is a manager (Docker's `ControlAvailable`).
-    pub manager: bool,
-    /// The address this node advertises; empty while inactive.
-    pub node_addr: String,
-    /// Only managers know it.
-    pub cluster_id: Option<String>,
-    pub managers: Vec<ManagerPeer>,
-    /// Every node, when this node is a manager; empty otherwise.
-    pub nodes: Vec<NodeView>,
-    /// Docker's error text when `state` is error.
-    pub error: Option<String>,
-}
-
-impl SwarmView {
-    /// Whether `addr` ("ip:port") is one of the managers this node knows.
-    pub fn knows_manager(&self, addr: &SocketAddr) -> bool {
-        let want = addr.to_string();
-        self.managers.iter().any(|m| m.addr == want)
-    }
-
-    fn manager_list(&self) -> String {
-        if self.managers.is_empty() {
-            return "unknown".into();
-        }
-        self.managers
-            .iter()
-            .map(|m| m.addr.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// The swarm's join tokens. Secrets: `Debug` does not print them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinTokens {
-    pub worker: String,
-    pub manager: String,
-}
-
-impl fmt::Debug for JoinTokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JoinTokens { worker: <redacted>, manager: <redacted> }")
-    }
 }
 
 /// The local Docker engine, for Swarm and overlay operations.

@@ -12,7 +12,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use super::{KernelCrypto, SwarmClient, SwarmError, encryption_support, server_message};
+use super::{
+    KernelCrypto, OverlaySpec, OverlayStatus, ProbeEndpoint, SwarmClient, SwarmError,
+    encryption_support, server_message,
+};
 use crate::reach::{Cell, Check, Outcome, Proto, VXLAN_PORT};
 
 /// Docker's option key for an overlay's MTU.
@@ -28,43 +31,6 @@ const ICMP_OVERHEAD: u32 = 28;
 /// The `mtu` option Docker assumes without one: a 1500-byte path, so
 /// containers get 1450 (the overlay driver takes 50 for the VXLAN header).
 const DEFAULT_OVERLAY_MTU: u32 = 1500;
-
-/// The overlay network the cluster config asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverlaySpec {
-    pub name: String,
-    /// Standalone containers may attach (the probe containers and a `docker
-    /// run --network` database need it).
-    pub attachable: bool,
-    /// IPsec between hosts; refused where the kernel cannot do it.
-    pub encrypted: bool,
-    /// Docker's `com.docker.network.driver.mtu`: the MTU of the path between
-    /// hosts. Containers on the overlay get 50 bytes less (VXLAN's header);
-    /// unset means 1500 (containers: 1450).
-    pub mtu: Option<u32>,
-}
-
-impl OverlaySpec {
-    pub fn attachable(name: &str) -> Self {
-        OverlaySpec {
-            name: name.to_string(),
-            attachable: true,
-            encrypted: false,
-            mtu: None,
-        }
-    }
-}
-
-/// The network [`SwarmClient::ensure_overlay`] created or adopted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverlayStatus {
-    pub id: String,
-    pub name: String,
-    /// False when an existing network with the same options was adopted.
-    pub created: bool,
-    /// The subnets Docker chose from the default address pool.
-    pub subnets: Vec<String>,
-}
 
 /// How [`overlay_differences`] sees an existing network; the subset of
 /// Docker's `Network` that matters.
@@ -161,17 +127,6 @@ impl Default for ProbeOptions {
             concurrency: 8,
         }
     }
-}
-
-/// A running probe container: what peers need to reach it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProbeEndpoint {
-    pub host: String,
-    pub container: String,
-    /// Its address on the overlay.
-    pub address: Ipv4Addr,
-    /// The MTU of its overlay interface.
-    pub mtu: u32,
 }
 
 impl SwarmClient {

@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use apiary_coordinator::admin_conf::AdminConf;
+use apiary_certs::AdminConf;
 use apiary_coordinator::cli::coordinator::{Args, Command};
 use apiary_coordinator::config::{ClusterConfig, ProviderConfig};
-use apiary_coordinator::ctl::Ctl;
 use apiary_coordinator::error::{CoordinatorError, exit};
+use apiary_coordinator::pki::ADMIN_CONF;
 use apiary_coordinator::serve::{ServeOptions, serve};
-use apiary_coordinator::server::ADMIN_CONF;
 use apiary_coordinator::store::{Store, StoreError};
+use apiary_ctl::Ctl;
 
 fn main() -> ExitCode {
     apiary_proto::malloc::tune_for_streaming();
@@ -138,8 +138,7 @@ async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
                 ),
             )?;
             let coordinator = loop {
-                match apiary_coordinator::server::Coordinator::open(config.clone(), state_dir).await
-                {
+                match apiary_coordinator::core::Coordinator::open(config.clone(), state_dir).await {
                     Err(CoordinatorError::Store(StoreError::InUse { .. })) => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
@@ -147,9 +146,12 @@ async fn token(state_dir: &Path, rotate: bool) -> Result<(), CoordinatorError> {
                 }
             };
             let record = if rotate {
-                coordinator.rotate_token().await?
+                coordinator
+                    .pki
+                    .rotate_token(&coordinator.store, &coordinator.events)
+                    .await?
             } else {
-                coordinator.current_token()
+                coordinator.pki.current_token()
             };
             println!("{}", record.token);
             Ok(())

@@ -21,9 +21,10 @@ use apiary_digitalocean::{
 use tracing::{info, warn};
 
 use crate::config::DigitalOceanProviderConfig;
+use crate::core::Coordinator;
 use crate::error::CoordinatorError;
+use crate::events::EventKind;
 use crate::progress::Progress;
-use crate::server::Coordinator;
 
 /// The agent unit from deploy/, pointed at where cloud-init installs the binary.
 const AGENT_UNIT: &str = include_str!("../../../deploy/systemd/apiary-agent.service");
@@ -96,8 +97,8 @@ impl DigitalOceanProvider {
         };
         let mut bootstrap = Bootstrap::new(
             advertise.to_string(),
-            coordinator.current_token().token,
-            coordinator.ca().cert_pem(),
+            coordinator.pki.current_token().token,
+            coordinator.pki.ca().cert_pem(),
             source,
         );
         bootstrap.systemd_unit = Some(AGENT_UNIT.replace(
@@ -172,7 +173,7 @@ impl DigitalOceanProvider {
                 ]),
             );
         }
-        coordinator.set_provider_info(info);
+        coordinator.view.set_provider_info(info);
         phase.finish();
         info!(
             created = report.created.len(),
@@ -204,8 +205,10 @@ impl DigitalOceanProvider {
                             info!(node = %name, steps = %steps.join("; "), "surplus node drained");
                             DrainOutcome::Drained
                         }
-                        Err(s) if s.code() == tonic::Code::NotFound => DrainOutcome::NotEnrolled,
-                        Err(s) => DrainOutcome::Failed(s.message().to_string()),
+                        Err(crate::core::RemoveError::Pki(crate::pki::PkiError::NoSuchNode {
+                            ..
+                        })) => DrainOutcome::NotEnrolled,
+                        Err(e) => DrainOutcome::Failed(e.to_string()),
                     };
                     done.push((name, outcome));
                 }
@@ -214,8 +217,8 @@ impl DigitalOceanProvider {
         };
         for (name, reason) in &keep {
             warn!(node = %name, %reason, "surplus droplet kept: its node could not be drained; trying again at the next reconcile");
-            coordinator.emit(
-                "drain_failed",
+            coordinator.events.emit(
+                EventKind::DrainFailed,
                 name,
                 format!("droplet kept, drain retried at the next reconcile: {reason}"),
             );

@@ -19,9 +19,10 @@ use futures::future::try_join_all;
 use tracing::{info, warn};
 
 use crate::config::LabProviderConfig;
+use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::progress::Progress;
-use crate::server::{Coordinator, Images};
+use crate::state::Images;
 
 pub const AGENT: &str = "agent";
 
@@ -183,7 +184,7 @@ impl LabProvider {
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
         let hosts = self.lab.hosts();
-        coordinator.set_provider_info(self.provider_info());
+        coordinator.view.set_provider_info(self.provider_info());
         progress.hosts(hosts.iter().map(|h| h.name.as_str()));
 
         let phase = progress.phase("engines", hosts.len());
@@ -204,7 +205,7 @@ impl LabProvider {
         // them); the probe containers and the database wait on the gate.
         // Measured on 4 hosts: loading lab/etcd:1 takes about as long as
         // enrollment, host config, the port matrix and Swarm together.
-        coordinator.set_images(Images::Loading);
+        coordinator.view.set_images(Images::Loading);
         let phase = progress.phase("images", 1);
         let (lab, etcd_image, archives, gate) = (
             self.lab.clone(),
@@ -245,13 +246,13 @@ impl LabProvider {
                 }
                 match loaded {
                     Ok(()) => {
-                        gate.set_images(Images::Ready);
+                        gate.view.set_images(Images::Ready);
                         info!("images loaded on every host");
                         return;
                     }
                     Err(e) => {
                         warn!(error = %e, retry_in = ?retry, "images not loaded; trying again");
-                        gate.set_images(Images::Failed(format!(
+                        gate.view.set_images(Images::Failed(format!(
                             "{e} (trying again in {} s)",
                             retry.as_secs()
                         )));
@@ -263,7 +264,7 @@ impl LabProvider {
         });
 
         let phase = progress.phase("agents", hosts.len());
-        let token = coordinator.current_token().token;
+        let token = coordinator.pki.current_token().token;
         for h in hosts {
             let pid = self.start_agent(h, endpoint, &token)?;
             phase.step(&h.name, &format!("agent started (pid {pid})"));
@@ -274,14 +275,9 @@ impl LabProvider {
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while !pending.is_empty() {
-            let status = coordinator
-                .status()
-                .map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
+            let nodes = crate::context::ClusterContext::nodes(coordinator.as_ref());
             pending.retain(|name| {
-                let ready = status
-                    .nodes
-                    .iter()
-                    .any(|n| n.name == *name && n.state == "ready");
+                let ready = nodes.iter().any(|n| n.name == *name && n.ready);
                 if ready {
                     phase.step(name, "enrolled, ready");
                 }
@@ -304,15 +300,12 @@ impl LabProvider {
             let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-                let status = coordinator
-                    .status()
-                    .map_err(|e| CoordinatorError::Provider(e.message().to_string()))?;
-                pending.retain(|name| match status.nodes.iter().find(|n| n.name == *name) {
-                    Some(n) if n.config_state != "pending" => {
-                        phase.step(name, &format!("host config {}", n.config_state));
+                pending.retain(|name| match coordinator.view.config_state(name, true) {
+                    crate::state::ConfigState::Pending => true,
+                    state => {
+                        phase.step(name, &format!("host config {}", state.as_str()));
                         false
                     }
-                    _ => true,
                 });
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -340,7 +333,7 @@ impl LabProvider {
                 }
                 if self.lab.process_pid(h, AGENT).is_none() {
                     warn!(node = %h.name, "agent is down; restarting it");
-                    let token = coordinator.current_token().token;
+                    let token = coordinator.pki.current_token().token;
                     match self.start_agent(h, endpoint, &token) {
                         Ok(pid) => info!(node = %h.name, pid, "agent restarted"),
                         Err(e) => warn!(node = %h.name, error = %e, "agent restart failed"),

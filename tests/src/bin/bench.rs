@@ -1,5 +1,5 @@
-//! `apiary-bench`: measurements, never assertions. Prints tables for the
-//! README's performance section.
+//! `apiary-bench`: measurements, never assertions. Prints the tables of
+//! docs/performance.md.
 //!
 //! `apiary-bench agents --counts 1000,10000`: starts the real coordinator binary,
 //! then N simulated agents in this one process, each with its own key,

@@ -1,9 +1,9 @@
-//! The clustered database on the overlay: one abstraction, one
-//! implementation per kind ([`Etcd`], [`Rethinkdb`]), turning `[database]`
-//! and the hosts into Swarm service definitions ([`ServiceSpec`]) that the
-//! first manager's agent creates. Deployment code (`crate::cluster`) never
-//! looks at the kind: it asks the [`Flavor`] for the specs and whether the
-//! servers must start in order.
+//! What the database runs: one abstraction, one implementation per kind
+//! ([`Etcd`], [`Rethinkdb`]), turning `[database]` and the hosts into Swarm
+//! service definitions ([`ServiceSpec`]) that the first manager's agent
+//! creates. The control (`crate::database`) never looks at the kind: it asks
+//! the [`Flavor`] for the specs, whether the servers must start in order,
+//! how to judge a server's health and how members join and leave.
 //!
 //! Server `N` (1-based) runs on the N-th host in [`placement_order`] (by
 //! name, numbers compared as numbers) as service `<kind>-N`,
@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use apiary_agent::database::{DatabaseKind, EndpointMode, PeerTls, ServiceSpec};
+use apiary_api::database::{DatabaseKind, EndpointMode, PeerTls, ServerHealth, ServiceSpec};
+
+use super::membership::{EtcdMembership, Membership, RethinkdbMembership};
 
 use crate::config::DatabaseConfig;
 
@@ -74,6 +76,13 @@ pub trait Flavor: Send + Sync {
     /// The port `ctl tunnel database:admin` opens: the one an operator
     /// points a browser or an HTTP client at.
     fn admin_port(&self, cfg: &DatabaseConfig) -> u16;
+    /// Why a server that answers healthy still does not count (it has not
+    /// joined the others), given how many servers there are.
+    fn not_joined(&self, _health: &ServerHealth, _expected: usize) -> Option<String> {
+        None
+    }
+    /// How servers join and leave a running cluster.
+    fn membership(&self) -> &'static dyn Membership;
 }
 
 pub struct Etcd;
@@ -81,7 +90,7 @@ pub struct Rethinkdb;
 
 /// Runs `argv` once every name in `names` resolves on the overlay, or after
 /// 20 s at the latest. Database containers have no upstream resolver (see
-/// `apiary_agent::database::NO_UPSTREAM_DNS`), so a peer whose task has not
+/// `apiary_api::database::NO_UPSTREAM_DNS`), so a peer whose task has not
 /// started yet fails to resolve at once, and this loop sees it appear within
 /// 100 ms. Without it etcd starts, cannot resolve a peer, and either waits
 /// out its retries or exits (and Swarm restarts it after its delay); with
@@ -228,6 +237,9 @@ impl Flavor for Etcd {
     fn admin_port(&self, cfg: &DatabaseConfig) -> u16 {
         cfg.client_port
     }
+    fn membership(&self) -> &'static dyn Membership {
+        &EtcdMembership
+    }
 }
 
 impl Flavor for Rethinkdb {
@@ -287,6 +299,19 @@ impl Flavor for Rethinkdb {
     /// RethinkDB's web UI (`--http-port`, default 8080).
     fn admin_port(&self, _cfg: &DatabaseConfig) -> u16 {
         8080
+    }
+    /// A RethinkDB server answers its own queries whether or not it joined
+    /// the others: it counts only when its `server_status` lists all of them.
+    fn not_joined(&self, h: &ServerHealth, expected: usize) -> Option<String> {
+        (h.healthy && h.members.len() < expected).then(|| {
+            format!(
+                "sees {} of {expected} servers in server_status (not joined to the others?)",
+                h.members.len()
+            )
+        })
+    }
+    fn membership(&self) -> &'static dyn Membership {
+        &RethinkdbMembership
     }
 }
 
@@ -485,9 +510,8 @@ mod tests {
                 let cmd = s.command.join(" ");
                 assert!(!cmd.contains("https") && !cmd.contains("tls"), "{cmd}");
                 assert!(!cmd.contains("/run/secrets"), "{cmd}");
+                // No certificate, so the agent mounts no secret.
                 assert_eq!(s.peer_tls, None);
-                let d = serde_json::to_value(s.to_docker(&[])).expect("json");
-                assert!(d["TaskTemplate"]["ContainerSpec"].get("Secrets").is_none());
             }
             assert!(peer_url(&c, &all[0]).starts_with("http://"));
         }
@@ -563,15 +587,11 @@ mod tests {
             cmd.contains("--initial-cluster-token bees-etcd --initial-cluster-state new --initial-election-tick-advance=false"),
             "{cmd}"
         );
-        // On the overlay only: dnsrr, nothing published, pinned, limited.
-        let d = serde_json::to_value(s.to_docker(&[])).expect("json");
-        assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
-        assert!(d["EndpointSpec"].get("Ports").is_none());
-        assert_eq!(
-            d["TaskTemplate"]["Placement"]["Constraints"][0],
-            "node.hostname==workerbee-1"
-        );
-        assert_eq!(d["TaskTemplate"]["ContainerSpec"]["Hostname"], "etcd-2");
+        // On the overlay only: dnsrr, pinned, named (a spec has no field for
+        // published ports; the agent's Docker translation is tested there).
+        assert_eq!(s.endpoint_mode, EndpointMode::Dnsrr);
+        assert_eq!(s.node, "workerbee-1");
+        assert_eq!(s.name, "etcd-2");
         assert!(!flavor(DatabaseKind::Etcd).first_before_others());
     }
 
@@ -611,16 +631,7 @@ mod tests {
             assert_eq!(s.image, "rethinkdb:2.4");
             assert_eq!(s.memory_bytes, 450 << 20);
             assert_eq!(s.data_dir, "/data");
-            let d = serde_json::to_value(s.to_docker(&[])).expect("json");
-            assert_eq!(d["EndpointSpec"]["Mode"], "dnsrr");
-            assert!(
-                d["EndpointSpec"].get("Ports").is_none(),
-                "admin UI and ports never published"
-            );
-            assert_eq!(
-                d["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"],
-                450 << 20
-            );
+            assert_eq!(s.endpoint_mode, EndpointMode::Dnsrr);
         }
         assert!(flavor(DatabaseKind::Rethinkdb).first_before_others());
     }

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::time::now_unix_ms;
 
 use apiary_proto::{CoordinatorMessage, Facts};
 use tokio::sync::mpsc;
@@ -34,13 +36,6 @@ pub struct LiveView {
     pub connected_and_fresh: bool,
     pub last_seen_unix_ms: u64,
     pub facts: Option<Facts>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Registry {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use apiary_certs::{COORDINATOR_SERVER_NAME, mtls_client_config};
+use apiary_certs::{AdminConf, COORDINATOR_SERVER_NAME, mtls_client_config};
 use apiary_proto::dial;
 use apiary_proto::tunnel::{Frame, Target, frame};
 use apiary_proto::tunnel_io;
@@ -11,8 +11,7 @@ use apiary_proto::tunnel_wire::{self, FrameReader, Outbound, Piece};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
-use crate::admin_conf::AdminConf;
-use crate::ctl::CtlError;
+use crate::commands::CtlError;
 
 /// `NODE:PORT`, `NODE:HOST:PORT` (HOST on the node: loopback or the
 /// overlay), `SERVICE:PORT` (a database server or Swarm service, resolved by

@@ -542,6 +542,30 @@ impl FirewallPolicy {
         })
     }
 
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_port
+    }
+
+    pub fn coordinator_port(&self) -> u16 {
+        self.coordinator_port
+    }
+
+    pub fn public_interface(&self) -> Option<&IfName> {
+        self.public_interface.as_ref()
+    }
+
+    pub fn private_interface(&self) -> Option<&IfName> {
+        self.private_interface.as_ref()
+    }
+
+    pub fn allow_public_tcp(&self) -> &BTreeSet<u16> {
+        &self.allow_public_tcp
+    }
+
+    pub fn encrypted_overlay(&self) -> bool {
+        self.encrypted_overlay
+    }
+
     pub fn private_cidr(&self) -> Cidr {
         self.private_cidr
     }
@@ -615,10 +639,22 @@ impl HostConfig {
     pub fn firewall(&self) -> &FirewallPolicy {
         &self.firewall
     }
+
+    pub fn daemon_json(&self) -> &Map<String, Value> {
+        &self.daemon_json
+    }
+
+    pub fn grub(&self) -> GrubMode {
+        self.grub
+    }
+
+    pub fn manage_modules(&self) -> bool {
+        self.manage_modules
+    }
 }
 
 /// The kernel prints multi-value sysctls with tabs; compare on single spaces.
-pub(crate) fn normalize_sysctl(value: &str) -> String {
+pub fn normalize_sysctl(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -48,7 +48,8 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use crate::server::{Coordinator, require_role};
+use super::require_role;
+use crate::core::Coordinator;
 
 /// Chunks queued per direction and connection, whatever their size (the
 /// byte budget bounds what they hold).
@@ -87,20 +88,25 @@ impl TunnelHub {
 
 /// Releases an admin's connection slot when the connection ends.
 struct Slot {
-    coord: Arc<Coordinator>,
+    hub: Arc<TunnelHub>,
     admin: String,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(n) = TunnelHub::lock(&self.coord.tunnels.per_admin).get_mut(&self.admin) {
+        if let Some(n) = TunnelHub::lock(&self.hub.per_admin).get_mut(&self.admin) {
             *n = n.saturating_sub(1);
         }
     }
 }
 
+/// The tunnel services: the coordinator (targets, limits) and the hub of
+/// connections in flight.
 #[derive(Clone)]
-pub struct TunnelSvc(pub Arc<Coordinator>);
+pub struct TunnelSvc {
+    pub coord: Arc<Coordinator>,
+    pub hub: Arc<TunnelHub>,
+}
 
 /// A queue toward one leg, bounded to `budget` bytes.
 fn queue(budget: usize) -> (Sender, mpsc::Receiver<Out>) {
@@ -208,15 +214,12 @@ fn streaming_response(rx: mpsc::Receiver<Out>) -> http::Response<Body> {
 /// ends; counts the data carried. A failure between two frames goes on as an
 /// error frame; inside one (the bytes sent so far end mid-frame), as the
 /// stream's error status. Either way the far end resets its connection.
-async fn pump(mut from: WireReader, to: Sender, coord: Arc<Coordinator>) {
+async fn pump(mut from: WireReader, to: Sender, hub: Arc<TunnelHub>) {
     let mut counted = 0;
     loop {
         let got = from.chunk().await;
         let carried = from.bounds().data_bytes;
-        coord
-            .tunnels
-            .bytes
-            .fetch_add(carried - counted, Ordering::Relaxed);
+        hub.bytes.fetch_add(carried - counted, Ordering::Relaxed);
         counted = carried;
         match got {
             Ok(Some(chunk)) => {
@@ -260,7 +263,7 @@ enum Place {
 fn resolve(coord: &Coordinator, target: &Target) -> Result<(Place, u16), Status> {
     let name = target.node.as_str();
     let is_node = coord
-        .store()
+        .store
         .node(name)
         .map_err(|e| Status::internal(e.to_string()))?
         .is_some();
@@ -292,7 +295,7 @@ fn resolve(coord: &Coordinator, target: &Target) -> Result<(Place, u16), Status>
         .swarm
         .as_ref()
         .and_then(|s| s.database.as_ref());
-    let db_state = || coord.checks().database;
+    let db_state = || coord.view.database();
     // `database` and the database's server names.
     let server = if name == "database" {
         let Some(cfg) = db_cfg else {
@@ -333,7 +336,7 @@ fn resolve(coord: &Coordinator, target: &Target) -> Result<(Place, u16), Status>
                 "{name}:admin: `admin` is the database's admin port; write database:admin (the leader) or SERVER:admin with a server `ctl status` lists"
             )));
         };
-        let port = crate::database::flavor(cfg.kind).admin_port(cfg);
+        let port = crate::database::spec::flavor(cfg.kind).admin_port(cfg);
         return Ok((Place::Service { node, service }, port));
     }
     Ok(match server {
@@ -357,7 +360,7 @@ impl TunnelSvc {
     /// Asks `node`'s agent to connect to the target; the agent's leg once
     /// it has attached, its verdict on the target still to come.
     async fn ask_agent(&self, node: &str, ask: OpenRequest) -> Result<AgentLeg, Status> {
-        let hub = &self.0.tunnels;
+        let hub = &self.hub;
         let listener = TunnelHub::lock(&hub.listeners)
             .get(node)
             .cloned()
@@ -412,7 +415,7 @@ impl TunnelSvc {
         place: &Place,
         port: u16,
     ) -> Result<(String, AgentLeg, bool), Status> {
-        let hub = &self.0.tunnels;
+        let hub = &self.hub;
         let ask = |host: &str, service: &str| OpenRequest {
             conn_id: hub.next.fetch_add(1, Ordering::Relaxed) + 1,
             host: host.to_string(),
@@ -484,11 +487,11 @@ impl TunnelSvc {
                 }
             },
         };
-        let coord = self.0.clone();
+        let coord = self.coord.clone();
         let limits = coord.config().tunnel;
         let (place, port) = resolve(&coord, &target)?;
         {
-            let mut counts = TunnelHub::lock(&coord.tunnels.per_admin);
+            let mut counts = TunnelHub::lock(&self.hub.per_admin);
             let n = counts.entry(admin.node.clone()).or_default();
             if *n >= limits.max_connections_per_admin {
                 return Err(Status::resource_exhausted(format!(
@@ -499,7 +502,7 @@ impl TunnelSvc {
             *n += 1;
         }
         let slot = Slot {
-            coord: coord.clone(),
+            hub: self.hub.clone(),
             admin: admin.node.clone(),
         };
         // On failure the slot is released as `slot` drops.
@@ -518,9 +521,9 @@ impl TunnelSvc {
         // them with its leg.
         let to_agent = Sender::new(outbound, limits.max_bytes_in_flight_per_connection);
         let from_ctl = {
-            let (coord, slot, node) = (coord.clone(), slot.clone(), node.clone());
+            let (hub, slot, node) = (self.hub.clone(), slot.clone(), node.clone());
             tokio::spawn(async move {
-                pump(inbound, to_agent, coord).await;
+                pump(inbound, to_agent, hub).await;
                 drop(slot);
                 debug!(%node, "tunnel connection from ctl ended");
             })
@@ -535,12 +538,13 @@ impl TunnelSvc {
                 kind: Some(frame::Kind::Opened(true)),
             }))
             .await;
+        let hub = self.hub.clone();
         tokio::spawn(async move {
             // Logged here, beside the answer rather than before it: the
             // line costs a write to the log that the connection need not
             // wait for.
             info!(admin = %admin.node, %node, place = ?place, port, "tunnel connection opened");
-            pump(from_agent, to_ctl, coord).await;
+            pump(from_agent, to_ctl, hub).await;
             drop(slot);
         });
         Ok(streaming_response(from_agent_rx))
@@ -560,7 +564,7 @@ impl TunnelSvc {
                 ));
             }
         };
-        let waiting = TunnelHub::lock(&self.0.tunnels.pending).remove(&conn_id);
+        let waiting = TunnelHub::lock(&self.hub.pending).remove(&conn_id);
         let Some((node, handoff)) = waiting else {
             return Err(Status::not_found(format!(
                 "no tunnel connection {conn_id} is waiting"
@@ -675,7 +679,7 @@ impl TunnelRelay for TunnelSvc {
         let (tx, rx) = mpsc::channel(64);
         // A newer listener replaces an older one: connections that were being
         // opened through the old session fail, new ones go to the new session.
-        TunnelHub::lock(&self.0.tunnels.listeners).insert(agent.node.clone(), tx);
+        TunnelHub::lock(&self.hub.listeners).insert(agent.node.clone(), tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

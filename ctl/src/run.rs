@@ -1,43 +1,21 @@
-//! `ctl`: the operator's CLI. Parses arguments, calls [`apiary_coordinator::ctl`],
-//! prints, and maps errors to exit codes.
+//! One `ctl` command from parsed arguments to printed output: what the
+//! binary calls once it has parsed its command line.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use apiary_coordinator::admin_conf::AdminConf;
-use apiary_coordinator::cli::ctl::{Args, Command, HostsCommand, NodesCommand};
-use apiary_coordinator::ctl::{
+use apiary_certs::AdminConf;
+use clap::CommandFactory;
+
+use crate::cli::{Args, Command, HostsCommand, NodesCommand};
+use crate::commands::{
     Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
     print_status, status_json,
 };
+use crate::tunnel::{TunnelCtl, bind, parse_target};
 
-fn main() -> ExitCode {
-    apiary_proto::malloc::tune_for_streaming();
-    let args = match apiary_coordinator::cli::parse::<Args>() {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    // Two workers: `ctl tunnel` moves bulk data both ways at once.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-        }
-    }
-}
-
+/// `--config`, else `APIARY_CONFIG` (clap reads it into the flag), else
+/// `~/.apiary/admin.conf`.
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| {
         let home = std::env::var_os("HOME")
@@ -47,12 +25,13 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
     })
 }
 
-async fn run(args: Args) -> Result<(), CtlError> {
+/// Runs `args`' command until it is done (or, for the commands that stay,
+/// until Ctrl-C), printing on stdout.
+pub async fn run(args: Args) -> Result<(), CtlError> {
     // These need no coordinator and no credentials.
     match &args.command {
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            return apiary_coordinator::docs::write_completions(
+            return apiary_proto::process::write_completions(
                 &mut Args::command(),
                 *shell,
                 &mut std::io::stdout(),
@@ -60,9 +39,8 @@ async fn run(args: Args) -> Result<(), CtlError> {
             .map_err(|e| CtlError::Failed(format!("writing the completion script: {e}")));
         }
         Command::Man { dir } => {
-            use clap::CommandFactory;
             let pages =
-                apiary_coordinator::docs::write_man_pages(&Args::command(), dir).map_err(|e| {
+                apiary_proto::process::write_man_pages(&Args::command(), dir).map_err(|e| {
                     CtlError::Failed(format!("writing man pages to {}: {e}", dir.display()))
                 })?;
             println!("wrote {} man pages to {}", pages.len(), dir.display());
@@ -87,7 +65,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
                     serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default()
                 );
             } else {
-                let colour = colour_wanted(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+                let colour = colour_wanted(std::io::stdout().is_terminal());
                 print_status(stdout, &status, colour).map_err(io)?;
             }
         }
@@ -96,7 +74,6 @@ async fn run(args: Args) -> Result<(), CtlError> {
             interval,
             ..
         } => {
-            use std::io::{IsTerminal, Write};
             let tty = std::io::stdout().is_terminal();
             loop {
                 let status = ctl.status().await?;
@@ -117,7 +94,6 @@ async fn run(args: Args) -> Result<(), CtlError> {
             }
         }
         Command::Events { json } => {
-            use std::io::Write;
             tokio::select! {
                 r = ctl.events(|e| {
                     println!("{}", event_line(e, json));
@@ -139,7 +115,6 @@ async fn run(args: Args) -> Result<(), CtlError> {
             );
         }
         Command::Tunnel { target, local } => {
-            use apiary_coordinator::tunnel_client::{TunnelCtl, bind, parse_target};
             let tunnel = TunnelCtl::new(&conf, parse_target(&target)?)?;
             tunnel.check().await?;
             let listener = bind(local).await?;
@@ -147,7 +122,6 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 .local_addr()
                 .map_err(|e| CtlError::Failed(e.to_string()))?;
             println!("forwarding {addr} -> {target} (Ctrl-C to stop)");
-            use std::io::Write;
             let _ = std::io::stdout().flush();
             tokio::select! {
                 r = tunnel.serve(listener) => r?,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use apiary_certs::{CertError, Identity, write_private};
+use crate::{CertError, Identity, write_private};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]

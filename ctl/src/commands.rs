@@ -1,18 +1,23 @@
-//! `ctl`'s commands, as a library so tests call the same code the binary does.
+//! `ctl`'s commands: [`Ctl`], the admin API with one admin.conf's
+//! credentials; [`CtlError`], why a command failed and its exit code; and
+//! the output formats, tables for people and `--json` for scripts (stable
+//! field names, documented in docs/json.md), as functions of the wire types
+//! so they are tested without a coordinator.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use apiary_certs::{COORDINATOR_SERVER_NAME, TlsRefusal, classify_tls_failure, mtls_client_config};
+use apiary_api::exit;
+use apiary_certs::{
+    AdminConf, AdminConfError, COORDINATOR_SERVER_NAME, TlsRefusal, classify_tls_failure,
+    mtls_client_config,
+};
 use apiary_proto::admin_client::AdminClient;
 use apiary_proto::{
     JoinTokenRequest, NodeStatus, RemoveNodeRequest, StatusRequest, StatusResponse, dial,
 };
 use serde_json::json;
 use tonic::transport::Channel;
-
-use crate::admin_conf::{AdminConf, AdminConfError};
-use crate::error::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -217,7 +222,7 @@ fn ago(unix_ms: u64) -> String {
     )
 }
 
-/// The JSON form of `ctl status` (field names are documented in the README
+/// The JSON form of `ctl status` (field names are documented in docs/json.md
 /// and stay stable; later features add fields, never rename them).
 pub fn status_json(s: &StatusResponse) -> serde_json::Value {
     let nodes: Vec<_> = s.nodes.iter().map(node_json).collect();
@@ -566,20 +571,43 @@ fn dash(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What the coordinator answers after a round in phase `overlay` on 3
+    /// hosts with every probed path open and the agents of `down` not
+    /// connected: no cells, and one `host` failure per such agent.
+    fn checks_with_down(down: &[&str]) -> apiary_proto::ChecksResponse {
+        apiary_proto::ChecksResponse {
+            phase: "overlay".into(),
+            at_unix_ms: 0,
+            cells_json: "[]".into(),
+            failures: down
+                .iter()
+                .map(|host| apiary_proto::CheckFailure {
+                    src: (*host).into(),
+                    dst: String::new(),
+                    port: 0,
+                    proto: "host".into(),
+                    check: "session".into(),
+                    outcome: "down".into(),
+                    cause: "its agent is not connected, so none of its paths were checked \
+                            (`ctl status` shows since when)"
+                        .into(),
+                })
+                .collect(),
+            swarm_error: String::new(),
+            hosts: 3,
+            pre_swarm_cells_json: "[]".into(),
+        }
+    }
+
     #[test]
     fn a_host_whose_agent_is_down_fails_the_checks_by_name() {
-        let state = crate::cluster::ChecksState {
-            phase: "overlay".into(),
-            hosts: 3,
-            down: vec!["workerbee-2".into()],
-            ..Default::default()
-        };
-        let wire = state.to_wire();
+        let wire = checks_with_down(&["workerbee-2"]);
         let json = checks_json(&wire);
         assert_eq!(json["ok"], false, "{json}");
         assert_eq!(json["failures"][0]["src"], "workerbee-2");
         assert_eq!(json["failures"][0]["proto"], "host");
         assert_eq!(json["failures"][0]["outcome"], "down");
+        assert_eq!(json["cells"], json!([]), "{json}");
         let mut text = Vec::new();
         print_checks(&mut text, &wire).expect("print");
         let text = String::from_utf8(text).expect("utf-8");
@@ -588,12 +616,7 @@ mod tests {
             "{text}"
         );
         // Back: nothing is failing any more.
-        let wire = crate::cluster::ChecksState {
-            down: Vec::new(),
-            ..state
-        }
-        .to_wire();
-        assert_eq!(checks_json(&wire)["ok"], true);
+        assert_eq!(checks_json(&checks_with_down(&[]))["ok"], true);
     }
 
     fn node(

@@ -1,0 +1,399 @@
+//! The coordinator's gRPC services on one TLS listener: `Enrollment` (join
+//! token, no certificate), `AgentApi` (agents' sessions and renewals),
+//! `Admin` (ctl), and the tunnel relay ([`tunnel`]).
+//!
+//! Nothing here listens in plaintext: [`serve`] takes a bound TCP listener
+//! and only hands tonic connections that completed a TLS handshake. Which
+//! service a caller may use is decided from the role in its verified
+//! certificate, in [`require_role`], and nowhere else. This is the only
+//! place the coordinator's errors become `tonic::Status` ([`status_of`]
+//! and the `From` conversions below).
+
+mod session;
+pub mod status;
+pub mod tunnel;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_certs::{PeerIdentity, Role};
+use apiary_proto::admin_server::{Admin, AdminServer};
+use apiary_proto::agent_api_server::{AgentApi, AgentApiServer};
+use apiary_proto::enrollment_server::{Enrollment, EnrollmentServer};
+use apiary_proto::{
+    AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, JoinTokenRequest,
+    JoinTokenResponse, RemoveNodeRequest, RemoveNodeResponse, RenewRequest, RenewResponse,
+    StatusRequest, StatusResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::core::{ApplyError, Coordinator, RemoveError};
+use crate::database::DatabaseError;
+use crate::error::CoordinatorError;
+use crate::events::EventKind;
+use crate::pki::PkiError;
+use crate::store::StoreError;
+use tunnel::{TunnelHub, TunnelRelayRoutes, TunnelRoutes, TunnelSvc};
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified identity of the caller, which must hold `role`.
+pub(crate) fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdentity, Status> {
+    let cert = req
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "this API needs a client certificate with role {role}; none was presented"
+            ))
+        })?;
+    let peer = PeerIdentity::from_der(&cert).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if peer.role != role {
+        return Err(Status::permission_denied(format!(
+            "this API is for {role} certificates; the caller presented a {} certificate ({})",
+            peer.role, peer.node
+        )));
+    }
+    Ok(peer)
+}
+
+impl From<PkiError> for Status {
+    fn from(e: PkiError) -> Status {
+        let message = e.to_string();
+        match e {
+            PkiError::MalformedToken(_) | PkiError::BadName(_) | PkiError::BadCsr(_) => {
+                Status::invalid_argument(message)
+            }
+            PkiError::ForeignToken
+            | PkiError::ExpiredToken { .. }
+            | PkiError::RotatedToken
+            | PkiError::WrongSecret
+            | PkiError::NotMember { .. } => Status::permission_denied(message),
+            PkiError::NoSuchNode { .. } => Status::not_found(message),
+            PkiError::PeerCertificate { .. }
+            | PkiError::Store(_)
+            | PkiError::Cert(_)
+            | PkiError::AdminConf(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<DatabaseError> for Status {
+    /// A database step that cannot go on is a precondition the operator can
+    /// change (scale, heal a server), never the caller's fault.
+    fn from(e: DatabaseError) -> Status {
+        Status::failed_precondition(e.to_string())
+    }
+}
+
+impl From<RemoveError> for Status {
+    fn from(e: RemoveError) -> Status {
+        match e {
+            RemoveError::Pki(e) => e.into(),
+            RemoveError::Drain(e) => e.into(),
+        }
+    }
+}
+
+impl From<ApplyError> for Status {
+    fn from(e: ApplyError) -> Status {
+        let message = e.to_string();
+        match e {
+            ApplyError::Unmanaged => Status::failed_precondition(message),
+            ApplyError::NoSuchNode { .. } => Status::not_found(message),
+            ApplyError::Store(_) => Status::internal(message),
+        }
+    }
+}
+
+fn internal(e: StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Serves until `shutdown` completes. Takes a bound listener so tests can
+/// bind port 0 and run the real server in-process.
+pub async fn serve(
+    coord: Arc<Coordinator>,
+    hub: Arc<TunnelHub>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    let acceptor = TlsAcceptor::from(coord.pki.server_tls());
+    let (conn_tx, conn_rx) = mpsc::channel(1024);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, conn_tx) = (acceptor.clone(), conn_tx.clone());
+            tokio::spawn(async move {
+                let tcp = apiary_proto::dial::BufferedTcp::new(tcp);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let flusher = tokio::spawn(session::flush_last_seen(coord.clone()));
+    let liveness = tokio::spawn(session::watch_liveness(coord.clone()));
+    let svc = Svc(coord.clone());
+    // Agent sessions are streams that never end by themselves, so a
+    // graceful stop first ends them (agents read "shutting down" and
+    // reconnect with backoff), then gives in-flight calls a few seconds.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let (coord, stopping) = (coord.clone(), stopping.clone());
+        async move {
+            shutdown.await;
+            coord
+                .sessions
+                .registry
+                .kick_all(Status::unavailable("coordinator shutting down"));
+            stopping.notify_one();
+        }
+    };
+    let tunnels = TunnelSvc {
+        coord: coord.clone(),
+        hub,
+    };
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(apiary_proto::dial::STREAM_WINDOW))
+        .initial_connection_window_size(Some(apiary_proto::dial::CONNECTION_WINDOW))
+        .max_frame_size(Some(apiary_proto::dial::MAX_FRAME))
+        .add_service(EnrollmentServer::new(svc.clone()))
+        .add_service(AgentApiServer::new(svc.clone()))
+        .add_service(AdminServer::new(svc))
+        .add_service(TunnelRoutes(tunnels.clone()))
+        .add_service(TunnelRelayRoutes::new(tunnels))
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
+    let result = tokio::select! {
+        r = server => r.map_err(|e| CoordinatorError::Serve(e.to_string())),
+        _ = async { stopping.notified().await; tokio::time::sleep(Duration::from_secs(5)).await } => {
+            warn!("connections still open 5 s after shutdown; closing them");
+            Ok(())
+        }
+    };
+    accept.abort();
+    flusher.abort();
+    liveness.abort();
+    result
+}
+
+#[derive(Clone)]
+struct Svc(Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl Enrollment for Svc {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let span = info_span!("enroll", node = %req.node_name);
+        let coord = &self.0;
+        let enrolled = coord
+            .pki
+            .enroll(&coord.store, &req.token, &req.node_name, &req.csr_der)
+            .instrument(span)
+            .await?;
+        if enrolled.reenrolled {
+            coord.sessions.registry.kick(
+                &enrolled.node,
+                Status::aborted("this node re-enrolled with a new identity"),
+            );
+        }
+        coord.events.emit(
+            EventKind::NodeEnrolled,
+            &enrolled.node,
+            if enrolled.reenrolled {
+                "re-enrolled with a new identity"
+            } else {
+                "enrolled"
+            },
+        );
+        Ok(Response::new(EnrollResponse {
+            cert_der: enrolled.cert_der,
+            ca_der: enrolled.ca_der,
+            node_name: enrolled.node,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentApi for Svc {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        if self.0.store.node(&peer.node).map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a member of this cluster; re-enroll with a join token",
+                peer.node
+            )));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let span = info_span!("session", node = %peer.node);
+        tokio::spawn(
+            session::run(self.0.clone(), peer.node, req.into_inner(), tx).instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        let coord = &self.0;
+        let (cert_der, serial) = coord
+            .pki
+            .renew(&coord.store, &peer, &req.into_inner().csr_der)
+            .await?;
+        coord.events.emit(
+            EventKind::CertificateRenewed,
+            &peer.node,
+            format!("new serial {serial}"),
+        );
+        Ok(Response::new(RenewResponse { cert_der }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Svc {
+    async fn checks(
+        &self,
+        req: Request<apiary_proto::ChecksRequest>,
+    ) -> Result<Response<apiary_proto::ChecksResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        Ok(Response::new(self.0.view.checks().to_wire()))
+    }
+
+    async fn scale_database(
+        &self,
+        req: Request<apiary_proto::ScaleDatabaseRequest>,
+    ) -> Result<Response<apiary_proto::ScaleDatabaseResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let n = req.into_inner().servers as usize;
+        info!(admin = %admin.node, servers = n, "database scale requested");
+        let coord = &self.0;
+        let swarm = coord
+            .config()
+            .swarm
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this cluster has no Swarm"))?;
+        let hosts = crate::reconcile::plan::members(
+            &crate::context::ClusterContext::nodes(coord.as_ref()),
+            &swarm,
+        );
+        let first_manager = hosts.iter().find(|h| h.manager).map(|h| h.name.as_str());
+        let summary = crate::database::scale(
+            coord.as_ref(),
+            swarm.database.as_ref(),
+            &swarm.overlay,
+            hosts.len(),
+            first_manager,
+            n,
+        )
+        .await?;
+        Ok(Response::new(apiary_proto::ScaleDatabaseResponse {
+            summary,
+        }))
+    }
+
+    async fn apply_hosts(
+        &self,
+        req: Request<apiary_proto::ApplyHostsRequest>,
+    ) -> Result<Response<apiary_proto::ApplyHostsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let req = req.into_inner();
+        info!(admin = %admin.node, dry_run = req.dry_run, nodes = ?req.nodes, "host configuration requested");
+        let hosts = self.0.apply_hosts(req.nodes, req.dry_run).await?;
+        Ok(Response::new(apiary_proto::ApplyHostsResponse { hosts }))
+    }
+
+    type EventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<apiary_proto::Event, Status>> + Send>>;
+
+    async fn events(
+        &self,
+        req: Request<apiary_proto::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        require_role(&req, Role::Admin)?;
+        let rx = self.0.events.subscribe();
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|item| match item {
+                Ok(event) => Some(Ok(event.to_wire())),
+                // A watcher too slow for the event rate misses some; it is told.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(apiary_proto::Event {
+                        at_unix_ms: crate::time::now_unix_ms(),
+                        kind: EventKind::EventsLost.as_str().into(),
+                        node: String::new(),
+                        message: format!(
+                            "{n} events were dropped because this watcher fell behind"
+                        ),
+                    }))
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        status::status(&self.0).map(Response::new).map_err(internal)
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let name = req.into_inner().name;
+        info!(admin = %admin.node, node = %name, "remove node requested");
+        let (drained, revoked_serials) = self.0.drain_and_remove(&name).await?;
+        Ok(Response::new(RemoveNodeResponse {
+            revoked_serials,
+            drained,
+        }))
+    }
+
+    async fn join_token(
+        &self,
+        req: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        let coord = &self.0;
+        let record = if req.into_inner().rotate {
+            coord.pki.rotate_token(&coord.store, &coord.events).await?
+        } else {
+            coord.pki.current_token()
+        };
+        Ok(Response::new(JoinTokenResponse {
+            token: record.token,
+            expires_unix: record.expires_unix.unwrap_or(0),
+        }))
+    }
+}

@@ -1,0 +1,161 @@
+//! One agent's session: the welcome, the host configuration it keeps
+//! applied, and everything it sends (hello and facts, heartbeats, reports,
+//! answers to operations); plus the two background tasks that watch all
+//! sessions (liveness events, last-seen times in the store).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_proto::{
+    AgentMessage, CoordinatorMessage, HeartbeatAck, Welcome, agent_message, coordinator_message,
+};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::core::Coordinator;
+use crate::events::EventKind;
+use crate::store::Op;
+
+/// How often last-seen times are written to the store.
+const FLUSH_LAST_SEEN: Duration = Duration::from_secs(15);
+
+pub async fn run(
+    coord: Arc<Coordinator>,
+    node: String,
+    mut inbound: Streaming<AgentMessage>,
+    outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+) {
+    let registry = &coord.sessions.registry;
+    let session = registry.connect(&node, outbox.clone(), None);
+    let welcome = CoordinatorMessage {
+        msg: Some(coordinator_message::Msg::Welcome(Welcome {
+            node_name: node.clone(),
+            heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
+        })),
+    };
+    if outbox.send(Ok(welcome)).await.is_err() {
+        registry.disconnect(&node, session);
+        return;
+    }
+    // Every session starts by (re)sending the host configuration: the
+    // agent keeps it applied from then on, even while disconnected.
+    if let Some((_, command)) = coord.host_command(false) {
+        let _ = outbox.send(Ok(command)).await;
+    }
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(AgentMessage { msg: Some(msg) })) => msg,
+            Ok(Some(AgentMessage { msg: None })) => continue,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "session stream error");
+                break;
+            }
+        };
+        registry.seen(&node, session);
+        if !handle(&coord, &node, session, msg, &outbox).await {
+            break;
+        }
+    }
+    registry.disconnect(&node, session);
+    info!("node session ended");
+    if registry.outbox(&node).is_none() {
+        coord
+            .events
+            .emit(EventKind::NodeDown, &node, "session ended");
+    }
+}
+
+/// One message from the agent; false when the session is over.
+async fn handle(
+    coord: &Coordinator,
+    node: &str,
+    session: u64,
+    msg: agent_message::Msg,
+    outbox: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+) -> bool {
+    match msg {
+        agent_message::Msg::Hello(hello) => {
+            let facts = hello.facts.unwrap_or_default();
+            info!(version = %hello.agent_version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
+            coord.events.emit(
+                EventKind::NodeConnected,
+                node,
+                format!("agent {} from {}", hello.agent_version, facts.private_ip),
+            );
+            coord.record_facts(node, session, facts).await;
+        }
+        agent_message::Msg::HostConfig(report) => coord.record_host_report(node, report),
+        agent_message::Msg::OpResult(result) => coord.sessions.answer_op(result),
+        agent_message::Msg::Facts(facts) => coord.record_facts(node, session, facts).await,
+        agent_message::Msg::Heartbeat(hb) => {
+            if hb.last_rtt_us > 0 {
+                coord.heartbeat_rtt.observe(hb.last_rtt_us as f64 / 1e6);
+            }
+            let ack = CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::HeartbeatAck(HeartbeatAck {
+                    seq: hb.seq,
+                })),
+            };
+            return outbox.send(Ok(ack)).await.is_ok();
+        }
+    }
+    true
+}
+
+/// Turns heartbeat silence into `node_down` / `node_ready` events; a
+/// node's state in `ctl status` is computed on demand, this only notices
+/// the transitions.
+pub async fn watch_liveness(coord: Arc<Coordinator>) {
+    let interval = coord.config().heartbeat_interval;
+    let registry = &coord.sessions.registry;
+    let mut down: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tick.tick().await;
+        for name in registry.nodes() {
+            let fresh = registry
+                .view(&name, interval)
+                .is_some_and(|v| v.connected_and_fresh);
+            if !fresh && down.insert(name.clone()) {
+                warn!(node = %name, "node down: no heartbeat for 3 intervals");
+                coord
+                    .events
+                    .emit(EventKind::NodeDown, &name, "no heartbeat for 3 intervals");
+            } else if fresh && down.remove(&name) {
+                info!(node = %name, "node ready again");
+                coord
+                    .events
+                    .emit(EventKind::NodeReady, &name, "heartbeats resumed");
+            }
+        }
+    }
+}
+
+/// Persists last-seen times now and then, so `ctl status` after a restart
+/// still says when a node was last heard from. Heartbeats themselves stay in
+/// memory: writing each one would cost an fsync per node per interval.
+pub async fn flush_last_seen(coord: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(FLUSH_LAST_SEEN);
+    loop {
+        tick.tick().await;
+        let ops: Vec<Op> = coord
+            .sessions
+            .registry
+            .last_seen()
+            .into_iter()
+            .filter_map(|(name, ms)| {
+                let mut n = coord.store.node(&name).ok()??;
+                n.last_seen_unix_ms = ms;
+                Some(Op::PutNode(n))
+            })
+            .collect();
+        if !ops.is_empty()
+            && let Err(e) = coord.store.apply(ops).await
+        {
+            warn!(error = %e, "could not persist last-seen times");
+        }
+    }
+}

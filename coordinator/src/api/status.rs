@@ -1,0 +1,91 @@
+//! `ctl status`: the cluster at a glance, built from the store (who is
+//! enrolled), the sessions (who is live, their facts) and the view (checks,
+//! database, host configuration).
+
+use apiary_proto::{NodeStatus, StatusResponse};
+
+use crate::core::Coordinator;
+use crate::state::ChecksState;
+use crate::store::{NodeRecord, StoreError};
+
+/// The cluster as `ctl status` shows it.
+pub fn status(coord: &Coordinator) -> Result<StatusResponse, StoreError> {
+    let nodes = coord.store.nodes()?;
+    // One snapshot of the matrix and Swarm view for every node.
+    let checks = coord.view.checks();
+    let nodes = nodes
+        .into_iter()
+        .map(|n| node_status(coord, n, &checks))
+        .collect();
+    let config = coord.config();
+    let db = checks.database.unwrap_or_default();
+    Ok(StatusResponse {
+        cluster: config.cluster_name.clone(),
+        nodes,
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        database_kind: db.kind.clone(),
+        database_servers: db.servers.len() as u32,
+        database_connected: db.connected as u32,
+        database_leader: db.leader.clone(),
+        database_error: if db.healthy() {
+            String::new()
+        } else {
+            db.detail()
+        },
+        database_peer_tls: config
+            .swarm
+            .as_ref()
+            .and_then(|s| s.database.as_ref())
+            .is_some_and(|d| d.peer_tls),
+    })
+}
+
+fn node_status(coord: &Coordinator, n: NodeRecord, checks: &ChecksState) -> NodeStatus {
+    let swarm = checks.swarm.get(&n.name).cloned().unwrap_or_default();
+    let db_server = checks
+        .database
+        .as_ref()
+        .and_then(|d| d.servers.iter().find(|s| s.host == n.name));
+    let host = coord.view.host_state(&n.name).unwrap_or_default();
+    let live = coord
+        .sessions
+        .registry
+        .view(&n.name, coord.config().heartbeat_interval);
+    let facts = coord.facts(&n.name);
+    let ready = live.as_ref().is_some_and(|l| l.connected_and_fresh);
+    let managed = coord.config().host.is_some();
+    NodeStatus {
+        state: if ready { "ready" } else { "down" }.to_string(),
+        public_ip: facts
+            .as_ref()
+            .map(|f| f.public_ip.clone())
+            .unwrap_or_default(),
+        private_ip: facts
+            .as_ref()
+            .map(|f| f.private_ip.clone())
+            .unwrap_or_default(),
+        last_seen_unix_ms: live.map_or(n.last_seen_unix_ms, |l| l.last_seen_unix_ms),
+        facts,
+        cert_serial: n.cert_serial,
+        cert_not_after_unix: n.cert_not_after_unix,
+        enrolled_unix: n.enrolled_unix,
+        provider_id: n.provider_id,
+        provider_info: coord.view.provider_info(&n.name),
+        swarm_role: swarm.role,
+        swarm_status: swarm.status,
+        swarm_availability: swarm.availability,
+        swarm_leader: swarm.leader,
+        overlay_attached: swarm.overlay_attached,
+        database_server: db_server.map(|s| s.name.clone()).unwrap_or_default(),
+        database_healthy: db_server.is_some_and(|s| s.healthy),
+        config_state: coord
+            .view
+            .config_state(&n.name, managed)
+            .as_str()
+            .to_string(),
+        config_items: host.items,
+        last_drift_repaired_unix_ms: host.last_drift_unix_ms,
+        last_drift_items: host.last_drift_items,
+        name: n.name,
+    }
+}

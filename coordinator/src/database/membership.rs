@@ -1,0 +1,235 @@
+//! Adding and removing servers of a running database, per flavour: etcd
+//! changes its membership through its API (through `etcdctl` in a running
+//! server's container, on that server's host); RethinkDB needs no step.
+
+use apiary_api::ops::DatabaseExec;
+
+use super::DatabaseError;
+use super::spec::{self, Server};
+use crate::config::DatabaseConfig;
+use crate::context::ClusterContext;
+use crate::sessions::call;
+
+/// A flavour's membership changes.
+#[tonic::async_trait]
+pub trait Membership: Send + Sync {
+    /// Prepares `new` to join through `via` (a running server); the command
+    /// line the new server starts with. `joined` are the servers that will
+    /// be members once it has joined, itself last.
+    async fn add(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        joined: &[Server],
+    ) -> Result<Vec<String>, DatabaseError>;
+
+    /// Takes `gone` out of the membership through `via`, before its service
+    /// is removed.
+    async fn remove(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        gone: &Server,
+    ) -> Result<(), DatabaseError>;
+}
+
+pub struct EtcdMembership;
+pub struct RethinkdbMembership;
+
+/// What `etcdctl` said, where it matters to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdctlFailure {
+    /// etcd refuses a member add until the member asked has been connected
+    /// to a quorum for 5 s (just after a restart or a removal): retry.
+    UnhealthyCluster,
+    Other,
+}
+
+impl EtcdctlFailure {
+    /// Classifies etcdctl's own output (its text is etcd's interface here:
+    /// `etcdctl` exits 1 for every error and says which in words).
+    pub fn of(output: &str) -> Self {
+        if output.contains("unhealthy cluster") {
+            EtcdctlFailure::UnhealthyCluster
+        } else {
+            EtcdctlFailure::Other
+        }
+    }
+}
+
+/// Runs etcdctl in `via`'s container, on its host.
+async fn etcdctl(
+    ctx: &dyn ClusterContext,
+    db: &DatabaseConfig,
+    via: &Server,
+    args: &[&str],
+) -> Result<String, DatabaseError> {
+    let mut command = vec![
+        "etcdctl".to_string(),
+        format!("--endpoints=http://127.0.0.1:{}", db.client_port),
+        "--command-timeout=10s".to_string(),
+    ];
+    command.extend(args.iter().map(|a| a.to_string()));
+    let out = call(
+        ctx.agents(),
+        &via.host,
+        DatabaseExec {
+            service: via.name.clone(),
+            command: command.clone(),
+        },
+    )
+    .await?;
+    if out.code != 0 {
+        return Err(DatabaseError::Etcdctl {
+            command: command.join(" "),
+            server: via.name.clone(),
+            host: via.host.clone(),
+            output: out.output.trim().to_string(),
+            failure: EtcdctlFailure::of(&out.output),
+        });
+    }
+    Ok(out.output)
+}
+
+/// The member id (hex) of the member with peer URL `peer`, from `member list -w json`.
+pub fn etcd_member_id(list_json: &str, peer: &str) -> Option<String> {
+    let start = list_json.find('{')?;
+    let v: serde_json::Value = serde_json::from_str(&list_json[start..]).ok()?;
+    v["members"].as_array()?.iter().find_map(|m| {
+        m["peerURLs"]
+            .as_array()?
+            .iter()
+            .any(|u| u == peer)
+            .then(|| m["ID"].as_u64().map(|n| format!("{n:x}")))?
+    })
+}
+
+/// Removes the etcd member whose peer URL is `peer_url`, if there is one.
+async fn etcd_remove_member(
+    ctx: &dyn ClusterContext,
+    db: &DatabaseConfig,
+    via: &Server,
+    peer_url: &str,
+) -> Result<(), DatabaseError> {
+    let list = etcdctl(ctx, db, via, &["member", "list", "-w", "json"]).await?;
+    if let Some(id) = etcd_member_id(&list, peer_url) {
+        etcdctl(ctx, db, via, &["member", "remove", &id]).await?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Membership for EtcdMembership {
+    async fn add(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        joined: &[Server],
+    ) -> Result<Vec<String>, DatabaseError> {
+        let new = joined.last().ok_or(DatabaseError::NothingToAdd)?;
+        let peer = spec::peer_url(db, new);
+        // A member left over by a failed attempt is removed first.
+        etcd_remove_member(ctx, db, via, &peer).await?;
+        let peer_flag = format!("--peer-urls={peer}");
+        let add = ["member", "add", new.name.as_str(), peer_flag.as_str()];
+        let start = std::time::Instant::now();
+        let out = loop {
+            match etcdctl(ctx, db, via, &add).await {
+                Ok(out) => break out,
+                Err(DatabaseError::Etcdctl {
+                    failure: EtcdctlFailure::UnhealthyCluster,
+                    ..
+                }) if start.elapsed() < std::time::Duration::from_secs(30) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let initial =
+            spec::etcd_initial_cluster(&out).ok_or_else(|| DatabaseError::UnexpectedMemberAdd {
+                output: out.clone(),
+            })?;
+        spec::flavor(db.kind)
+            .join_command(
+                db,
+                ctx.cluster_name(),
+                new,
+                &initial,
+                crate::time::now_unix_ms(),
+            )
+            .ok_or(DatabaseError::CannotScale {
+                kind: db.kind.as_str(),
+            })
+    }
+
+    async fn remove(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        gone: &Server,
+    ) -> Result<(), DatabaseError> {
+        etcd_remove_member(ctx, db, via, &spec::peer_url(db, gone)).await
+    }
+}
+
+#[tonic::async_trait]
+impl Membership for RethinkdbMembership {
+    /// A new RethinkDB server joins the first by name, as every non-first
+    /// server does at bring-up.
+    async fn add(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        _via: &Server,
+        joined: &[Server],
+    ) -> Result<Vec<String>, DatabaseError> {
+        let new = joined.last().ok_or(DatabaseError::NothingToAdd)?;
+        Ok(spec::flavor(db.kind).command(db, ctx.cluster_name(), new, joined))
+    }
+
+    /// Nothing before: a server that leaves is dropped from `server_status`;
+    /// tables with replicas on it are reconfigured by the operator
+    /// (`r.db(..).table(..).reconfigure`), as upstream documents for
+    /// removing a server.
+    async fn remove(
+        &self,
+        _ctx: &dyn ClusterContext,
+        _db: &DatabaseConfig,
+        _via: &Server,
+        _gone: &Server,
+    ) -> Result<(), DatabaseError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcdctl_failures_are_classified_once() {
+        assert_eq!(
+            EtcdctlFailure::of("Error: etcdserver: unhealthy cluster"),
+            EtcdctlFailure::UnhealthyCluster
+        );
+        assert_eq!(
+            EtcdctlFailure::of("Error: context deadline exceeded"),
+            EtcdctlFailure::Other
+        );
+    }
+
+    #[test]
+    fn member_ids_are_found_by_peer_url() {
+        let list = r#"{"header":{},"members":[{"ID":10501334649042878790,"name":"etcd-1","peerURLs":["https://etcd-1:2380"]},{"ID":255,"name":"etcd-2","peerURLs":["https://etcd-2:2380"]}]}"#;
+        assert_eq!(
+            etcd_member_id(list, "https://etcd-2:2380").as_deref(),
+            Some("ff")
+        );
+        assert_eq!(etcd_member_id(list, "https://etcd-3:2380"), None);
+        assert_eq!(etcd_member_id("garbage", "x"), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! The cluster's identities: its CA, the join token, node certificates
+//! (enroll, renew, revoke), the operator's `admin.conf`, and database peer
+//! certificates.
+//!
+//! Every certificate the CA signs is recorded in the store; a revoked serial
+//! goes into the in-memory [`RevocationSet`] the TLS verifier consults
+//! *before* the store write, so a refusal holds from the next handshake on.
+//! Nothing here speaks gRPC: refusals are [`PkiError`]s, which the API turns
+//! into statuses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use apiary_api::database::PeerTls;
+use apiary_certs::{
+    AdminConf, CertError, ClusterCa, JoinToken, PeerIdentity, RevocationSet, Role, server_config,
+};
+use tracing::info;
+
+use crate::config::ClusterConfig;
+use crate::events::{EventKind, Events};
+use crate::store::{CertRecord, NodeRecord, Op, RevocationRecord, Store, StoreError, TokenRecord};
+use crate::time::{now_unix, unix};
+
+/// How long a database server's peer certificate is valid (see
+/// [`Pki::database_peer_tls`]): servers are not re-keyed while they run.
+pub const DATABASE_PEER_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The operator's credentials file in the state directory.
+pub const ADMIN_CONF: &str = "admin.conf";
+
+/// Why an identity operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0}")]
+    MalformedToken(CertError),
+    #[error(
+        "join token refused: it was issued for another cluster's CA; get this cluster's token with `coordinator token`"
+    )]
+    ForeignToken,
+    #[error(
+        "join token refused: it expired at {at} (unix {unix}); make a new one with `coordinator token --rotate`"
+    )]
+    ExpiredToken { at: String, unix: u64 },
+    #[error(
+        "join token refused: it was rotated and is no longer valid; get the current one with `coordinator token`"
+    )]
+    RotatedToken,
+    #[error(
+        "join token refused: wrong secret for this cluster; get the current one with `coordinator token`"
+    )]
+    WrongSecret,
+    #[error("{0} (set it with --name)")]
+    BadName(apiary_api::names::NameError),
+    /// A CSR the CA will not sign (garbage, wrong key type, asks for rights).
+    #[error("{0}")]
+    BadCsr(CertError),
+    #[error("node {node} is not a member of this cluster")]
+    NotMember { node: String },
+    #[error("no node named {node:?}; `ctl status` lists the nodes")]
+    NoSuchNode { node: String },
+    #[error("database peer certificate of {service}: cannot {what}: {reason}")]
+    PeerCertificate {
+        service: String,
+        what: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error(transparent)]
+    AdminConf(#[from] apiary_certs::AdminConfError),
+}
+
+/// A node that enrolled: its certificate, and whether it took over a name
+/// that had an identity (whose session must then end).
+#[derive(Debug)]
+pub struct Enrolled {
+    pub node: String,
+    pub cert_der: Vec<u8>,
+    pub ca_der: Vec<u8>,
+    pub reenrolled: bool,
+}
+
+/// The cluster's CA and what it has issued.
+pub struct Pki {
+    ca: ClusterCa,
+    dir: PathBuf,
+    revoked: RevocationSet,
+    token: RwLock<TokenRecord>,
+    server_tls: Arc<rustls::ServerConfig>,
+    cluster: String,
+    join_token_ttl: Option<Duration>,
+    node_cert_ttl: Duration,
+    admin_cert_ttl: Duration,
+}
+
+impl Pki {
+    /// Loads (or on first start creates) the CA under `state_dir/pki`, the
+    /// revocations and the join token from `store`, and makes this run's
+    /// server certificate.
+    pub async fn open(
+        config: &ClusterConfig,
+        state_dir: &Path,
+        store: &Store,
+    ) -> Result<Self, PkiError> {
+        let (ca, created) =
+            ClusterCa::load_or_create(&state_dir.join("pki"), &config.cluster_name)?;
+        if created {
+            info!(digest = %ca.digest(), "created the cluster CA");
+        }
+        let revoked = RevocationSet::default();
+        for r in store.revocations()? {
+            revoked.insert(&r.serial);
+        }
+        let token = match store.token()? {
+            Some(t) => t,
+            None => {
+                let t = new_token_record(&ca, config.join_token_ttl, Vec::new());
+                store.apply(vec![Op::PutToken(t.clone())]).await?;
+                t
+            }
+        };
+        // The server certificate is made afresh at every start: nothing pins it
+        // but its CA, and a short life limits what a stolen copy is worth.
+        let (server_cert, server_key) = ca.issue_with_key(
+            "coordinator",
+            Role::Coordinator,
+            Duration::from_secs(30 * 86400),
+        )?;
+        let server_tls = Arc::new(server_config(
+            ca.cert_der(),
+            &server_cert.der,
+            &server_key,
+            revoked.clone(),
+        )?);
+        Ok(Pki {
+            ca,
+            dir: state_dir.to_path_buf(),
+            revoked,
+            token: RwLock::new(token),
+            server_tls,
+            cluster: config.cluster_name.clone(),
+            join_token_ttl: config.join_token_ttl,
+            node_cert_ttl: config.node_cert_ttl,
+            admin_cert_ttl: config.admin_cert_ttl,
+        })
+    }
+
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.server_tls.clone()
+    }
+
+    pub fn current_token(&self) -> TokenRecord {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the join token; the old one is refused for new enrollments.
+    pub async fn rotate_token(
+        &self,
+        store: &Store,
+        events: &Events,
+    ) -> Result<TokenRecord, PkiError> {
+        let old = self.current_token();
+        let mut rotated = old.rotated_hashes.clone();
+        if let Ok(t) = old.token.parse::<JoinToken>() {
+            rotated.push(t.secret_hash());
+        }
+        let keep = rotated.len().saturating_sub(32);
+        let record = new_token_record(&self.ca, self.join_token_ttl, rotated.split_off(keep));
+        store.apply(vec![Op::PutToken(record.clone())]).await?;
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
+        info!("join token rotated");
+        events.emit(
+            EventKind::TokenRotated,
+            "",
+            "the previous join token is refused from now on",
+        );
+        Ok(record)
+    }
+
+    /// Whether `presented` is this cluster's current, unexpired join token.
+    pub fn check_token(&self, presented: &str) -> Result<(), PkiError> {
+        let token: JoinToken = presented.parse().map_err(PkiError::MalformedToken)?;
+        if token.ca_digest != self.ca.digest() {
+            return Err(PkiError::ForeignToken);
+        }
+        let current = self.current_token();
+        let hash = token.secret_hash();
+        let current_hash = current
+            .token
+            .parse::<JoinToken>()
+            .ok()
+            .map(|t| t.secret_hash());
+        if current_hash.as_ref() == Some(&hash) {
+            if let Some(exp) = current.expires_unix
+                && now_unix() >= exp
+            {
+                return Err(PkiError::ExpiredToken {
+                    at: humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(exp))
+                        .to_string(),
+                    unix: exp,
+                });
+            }
+            return Ok(());
+        }
+        if current.rotated_hashes.contains(&hash) {
+            return Err(PkiError::RotatedToken);
+        }
+        Err(PkiError::WrongSecret)
+    }
+
+    /// Signs a node's CSR after checking its join token. Re-enrolling under a
+    /// name that exists (a host whose state was wiped) takes the name over:
+    /// the old identity is revoked so it cannot stay valid beside the new.
+    pub async fn enroll(
+        &self,
+        store: &Store,
+        token: &str,
+        name: &str,
+        csr_der: &[u8],
+    ) -> Result<Enrolled, PkiError> {
+        self.check_token(token)?;
+        let name = apiary_api::names::NodeName::parse(name).map_err(PkiError::BadName)?;
+        let name = name.as_str();
+        let cert = self
+            .ca
+            .sign_csr(csr_der, name, Role::Agent, self.node_cert_ttl)
+            .map_err(PkiError::BadCsr)?;
+        let previous = store.node(name)?;
+        let now = now_unix();
+        let mut ops = vec![
+            Op::PutCert(CertRecord {
+                serial: cert.serial.clone(),
+                node: name.to_string(),
+                role: Role::Agent.as_str().into(),
+                issued_unix: now,
+                not_after_unix: unix(cert.not_after),
+            }),
+            Op::PutNode(NodeRecord {
+                name: name.to_string(),
+                enrolled_unix: previous.as_ref().map_or(now, |p| p.enrolled_unix),
+                cert_serial: cert.serial.clone(),
+                cert_not_after_unix: unix(cert.not_after),
+                last_seen_unix_ms: previous.as_ref().map_or(0, |p| p.last_seen_unix_ms),
+                provider_id: previous
+                    .as_ref()
+                    .map(|p| p.provider_id.clone())
+                    .unwrap_or_default(),
+            }),
+        ];
+        if let Some(p) = &previous {
+            self.revoked.insert(&p.cert_serial);
+            ops.push(Op::Revoke(RevocationRecord {
+                serial: p.cert_serial.clone(),
+                node: name.to_string(),
+                revoked_unix: now,
+            }));
+        }
+        store.apply(ops).await?;
+        info!(node = %name, serial = %cert.serial, reenrolled = previous.is_some(), "node enrolled");
+        Ok(Enrolled {
+            node: name.to_string(),
+            cert_der: cert.der,
+            ca_der: self.ca.cert_der().to_vec(),
+            reenrolled: previous.is_some(),
+        })
+    }
+
+    /// A fresh certificate for a connected node (`peer`); the old one runs out.
+    pub async fn renew(
+        &self,
+        store: &Store,
+        peer: &PeerIdentity,
+        csr: &[u8],
+    ) -> Result<(Vec<u8>, String), PkiError> {
+        let Some(mut node) = store.node(&peer.node)? else {
+            return Err(PkiError::NotMember {
+                node: peer.node.clone(),
+            });
+        };
+        let cert = self
+            .ca
+            .sign_csr(csr, &peer.node, Role::Agent, self.node_cert_ttl)
+            .map_err(PkiError::BadCsr)?;
+        node.cert_serial = cert.serial.clone();
+        node.cert_not_after_unix = unix(cert.not_after);
+        store
+            .apply(vec![
+                Op::PutCert(CertRecord {
+                    serial: cert.serial.clone(),
+                    node: peer.node.clone(),
+                    role: Role::Agent.as_str().into(),
+                    issued_unix: now_unix(),
+                    not_after_unix: unix(cert.not_after),
+                }),
+                Op::PutNode(node),
+            ])
+            .await?;
+        info!(node = %peer.node, serial = %cert.serial, "certificate renewed");
+        Ok((cert.der, cert.serial))
+    }
+
+    /// Revokes every unexpired agent certificate of `name` and deletes the
+    /// node: the serials revoked.
+    pub async fn remove_node(&self, store: &Store, name: &str) -> Result<Vec<String>, PkiError> {
+        if store.node(name)?.is_none() {
+            return Err(PkiError::NoSuchNode {
+                node: name.to_string(),
+            });
+        }
+        let now = now_unix();
+        let serials: Vec<String> = store
+            .certs()?
+            .into_iter()
+            .filter(|c| c.node == name && c.role == Role::Agent.as_str() && c.not_after_unix >= now)
+            .map(|c| c.serial)
+            .collect();
+        // In memory first: the refusal must hold even before the write lands.
+        for s in &serials {
+            self.revoked.insert(s);
+        }
+        let mut ops: Vec<Op> = serials
+            .iter()
+            .map(|s| {
+                Op::Revoke(RevocationRecord {
+                    serial: s.clone(),
+                    node: name.to_string(),
+                    revoked_unix: now,
+                })
+            })
+            .collect();
+        ops.push(Op::DeleteNode(name.to_string()));
+        store.apply(ops).await?;
+        Ok(serials)
+    }
+
+    /// Writes `state_dir/admin.conf` on first start; later starts only update
+    /// its endpoint (the admin certificate stays).
+    pub fn write_admin_conf(&self, endpoint: SocketAddr) -> Result<PathBuf, PkiError> {
+        let path = self.dir.join(ADMIN_CONF);
+        let endpoint = if endpoint.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), endpoint.port())
+        } else {
+            endpoint
+        };
+        let conf = match AdminConf::load(&path) {
+            Ok(mut conf) => {
+                if conf.endpoint == endpoint.to_string() {
+                    return Ok(path);
+                }
+                conf.endpoint = endpoint.to_string();
+                conf
+            }
+            Err(_) => {
+                let (cert, key) =
+                    self.ca
+                        .issue_with_key("admin", Role::Admin, self.admin_cert_ttl)?;
+                AdminConf {
+                    cluster: self.cluster.clone(),
+                    endpoint: endpoint.to_string(),
+                    ca: self.ca.cert_pem().to_string(),
+                    cert: cert.pem,
+                    key,
+                }
+            }
+        };
+        conf.save(&path)?;
+        Ok(path)
+    }
+
+    /// The peer certificate of database server `service` (DNS `names`),
+    /// issued by the cluster CA on first use and kept in
+    /// `state_dir/pki/database/` (the key 0600), so every round asks Swarm
+    /// for the same secrets and the service's spec stays the same across
+    /// restarts. Valid for [`DATABASE_PEER_TTL`].
+    pub fn database_peer_tls(&self, service: &str, names: &[String]) -> Result<PeerTls, PkiError> {
+        let dir = self.dir.join("pki").join("database");
+        let (cert_path, key_path) = (
+            dir.join(format!("{service}.pem")),
+            dir.join(format!("{service}.key")),
+        );
+        let fail = |what: &str, e: &dyn std::fmt::Display| PkiError::PeerCertificate {
+            service: service.to_string(),
+            what: what.to_string(),
+            reason: e.to_string(),
+        };
+        let kept = std::fs::read_to_string(&cert_path)
+            .and_then(|c| Ok((c, std::fs::read_to_string(&key_path)?)));
+        let (cert_pem, key_pem) = match kept {
+            Ok(kept) => kept,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (cert, key) = self
+                    .ca
+                    .issue_database_peer(names, DATABASE_PEER_TTL)
+                    .map_err(|e| fail("issue it", &e))?;
+                std::fs::create_dir_all(&dir).map_err(|e| fail("create its directory", &e))?;
+                apiary_certs::write_private(&key_path, key.as_bytes())
+                    .map_err(|e| fail("write its key", &e))?;
+                std::fs::write(&cert_path, &cert.pem).map_err(|e| fail("write it", &e))?;
+                (cert.pem, key)
+            }
+            Err(e) => return Err(fail(&format!("read {}", cert_path.display()), &e)),
+        };
+        Ok(PeerTls {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        })
+    }
+}
+
+fn new_token_record(
+    ca: &ClusterCa,
+    ttl: Option<Duration>,
+    rotated_hashes: Vec<String>,
+) -> TokenRecord {
+    let now = now_unix();
+    TokenRecord {
+        token: JoinToken::generate(ca.digest()).to_string(),
+        created_unix: now,
+        expires_unix: ttl.map(|ttl| now + ttl.as_secs()),
+        rotated_hashes,
+    }
+}

@@ -1,0 +1,401 @@
+//! The cluster as the coordinator last saw it, in memory: the checks (the
+//! reachability matrix and the Swarm view), the database, each host's
+//! configuration report, provider facts, and whether the images containers
+//! need are loaded. Rounds and sessions write it; the admin API reads it.
+//! Nothing here does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use apiary_api::reach::{Cell, Matrix, PortSpec};
+
+/// What one node looks like in the swarm, as the first manager sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSwarm {
+    pub role: String,
+    pub status: String,
+    pub availability: String,
+    pub leader: bool,
+    pub overlay_attached: bool,
+}
+
+/// Which checks the matrix holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CheckPhase {
+    /// No round has finished yet.
+    #[default]
+    None,
+    /// Cluster ports probed before Swarm took them.
+    PreSwarm,
+    /// Swarm's ports and the overlay, end to end.
+    Swarm,
+}
+
+impl CheckPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckPhase::None => "none",
+            CheckPhase::PreSwarm => "pre-swarm",
+            CheckPhase::Swarm => "swarm",
+        }
+    }
+}
+
+/// The latest matrix and Swarm view, shown by `ctl checks` and `ctl status`.
+#[derive(Debug, Clone, Default)]
+pub struct ChecksState {
+    pub phase: CheckPhase,
+    pub at_unix_ms: u64,
+    pub cells: Vec<Cell>,
+    /// Why the last round stopped before the end ("" when it did not).
+    pub swarm_error: String,
+    pub hosts: u32,
+    /// Enrolled hosts whose agent was not connected for the round: none of
+    /// their paths were checked, so the checks cannot pass.
+    pub down: Vec<String>,
+    pub swarm: HashMap<String, NodeSwarm>,
+    /// Pre-swarm matrix, kept for reference once Swarm runs.
+    pub pre_swarm: Vec<Cell>,
+    /// The database on the overlay, when `[database]` is configured.
+    pub database: Option<DatabaseState>,
+}
+
+impl ChecksState {
+    pub fn matrix(&self) -> Matrix {
+        let mut m = Matrix::new();
+        m.extend(self.cells.iter().cloned());
+        m
+    }
+
+    /// Each failing path ("src -> dst port/proto") and its cause: what the
+    /// events compare between two rounds.
+    pub fn failing_paths(&self) -> BTreeMap<String, String> {
+        self.matrix()
+            .failures()
+            .into_iter()
+            .map(|f| {
+                let spec = PortSpec {
+                    port: f.port,
+                    proto: f.proto,
+                };
+                (format!("{} -> {} {spec}", f.src, f.dst), f.cause)
+            })
+            .collect()
+    }
+
+    pub fn to_wire(&self) -> apiary_proto::ChecksResponse {
+        let failures = self
+            .matrix()
+            .failures()
+            .into_iter()
+            .map(|f| apiary_proto::CheckFailure {
+                src: f.src,
+                dst: f.dst,
+                port: f.port.into(),
+                proto: f.proto.to_string(),
+                check: format!("{:?}", f.check).to_lowercase(),
+                outcome: f
+                    .outcome
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "no result".into()),
+                cause: f.cause,
+            })
+            .chain(self.down.iter().map(|host| apiary_proto::CheckFailure {
+                src: host.clone(),
+                dst: String::new(),
+                port: 0,
+                proto: "host".into(),
+                check: "session".into(),
+                outcome: "down".into(),
+                cause: "its agent is not connected, so none of its paths were checked (`ctl status` shows since when)".into(),
+            }))
+            .collect();
+        apiary_proto::ChecksResponse {
+            phase: self.phase.as_str().into(),
+            at_unix_ms: self.at_unix_ms,
+            cells_json: cells_json(&self.cells),
+            failures,
+            swarm_error: self.swarm_error.clone(),
+            hosts: self.hosts,
+            pre_swarm_cells_json: cells_json(&self.pre_swarm),
+        }
+    }
+}
+
+/// Cells as JSON for the wire. Cells are plain data (strings, numbers,
+/// enums), so this cannot fail; an empty list is what a failure would mean.
+fn cells_json(cells: &[Cell]) -> String {
+    serde_json::to_string(cells).unwrap_or_else(|_| "[]".into())
+}
+
+/// One database server, as the agent on its host reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseServer {
+    pub name: String,
+    pub host: String,
+    pub running: bool,
+    pub healthy: bool,
+    pub error: String,
+}
+
+/// The database as the last round saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseState {
+    pub kind: String,
+    pub servers: Vec<DatabaseServer>,
+    /// Servers answering a quorum read.
+    pub connected: usize,
+    /// Leader's server name ("" when none is known).
+    pub leader: String,
+    /// Why services could not be created, if so.
+    pub error: String,
+}
+
+impl DatabaseState {
+    pub fn healthy(&self) -> bool {
+        !self.servers.is_empty() && self.connected == self.servers.len() && !self.leader.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{}/{} servers connected, leader {}",
+            self.connected,
+            self.servers.len(),
+            if self.leader.is_empty() {
+                "none"
+            } else {
+                &self.leader
+            }
+        )
+    }
+
+    /// What is wrong, server by server.
+    pub fn detail(&self) -> String {
+        let mut parts: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| !s.healthy)
+            .map(|s| format!("{} on {}: {}", s.name, s.host, s.error))
+            .collect();
+        if !self.error.is_empty() {
+            parts.push(self.error.clone());
+        }
+        parts.join("; ")
+    }
+}
+
+/// What the coordinator knows of one host's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct HostState {
+    pub items: Vec<apiary_proto::ItemReport>,
+    pub last_drift_unix_ms: u64,
+    pub last_drift_items: Vec<String>,
+}
+
+/// One word for a host's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigState {
+    /// The spec has no `[host]` section.
+    Unmanaged,
+    /// No report yet.
+    Pending,
+    Failed,
+    NeedsReboot,
+    Ok,
+}
+
+impl ConfigState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigState::Unmanaged => "unmanaged",
+            ConfigState::Pending => "pending",
+            ConfigState::Failed => "failed",
+            ConfigState::NeedsReboot => "needs-reboot",
+            ConfigState::Ok => "ok",
+        }
+    }
+}
+
+/// Whether the images the cluster's containers need (probe, database) are on
+/// every host. The lab loads them while agents enroll and Swarm forms, and
+/// only the work that starts containers waits for them; providers whose hosts
+/// pull or already hold their images leave it `Ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Images {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// Why containers cannot start yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImagesError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+/// The in-memory cluster view (see the module docs).
+pub struct ClusterView {
+    checks: Mutex<ChecksState>,
+    host_state: Mutex<HashMap<String, HostState>>,
+    provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
+    images: tokio::sync::watch::Sender<Images>,
+    /// Held while the database's membership changes (`ctl scale
+    /// database=N`, a node's drain): rounds create no server meanwhile.
+    pub database_membership: tokio::sync::Mutex<()>,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        ClusterView {
+            checks: Mutex::default(),
+            host_state: Mutex::default(),
+            provider_info: RwLock::default(),
+            images: tokio::sync::watch::channel(Images::Ready).0,
+            database_membership: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClusterView {
+    /// A view that starts with the pre-Swarm matrix a previous run saved.
+    pub fn with_pre_swarm(pre_swarm: Vec<Cell>) -> Self {
+        let view = ClusterView::default();
+        lock(&view.checks).pre_swarm = pre_swarm;
+        view
+    }
+
+    pub fn checks(&self) -> ChecksState {
+        lock(&self.checks).clone()
+    }
+
+    pub fn set_checks(&self, state: ChecksState) {
+        *lock(&self.checks) = state;
+    }
+
+    /// Changes the checks state in place, under its lock: for a part that
+    /// is published apart from the round (the database), without copying
+    /// the whole matrix or racing another writer.
+    pub fn update_checks<R>(&self, change: impl FnOnce(&mut ChecksState) -> R) -> R {
+        change(&mut lock(&self.checks))
+    }
+
+    pub fn database(&self) -> Option<DatabaseState> {
+        lock(&self.checks).database.clone()
+    }
+
+    pub fn host_state(&self, node: &str) -> Option<HostState> {
+        lock(&self.host_state).get(node).cloned()
+    }
+
+    /// Keeps a (non dry-run) host report: its items, and its drift repairs.
+    pub fn record_host_report(&self, node: &str, report: &apiary_proto::HostConfigReport) {
+        let mut map = lock(&self.host_state);
+        let state = map.entry(node.to_string()).or_default();
+        if !report.repaired_drift.is_empty() {
+            state.last_drift_unix_ms = crate::time::now_unix_ms();
+            state.last_drift_items = report.repaired_drift.clone();
+        }
+        state.items = report.items.clone();
+    }
+
+    /// One word for `node`'s configuration (`managed`: the spec has `[host]`).
+    pub fn config_state(&self, node: &str, managed: bool) -> ConfigState {
+        if !managed {
+            return ConfigState::Unmanaged;
+        }
+        let Some(state) = self.host_state(node) else {
+            return ConfigState::Pending;
+        };
+        let has = |o: &str| state.items.iter().any(|i| i.outcome == o);
+        if has("failed") {
+            ConfigState::Failed
+        } else if has("needs-reboot") {
+            ConfigState::NeedsReboot
+        } else {
+            ConfigState::Ok
+        }
+    }
+
+    pub fn set_provider_info(&self, info: HashMap<String, HashMap<String, String>>) {
+        *self
+            .provider_info
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = info;
+    }
+
+    pub fn provider_info(&self, node: &str) -> HashMap<String, String> {
+        self.provider_info
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Says whether the hosts hold the images containers need.
+    pub fn set_images(&self, images: Images) {
+        self.images.send_replace(images);
+    }
+
+    /// Waits until the images are loaded; the error says why they are not.
+    pub async fn images_ready(&self) -> Result<(), ImagesError> {
+        let mut rx = self.images.subscribe();
+        let seen = rx
+            .wait_for(|i| *i != Images::Loading)
+            .await
+            .map_err(|_| ImagesError::ShuttingDown)?;
+        match &*seen {
+            Images::Failed(why) => Err(ImagesError::Failed(why.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcomes: &[&str]) -> apiary_proto::HostConfigReport {
+        apiary_proto::HostConfigReport {
+            items: outcomes
+                .iter()
+                .map(|o| apiary_proto::ItemReport {
+                    outcome: o.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn config_state_is_the_worst_item() {
+        let view = ClusterView::default();
+        assert_eq!(view.config_state("h1", false), ConfigState::Unmanaged);
+        assert_eq!(view.config_state("h1", true), ConfigState::Pending);
+        view.record_host_report("h1", &report(&["ok", "needs-reboot"]));
+        assert_eq!(view.config_state("h1", true), ConfigState::NeedsReboot);
+        view.record_host_report("h1", &report(&["failed", "needs-reboot"]));
+        assert_eq!(view.config_state("h1", true), ConfigState::Failed);
+        view.record_host_report("h1", &report(&["ok", "changed"]));
+        assert_eq!(view.config_state("h1", true).as_str(), "ok");
+    }
+
+    #[tokio::test]
+    async fn the_images_gate_opens_or_says_why() {
+        let view = ClusterView::default();
+        assert_eq!(view.images_ready().await, Ok(()));
+        view.set_images(Images::Failed("no archive".into()));
+        assert_eq!(
+            view.images_ready().await,
+            Err(ImagesError::Failed("no archive".into()))
+        );
+    }
+}
