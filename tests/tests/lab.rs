@@ -1379,17 +1379,17 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     lab.stop();
 }
 
-/// RethinkDB across 4 lab hosts, when a `docker save` archive of
-/// `rethinkdb:2.4` is supplied in APIARY_RETHINKDB_IMAGE_ARCHIVE (no registry
-/// is reachable from this machine, so it is skipped otherwise).
+/// RethinkDB across 4 lab hosts, from a `docker save` archive of
+/// `rethinkdb:2.4` in APIARY_RETHINKDB_IMAGE_ARCHIVE (no registry is
+/// reachable from this machine). Ignored unless asked for, so that a run
+/// without the archive does not count it as passed:
+/// `APIARY_RETHINKDB_IMAGE_ARCHIVE=... cargo test -p apiary-tests --test lab -- --ignored rethinkdb`.
 #[test]
+#[ignore = "needs APIARY_RETHINKDB_IMAGE_ARCHIVE (a `docker save rethinkdb:2.4` archive); run with --ignored"]
 fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
-    let Ok(archive) = std::env::var("APIARY_RETHINKDB_IMAGE_ARCHIVE") else {
-        eprintln!(
-            "skipped: set APIARY_RETHINKDB_IMAGE_ARCHIVE to a `docker save rethinkdb:2.4` archive"
-        );
-        return;
-    };
+    let archive = std::env::var("APIARY_RETHINKDB_IMAGE_ARCHIVE").unwrap_or_else(|_| {
+        panic!("set APIARY_RETHINKDB_IMAGE_ARCHIVE to a `docker save rethinkdb:2.4` archive")
+    });
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = LabCluster::new(
         "labrdb",
