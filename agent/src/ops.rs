@@ -251,10 +251,7 @@ impl Ops {
                         .await?
                         .exec_in(&op.service, op.command)
                         .await?;
-                    Ok(ExecOutput {
-                        code: code.into(),
-                        output,
-                    })
+                    Ok(ExecOutput { code, output })
                 }
                 .await,
             ),

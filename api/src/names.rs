@@ -6,14 +6,18 @@
 //! overlay, a droplet name and, in the lab, a path component and a process
 //! name. The one rule that is all of these at once is a lowercase DNS label
 //! (RFC 1123): 1 to 63 characters of `a-z`, `0-9` and `-`, not starting or
-//! ending with `-`.
+//! ending with `-`. A cluster's name follows the same rule with at most 32
+//! characters ([`MAX_CLUSTER_NAME`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest name: a DNS label's limit.
-pub const MAX_NAME: usize = 63;
+/// Longest node name: a DNS label's limit.
+pub const MAX_NODE_NAME: usize = 63;
+/// Longest cluster name: it prefixes names made from it (tags, volumes,
+/// the lab's namespaces), which must stay within their own limits.
+pub const MAX_CLUSTER_NAME: usize = 32;
 
 /// A name that breaks the rule; the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,8 +34,13 @@ fn check(what: &'static str, name: &str) -> Result<(), NameError> {
         name: name.to_string(),
         reason,
     };
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(bad("use 1 to 63 characters"));
+    let (max, length) = if what == "cluster" {
+        (MAX_CLUSTER_NAME, "use 1 to 32 characters")
+    } else {
+        (MAX_NODE_NAME, "use 1 to 63 characters")
+    };
+    if name.is_empty() || name.len() > max {
+        return Err(bad(length));
     }
     if !name
         .bytes()
@@ -120,10 +129,16 @@ mod tests {
 
     #[test]
     fn one_rule_for_every_name() {
-        for ok in ["queenbee", "workerbee-10", "a", "node-1", &"a".repeat(63)] {
+        for ok in ["queenbee", "workerbee-10", "a", "node-1", &"a".repeat(32)] {
             assert!(NodeName::parse(ok).is_ok(), "{ok}");
             assert!(ClusterName::parse(ok).is_ok(), "{ok}");
         }
+        assert!(NodeName::parse(&"a".repeat(63)).is_ok());
+        let e = ClusterName::parse(&"a".repeat(33)).expect_err("too long for a cluster");
+        assert_eq!(
+            e.to_string(),
+            format!("cluster name {:?}: use 1 to 32 characters", "a".repeat(33))
+        );
         for (bad, why) in [
             ("", "1 to 63"),
             (&"a".repeat(64), "1 to 63"),

@@ -313,80 +313,150 @@ impl ClusterConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let at = |span: Option<Range<usize>>, key: &str, message: String| {
-            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                column,
-                key: key.to_string(),
-                message,
-            }
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let src = ConfigText { path, text };
+        let raw = src.deserialize()?;
+        // Sections are checked in this order so that a file with several
+        // mistakes always reports the same one first.
+        let cluster_name = src.cluster_name(raw.cluster.name)?;
+        let c = raw.coordinator;
+        let times = src.coordinator_times(&c)?;
+        let provider_span = raw.provider.span();
+        let digitalocean_span = raw.digitalocean.as_ref().map(Spanned::span);
+        let swarm_span = raw.swarm.as_ref().map(Spanned::span);
+        let mut provider = src.provider(raw.provider, raw.digitalocean)?;
+        let listen = src.listen(&c.listen, &provider)?;
+        let host_recheck_interval = src.duration(
+            &c.host_recheck_interval,
+            "coordinator.host_recheck_interval",
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )?;
+        let host = src.host(raw.host, &provider)?;
+        let mut swarm = src.swarm(raw.swarm, &provider)?;
+        if let Some(db) = raw.database {
+            src.database(db, &mut swarm, &mut provider)?;
+        }
+        let advertise = src.advertise(&c.advertise, listen)?;
+        let (tunnel, tunnel_allow) = src.tunnel(raw.tunnel, swarm.as_ref())?;
+        let (agent_binary, artifacts_listen) = src.artifacts(&c)?;
+        src.check_firewall(&provider, swarm.as_ref(), digitalocean_span, swarm_span)?;
+        src.check_advertise(&provider, advertise, provider_span)?;
+        Ok(ClusterConfig {
+            path: path.to_path_buf(),
+            cluster_name,
+            listen,
+            advertise,
+            heartbeat_interval: times.heartbeat_interval,
+            node_cert_ttl: times.node_cert_ttl,
+            admin_cert_ttl: times.admin_cert_ttl,
+            join_token_ttl: times.join_token_ttl,
+            provider,
+            host,
+            host_recheck_interval,
+            swarm,
+            tunnel,
+            tunnel_allow,
+            agent_binary,
+            artifacts_listen,
+        })
+    }
+}
+
+/// The file being parsed, so every error can name its path, line and column.
+struct ConfigText<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+/// The `[coordinator]` durations that are checked before the provider section.
+struct CoordinatorTimes {
+    heartbeat_interval: Duration,
+    node_cert_ttl: Duration,
+    admin_cert_ttl: Duration,
+    join_token_ttl: Option<Duration>,
+}
+
+impl ConfigText<'_> {
+    fn at(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
+        let (line, column) = line_col(self.text, span.map(|s| s.start).unwrap_or(0));
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn deserialize(&self) -> Result<RawConfig, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
             let message = e.message().to_string();
             let key = message
                 .split('`')
                 .nth(1)
                 .map(str::to_string)
                 .unwrap_or_default();
-            at(e.span(), &key, message)
-        })?;
+            self.at(e.span(), &key, message)
+        })
+    }
 
-        let name = raw.cluster.name;
-        if name.get_ref().is_empty()
-            || name.get_ref().len() > 32
-            || !name
-                .get_ref()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(at(
+    fn cluster_name(&self, name: Spanned<String>) -> Result<String, ConfigError> {
+        match apiary_api::names::ClusterName::parse(name.get_ref()) {
+            Ok(valid) => Ok(valid.into_inner()),
+            Err(e) => Err(self.at(
                 Some(name.span()),
                 "cluster.name",
                 format!(
-                    "cluster.name {:?} must be 1-32 characters of a-z, 0-9 and '-' (it names hosts, tags and namespaces)",
-                    name.get_ref()
+                    "cluster.name {:?}: {} (it names hosts, tags and namespaces)",
+                    name.get_ref(),
+                    e.reason
                 ),
+            )),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = field else { return Ok(default) };
+        let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+            self.at(
+                Some(v.span()),
+                key,
+                format!(
+                    "{key} = {:?}: {e} (write e.g. \"5s\", \"24h\")",
+                    v.get_ref()
+                ),
+            )
+        })?;
+        if d < min {
+            return Err(self.at(
+                Some(v.span()),
+                key,
+                format!("{key} must be at least {}", humantime::format_duration(min)),
             ));
         }
+        Ok(d)
+    }
 
-        let c = raw.coordinator;
-        let duration =
-            |field: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration| {
-                let Some(v) = field else { return Ok(default) };
-                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
-                    at(
-                        Some(v.span()),
-                        key,
-                        format!(
-                            "{key} = {:?}: {e} (write e.g. \"5s\", \"24h\")",
-                            v.get_ref()
-                        ),
-                    )
-                })?;
-                if d < min {
-                    return Err(at(
-                        Some(v.span()),
-                        key,
-                        format!("{key} must be at least {}", humantime::format_duration(min)),
-                    ));
-                }
-                Ok(d)
-            };
-        let heartbeat_interval = duration(
+    fn coordinator_times(&self, c: &RawCoordinator) -> Result<CoordinatorTimes, ConfigError> {
+        let heartbeat_interval = self.duration(
             &c.heartbeat_interval,
             "coordinator.heartbeat_interval",
             Duration::from_secs(5),
             Duration::from_millis(100),
         )?;
-        let node_cert_ttl = duration(
+        let node_cert_ttl = self.duration(
             &c.node_cert_ttl,
             "coordinator.node_cert_ttl",
             Duration::from_secs(24 * 3600),
             Duration::from_secs(3),
         )?;
-        let admin_cert_ttl = duration(
+        let admin_cert_ttl = self.duration(
             &c.admin_cert_ttl,
             "coordinator.admin_cert_ttl",
             Duration::from_secs(365 * 24 * 3600),
@@ -394,7 +464,7 @@ impl ClusterConfig {
         )?;
         let join_token_ttl = match &c.join_token_ttl {
             Some(v) if v.get_ref() == "never" => None,
-            Some(_) => Some(duration(
+            Some(_) => Some(self.duration(
                 &c.join_token_ttl,
                 "coordinator.join_token_ttl",
                 Duration::ZERO,
@@ -402,11 +472,21 @@ impl ClusterConfig {
             )?),
             None => None,
         };
+        Ok(CoordinatorTimes {
+            heartbeat_interval,
+            node_cert_ttl,
+            admin_cert_ttl,
+            join_token_ttl,
+        })
+    }
 
-        let provider_span = raw.provider.span();
-        let digitalocean_span = raw.digitalocean.as_ref().map(Spanned::span);
-        let swarm_span = raw.swarm.as_ref().map(Spanned::span);
-        let provider = match raw.provider.into_inner() {
+    fn provider(
+        &self,
+        raw: Spanned<RawProvider>,
+        digitalocean: Option<Spanned<apiary_digitalocean::DigitalOceanSpec>>,
+    ) -> Result<ProviderConfig, ConfigError> {
+        let provider_span = raw.span();
+        Ok(match raw.into_inner() {
             RawProvider::Manual {} => ProviderConfig::Manual,
             RawProvider::Lab {
                 hosts,
@@ -415,7 +495,7 @@ impl ClusterConfig {
                 agent_binary,
             } => {
                 let names = host_names(hosts, names)
-                    .map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                    .map_err(|(key, m)| self.at(Some(provider_span.clone()), key, m))?;
                 ProviderConfig::Lab(LabProviderConfig {
                     hosts: names,
                     teardown_on_exit,
@@ -426,12 +506,11 @@ impl ClusterConfig {
             }
             RawProvider::Digitalocean { hosts, names } => {
                 let names = host_names(hosts, names)
-                    .map_err(|(key, m)| at(Some(provider_span.clone()), key, m))?;
+                    .map_err(|(key, m)| self.at(Some(provider_span.clone()), key, m))?;
                 // `new()`, not `Default`: an empty [digitalocean] section means
                 // the documented defaults (timeouts, ports), not zeros.
                 #[allow(clippy::unwrap_or_default)]
-                let spec = raw
-                    .digitalocean
+                let spec = digitalocean
                     .map(Spanned::into_inner)
                     .unwrap_or_else(apiary_digitalocean::DigitalOceanSpec::new);
                 ProviderConfig::DigitalOcean(Box::new(DigitalOceanProviderConfig {
@@ -439,15 +518,21 @@ impl ClusterConfig {
                     spec,
                 }))
             }
-        };
+        })
+    }
 
+    fn listen(
+        &self,
+        listen: &Option<Spanned<String>>,
+        provider: &ProviderConfig,
+    ) -> Result<SocketAddr, ConfigError> {
         let default_listen = match provider {
             ProviderConfig::Lab(_) => format!("10.231.0.1:{DEFAULT_PORT}"),
             _ => format!("0.0.0.0:{DEFAULT_PORT}"),
         };
-        let listen: SocketAddr = match &c.listen {
+        match listen {
             Some(v) => v.get_ref().parse().map_err(|e| {
-                at(
+                self.at(
                     Some(v.span()),
                     "coordinator.listen",
                     format!(
@@ -455,19 +540,39 @@ impl ClusterConfig {
                         v.get_ref()
                     ),
                 )
-            })?,
+            }),
             None => default_listen
                 .parse()
-                .map_err(|e| at(None, "coordinator.listen", format!("{e}")))?,
-        };
+                .map_err(|e| self.at(None, "coordinator.listen", format!("{e}"))),
+        }
+    }
 
-        let host_recheck_interval = duration(
-            &c.host_recheck_interval,
-            "coordinator.host_recheck_interval",
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-        )?;
-        let host = match raw.host {
+    fn advertise(
+        &self,
+        advertise: &Option<Spanned<String>>,
+        listen: SocketAddr,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        Ok(match advertise {
+            Some(v) => Some(v.get_ref().parse().map_err(|e| {
+                self.at(
+                    Some(v.span()),
+                    "coordinator.advertise",
+                    format!(
+                        "coordinator.advertise = {:?}: {e} (write IP:PORT)",
+                        v.get_ref()
+                    ),
+                )
+            })?),
+            None => (!listen.ip().is_unspecified()).then_some(listen),
+        })
+    }
+
+    fn host(
+        &self,
+        host: Option<Spanned<HostConfigSpec>>,
+        provider: &ProviderConfig,
+    ) -> Result<Option<HostConfig>, ConfigError> {
+        Ok(match host {
             Some(spec) => {
                 let span = spec.span();
                 Some(HostConfig::new(spec.into_inner()).map_err(|e| {
@@ -482,31 +587,38 @@ impl ClusterConfig {
                         .next()
                         .unwrap_or("")
                         .to_string();
-                    let offset = text[span.start..]
+                    let offset = self.text[span.start..]
                         .find(&leaf)
                         .map(|o| span.start + o)
                         .unwrap_or(span.start);
-                    at(
+                    self.at(
                         Some(offset..offset),
                         &format!("host.{key}"),
                         format!("host.{e}"),
                     )
                 })?)
             }
-            None => match &provider {
+            None => match provider {
                 ProviderConfig::Lab(_) => {
                     HostConfig::new(HostConfigSpec::new(LAB_PRIVATE_CIDR)).ok()
                 }
                 _ => None,
             },
-        };
-        let swarm = match raw.swarm {
+        })
+    }
+
+    fn swarm(
+        &self,
+        swarm: Option<Spanned<RawSwarm>>,
+        provider: &ProviderConfig,
+    ) -> Result<Option<SwarmConfig>, ConfigError> {
+        Ok(match swarm {
             Some(sw) => {
                 let span = sw.span();
                 let sw = sw.into_inner();
                 let checks_interval = match &sw.checks_interval {
                     Some(v) => humantime::parse_duration(v).map_err(|e| {
-                        at(
+                        self.at(
                             Some(span.clone()),
                             "swarm.checks_interval",
                             format!("swarm.checks_interval = {v:?}: {e}"),
@@ -517,14 +629,14 @@ impl ClusterConfig {
                 if let Some(m) = sw.mtu
                     && !(576..=9000).contains(&m)
                 {
-                    return Err(at(
+                    return Err(self.at(
                         Some(span),
                         "swarm.mtu",
                         format!("swarm.mtu = {m}: must be between 576 and 9000"),
                     ));
                 }
                 if sw.managers == Some(0) {
-                    return Err(at(
+                    return Err(self.at(
                         Some(span),
                         "swarm.managers",
                         "swarm.managers must be at least 1".into(),
@@ -541,7 +653,7 @@ impl ClusterConfig {
                     database: None,
                 })
             }
-            None => match &provider {
+            None => match provider {
                 ProviderConfig::Lab(_) => Some(SwarmConfig {
                     managers: None,
                     overlay: default_overlay(),
@@ -554,185 +666,207 @@ impl ClusterConfig {
                 }),
                 _ => None,
             },
+        })
+    }
+
+    /// The lab loads the database image into its engines itself (other
+    /// hosts pull it), so it learns here which image and archive that is.
+    fn database(
+        &self,
+        db: Spanned<RawDatabase>,
+        swarm: &mut Option<SwarmConfig>,
+        provider: &mut ProviderConfig,
+    ) -> Result<(), ConfigError> {
+        let span = db.span();
+        let db = db.into_inner();
+        let Some(sw) = swarm.as_mut() else {
+            return Err(self.at(
+                Some(span),
+                "database",
+                "[database] needs Swarm and the overlay: add a [swarm] section (or remove enabled = false)".into(),
+            ));
         };
-        let mut swarm = swarm;
-        let mut provider = provider;
-        if let Some(db) = raw.database {
-            let span = db.span();
-            let db = db.into_inner();
-            let Some(sw) = swarm.as_mut() else {
-                return Err(at(
+        let cfg = self.database_config(db, span.clone())?;
+        if let Some(a) = &cfg.image_archive {
+            if !matches!(provider, ProviderConfig::Lab(_)) {
+                return Err(self.at(
                     Some(span),
-                    "database",
-                    "[database] needs Swarm and the overlay: add a [swarm] section (or remove enabled = false)".into(),
-                ));
-            };
-            let memory = db.memory.unwrap_or_else(|| "450m".into());
-            let memory_bytes = parse_memory(&memory).ok_or_else(|| {
-                at(
-                    Some(span.clone()),
-                    "database.memory",
-                    format!(
-                        "database.memory = {memory:?}: write a size such as \"450m\" or \"1g\""
-                    ),
-                )
-            })?;
-            if memory_bytes < 64 << 20 {
-                return Err(at(
-                    Some(span),
-                    "database.memory",
-                    format!("database.memory = {memory:?}: at least 64m"),
+                    "database.image_archive",
+                    "database.image_archive is for the lab (other hosts pull the image)".into(),
                 ));
             }
-            if db.servers == Some(0) {
-                return Err(at(
+            if !a.is_file() {
+                return Err(self.at(
                     Some(span),
-                    "database.servers",
-                    "database.servers must be at least 1".into(),
-                ));
-            }
-            let (image, client, peer) = match db.kind {
-                DatabaseKind::Etcd => ("lab/etcd:1", 2379, 2380),
-                DatabaseKind::Rethinkdb => ("rethinkdb:2.4", 28015, 29015),
-            };
-            let cfg = DatabaseConfig {
-                kind: db.kind,
-                image: db.image.unwrap_or_else(|| image.into()),
-                servers: db.servers,
-                memory,
-                memory_bytes,
-                volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
-                client_port: db.client_port.unwrap_or(client),
-                peer_port: db.peer_port.unwrap_or(peer),
-                peer_tls: db.peer_tls.unwrap_or(true),
-                image_archive: db.image_archive.map(|a| {
-                    if a.is_relative() {
-                        path.parent().unwrap_or(Path::new(".")).join(a)
-                    } else {
-                        a
-                    }
-                }),
-            };
-            if cfg.client_port == cfg.peer_port {
-                return Err(at(
-                    Some(span),
-                    "database.peer_port",
+                    "database.image_archive",
                     format!(
-                        "database.client_port and database.peer_port are both {}",
-                        cfg.peer_port
+                        "database.image_archive = {:?}: no such file (make one with `docker save {} -o FILE`)",
+                        a.display().to_string(),
+                        cfg.image
                     ),
                 ));
             }
-            if let Some(a) = &cfg.image_archive {
-                if !matches!(provider, ProviderConfig::Lab(_)) {
-                    return Err(at(
-                        Some(span),
-                        "database.image_archive",
-                        "database.image_archive is for the lab (other hosts pull the image)".into(),
-                    ));
-                }
-                if !a.is_file() {
-                    return Err(at(
-                        Some(span),
-                        "database.image_archive",
-                        format!(
-                            "database.image_archive = {:?}: no such file (make one with `docker save {} -o FILE`)",
-                            a.display().to_string(),
-                            cfg.image
-                        ),
-                    ));
-                }
-            }
-            if let ProviderConfig::Lab(lab) = &mut provider {
-                lab.etcd_image = cfg.kind == DatabaseKind::Etcd
-                    && cfg.image == "lab/etcd:1"
-                    && cfg.image_archive.is_none();
-                lab.image_archives.extend(cfg.image_archive.clone());
-            }
-            sw.database = Some(cfg);
         }
-        let advertise = match &c.advertise {
-            Some(v) => Some(v.get_ref().parse().map_err(|e| {
-                at(
-                    Some(v.span()),
-                    "coordinator.advertise",
-                    format!(
-                        "coordinator.advertise = {:?}: {e} (write IP:PORT)",
-                        v.get_ref()
-                    ),
-                )
-            })?),
-            None => (!listen.ip().is_unspecified()).then_some(listen),
+        if let ProviderConfig::Lab(lab) = provider {
+            lab.etcd_image = cfg.kind == DatabaseKind::Etcd
+                && cfg.image == "lab/etcd:1"
+                && cfg.image_archive.is_none();
+            lab.image_archives.extend(cfg.image_archive.clone());
+        }
+        sw.database = Some(cfg);
+        Ok(())
+    }
+
+    fn database_config(
+        &self,
+        db: RawDatabase,
+        span: Range<usize>,
+    ) -> Result<DatabaseConfig, ConfigError> {
+        let memory = db.memory.unwrap_or_else(|| "450m".into());
+        let memory_bytes = parse_memory(&memory).ok_or_else(|| {
+            self.at(
+                Some(span.clone()),
+                "database.memory",
+                format!("database.memory = {memory:?}: write a size such as \"450m\" or \"1g\""),
+            )
+        })?;
+        if memory_bytes < 64 << 20 {
+            return Err(self.at(
+                Some(span),
+                "database.memory",
+                format!("database.memory = {memory:?}: at least 64m"),
+            ));
+        }
+        if db.servers == Some(0) {
+            return Err(self.at(
+                Some(span),
+                "database.servers",
+                "database.servers must be at least 1".into(),
+            ));
+        }
+        let (image, client, peer) = match db.kind {
+            DatabaseKind::Etcd => ("lab/etcd:1", 2379, 2380),
+            DatabaseKind::Rethinkdb => ("rethinkdb:2.4", 28015, 29015),
         };
-        let mut tunnel = TunnelLimits::default();
-        let mut tunnel_allow = ["127.0.0.0/8", "::1/128"].map(String::from).to_vec();
-        tunnel_allow.extend(
+        let cfg = DatabaseConfig {
+            kind: db.kind,
+            image: db.image.unwrap_or_else(|| image.into()),
+            servers: db.servers,
+            memory,
+            memory_bytes,
+            volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
+            client_port: db.client_port.unwrap_or(client),
+            peer_port: db.peer_port.unwrap_or(peer),
+            peer_tls: db.peer_tls.unwrap_or(true),
+            image_archive: db.image_archive.map(|a| {
+                if a.is_relative() {
+                    self.path.parent().unwrap_or(Path::new(".")).join(a)
+                } else {
+                    a
+                }
+            }),
+        };
+        if cfg.client_port == cfg.peer_port {
+            return Err(self.at(
+                Some(span),
+                "database.peer_port",
+                format!(
+                    "database.client_port and database.peer_port are both {}",
+                    cfg.peer_port
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// `[tunnel]`: the relay's limits and the CIDRs agents let tunnels reach.
+    fn tunnel(
+        &self,
+        tunnel: Option<RawTunnel>,
+        swarm: Option<&SwarmConfig>,
+    ) -> Result<(TunnelLimits, Vec<String>), ConfigError> {
+        let mut limits = TunnelLimits::default();
+        let mut allow = ["127.0.0.0/8", "::1/128"].map(String::from).to_vec();
+        allow.extend(
             swarm
-                .as_ref()
                 .map(|s| s.default_addr_pool.clone())
                 .unwrap_or_else(default_pool),
         );
-        if let Some(t) = raw.tunnel {
-            if let Some(v) = t.allow {
-                let key = "tunnel.allow";
-                apiary_api::tunnel::AllowList::parse(v.get_ref()).map_err(|e| {
-                    at(
+        let Some(t) = tunnel else {
+            return Ok((limits, allow));
+        };
+        if let Some(v) = t.allow {
+            let key = "tunnel.allow";
+            apiary_api::tunnel::AllowList::parse(v.get_ref()).map_err(|e| {
+                self.at(
+                    Some(v.span()),
+                    key,
+                    format!("{key}: {e}; write CIDRs such as \"127.0.0.0/8\""),
+                )
+            })?;
+            allow = v.into_inner();
+        }
+        if let Some(v) = t.max_connections_per_admin {
+            let key = "tunnel.max_connections_per_admin";
+            limits.max_connections_per_admin = usize::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| {
+                    self.at(
                         Some(v.span()),
                         key,
-                        format!("{key}: {e}; write CIDRs such as \"127.0.0.0/8\""),
+                        format!("{key} = {}: write a count from 1 to 1000000", v.get_ref()),
                     )
                 })?;
-                tunnel_allow = v.into_inner();
-            }
-            if let Some(v) = t.max_connections_per_admin {
-                let key = "tunnel.max_connections_per_admin";
-                tunnel.max_connections_per_admin = usize::try_from(*v.get_ref())
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        at(
-                            Some(v.span()),
-                            key,
-                            format!("{key} = {}: write a count from 1 to 1000000", v.get_ref()),
-                        )
-                    })?;
-            }
-            if let Some(v) = t.max_bytes_in_flight_per_connection {
-                let key = "tunnel.max_bytes_in_flight_per_connection";
-                let bytes = match v.get_ref() {
-                    toml::Value::Integer(n) => Some(*n),
-                    toml::Value::String(s) => parse_memory(s),
-                    _ => None,
-                };
-                tunnel.max_bytes_in_flight_per_connection = bytes
-                    .and_then(|b| usize::try_from(b).ok())
-                    .filter(|b| (MIN_TUNNEL_BYTES..=1 << 30).contains(b))
-                    .ok_or_else(|| {
-                        at(
-                            Some(v.span()),
-                            key,
-                            format!(
-                                "{key} = {}: write a size from \"64k\" to \"1g\" (or bytes)",
-                                v.get_ref()
-                            ),
-                        )
-                    })?;
-            }
         }
+        if let Some(v) = t.max_bytes_in_flight_per_connection {
+            let key = "tunnel.max_bytes_in_flight_per_connection";
+            let bytes = match v.get_ref() {
+                toml::Value::Integer(n) => Some(*n),
+                toml::Value::String(s) => parse_memory(s),
+                _ => None,
+            };
+            limits.max_bytes_in_flight_per_connection = bytes
+                .and_then(|b| usize::try_from(b).ok())
+                .filter(|b| (MIN_TUNNEL_BYTES..=1 << 30).contains(b))
+                .ok_or_else(|| {
+                    self.at(
+                        Some(v.span()),
+                        key,
+                        format!(
+                            "{key} = {}: write a size from \"64k\" to \"1g\" (or bytes)",
+                            v.get_ref()
+                        ),
+                    )
+                })?;
+        }
+        Ok((limits, allow))
+    }
+
+    /// `coordinator.agent_binary` and `coordinator.artifacts_listen`.
+    fn artifacts(
+        &self,
+        c: &RawCoordinator,
+    ) -> Result<(Option<PathBuf>, Option<SocketAddr>), ConfigError> {
         let agent_binary = match &c.agent_binary {
             Some(v) if v.get_ref().trim().is_empty() => {
-                return Err(at(
+                return Err(self.at(
                     Some(v.span()),
                     "coordinator.agent_binary",
                     "coordinator.agent_binary is empty: write the path of the agent binary to serve, or remove the key for the `agent` beside the coordinator".into(),
                 ));
             }
-            Some(v) => Some(path.parent().unwrap_or(Path::new(".")).join(v.get_ref())),
+            Some(v) => Some(
+                self.path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(v.get_ref()),
+            ),
             None => None,
         };
         let artifacts_listen = match &c.artifacts_listen {
             Some(v) => Some(v.get_ref().parse::<SocketAddr>().map_err(|e| {
-                at(
+                self.at(
                     Some(v.span()),
                     "coordinator.artifacts_listen",
                     format!(
@@ -743,17 +877,27 @@ impl ClusterConfig {
             })?),
             None => None,
         };
+        Ok((agent_binary, artifacts_listen))
+    }
+
+    fn check_firewall(
+        &self,
+        provider: &ProviderConfig,
+        swarm: Option<&SwarmConfig>,
+        digitalocean_span: Option<Range<usize>>,
+        swarm_span: Option<Range<usize>>,
+    ) -> Result<(), ConfigError> {
         // A Cloud Firewall's rules name tcp, udp or icmp only (the API's
         // enum): it would drop ESP, the encrypted overlay's data path, and
         // the overlay would look up while carrying nothing. Refused here,
         // where both settings are known, rather than found in production.
-        if let ProviderConfig::DigitalOcean(d) = &provider
+        if let ProviderConfig::DigitalOcean(d) = provider
             && d.spec.firewall
-            && swarm.as_ref().is_some_and(|s| s.encrypted)
+            && swarm.is_some_and(|s| s.encrypted)
         {
-            let offset = key_offset(text, digitalocean_span.clone(), "firewall")
-                .or_else(|| key_offset(text, swarm_span.clone(), "encrypted"));
-            return Err(at(
+            let offset = key_offset(self.text, digitalocean_span, "firewall")
+                .or_else(|| key_offset(self.text, swarm_span, "encrypted"));
+            return Err(self.at(
                 offset.map(|o| o..o),
                 "digitalocean.firewall",
                 "digitalocean.firewall = true and swarm.encrypted = true cannot go together: a \
@@ -764,29 +908,21 @@ impl ClusterConfig {
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    fn check_advertise(
+        &self,
+        provider: &ProviderConfig,
+        advertise: Option<SocketAddr>,
+        provider_span: Range<usize>,
+    ) -> Result<(), ConfigError> {
         if let ProviderConfig::DigitalOcean(_) = provider
             && advertise.is_none()
         {
-            return Err(at(Some(provider_span), "coordinator.advertise", "the digitalocean provider needs coordinator.advertise (the IP:PORT droplets dial) when coordinator.listen is 0.0.0.0".into()));
+            return Err(self.at(Some(provider_span), "coordinator.advertise", "the digitalocean provider needs coordinator.advertise (the IP:PORT droplets dial) when coordinator.listen is 0.0.0.0".into()));
         }
-        Ok(ClusterConfig {
-            path: path.to_path_buf(),
-            cluster_name: name.into_inner(),
-            listen,
-            advertise,
-            heartbeat_interval,
-            node_cert_ttl,
-            admin_cert_ttl,
-            join_token_ttl,
-            provider,
-            host,
-            host_recheck_interval,
-            swarm,
-            tunnel,
-            tunnel_allow,
-            agent_binary,
-            artifacts_listen,
-        })
+        Ok(())
     }
 }
 
@@ -824,17 +960,7 @@ fn host_names(
         ));
     }
     for n in &list {
-        if n.is_empty()
-            || n.len() > 40
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err((
-                "provider.names",
-                format!("host name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"),
-            ));
-        }
+        apiary_api::names::NodeName::parse(n).map_err(|e| ("provider.names", e.to_string()))?;
     }
     let mut sorted = list.clone();
     sorted.sort();

@@ -2,14 +2,15 @@
 //! provider's hosts, listen, hand out admin credentials.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-use crate::config::{ClusterConfig, ProviderConfig};
+use crate::config::{ClusterConfig, ProviderConfig, SwarmConfig};
 use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
@@ -38,6 +39,48 @@ pub async fn serve(
 ) -> Result<(), CoordinatorError> {
     let addr = opts.listen.unwrap_or(opts.config.listen);
     let progress = Progress::for_serve(opts.quiet, opts.json_logs);
+    let (lab, droplets) = prepare_provider(&opts, &progress).await?;
+    let Opened {
+        coordinator,
+        listener,
+        local,
+        admin_conf,
+        artifacts,
+        droplets,
+    } = open_state(&opts, addr, droplets).await?;
+    let tunnels = Arc::new(crate::api::tunnel::TunnelHub::default());
+    let (server, metrics) = start_listeners(
+        &coordinator,
+        &tunnels,
+        listener,
+        opts.metrics_listen,
+        shutdown,
+    );
+    let work = start_provider_work(
+        &opts.config,
+        &coordinator,
+        lab.as_ref(),
+        droplets,
+        local,
+        &admin_conf,
+        &progress,
+    );
+    let tasks = [
+        work.lab,
+        work.droplets,
+        work.swarm,
+        metrics,
+        work.joining,
+        artifacts,
+    ];
+    wait_and_stop(server, tasks, lab, &progress).await
+}
+
+/// The lab's bridges are made first: the coordinator listens on one of them.
+async fn prepare_provider(
+    opts: &ServeOptions,
+    progress: &Progress,
+) -> Result<(Option<Arc<LabProvider>>, Option<DigitalOceanProvider>), CoordinatorError> {
     let lab = match &opts.config.provider {
         ProviderConfig::Manual => None,
         ProviderConfig::Lab(lab) => {
@@ -60,6 +103,26 @@ pub async fn serve(
         }
         _ => None,
     };
+    Ok((lab, droplets))
+}
+
+/// What [`open_state`] leaves ready for serving.
+struct Opened {
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    local: SocketAddr,
+    admin_conf: PathBuf,
+    artifacts: Option<JoinHandle<()>>,
+    droplets: Option<Arc<DigitalOceanProvider>>,
+}
+
+/// Opens the state, binds the API port and the artifact listener, and writes
+/// admin.conf.
+async fn open_state(
+    opts: &ServeOptions,
+    addr: SocketAddr,
+    droplets: Option<DigitalOceanProvider>,
+) -> Result<Opened, CoordinatorError> {
     // The agent binary is checked before any state exists: a missing one is
     // a configuration error, refused as early as a missing API token.
     let agent_binary = match crate::artifacts::needed(&opts.config) {
@@ -86,9 +149,28 @@ pub async fn serve(
     let droplets = droplets.map(Arc::new);
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
+    Ok(Opened {
+        coordinator,
+        listener,
+        local,
+        admin_conf,
+        artifacts,
+        droplets,
+    })
+}
 
-    let tunnels = Arc::new(crate::api::tunnel::TunnelHub::default());
-    let metrics = opts.metrics_listen.map(|addr| {
+/// Starts the API server and, when asked for, the metrics listener.
+fn start_listeners(
+    coordinator: &Arc<Coordinator>,
+    tunnels: &Arc<crate::api::tunnel::TunnelHub>,
+    listener: TcpListener,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    JoinHandle<Result<(), CoordinatorError>>,
+    Option<JoinHandle<()>>,
+) {
+    let metrics = metrics_listen.map(|addr| {
         tokio::spawn(crate::metrics::serve(
             addr,
             coordinator.clone(),
@@ -101,74 +183,38 @@ pub async fn serve(
         listener,
         shutdown,
     ));
+    (server, metrics)
+}
+
+/// The tasks beside the server that make the hosts, follow them and form
+/// Swarm.
+struct ProviderWork {
+    lab: Option<JoinHandle<()>>,
+    droplets: Option<JoinHandle<()>>,
+    joining: Option<JoinHandle<()>>,
+    swarm: Option<JoinHandle<()>>,
+}
+
+fn start_provider_work(
+    config: &ClusterConfig,
+    coordinator: &Arc<Coordinator>,
+    lab: Option<&Arc<LabProvider>>,
+    droplets: Option<Arc<DigitalOceanProvider>>,
+    local: SocketAddr,
+    admin_conf: &Path,
+    progress: &Progress,
+) -> ProviderWork {
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
-    let provider_work = lab.clone().map(|lab| {
-        let swarm_config = opts.config.swarm.clone();
-        let (coordinator, admin_conf, cluster, progress) = (
-            coordinator.clone(),
-            admin_conf.clone(),
-            opts.config.cluster_name.clone(),
-            progress.clone(),
-        );
-        tokio::spawn(async move {
-            match lab.bring_up(&coordinator, local, &progress).await {
-                Ok(()) => {
-                    info!(
-                        hosts = lab.lab().hosts().len(),
-                        "cluster up: every host enrolled and ready"
-                    );
-                    progress.println(format!(
-                        "cluster {cluster} is up. Try: ctl --config {} status",
-                        admin_conf.display()
-                    ));
-                }
-                // Keep serving: the hosts that came up are usable, and
-                // supervision keeps trying the others.
-                Err(e) => error!(error = %e, "bring-up incomplete"),
-            }
-            if swarm_config.is_none() {
-                progress.finish();
-            }
-            // Swarm, overlay and checks once every host is in; supervision
-            // keeps engines and agents up meanwhile.
-            let swarm = swarm_config.map(|cfg| {
-                let (coordinator, progress) = (coordinator.clone(), progress.clone());
-                tokio::spawn(async move {
-                    crate::reconcile::run(
-                        coordinator.as_ref(),
-                        &cfg,
-                        progress,
-                        std::future::pending(),
-                    )
-                    .await
-                })
-            });
-            lab.supervise(coordinator, local).await;
-            if let Some(s) = swarm {
-                s.abort();
-            }
-        })
-    });
+    let lab_work = lab
+        .cloned()
+        .map(|lab| spawn_lab_work(lab, config, coordinator, local, admin_conf, progress));
     let droplet_work = droplets.map(|droplets| {
-        let (coordinator, progress) = (coordinator.clone(), progress.clone());
-        let advertise = opts.config.advertise.unwrap_or(local);
-        tokio::spawn(async move {
-            // Reconcile now and then: a droplet deleted behind apiary's back
-            // is made again.
-            loop {
-                match droplets.bring_up(&coordinator, advertise, &progress).await {
-                    Ok(()) => info!("droplets match the spec"),
-                    Err(e) => error!(error = %e, "droplet reconcile failed; retrying"),
-                }
-                // Later reconciles print lines; bars are for the bring-up.
-                progress.finish();
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            }
-        })
+        let advertise = config.advertise.unwrap_or(local);
+        spawn_droplet_work(droplets, coordinator, advertise, progress)
     });
     // Hosts that join by themselves: each one's line follows its events.
-    let joining = matches!(opts.config.provider, ProviderConfig::Manual).then(|| {
+    let joining = matches!(config.provider, ProviderConfig::Manual).then(|| {
         tokio::spawn(follow_hosts(
             coordinator.events.subscribe(),
             progress.clone(),
@@ -176,30 +222,106 @@ pub async fn serve(
     });
     // Without a provider that makes the hosts, Swarm work starts at once and
     // takes in hosts as they become ready.
-    let swarm_work = match (&lab, &opts.config.swarm) {
-        (None, Some(cfg)) => {
-            let (coordinator, cfg, progress) = (coordinator.clone(), cfg.clone(), progress.clone());
-            Some(tokio::spawn(async move {
-                crate::reconcile::run(coordinator.as_ref(), &cfg, progress, std::future::pending())
-                    .await
-            }))
-        }
+    let swarm_work = match (lab, &config.swarm) {
+        (None, Some(cfg)) => Some(spawn_reconcile(coordinator, cfg.clone(), progress)),
         _ => None,
     };
+    ProviderWork {
+        lab: lab_work,
+        droplets: droplet_work,
+        joining,
+        swarm: swarm_work,
+    }
+}
+
+fn spawn_lab_work(
+    lab: Arc<LabProvider>,
+    config: &ClusterConfig,
+    coordinator: &Arc<Coordinator>,
+    local: SocketAddr,
+    admin_conf: &Path,
+    progress: &Progress,
+) -> JoinHandle<()> {
+    let swarm_config = config.swarm.clone();
+    let (coordinator, admin_conf, cluster, progress) = (
+        coordinator.clone(),
+        admin_conf.to_path_buf(),
+        config.cluster_name.clone(),
+        progress.clone(),
+    );
+    tokio::spawn(async move {
+        match lab.bring_up(&coordinator, local, &progress).await {
+            Ok(()) => {
+                info!(
+                    hosts = lab.lab().hosts().len(),
+                    "cluster up: every host enrolled and ready"
+                );
+                progress.println(format!(
+                    "cluster {cluster} is up. Try: ctl --config {} status",
+                    admin_conf.display()
+                ));
+            }
+            // Keep serving: the hosts that came up are usable, and
+            // supervision keeps trying the others.
+            Err(e) => error!(error = %e, "bring-up incomplete"),
+        }
+        if swarm_config.is_none() {
+            progress.finish();
+        }
+        // Swarm, overlay and checks once every host is in; supervision
+        // keeps engines and agents up meanwhile.
+        let swarm = swarm_config.map(|cfg| spawn_reconcile(&coordinator, cfg, &progress));
+        lab.supervise(coordinator, local).await;
+        if let Some(s) = swarm {
+            s.abort();
+        }
+    })
+}
+
+fn spawn_droplet_work(
+    droplets: Arc<DigitalOceanProvider>,
+    coordinator: &Arc<Coordinator>,
+    advertise: SocketAddr,
+    progress: &Progress,
+) -> JoinHandle<()> {
+    let (coordinator, progress) = (coordinator.clone(), progress.clone());
+    tokio::spawn(async move {
+        // Reconcile now and then: a droplet deleted behind apiary's back
+        // is made again.
+        loop {
+            match droplets.bring_up(&coordinator, advertise, &progress).await {
+                Ok(()) => info!("droplets match the spec"),
+                Err(e) => error!(error = %e, "droplet reconcile failed; retrying"),
+            }
+            // Later reconciles print lines; bars are for the bring-up.
+            progress.finish();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    })
+}
+
+fn spawn_reconcile(
+    coordinator: &Arc<Coordinator>,
+    cfg: SwarmConfig,
+    progress: &Progress,
+) -> JoinHandle<()> {
+    let (coordinator, progress) = (coordinator.clone(), progress.clone());
+    tokio::spawn(async move {
+        crate::reconcile::run(coordinator.as_ref(), &cfg, progress, std::future::pending()).await
+    })
+}
+
+/// Waits for the server to stop, then stops everything beside it.
+async fn wait_and_stop(
+    server: JoinHandle<Result<(), CoordinatorError>>,
+    tasks: [Option<JoinHandle<()>>; 6],
+    lab: Option<Arc<LabProvider>>,
+    progress: &Progress,
+) -> Result<(), CoordinatorError> {
     let result = server
         .await
         .map_err(|e| CoordinatorError::Serve(e.to_string()))?;
-    for work in [
-        provider_work,
-        droplet_work,
-        swarm_work,
-        metrics,
-        joining,
-        artifacts,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for work in tasks.into_iter().flatten() {
         work.abort();
     }
     if let Some(lab) = lab

@@ -20,7 +20,7 @@ const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "state store {path} is in use by another coordinator process; stop it first (or, for `coordinator token`, let the running coordinator answer)"
@@ -32,6 +32,8 @@ pub enum StoreError {
     Db(String),
     #[error("state store record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("state store record {key} cannot be encoded: {reason}")]
+    Encode { key: String, reason: String },
     #[error("state store writer stopped")]
     Closed,
 }
@@ -234,9 +236,14 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, St
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain records cannot fail (no maps with non-string keys).
-    serde_json::to_vec(value).unwrap_or_default()
+/// A record as stored. These plain records always serialize (no maps with
+/// non-string keys); if one ever did not, the whole group commit fails
+/// rather than store an empty record.
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
@@ -250,12 +257,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
         }
         let result = commit(db, batch.iter().flat_map(|(ops, _)| ops.iter()));
         for (_, done) in batch {
-            let _ = done.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| StoreError::Db(e.to_string())),
-            );
+            let _ = done.send(result.clone());
         }
     }
 }
@@ -271,29 +273,32 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         for op in ops {
             match op {
                 Op::PutNode(n) => {
-                    nodes.insert(n.name.as_str(), encode(n).as_slice())?;
+                    nodes.insert(n.name.as_str(), encode(&n.name, n)?.as_slice())?;
                 }
                 Op::DeleteNode(name) => {
                     nodes.remove(name.as_str())?;
                     facts.remove(name.as_str())?;
                 }
                 Op::PutCert(c) => {
-                    certs.insert(c.serial.as_str(), encode(c).as_slice())?;
+                    certs.insert(c.serial.as_str(), encode(&c.serial, c)?.as_slice())?;
                 }
                 Op::Revoke(r) => {
-                    revoked.insert(r.serial.as_str(), encode(r).as_slice())?;
+                    revoked.insert(r.serial.as_str(), encode(&r.serial, r)?.as_slice())?;
                 }
                 Op::PutFacts { node, encoded } => {
                     facts.insert(node.as_str(), encoded.as_slice())?;
                 }
                 Op::PutToken(t) => {
-                    meta.insert(TOKEN_KEY, encode(t).as_slice())?;
+                    meta.insert(TOKEN_KEY, encode(TOKEN_KEY, t)?.as_slice())?;
                 }
                 Op::PutDatabaseScale(d) => {
-                    meta.insert(DATABASE_SCALE_KEY, encode(d).as_slice())?;
+                    meta.insert(
+                        DATABASE_SCALE_KEY,
+                        encode(DATABASE_SCALE_KEY, d)?.as_slice(),
+                    )?;
                 }
                 Op::PutPreSwarmCells(cells) => {
-                    meta.insert(PRE_SWARM_KEY, encode(cells).as_slice())?;
+                    meta.insert(PRE_SWARM_KEY, encode(PRE_SWARM_KEY, cells)?.as_slice())?;
                 }
             }
         }

@@ -377,17 +377,28 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
     if c.phase == "none" {
         return writeln!(out, "no checks yet: they run once the hosts are up");
     }
-    let cells: Vec<serde_json::Value> = serde_json::from_str(&c.cells_json).unwrap_or_default();
+    let cells: Vec<apiary_api::reach::Cell> = match serde_json::from_str(&c.cells_json) {
+        Ok(cells) => cells,
+        // A coordinator of another version: the failures below still say
+        // what is broken; only the per-port summary is lost.
+        Err(e) => {
+            writeln!(
+                out,
+                "(the per-port summary is not shown: this ctl cannot read the coordinator's cells: {e})"
+            )?;
+            Vec::new()
+        }
+    };
     let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for cell in &cells {
-        let proto = cell["proto"].as_str().unwrap_or("?");
-        let kind = match proto {
-            "overlay" | "esp" => proto.to_string(),
-            _ => format!("{}/{}", cell["port"], proto),
+        let proto = cell.proto.to_string();
+        let kind = match cell.proto {
+            apiary_api::reach::Proto::Overlay | apiary_api::reach::Proto::Esp => proto,
+            _ => format!("{}/{proto}", cell.port),
         };
         let entry = by_kind.entry(kind).or_default();
         entry.0 += 1;
-        if cell["outcome"] == "open" {
+        if cell.outcome.is_open() {
             entry.1 += 1;
         }
     }

@@ -480,44 +480,10 @@ impl fmt::Display for TagName {
     }
 }
 
-/// A droplet name. The API's pattern, further limited to what is also a
-/// valid hostname, because the name becomes the host's hostname and the
-/// agent's node name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostName(String);
-
-impl HostName {
-    pub fn parse(raw: &str) -> Result<HostName, String> {
-        if raw.is_empty() || raw.len() > 253 {
-            return Err("a host name has 1 to 253 characters".into());
-        }
-        for label in raw.split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return Err("each dot-separated part has 1 to 63 characters".into());
-            }
-            if label.starts_with('-') || label.ends_with('-') {
-                return Err("a part may not start or end with '-'".into());
-            }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
-                return Err("a host name may contain only letters, digits, '-' and '.'".into());
-            }
-        }
-        Ok(HostName(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for HostName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A droplet name. It becomes the host's hostname and the agent's node
+/// name, so it follows apiary's one node-name rule (`apiary_api::names`: a
+/// lowercase hostname label), which the API's own pattern also accepts.
+pub type HostName = apiary_api::names::NodeName;
 
 /// An IPv4 network in CIDR notation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

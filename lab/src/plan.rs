@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use apiary_api::names::{ClusterName, NodeName};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
@@ -113,47 +114,43 @@ pub fn bridge_addr(net: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::new(o[0], o[1], o[2], 1)
 }
 
-/// Cluster names: 1 to 16 of `a-z 0-9 -`, starting with a letter.
+/// Cluster names: apiary's one name rule (`apiary_api::names`), and the
+/// lab's own budget on top: at most 16 characters, starting with a letter,
+/// because the name prefixes the lab's bridges and interface names (15
+/// bytes at most in Linux).
 pub fn validate_cluster(name: &str) -> Result<(), LabError> {
     let bad = |reason: &str| LabError::InvalidName {
         what: "cluster",
         name: name.to_string(),
         reason: reason.to_string(),
     };
-    if name.is_empty() || name.len() > 16 {
-        return Err(bad("use 1 to 16 characters"));
+    ClusterName::parse(name).map_err(|e| bad(e.reason))?;
+    if name.len() > 16 {
+        return Err(bad(
+            "use 1 to 16 characters (the lab's bridge names carry it)",
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(bad("start with a lowercase letter"));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(bad("use only a-z, 0-9 and '-'"));
-    }
     Ok(())
 }
 
-/// Host names are hostnames and path components: one DNS label of 1 to 32
-/// characters, `a-z 0-9 -`, not starting or ending with '-'.
+/// Host names: apiary's one name rule (`apiary_api::names`: a hostname
+/// label of `a-z 0-9 -`), and the lab's own budget on top: at most 32
+/// characters, since a host's name is a path component and part of its
+/// processes' names.
 pub fn validate_host(name: &str) -> Result<(), LabError> {
     let bad = |reason: &str| LabError::InvalidName {
         what: "host",
         name: name.to_string(),
         reason: reason.to_string(),
     };
-    if name.is_empty() || name.len() > 32 {
-        return Err(bad("use 1 to 32 characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(bad("use only a-z, 0-9 and '-' (a hostname label)"));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(bad("do not start or end with '-'"));
+    NodeName::parse(name).map_err(|e| bad(e.reason))?;
+    if name.len() > 32 {
+        return Err(bad(
+            "use 1 to 32 characters (the lab's paths and process names carry it)",
+        ));
     }
     Ok(())
 }

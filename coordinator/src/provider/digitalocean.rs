@@ -142,7 +142,8 @@ impl DigitalOceanProvider {
             .iter()
             .map(|h| {
                 Ok(HostSpec {
-                    name: HostName::parse(h).map_err(CoordinatorError::ProviderConfig)?,
+                    name: HostName::parse(h)
+                        .map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?,
                     user_data: user_data.clone(),
                 })
             })

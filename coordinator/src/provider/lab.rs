@@ -186,7 +186,19 @@ impl LabProvider {
         let hosts = self.lab.hosts();
         coordinator.view.set_provider_info(self.provider_info());
         progress.hosts(hosts.iter().map(|h| h.name.as_str()));
+        self.ensure_engines(progress).await?;
+        self.start_loading_images(coordinator, progress);
+        self.start_agents(coordinator, endpoint, progress)?;
+        self.wait_for_enrollment(coordinator, progress).await?;
+        // Host configuration: each agent applies it on its first session.
+        if coordinator.config().host.is_some() {
+            self.wait_for_host_config(coordinator, progress).await;
+        }
+        Ok(())
+    }
 
+    async fn ensure_engines(&self, progress: &Progress) -> Result<(), CoordinatorError> {
+        let hosts = self.lab.hosts();
         let phase = progress.phase("engines", hosts.len());
         try_join_all(hosts.iter().map(|h| async {
             let status = self.lab.ensure_host(h).await?;
@@ -200,7 +212,10 @@ impl LabProvider {
         }))
         .await?;
         phase.finish();
+        Ok(())
+    }
 
+    fn start_loading_images(&self, coordinator: &Arc<Coordinator>, progress: &Progress) {
         // Images load while agents enroll and Swarm forms (neither needs
         // them); the probe containers and the database wait on the gate.
         // Measured on 4 hosts: loading lab/etcd:1 takes about as long as
@@ -262,7 +277,15 @@ impl LabProvider {
                 retry = (retry * 2).min(Duration::from_secs(30));
             }
         });
+    }
 
+    fn start_agents(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        endpoint: SocketAddr,
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
+        let hosts = self.lab.hosts();
         let phase = progress.phase("agents", hosts.len());
         let token = coordinator.pki.current_token().token;
         for h in hosts {
@@ -270,7 +293,15 @@ impl LabProvider {
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
         phase.finish();
+        Ok(())
+    }
 
+    async fn wait_for_enrollment(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
+        let hosts = self.lab.hosts();
         let phase = progress.phase("enrollment", hosts.len());
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -293,28 +324,28 @@ impl LabProvider {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         phase.finish();
-
-        // Host configuration: each agent applies it on its first session.
-        if coordinator.config().host.is_some() {
-            let phase = progress.phase("host config", hosts.len());
-            let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-                pending.retain(|name| match coordinator.view.config_state(name, true) {
-                    crate::state::ConfigState::Pending => true,
-                    state => {
-                        phase.step(name, &format!("host config {}", state.as_str()));
-                        false
-                    }
-                });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            for name in pending {
-                phase.step(name, "no report yet (see ctl status)");
-            }
-            phase.finish();
-        }
         Ok(())
+    }
+
+    async fn wait_for_host_config(&self, coordinator: &Arc<Coordinator>, progress: &Progress) {
+        let hosts = self.lab.hosts();
+        let phase = progress.phase("host config", hosts.len());
+        let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            pending.retain(|name| match coordinator.view.config_state(name, true) {
+                crate::state::ConfigState::Pending => true,
+                state => {
+                    phase.step(name, &format!("host config {}", state.as_str()));
+                    false
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for name in pending {
+            phase.step(name, "no report yet (see ctl status)");
+        }
+        phase.finish();
     }
 
     /// Keeps engines and agents running: a dead dockerd is restarted, a dead

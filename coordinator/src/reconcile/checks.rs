@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tracing::warn;
 
 use super::plan::Host;
-use crate::sessions::{AgentCalls, call};
+use crate::sessions::{AgentCalls, CallError, call};
 
 /// A cell saying a whole check could not run from or to a host.
 pub fn unavailable(
@@ -137,12 +137,12 @@ pub async fn probe_containers(
     agents: &dyn AgentCalls,
     hosts: &[Host],
     network: &str,
-) -> Vec<(Host, Result<ProbeEndpoint, String>)> {
+) -> Vec<(Host, Result<ProbeEndpoint, CallError>)> {
     join_all(hosts.iter().map(|h| async move {
         let op = EnsureProbe {
             network: network.to_string(),
         };
-        let endpoint = call(agents, &h.name, op).await.map_err(|e| e.to_string());
+        let endpoint = call(agents, &h.name, op).await;
         (h.clone(), endpoint)
     }))
     .await
@@ -178,7 +178,7 @@ pub async fn swarm_ports(agents: &dyn AgentCalls, hosts: &[Host]) -> Vec<Cell> {
 pub async fn overlay(
     agents: &dyn AgentCalls,
     hosts: &[Host],
-    endpoints: &[(Host, Result<ProbeEndpoint, String>)],
+    endpoints: &[(Host, Result<ProbeEndpoint, CallError>)],
 ) -> Vec<Cell> {
     let up: Vec<ProbeEndpoint> = endpoints
         .iter()

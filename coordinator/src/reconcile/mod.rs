@@ -404,7 +404,7 @@ async fn check_and_run_database(
     plan: &Plan,
     output: &Output<'_>,
 ) -> (
-    Vec<(Host, Result<ProbeEndpoint, String>)>,
+    Vec<(Host, Result<ProbeEndpoint, CallError>)>,
     Vec<apiary_api::reach::Cell>,
 ) {
     let phase = output
@@ -461,7 +461,7 @@ async fn publish(
     plan: &Plan,
     mut state: ChecksState,
     cells: Vec<apiary_api::reach::Cell>,
-    endpoints: &[(Host, Result<ProbeEndpoint, String>)],
+    endpoints: &[(Host, Result<ProbeEndpoint, CallError>)],
 ) {
     let attached = |host: &str| endpoints.iter().any(|(h, e)| h.name == host && e.is_ok());
     let mut swarm_nodes = HashMap::new();

@@ -104,7 +104,7 @@ async fn run(args: &Args, label: &str, random: Option<RandomFaults>) -> Result<R
     let hosts = (1..=args.hosts)
         .map(|i| {
             Ok(HostSpec {
-                name: HostName::parse(&format!("bench-{i:03}"))?,
+                name: HostName::parse(&format!("bench-{i:03}")).map_err(|e| e.to_string())?,
                 user_data: user_data.clone(),
             })
         })
