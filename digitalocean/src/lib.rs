@@ -60,8 +60,8 @@
 //! bootstrap.systemd_unit = Some(std::fs::read_to_string("deploy/systemd/apiary-agent.service")?);
 //! let user_data = render_user_data(&bootstrap)?; // shared: no node_name
 //! let hosts = (1..=4)
-//!     .map(|i| Ok(HostSpec { name: HostName::parse(&format!("node-{i}"))?, user_data: user_data.clone() }))
-//!     .collect::<Result<Vec<_>, String>>()?;
+//!     .map(|i| HostName::parse(&format!("node-{i}")).map(|name| HostSpec { name, user_data: user_data.clone() }))
+//!     .collect::<Result<Vec<_>, _>>()?;
 //! preflight(&client, &config.droplet).await?;
 //! let report = reconcile(&client, &ClusterTarget::new(&config, tag.clone(), hosts)).await?;
 //! println!("{report}");
