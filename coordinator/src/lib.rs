@@ -18,6 +18,7 @@
 //! - [`sessions`] — live sessions and the one request/reply waiter for agent calls;
 //! - [`state`] — the in-memory cluster view: checks, database, host configuration, images;
 //! - [`events`] — [`events::EventKind`] and the event channel;
+//! - [`untrusted`] — what agents report, held to its shape before anything keeps or shows it;
 //! - [`store`] (redb, durable state), [`config`] (cluster.toml → validated
 //!   spec), [`progress`], [`artifacts`] (the agent binary over HTTPS for
 //!   hosts booting from cloud-init), [`cli`], [`docs`], [`error`], [`time`].
@@ -42,3 +43,4 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod untrusted;

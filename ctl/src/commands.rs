@@ -19,6 +19,8 @@ use apiary_proto::{
 use serde_json::json;
 use tonic::transport::Channel;
 
+use crate::text::shown;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error(transparent)]
@@ -199,11 +201,16 @@ pub fn event_line(e: &apiary_proto::Event, json: bool) -> String {
         return json!({"at_unix_ms": e.at_unix_ms, "kind": e.kind, "node": e.node, "message": e.message}).to_string();
     }
     let at = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.at_unix_ms));
+    // Events carry what hosts reported (names, versions, addresses).
     format!(
         "{at}  {:<20} {:<14} {}",
-        e.kind,
-        if e.node.is_empty() { "-" } else { &e.node },
-        e.message
+        shown(&e.kind),
+        if e.node.is_empty() {
+            "-".to_string()
+        } else {
+            shown(&e.node)
+        },
+        shown(&e.message)
     )
 }
 
@@ -315,7 +322,7 @@ pub fn print_apply(
 ) -> std::io::Result<()> {
     for h in hosts {
         if !h.error.is_empty() {
-            writeln!(out, "{}: not applied: {}", h.node, h.error)?;
+            writeln!(out, "{}: not applied: {}", shown(&h.node), shown(&h.error))?;
             continue;
         }
         let changed = h.items.iter().filter(|i| i.outcome != "ok").count();
@@ -327,7 +334,7 @@ pub fn print_apply(
         writeln!(
             out,
             "{}: {} item(s), {changed} {verb}",
-            h.node,
+            shown(&h.node),
             h.items.len()
         )?;
         for i in &h.items {
@@ -338,17 +345,18 @@ pub fn print_apply(
             };
             writeln!(
                 out,
-                "  {:<40} {outcome}{}",
-                i.item,
+                "  {:<40} {}{}",
+                shown(&i.item),
+                shown(outcome),
                 if i.reason.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", i.reason)
+                    format!(": {}", shown(&i.reason))
                 }
             )?;
             if !i.diff.is_empty() && i.outcome != "ok" {
                 for line in i.diff.lines() {
-                    writeln!(out, "      {line}")?;
+                    writeln!(out, "      {}", shown(line))?;
                 }
             }
         }
@@ -407,7 +415,7 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
         writeln!(out, "  {kind:<10} {open}/{total} open")?;
     }
     if !c.swarm_error.is_empty() {
-        writeln!(out, "swarm/overlay: {}", c.swarm_error)?;
+        writeln!(out, "swarm/overlay: {}", shown(&c.swarm_error))?;
     }
     if c.failures.is_empty() {
         writeln!(out, "all paths open")?;
@@ -415,7 +423,13 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
         writeln!(out, "{} failing:", c.failures.len())?;
         for f in &c.failures {
             if f.proto == "host" {
-                writeln!(out, "  {}: {} — {}", f.src, f.outcome, f.cause)?;
+                writeln!(
+                    out,
+                    "  {}: {} — {}",
+                    shown(&f.src),
+                    shown(&f.outcome),
+                    shown(&f.cause)
+                )?;
                 continue;
             }
             let path = match f.proto.as_str() {
@@ -425,7 +439,11 @@ pub fn print_checks(out: &mut dyn Write, c: &apiary_proto::ChecksResponse) -> st
             writeln!(
                 out,
                 "  {} -> {} {path} ({}): {} — likely {}",
-                f.src, f.dst, f.check, f.outcome, f.cause
+                shown(&f.src),
+                shown(&f.dst),
+                shown(&f.check),
+                shown(&f.outcome),
+                shown(&f.cause)
             )?;
         }
     }
@@ -454,7 +472,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
     writeln!(
         out,
         "cluster {}: {}/{} nodes ready",
-        s.cluster,
+        shown(&s.cluster),
         ready,
         s.nodes.len()
     )?;
@@ -492,6 +510,8 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             ]
         })
         .collect();
+    // Every cell may hold what a host reported: shown escaped.
+    let rows: Vec<[String; 10]> = rows.into_iter().map(|r| r.map(|c| shown(&c))).collect();
     let header = [
         "NAME",
         "STATE",
@@ -535,11 +555,11 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             s.database_connected,
             s.database_servers,
             if s.database_leader.is_empty() {
-                "none"
+                "none".to_string()
             } else {
-                &s.database_leader
+                shown(&s.database_leader)
             },
-            s.database_kind,
+            shown(&s.database_kind),
             if s.database_peer_tls {
                 "peers over TLS"
             } else {
@@ -550,8 +570,8 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             writeln!(
                 out,
                 "  {} on {}: {}",
-                n.database_server,
-                n.name,
+                shown(&n.database_server),
+                shown(&n.name),
                 paint(
                     if n.database_healthy {
                         "connected"
@@ -564,7 +584,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             )?;
         }
         if !s.database_error.is_empty() {
-            writeln!(out, "  {}", s.database_error)?;
+            writeln!(out, "  {}", shown(&s.database_error))?;
         }
     }
     Ok(())
@@ -704,5 +724,64 @@ mod tests {
             );
             assert_eq!(status_json(&s)["database"]["peer_tls"], peer_tls);
         }
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::*;
+
+    const HOSTILE: &str = "6.1\x1b]0;owned\x07\r\nfake-node  ready";
+
+    #[test]
+    fn host_text_is_escaped_in_tables_and_exact_in_json() {
+        let s = StatusResponse {
+            cluster: "bees".into(),
+            nodes: vec![NodeStatus {
+                name: "h1".into(),
+                state: "ready".into(),
+                private_ip: "10.231.0.11\x07".into(),
+                facts: Some(apiary_proto::Facts {
+                    kernel_version: HOSTILE.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        print_status(&mut out, &s, false).expect("prints");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'),
+            "{text:?}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("fake-node")), "{text}");
+        assert!(
+            text.contains("6.1\\x1b]0;owned\\x07\\r\\nfake-node"),
+            "{text}"
+        );
+        let json = status_json(&s);
+        assert_eq!(
+            json["nodes"][0]["kernel"], HOSTILE,
+            "JSON keeps the exact text"
+        );
+    }
+
+    #[test]
+    fn event_lines_are_escaped_and_json_lines_exact() {
+        let e = apiary_proto::Event {
+            at_unix_ms: 1,
+            kind: "node_connected".into(),
+            node: "h1".into(),
+            message: format!("agent {HOSTILE}"),
+        };
+        let line = event_line(&e, false);
+        assert!(
+            !line.contains('\x1b') && !line.contains('\n') && !line.contains('\r'),
+            "{line:?}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&event_line(&e, true)).expect("json");
+        assert_eq!(json["message"], format!("agent {HOSTILE}"));
     }
 }

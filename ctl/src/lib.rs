@@ -37,6 +37,7 @@
 pub mod cli;
 pub mod commands;
 mod run;
+pub mod text;
 pub mod tunnel;
 
 pub use commands::{Ctl, CtlError};

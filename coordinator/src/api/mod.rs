@@ -9,6 +9,7 @@
 //! place the coordinator's errors become `tonic::Status` ([`status_of`]
 //! and the `From` conversions below).
 
+pub mod limits;
 mod session;
 pub mod status;
 pub mod tunnel;
@@ -39,6 +40,7 @@ use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::pki::PkiError;
 use crate::store::StoreError;
+use limits::{Conn, Sources};
 use tunnel::{TunnelHub, TunnelRelayRoutes, TunnelRoutes, TunnelSvc};
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -77,6 +79,9 @@ impl From<PkiError> for Status {
             | PkiError::WrongSecret
             | PkiError::NotMember { .. } => Status::permission_denied(message),
             PkiError::NoSuchNode { .. } => Status::not_found(message),
+            // Not the caller's fault, and not final: the agent retries, and
+            // enrolls once the operator has removed the old node.
+            PkiError::NameTaken { .. } => Status::already_exists(message),
             PkiError::PeerCertificate { .. }
             | PkiError::Store(_)
             | PkiError::Cert(_)
@@ -127,6 +132,7 @@ pub async fn serve(
 ) -> Result<(), CoordinatorError> {
     let acceptor = TlsAcceptor::from(coord.pki.server_tls());
     let (conn_tx, conn_rx) = mpsc::channel(1024);
+    let sources = Sources::default();
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -139,12 +145,25 @@ pub async fn serve(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, conn_tx) = (acceptor.clone(), conn_tx.clone());
+            let (acceptor, conn_tx, sources) = (acceptor.clone(), conn_tx.clone(), sources.clone());
             tokio::spawn(async move {
                 let tcp = apiary_proto::dial::BufferedTcp::new(tcp);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let conn = if Conn::has_certificate(&tls) {
+                            Conn::authenticated(tls)
+                        } else {
+                            match sources.admit(peer.ip()) {
+                                Ok(slot) => Conn::unauthenticated(tls, slot),
+                                Err(first) => {
+                                    if first {
+                                        warn!(%peer, limit = limits::MAX_UNAUTHENTICATED_PER_SOURCE, "refusing connections without a client certificate from this address: it holds the most allowed");
+                                    }
+                                    return;
+                                }
+                            }
+                        };
+                        let _ = conn_tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -180,7 +199,11 @@ pub async fn serve(
         .initial_stream_window_size(Some(apiary_proto::dial::STREAM_WINDOW))
         .initial_connection_window_size(Some(apiary_proto::dial::CONNECTION_WINDOW))
         .max_frame_size(Some(apiary_proto::dial::MAX_FRAME))
-        .add_service(EnrollmentServer::new(svc.clone()))
+        .max_concurrent_streams(Some(limits::MAX_CONCURRENT_STREAMS))
+        .add_service(
+            EnrollmentServer::new(svc.clone())
+                .max_decoding_message_size(limits::ENROLL_MAX_MESSAGE),
+        )
         .add_service(AgentApiServer::new(svc.clone()))
         .add_service(AdminServer::new(svc))
         .add_service(TunnelRoutes(tunnels.clone()))

@@ -78,18 +78,30 @@ async fn handle(
 ) -> bool {
     match msg {
         agent_message::Msg::Hello(hello) => {
-            let facts = hello.facts.unwrap_or_default();
-            info!(version = %hello.agent_version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
+            let mut facts = hello.facts.unwrap_or_default();
+            let mut version = hello.agent_version;
+            if !crate::untrusted::version(&version) {
+                warn!(
+                    len = version.len(),
+                    "the agent's version is not a version; dropped"
+                );
+                version = "(unknown)".into();
+            }
+            refuse_bad_facts(node, &mut facts);
+            info!(version = %version, kernel = %facts.kernel_version, private_ip = %facts.private_ip, "node connected");
             coord.events.emit(
                 EventKind::NodeConnected,
                 node,
-                format!("agent {} from {}", hello.agent_version, facts.private_ip),
+                format!("agent {version} from {}", facts.private_ip),
             );
             coord.record_facts(node, session, facts).await;
         }
         agent_message::Msg::HostConfig(report) => coord.record_host_report(node, report),
         agent_message::Msg::OpResult(result) => coord.sessions.answer_op(result),
-        agent_message::Msg::Facts(facts) => coord.record_facts(node, session, facts).await,
+        agent_message::Msg::Facts(mut facts) => {
+            refuse_bad_facts(node, &mut facts);
+            coord.record_facts(node, session, facts).await
+        }
         agent_message::Msg::Heartbeat(hb) => {
             if hb.last_rtt_us > 0 {
                 coord.heartbeat_rtt.observe(hb.last_rtt_us as f64 / 1e6);
@@ -103,6 +115,16 @@ async fn handle(
         }
     }
     true
+}
+
+/// Drops the fields of `facts` that are not what they claim to be, and
+/// says which (once per report: a host sends facts at its hello and when
+/// they change).
+fn refuse_bad_facts(node: &str, facts: &mut apiary_proto::Facts) {
+    let bad = crate::untrusted::check_facts(facts);
+    if !bad.is_empty() {
+        warn!(node, fields = ?bad, "facts that are not well-formed were dropped");
+    }
 }
 
 /// Turns heartbeat silence into `node_down` / `node_ready` events; a

@@ -59,6 +59,16 @@ pub enum PkiError {
     BadCsr(CertError),
     #[error("node {node} is not a member of this cluster")]
     NotMember { node: String },
+    #[error(
+        "node {node} already has a live identity (certificate {serial}, valid until {until}); a join token cannot take a name over. \
+         To replace the host, remove the old one first (`ctl nodes remove {node}`, which revokes its certificates); \
+         this agent then enrolls by itself"
+    )]
+    NameTaken {
+        node: String,
+        serial: String,
+        until: String,
+    },
     #[error("no node named {node:?}; `ctl status` lists the nodes")]
     NoSuchNode { node: String },
     #[error("database peer certificate of {service}: cannot {what}: {reason}")]
@@ -217,9 +227,12 @@ impl Pki {
         Err(PkiError::WrongSecret)
     }
 
-    /// Signs a node's CSR after checking its join token. Re-enrolling under a
-    /// name that exists (a host whose state was wiped) takes the name over:
-    /// the old identity is revoked so it cannot stay valid beside the new.
+    /// Signs a node's CSR after checking its join token. A name whose node
+    /// still holds a valid certificate is refused: replacing a node is the
+    /// operator's act (`ctl nodes remove`), never a token holder's. A name
+    /// whose certificates have all run out or been revoked may enroll again,
+    /// and every certificate it ever had is revoked then, so none can come
+    /// back beside the new identity.
     pub async fn enroll(
         &self,
         store: &Store,
@@ -236,6 +249,28 @@ impl Pki {
             .map_err(PkiError::BadCsr)?;
         let previous = store.node(name)?;
         let now = now_unix();
+        let earlier: Vec<CertRecord> = match &previous {
+            Some(_) => store
+                .certs()?
+                .into_iter()
+                .filter(|c| c.node == name && c.role == Role::Agent.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(live) = earlier
+            .iter()
+            .filter(|c| c.not_after_unix >= now && !self.revoked.contains(&c.serial))
+            .max_by_key(|c| c.not_after_unix)
+        {
+            return Err(PkiError::NameTaken {
+                node: name.to_string(),
+                serial: live.serial.clone(),
+                until: humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + Duration::from_secs(live.not_after_unix),
+                )
+                .to_string(),
+            });
+        }
         let mut ops = vec![
             Op::PutCert(CertRecord {
                 serial: cert.serial.clone(),
@@ -256,10 +291,10 @@ impl Pki {
                     .unwrap_or_default(),
             }),
         ];
-        if let Some(p) = &previous {
-            self.revoked.insert(&p.cert_serial);
+        for old in earlier.iter().filter(|c| !self.revoked.contains(&c.serial)) {
+            self.revoked.insert(&old.serial);
             ops.push(Op::Revoke(RevocationRecord {
-                serial: p.cert_serial.clone(),
+                serial: old.serial.clone(),
                 node: name.to_string(),
                 revoked_unix: now,
             }));

@@ -181,6 +181,16 @@ impl DigitalOceanProvider {
             adopted = report.adopted.len(),
             "droplets reconciled"
         );
+        // A droplet made anew under a name the cluster still knows (the old
+        // one was deleted behind apiary's back): apiary made the new one, so
+        // it says the old one is gone; a join token alone never takes over
+        // a live name. Its agent, refused until then, enrolls on its retry.
+        for name in report.created.iter().chain(&report.recovered) {
+            if coordinator.store.node(name)?.is_some() {
+                info!(node = %name, "droplet made anew; the old node's identity is revoked");
+                coordinator.remove_node(name).await?;
+            }
+        }
         if !report.surplus.is_empty() {
             self.remove_surplus(coordinator, &report.surplus).await?;
         }

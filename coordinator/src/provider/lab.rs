@@ -175,6 +175,24 @@ impl LabProvider {
             .spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
     }
 
+    /// A host the lab made afresh (its agent has no identity yet) under the
+    /// name of a node the cluster still knows (a lab torn down and brought
+    /// up again on the same state): the lab, which made the new host, says
+    /// the old one is gone, so its identity is revoked and the new agent
+    /// can enroll. A join token alone never takes over a live name.
+    async fn forget_replaced(
+        &self,
+        coordinator: &Coordinator,
+        host: &HostPlan,
+    ) -> Result<(), CoordinatorError> {
+        let fresh = !apiary_certs::Identity::exists(&host.host_dir.join("agent"));
+        if fresh && coordinator.store.node(&host.name)?.is_some() {
+            info!(node = %host.name, "the lab made this host afresh; the old node's identity is revoked");
+            coordinator.remove_node(&host.name).await?;
+        }
+        Ok(())
+    }
+
     /// Hosts, engines and agents, then waits until every host is enrolled
     /// and ready; images go on loading in the background (see [`Images`]).
     pub async fn bring_up(
@@ -188,7 +206,7 @@ impl LabProvider {
         progress.hosts(hosts.iter().map(|h| h.name.as_str()));
         self.ensure_engines(progress).await?;
         self.start_loading_images(coordinator, progress);
-        self.start_agents(coordinator, endpoint, progress)?;
+        self.start_agents(coordinator, endpoint, progress).await?;
         self.wait_for_enrollment(coordinator, progress).await?;
         // Host configuration: each agent applies it on its first session.
         if coordinator.config().host.is_some() {
@@ -279,7 +297,7 @@ impl LabProvider {
         });
     }
 
-    fn start_agents(
+    async fn start_agents(
         &self,
         coordinator: &Arc<Coordinator>,
         endpoint: SocketAddr,
@@ -289,6 +307,7 @@ impl LabProvider {
         let phase = progress.phase("agents", hosts.len());
         let token = coordinator.pki.current_token().token;
         for h in hosts {
+            self.forget_replaced(coordinator, h).await?;
             let pid = self.start_agent(h, endpoint, &token)?;
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
