@@ -34,6 +34,17 @@ fn example_cluster_specs_parse() {
     };
     assert_eq!(d.hosts.len(), 4);
     assert_eq!(d.spec.region.as_deref(), Some("nyc3"));
+    // The RethinkDB lab needs its image archive beside the project; without
+    // it the spec is refused, naming the key and the file.
+    let rethinkdb = ClusterConfig::load(&repo().join("deploy/examples/lab-rethinkdb.toml"));
+    if repo().join("../shared/rethinkdb/rethinkdb-2.4.4.tar").exists() {
+        let c = rethinkdb.expect("lab-rethinkdb.toml");
+        let db = c.swarm.and_then(|s| s.database).expect("a database");
+        assert_eq!(db.kind.as_str(), "rethinkdb");
+    } else {
+        let e = rethinkdb.expect_err("no archive").to_string();
+        assert!(e.contains("image_archive") && e.contains("rethinkdb-2.4.4.tar"), "{e}");
+    }
 }
 
 #[test]

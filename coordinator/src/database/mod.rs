@@ -148,11 +148,15 @@ pub fn state_of(
             }
         }
     }
-    // The leader as the healthy servers see it (they agree once it is elected).
+    // The leader as the healthy servers see it (they agree once it is
+    // elected), by its service name: `ctl status` and `ctl tunnel
+    // database:admin` speak of services, the database of its own members.
     let leader = health
         .iter()
         .filter(|h| h.healthy && !h.leader_id.is_empty() && h.leader_id != "0")
-        .find_map(|h| names.get(&h.leader_id).cloned())
+        .find_map(|h| names.get(&h.leader_id))
+        .and_then(|member| servers.iter().find(|s| flavor.member_name(s) == *member))
+        .map(|s| s.name.clone())
         .unwrap_or_default();
     let servers: Vec<DatabaseServer> = servers
         .iter()
@@ -594,6 +598,29 @@ mod tests {
             String::new(),
         );
         assert_eq!(etcd.connected, 2);
+    }
+
+    #[test]
+    fn the_leader_is_named_by_its_service_whatever_the_database_calls_it() {
+        let leading = |members: &[&str], leader: &str| ServerHealth {
+            leader_id: leader.into(),
+            ..health(true, true, members)
+        };
+        let both = ["rethinkdb_1", "rethinkdb_2"];
+        let state = state_of(
+            spec::flavor(DatabaseKind::Rethinkdb).as_ref(),
+            &servers("rethinkdb"),
+            &[leading(&both, "rethinkdb_2"), leading(&both, "rethinkdb_2")],
+            String::new(),
+        );
+        assert_eq!(state.leader, "rethinkdb-2", "the service, as ctl tunnel looks it up");
+        let state = state_of(
+            spec::flavor(DatabaseKind::Etcd).as_ref(),
+            &servers("etcd"),
+            &[leading(&["etcd-1", "etcd-2"], "etcd-1"), leading(&[], "")],
+            String::new(),
+        );
+        assert_eq!(state.leader, "etcd-1");
     }
 
     #[test]

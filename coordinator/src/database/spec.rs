@@ -83,6 +83,11 @@ pub trait Flavor: Send + Sync {
     }
     /// How servers join and leave a running cluster.
     fn membership(&self) -> &'static dyn Membership;
+    /// The name `server` has among the database's own members (what its
+    /// health answers name the leader by).
+    fn member_name(&self, server: &Server) -> String {
+        server.name.clone()
+    }
 }
 
 pub struct Etcd;
@@ -263,7 +268,7 @@ impl Flavor for Rethinkdb {
             "--bind".into(),
             "all".into(),
             "--server-name".into(),
-            server.name.replace('-', "_"),
+            self.member_name(server),
             "--canonical-address".into(),
             server.name.clone(),
             "--directory".into(),
@@ -312,6 +317,10 @@ impl Flavor for Rethinkdb {
     }
     fn membership(&self) -> &'static dyn Membership {
         &RethinkdbMembership
+    }
+    /// `--server-name`: RethinkDB's names allow no '-'.
+    fn member_name(&self, server: &Server) -> String {
+        server.name.replace('-', "_")
     }
 }
 

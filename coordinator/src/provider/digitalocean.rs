@@ -148,6 +148,14 @@ impl DigitalOceanProvider {
                 })
             })
             .collect::<Result<Vec<_>, CoordinatorError>>()?;
+        // The identities the cluster knows before any droplet is made: what
+        // a droplet made anew may replace (see below).
+        let known: HashMap<String, String> = coordinator
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.name, n.cert_serial))
+            .collect();
         let phase = progress.phase("droplets", target.hosts.len());
         let report = reconcile(&self.client, &target)
             .await
@@ -181,12 +189,22 @@ impl DigitalOceanProvider {
             adopted = report.adopted.len(),
             "droplets reconciled"
         );
-        // A droplet made anew under a name the cluster still knows (the old
+        // A droplet made anew under a name the cluster knew before (the old
         // one was deleted behind apiary's back): apiary made the new one, so
         // it says the old one is gone; a join token alone never takes over
-        // a live name. Its agent, refused until then, enrolls on its retry.
+        // a live name. Only the identity known before is revoked: the new
+        // droplet's agent may have enrolled already (when the old identity
+        // had run out), and otherwise it is refused until now and enrolls on
+        // its retry.
         for name in report.created.iter().chain(&report.recovered) {
-            if coordinator.store.node(name)?.is_some() {
+            let Some(old_serial) = known.get(name) else {
+                continue;
+            };
+            let still_old = coordinator
+                .store
+                .node(name)?
+                .is_some_and(|n| n.cert_serial == *old_serial);
+            if still_old {
                 info!(node = %name, "droplet made anew; the old node's identity is revoked");
                 coordinator.remove_node(name).await?;
             }

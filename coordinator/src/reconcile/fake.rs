@@ -183,7 +183,12 @@ impl FakeAgents {
             .keys()
             .map(|s| MemberView {
                 id: s.clone(),
-                name: s.replace('-', "_"),
+                // As each database names its members: RethinkDB allows no '-'.
+                name: if s.starts_with("rethinkdb") {
+                    s.replace('-', "_")
+                } else {
+                    s.clone()
+                },
             })
             .collect();
         ServerHealth {
