@@ -1436,5 +1436,30 @@ fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
         );
         assert!(!args.contains("Ports"), "nothing published: {args}");
     }
+    // The leader is named by its service (RethinkDB calls it rethinkdb_N),
+    // and `ctl tunnel database:admin` opens its admin UI.
+    let leader = db["leader"].as_str().unwrap_or("").to_string();
+    assert!(
+        (1..=4).any(|n| leader == format!("rethinkdb-{n}")),
+        "leader {leader:?}: {db}"
+    );
+    let local = free_port();
+    let mut cmd = std::process::Command::new(bin("ctl"));
+    cmd.arg("--config").arg(lab.admin_conf()).args([
+        "tunnel",
+        "database:admin",
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(cmd, &lab.dir.path().join("tunnel-admin.log"));
+    eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
+        tunnel.log_text().contains("forwarding").then_some(())
+    });
+    let page = http_get(local, "/").expect("GET / of the admin UI through the tunnel");
+    assert!(
+        page.to_lowercase().contains("rethinkdb"),
+        "not the admin UI: {page:.300}"
+    );
+    drop(tunnel);
     lab.stop();
 }
