@@ -37,13 +37,19 @@ fn example_cluster_specs_parse() {
     // The RethinkDB lab needs its image archive beside the project; without
     // it the spec is refused, naming the key and the file.
     let rethinkdb = ClusterConfig::load(&repo().join("deploy/examples/lab-rethinkdb.toml"));
-    if repo().join("../shared/rethinkdb/rethinkdb-2.4.4.tar").exists() {
+    if repo()
+        .join("../shared/rethinkdb/rethinkdb-2.4.4.tar")
+        .exists()
+    {
         let c = rethinkdb.expect("lab-rethinkdb.toml");
         let db = c.swarm.and_then(|s| s.database).expect("a database");
         assert_eq!(db.kind.as_str(), "rethinkdb");
     } else {
         let e = rethinkdb.expect_err("no archive").to_string();
-        assert!(e.contains("image_archive") && e.contains("rethinkdb-2.4.4.tar"), "{e}");
+        assert!(
+            e.contains("image_archive") && e.contains("rethinkdb-2.4.4.tar"),
+            "{e}"
+        );
     }
 }
 

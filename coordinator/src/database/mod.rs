@@ -613,7 +613,10 @@ mod tests {
             &[leading(&both, "rethinkdb_2"), leading(&both, "rethinkdb_2")],
             String::new(),
         );
-        assert_eq!(state.leader, "rethinkdb-2", "the service, as ctl tunnel looks it up");
+        assert_eq!(
+            state.leader, "rethinkdb-2",
+            "the service, as ctl tunnel looks it up"
+        );
         let state = state_of(
             spec::flavor(DatabaseKind::Etcd).as_ref(),
             &servers("etcd"),

@@ -52,7 +52,7 @@ pub struct Plan {
     /// The first manager (the swarm's leader at creation).
     pub first: Host,
     pub swarm: SwarmStep,
-    /// Hosts to join, managers first: each answered its engine and is not
+    /// Hosts to join, in placement order (so managers first): each answered its engine and is not
     /// in the first manager's swarm yet. A host whose engine did not answer
     /// is left alone this round (its cells say so; joining it would only
     /// wait for a timeout).
@@ -126,7 +126,7 @@ pub fn decide(
         _ => SwarmStep::Init,
     };
     let remote = SocketAddr::new(first.ip.into(), SWARM_MANAGER_PORT);
-    let mut joins: Vec<Host> = hosts
+    let joins: Vec<Host> = hosts
         .iter()
         .filter(|h| h.name != first.name)
         .filter(|h| {
@@ -136,7 +136,6 @@ pub fn decide(
         })
         .cloned()
         .collect();
-    joins.sort_by_key(|h| !h.manager);
     Decision::Converge(Plan {
         pre_swarm_checks: !views.values().any(active),
         hosts,
