@@ -117,19 +117,24 @@ pub async fn esp(agents: &dyn AgentCalls, hosts: &[Host]) -> Vec<Cell> {
     }))
     .await;
     probe_round(agents, hosts, |h| {
-        hosts
-            .iter()
-            .filter(|p| p.name != h.name)
-            .map(|p| Target {
-                peer: Peer {
-                    name: p.name.clone(),
-                    ip: p.ip,
-                },
-                ports: vec![PortSpec::esp()],
-            })
-            .collect()
+        peers_of(hosts, h, |_| vec![PortSpec::esp()])
     })
     .await
+}
+
+/// Every host but `me` as a probe target, on the ports `ports_of` gives it.
+fn peers_of(hosts: &[Host], me: &Host, ports_of: impl Fn(&Host) -> Vec<PortSpec>) -> Vec<Target> {
+    hosts
+        .iter()
+        .filter(|p| p.name != me.name)
+        .map(|p| Target {
+            peer: Peer {
+                name: p.name.clone(),
+                ip: p.ip,
+            },
+            ports: ports_of(p),
+        })
+        .collect()
 }
 
 /// The probe containers, one per host, on `network`.
@@ -151,24 +156,16 @@ pub async fn probe_containers(
 /// After Swarm: its TCP ports between every pair, directly.
 pub async fn swarm_ports(agents: &dyn AgentCalls, hosts: &[Host]) -> Vec<Cell> {
     probe_round(agents, hosts, |h| {
-        hosts
-            .iter()
-            .filter(|m| m.name != h.name)
-            .map(|m| Target {
-                peer: Peer {
-                    name: m.name.clone(),
-                    ip: m.ip,
-                },
-                ports: if m.manager {
-                    vec![
-                        PortSpec::tcp(SWARM_MANAGER_PORT),
-                        PortSpec::tcp(SWARM_GOSSIP_PORT),
-                    ]
-                } else {
-                    vec![PortSpec::tcp(SWARM_GOSSIP_PORT)]
-                },
-            })
-            .collect()
+        peers_of(hosts, h, |m| {
+            if m.manager {
+                vec![
+                    PortSpec::tcp(SWARM_MANAGER_PORT),
+                    PortSpec::tcp(SWARM_GOSSIP_PORT),
+                ]
+            } else {
+                vec![PortSpec::tcp(SWARM_GOSSIP_PORT)]
+            }
+        })
     })
     .await
 }
