@@ -658,6 +658,21 @@ pub fn normalize_sysctl(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A number in `value` that does not read back as written (JSON reads
+/// floats to within one unit in the last place), which would make the
+/// written daemon.json differ from the wanted one at every check.
+fn drifting_number(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let text = n.to_string();
+            (serde_json::from_str::<Value>(&text).ok().as_ref() != Some(value)).then_some(text)
+        }
+        Value::Array(items) => items.iter().find_map(drifting_number),
+        Value::Object(map) => map.values().find_map(drifting_number),
+        _ => None,
+    }
+}
+
 fn validate_daemon_json(map: &Map<String, Value>) -> Result<(), SpecError> {
     let refuse = |key: &str, why: String| SpecError::DaemonJson {
         key: key.to_string(),
@@ -674,6 +689,15 @@ fn validate_daemon_json(map: &Map<String, Value>) -> Result<(), SpecError> {
             && let Some(near) = near_miss(key, &KNOWN_DAEMON_KEYS)
         {
             return Err(refuse(key, format!("unknown option; did you mean {near}?")));
+        }
+        if let Some(number) = drifting_number(value) {
+            return Err(refuse(
+                key,
+                format!(
+                    "the number {number} cannot be kept as written (it reads back as another): \
+                     daemon.json would differ at every check; write it exactly, or as an integer"
+                ),
+            ));
         }
         if let Some(path) = tcp_listener(key, value) {
             return Err(refuse(

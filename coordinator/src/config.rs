@@ -642,6 +642,18 @@ impl ConfigText<'_> {
                         "swarm.managers must be at least 1".into(),
                     ));
                 }
+                // Swarm cuts overlay subnets from these, and every agent's
+                // tunnel allow-list carries them: both need CIDRs.
+                for pool in &sw.default_addr_pool {
+                    if let Err(e) = apiary_api::tunnel::AllowList::parse(std::slice::from_ref(pool))
+                    {
+                        return Err(self.at(
+                            Some(span),
+                            "swarm.default_addr_pool",
+                            format!("swarm.default_addr_pool: {e}; write ADDR/LEN, e.g. \"10.232.0.0/16\""),
+                        ));
+                    }
+                }
                 sw.enabled.then_some(SwarmConfig {
                     managers: sw.managers,
                     overlay: sw.overlay,
@@ -929,12 +941,23 @@ impl ConfigText<'_> {
 /// The smallest per-connection budget: one full tunnel frame.
 pub const MIN_TUNNEL_BYTES: usize = 64 << 10;
 
+/// The most hosts a provider makes for one cluster.
+const MAX_HOSTS: usize = 200;
+
 /// Host names from `hosts = N` and/or `names = [...]`: the recipe's queenbee and
 /// workerbees by default.
 fn host_names(
     hosts: Option<usize>,
     names: Option<Vec<String>>,
 ) -> Result<Vec<String>, (&'static str, String)> {
+    // Before any name is made: a count far past the limit must not be
+    // allocated first.
+    if hosts.is_some_and(|n| n == 0 || n > MAX_HOSTS) {
+        return Err((
+            "provider.hosts",
+            format!("a cluster needs between 1 and {MAX_HOSTS} hosts"),
+        ));
+    }
     let list: Vec<String> = match (hosts, names) {
         (_, Some(names)) => names,
         (Some(n), None) => std::iter::once("queenbee".to_string())
@@ -953,10 +976,10 @@ fn host_names(
             ),
         ));
     }
-    if list.is_empty() || list.len() > 200 {
+    if list.is_empty() || list.len() > MAX_HOSTS {
         return Err((
             "provider.hosts",
-            "a cluster needs between 1 and 200 hosts".into(),
+            format!("a cluster needs between 1 and {MAX_HOSTS} hosts"),
         ));
     }
     for n in &list {

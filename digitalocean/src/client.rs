@@ -817,7 +817,9 @@ impl Client {
         let remaining = header_u64(headers, "ratelimit-remaining");
         let reset = header_u64(headers, "ratelimit-reset");
         if let (Some(0), Some(reset)) = (remaining, reset) {
-            *lock(&self.inner.paused_until) = Some(UNIX_EPOCH + Duration::from_secs(reset));
+            // A reset no clock can reach (a hostile or broken answer) is no
+            // pause: the next 429 backs off instead.
+            *lock(&self.inner.paused_until) = UNIX_EPOCH.checked_add(Duration::from_secs(reset));
         }
     }
 
@@ -828,11 +830,15 @@ impl Client {
         if let Some(secs) = header_u64(headers, "retry-after") {
             return Duration::from_secs(secs);
         }
-        if let Some(reset) = header_u64(headers, "ratelimit-reset") {
-            let at = UNIX_EPOCH + Duration::from_secs(reset);
+        if let Some(at) = header_u64(headers, "ratelimit-reset")
+            .and_then(|reset| UNIX_EPOCH.checked_add(Duration::from_secs(reset)))
+        {
+            // The hourly limit resets within the hour: a later reset is
+            // not waited for longer than that.
             let wait = at
                 .duration_since(self.inner.clock.now())
-                .unwrap_or(Duration::ZERO);
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(3600));
             // The reset is whole seconds; a little extra keeps us from
             // arriving just before it.
             return wait + Duration::from_millis(rand::rng().random_range(0..=250));

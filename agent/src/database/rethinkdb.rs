@@ -29,6 +29,9 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 /// PBKDF2-HMAC-SHA-256 with one block: SCRAM's `Hi`.
+/// The most PBKDF2 iterations a server may ask of this client.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
 pub fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
@@ -86,6 +89,13 @@ impl Scram {
         let iterations: u32 = field("i")?
             .parse()
             .map_err(|_| "SCRAM: bad iteration count")?;
+        // The server chooses the work: a hostile one could ask for hours of
+        // PBKDF2. RethinkDB uses 4096.
+        if iterations > MAX_ITERATIONS {
+            return Err(format!(
+                "SCRAM: the server asks for {iterations} iterations, over the {MAX_ITERATIONS} this client does"
+            ));
+        }
         let salted = hi(self.password.as_bytes(), &salt, iterations);
         let client_key = hmac_sha256(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();

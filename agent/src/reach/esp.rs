@@ -50,7 +50,7 @@ pub(super) fn raw_socket(local: Option<Ipv4Addr>) -> io::Result<UdpSocket> {
 
 /// One received packet: its source and its ESP payload after the header.
 /// Packets that are not ours (another SPI, too short) are `None`.
-fn parse(packet: &[u8]) -> Option<(Ipv4Addr, &[u8])> {
+pub fn parse(packet: &[u8]) -> Option<(Ipv4Addr, &[u8])> {
     // An IPv4 raw socket receives the IP header too.
     let ihl = usize::from(*packet.first()? & 0x0f) * 4;
     if ihl < 20 || packet.len() < ihl + HEADER {

@@ -45,6 +45,7 @@ use std::net::Ipv4Addr;
 
 /// The contract types (cells, ports, the matrix) live in `apiary-api`; the agent measures them.
 pub use apiary_api::reach::*;
+pub use esp::parse as parse_esp;
 pub use probe::{probe, probe_all};
 pub use responder::{PortState, PortStatus, Responder};
 

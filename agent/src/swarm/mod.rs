@@ -48,7 +48,9 @@ pub use apiary_api::swarm::{
     SwarmView,
 };
 pub use crypto::{KernelCrypto, Missing, MissingPiece, encryption_support};
-pub use overlay::{PROBE_IMAGE, ProbeOptions, overlay_differences, probe_container_name};
+pub use overlay::{
+    PROBE_IMAGE, ProbeOptions, nc_outcome, overlay_differences, ping_outcome, probe_container_name,
+};
 
 /// How long a node may stay `pending` (joining) before we give up.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
@@ -582,7 +584,7 @@ impl SwarmClient {
     }
 }
 
-fn node_view(n: Node) -> NodeView {
+pub fn node_view(n: Node) -> NodeView {
     let spec = n.spec.unwrap_or_default();
     let status = n.status.unwrap_or_default();
     let ms = n.manager_status;

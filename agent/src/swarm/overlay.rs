@@ -540,21 +540,23 @@ fn status(n: &bollard::models::NetworkInspect, created: bool) -> OverlayStatus {
 }
 
 /// Busybox `ping`: exit 0 when any reply came back.
-pub(crate) fn ping_outcome(code: i64, out: &str) -> (Outcome, Option<Duration>) {
+pub fn ping_outcome(code: i64, out: &str) -> (Outcome, Option<Duration>) {
     if code == 0 {
         let rtt = out
             .split("time=")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .and_then(|ms| ms.parse::<f64>().ok())
-            .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+            // What the container printed is not trusted to be a time: a
+            // negative, infinite or absurd one is no round trip.
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
         return (Outcome::Open, rtt);
     }
     (failure_outcome(out), None)
 }
 
 /// `printf request | nc`: exit 0 and an HTTP answer when the server was reached.
-pub(crate) fn nc_outcome(code: i64, out: &str) -> Outcome {
+pub fn nc_outcome(code: i64, out: &str) -> Outcome {
     if code == 0 && out.contains("HTTP/") {
         return Outcome::Open;
     }
