@@ -306,8 +306,13 @@ impl LabProvider {
         let hosts = self.lab.hosts();
         let phase = progress.phase("agents", hosts.len());
         let token = coordinator.pki.current_token().token;
+        // Identities first, then every agent in one tight loop: a
+        // coordinator killed among the spawns leaves as few half-started
+        // agents as possible for the next one to adopt.
         for h in hosts {
             self.forget_replaced(coordinator, h).await?;
+        }
+        for h in hosts {
             let pid = self.start_agent(h, endpoint, &token)?;
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
