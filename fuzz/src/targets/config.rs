@@ -52,54 +52,8 @@ pub const CLUSTER_TOML: Target = Target {
     ],
     max_len: 16 << 10,
     test_mutations: 2000,
-    known: Some(known_cluster_toml),
+    known: None,
 };
-
-/// Findings 1 and 4 (README).
-fn known_cluster_toml(data: &[u8]) -> bool {
-    many_hosts(data) || pool_not_cidrs(data)
-}
-
-/// Finding 1: `[provider] hosts` above the 200-host limit makes
-/// `host_names` build that many names before checking it (capacity
-/// overflow, or an allocation that aborts the process).
-fn many_hosts(data: &[u8]) -> bool {
-    let s = text(data);
-    s.match_indices("hosts").any(|(i, _)| {
-        let rest = s[i + 5..].trim_start();
-        let Some(rest) = rest.strip_prefix('=') else {
-            return false;
-        };
-        let rest = rest.trim_start().trim_start_matches('+');
-        let (radix, digits) = match rest.get(..2) {
-            Some("0x") => (16, &rest[2..]),
-            Some("0o") => (8, &rest[2..]),
-            Some("0b") => (2, &rest[2..]),
-            _ => (10, rest),
-        };
-        let n: String = digits
-            .chars()
-            .take_while(|c| c.is_digit(radix) || *c == '_')
-            .filter(|c| *c != '_')
-            .collect();
-        !n.is_empty() && u128::from_str_radix(&n, radix).map_or(true, |v| v > 200)
-    })
-}
-
-/// Finding 4: `[swarm] default_addr_pool` is not checked, and becomes the
-/// agents' default tunnel allow-list, which they refuse.
-fn pool_not_cidrs(data: &[u8]) -> bool {
-    let s = text(data);
-    if !s.contains("default_addr_pool") {
-        return false;
-    }
-    let Ok(v) = toml::from_str::<toml::Value>(&s) else {
-        return false;
-    };
-    let pool = v.get("swarm").and_then(|s| s.get("default_addr_pool"));
-    let entries: Option<Vec<String>> = pool.and_then(|p| p.clone().try_into().ok());
-    entries.is_some_and(|e| AllowList::parse(&e).is_err())
-}
 
 thread_local! {
     static CONFIG_DIR: tempfile::TempDir = scratch_dir();
@@ -205,32 +159,8 @@ pub const HOST_CONFIG: Target = Target {
     ],
     max_len: 4 << 10,
     test_mutations: 800,
-    known: Some(float_drift),
+    known: None,
 };
-
-/// Finding 5 (README): a number in `daemon_json` that serde_json does not
-/// read back as written (it parses floats to within one unit in the last
-/// place) makes daemon.json differ at every apply.
-fn float_drift(data: &[u8]) -> bool {
-    fn drifts(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Number(n) if n.is_f64() => {
-                let text = n.to_string();
-                serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .as_ref()
-                    != Some(v)
-            }
-            serde_json::Value::Array(a) => a.iter().any(drifts),
-            serde_json::Value::Object(o) => o.values().any(drifts),
-            _ => false,
-        }
-    }
-    serde_json::from_slice::<serde_json::Value>(data)
-        .ok()
-        .and_then(|v| v.get("daemon_json").map(drifts))
-        .unwrap_or(false)
-}
 
 fn host_facts(memory_accounting: bool) -> HostFacts {
     let feature = |name: &str, state| FeatureFact {

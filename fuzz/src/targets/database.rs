@@ -74,23 +74,8 @@ pub const RETHINKDB: Target = Target {
     ],
     max_len: 16 << 10,
     test_mutations: 300,
-    known: Some(many_iterations),
+    known: None,
 };
-
-/// Finding 2 (README): the server's SCRAM iteration count is taken as is,
-/// up to 2^32 - 1 rounds of PBKDF2 (hours of CPU); campaigns skip counts
-/// above 10,000 (RethinkDB's own is 4096), which cost milliseconds each.
-fn many_iterations(data: &[u8]) -> bool {
-    let s = text(data);
-    s.match_indices("i=").any(|(i, _)| {
-        let n: String = s[i + 2..]
-            .trim_start_matches('+')
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        n.trim_start_matches('0').len() > 5 || n.parse::<u64>().is_ok_and(|v| v > 10_000)
-    })
-}
 
 /// Byte 0 sets the read size (1 to 256 bytes); the rest is everything
 /// the server sends, handshake answers and the query's response.
