@@ -114,15 +114,38 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     RT.with(|rt| rt.block_on(f))
 }
 
-/// A directory for files a target writes, on tmpfs when there is one.
+/// A directory for files a target writes, on tmpfs when there is one,
+/// named after this process. Some live in statics, which are never
+/// dropped: the first call removes those of processes that are gone.
 fn scratch_dir() -> tempfile::TempDir {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
     let shm = std::path::Path::new("/dev/shm");
-    let made = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("apiary-fuzz-")
-            .tempdir_in(shm)
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
     } else {
-        tempfile::Builder::new().prefix("apiary-fuzz-").tempdir()
+        std::env::temp_dir()
     };
-    made.unwrap_or_else(|e| panic!("apiary-fuzz: no scratch directory: {e}"))
+    SWEPT.call_once(|| sweep(&parent));
+    tempfile::Builder::new()
+        .prefix(&format!("apiary-fuzz-{}-", std::process::id()))
+        .tempdir_in(&parent)
+        .unwrap_or_else(|e| panic!("apiary-fuzz: no scratch directory: {e}"))
+}
+
+/// Removes the scratch directories of processes that no longer run.
+fn sweep(parent: &std::path::Path) {
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("apiary-fuzz-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
