@@ -61,6 +61,11 @@ pub struct Args {
     /// it creates; the agent refuses every other target.
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub tunnel_allow: Option<Vec<String>>,
+    /// Let admins reach this host's Docker engine through the coordinator
+    /// (`ctl docker`). Off unless set here or by `engine_access = true` in
+    /// the config file; the coordinator sets it on the hosts it creates.
+    #[arg(long)]
+    pub engine_access: bool,
     /// Log format: text or json (one JSON object per line, for journald and
     /// log shippers).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]

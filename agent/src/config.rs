@@ -69,6 +69,11 @@ pub struct AgentFile {
     pub update_grub: Option<bool>,
     /// CIDRs tunnels may reach on this host (default: loopback and the overlay).
     pub tunnel_allow: Option<Vec<String>>,
+    /// Serve this host's Docker engine socket to admins through the
+    /// coordinator (`ctl docker`). Default false: an agent installed by hand
+    /// gives no one its engine unless asked to; the hosts apiary creates
+    /// (lab, cloud-init) set it.
+    pub engine_access: Option<bool>,
 }
 
 impl AgentFile {
@@ -105,6 +110,7 @@ pub struct AgentConfig {
     pub modprobe: bool,
     pub update_grub: bool,
     pub tunnel_allow: crate::tunnel::AllowList,
+    pub engine_access: bool,
     pub docker_socket: PathBuf,
     pub public_interface: Option<String>,
     pub private_address: PrivateAddress,
@@ -167,6 +173,7 @@ impl AgentConfig {
                 }
                 None => crate::tunnel::AllowList::default_list(),
             },
+            engine_access: flags.engine_access.or(file.engine_access).unwrap_or(false),
             state_dir,
             name,
             docker_socket: flags

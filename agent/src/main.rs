@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         modprobe: args.no_modprobe.then_some(false),
         update_grub: args.no_update_grub.then_some(false),
         tunnel_allow: args.tunnel_allow,
+        engine_access: args.engine_access.then_some(true),
     };
     let config = match AgentConfig::merge(flags, file) {
         Ok(c) => c,

@@ -322,6 +322,7 @@ async fn session(
             allow: config.tunnel_allow.clone(),
             host: config.name.clone(),
             docker_socket: config.docker_socket.clone(),
+            engine_access: config.engine_access,
         },
     )));
 

@@ -27,12 +27,15 @@ pub enum EventKind {
     DatabaseScaled,
     DatabaseServiceCreated,
     DrainFailed,
+    /// An admin's `ctl docker` reached a node's engine (once per session
+    /// and node).
+    DockerSession,
     /// A watcher fell behind and missed events (made by the API, per watcher).
     EventsLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::NodeEnrolled,
         EventKind::NodeConnected,
         EventKind::NodeDown,
@@ -50,6 +53,7 @@ impl EventKind {
         EventKind::DatabaseScaled,
         EventKind::DatabaseServiceCreated,
         EventKind::DrainFailed,
+        EventKind::DockerSession,
         EventKind::EventsLost,
     ];
 
@@ -72,6 +76,7 @@ impl EventKind {
             EventKind::DatabaseScaled => "database_scaled",
             EventKind::DatabaseServiceCreated => "database_service_created",
             EventKind::DrainFailed => "drain_failed",
+            EventKind::DockerSession => "docker_session",
             EventKind::EventsLost => "events_lost",
         }
     }

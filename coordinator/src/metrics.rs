@@ -42,6 +42,7 @@ pub struct Metrics {
     checks_paths: Gauge,
     tunnel_bytes: Counter,
     tunnel_seen: Mutex<u64>,
+    tunnel_open: Gauge,
     heartbeat_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
     database_servers: Gauge,
     database_connected: Gauge,
@@ -60,6 +61,7 @@ impl Metrics {
             checks_paths: Gauge::default(),
             tunnel_bytes: Counter::default(),
             tunnel_seen: Mutex::new(0),
+            tunnel_open: Gauge::default(),
             heartbeat_interval: Gauge::default(),
             database_servers: Gauge::default(),
             database_connected: Gauge::default(),
@@ -100,6 +102,11 @@ impl Metrics {
             "apiary_tunnel_bytes",
             "Bytes carried through tunnels, both directions",
             m.tunnel_bytes.clone(),
+        );
+        registry.register(
+            "apiary_tunnel_connections_open",
+            "Tunnel and Docker engine connections open now",
+            m.tunnel_open.clone(),
         );
         registry.register(
             "apiary_heartbeat_interval_seconds",
@@ -154,6 +161,8 @@ impl Metrics {
         let mut seen = self.tunnel_seen.lock().unwrap_or_else(|p| p.into_inner());
         self.tunnel_bytes.inc_by(total.saturating_sub(*seen));
         *seen = total;
+        self.tunnel_open
+            .set(tunnels.open.load(Ordering::Relaxed) as i64);
         self.heartbeat_interval
             .set(coord.config().heartbeat_interval.as_secs_f64());
     }

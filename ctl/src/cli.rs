@@ -74,6 +74,49 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         local: std::net::SocketAddr,
     },
+    /// Run your own `docker` CLI against the swarm: `ctl docker -- service ls`.
+    ///
+    /// Docker's API travels over apiary's mutual TLS (ctl, coordinator,
+    /// the host's agent, its engine's socket): no Docker port on TCP, no SSH.
+    /// Without --node it reaches a Swarm manager's engine, the leader first
+    /// and another manager when one does not answer. Everything docker does
+    /// works: `stack deploy`, `service logs -f`, `exec -it`, `load`. Exits
+    /// with docker's exit code.
+    Docker {
+        /// One node's engine instead of a manager's (e.g. a worker's `ps`).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Arguments for docker, after `--`.
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Serve the swarm's Docker API on a local unix socket (0600) until
+    /// Ctrl-C, for any Docker client: prints the `export DOCKER_HOST=...`.
+    DockerProxy {
+        /// One node's engine instead of a manager's.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// The socket to serve (default: CLUSTER.sock in
+        /// $XDG_RUNTIME_DIR/apiary, or /tmp/apiary-UID).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// docker-machine's `env`: start a background docker proxy for this
+    /// cluster (if none runs) and print the shell lines that point docker
+    /// at it. Use: eval $(ctl docker-env)
+    DockerEnv {
+        /// One node's engine instead of a manager's.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Stop the background proxy and print `unset DOCKER_HOST`.
+        #[arg(long)]
+        unset: bool,
+    },
     /// Scale a service: `database=N` adds or removes database servers (one
     /// per host, up to the host count) one at a time, keeping the cluster
     /// healthy (etcd: member add before a server starts, member remove

@@ -42,13 +42,17 @@ pub enum CtlError {
     /// The command names something that does not exist (a tunnel target).
     #[error("{0}")]
     Usage(String),
+    /// Nothing in the cluster that could serve the request answered (no
+    /// Swarm manager's engine for `ctl docker`, a tunnel target down).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CtlError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CtlError::Config(_) | CtlError::Cert(_) | CtlError::Usage(_) => exit::USAGE,
-            CtlError::Unreachable { .. } => exit::UNAVAILABLE,
+            CtlError::Unreachable { .. } | CtlError::Unavailable(_) => exit::UNAVAILABLE,
             CtlError::Refused(_) | CtlError::Denied(_) => exit::REFUSED,
             CtlError::Failed(_) => exit::FAILURE,
             CtlError::CheckFailed(_) => exit::CHECK_FAILED,

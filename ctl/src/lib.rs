@@ -20,11 +20,14 @@
 //!   carries the exit code shared by every program ([`apiary_api::exit`]);
 //! - `ctl tunnel` ([`tunnel`]): a local listener whose every connection
 //!   becomes one stream through the coordinator to a host's agent, which
-//!   connects to the target.
+//!   connects to the target;
+//! - `ctl docker`, `docker-proxy`, `docker-env` ([`docker`]): the same
+//!   streams to a Docker engine's socket, behind a local unix socket that
+//!   the operator's own `docker` CLI is pointed at.
 //!
 //! Map: [`cli`] (the command line), [`run()`] (one command, start to end),
 //! [`commands`] (the admin client, [`CtlError`] and the output formats),
-//! [`tunnel`] (`ctl tunnel`).
+//! [`tunnel`] (`ctl tunnel`), [`docker`] (`ctl docker` and its proxy).
 //!
 //! Limitations:
 //! - one coordinator endpoint, no failover; a call that fails is not retried;
@@ -36,6 +39,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod docker;
 mod run;
 pub mod text;
 pub mod tunnel;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(apiary_ctl::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => code(status),
         Err(e) => {
             eprintln!("ctl: {e}");
             code(e.exit_code())

@@ -27,7 +27,9 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 
 /// Runs `args`' command until it is done (or, for the commands that stay,
 /// until Ctrl-C), printing on stdout.
-pub async fn run(args: Args) -> Result<(), CtlError> {
+///
+/// Ok is the exit code: 0, or what `ctl docker`'s docker exited with.
+pub async fn run(args: Args) -> Result<i32, CtlError> {
     // These need no coordinator and no credentials.
     match &args.command {
         Command::Completions { shell } => {
@@ -36,6 +38,7 @@ pub async fn run(args: Args) -> Result<(), CtlError> {
                 *shell,
                 &mut std::io::stdout(),
             )
+            .map(|()| 0)
             .map_err(|e| CtlError::Failed(format!("writing the completion script: {e}")));
         }
         Command::Man { dir } => {
@@ -44,11 +47,12 @@ pub async fn run(args: Args) -> Result<(), CtlError> {
                     CtlError::Failed(format!("writing man pages to {}: {e}", dir.display()))
                 })?;
             println!("wrote {} man pages to {}", pages.len(), dir.display());
-            return Ok(());
+            return Ok(0);
         }
         _ => {}
     }
-    let conf = AdminConf::load(&config_path(args.config))?;
+    let conf_path = config_path(args.config);
+    let conf = AdminConf::load(&conf_path)?;
     let mut ctl = Ctl::new(&conf)?;
     let stdout = &mut std::io::stdout();
     let io = |e: std::io::Error| CtlError::Failed(format!("writing output: {e}"));
@@ -89,7 +93,7 @@ pub async fn run(args: Args) -> Result<(), CtlError> {
                 stdout.flush().map_err(io)?;
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = tokio::signal::ctrl_c() => return Ok(0),
                 }
             }
         }
@@ -127,6 +131,21 @@ pub async fn run(args: Args) -> Result<(), CtlError> {
                 r = tunnel.serve(listener) => r?,
                 _ = tokio::signal::ctrl_c() => {}
             }
+        }
+        Command::Docker { node, args } => {
+            return crate::docker::run(&conf, node.as_deref(), &args).await;
+        }
+        Command::DockerProxy { node, socket } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => crate::docker::runtime_dir()?
+                    .join(crate::docker::socket_name(&conf.cluster, node.as_deref())),
+            };
+            crate::docker::proxy(&conf, node.as_deref(), &socket).await?;
+        }
+        Command::DockerEnv { node, unset } => {
+            let lines = crate::docker::env(&conf, &conf_path, node.as_deref(), unset).await?;
+            print!("{lines}");
         }
         Command::Scale { servers } => {
             let summary = ctl.scale_database(servers).await?;
@@ -195,5 +214,5 @@ pub async fn run(args: Args) -> Result<(), CtlError> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }

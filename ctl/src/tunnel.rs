@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use apiary_certs::{AdminConf, COORDINATOR_SERVER_NAME, mtls_client_config};
 use apiary_proto::dial;
 use apiary_proto::tunnel::{Frame, Target, frame};
-use apiary_proto::tunnel_io;
+use apiary_proto::tunnel_io::{self, WriteEnd};
 use apiary_proto::tunnel_wire::{self, FrameReader, Outbound, Piece};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncRead;
+use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::Channel;
 
 use crate::commands::CtlError;
@@ -47,13 +48,14 @@ pub fn parse_target(s: &str) -> Result<Target, CtlError> {
         node: node.into(),
         host: host.into(),
         port: port.into(),
-        admin: false,
+        ..Default::default()
     })
 }
 
 /// Frames a connection may have queued toward the coordinator.
 const QUEUE_FRAMES: usize = 8;
 
+#[derive(Clone)]
 pub struct TunnelCtl {
     channel: Channel,
     target: Target,
@@ -118,16 +120,30 @@ impl TunnelCtl {
                 .await
                 .map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
             let _ = tcp.set_nodelay(true);
-            let me = TunnelCtl {
-                channel: self.channel.clone(),
-                target: self.target.clone(),
-            };
-            tokio::spawn(async move { me.carry(tcp).await });
+            let me = self.clone();
+            let (rd, wr) = tcp.into_split();
+            tokio::spawn(async move { me.carry(rd, wr).await });
         }
     }
 
-    async fn carry(&self, tcp: TcpStream) {
-        let (rd, wr) = tcp.into_split();
+    /// Serves a unix socket's connections the same way (`ctl docker`).
+    pub async fn serve_unix(self, listener: UnixListener) -> Result<(), CtlError> {
+        loop {
+            let (unix, _) = listener
+                .accept()
+                .await
+                .map_err(|e| CtlError::Failed(format!("accept: {e}")))?;
+            let me = self.clone();
+            let (rd, wr) = unix.into_split();
+            tokio::spawn(async move { me.carry(rd, wr).await });
+        }
+    }
+
+    async fn carry<R, W>(&self, rd: R, wr: W)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: WriteEnd,
+    {
         let mut upstream = None;
         let opened = self
             .open(|tx| upstream = Some(tunnel_io::send_upstream(rd, tx)))
@@ -141,7 +157,7 @@ impl TunnelCtl {
                 // The client may have sent bytes already: it sees a reset
                 // connection, as with ssh -L when the far side refuses.
                 tunnel_io::reset_connection(wr, upstream);
-                eprintln!("ctl tunnel: connection refused: {e}");
+                eprintln!("ctl: connection refused: {e}");
             }
         }
     }
@@ -154,6 +170,10 @@ fn status_err(s: tonic::Status) -> CtlError {
         // The target names nothing that exists (no such node, no database).
         Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument => {
             CtlError::Usage(s.message().to_string())
+        }
+        // Allowed, but nothing answered: the target, or every manager's engine.
+        Code::Unavailable | Code::DeadlineExceeded => {
+            CtlError::Unavailable(s.message().to_string())
         }
         _ => CtlError::Failed(s.message().to_string()),
     }

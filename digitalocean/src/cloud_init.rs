@@ -227,6 +227,8 @@ struct AgentFile<'a> {
     private_cidr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tunnel_allow: Option<&'a [String]>,
+    /// Hosts apiary creates serve their engine to admins (`ctl docker`).
+    engine_access: bool,
 }
 
 #[derive(Serialize)]
@@ -285,6 +287,7 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
         node_name: b.node_name.as_ref().map(HostName::as_str),
         private_cidr: b.private_cidr.map(|c| c.to_string()),
         tunnel_allow: b.tunnel_allow.as_deref(),
+        engine_access: true,
     })
     .map_err(|e| RenderError::Serialise {
         what: "agent config",

@@ -111,7 +111,12 @@ fn tunnel() -> Vec<Seed> {
         node: "workerbee-1".into(),
         host: "127.0.0.1".into(),
         port: 2379,
-        admin: false,
+        ..Default::default()
+    };
+    let engine = TunnelTarget {
+        engine: true,
+        session: "4242-18b2c1d0e".into(),
+        ..Default::default()
     };
     let admin = TunnelTarget {
         node: "database".into(),
@@ -134,6 +139,7 @@ fn tunnel() -> Vec<Seed> {
             frame::Kind::Opened(true),
             data("hello"),
             frame::Kind::Error("connection reset".into()),
+            frame::Kind::Denied("engine access is off".into()),
         ],
         &[0x81, 0, 0],
     );
@@ -151,6 +157,7 @@ fn tunnel() -> Vec<Seed> {
         seed("tunnel_relay", "agent-stream", [agent, vec![0x40]].concat()),
         seed("tunnel_target", "header", header(&target)),
         seed("tunnel_target", "header-admin", header(&admin)),
+        seed("tunnel_target", "header-engine", header(&engine)),
     ]
 }
 

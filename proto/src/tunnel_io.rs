@@ -1,10 +1,9 @@
-//! Moving one TCP connection's bytes over a tunnel stream, for both ends that
-//! hold a socket (ctl's local side, the agent's target side).
+//! Moving one connection's bytes over a tunnel stream, for both ends that
+//! hold a socket (ctl's local side, the agent's target side): TCP, or a
+//! unix socket (a Docker engine's, `ctl docker`'s local endpoint).
 
 use prost::bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::tunnel::{Frame, frame};
@@ -18,11 +17,30 @@ use crate::tunnel_wire::{FrameReader, Outbound, Piece};
 /// pairs (about 10 %, CPU per GB lower in all six); 64 KiB was slower.
 pub const CHUNK: usize = 512 * 1024;
 
-/// Copies `tcp` ⇄ the stream until both directions are done. A TCP EOF is sent
-/// as `half_close`, a received `half_close` shuts our write side, an `error`
-/// frame or a failed stream resets the connection.
-pub async fn pipe(tcp: TcpStream, inbound: FrameReader, outbound: Outbound) {
-    let (rd, wr) = tcp.into_split();
+/// The writing half of a socket a tunnel ends in.
+pub trait WriteEnd: AsyncWrite + Unpin + Send + 'static {
+    /// Makes the coming close a reset where the socket has one (TCP's RST),
+    /// so the application sees a failed connection rather than a short one.
+    fn prepare_reset(&self) {}
+}
+
+impl WriteEnd for tokio::net::tcp::OwnedWriteHalf {
+    fn prepare_reset(&self) {
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
+/// A unix socket has no reset: the peer sees the connection close early.
+impl WriteEnd for tokio::net::unix::OwnedWriteHalf {}
+
+/// Copies a socket's halves ⇄ the stream until both directions are done. An
+/// EOF is sent as `half_close`, a received `half_close` shuts our write
+/// side, an `error` frame or a failed stream resets the connection.
+pub async fn pipe<R, W>(rd: R, wr: W, inbound: FrameReader, outbound: Outbound)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: WriteEnd,
+{
     let upstream = send_upstream(rd, outbound);
     receive_downstream(wr, inbound, upstream).await
 }
@@ -31,7 +49,10 @@ pub async fn pipe(tcp: TcpStream, inbound: FrameReader, outbound: Outbound) {
 /// `half_close` at EOF. Started on its own, before the stream's answer
 /// arrives, it lets a client's first bytes travel with the open request
 /// instead of a round trip later.
-pub fn send_upstream(mut rd: OwnedReadHalf, outbound: Outbound) -> JoinHandle<()> {
+pub fn send_upstream<R>(mut rd: R, outbound: Outbound) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         // Each read fills the spare room of one buffer and is handed on
         // without a copy (`split().freeze()`); the buffer grows again only
@@ -65,8 +86,8 @@ pub fn send_upstream(mut rd: OwnedReadHalf, outbound: Outbound) -> JoinHandle<()
 /// Writes the stream's data to `wr` until the other side half-closes, then
 /// waits for `upstream` (the connection ends when both directions have).
 /// A reset (an error frame, a failed stream) ends both at once.
-pub async fn receive_downstream(
-    mut wr: OwnedWriteHalf,
+pub async fn receive_downstream<W: WriteEnd>(
+    mut wr: W,
     mut inbound: FrameReader,
     upstream: JoinHandle<()>,
 ) {
@@ -98,9 +119,10 @@ pub async fn receive_downstream(
     }
 }
 
-/// Ends the connection with an RST rather than a clean FIN, so the
-/// application sees a failed connection rather than a short one.
-pub fn reset_connection(wr: OwnedWriteHalf, upstream: JoinHandle<()>) {
-    let _ = wr.as_ref().set_zero_linger();
+/// Ends the connection with a reset rather than a clean close (an RST for
+/// TCP), so the application sees a failed connection rather than a short one.
+pub fn reset_connection<W: WriteEnd>(wr: W, upstream: JoinHandle<()>) {
+    wr.prepare_reset();
+    drop(wr);
     upstream.abort();
 }

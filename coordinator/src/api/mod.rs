@@ -58,8 +58,12 @@ pub(crate) fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdenti
         })?;
     let peer = PeerIdentity::from_der(&cert).map_err(|e| Status::unauthenticated(e.to_string()))?;
     if peer.role != role {
+        let article = match peer.role {
+            Role::Agent | Role::Admin => "an",
+            Role::Coordinator | Role::Database => "a",
+        };
         return Err(Status::permission_denied(format!(
-            "this API is for {role} certificates; the caller presented a {} certificate ({})",
+            "this API is for {role} certificates; the caller presented {article} {} certificate ({})",
             peer.role, peer.node
         )));
     }

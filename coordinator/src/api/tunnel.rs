@@ -25,6 +25,13 @@
 //! max_connections_per_admin` connections each; the agent decides which
 //! targets are allowed (loopback and the overlay), so a compromised
 //! coordinator cannot turn agents into a general proxy.
+//!
+//! `ctl docker` rides the same path to a Docker engine's socket: a node's
+//! (`--node`), or a Swarm manager's, the leader first and each other
+//! manager in turn when one does not answer ([`engine_candidates`]), so
+//! `docker node ls` works with a manager lost. Each run of `ctl docker` (or
+//! docker proxy) names a session; its first connection to a node is a
+//! `docker_session` event saying who and where.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,7 +40,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apiary_certs::{PeerIdentity, Role};
 use apiary_proto::tunnel::tunnel_relay_server::{TunnelRelay, TunnelRelayServer};
@@ -50,6 +57,8 @@ use tracing::{debug, info};
 
 use super::require_role;
 use crate::core::Coordinator;
+use crate::events::EventKind;
+use crate::state::NodeSwarm;
 
 /// Chunks queued per direction and connection, whatever their size (the
 /// byte budget bounds what they hold).
@@ -78,7 +87,19 @@ pub struct TunnelHub {
     next: AtomicU64,
     /// Data bytes carried, both directions (for metrics and the benchmark).
     pub bytes: AtomicU64,
+    /// Connections open now, tunnels and engines alike (a metric; tests
+    /// count it before and after a client dies).
+    pub open: AtomicU64,
+    /// Docker sessions already announced, by (session, node), and when:
+    /// one event per session and engine, not one per connection.
+    docker_sessions: Mutex<HashMap<(String, String), Instant>>,
 }
+
+/// Docker sessions remembered at most, and for how long once that many are
+/// held: enough that a session is announced once, bounded whatever clients
+/// send.
+const DOCKER_SESSIONS_KEPT: usize = 1024;
+const DOCKER_SESSION_MEMORY: Duration = Duration::from_secs(3600);
 
 impl TunnelHub {
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,11 +113,38 @@ struct Slot {
     admin: String,
 }
 
+impl Slot {
+    fn new(hub: Arc<TunnelHub>, admin: String) -> Self {
+        hub.open.fetch_add(1, Ordering::Relaxed);
+        Slot { hub, admin }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.hub.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(n) = TunnelHub::lock(&self.hub.per_admin).get_mut(&self.admin) {
             *n = n.saturating_sub(1);
         }
+    }
+}
+
+impl TunnelHub {
+    /// True the first time `session` reaches `node` (an unnamed session:
+    /// every time).
+    fn first_docker_connection(&self, session: &str, node: &str, now: Instant) -> bool {
+        if session.is_empty() {
+            return true;
+        }
+        let mut seen = Self::lock(&self.docker_sessions);
+        if seen.len() >= DOCKER_SESSIONS_KEPT {
+            seen.retain(|_, at| now.duration_since(*at) < DOCKER_SESSION_MEMORY);
+            if seen.len() >= DOCKER_SESSIONS_KEPT {
+                seen.clear();
+            }
+        }
+        seen.insert((session.to_string(), node.to_string()), now)
+            .is_none()
     }
 }
 
@@ -257,10 +305,60 @@ enum Place {
     AnyHost {
         service: String,
     },
+    /// A Docker engine's socket: the first of `nodes` whose agent reaches
+    /// it (one node with `--node`; else the managers, leader first).
+    Engine {
+        nodes: Vec<String>,
+        any_manager: bool,
+    },
+}
+
+/// The managers whose engines `ctl docker` tries, in order: the leader,
+/// then managers Swarm reports ready, then the rest (the view may be a
+/// round old, so none is left out), each group by name.
+pub fn engine_candidates(swarm: &HashMap<String, NodeSwarm>) -> Vec<String> {
+    let mut managers: Vec<(&String, &NodeSwarm)> =
+        swarm.iter().filter(|(_, n)| n.role == "manager").collect();
+    managers.sort_by_key(|(name, n)| (!n.leader, n.status != "ready", name.as_str()));
+    managers.into_iter().map(|(name, _)| name.clone()).collect()
+}
+
+/// Resolves an engine target: `--node`'s, or the swarm's managers.
+fn resolve_engine(coord: &Coordinator, target: &Target) -> Result<Place, Status> {
+    if !target.node.is_empty() {
+        let known = coord
+            .store
+            .node(&target.node)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .is_some();
+        if !known {
+            return Err(Status::not_found(format!(
+                "no node named {:?}; `ctl status` lists the nodes",
+                target.node
+            )));
+        }
+        return Ok(Place::Engine {
+            nodes: vec![target.node.clone()],
+            any_manager: false,
+        });
+    }
+    let nodes = engine_candidates(&coord.view.checks().swarm);
+    if nodes.is_empty() {
+        return Err(Status::failed_precondition(
+            "the swarm has no manager yet (`ctl status` shows the bring-up's progress); `ctl docker --node NODE` reaches one node's engine",
+        ));
+    }
+    Ok(Place::Engine {
+        nodes,
+        any_manager: true,
+    })
 }
 
 /// Resolves `target` against the nodes and the database as last seen.
 fn resolve(coord: &Coordinator, target: &Target) -> Result<(Place, u16), Status> {
+    if target.engine {
+        return Ok((resolve_engine(coord, target)?, 0));
+    }
     let name = target.node.as_str();
     let is_node = coord
         .store
@@ -399,8 +497,11 @@ impl TunnelSvc {
                 kind: Some(frame::Kind::Opened(true)),
             }) => Ok(()),
             Some(Frame {
-                kind: Some(frame::Kind::Error(e)),
+                kind: Some(frame::Kind::Denied(e)),
             }) => Err(Status::permission_denied(format!("{node}: {e}"))),
+            Some(Frame {
+                kind: Some(frame::Kind::Error(e)),
+            }) => Err(Status::unavailable(format!("{node}: {e}"))),
             _ => Err(Status::unavailable(format!(
                 "{node} closed the tunnel before opening it"
             ))),
@@ -421,6 +522,7 @@ impl TunnelSvc {
             host: host.to_string(),
             port: port.into(),
             service: service.to_string(),
+            engine: false,
         };
         match place {
             Place::Address { node, host } => Ok((
@@ -449,6 +551,29 @@ impl TunnelSvc {
                 }
                 Err(Status::not_found(format!(
                     "no node, database server or running Swarm service named {service:?}; `ctl status` lists nodes and database servers"
+                )))
+            }
+            Place::Engine { nodes, any_manager } => {
+                let mut failures = Vec::new();
+                for node in nodes {
+                    let engine = OpenRequest {
+                        engine: true,
+                        ..ask("", "")
+                    };
+                    let asked = match self.ask_agent(node, engine).await {
+                        Ok(mut leg) => Self::verdict(node, &mut leg.inbound).await.map(|_| leg),
+                        Err(e) => Err(e),
+                    };
+                    match asked {
+                        Ok(leg) => return Ok((node.clone(), leg, true)),
+                        // `--node`: that node's answer, as it gave it.
+                        Err(e) if !any_manager => return Err(e),
+                        Err(e) => failures.push(e.message().to_string()),
+                    }
+                }
+                Err(Status::unavailable(format!(
+                    "no Swarm manager's Docker engine answered; tried {}",
+                    failures.join("; ")
                 )))
             }
         }
@@ -501,10 +626,7 @@ impl TunnelSvc {
             }
             *n += 1;
         }
-        let slot = Slot {
-            hub: self.hub.clone(),
-            admin: admin.node.clone(),
-        };
+        let slot = Slot::new(self.hub.clone(), admin.node.clone());
         // On failure the slot is released as `slot` drops.
         let (node, agent, decided) = self.open_agent(&place, port).await?;
         let AgentLeg {
@@ -531,6 +653,22 @@ impl TunnelSvc {
         if !decided && let Err(e) = Self::verdict(&node, &mut from_agent).await {
             from_ctl.abort();
             return Err(e);
+        }
+        if target.engine
+            && self
+                .hub
+                .first_docker_connection(&target.session, &node, Instant::now())
+        {
+            let how = if target.node.is_empty() {
+                "a manager's engine, chosen by the coordinator"
+            } else {
+                "the engine asked for"
+            };
+            coord.events.emit(
+                EventKind::DockerSession,
+                &node,
+                format!("{} opened a docker session on {node} ({how})", admin.node),
+            );
         }
         let (to_ctl, from_agent_rx) = queue(limits.max_bytes_in_flight_per_connection);
         to_ctl
@@ -690,5 +828,53 @@ impl TunnelRelay for TunnelSvc {
         _: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         Err(Status::internal("Attach is served by TunnelRelayRoutes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(role: &str, status: &str, leader: bool) -> NodeSwarm {
+        NodeSwarm {
+            role: role.into(),
+            status: status.into(),
+            leader,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn engines_are_tried_leader_first_then_ready_managers_then_the_rest() {
+        let swarm: HashMap<String, NodeSwarm> = [
+            ("bee-1", node("manager", "down", false)),
+            ("bee-2", node("manager", "ready", false)),
+            ("bee-3", node("manager", "ready", true)),
+            ("bee-4", node("worker", "ready", false)),
+            ("bee-0", node("manager", "ready", false)),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
+        assert_eq!(
+            engine_candidates(&swarm),
+            ["bee-3", "bee-0", "bee-2", "bee-1"]
+        );
+        assert!(engine_candidates(&HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_docker_session_is_announced_once_per_node_and_memory_is_bounded() {
+        let hub = TunnelHub::default();
+        let now = Instant::now();
+        assert!(hub.first_docker_connection("s1", "bee-1", now));
+        assert!(!hub.first_docker_connection("s1", "bee-1", now));
+        assert!(hub.first_docker_connection("s1", "bee-2", now));
+        assert!(hub.first_docker_connection("", "bee-1", now));
+        assert!(hub.first_docker_connection("", "bee-1", now));
+        for i in 0..5 * DOCKER_SESSIONS_KEPT {
+            hub.first_docker_connection(&format!("s{i}"), "bee-1", now);
+        }
+        assert!(TunnelHub::lock(&hub.docker_sessions).len() <= DOCKER_SESSIONS_KEPT);
     }
 }

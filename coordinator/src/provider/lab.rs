@@ -148,6 +148,8 @@ impl LabProvider {
             host.root_prefix.display().to_string(),
             "--no-modprobe".into(),
             "--no-update-grub".into(),
+            // Hosts apiary creates serve their engine to admins (`ctl docker`).
+            "--engine-access".into(),
             "--engine-restart".into(),
             format!(
                 "pid=$(cat {pidfile}) && kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
