@@ -393,9 +393,7 @@ fn stop_proxy(socket: &Path) -> Result<(), CtlError> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let ours = args.iter().any(|a| *a == b"docker-proxy")
-        && args
-            .iter()
-            .any(|a| *a == socket.as_os_str().as_encoded_bytes());
+        && args.contains(&socket.as_os_str().as_encoded_bytes());
     if ours {
         kill(Pid::from_raw(pid), Signal::SIGTERM)
             .map_err(|e| CtlError::Failed(format!("stopping the docker proxy (PID {pid}): {e}")))?;

@@ -715,7 +715,9 @@ mod tests {
             node: "bee-1".into(),
             host: "10.232.0.5".into(),
             port: 2379,
-            admin: false,
+            engine: true,
+            session: "s-1".into(),
+            ..Default::default()
         };
         let headers = target_metadata(&target).into_headers();
         assert_eq!(

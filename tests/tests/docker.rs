@@ -287,7 +287,7 @@ fn engine_access_refusals_name_the_node_the_setting_and_the_certificate() {
     let out = docker(&c.admin_conf(), &["--", "ps"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("the swarm has no manager yet"),
+        stderr(&out).contains("this cluster runs no swarm") && stderr(&out).contains("--node"),
         "{}",
         stderr(&out)
     );

@@ -1463,3 +1463,347 @@ fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
     drop(tunnel);
     lab.stop();
 }
+
+/// `ctl docker ARGS` with the lab's admin.conf: (exit code, stdout, stderr).
+fn ctl_docker(lab: &LabCluster, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .arg("docker")
+        .args(args)
+        .output()
+        .expect("ctl docker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+/// Runs `cmd` on a fresh pty (its stdin, stdout and stderr), types `input`,
+/// and returns what it printed once `until` shows up (or after 60 s).
+fn in_pty(mut cmd: std::process::Command, input: &str, until: &str) -> String {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = || std::process::Stdio::from(pty.slave.as_fd().try_clone_to_owned().expect("dup"));
+    let mut child = cmd
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .expect("spawn on the pty");
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().expect("dup master");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the remote shell a moment to start before typing.
+    std::thread::sleep(Duration::from_secs(1));
+    master.write_all(input.as_bytes()).expect("type");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.extend(chunk);
+        }
+        if String::from_utf8_lossy(&seen).contains(until) {
+            break;
+        }
+    }
+    let _ = child.wait();
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Moves a lab host's engine socket aside (its engine keeps running): to
+/// its agent, the engine stops answering.
+fn hide_socket(socket: &str) {
+    std::fs::rename(socket, format!("{socket}.hidden")).expect("hide the engine socket");
+}
+
+fn unhide_socket(socket: &str) {
+    std::fs::rename(format!("{socket}.hidden"), socket).expect("restore the engine socket");
+}
+
+#[test]
+fn the_docker_cli_runs_against_the_swarm_through_ctl() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new("labdocker", 4, "\n[swarm]\nchecks_interval = \"2s\"\n");
+    lab.start();
+    let status = lab.wait_all_ready(Duration::from_secs(900));
+    let socket_of = |host: &str| -> String {
+        status["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == host))
+            .and_then(|n| n["docker_socket"].as_str())
+            .expect("docker_socket")
+            .to_string()
+    };
+    let events_file = lab.dir.path().join("docker-events.jsonl");
+    let mut cmd = std::process::Command::new(bin("ctl"));
+    cmd.arg("--config")
+        .arg(lab.admin_conf())
+        .args(["events", "--json"]);
+    let _events = Proc::spawn(cmd, &events_file);
+
+    // The stock docker CLI, through ctl: the swarm's 4 nodes.
+    let nodes = eventually(
+        "docker node ls shows 4 nodes",
+        Duration::from_secs(180),
+        || {
+            let (code, out, _) =
+                ctl_docker(&lab, &["--", "node", "ls", "--format", "{{.Hostname}}"]);
+            let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+            names.sort();
+            (code == 0 && names.len() == 4).then_some(names)
+        },
+    );
+    assert_eq!(nodes, lab.hosts, "docker node ls");
+    // Docker's own exit code comes through.
+    let (code, _, err) = ctl_docker(&lab, &["--", "service", "inspect", "no-such-service"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-service"), "{err}");
+
+    // The overlay must be checked before the stack attaches to it.
+    eventually("overlay checked", Duration::from_secs(180), || {
+        let (code, c) = checks(&lab)?;
+        (code == 0 && c["phase"] == "swarm").then_some(())
+    });
+    let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/stack.yml");
+    let (code, out, err) = ctl_docker(
+        &lab,
+        &[
+            "--",
+            "stack",
+            "deploy",
+            "--resolve-image",
+            "never",
+            "-c",
+            stack,
+            "demo",
+        ],
+    );
+    assert_eq!(code, 0, "stack deploy: {out}{err}");
+    let (code, out, err) = ctl_docker(&lab, &["--", "service", "scale", "--detach", "demo_web=4"]);
+    assert_eq!(code, 0, "scale: {out}{err}");
+    let spread = eventually("web on 4 different hosts", Duration::from_secs(120), || {
+        let (_, out, _) = ctl_docker(
+            &lab,
+            &[
+                "--",
+                "service",
+                "ps",
+                "demo_web",
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+            ],
+        );
+        let running: std::collections::BTreeSet<&str> = out
+            .lines()
+            .filter(|l| l.contains("Running"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        (running.len() == 4).then(|| running.into_iter().map(str::to_string).collect::<Vec<_>>())
+    });
+    assert_eq!(spread, lab.hosts);
+
+    // The client reaches the web service by name over the overlay, and
+    // `service logs -f` streams it (killed once the line shows).
+    let mut follow = std::process::Command::new(bin("ctl"));
+    follow.arg("--config").arg(lab.admin_conf()).args([
+        "docker",
+        "--",
+        "service",
+        "logs",
+        "-f",
+        "demo_client",
+    ]);
+    let logs_file = lab.dir.path().join("client-logs.txt");
+    let mut logs = Proc::spawn(follow, &logs_file);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&logs_file)
+        .unwrap_or_default()
+        .contains("got: hello-from-lab")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the client never got the page by name: {}\n{}",
+            std::fs::read_to_string(&logs_file).unwrap_or_default(),
+            ctl_docker(&lab, &["--", "service", "ps", "--no-trunc", "demo_client"]).1
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        logs.try_exit().is_none(),
+        "service logs -f ended on its own"
+    );
+    logs.signal(nix::sys::signal::Signal::SIGTERM);
+    logs.wait_exit(Duration::from_secs(15));
+
+    // A worker's own engine (`--node`), and `exec -it` into its web task
+    // through a pty.
+    let worker = "workerbee-3";
+    let (code, id, err) = ctl_docker(
+        &lab,
+        &[
+            "--node",
+            worker,
+            "--",
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=demo_web",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = id
+        .lines()
+        .next()
+        .expect("a web task on the worker")
+        .to_string();
+    let mut exec = std::process::Command::new(bin("ctl"));
+    exec.arg("--config")
+        .arg(lab.admin_conf())
+        .args(["docker", "--node", worker, "--", "exec", "-it", &id, "sh"]);
+    let seen = in_pty(
+        exec,
+        "echo marker-$((6*7)) on $(hostname)\nexit\n",
+        "marker-42 on ",
+    );
+    assert!(
+        seen.contains("marker-42 on "),
+        "exec -it through a pty: {seen:?}"
+    );
+    // A worker asked for a swarm command: Docker's own error, unchanged.
+    let (code, _, err) = ctl_docker(&lab, &["--node", worker, "--", "node", "ls"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a swarm manager"), "{err}");
+
+    // `ctl tunnel` reaches the web service from the laptop.
+    let local = free_port();
+    let mut tunnel = std::process::Command::new(bin("ctl"));
+    tunnel.arg("--config").arg(lab.admin_conf()).args([
+        "tunnel",
+        "demo_web:8080",
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(tunnel, &lab.dir.path().join("web-tunnel.log"));
+    eventually("tunnel to demo_web", Duration::from_secs(30), || {
+        tunnel.log_text().contains("forwarding").then_some(())
+    });
+    let page = http_get(local, "/").expect("GET / through the tunnel");
+    assert!(page.contains("hello-from-lab"), "{page}");
+    drop(tunnel);
+
+    // The leader's engine unreachable: the next manager answers, and the
+    // session event names it.
+    let leader = eventually("the leader", Duration::from_secs(30), || {
+        let (_, out, _) = ctl_docker(
+            &lab,
+            &[
+                "--",
+                "node",
+                "ls",
+                "--filter",
+                "role=manager",
+                "--format",
+                "{{.Hostname}} {{.ManagerStatus}}",
+            ],
+        );
+        out.lines()
+            .find(|l| l.ends_with(" Leader"))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    });
+    hide_socket(&socket_of(&leader));
+    let (code, out, err) = ctl_docker(&lab, &["--", "node", "ls", "--format", "{{.Hostname}}"]);
+    unhide_socket(&socket_of(&leader));
+    assert_eq!(code, 0, "node ls with the leader's engine gone: {err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let served: Vec<String> = events_in(&events_file)
+        .into_iter()
+        .filter(|e| e["kind"] == "docker_session")
+        .filter_map(|e| e["node"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        served
+            .last()
+            .is_some_and(|n| *n != leader && lab.hosts[..3].contains(n)),
+        "the last session should be on another manager than {leader}: {served:?}"
+    );
+    // The leader's engine killed outright: still answered within seconds
+    // (another manager, once Swarm has a leader again, or the restarted one).
+    let pid = lab.pid(&leader, "dockerd").expect("leader's dockerd");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let killed = std::time::Instant::now();
+    eventually(
+        "node ls with the leader's engine killed",
+        Duration::from_secs(60),
+        || {
+            let (code, out, _) = ctl_docker(&lab, &["--", "node", "ls", "-q"]);
+            (code == 0 && out.lines().count() == 4).then_some(())
+        },
+    );
+    eprintln!(
+        "docker node ls answered {:.1} s after the leader's engine was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    // No manager's engine answers: one line naming each and why, exit 69.
+    let managers: Vec<String> = lab.hosts[..3].to_vec();
+    eventually("every engine back", Duration::from_secs(60), || {
+        managers
+            .iter()
+            .all(|m| std::path::Path::new(&socket_of(m)).exists())
+            .then_some(())
+    });
+    for m in &managers {
+        hide_socket(&socket_of(m));
+    }
+    let (code, _, err) = ctl_docker(&lab, &["--", "node", "ls"]);
+    for m in &managers {
+        unhide_socket(&socket_of(m));
+    }
+    assert_eq!(code, 69, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("no Swarm manager's Docker engine answered"),
+        "{err}"
+    );
+    for m in &managers {
+        assert!(
+            err.contains(&format!("{m}: the Docker engine on {m} does not answer")),
+            "{err}"
+        );
+    }
+
+    // `stack rm` removes it all.
+    let (code, _, err) = ctl_docker(&lab, &["--", "stack", "rm", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    eventually("the stack's services gone", Duration::from_secs(60), || {
+        let (code, out, _) = ctl_docker(
+            &lab,
+            &[
+                "--",
+                "service",
+                "ls",
+                "-q",
+                "--filter",
+                "label=com.docker.stack.namespace=demo",
+            ],
+        );
+        (code == 0 && out.trim().is_empty()).then_some(())
+    });
+}

@@ -342,7 +342,25 @@ fn resolve_engine(coord: &Coordinator, target: &Target) -> Result<Place, Status>
             any_manager: false,
         });
     }
-    let nodes = engine_candidates(&coord.view.checks().swarm);
+    let mut nodes = engine_candidates(&coord.view.checks().swarm);
+    if nodes.is_empty()
+        && let Some(swarm) = coord.config().swarm.as_ref()
+    {
+        // The last round could not read the swarm (say, the leader's
+        // engine was just lost): the managers the plan places, so that the
+        // operator is not refused for the coordinator's want of a view.
+        use crate::context::ClusterContext;
+        nodes = crate::reconcile::plan::members(&coord.nodes(), swarm)
+            .into_iter()
+            .filter(|h| h.manager)
+            .map(|h| h.name)
+            .collect();
+    }
+    if coord.config().swarm.is_none() {
+        return Err(Status::failed_precondition(
+            "this cluster runs no swarm (cluster.toml has no [swarm] section); `ctl docker --node NODE` reaches one node's engine",
+        ));
+    }
     if nodes.is_empty() {
         return Err(Status::failed_precondition(
             "the swarm has no manager yet (`ctl status` shows the bring-up's progress); `ctl docker --node NODE` reaches one node's engine",
