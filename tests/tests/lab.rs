@@ -1562,7 +1562,7 @@ fn the_docker_cli_runs_against_the_swarm_through_ctl() {
                 ctl_docker(&lab, &["--", "node", "ls", "--format", "{{.Hostname}}"]);
             let mut names: Vec<String> = out.lines().map(str::to_string).collect();
             names.sort();
-            (code == 0 && names.len() == 4).then_some(names)
+            (code == 0 && names == lab.hosts).then_some(names)
         },
     );
     assert_eq!(nodes, lab.hosts, "docker node ls");
@@ -1687,6 +1687,68 @@ fn the_docker_cli_runs_against_the_swarm_through_ctl() {
     let (code, _, err) = ctl_docker(&lab, &["--node", worker, "--", "node", "ls"]);
     assert_ne!(code, 0);
     assert!(err.contains("not a swarm manager"), "{err}");
+
+    // Uploads: `docker load` of an archive `docker save` wrote (both through
+    // ctl), and a build context sent to the worker's engine, then run there
+    // (`run` attaches to the container's output).
+    let archive = lab.dir.path().join("saved.tar");
+    let archive_arg = archive.to_str().expect("utf-8");
+    for args in [
+        &["tag", "lab/busybox:1", "demo/saved:1"][..],
+        &["save", "-o", archive_arg, "demo/saved:1"],
+        &["rmi", "demo/saved:1"],
+        &["load", "-i", archive_arg],
+        &["image", "inspect", "demo/saved:1"],
+    ] {
+        let argv: Vec<&str> = ["--node", worker, "--"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (code, out, err) = ctl_docker(&lab, &argv);
+        assert_eq!(code, 0, "docker {args:?}: {out}{err}");
+    }
+    let context = lab.dir.path().join("build-context");
+    std::fs::create_dir(&context).expect("context dir");
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM lab/busybox:1\nCOPY hello.txt /hello.txt\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(context.join("hello.txt"), "built-through-apiary\n").expect("hello.txt");
+    // The classic builder: it takes the context as one uploaded tar, and
+    // needs no BuildKit plugin on the operator's machine.
+    let out = std::process::Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .args([
+            "docker",
+            "--node",
+            worker,
+            "--",
+            "build",
+            "-q",
+            "-t",
+            "demo/built:1",
+        ])
+        .arg(&context)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("ctl docker build");
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    let (code, out, err) = ctl_docker(
+        &lab,
+        &[
+            "--node",
+            worker,
+            "--",
+            "run",
+            "--rm",
+            "demo/built:1",
+            "cat",
+            "/hello.txt",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "built-through-apiary\n"), "{err}");
 
     // `ctl tunnel` reaches the web service from the laptop.
     let local = free_port();
