@@ -16,8 +16,9 @@ pub const EXIT_USAGE: u8 = 64;
 /// lab) and are overridden by flags.
 ///
 /// Exit codes: 0 ok, 1 failure, 2 a check failed (ctl checks), 64 usage or
-/// configuration error, 69 coordinator unreachable, 75 state directory in
-/// use by another coordinator, 77 refused (token, certificate, role,
+/// configuration error, 69 unavailable (the coordinator unreachable, or
+/// no Swarm manager's engine answers ctl docker), 75 state directory in use
+/// by another coordinator, 77 refused (token, certificate, role,
 /// revocation).
 ///
 /// The agent itself stops with 0, 1, 64 or 77 (refused: a bad or rotated

@@ -7,7 +7,9 @@ pub const FAILURE: i32 = 1;
 pub const CHECK_FAILED: i32 = 2;
 /// Usage or configuration error (sysexits EX_USAGE).
 pub const USAGE: i32 = 64;
-/// The coordinator cannot be reached (EX_UNAVAILABLE).
+/// The coordinator cannot be reached, or nothing in the cluster that could
+/// serve the request answers: no Swarm manager's engine for `ctl docker`, a
+/// tunnel's target down (EX_UNAVAILABLE).
 pub const UNAVAILABLE: i32 = 69;
 /// The state directory is in use by another coordinator (EX_TEMPFAIL).
 pub const IN_USE: i32 = 75;

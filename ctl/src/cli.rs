@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 /// state directory): --config, or APIARY_CONFIG, or ~/.apiary/admin.conf.
 ///
 /// Exit codes: 0 ok, 1 failure, 2 a check failed (ctl checks), 64 usage or
-/// configuration error, 69 coordinator unreachable, 75 state directory in
-/// use by another coordinator, 77 refused (token, certificate, role,
+/// configuration error, 69 unavailable (the coordinator unreachable, or
+/// no Swarm manager's engine answers ctl docker), 75 state directory in use
+/// by another coordinator, 77 refused (token, certificate, role,
 /// revocation).
 #[derive(Debug, Parser)]
 #[command(name = "ctl", version)]

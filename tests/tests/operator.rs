@@ -652,7 +652,7 @@ fn exit_codes_are_the_same_in_the_readme_and_every_programs_help() {
         (exit::FAILURE, "failure"),
         (exit::CHECK_FAILED, "a check failed"),
         (exit::USAGE, "usage or configuration error"),
-        (exit::UNAVAILABLE, "coordinator unreachable"),
+        (exit::UNAVAILABLE, "unavailable (the coordinator unreachable"),
         (exit::IN_USE, "state directory in use"),
         (exit::REFUSED, "refused"),
     ] {
