@@ -327,6 +327,12 @@ async fn session(
     )));
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    // Database servers' container events, sent as they happen.
+    let _database_events = AbortOnDrop(tokio::spawn(crate::database::watch::watch(
+        config.name.clone(),
+        config.docker_socket.clone(),
+        tx.clone(),
+    )));
     let first = facts.gather().await;
     let session_facts = first.clone();
     let hello = AgentMessage {

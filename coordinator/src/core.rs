@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use apiary_api::database::PeerTls;
 use apiary_api::reach::Cell;
-use apiary_proto::{Facts, HostApplyResult, HostConfigReport, command};
+use apiary_proto::{DatabaseContainerEvent, Facts, HostApplyResult, HostConfigReport, command};
 use prost::Message;
 use tracing::{debug, info, warn};
 
@@ -23,7 +23,7 @@ use crate::error::CoordinatorError;
 use crate::events::{EventKind, Events};
 use crate::pki::{Pki, PkiError};
 use crate::sessions::{AgentCalls, CallError, Sessions, command_message};
-use crate::state::ClusterView;
+use crate::state::{ClusterView, ContainerAction, ServerChange};
 use crate::store::{DatabaseScaleRecord, Op, Store, StoreError};
 
 /// How long `ctl hosts apply` waits for each host's report.
@@ -140,6 +140,52 @@ impl Coordinator {
         };
         if let Err(e) = self.store.apply(vec![op]).await {
             warn!(error = %e, "could not persist facts");
+        }
+    }
+
+    /// A database server's container stopped or started on `node`, as its
+    /// agent saw it: counted, and announced at once. Only a server the
+    /// database has on that node is taken (what an agent sends is
+    /// untrusted, and this keeps the records bounded by the servers).
+    pub fn record_database_event(&self, node: &str, event: DatabaseContainerEvent) {
+        let Some(action) = ContainerAction::parse(&event.action) else {
+            debug!(node, "a database event with an unknown action; dropped");
+            return;
+        };
+        let placed_here = self.view.database().is_some_and(|db| {
+            db.servers
+                .iter()
+                .any(|s| s.name == event.service && s.host == node)
+        });
+        if !placed_here {
+            debug!(
+                node,
+                "a container event for no database server of this node; dropped"
+            );
+            return;
+        }
+        let server = event.service.as_str();
+        match self
+            .view
+            .record_server_event(server, action, event.exit_code, event.at_unix_ms)
+        {
+            Some(ServerChange::Failed(stop)) => {
+                warn!(node, server, %stop, "database server stopped");
+                self.events.emit(
+                    EventKind::DatabaseServerFailed,
+                    node,
+                    format!("{server} stopped ({stop})"),
+                );
+            }
+            Some(ServerChange::Restarted(n)) => {
+                info!(node, server, restarts = n, "database server running again");
+                self.events.emit(
+                    EventKind::DatabaseServerRestarted,
+                    node,
+                    format!("{server} is running again (restart {n})"),
+                );
+            }
+            None => {}
         }
     }
 

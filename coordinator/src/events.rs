@@ -27,6 +27,10 @@ pub enum EventKind {
     DatabaseScaled,
     DatabaseServiceCreated,
     DrainFailed,
+    /// A database server's container stopped (its host's engine said so).
+    DatabaseServerFailed,
+    /// A database server's container started again after a failure.
+    DatabaseServerRestarted,
     /// An admin's `ctl docker` reached a node's engine (once per session
     /// and node).
     DockerSession,
@@ -35,7 +39,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::NodeEnrolled,
         EventKind::NodeConnected,
         EventKind::NodeDown,
@@ -53,6 +57,8 @@ impl EventKind {
         EventKind::DatabaseScaled,
         EventKind::DatabaseServiceCreated,
         EventKind::DrainFailed,
+        EventKind::DatabaseServerFailed,
+        EventKind::DatabaseServerRestarted,
         EventKind::DockerSession,
         EventKind::EventsLost,
     ];
@@ -76,6 +82,8 @@ impl EventKind {
             EventKind::DatabaseScaled => "database_scaled",
             EventKind::DatabaseServiceCreated => "database_service_created",
             EventKind::DrainFailed => "drain_failed",
+            EventKind::DatabaseServerFailed => "database_server_failed",
+            EventKind::DatabaseServerRestarted => "database_server_restarted",
             EventKind::DockerSession => "docker_session",
             EventKind::EventsLost => "events_lost",
         }

@@ -184,6 +184,100 @@ impl DatabaseState {
     }
 }
 
+/// How a database server's container stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStop {
+    pub at_unix_ms: u64,
+    pub exit_code: i64,
+    /// The kernel's OOM killer acted in the container just before.
+    pub oom: bool,
+}
+
+/// A database server's container stops and starts as its host's engine
+/// reported them (since this coordinator started).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFailures {
+    pub failures: u32,
+    pub restarts: u32,
+    pub last: Option<ServerStop>,
+    /// Stopped, and not started since.
+    down: bool,
+    /// An `oom` came, and its `die` has not yet.
+    oom_pending: bool,
+}
+
+/// What one container event of a database server means for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerChange {
+    Failed(ServerStop),
+    /// Started again after a failure; the restarts so far.
+    Restarted(u32),
+}
+
+/// The container actions agents report for database servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerAction {
+    Die,
+    Oom,
+    Start,
+}
+
+impl ContainerAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "die" => Some(ContainerAction::Die),
+            "oom" => Some(ContainerAction::Oom),
+            "start" => Some(ContainerAction::Start),
+            _ => None,
+        }
+    }
+}
+
+impl ServerFailures {
+    /// Folds one event in (pure). A first `start` (the server created) is
+    /// no restart; an `oom` marks the `die` that follows it.
+    pub fn apply(
+        &mut self,
+        action: ContainerAction,
+        exit_code: i64,
+        at_unix_ms: u64,
+    ) -> Option<ServerChange> {
+        match action {
+            ContainerAction::Oom => {
+                self.oom_pending = true;
+                None
+            }
+            ContainerAction::Die => {
+                let stop = ServerStop {
+                    at_unix_ms,
+                    exit_code,
+                    oom: std::mem::take(&mut self.oom_pending),
+                };
+                self.failures += 1;
+                self.last = Some(stop);
+                self.down = true;
+                Some(ServerChange::Failed(stop))
+            }
+            ContainerAction::Start if self.down => {
+                self.down = false;
+                self.restarts += 1;
+                Some(ServerChange::Restarted(self.restarts))
+            }
+            ContainerAction::Start => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.exit_code)?;
+        if self.oom {
+            f.write_str(", OOM killed")?;
+        }
+        Ok(())
+    }
+}
+
 /// What the coordinator knows of one host's configuration.
 #[derive(Debug, Clone, Default)]
 pub struct HostState {
@@ -242,6 +336,8 @@ pub struct ClusterView {
     host_state: Mutex<HashMap<String, HostState>>,
     provider_info: RwLock<HashMap<String, HashMap<String, String>>>,
     images: tokio::sync::watch::Sender<Images>,
+    /// Database servers' stops and starts, by server (service) name.
+    server_failures: Mutex<HashMap<String, ServerFailures>>,
     /// Held while the database's membership changes (`ctl scale
     /// database=N`, a node's drain): rounds create no server meanwhile.
     pub database_membership: tokio::sync::Mutex<()>,
@@ -254,6 +350,7 @@ impl Default for ClusterView {
             host_state: Mutex::default(),
             provider_info: RwLock::default(),
             images: tokio::sync::watch::channel(Images::Ready).0,
+            server_failures: Mutex::default(),
             database_membership: tokio::sync::Mutex::new(()),
         }
     }
@@ -288,6 +385,27 @@ impl ClusterView {
 
     pub fn database(&self) -> Option<DatabaseState> {
         lock(&self.checks).database.clone()
+    }
+
+    /// Folds a database server's container event into its record.
+    pub fn record_server_event(
+        &self,
+        server: &str,
+        action: ContainerAction,
+        exit_code: i64,
+        at_unix_ms: u64,
+    ) -> Option<ServerChange> {
+        lock(&self.server_failures)
+            .entry(server.to_string())
+            .or_default()
+            .apply(action, exit_code, at_unix_ms)
+    }
+
+    pub fn server_failures(&self, server: &str) -> ServerFailures {
+        lock(&self.server_failures)
+            .get(server)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn host_state(&self, node: &str) -> Option<HostState> {
@@ -361,6 +479,41 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_dies_and_starts_again_counts_one_failure_and_one_restart() {
+        use ContainerAction::*;
+        let mut f = ServerFailures::default();
+        // Created: started once, no restart.
+        assert_eq!(f.apply(Start, 0, 1), None);
+        let stop = ServerStop {
+            at_unix_ms: 2,
+            exit_code: 137,
+            oom: false,
+        };
+        assert_eq!(f.apply(Die, 137, 2), Some(ServerChange::Failed(stop)));
+        assert_eq!(f.apply(Start, 0, 3), Some(ServerChange::Restarted(1)));
+        assert_eq!(
+            f.apply(Start, 0, 4),
+            None,
+            "a start without a stop is no restart"
+        );
+        // An OOM marks the stop that follows it, and only that one.
+        assert_eq!(f.apply(Oom, 0, 5), None);
+        let Some(ServerChange::Failed(oom)) = f.apply(Die, 137, 6) else {
+            panic!("die after oom");
+        };
+        assert!(oom.oom);
+        assert_eq!(oom.to_string(), "exit 137, OOM killed");
+        assert_eq!(f.apply(Start, 0, 7), Some(ServerChange::Restarted(2)));
+        let Some(ServerChange::Failed(plain)) = f.apply(Die, 1, 8) else {
+            panic!("die");
+        };
+        assert!(!plain.oom);
+        assert_eq!((f.failures, f.restarts), (3, 2));
+        assert_eq!(f.last, Some(plain));
+        assert_eq!(ContainerAction::parse("kill"), None);
+    }
 
     fn report(outcomes: &[&str]) -> apiary_proto::HostConfigReport {
         apiary_proto::HostConfigReport {

@@ -251,11 +251,43 @@ pub fn status_json(s: &StatusResponse) -> serde_json::Value {
                 "healthy": s.database_servers > 0 && s.database_connected == s.database_servers && !s.database_leader.is_empty(),
                 "error": s.database_error,
                 "peer_tls": s.database_peer_tls,
-                "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy})).collect::<Vec<_>>(),
+                "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy, "restarts": n.database_restarts})).collect::<Vec<_>>(),
             }),
         );
     }
     v
+}
+
+/// The last stop of the node's database server: `{}` when none was seen.
+fn last_failure_json(n: &NodeStatus) -> serde_json::Value {
+    if n.database_last_failure_unix_ms == 0 {
+        return json!({});
+    }
+    json!({
+        "at_unix_ms": n.database_last_failure_unix_ms,
+        "exit_code": n.database_last_exit_code,
+        "oom": n.database_last_oom,
+    })
+}
+
+/// `, 2 restarts (last stop: exit 137, OOM killed)` for the status table.
+fn failures_text(n: &NodeStatus) -> String {
+    if n.database_failures == 0 {
+        return String::new();
+    }
+    let restarts = match n.database_restarts {
+        1 => "1 restart".to_string(),
+        r => format!("{r} restarts"),
+    };
+    format!(
+        ", {restarts} (last stop: exit {}{})",
+        n.database_last_exit_code,
+        if n.database_last_oom {
+            ", OOM killed"
+        } else {
+            ""
+        }
+    )
 }
 
 fn node_json(n: &NodeStatus) -> serde_json::Value {
@@ -293,6 +325,9 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "overlay_attached": n.overlay_attached,
         "database_server": n.database_server,
         "database_healthy": n.database_healthy,
+        "database_failures": n.database_failures,
+        "database_restarts": n.database_restarts,
+        "database_last_failure": last_failure_json(n),
         "config_state": n.config_state,
         "config_items": n.config_items.iter().map(item_json).collect::<Vec<_>>(),
         "last_drift_repaired_unix_ms": n.last_drift_repaired_unix_ms,
@@ -573,7 +608,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
         for n in s.nodes.iter().filter(|n| !n.database_server.is_empty()) {
             writeln!(
                 out,
-                "  {} on {}: {}",
+                "  {} on {}: {}{}",
                 shown(&n.database_server),
                 shown(&n.name),
                 paint(
@@ -584,7 +619,8 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
                     },
                     n.database_healthy,
                     colour
-                )
+                ),
+                failures_text(n)
             )?;
         }
         if !s.database_error.is_empty() {

@@ -1189,6 +1189,30 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     std::thread::sleep(Duration::from_millis(500));
     let killed = std::time::Instant::now();
     assert!(sh(&["docker", "-H", &format!("unix://{s3}"), "kill", &c3]).0);
+    // Reported by the host's agent as it happens, not at the next round.
+    let failed = eventually("database_server_failed", Duration::from_secs(10), || {
+        std::fs::read_to_string(&events_file)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("database_server_failed"))
+            .map(str::to_string)
+    });
+    let to_event = killed.elapsed();
+    eprintln!(
+        "kill -> database_server_failed: {:.3} s",
+        to_event.as_secs_f64()
+    );
+    assert!(
+        to_event < Duration::from_secs(2),
+        "database_server_failed came {to_event:?} after the kill"
+    );
+    let failed: serde_json::Value = serde_json::from_str(&failed).expect("event json");
+    assert_eq!(failed["node"], h3.as_str(), "{failed}");
+    let message = failed["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&server_of(&h3)) && message.contains("exit 137"),
+        "{failed}"
+    );
     eventually("database 3/4", Duration::from_secs(10), || {
         let s = lab.status()?;
         (s["database"]["connected"] == 3).then_some(())
@@ -1222,6 +1246,19 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         .rfind("database_healthy")
         .unwrap_or_else(|| panic!("no database_healthy event: {seen}"));
     assert!(degraded < healthy, "{seen}");
+    // Swarm started the server again: seen too, and counted.
+    assert!(seen.contains("database_server_restarted"), "{seen}");
+    let node = lab.node(&h3).expect("host 3");
+    assert_eq!(
+        (
+            node["database_failures"].as_u64(),
+            node["database_restarts"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{node}"
+    );
+    assert_eq!(node["database_last_failure"]["exit_code"], 137, "{node}");
+    assert_eq!(node["database_last_failure"]["oom"], false, "{node}");
     let c3b = service_container(&s3, &server_of(&h3)).expect("server on host 3 again");
     assert_ne!(c3, c3b, "Swarm started a new task");
     let (ok, out) = etcdctl(&s3, &c3b, &["get", "bees/queen", "--print-value-only"]);

@@ -652,7 +652,10 @@ fn exit_codes_are_the_same_in_the_readme_and_every_programs_help() {
         (exit::FAILURE, "failure"),
         (exit::CHECK_FAILED, "a check failed"),
         (exit::USAGE, "usage or configuration error"),
-        (exit::UNAVAILABLE, "unavailable (the coordinator unreachable"),
+        (
+            exit::UNAVAILABLE,
+            "unavailable (the coordinator unreachable",
+        ),
         (exit::IN_USE, "state directory in use"),
         (exit::REFUSED, "refused"),
     ] {
@@ -680,9 +683,11 @@ fn exit_codes_are_the_same_in_the_readme_and_every_programs_help() {
 fn completes_subcommand(shell: &str, program: &str, path: &[String], script: &str) -> bool {
     let name = path.last().map(String::as_str).unwrap_or(program);
     match shell {
+        // clap_complete names a bash case after the path, a hyphen inside a
+        // name written like a separator (`docker-env`: `docker__subcmd__env`).
         "bash" => script.contains(&format!(
             "cmd=\"{program}__subcmd__{}\"",
-            path.join("__subcmd__")
+            path.join("__subcmd__").replace('-', "__subcmd__")
         )),
         "zsh" => script.contains(&format!("'{name}:")),
         "fish" => script.contains(&format!("-a \"{name}\"")),
@@ -885,6 +890,9 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         ("overlay_attached", Bool),
         ("database_server", Str),
         ("database_healthy", Bool),
+        ("database_failures", Uint),
+        ("database_restarts", Uint),
+        ("database_last_failure", Object),
         ("config_state", Str),
         ("config_items", Array),
         ("last_drift_repaired_unix_ms", Uint),
@@ -908,6 +916,10 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         "hosts",
         "server",
         "host",
+        "restarts",
+        "at_unix_ms",
+        "exit_code",
+        "oom",
     ];
     let feature_fields = [("available", Bool), ("detail", Str)];
     let interface_fields = [("name", Str), ("addresses", Array)];

@@ -97,6 +97,7 @@ async fn handle(
             coord.record_facts(node, session, facts).await;
         }
         agent_message::Msg::HostConfig(report) => coord.record_host_report(node, report),
+        agent_message::Msg::DatabaseEvent(event) => coord.record_database_event(node, event),
         agent_message::Msg::OpResult(result) => coord.sessions.answer_op(result),
         agent_message::Msg::Facts(mut facts) => {
             refuse_bad_facts(node, &mut facts);

@@ -54,6 +54,10 @@ fn node_status(coord: &Coordinator, n: NodeRecord, checks: &ChecksState) -> Node
     let facts = coord.facts(&n.name);
     let ready = live.as_ref().is_some_and(|l| l.connected_and_fresh);
     let managed = coord.config().host.is_some();
+    let failures = db_server
+        .map(|s| coord.view.server_failures(&s.name))
+        .unwrap_or_default();
+    let last_stop = failures.last.unwrap_or_default();
     NodeStatus {
         state: if ready { "ready" } else { "down" }.to_string(),
         public_ip: facts
@@ -78,6 +82,11 @@ fn node_status(coord: &Coordinator, n: NodeRecord, checks: &ChecksState) -> Node
         overlay_attached: swarm.overlay_attached,
         database_server: db_server.map(|s| s.name.clone()).unwrap_or_default(),
         database_healthy: db_server.is_some_and(|s| s.healthy),
+        database_restarts: failures.restarts,
+        database_failures: failures.failures,
+        database_last_failure_unix_ms: last_stop.at_unix_ms,
+        database_last_exit_code: last_stop.exit_code,
+        database_last_oom: last_stop.oom,
         config_state: coord
             .view
             .config_state(&n.name, managed)

@@ -236,6 +236,27 @@ fn agent_message(data: &[u8]) {
             let _ = view.config_state("fuzz-node", true);
             None
         }
+        Some(agent_message::Msg::DatabaseEvent(e)) => {
+            // Any sequence of stops and starts folds into a record whose
+            // counts never go backwards and restarts never pass failures.
+            let view = ClusterView::default();
+            let mut last = view.server_failures(&e.service);
+            for step in 0..3 {
+                if let Some(action) = apiary_coordinator::state::ContainerAction::parse(&e.action) {
+                    let _ = view.record_server_event(
+                        &e.service,
+                        action,
+                        e.exit_code,
+                        e.at_unix_ms.saturating_add(step),
+                    );
+                }
+                let now = view.server_failures(&e.service);
+                assert!(now.failures >= last.failures && now.restarts >= last.restarts);
+                assert!(now.restarts <= now.failures, "{now:?}");
+                last = now;
+            }
+            None
+        }
         Some(agent_message::Msg::Heartbeat(_)) | None => None,
     };
     if let Some(mut facts) = facts {
