@@ -6,9 +6,12 @@
 //! certificate, TLS connection and session stream; reports enrollments per
 //! second, heartbeat round trips (p50/p99) at 5 s heartbeats, and the
 //! coordinator's RSS and CPU.
+//!
+//! `apiary-bench docker`: the operator's docker CLI through `ctl
+//! docker-proxy`, beside Docker's SSH transport and the engine's socket.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -75,6 +78,28 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The Docker CLI path (root): `docker info` and `docker service ls`
+    /// latency and `docker load` throughput to one lab host's engine (the
+    /// manager of a 2-host lab) through `ctl docker-proxy`, Docker's own SSH
+    /// transport (its own sshd in the host's namespace) and the engine's
+    /// socket, transports in turn.
+    Docker {
+        /// Sequential calls per command and transport.
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+        /// `docker load` runs per transport.
+        #[arg(long, default_value_t = 3)]
+        loads: usize,
+        /// Megabytes (10^6 bytes) of random data in the loaded image's layer.
+        #[arg(long, default_value_t = 200)]
+        image_mb: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "apiary,ssh,ssh-mux,local"
+        )]
+        transports: Vec<DockerTransport>,
+    },
     /// Lab bring-up (root): wall time and peak memory per phase until every
     /// host is ready, beside the hand recipe's host steps in the same run.
     Lab {
@@ -108,6 +133,23 @@ enum TunnelPath {
     TlsFloor,
     Apiary,
     Ssh,
+}
+
+/// How `apiary-bench docker` reaches the engine.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DockerTransport {
+    /// `docker -H unix://S` where `ctl docker-proxy --socket S` serves S:
+    /// each connection travels ctl ⇄ coordinator ⇄ agent ⇄ the engine.
+    Apiary,
+    /// `docker -H ssh://root@ADDR`: an ssh process per connection, `docker
+    /// system dial-stdio` on the far side.
+    Ssh,
+    /// The same with OpenSSH's connection sharing (`ControlMaster auto`,
+    /// `ControlPersist`), as Docker's documentation suggests for it: one
+    /// SSH connection for the run, a session on it per docker connection.
+    SshMux,
+    /// `docker -H unix://` the engine's own socket: the floor.
+    Local,
 }
 
 /// CPU time (user + system) this process has used, in seconds.
@@ -320,6 +362,12 @@ fn main() -> anyhow::Result<()> {
             paths,
             rounds,
         } => tunnel_bench(bytes, requests, &paths, rounds)?,
+        Cmd::Docker {
+            calls,
+            loads,
+            image_mb,
+            transports,
+        } => docker_bench(calls, loads, image_mb, &transports)?,
         Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
         Cmd::Database { runs } => println!("{}", database_bench(runs)?),
         Cmd::Lab { hosts } => {
@@ -437,7 +485,6 @@ fn tunnel_bench(
 
     // ssh -L, its own sshd on 127.0.0.1:2222 with throwaway keys.
     let ssh_dir = tempfile::tempdir()?;
-    let sshd_bin = std::path::Path::new("/usr/sbin/sshd");
     let mut paths: Vec<(String, u16, Option<Proc>)> = Vec::new();
     if which.contains(&TunnelPath::Direct) {
         paths.push(("direct".into(), server, None));
@@ -463,27 +510,17 @@ fn tunnel_bench(
     }
     let mut sshd = None;
     if !which.contains(&TunnelPath::Ssh) {
-    } else if sshd_bin.exists() {
+    } else if Path::new(SSHD).exists() {
         let d = ssh_dir.path();
-        for (k, t) in [("host", "ed25519"), ("user", "ed25519")] {
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", t, "-N", "", "-f"])
-                .arg(d.join(k))
-                .status()?;
-        }
-        std::fs::copy(d.join("user.pub"), d.join("authorized_keys"))?;
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Port 2222\nListenAddress 127.0.0.1\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nPidFile {0}/sshd.pid\nStrictModes no\nAllowTcpForwarding yes\n",
-                d.display()
-            ),
+        let started = Sshd::start(
+            d,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            2222,
+            None,
+            "AllowTcpForwarding yes\n",
         )?;
-        std::fs::create_dir_all("/run/sshd")?;
-        let mut cmd = Command::new(sshd_bin);
-        cmd.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
-        sshd = Some(Proc::spawn(cmd, &d.join("sshd.log")));
-        std::thread::sleep(Duration::from_millis(500));
+        let key = started.key.clone();
+        sshd = Some(started);
         for cipher in ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"] {
             let port = free_port();
             let mut cmd = Command::new("ssh");
@@ -501,7 +538,7 @@ fn tunnel_bench(
                 "BatchMode=yes",
                 "-i",
             ])
-            .arg(d.join("user"))
+            .arg(&key)
             .args([
                 "-L",
                 &format!("127.0.0.1:{port}:127.0.0.1:{server}"),
@@ -518,9 +555,7 @@ fn tunnel_bench(
             ));
         }
     } else {
-        eprintln!(
-            "no /usr/sbin/sshd: `./scripts/setup-host --bench` installs it for the ssh -L baseline"
-        );
+        eprintln!("no {SSHD}: `./scripts/setup-host --bench` installs it for the ssh -L baseline");
     }
     println!(
         "| path | throughput MB/s (median of {rounds}, {} MB each, paths in turn) | small GET p50 ms | p99 ms |",
@@ -657,6 +692,514 @@ fn tunnel_bench(
     );
     drop(paths);
     drop(sshd);
+    Ok(())
+}
+
+/// Debian's OpenSSH server, for the SSH baselines (`./scripts/setup-host --bench`).
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A throwaway sshd for an SSH baseline: host and user keys made fresh in
+/// its directory, root by that key only, its log in `sshd.log` there;
+/// killed (by PID) when dropped.
+struct Sshd {
+    proc: Proc,
+    /// The private key its authorized_keys accepts.
+    key: PathBuf,
+}
+
+impl Sshd {
+    /// Starts sshd on `listen:port` with `extra` sshd_config lines, inside
+    /// the network namespace `netns` when given (a lab host's: `ip netns
+    /// exec` execs sshd, so the PID held is sshd's own), and returns once
+    /// the port accepts connections.
+    fn start(
+        dir: &Path,
+        listen: std::net::IpAddr,
+        port: u16,
+        netns: Option<&str>,
+        extra: &str,
+    ) -> anyhow::Result<Sshd> {
+        for key in ["host", "user"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key))
+                .status()?;
+            anyhow::ensure!(made.success(), "ssh-keygen failed to make the {key} key");
+        }
+        std::fs::copy(dir.join("user.pub"), dir.join("authorized_keys"))?;
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress {listen}\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nPidFile {0}/sshd.pid\nStrictModes no\n{extra}",
+                dir.display()
+            ),
+        )?;
+        // sshd's privilege separation directory, which its package's unit
+        // would make (the unit is disabled).
+        std::fs::create_dir_all("/run/sshd")?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        cmd.args(["-D", "-e", "-f"]).arg(dir.join("sshd_config"));
+        let proc = Proc::spawn(cmd, &dir.join("sshd.log"));
+        eventually("sshd listening", Duration::from_secs(15), || {
+            std::net::TcpStream::connect((listen, port)).ok()
+        });
+        Ok(Sshd {
+            proc,
+            key: dir.join("user"),
+        })
+    }
+
+    /// Connections it has authenticated so far (from its log).
+    fn accepted(&self) -> usize {
+        self.proc
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("Accepted publickey"))
+            .count()
+    }
+}
+
+/// The image `apiary-bench docker` loads; removed after every load.
+const LOAD_IMAGE: &str = "apiary-bench/random:1";
+
+/// The docker CLI as `apiary-bench docker` runs it: the operator's `docker`
+/// on PATH, with a configuration directory of its own (no context or
+/// setting of the operator's in the way), and `ssh` found first in the
+/// benchmark's own directory (a wrapper giving OpenSSH the benchmark's key:
+/// Docker's SSH transport passes no ssh options, and the operator's
+/// ~/.ssh/config is not the benchmark's to change).
+struct DockerCli {
+    path_env: std::ffi::OsString,
+    config_dir: PathBuf,
+}
+
+impl DockerCli {
+    fn command(&self, host: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
+            .arg(host)
+            .args(args)
+            .env("PATH", &self.path_env)
+            .env("DOCKER_CONFIG", &self.config_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // Each would send docker somewhere else than `-H` or change how.
+        for var in [
+            "DOCKER_HOST",
+            "DOCKER_CONTEXT",
+            "DOCKER_TLS_VERIFY",
+            "DOCKER_CERT_PATH",
+            "DOCKER_TLS",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// Runs `docker -H host ARGS` to its end: the seconds from spawn to
+    /// exit (what the operator waits), or what docker said if it failed.
+    fn timed(&self, host: &str, args: &[&str]) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let out = self.command(host, args).output()?;
+        let took = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            out.status.success(),
+            "docker -H {host} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(took)
+    }
+
+    /// `docker -H host ARGS`'s first line of output.
+    fn line(&self, host: &str, args: &[&str]) -> String {
+        self.command(host, args)
+            .stdout(Stdio::piped())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The `q` quantile of sorted samples (nearest rank); NaN when there are none.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Writes a `docker load` archive of `reference`: one layer holding one
+/// file of `bytes` random bytes (incompressible, so that no transport gains
+/// by compressing), with the lab's own archive writer. Returns its size.
+fn random_image_archive(path: &Path, reference: &str, bytes: usize) -> anyhow::Result<u64> {
+    use apiary_lab::image::{ImageConfig, LayerEntry, layer_tar, write_image_archive};
+    use std::io::Read;
+    let mut data = Vec::with_capacity(bytes);
+    std::fs::File::open("/dev/urandom")?
+        .take(bytes as u64)
+        .read_to_end(&mut data)?;
+    anyhow::ensure!(data.len() == bytes, "short read from /dev/urandom");
+    let layer = layer_tar(&[LayerEntry::File {
+        path: "random.bin".into(),
+        mode: 0o644,
+        data,
+    }])?;
+    let out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    write_image_archive(reference, &ImageConfig::default(), &layer, out)?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// `apiary-bench docker`: the docker CLI to one lab host's engine (the
+/// manager's) through `ctl docker-proxy`, Docker's SSH transport and the
+/// engine's own socket; transports take turns call by call, so the
+/// machine's noise touches them all alike.
+fn docker_bench(
+    calls: usize,
+    loads: usize,
+    image_mb: usize,
+    which: &[DockerTransport],
+) -> anyhow::Result<()> {
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    // Two hosts, a swarm of one manager (queenbee): all `service ls` needs.
+    let mut lab = apiary_tests::LabCluster::new("benchdocker", 2, "\n[swarm]\nmanagers = 1\n");
+    lab.start();
+    // Long: another lab on this machine holds the lab lock until it ends.
+    let status = lab.wait_all_ready(Duration::from_secs(1800));
+    let host = lab.hosts[0].clone();
+    let node = status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == host.as_str()))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{host} is not in ctl status"))?;
+    let socket = node["docker_socket"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("{host} has no docker_socket in ctl status"))?
+        .to_string();
+    let private_ip: std::net::IpAddr = node["private_ip"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("{host} has no private_ip in ctl status"))?
+        .parse()?;
+    let netns = node["netns"]
+        .as_str()
+        .map_or_else(|| lab.netns(&host), str::to_string);
+
+    let dir = tempfile::tempdir()?;
+    let bin_dir = dir.path().join("bin");
+    let config_dir = dir.path().join("docker-config");
+    let ssh_dir = dir.path().join("ssh");
+    for d in [&bin_dir, &config_dir, &ssh_dir] {
+        std::fs::create_dir(d)?;
+    }
+    // The SSH transports differ only in the `ssh` docker finds first.
+    let mux_bin_dir = dir.path().join("bin-mux");
+    std::fs::create_dir(&mux_bin_dir)?;
+    let cli_with = |first: &Path| {
+        let mut path_env = std::ffi::OsString::from(first);
+        if let Some(path) = std::env::var_os("PATH") {
+            path_env.push(":");
+            path_env.push(path);
+        }
+        DockerCli {
+            path_env,
+            config_dir: config_dir.clone(),
+        }
+    };
+    let (cli, mux_cli) = (cli_with(&bin_dir), cli_with(&mux_bin_dir));
+    let local = format!("unix://{socket}");
+
+    // The swarm has formed and the coordinator knows its manager once
+    // `ctl docker` gets an answer; the proxy's start-up check needs as much.
+    eventually(
+        "ctl docker reaches the manager",
+        Duration::from_secs(300),
+        || {
+            apiary_tests::ctl_with(&lab.admin_conf(), &["docker", "--", "service", "ls"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    let proxy_socket = dir.path().join("apiary.sock");
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.arg("--config")
+        .arg(lab.admin_conf())
+        .arg("docker-proxy")
+        .arg("--socket")
+        .arg(&proxy_socket);
+    let proxy = Proc::spawn(cmd, &dir.path().join("docker-proxy.log"));
+    eventually("ctl docker-proxy serving", Duration::from_secs(30), || {
+        proxy
+            .log_text()
+            .contains("export DOCKER_HOST=")
+            .then_some(())
+    });
+
+    // Docker's SSH transport runs `ssh ADDR docker system dial-stdio`: an
+    // sshd in the host's namespace on its private address, whose sessions
+    // get the host's engine as DOCKER_HOST (the far side's docker is this
+    // machine's, found on sshd's default PATH).
+    let mut sshd = None;
+    let control_path = ssh_dir.join("cm-%C");
+    if !which.contains(&DockerTransport::Ssh) && !which.contains(&DockerTransport::SshMux) {
+    } else if Path::new(SSHD).exists() {
+        let started = Sshd::start(
+            &ssh_dir,
+            private_ip,
+            22,
+            Some(&netns),
+            &format!("SetEnv DOCKER_HOST=unix://{socket}\n"),
+        )?;
+        std::fs::write(
+            ssh_dir.join("ssh_config"),
+            format!(
+                "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n",
+                started.key.display()
+            ),
+        )?;
+        // The shared connection's master lingers 60 s after its last use
+        // (ControlPersist): calls use it every few seconds, and after a
+        // failed run it ends by itself soon.
+        for (wrapper, options) in [
+            (bin_dir.join("ssh"), String::new()),
+            (
+                mux_bin_dir.join("ssh"),
+                format!(
+                    "-o ControlMaster=auto -o ControlPath={} -o ControlPersist=60 ",
+                    control_path.display()
+                ),
+            ),
+        ] {
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec /usr/bin/ssh -F {} {options}\"$@\"\n",
+                    ssh_dir.join("ssh_config").display()
+                ),
+            )?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        }
+        sshd = Some(started);
+    } else {
+        eprintln!(
+            "no {SSHD}: `./scripts/setup-host --bench` installs it for Docker's SSH transport"
+        );
+    }
+
+    let mut paths: Vec<(DockerTransport, &str, String)> = Vec::new();
+    for t in which {
+        match t {
+            DockerTransport::Apiary => paths.push((
+                *t,
+                "apiary (ctl docker-proxy)",
+                format!("unix://{}", proxy_socket.display()),
+            )),
+            DockerTransport::Ssh if sshd.is_some() => {
+                paths.push((*t, "docker's ssh://", format!("ssh://root@{private_ip}")))
+            }
+            DockerTransport::SshMux if sshd.is_some() => paths.push((
+                *t,
+                "docker's ssh://, ControlMaster",
+                format!("ssh://root@{private_ip}"),
+            )),
+            DockerTransport::Ssh | DockerTransport::SshMux => {}
+            DockerTransport::Local => paths.push((*t, "engine's socket", local.clone())),
+        }
+    }
+    println!(
+        "docker CLI {} against {host}'s engine {} (Swarm manager; 2-host lab); transports in turn, {calls} sequential calls each",
+        cli.line(&local, &["version", "--format", "{{.Client.Version}}"]),
+        cli.line(&local, &["version", "--format", "{{.Server.Version}}"]),
+    );
+    // One untimed call each: a transport that does not work stops the run
+    // here, and first-use costs (page cache, the proxy's first stream) are
+    // not counted.
+    let cli_for = |t: DockerTransport| {
+        if t == DockerTransport::SshMux {
+            &mux_cli
+        } else {
+            &cli
+        }
+    };
+    for (t, name, h) in &paths {
+        cli_for(*t)
+            .timed(h, &["info"])
+            .map_err(|e| anyhow::anyhow!("{name} does not work: {e}"))?;
+    }
+
+    // Latency: sequential calls, transports in turn; the order rotates each
+    // round so that none always follows the same other one.
+    let commands: [&[&str]; 2] = [&["info"], &["service", "ls"]];
+    let mut p50s = Vec::new();
+    let accepted_before = sshd.as_ref().map_or(0, Sshd::accepted);
+    println!();
+    println!("| command | transport | p50 ms | p90 ms | max ms | failed |");
+    println!("|---|---|---|---|---|---|");
+    for args in commands {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+        let mut failed: Vec<(usize, String)> = vec![(0, String::new()); paths.len()];
+        for round in 0..calls {
+            for k in 0..paths.len() {
+                let i = (round + k) % paths.len();
+                match cli_for(paths[i].0).timed(&paths[i].2, args) {
+                    Ok(s) => samples[i].push(s * 1000.0),
+                    Err(e) => failed[i] = (failed[i].0 + 1, e.to_string()),
+                }
+            }
+        }
+        for (i, (t, name, _)) in paths.iter().enumerate() {
+            let s = &mut samples[i];
+            s.sort_by(f64::total_cmp);
+            println!(
+                "| docker {} | {name} | {:.1} | {:.1} | {:.1} | {} |",
+                args.join(" "),
+                quantile(s, 0.5),
+                quantile(s, 0.9),
+                s.last().copied().unwrap_or(f64::NAN),
+                failed[i].0
+            );
+            if failed[i].0 > 0 {
+                eprintln!("{name}, last failure: {}", failed[i].1);
+            }
+            p50s.push((args.join(" "), *t, quantile(s, 0.5)));
+        }
+    }
+    let p50 = |cmd: &str, t: DockerTransport| {
+        p50s.iter()
+            .find(|(c, tt, _)| c == cmd && *tt == t)
+            .map(|(_, _, v)| *v)
+    };
+    // Why the SSH transport costs what it does: its connections per docker
+    // call, and one bare connection (`ssh ADDR true`) timed alone.
+    if let Some(sshd) = &sshd
+        && which.contains(&DockerTransport::Ssh)
+    {
+        // The shared connection, if measured too, is one more at most.
+        let per_call =
+            (sshd.accepted() - accepted_before) as f64 / (calls * commands.len()).max(1) as f64;
+        let mut bare: Vec<f64> = (0..20)
+            .filter_map(|_| {
+                let t = Instant::now();
+                let ok = Command::new(bin_dir.join("ssh"))
+                    .args([&format!("root@{private_ip}"), "true"])
+                    .stdin(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                ok.then(|| t.elapsed().as_secs_f64() * 1000.0)
+            })
+            .collect();
+        bare.sort_by(f64::total_cmp);
+        println!(
+            "\nssh connections per docker call (plain ssh://): {per_call:.2}; one `ssh root@{private_ip} true` alone: p50 {:.1} ms ({} of 20 succeeded)",
+            quantile(&bare, 0.5),
+            bare.len()
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!();
+    println!(
+        "| command | apiary p50 / ssh p50 (target ≤ 0.30) | apiary p50 / ssh with ControlMaster p50 | apiary p50 − engine's socket p50 (target ≤ 5 ms) |"
+    );
+    println!("|---|---|---|---|");
+    for args in commands {
+        let cmd = args.join(" ");
+        let a = p50(&cmd, DockerTransport::Apiary);
+        let vs_ssh = match (a, p50(&cmd, DockerTransport::Ssh)) {
+            (Some(a), Some(s)) => format!("{:.2}: {}", a / s, verdict(a <= 0.3 * s)),
+            _ => "-".into(),
+        };
+        let vs_mux = match (a, p50(&cmd, DockerTransport::SshMux)) {
+            (Some(a), Some(s)) => format!("{:.2}", a / s),
+            _ => "-".into(),
+        };
+        let vs_local = match (a, p50(&cmd, DockerTransport::Local)) {
+            (Some(a), Some(l)) => format!("{:+.1} ms: {}", a - l, verdict(a - l <= 5.0)),
+            _ => "-".into(),
+        };
+        println!("| docker {cmd} | {vs_ssh} | {vs_mux} | {vs_local} |");
+    }
+
+    // Throughput: `docker load -i` of one incompressible image, transports
+    // in turn; the image is removed after every load (through the engine's
+    // socket, untimed), so each load writes its layer afresh.
+    if loads > 0 {
+        let archive = dir.path().join("random-image.tar");
+        let size = random_image_archive(&archive, LOAD_IMAGE, image_mb * 1_000_000)?;
+        let archive_arg = archive.display().to_string();
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+        for round in 0..loads {
+            for k in 0..paths.len() {
+                let i = (round + k) % paths.len();
+                let rate = match cli_for(paths[i].0)
+                    .timed(&paths[i].2, &["load", "-q", "-i", &archive_arg])
+                {
+                    Ok(s) => size as f64 / s / 1e6,
+                    Err(e) => {
+                        eprintln!("{}: {e}", paths[i].1);
+                        f64::NAN
+                    }
+                };
+                rates[i].push(rate);
+                // Absent after a failed load: nothing to remove then.
+                let _ = cli.timed(&local, &["rmi", "-f", LOAD_IMAGE]);
+            }
+        }
+        println!();
+        println!(
+            "| transport | docker load -i of {:.0} MB (one random layer), MB/s per run | median |",
+            size as f64 / 1e6
+        );
+        println!("|---|---|---|");
+        for ((_, name, _), mut r) in paths.iter().zip(rates) {
+            let runs: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
+            r.sort_by(f64::total_cmp);
+            println!(
+                "| {name} | {} | {:.0} |",
+                runs.join(", "),
+                quantile(&r, 0.5)
+            );
+        }
+    }
+
+    drop(proxy);
+    // The shared connection's master outlives the calls (ControlPersist):
+    // asked to exit through its own socket (nothing to do if none started).
+    if sshd.is_some() {
+        let _ = Command::new("/usr/bin/ssh")
+            .arg("-F")
+            .arg(ssh_dir.join("ssh_config"))
+            .arg("-o")
+            .arg(format!("ControlPath={}", control_path.display()))
+            .args(["-O", "exit", &format!("root@{private_ip}")])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    drop(sshd);
+    lab.stop();
+    let out = lab.teardown();
+    anyhow::ensure!(
+        out.status.success(),
+        "teardown failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
