@@ -7,6 +7,8 @@
 //! - [`serve`] — `coordinator serve` / `teardown`: open, listen, run providers and the round;
 //! - [`metrics`] — Prometheus, over the parts below;
 //! - [`provider`] — hosts from the lab or DigitalOcean;
+//! - [`scale`] — `ctl scale hosts=N`: the count recorded, the provider's
+//!   [`scale::HostScaler`] makes or drains hosts;
 //! - [`api`] — the gRPC services (the only place errors become `tonic::Status`,
 //!   [`api::require_role`]), sessions' handler, `ctl status`, the tunnel relay;
 //! - [`core`] — [`core::Coordinator`], the composition root, and the glue
@@ -38,6 +40,7 @@ pub mod pki;
 pub mod progress;
 pub mod provider;
 pub mod reconcile;
+pub mod scale;
 pub mod serve;
 pub mod sessions;
 pub mod state;

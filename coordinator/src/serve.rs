@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ProviderConfig, SwarmConfig};
 use crate::core::Coordinator;
@@ -16,7 +16,8 @@ use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::progress::Progress;
 use crate::provider::digitalocean::DigitalOceanProvider;
-use crate::provider::lab::LabProvider;
+use crate::provider::lab::{LabProvider, LabScaler};
+use crate::scale::HostScaling;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -49,9 +50,11 @@ pub async fn serve(
         droplets,
     } = open_state(&opts, addr, droplets).await?;
     let tunnels = Arc::new(crate::api::tunnel::TunnelHub::default());
+    let scaling = Arc::new(HostScaling::default());
     let (server, metrics) = start_listeners(
         &coordinator,
         &tunnels,
+        &scaling,
         listener,
         opts.metrics_listen,
         shutdown,
@@ -59,6 +62,7 @@ pub async fn serve(
     let work = start_provider_work(
         &opts.config,
         &coordinator,
+        &scaling,
         lab.as_ref(),
         droplets,
         local,
@@ -163,6 +167,7 @@ async fn open_state(
 fn start_listeners(
     coordinator: &Arc<Coordinator>,
     tunnels: &Arc<crate::api::tunnel::TunnelHub>,
+    scaling: &Arc<HostScaling>,
     listener: TcpListener,
     metrics_listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -180,6 +185,7 @@ fn start_listeners(
     let server = tokio::spawn(crate::api::serve(
         coordinator.clone(),
         tunnels.clone(),
+        scaling.clone(),
         listener,
         shutdown,
     ));
@@ -198,6 +204,7 @@ struct ProviderWork {
 fn start_provider_work(
     config: &ClusterConfig,
     coordinator: &Arc<Coordinator>,
+    scaling: &Arc<HostScaling>,
     lab: Option<&Arc<LabProvider>>,
     droplets: Option<Arc<DigitalOceanProvider>>,
     local: SocketAddr,
@@ -206,9 +213,14 @@ fn start_provider_work(
 ) -> ProviderWork {
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
-    let lab_work = lab
-        .cloned()
-        .map(|lab| spawn_lab_work(lab, config, coordinator, local, admin_conf, progress));
+    let lab_work = lab.cloned().map(|lab| {
+        scaling.register(Arc::new(LabScaler {
+            provider: lab.clone(),
+            endpoint: local,
+            progress: progress.clone(),
+        }));
+        spawn_lab_work(lab, config, coordinator, scaling, local, admin_conf, progress)
+    });
     let droplet_work = droplets.map(|droplets| {
         let advertise = config.advertise.unwrap_or(local);
         spawn_droplet_work(droplets, coordinator, advertise, progress)
@@ -238,16 +250,18 @@ fn spawn_lab_work(
     lab: Arc<LabProvider>,
     config: &ClusterConfig,
     coordinator: &Arc<Coordinator>,
+    scaling: &Arc<HostScaling>,
     local: SocketAddr,
     admin_conf: &Path,
     progress: &Progress,
 ) -> JoinHandle<()> {
     let swarm_config = config.swarm.clone();
-    let (coordinator, admin_conf, cluster, progress) = (
+    let (coordinator, admin_conf, cluster, progress, scaling) = (
         coordinator.clone(),
         admin_conf.to_path_buf(),
         config.cluster_name.clone(),
         progress.clone(),
+        scaling.clone(),
     );
     tokio::spawn(async move {
         match lab.bring_up(&coordinator, local, &progress).await {
@@ -271,11 +285,34 @@ fn spawn_lab_work(
         // Swarm, overlay and checks once every host is in; supervision
         // keeps engines and agents up meanwhile.
         let swarm = swarm_config.map(|cfg| spawn_reconcile(&coordinator, cfg, &progress));
+        // A host count set by `ctl scale hosts=N` wins over the spec's: a
+        // scale that a stop interrupted goes on to its end.
+        resume_host_scale(&coordinator, &scaling, lab.lab().hosts().len()).await;
         lab.supervise(coordinator, local).await;
         if let Some(s) = swarm {
             s.abort();
         }
     })
+}
+
+/// Scales to the recorded host count when it differs from the plan.
+async fn resume_host_scale(coordinator: &Arc<Coordinator>, scaling: &HostScaling, planned: usize) {
+    let recorded = match coordinator.store.host_scale() {
+        Ok(Some(r)) => r.hosts,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the recorded host count; keeping the spec's");
+            return;
+        }
+    };
+    if recorded == planned {
+        return;
+    }
+    info!(planned, recorded, "scaling to the host count `ctl scale hosts=N` recorded");
+    match scaling.scale(coordinator, recorded).await {
+        Ok(summary) => info!(%summary, "host count restored"),
+        Err(e) => error!(error = %e, "could not scale to the recorded host count"),
+    }
 }
 
 fn spawn_droplet_work(

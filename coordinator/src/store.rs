@@ -95,6 +95,14 @@ pub struct DatabaseScaleRecord {
     pub set_unix: u64,
 }
 
+/// The host count `ctl scale hosts=N` set, overriding the config's
+/// `provider.hosts` until the next scale (a restarted coordinator keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostScaleRecord {
+    pub hosts: usize,
+    pub set_unix: u64,
+}
+
 /// One change to durable state.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -108,6 +116,7 @@ pub enum Op {
     },
     PutToken(TokenRecord),
     PutDatabaseScale(DatabaseScaleRecord),
+    PutHostScale(HostScaleRecord),
     /// The last pre-Swarm port matrix (`ctl checks --json`'s
     /// `pre_swarm_cells`): once Swarm holds the ports it cannot be measured
     /// again, so a restarted coordinator reads it back.
@@ -130,6 +139,7 @@ impl std::fmt::Debug for Store {
 
 const TOKEN_KEY: &str = "join_token";
 const DATABASE_SCALE_KEY: &str = "database_scale";
+const HOST_SCALE_KEY: &str = "host_scale";
 const PRE_SWARM_KEY: &str = "pre_swarm_cells";
 
 impl Store {
@@ -218,6 +228,10 @@ impl Store {
         self.one(META, DATABASE_SCALE_KEY)
     }
 
+    pub fn host_scale(&self) -> Result<Option<HostScaleRecord>, StoreError> {
+        self.one(META, HOST_SCALE_KEY)
+    }
+
     pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_api::reach::Cell>, StoreError> {
         Ok(self.one(META, PRE_SWARM_KEY)?.unwrap_or_default())
     }
@@ -296,6 +310,9 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                         DATABASE_SCALE_KEY,
                         encode(DATABASE_SCALE_KEY, d)?.as_slice(),
                     )?;
+                }
+                Op::PutHostScale(h) => {
+                    meta.insert(HOST_SCALE_KEY, encode(HOST_SCALE_KEY, h)?.as_slice())?;
                 }
                 Op::PutPreSwarmCells(cells) => {
                     meta.insert(PRE_SWARM_KEY, encode(PRE_SWARM_KEY, cells)?.as_slice())?;

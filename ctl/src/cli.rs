@@ -118,14 +118,31 @@ pub enum Command {
         #[arg(long)]
         unset: bool,
     },
-    /// Scale a service: `database=N` adds or removes database servers (one
-    /// per host, up to the host count) one at a time, keeping the cluster
-    /// healthy (etcd: member add before a server starts, member remove
-    /// before its service goes).
+    /// Scale the cluster: `hosts=N` makes or removes hosts, `database=N`
+    /// database servers.
+    ///
+    /// `hosts=N` (providers that make hosts: lab): new hosts are made,
+    /// enrolled, configured, checked, joined to Swarm and the overlay, and
+    /// get a database server where the database's count allows; surplus
+    /// hosts are drained first, the highest-numbered first (database server
+    /// out through the database's API, Swarm node drained and removed,
+    /// certificates revoked), then removed. The count is kept: a restarted
+    /// coordinator keeps it. `database=N` adds or removes database servers
+    /// (one per host, up to the host count) one at a time, keeping the
+    /// database healthy (etcd: member add before a server starts, member
+    /// remove before its service goes).
     Scale {
-        /// `database=N`: the number of database servers wanted.
-        #[arg(value_name = "database=N", value_parser = database_servers)]
-        servers: u32,
+        /// `hosts=N` or `database=N`.
+        #[arg(value_name = "hosts=N|database=N", value_parser = scale_target)]
+        target: ScaleTarget,
+        /// Then wait until the cluster is healthy again: every node ready,
+        /// in the swarm and on the overlay, the checks passing, the database
+        /// healthy. Exit 2 if it is not within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: std::time::Duration,
     },
     /// Host configuration (firewall, sysctls, GRUB, daemon.json).
     Hosts {
@@ -153,11 +170,25 @@ pub enum Command {
     },
 }
 
-/// `database=N` → N.
-fn database_servers(what: &str) -> Result<u32, String> {
-    what.strip_prefix("database=")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| "write database=N (N servers)".to_string())
+/// What `ctl scale` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleTarget {
+    /// `hosts=N`
+    Hosts(u32),
+    /// `database=N`
+    Database(u32),
+}
+
+/// `hosts=N` or `database=N`.
+fn scale_target(what: &str) -> Result<ScaleTarget, String> {
+    let count = |n: &str| n.parse::<u32>().ok();
+    if let Some(n) = what.strip_prefix("hosts=").and_then(count) {
+        return Ok(ScaleTarget::Hosts(n));
+    }
+    if let Some(n) = what.strip_prefix("database=").and_then(count) {
+        return Ok(ScaleTarget::Database(n));
+    }
+    Err("write hosts=N (N hosts) or database=N (N servers)".to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,7 +221,7 @@ pub enum NodesCommand {
 mod tests {
     use clap::{CommandFactory, Parser};
 
-    use super::{Args, Command};
+    use super::{Args, Command, ScaleTarget};
 
     #[test]
     fn the_command_line_is_consistent() {
@@ -198,12 +229,28 @@ mod tests {
     }
 
     #[test]
-    fn scale_takes_database_equals_a_count() {
+    fn scale_takes_hosts_or_database_equals_a_count() {
         let args = Args::try_parse_from(["ctl", "scale", "database=3"]).expect("parse");
-        assert!(matches!(args.command, Command::Scale { servers: 3 }));
-        for bad in ["database=", "database=-1", "db=3", "3"] {
+        assert!(matches!(
+            args.command,
+            Command::Scale {
+                target: ScaleTarget::Database(3),
+                wait: false,
+                ..
+            }
+        ));
+        let args = Args::try_parse_from(["ctl", "scale", "hosts=6", "--wait"]).expect("parse");
+        assert!(matches!(
+            args.command,
+            Command::Scale {
+                target: ScaleTarget::Hosts(6),
+                wait: true,
+                ..
+            }
+        ));
+        for bad in ["database=", "database=-1", "db=3", "3", "hosts=x"] {
             let e = Args::try_parse_from(["ctl", "scale", bad]).expect_err(bad);
-            assert!(e.to_string().contains("write database=N"), "{e}");
+            assert!(e.to_string().contains("write hosts=N"), "{e}");
         }
     }
 }

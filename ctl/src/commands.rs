@@ -181,6 +181,27 @@ impl Ctl {
         }
     }
 
+    /// Scales the hosts to `hosts` (answers once made or removed).
+    pub async fn scale_hosts(&mut self, hosts: u32) -> Result<String, CtlError> {
+        match self
+            .client
+            .scale_hosts(apiary_proto::ScaleHostsRequest { hosts })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().summary),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
+    /// What keeps the cluster from being healthy now (empty: healthy):
+    /// nodes not ready, not active in the swarm or off the overlay, failing
+    /// checks, an unhealthy database.
+    pub async fn unhealthy(&mut self) -> Result<Vec<String>, CtlError> {
+        let status = self.status().await?;
+        let checks = self.checks().await?;
+        Ok(unhealthy_parts(&status, &checks))
+    }
+
     pub async fn checks(&mut self) -> Result<apiary_proto::ChecksResponse, CtlError> {
         match self.client.checks(apiary_proto::ChecksRequest {}).await {
             Ok(r) => Ok(r.into_inner()),
@@ -231,6 +252,56 @@ fn ago(unix_ms: u64) -> String {
         "{} ago",
         humantime::format_duration(Duration::from_secs(secs))
     )
+}
+
+/// What keeps a cluster from being healthy (pure; see [`Ctl::unhealthy`]).
+pub fn unhealthy_parts(
+    status: &StatusResponse,
+    checks: &apiary_proto::ChecksResponse,
+) -> Vec<String> {
+    let mut parts = Vec::new();
+    let swarm = checks.phase != "none" || status.nodes.iter().any(|n| !n.swarm_role.is_empty());
+    for n in &status.nodes {
+        if n.state != "ready" {
+            parts.push(format!("{} is {}", n.name, n.state));
+        } else if swarm && (n.swarm_status != "ready" || n.swarm_availability != "active") {
+            parts.push(format!(
+                "{} is not active in the swarm ({}/{})",
+                n.name,
+                dash(&n.swarm_status),
+                dash(&n.swarm_availability)
+            ));
+        } else if swarm && !n.overlay_attached {
+            parts.push(format!("{} is not on the overlay yet", n.name));
+        }
+    }
+    if swarm && checks.phase != "swarm" {
+        parts.push(format!("checks: {} round so far", checks.phase));
+    }
+    if !checks.failures.is_empty() {
+        parts.push(format!("{} check(s) failing", checks.failures.len()));
+    }
+    if swarm && checks.phase == "swarm" && checks.hosts as usize != status.nodes.len() {
+        parts.push(format!(
+            "checks: the last round covered {} of {} hosts",
+            checks.hosts,
+            status.nodes.len()
+        ));
+    }
+    if !checks.swarm_error.is_empty() {
+        parts.push(checks.swarm_error.clone());
+    }
+    if !status.database_kind.is_empty()
+        && !(status.database_servers > 0
+            && status.database_connected == status.database_servers
+            && !status.database_leader.is_empty())
+    {
+        parts.push(format!(
+            "database {}/{} connected",
+            status.database_connected, status.database_servers
+        ));
+    }
+    parts
 }
 
 /// The JSON form of `ctl status` (field names are documented in docs/json.md

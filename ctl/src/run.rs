@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use apiary_certs::AdminConf;
 use clap::CommandFactory;
 
-use crate::cli::{Args, Command, HostsCommand, NodesCommand};
+use crate::cli::{Args, Command, HostsCommand, NodesCommand, ScaleTarget};
 use crate::commands::{
     Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
     print_status, status_json,
@@ -147,9 +147,19 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
             let lines = crate::docker::env(&conf, &conf_path, node.as_deref(), unset).await?;
             print!("{lines}");
         }
-        Command::Scale { servers } => {
-            let summary = ctl.scale_database(servers).await?;
+        Command::Scale {
+            target,
+            wait,
+            timeout,
+        } => {
+            let summary = match target {
+                ScaleTarget::Hosts(n) => ctl.scale_hosts(n).await?,
+                ScaleTarget::Database(n) => ctl.scale_database(n).await?,
+            };
             println!("{summary}");
+            if wait {
+                wait_healthy(&mut ctl, timeout).await?;
+            }
         }
         Command::Checks { json } => {
             let checks = ctl.checks().await?;
@@ -215,4 +225,31 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
         }
     }
     Ok(0)
+}
+
+/// `--wait`: polls until nothing keeps the cluster from being healthy,
+/// printing what still does whenever it changes; exit 2 after `timeout`.
+async fn wait_healthy(ctl: &mut Ctl, timeout: std::time::Duration) -> Result<(), CtlError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let parts = ctl.unhealthy().await?;
+        if parts.is_empty() {
+            println!("cluster healthy");
+            return Ok(());
+        }
+        if parts != last {
+            println!("waiting: {}", crate::text::shown(&parts.join("; ")));
+            let _ = std::io::stdout().flush();
+            last = parts;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CtlError::CheckFailed(format!(
+                "not healthy after {}: {}",
+                humantime::format_duration(timeout),
+                last.join("; ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -1344,6 +1344,32 @@ impl Lab {
         remove_dir(&host.host_dir, &mut report.dirs, leftovers);
     }
 
+    /// Removes one host of the lab (a scale-down: its processes, namespace,
+    /// links and directories; the bridges stay for the others). Says what it
+    /// removed; fails with the list of leftovers if anything could not be.
+    pub async fn remove_host(&self, host: &HostPlan) -> Result<TeardownReport, LabError> {
+        self.require_lock()?;
+        self.require_root("remove a network namespace")?;
+        let (report, leftovers) = self.teardown_host(host).await;
+        if leftovers.is_empty() {
+            info!(host = %host.name, "lab host removed");
+            Ok(report)
+        } else {
+            Err(LabError::TeardownIncomplete { leftovers })
+        }
+    }
+
+    /// The same lab with another list of hosts (`ctl scale hosts=N`): a new
+    /// plan, the same options and host operations. Hosts both plans share
+    /// keep their addresses (a host's index is its place in the list).
+    pub fn with_hosts(&self, hosts: Vec<String>) -> Result<Lab, LabError> {
+        let spec = LabSpec {
+            hosts,
+            ..self.inner.spec.clone()
+        };
+        Lab::with_options(spec, self.inner.opts.clone(), self.inner.ops.clone())
+    }
+
     /// Removes the whole lab: every host of this cluster (planned or left over
     /// from an earlier plan), then the bridges and the lab's directories
     /// (`state_dir/lab`, `<run base>/<cluster>`). Says what it removed; fails

@@ -1906,3 +1906,79 @@ fn the_docker_cli_runs_against_the_swarm_through_ctl() {
         (code == 0 && out.trim().is_empty()).then_some(())
     });
 }
+
+#[test]
+fn hosts_scale_up_and_down_live_with_the_database() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labscale",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    lab.start();
+    eventually("etcd 4/4 healthy", Duration::from_secs(900), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    let scale = |args: &[&str]| {
+        let out = ctl_with(&lab.admin_conf(), args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
+    };
+
+    // 4 -> 6: the two new hosts made, enrolled, in the swarm, on the
+    // overlay, checked; `--wait` returns once all of it holds.
+    let started = std::time::Instant::now();
+    let (code, out, err) = scale(&["scale", "hosts=6", "--wait", "--timeout", "5m"]);
+    assert_eq!(code, 0, "scale hosts=6: {out}{err}");
+    eprintln!("scale hosts=4->6 --wait: {:.1} s", started.elapsed().as_secs_f64());
+    assert!(out.contains("workerbee-4, workerbee-5 made"), "{out}");
+    assert!(out.contains("cluster healthy"), "{out}");
+    let status = lab.status().expect("status");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 6, "{status}");
+    for n in nodes {
+        assert_eq!(n["state"], "ready", "{n}");
+        assert_eq!(n["swarm_availability"], "active", "{n}");
+        assert_eq!(n["overlay_attached"], true, "{n}");
+    }
+    let (code, c) = checks(&lab).expect("checks");
+    assert_eq!((code, c["hosts"].as_u64()), (0, Some(6)), "{c}");
+    assert_eq!(status["database"]["healthy"], true, "{status}");
+
+    // 6 -> 4: the highest-numbered go, workerbee-5 first, each drained
+    // (database server out first, Swarm node removed), revoked, removed.
+    let (code, out, err) = scale(&["scale", "hosts=4", "--wait", "--timeout", "5m"]);
+    assert_eq!(code, 0, "scale hosts=4: {out}{err}");
+    let five = out.find("workerbee-5: host removed").unwrap_or_else(|| panic!("{out}"));
+    let four = out.find("workerbee-4: host removed").unwrap_or_else(|| panic!("{out}"));
+    assert!(five < four, "workerbee-5 goes first: {out}");
+    assert!(out.contains("workerbee-5: removed from the cluster"), "{out}");
+    let status = lab.status().expect("status");
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]);
+    assert_eq!(status["database"]["healthy"], true, "{status}");
+    // Nothing left of them: namespaces, run directories, Swarm nodes.
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    for gone in ["workerbee-4", "workerbee-5"] {
+        assert!(!netns.contains(&format!("labscale.{gone}")), "{netns}");
+        assert!(!lab.run_dir(gone).exists(), "{gone}'s run directory");
+    }
+    let out = ctl_with(
+        &lab.admin_conf(),
+        &["docker", "--", "node", "ls", "--format", "{{.Hostname}}"],
+    );
+    let swarm_nodes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(swarm_nodes.lines().count(), 4, "{swarm_nodes}");
+    // The count is kept: a restarted coordinator plans 4, not the spec's.
+    let (code, out, _) = scale(&["scale", "hosts=4"]);
+    assert_eq!((code, out.trim()), (0, "hosts: already 4"));
+}

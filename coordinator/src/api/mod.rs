@@ -39,6 +39,7 @@ use crate::database::DatabaseError;
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::pki::PkiError;
+use crate::scale::{HostScaling, ScaleHostsError};
 use crate::store::StoreError;
 use limits::{Conn, Sources};
 use tunnel::{TunnelHub, TunnelRelayRoutes, TunnelRoutes, TunnelSvc};
@@ -68,6 +69,19 @@ pub(crate) fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdenti
         )));
     }
     Ok(peer)
+}
+
+impl From<ScaleHostsError> for Status {
+    fn from(e: ScaleHostsError) -> Status {
+        let message = e.to_string();
+        match e {
+            ScaleHostsError::NotSupported { .. } => Status::failed_precondition(message),
+            ScaleHostsError::BadCount { .. } => Status::invalid_argument(message),
+            ScaleHostsError::Busy => Status::aborted(message),
+            ScaleHostsError::Record(_) => Status::internal(message),
+            ScaleHostsError::Provider(_) => Status::unavailable(message),
+        }
+    }
 }
 
 impl From<PkiError> for Status {
@@ -131,6 +145,7 @@ fn internal(e: StoreError) -> Status {
 pub async fn serve(
     coord: Arc<Coordinator>,
     hub: Arc<TunnelHub>,
+    scaling: Arc<HostScaling>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
@@ -177,7 +192,7 @@ pub async fn serve(
     });
     let flusher = tokio::spawn(session::flush_last_seen(coord.clone()));
     let liveness = tokio::spawn(session::watch_liveness(coord.clone()));
-    let svc = Svc(coord.clone());
+    let svc = Svc(coord.clone(), scaling);
     // Agent sessions are streams that never end by themselves, so a
     // graceful stop first ends them (agents read "shutting down" and
     // reconnect with backoff), then gives in-flight calls a few seconds.
@@ -226,8 +241,10 @@ pub async fn serve(
     result
 }
 
+/// The services: the coordinator, and the host scaler its provider
+/// registered (`ctl scale hosts=N`).
 #[derive(Clone)]
-struct Svc(Arc<Coordinator>);
+struct Svc(Arc<Coordinator>, Arc<HostScaling>);
 
 #[tonic::async_trait]
 impl Enrollment for Svc {
@@ -313,6 +330,17 @@ impl Admin for Svc {
     ) -> Result<Response<apiary_proto::ChecksResponse>, Status> {
         require_role(&req, Role::Admin)?;
         Ok(Response::new(self.0.view.checks().to_wire()))
+    }
+
+    async fn scale_hosts(
+        &self,
+        req: Request<apiary_proto::ScaleHostsRequest>,
+    ) -> Result<Response<apiary_proto::ScaleHostsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let n = req.into_inner().hosts as usize;
+        info!(admin = %admin.node, hosts = n, "host scale requested");
+        let summary = self.1.scale(&self.0, n).await?;
+        Ok(Response::new(apiary_proto::ScaleHostsResponse { summary }))
     }
 
     async fn scale_database(

@@ -27,7 +27,10 @@ use crate::state::Images;
 pub const AGENT: &str = "agent";
 
 pub struct LabProvider {
-    lab: Lab,
+    /// The lab as planned now: replaced whole when `ctl scale hosts=N`
+    /// changes the host list (a plan is cheap; the machine's lab lock, held
+    /// below, is what guards the hosts themselves).
+    lab: std::sync::RwLock<Lab>,
     _lock: LabLock,
     agent_binary: PathBuf,
     teardown_on_exit: bool,
@@ -83,7 +86,7 @@ impl LabProvider {
             )));
         }
         Ok(LabProvider {
-            lab,
+            lab: std::sync::RwLock::new(lab),
             _lock: lock,
             agent_binary,
             teardown_on_exit: config.teardown_on_exit,
@@ -103,13 +106,14 @@ impl LabProvider {
         self.teardown_on_exit
     }
 
-    pub fn lab(&self) -> &Lab {
-        &self.lab
+    /// The lab as planned now (a cheap handle).
+    pub fn lab(&self) -> Lab {
+        self.lab.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// What `ctl status --json` shows for each lab host beside the facts.
     pub fn provider_info(&self) -> HashMap<String, HashMap<String, String>> {
-        self.lab
+        self.lab()
             .hosts()
             .iter()
             .map(|h| {
@@ -173,7 +177,7 @@ impl LabProvider {
             ("RUST_LOG".to_string(), "info".to_string()),
         ];
         Ok(self
-            .lab
+            .lab()
             .spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
     }
 
@@ -203,7 +207,8 @@ impl LabProvider {
         endpoint: SocketAddr,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
-        let hosts = self.lab.hosts();
+        let lab = self.lab();
+        let hosts = lab.hosts();
         coordinator.view.set_provider_info(self.provider_info());
         progress.hosts(hosts.iter().map(|h| h.name.as_str()));
         self.ensure_engines(progress).await?;
@@ -218,10 +223,11 @@ impl LabProvider {
     }
 
     async fn ensure_engines(&self, progress: &Progress) -> Result<(), CoordinatorError> {
-        let hosts = self.lab.hosts();
+        let lab = self.lab();
+        let hosts = lab.hosts();
         let phase = progress.phase("engines", hosts.len());
         try_join_all(hosts.iter().map(|h| async {
-            let status = self.lab.ensure_host(h).await?;
+            let status = lab.ensure_host(h).await?;
             let what = if status.changed() {
                 format!("engine up (docker {})", status.docker_version)
             } else {
@@ -243,7 +249,7 @@ impl LabProvider {
         coordinator.view.set_images(Images::Loading);
         let phase = progress.phase("images", 1);
         let (lab, etcd_image, archives, gate) = (
-            self.lab.clone(),
+            self.lab(),
             self.etcd_image,
             self.image_archives.clone(),
             coordinator.clone(),
@@ -305,7 +311,8 @@ impl LabProvider {
         endpoint: SocketAddr,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
-        let hosts = self.lab.hosts();
+        let lab = self.lab();
+        let hosts = lab.hosts();
         let phase = progress.phase("agents", hosts.len());
         let token = coordinator.pki.current_token().token;
         // Identities first, then every agent in one tight loop: a
@@ -327,7 +334,8 @@ impl LabProvider {
         coordinator: &Arc<Coordinator>,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
-        let hosts = self.lab.hosts();
+        let lab = self.lab();
+        let hosts = lab.hosts();
         let phase = progress.phase("enrollment", hosts.len());
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -344,7 +352,7 @@ impl LabProvider {
                 return Err(CoordinatorError::Provider(format!(
                     "hosts not ready after 120 s: {}; see their agent logs under {}",
                     pending.join(", "),
-                    self.lab.lab_dir().display()
+                    lab.lab_dir().display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -354,7 +362,8 @@ impl LabProvider {
     }
 
     async fn wait_for_host_config(&self, coordinator: &Arc<Coordinator>, progress: &Progress) {
-        let hosts = self.lab.hosts();
+        let lab = self.lab();
+        let hosts = lab.hosts();
         let phase = progress.phase("host config", hosts.len());
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -380,15 +389,16 @@ impl LabProvider {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            for h in self.lab.hosts() {
-                if self.lab.process_pid(h, "dockerd").is_none() {
+            let lab = self.lab();
+            for h in lab.hosts() {
+                if lab.process_pid(h, "dockerd").is_none() {
                     warn!(node = %h.name, "engine is down; restarting it");
-                    match self.lab.ensure_host(h).await {
+                    match lab.ensure_host(h).await {
                         Ok(s) => info!(node = %h.name, pid = s.dockerd_pid, "engine restarted"),
                         Err(e) => warn!(node = %h.name, error = %e, "engine restart failed"),
                     }
                 }
-                if self.lab.process_pid(h, AGENT).is_none() {
+                if lab.process_pid(h, AGENT).is_none() {
                     warn!(node = %h.name, "agent is down; restarting it");
                     let token = coordinator.pki.current_token().token;
                     match self.start_agent(h, endpoint, &token) {
@@ -398,5 +408,161 @@ impl LabProvider {
                 }
             }
         }
+    }
+}
+
+/// `ctl scale hosts=N` on the lab: new hosts are planned, made and started
+/// like the first ones; surplus hosts are drained and removed one by one.
+pub struct LabScaler {
+    pub provider: Arc<LabProvider>,
+    pub endpoint: SocketAddr,
+    pub progress: Progress,
+}
+
+impl LabProvider {
+    /// Replaces the plan (what supervision keeps running).
+    fn replan(&self, coordinator: &Coordinator, lab: Lab) {
+        *self.lab.write().unwrap_or_else(|p| p.into_inner()) = lab;
+        coordinator.view.set_provider_info(self.provider_info());
+    }
+
+    /// Makes `added`'s engines, loads the images they need, starts their
+    /// agents and waits until each is enrolled and ready.
+    async fn add_hosts(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        endpoint: SocketAddr,
+        added: &[HostPlan],
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
+        let lab = self.lab();
+        let phase = progress.phase("engines", added.len());
+        try_join_all(added.iter().map(|h| async {
+            let status = lab.ensure_host(h).await?;
+            phase.step(&h.name, &format!("engine up (docker {})", status.docker_version));
+            Ok::<_, CoordinatorError>(())
+        }))
+        .await?;
+        phase.finish();
+        let refs: Vec<&HostPlan> = added.iter().collect();
+        lab.ensure_images(&refs).await?;
+        if self.etcd_image {
+            lab.ensure_etcd_image(&refs).await?;
+        }
+        for archive in &self.image_archives {
+            lab.load_archive(&refs, archive).await?;
+        }
+        let token = coordinator.pki.current_token().token;
+        for h in added {
+            self.forget_replaced(coordinator, h).await?;
+        }
+        let phase = progress.phase("agents", added.len());
+        for h in added {
+            let pid = self.start_agent(h, endpoint, &token)?;
+            phase.step(&h.name, &format!("agent started (pid {pid})"));
+        }
+        phase.finish();
+        let mut pending: Vec<&str> = added.iter().map(|h| h.name.as_str()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !pending.is_empty() {
+            let nodes = crate::context::ClusterContext::nodes(coordinator.as_ref());
+            pending.retain(|name| !nodes.iter().any(|n| n.name == *name && n.ready));
+            if tokio::time::Instant::now() > deadline {
+                return Err(CoordinatorError::Provider(format!(
+                    "new hosts not ready after 120 s: {}; see their agent logs under {}",
+                    pending.join(", "),
+                    lab.lab_dir().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl crate::scale::HostScaler for LabScaler {
+    fn planned(&self) -> Vec<String> {
+        self.provider.lab().spec().hosts.clone()
+    }
+
+    async fn grow(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        names: Vec<String>,
+    ) -> Result<(), String> {
+        let p = &self.provider;
+        let old = p.lab();
+        let new = old.with_hosts(names).map_err(|e| e.to_string())?;
+        let added: Vec<HostPlan> = new
+            .hosts()
+            .iter()
+            .filter(|h| !old.hosts().iter().any(|o| o.name == h.name))
+            .cloned()
+            .collect();
+        p.replan(coordinator, new);
+        self.progress.hosts(added.iter().map(|h| h.name.as_str()));
+        p.add_hosts(coordinator, self.endpoint, &added, &self.progress)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn shrink(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        let p = &self.provider;
+        let mut steps = Vec::new();
+        // One host at a time, the last planned (highest-numbered) first:
+        // out of the plan (supervision lets it be), drained and removed
+        // from the cluster, then its namespace, engine and data removed.
+        loop {
+            let current = p.lab();
+            let Some(host) = current
+                .hosts()
+                .last()
+                .filter(|h| !names.contains(&h.name))
+                .cloned()
+            else {
+                break;
+            };
+            let keep: Vec<String> = current.spec().hosts[..current.hosts().len() - 1].to_vec();
+            p.replan(coordinator, current.with_hosts(keep).map_err(|e| e.to_string())?);
+            if coordinator
+                .store
+                .node(&host.name)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                match coordinator.drain_and_remove(&host.name).await {
+                    Ok((drained, serials)) => {
+                        steps.extend(drained.into_iter().map(|s| format!("{}: {s}", host.name)));
+                        steps.push(format!(
+                            "{}: removed from the cluster, {} certificate(s) revoked",
+                            host.name,
+                            serials.len()
+                        ));
+                    }
+                    Err(e) => {
+                        // Kept, and supervised again: never a host drained
+                        // half-way and forgotten.
+                        p.replan(coordinator, current);
+                        return Err(format!(
+                            "{}: {e}; the host is kept (`ctl status` shows it); the scale stopped here",
+                            host.name
+                        ));
+                    }
+                }
+            }
+            let report = current.remove_host(&host).await.map_err(|e| e.to_string())?;
+            steps.push(format!(
+                "{}: host removed ({} processes stopped, namespace {})",
+                host.name,
+                report.processes.len(),
+                report.netns.join(", ")
+            ));
+        }
+        Ok(steps)
     }
 }

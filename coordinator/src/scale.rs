@@ -1,0 +1,177 @@
+//! `ctl scale hosts=N` on a running cluster: the count is recorded first (a
+//! restarted coordinator keeps it; the spec's `provider.hosts` is only the
+//! starting point, as `database=N` already works), then the provider makes
+//! the new hosts and waits until their agents are enrolled and ready (the
+//! reconcile rounds then configure them, check them, join them to Swarm and
+//! the overlay and give them a database server where `servers` allows), or
+//! drains the surplus one host at a time, highest-numbered first (database
+//! server out through the database's API, Swarm node drained and removed,
+//! certificates revoked) before removing the host itself.
+//!
+//! What is decided here is pure ([`scaled_names`]); the provider does the
+//! making and removing behind [`HostScaler`].
+
+use std::sync::{Arc, OnceLock};
+
+use tracing::info;
+
+use crate::core::Coordinator;
+use crate::store::{HostScaleRecord, Op};
+
+/// Why hosts could not be scaled.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleHostsError {
+    #[error(
+        "provider {provider} makes no hosts, so apiary cannot scale them: start or stop agents on your hosts instead (`ctl nodes remove NAME` takes one out)"
+    )]
+    NotSupported { provider: &'static str },
+    #[error("hosts={wanted}: {reason}")]
+    BadCount { wanted: usize, reason: String },
+    #[error("a scale of the hosts is already running; wait for it (`ctl status` shows its progress)")]
+    Busy,
+    #[error("could not record the new host count: {0}")]
+    Record(String),
+    #[error("{0}")]
+    Provider(String),
+}
+
+/// The most hosts `ctl scale hosts=N` asks for (the config's own limit).
+pub const MAX_HOSTS: usize = 200;
+
+/// The host names for `n` hosts, from the current ones (in placement order):
+/// the first `n` when shrinking, so the highest-numbered go; when growing,
+/// the current ones then `workerbee-K` for the next unused numbers.
+pub fn scaled_names(current: &[String], n: usize) -> Result<Vec<String>, ScaleHostsError> {
+    if n == 0 || n > MAX_HOSTS {
+        return Err(ScaleHostsError::BadCount {
+            wanted: n,
+            reason: format!("a cluster has between 1 and {MAX_HOSTS} hosts"),
+        });
+    }
+    let mut names: Vec<String> = current.iter().take(n).cloned().collect();
+    let mut k = 1;
+    while names.len() < n {
+        let name = format!("workerbee-{k}");
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        k += 1;
+    }
+    Ok(names)
+}
+
+/// What a provider that makes hosts does for a scale.
+#[tonic::async_trait]
+pub trait HostScaler: Send + Sync {
+    /// The hosts planned now, in placement order.
+    fn planned(&self) -> Vec<String>;
+    /// Plans `names` (the current hosts and more), makes the new hosts and
+    /// starts their agents; returns once each is enrolled and ready.
+    async fn grow(&self, coordinator: &Arc<Coordinator>, names: Vec<String>)
+    -> Result<(), String>;
+    /// Plans `names` (the first of the current hosts), then drains and
+    /// removes each of the others, the highest-numbered first; one line
+    /// per step.
+    async fn shrink(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, String>;
+}
+
+/// The scaler the provider registered, and the one-scale-at-a-time lock.
+#[derive(Default)]
+pub struct HostScaling {
+    scaler: OnceLock<Arc<dyn HostScaler>>,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl HostScaling {
+    /// Called once by the provider that makes hosts.
+    pub fn register(&self, scaler: Arc<dyn HostScaler>) {
+        let _ = self.scaler.set(scaler);
+    }
+
+    /// Scales to `n` hosts; says what changed.
+    pub async fn scale(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        n: usize,
+    ) -> Result<String, ScaleHostsError> {
+        let scaler = self.scaler.get().ok_or(ScaleHostsError::NotSupported {
+            provider: coordinator.config().provider.kind(),
+        })?;
+        let _busy = self.busy.try_lock().map_err(|_| ScaleHostsError::Busy)?;
+        let current = scaler.planned();
+        let names = scaled_names(&current, n)?;
+        // Recorded first: a coordinator killed in the middle goes on toward
+        // the new count when it starts again.
+        coordinator
+            .store
+            .apply(vec![Op::PutHostScale(HostScaleRecord {
+                hosts: n,
+                set_unix: crate::time::now_unix(),
+            })])
+            .await
+            .map_err(|e| ScaleHostsError::Record(e.to_string()))?;
+        let from = current.len();
+        info!(from, to = n, "scaling hosts");
+        if n > from {
+            let added = names[from..].join(", ");
+            scaler
+                .grow(coordinator, names)
+                .await
+                .map_err(ScaleHostsError::Provider)?;
+            Ok(format!(
+                "hosts: {from} -> {n}: {added} made, enrolled and ready; the next rounds configure and check them and join them to Swarm and the overlay (`ctl status`, or `ctl scale hosts={n} --wait`)"
+            ))
+        } else if n < from {
+            let steps = scaler
+                .shrink(coordinator, names)
+                .await
+                .map_err(ScaleHostsError::Provider)?;
+            Ok(format!("hosts: {from} -> {n}\n  {}", steps.join("\n  ")))
+        } else {
+            Ok(format!("hosts: already {n}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shrinking_keeps_the_first_hosts_and_growing_adds_the_next_workerbees() {
+        let four = names(&["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]);
+        assert_eq!(
+            scaled_names(&four, 6).expect("grow"),
+            names(&[
+                "queenbee",
+                "workerbee-1",
+                "workerbee-2",
+                "workerbee-3",
+                "workerbee-4",
+                "workerbee-5"
+            ])
+        );
+        assert_eq!(
+            scaled_names(&four, 2).expect("shrink"),
+            names(&["queenbee", "workerbee-1"])
+        );
+        // Custom names: new hosts take workerbee numbers not in use.
+        let custom = names(&["a", "workerbee-1"]);
+        assert_eq!(
+            scaled_names(&custom, 4).expect("grow"),
+            names(&["a", "workerbee-1", "workerbee-2", "workerbee-3"])
+        );
+        for bad in [0, MAX_HOSTS + 1] {
+            let e = scaled_names(&four, bad).expect_err("out of range");
+            assert!(e.to_string().contains("between 1 and 200"), "{e}");
+        }
+    }
+}
