@@ -343,6 +343,41 @@ impl Pki {
         Ok((cert.der, cert.serial))
     }
 
+    /// Records a member's certificate the store has no record of, presented
+    /// at a session's start: after a restore, an agent that renewed after the
+    /// backup holds a serial the restored store never saw. Recorded, it is
+    /// revoked with the rest by [`Self::remove_node`] (which revokes the
+    /// serials it knows), and `ctl status` shows the serial in use. Whether
+    /// it was unknown.
+    pub async fn record_presented(
+        &self,
+        store: &Store,
+        peer: &PeerIdentity,
+    ) -> Result<bool, PkiError> {
+        if peer.role != Role::Agent || store.cert(&peer.serial)?.is_some() {
+            return Ok(false);
+        }
+        let Some(mut node) = store.node(&peer.node)? else {
+            return Ok(false);
+        };
+        let not_after = unix(peer.not_after);
+        let mut ops = vec![Op::PutCert(CertRecord {
+            serial: peer.serial.clone(),
+            node: peer.node.clone(),
+            role: Role::Agent.as_str().into(),
+            issued_unix: unix(peer.not_before),
+            not_after_unix: not_after,
+        })];
+        if not_after > node.cert_not_after_unix {
+            node.cert_serial = peer.serial.clone();
+            node.cert_not_after_unix = not_after;
+            ops.push(Op::PutNode(node));
+        }
+        store.apply(ops).await?;
+        info!(node = %peer.node, serial = %peer.serial, "recorded a certificate this store had no record of (issued after the backup it was restored from)");
+        Ok(true)
+    }
+
     /// Revokes every unexpired agent certificate of `name` and deletes the
     /// node: the serials revoked.
     pub async fn remove_node(&self, store: &Store, name: &str) -> Result<Vec<String>, PkiError> {
