@@ -500,3 +500,52 @@ fn new_token_record(
         rotated_hashes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a restore, a node's agent may hold a certificate renewed after
+    /// the backup: recorded at its session's start, it is revoked with the
+    /// rest when the node is removed.
+    #[tokio::test]
+    async fn a_certificate_the_store_never_saw_is_recorded_and_revoked_on_removal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = ClusterConfig::parse(
+            Path::new("cluster.toml"),
+            "[cluster]\nname = \"t\"\n[provider]\nkind = \"manual\"\n",
+        )
+        .expect("config");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
+        let token = pki.current_token().token;
+        let (_, csr) = apiary_certs::new_key_and_csr("bee-1").expect("csr");
+        let enrolled = pki
+            .enroll(&store, &token, "bee-1", &csr)
+            .await
+            .expect("enroll");
+        let first = PeerIdentity::from_der(&enrolled.cert_der).expect("peer");
+        assert!(!pki.record_presented(&store, &first).await.expect("known"));
+
+        // Signed by the same CA, unknown to this store (a renewal after the backup).
+        let later = pki
+            .ca
+            .sign_csr(&csr, "bee-1", Role::Agent, Duration::from_secs(2 * 86400))
+            .expect("sign");
+        let later = PeerIdentity::from_der(&later.der).expect("peer");
+        assert!(pki.record_presented(&store, &later).await.expect("record"));
+        assert!(!pki.record_presented(&store, &later).await.expect("again"));
+        assert_eq!(
+            store
+                .node("bee-1")
+                .expect("node")
+                .expect("bee-1")
+                .cert_serial,
+            later.serial
+        );
+
+        let revoked = pki.remove_node(&store, "bee-1").await.expect("remove");
+        assert!(revoked.contains(&first.serial) && revoked.contains(&later.serial));
+        assert!(pki.revoked.contains(&later.serial));
+    }
+}
