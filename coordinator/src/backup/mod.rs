@@ -34,12 +34,12 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use apiary_api::exit;
 use apiary_certs::{AdminConf, AdminConfError, CertError, ClusterCa};
 use apiary_ctl::{Ctl, CtlError};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use apiary_api::exit;
 use crate::store::{Snapshot, SnapshotEntry, SnapshotTable, Store, StoreError};
 use format::{Contents, DATABASE_DIR, StateFile, StatePath};
 pub use format::{FormatError, Passphrase, Summary};
