@@ -83,6 +83,53 @@ pub mod coordinator {
             #[arg(long)]
             rotate: bool,
         },
+        /// Save the coordinator's state (the store, the CA and its key, database
+        /// peer keys, the join token, admin.conf) into one file, while `serve`
+        /// runs or not; `restore` makes a state directory from it.
+        ///
+        /// With serve running, the store comes from it over the admin API
+        /// (one consistent read), with the admin certificate of DIR/admin.conf;
+        /// otherwise it is read from DIR (which a serve started meanwhile then
+        /// finds in use, exit 75). FILE is written 0600, atomically. Without a
+        /// passphrase it is not encrypted, and it holds the cluster's CA key:
+        /// keep it like one.
+        Backup {
+            /// The coordinator's state directory (as given to serve).
+            #[arg(long, value_name = "DIR")]
+            state_dir: PathBuf,
+            /// The backup file to write (replaced whole if it exists).
+            #[arg(long, value_name = "FILE")]
+            out: PathBuf,
+            /// Encrypt with the passphrase in this file (age, scrypt); without
+            /// it, APIARY_BACKUP_PASSPHRASE is used if set.
+            #[arg(long, value_name = "FILE")]
+            passphrase_file: Option<PathBuf>,
+            /// Print what the backup holds as JSON (docs/json.md).
+            #[arg(long)]
+            json: bool,
+        },
+        /// Make a new state directory from a backup; `coordinator serve
+        /// --state-dir DIR` then serves the same cluster (agents keep their
+        /// certificates; nodes enrolled after the backup re-enroll with a
+        /// join token).
+        ///
+        /// Refuses a directory that is not empty (exit 64), and a wrong
+        /// passphrase (exit 77), writing nothing.
+        Restore {
+            /// The backup file (from `coordinator backup`).
+            #[arg(value_name = "FILE")]
+            file: PathBuf,
+            /// The new state directory: missing or empty (created 0700).
+            #[arg(long, value_name = "DIR")]
+            state_dir: PathBuf,
+            /// The backup's passphrase, in this file; without it,
+            /// APIARY_BACKUP_PASSPHRASE is used if set.
+            #[arg(long, value_name = "FILE")]
+            passphrase_file: Option<PathBuf>,
+            /// Print what was restored as JSON.
+            #[arg(long)]
+            json: bool,
+        },
         /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
         Completions {
             /// The shell to complete for.

@@ -55,6 +55,8 @@ pub enum CoordinatorError {
     },
     #[error("cannot write the completion script: {0}")]
     Completions(std::io::Error),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl CoordinatorError {
@@ -63,6 +65,7 @@ impl CoordinatorError {
             CoordinatorError::Config(_) | CoordinatorError::ProviderConfig(_) => exit::USAGE,
             CoordinatorError::Artifacts(e) if e.is_config() => exit::USAGE,
             CoordinatorError::Store(StoreError::InUse { .. }) => exit::IN_USE,
+            CoordinatorError::Backup(e) => e.exit_code(),
             _ => exit::FAILURE,
         }
     }

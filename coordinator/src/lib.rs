@@ -5,6 +5,8 @@
 //! Map (imports flow down this list, never up; `scripts/check-layers` checks
 //! it):
 //! - [`serve`] — `coordinator serve` / `teardown`: open, listen, run providers and the round;
+//! - [`backup`] — `coordinator backup` / `restore`: the state directory as one
+//!   file (format pure in [`backup::format`]), online through the admin API;
 //! - [`metrics`] — Prometheus, over the parts below;
 //! - [`provider`] — hosts from the lab or DigitalOcean;
 //! - [`scale`] — `ctl scale hosts=N`: the count recorded, the provider's
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod context;

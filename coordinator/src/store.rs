@@ -10,15 +10,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
-const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new(NODES_TABLE);
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new(CERTS_TABLE);
+const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new(REVOKED_TABLE);
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Every table, in the order a snapshot lists them.
+const TABLES: [TableDefinition<&str, &[u8]>; 5] = [NODES, CERTS, REVOKED, FACTS, META];
+
+/// Table names as a [`Snapshot`] carries them.
+pub const NODES_TABLE: &str = "nodes";
+pub const CERTS_TABLE: &str = "certs";
+pub const REVOKED_TABLE: &str = "revoked";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +44,14 @@ pub enum StoreError {
     Encode { key: String, reason: String },
     #[error("state store writer stopped")]
     Closed,
+    #[error(
+        "cannot restore the store into {path}: a file is already there; restore into an empty directory"
+    )]
+    Exists { path: PathBuf },
+    #[error(
+        "the snapshot holds a table {table:?} this coordinator does not know; restore it with the apiary version that made it"
+    )]
+    UnknownTable { table: String },
 }
 
 macro_rules! db_err {
@@ -125,6 +141,56 @@ pub enum Op {
 
 type Batch = (Vec<Op>, oneshot::Sender<Result<(), StoreError>>);
 
+/// The whole store as its records are stored (values opaque), for backups.
+/// Read in one read transaction, so it is one consistent point in time even
+/// while writes go on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub tables: Vec<SnapshotTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotTable {
+    pub name: String,
+    pub entries: Vec<SnapshotEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotEntry {
+    pub key: String,
+    /// Hex in JSON: records are JSON or protobuf bytes.
+    #[serde(with = "hex_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl Snapshot {
+    /// How many records table `name` holds.
+    pub fn count(&self, name: &str) -> usize {
+        self.tables
+            .iter()
+            .filter(|t| t.name == name)
+            .map(|t| t.entries.len())
+            .sum()
+    }
+}
+
+/// Bytes as hex text in JSON (also the backup file's).
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        hex::decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -144,6 +210,10 @@ const PRE_SWARM_KEY: &str = "pre_swarm_cells";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
                 path: path.to_path_buf(),
@@ -236,10 +306,96 @@ impl Store {
         Ok(self.one(META, PRE_SWARM_KEY)?.unwrap_or_default())
     }
 
+    pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        self.one(CERTS, serial)
+    }
+
+    /// Every table's records, read in one read transaction (MVCC: writers
+    /// are not held up, and the snapshot is one commit's state).
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut tables = Vec::with_capacity(TABLES.len());
+        for def in TABLES {
+            let table = txn.open_table(def)?;
+            let mut entries = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                entries.push(SnapshotEntry {
+                    key: k.value().to_string(),
+                    value: v.value().to_vec(),
+                });
+            }
+            tables.push(SnapshotTable {
+                name: def.name().to_string(),
+                entries,
+            });
+        }
+        Ok(Snapshot { tables })
+    }
+
+    /// Writes `snapshot` into a new store file at `path` (which must not
+    /// exist) in one durable transaction, and closes it. Blocking.
+    pub fn create_from(path: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        // Unknown tables are refused before anything is written.
+        let defs = snapshot
+            .tables
+            .iter()
+            .map(|t| {
+                TABLES
+                    .into_iter()
+                    .find(|d| d.name() == t.name)
+                    .map(|d| (d, t))
+                    .ok_or_else(|| StoreError::UnknownTable {
+                        table: t.name.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        create_private(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let txn = db.begin_write()?;
+        for def in TABLES {
+            txn.open_table(def)?;
+        }
+        for (def, dump) in defs {
+            let mut table = txn.open_table(def)?;
+            for e in &dump.entries {
+                table.insert(e.key.as_str(), e.value.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     pub fn facts(&self, node: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FACTS)?;
         Ok(table.get(node)?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// Creates the store's file empty and 0600 if it is not there (redb
+/// initialises an empty file; left to itself it would create it 0644). It
+/// holds the join token.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -403,6 +559,65 @@ mod tests {
             rtt: Some(std::time::Duration::from_micros(250)),
             detail: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_makes_a_store_with_the_same_records() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("a.redb")).expect("open");
+        store
+            .apply(vec![
+                Op::PutNode(node("a")),
+                Op::Revoke(RevocationRecord {
+                    serial: "ff".into(),
+                    node: "c".into(),
+                    revoked_unix: 3,
+                }),
+                Op::PutFacts {
+                    node: "a".into(),
+                    encoded: vec![0, 159, 146, 150],
+                },
+            ])
+            .await
+            .expect("apply");
+        let snapshot = store.snapshot().expect("snapshot");
+        assert_eq!(snapshot.count(NODES_TABLE), 1);
+        assert_eq!(snapshot.count(REVOKED_TABLE), 1);
+        // Through JSON, as a backup carries it.
+        let json = serde_json::to_vec(&snapshot).expect("json");
+        let back: Snapshot = serde_json::from_slice(&json).expect("back");
+        assert_eq!(back, snapshot);
+
+        let copy = dir.path().join("b.redb");
+        Store::create_from(&copy, &back).expect("create");
+        assert!(matches!(
+            Store::create_from(&copy, &back),
+            Err(StoreError::Exists { .. })
+        ));
+        for file in ["a.redb", "b.redb"] {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join(file)).expect("meta");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        let copy = Store::open(&copy).expect("reopen");
+        assert_eq!(copy.snapshot().expect("snapshot"), snapshot);
+        assert_eq!(copy.nodes().expect("nodes"), vec![node("a")]);
+        assert_eq!(
+            copy.facts("a").expect("facts"),
+            Some(vec![0, 159, 146, 150])
+        );
+
+        let mut unknown = snapshot.clone();
+        unknown.tables.push(SnapshotTable {
+            name: "future".into(),
+            entries: Vec::new(),
+        });
+        let third = dir.path().join("c.redb");
+        assert!(matches!(
+            Store::create_from(&third, &unknown),
+            Err(StoreError::UnknownTable { .. })
+        ));
+        assert!(!third.exists(), "nothing is written for a refused snapshot");
     }
 
     #[tokio::test]

@@ -293,10 +293,17 @@ impl AgentApi for Svc {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = require_role(&req, Role::Agent)?;
         if self.0.store.node(&peer.node).map_err(internal)?.is_none() {
+            // A certificate from this CA, unrevoked, for a node the store does
+            // not hold: after a restore, a node enrolled after the backup.
+            warn!(node = %peer.node, serial = %peer.serial, "a certificate of this cluster's CA for a node this coordinator does not know (enrolled after the backup it was restored from?); refused");
             return Err(Status::permission_denied(format!(
-                "node {} is not a member of this cluster; re-enroll with a join token",
+                "node {} is not a member of this cluster (this coordinator has no record of it, e.g. it enrolled after the backup the coordinator was restored from); \
+                 to re-enroll, delete node.key and node.pem from the agent's state directory and start it with a join token",
                 peer.node
             )));
+        }
+        if let Err(e) = self.0.pki.record_presented(&self.0.store, &peer).await {
+            warn!(node = %peer.node, error = %e, "cannot record the node's certificate");
         }
         let (tx, rx) = mpsc::channel(64);
         let span = info_span!("session", node = %peer.node);
@@ -432,6 +439,38 @@ impl Admin for Svc {
         Ok(Response::new(RemoveNodeResponse {
             revoked_serials,
             drained,
+        }))
+    }
+
+    async fn store_snapshot(
+        &self,
+        req: Request<apiary_proto::StoreSnapshotRequest>,
+    ) -> Result<Response<apiary_proto::StoreSnapshotResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        info!(admin = %admin.node, "store snapshot requested (coordinator backup)");
+        // redb reads are blocking file I/O: off the runtime's workers.
+        let store = self.0.store.clone();
+        let snapshot = tokio::task::spawn_blocking(move || store.snapshot())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        let tables = snapshot
+            .tables
+            .into_iter()
+            .map(|t| apiary_proto::StoreTable {
+                name: t.name,
+                entries: t
+                    .entries
+                    .into_iter()
+                    .map(|e| apiary_proto::StoreEntry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(apiary_proto::StoreSnapshotResponse {
+            tables,
         }))
     }
 

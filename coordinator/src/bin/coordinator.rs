@@ -71,6 +71,36 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Token { state_dir, rotate } => token(&state_dir, rotate).await,
+            Command::Backup {
+                state_dir,
+                out,
+                passphrase_file,
+                json,
+            } => {
+                use apiary_coordinator::backup;
+                let passphrase = backup::passphrase(passphrase_file.as_deref())?;
+                let report = backup::backup(&state_dir, &out, passphrase.as_ref()).await?;
+                match json {
+                    true => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                    false => println!("{}", backup::backup_text(&report)),
+                }
+                Ok(())
+            }
+            Command::Restore {
+                file,
+                state_dir,
+                passphrase_file,
+                json,
+            } => {
+                use apiary_coordinator::backup;
+                let passphrase = backup::passphrase(passphrase_file.as_deref())?;
+                let report = backup::restore(&file, &state_dir, passphrase.as_ref()).await?;
+                match json {
+                    true => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                    false => println!("{}", backup::restore_text(&report)),
+                }
+                Ok(())
+            }
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 apiary_coordinator::docs::write_completions(

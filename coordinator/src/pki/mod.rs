@@ -343,6 +343,41 @@ impl Pki {
         Ok((cert.der, cert.serial))
     }
 
+    /// Records a member's certificate the store has no record of, presented
+    /// at a session's start: after a restore, an agent that renewed after the
+    /// backup holds a serial the restored store never saw. Recorded, it is
+    /// revoked with the rest by [`Self::remove_node`] (which revokes the
+    /// serials it knows), and `ctl status` shows the serial in use. Whether
+    /// it was unknown.
+    pub async fn record_presented(
+        &self,
+        store: &Store,
+        peer: &PeerIdentity,
+    ) -> Result<bool, PkiError> {
+        if peer.role != Role::Agent || store.cert(&peer.serial)?.is_some() {
+            return Ok(false);
+        }
+        let Some(mut node) = store.node(&peer.node)? else {
+            return Ok(false);
+        };
+        let not_after = unix(peer.not_after);
+        let mut ops = vec![Op::PutCert(CertRecord {
+            serial: peer.serial.clone(),
+            node: peer.node.clone(),
+            role: Role::Agent.as_str().into(),
+            issued_unix: unix(peer.not_before),
+            not_after_unix: not_after,
+        })];
+        if not_after > node.cert_not_after_unix {
+            node.cert_serial = peer.serial.clone();
+            node.cert_not_after_unix = not_after;
+            ops.push(Op::PutNode(node));
+        }
+        store.apply(ops).await?;
+        info!(node = %peer.node, serial = %peer.serial, "recorded a certificate this store had no record of (issued after the backup it was restored from)");
+        Ok(true)
+    }
+
     /// Revokes every unexpired agent certificate of `name` and deletes the
     /// node: the serials revoked.
     pub async fn remove_node(&self, store: &Store, name: &str) -> Result<Vec<String>, PkiError> {
@@ -463,5 +498,54 @@ fn new_token_record(
         created_unix: now,
         expires_unix: ttl.map(|ttl| now + ttl.as_secs()),
         rotated_hashes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a restore, a node's agent may hold a certificate renewed after
+    /// the backup: recorded at its session's start, it is revoked with the
+    /// rest when the node is removed.
+    #[tokio::test]
+    async fn a_certificate_the_store_never_saw_is_recorded_and_revoked_on_removal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = ClusterConfig::parse(
+            Path::new("cluster.toml"),
+            "[cluster]\nname = \"t\"\n[provider]\nkind = \"manual\"\n",
+        )
+        .expect("config");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
+        let token = pki.current_token().token;
+        let (_, csr) = apiary_certs::new_key_and_csr("bee-1").expect("csr");
+        let enrolled = pki
+            .enroll(&store, &token, "bee-1", &csr)
+            .await
+            .expect("enroll");
+        let first = PeerIdentity::from_der(&enrolled.cert_der).expect("peer");
+        assert!(!pki.record_presented(&store, &first).await.expect("known"));
+
+        // Signed by the same CA, unknown to this store (a renewal after the backup).
+        let later = pki
+            .ca
+            .sign_csr(&csr, "bee-1", Role::Agent, Duration::from_secs(2 * 86400))
+            .expect("sign");
+        let later = PeerIdentity::from_der(&later.der).expect("peer");
+        assert!(pki.record_presented(&store, &later).await.expect("record"));
+        assert!(!pki.record_presented(&store, &later).await.expect("again"));
+        assert_eq!(
+            store
+                .node("bee-1")
+                .expect("node")
+                .expect("bee-1")
+                .cert_serial,
+            later.serial
+        );
+
+        let revoked = pki.remove_node(&store, "bee-1").await.expect("remove");
+        assert!(revoked.contains(&first.serial) && revoked.contains(&later.serial));
+        assert!(pki.revoked.contains(&later.serial));
     }
 }
