@@ -143,6 +143,27 @@ impl Coordinator {
         }
     }
 
+    /// `ctl scale database=N`: the database scaled one server at a time
+    /// over the ready hosts (see [`crate::database::scale`]).
+    pub async fn scale_database(&self, n: usize) -> Result<String, crate::database::DatabaseError> {
+        let swarm = self
+            .config
+            .swarm
+            .as_ref()
+            .ok_or(crate::database::DatabaseError::NotConfigured)?;
+        let hosts = crate::reconcile::plan::members(&self.nodes(), swarm);
+        let first_manager = hosts.iter().find(|h| h.manager).map(|h| h.name.as_str());
+        crate::database::scale(
+            self,
+            swarm.database.as_ref(),
+            &swarm.overlay,
+            hosts.len(),
+            first_manager,
+            n,
+        )
+        .await
+    }
+
     /// A database server's container stopped or started on `node`, as its
     /// agent saw it: counted, and announced at once. Only a server the
     /// database has on that node is taken (what an agent sends is

@@ -27,7 +27,9 @@ pub enum ScaleHostsError {
     NotSupported { provider: &'static str },
     #[error("hosts={wanted}: {reason}")]
     BadCount { wanted: usize, reason: String },
-    #[error("a scale of the hosts is already running; wait for it (`ctl status` shows its progress)")]
+    #[error(
+        "a scale of the hosts is already running; wait for it (`ctl status` shows its progress)"
+    )]
     Busy,
     #[error("could not record the new host count: {0}")]
     Record(String),
@@ -67,8 +69,7 @@ pub trait HostScaler: Send + Sync {
     fn planned(&self) -> Vec<String>;
     /// Plans `names` (the current hosts and more), makes the new hosts and
     /// starts their agents; returns once each is enrolled and ready.
-    async fn grow(&self, coordinator: &Arc<Coordinator>, names: Vec<String>)
-    -> Result<(), String>;
+    async fn grow(&self, coordinator: &Arc<Coordinator>, names: Vec<String>) -> Result<(), String>;
     /// Plans `names` (the first of the current hosts), then drains and
     /// removes each of the others, the highest-numbered first; one line
     /// per step.
@@ -77,6 +78,63 @@ pub trait HostScaler: Send + Sync {
         coordinator: &Arc<Coordinator>,
         names: Vec<String>,
     ) -> Result<Vec<String>, String>;
+}
+
+/// Before new hosts come in: the database keeps its server count while
+/// they do (a round would otherwise give each new host a server as though
+/// the database were being made, and etcd takes new members one at a time,
+/// `member add` first). True when the spec wants a server per host and no
+/// `ctl scale database=N` said otherwise: the database is then grown onto
+/// the new hosts once they are ready.
+async fn hold_database(coordinator: &Coordinator) -> Result<bool, ScaleHostsError> {
+    use crate::context::ClusterContext;
+    let Some(db) = coordinator
+        .config()
+        .swarm
+        .as_ref()
+        .and_then(|s| s.database.as_ref())
+    else {
+        return Ok(false);
+    };
+    if coordinator.database_scale().is_some() {
+        return Ok(false);
+    }
+    let servers = match db.servers {
+        Some(n) => n,
+        None => coordinator.nodes().len(),
+    };
+    coordinator
+        .set_database_scale(servers)
+        .await
+        .map_err(|e| ScaleHostsError::Record(e.to_string()))?;
+    Ok(db.servers.is_none())
+}
+
+/// How long new hosts have to be ready in the swarm before the database
+/// grows onto them.
+const SWARM_JOIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn wait_in_swarm(coordinator: &Coordinator, added: &[String]) -> Result<(), ScaleHostsError> {
+    let deadline = tokio::time::Instant::now() + SWARM_JOIN_WITHIN;
+    loop {
+        let swarm = coordinator.view.checks().swarm;
+        let missing: Vec<&str> = added
+            .iter()
+            .filter(|n| swarm.get(*n).is_none_or(|s| s.status != "ready"))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ScaleHostsError::Provider(format!(
+                "the new hosts are enrolled, but {} did not join the swarm within {} s, so the database was not grown onto them; `ctl status` and `ctl checks` say why",
+                missing.join(", "),
+                SWARM_JOIN_WITHIN.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The scaler the provider registered, and the one-scale-at-a-time lock.
@@ -118,13 +176,28 @@ impl HostScaling {
         info!(from, to = n, "scaling hosts");
         if n > from {
             let added = names[from..].join(", ");
+            let grow_database = hold_database(coordinator).await?;
             scaler
-                .grow(coordinator, names)
+                .grow(coordinator, names.clone())
                 .await
                 .map_err(ScaleHostsError::Provider)?;
-            Ok(format!(
+            let mut summary = format!(
                 "hosts: {from} -> {n}: {added} made, enrolled and ready; the next rounds configure and check them and join them to Swarm and the overlay (`ctl status`, or `ctl scale hosts={n} --wait`)"
-            ))
+            );
+            if grow_database {
+                // One server per host: the new hosts' servers join the
+                // way `ctl scale database=N` adds them, one at a time, once
+                // the rounds have the hosts in the swarm (a server is a
+                // service pinned to its host).
+                wait_in_swarm(coordinator, &names[from..]).await?;
+                let db = coordinator.scale_database(n).await.map_err(|e| {
+                    ScaleHostsError::Provider(format!(
+                        "the hosts are in, but the database did not grow onto them: {e}"
+                    ))
+                })?;
+                summary.push_str(&format!("\n  {db}"));
+            }
+            Ok(summary)
         } else if n < from {
             let steps = scaler
                 .shrink(coordinator, names)

@@ -59,16 +59,13 @@ pub async fn serve(
         opts.metrics_listen,
         shutdown,
     );
-    let work = start_provider_work(
-        &opts.config,
-        &coordinator,
-        &scaling,
-        lab.as_ref(),
-        droplets,
+    let serving = Serving {
+        coordinator: &coordinator,
+        scaling: &scaling,
         local,
-        &admin_conf,
-        &progress,
-    );
+        admin_conf: &admin_conf,
+    };
+    let work = start_provider_work(&opts.config, &serving, lab.as_ref(), droplets, &progress);
     let tasks = [
         work.lab,
         work.droplets,
@@ -201,25 +198,32 @@ struct ProviderWork {
     swarm: Option<JoinHandle<()>>,
 }
 
+/// What the providers' work needs of the running server.
+struct Serving<'a> {
+    coordinator: &'a Arc<Coordinator>,
+    scaling: &'a Arc<HostScaling>,
+    /// The address agents reach the coordinator at.
+    local: SocketAddr,
+    admin_conf: &'a Path,
+}
+
 fn start_provider_work(
     config: &ClusterConfig,
-    coordinator: &Arc<Coordinator>,
-    scaling: &Arc<HostScaling>,
+    serving: &Serving<'_>,
     lab: Option<&Arc<LabProvider>>,
     droplets: Option<Arc<DigitalOceanProvider>>,
-    local: SocketAddr,
-    admin_conf: &Path,
     progress: &Progress,
 ) -> ProviderWork {
+    let (coordinator, local) = (serving.coordinator, serving.local);
     // Bring-up and supervision run beside the server and stop with it: a
     // shutdown in the middle of bring-up must not wait for bring-up to end.
     let lab_work = lab.cloned().map(|lab| {
-        scaling.register(Arc::new(LabScaler {
+        serving.scaling.register(Arc::new(LabScaler {
             provider: lab.clone(),
             endpoint: local,
             progress: progress.clone(),
         }));
-        spawn_lab_work(lab, config, coordinator, scaling, local, admin_conf, progress)
+        spawn_lab_work(lab, config, serving, progress)
     });
     let droplet_work = droplets.map(|droplets| {
         let advertise = config.advertise.unwrap_or(local);
@@ -249,19 +253,17 @@ fn start_provider_work(
 fn spawn_lab_work(
     lab: Arc<LabProvider>,
     config: &ClusterConfig,
-    coordinator: &Arc<Coordinator>,
-    scaling: &Arc<HostScaling>,
-    local: SocketAddr,
-    admin_conf: &Path,
+    serving: &Serving<'_>,
     progress: &Progress,
 ) -> JoinHandle<()> {
     let swarm_config = config.swarm.clone();
+    let local = serving.local;
     let (coordinator, admin_conf, cluster, progress, scaling) = (
-        coordinator.clone(),
-        admin_conf.to_path_buf(),
+        serving.coordinator.clone(),
+        serving.admin_conf.to_path_buf(),
         config.cluster_name.clone(),
         progress.clone(),
-        scaling.clone(),
+        serving.scaling.clone(),
     );
     tokio::spawn(async move {
         match lab.bring_up(&coordinator, local, &progress).await {
@@ -308,7 +310,10 @@ async fn resume_host_scale(coordinator: &Arc<Coordinator>, scaling: &HostScaling
     if recorded == planned {
         return;
     }
-    info!(planned, recorded, "scaling to the host count `ctl scale hosts=N` recorded");
+    info!(
+        planned,
+        recorded, "scaling to the host count `ctl scale hosts=N` recorded"
+    );
     match scaling.scale(coordinator, recorded).await {
         Ok(summary) => info!(%summary, "host count restored"),
         Err(e) => error!(error = %e, "could not scale to the recorded host count"),

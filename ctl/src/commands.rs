@@ -278,6 +278,13 @@ fn ago(unix_ms: u64) -> String {
     )
 }
 
+/// Every server connected and a leader known.
+fn database_healthy(s: &StatusResponse) -> bool {
+    s.database_servers > 0
+        && s.database_connected == s.database_servers
+        && !s.database_leader.is_empty()
+}
+
 /// What keeps a cluster from being healthy (pure; see [`Ctl::unhealthy`]).
 pub fn unhealthy_parts(
     status: &StatusResponse,
@@ -315,11 +322,7 @@ pub fn unhealthy_parts(
     if !checks.swarm_error.is_empty() {
         parts.push(checks.swarm_error.clone());
     }
-    if !status.database_kind.is_empty()
-        && !(status.database_servers > 0
-            && status.database_connected == status.database_servers
-            && !status.database_leader.is_empty())
-    {
+    if !status.database_kind.is_empty() && !database_healthy(status) {
         parts.push(format!(
             "database {}/{} connected",
             status.database_connected, status.database_servers
@@ -343,7 +346,7 @@ pub fn status_json(s: &StatusResponse) -> serde_json::Value {
                 "servers": s.database_servers,
                 "connected": s.database_connected,
                 "leader": s.database_leader,
-                "healthy": s.database_servers > 0 && s.database_connected == s.database_servers && !s.database_leader.is_empty(),
+                "healthy": database_healthy(s),
                 "error": s.database_error,
                 "peer_tls": s.database_peer_tls,
                 "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy, "restarts": n.database_restarts})).collect::<Vec<_>>(),

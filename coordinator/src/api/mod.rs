@@ -357,26 +357,7 @@ impl Admin for Svc {
         let admin = require_role(&req, Role::Admin)?;
         let n = req.into_inner().servers as usize;
         info!(admin = %admin.node, servers = n, "database scale requested");
-        let coord = &self.0;
-        let swarm = coord
-            .config()
-            .swarm
-            .clone()
-            .ok_or_else(|| Status::failed_precondition("this cluster has no Swarm"))?;
-        let hosts = crate::reconcile::plan::members(
-            &crate::context::ClusterContext::nodes(coord.as_ref()),
-            &swarm,
-        );
-        let first_manager = hosts.iter().find(|h| h.manager).map(|h| h.name.as_str());
-        let summary = crate::database::scale(
-            coord.as_ref(),
-            swarm.database.as_ref(),
-            &swarm.overlay,
-            hosts.len(),
-            first_manager,
-            n,
-        )
-        .await?;
+        let summary = self.0.scale_database(n).await?;
         Ok(Response::new(apiary_proto::ScaleDatabaseResponse {
             summary,
         }))

@@ -439,7 +439,10 @@ impl LabProvider {
         let phase = progress.phase("engines", added.len());
         try_join_all(added.iter().map(|h| async {
             let status = lab.ensure_host(h).await?;
-            phase.step(&h.name, &format!("engine up (docker {})", status.docker_version));
+            phase.step(
+                &h.name,
+                &format!("engine up (docker {})", status.docker_version),
+            );
             Ok::<_, CoordinatorError>(())
         }))
         .await?;
@@ -486,11 +489,7 @@ impl crate::scale::HostScaler for LabScaler {
         self.provider.lab().spec().hosts.clone()
     }
 
-    async fn grow(
-        &self,
-        coordinator: &Arc<Coordinator>,
-        names: Vec<String>,
-    ) -> Result<(), String> {
+    async fn grow(&self, coordinator: &Arc<Coordinator>, names: Vec<String>) -> Result<(), String> {
         let p = &self.provider;
         let old = p.lab();
         let new = old.with_hosts(names).map_err(|e| e.to_string())?;
@@ -528,7 +527,10 @@ impl crate::scale::HostScaler for LabScaler {
                 break;
             };
             let keep: Vec<String> = current.spec().hosts[..current.hosts().len() - 1].to_vec();
-            p.replan(coordinator, current.with_hosts(keep).map_err(|e| e.to_string())?);
+            p.replan(
+                coordinator,
+                current.with_hosts(keep).map_err(|e| e.to_string())?,
+            );
             if coordinator
                 .store
                 .node(&host.name)
@@ -555,7 +557,10 @@ impl crate::scale::HostScaler for LabScaler {
                     }
                 }
             }
-            let report = current.remove_host(&host).await.map_err(|e| e.to_string())?;
+            let report = current
+                .remove_host(&host)
+                .await
+                .map_err(|e| e.to_string())?;
             steps.push(format!(
                 "{}: host removed ({} processes stopped, namespace {})",
                 host.name,
