@@ -9,10 +9,10 @@
 //!   file (format pure in [`backup::format`]), online through the admin API;
 //! - [`metrics`] — Prometheus, over the parts below;
 //! - [`provider`] — hosts from the lab or DigitalOcean;
-//! - [`scale`] — `ctl scale hosts=N`: the count recorded, the provider's
-//!   [`scale::HostScaler`] makes or drains hosts;
 //! - [`api`] — the gRPC services (the only place errors become `tonic::Status`,
 //!   [`api::require_role`]), sessions' handler, `ctl status`, the tunnel relay;
+//! - [`scale`] — `ctl scale hosts=N`: the count recorded, the provider's
+//!   [`scale::HostScaler`] makes or drains hosts;
 //! - [`core`] — [`core::Coordinator`], the composition root, and the glue
 //!   between its parts;
 //! - [`reconcile`] — the cluster round: observe, decide ([`reconcile::plan`], pure), act;
