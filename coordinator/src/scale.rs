@@ -182,7 +182,7 @@ impl HostScaling {
                 .await
                 .map_err(ScaleHostsError::Provider)?;
             let mut summary = format!(
-                "hosts: {from} -> {n}: {added} made, enrolled and ready; the next rounds configure and check them and join them to Swarm and the overlay (`ctl status`, or `ctl scale hosts={n} --wait`)"
+                "hosts: {from} -> {n}: {added} made; the next rounds configure and check them and join them to Swarm and the overlay once they are enrolled (`ctl status`, or `ctl scale hosts={n} --wait`)"
             );
             if grow_database {
                 // One server per host: the new hosts' servers join the

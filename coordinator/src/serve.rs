@@ -15,7 +15,7 @@ use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::progress::Progress;
-use crate::provider::digitalocean::DigitalOceanProvider;
+use crate::provider::digitalocean::{DigitalOceanProvider, DropletScaler};
 use crate::provider::lab::{LabProvider, LabScaler};
 use crate::scale::HostScaling;
 
@@ -227,6 +227,17 @@ fn start_provider_work(
     });
     let droplet_work = droplets.map(|droplets| {
         let advertise = config.advertise.unwrap_or(local);
+        // A count `ctl scale hosts=N` recorded wins over the spec's.
+        if let Ok(Some(recorded)) = coordinator.store.host_scale()
+            && let Ok(names) = crate::scale::scaled_names(&droplets.planned(), recorded.hosts)
+        {
+            droplets.replan(names);
+        }
+        serving.scaling.register(Arc::new(DropletScaler {
+            provider: droplets.clone(),
+            advertise,
+            progress: progress.clone(),
+        }));
         spawn_droplet_work(droplets, coordinator, advertise, progress)
     });
     // Hosts that join by themselves: each one's line follows its events.

@@ -189,6 +189,10 @@ impl Ctl {
             .await
         {
             Ok(r) => Ok(r.into_inner().summary),
+            // A count out of range is the command line's fault (64).
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                Err(CtlError::Usage(s.message().to_string()))
+            }
             Err(s) => Err(self.judge(s).await),
         }
     }

@@ -659,3 +659,68 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
     fx.assert_spec_kept();
     serve.kill9();
 }
+
+#[test]
+fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_count_is_kept() {
+    let fx = Fixture::new();
+    let serve = fx.serve(4);
+    let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
+    eventually("4 droplets", Duration::from_secs(30), || {
+        (fx.droplet_names() == four).then_some(())
+    });
+    let conf = fx.dir.path().join("state/admin.conf");
+    eventually("admin.conf", Duration::from_secs(10), || {
+        conf.exists().then_some(())
+    });
+    let scale = |n: &str| {
+        let out = ctl_with(&conf, &["scale", &format!("hosts={n}")]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
+    };
+    let (code, out, err) = scale("6");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("hosts: 4 -> 6: workerbee-4, workerbee-5 made"),
+        "{out}"
+    );
+    assert_eq!(
+        fx.droplet_names().len(),
+        6,
+        "the scale answers once the droplets exist"
+    );
+    // Out of range: refused with the limit, nothing changes.
+    let (code, _, err) = scale("0");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("between 1 and 200"), "{err}");
+    // A restarted coordinator keeps the scaled count, not the spec's 4.
+    let mut serve = serve;
+    serve.kill9();
+    let mut serve = fx.serve(4);
+    eventually("adopted after restart", Duration::from_secs(30), || {
+        serve
+            .log_text()
+            .contains("droplets match the spec")
+            .then_some(())
+    });
+    assert_eq!(
+        fx.droplet_names().len(),
+        6,
+        "the recorded count was forgotten"
+    );
+    // Down: the surplus (never enrolled here) is deleted, highest first.
+    let (code, out, err) = scale("4");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let five = out
+        .find("workerbee-5: drained")
+        .unwrap_or_else(|| panic!("{out}"));
+    let four_at = out
+        .find("workerbee-4: drained")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(five < four_at, "{out}");
+    assert_eq!(fx.droplet_names(), four);
+    serve.kill9();
+    fx.assert_spec_kept();
+}

@@ -33,7 +33,11 @@ pub struct DigitalOceanProvider {
     client: Client,
     config: DigitalOceanConfig,
     tag: TagName,
-    hosts: Vec<String>,
+    /// The droplets wanted: the spec's, until `ctl scale hosts=N` changes them.
+    hosts: std::sync::RwLock<Vec<String>>,
+    /// One reconcile at a time (the periodic one and a scale's): two at
+    /// once could each create the same missing droplet.
+    reconciling: tokio::sync::Mutex<()>,
     /// The coordinator's artifact listener: the agent's URL and SHA-256
     /// (used when the config names no `agent_url`).
     coordinator_agent: Option<(url::Url, String)>,
@@ -61,9 +65,20 @@ impl DigitalOceanProvider {
             client,
             config: validated,
             tag,
-            hosts: config.hosts.clone(),
+            hosts: std::sync::RwLock::new(config.hosts.clone()),
+            reconciling: tokio::sync::Mutex::new(()),
             coordinator_agent: None,
         })
+    }
+
+    /// The droplets wanted now.
+    pub fn planned(&self) -> Vec<String> {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wants `names` from now on (the next reconcile makes or drains).
+    pub fn replan(&self, names: Vec<String>) {
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// Hosts fetch the agent from the coordinator's artifact listener at
@@ -124,6 +139,7 @@ impl DigitalOceanProvider {
         advertise: SocketAddr,
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
+        let _one_at_a_time = self.reconciling.lock().await;
         let mut target = ClusterTarget::new(&self.config, self.tag.clone(), Vec::new());
         // The VPC first: its range goes into the user_data.
         let vpc = ensure_vpc(&self.client, &target)
@@ -138,7 +154,7 @@ impl DigitalOceanProvider {
             .ok_or_else(|| provider_err(format!("VPC {} has no ip_range", vpc.name)))?;
         let user_data = self.user_data(coordinator, advertise, range)?;
         target.hosts = self
-            .hosts
+            .planned()
             .iter()
             .map(|h| {
                 Ok(HostSpec {
@@ -338,6 +354,60 @@ pub fn next_surplus_step(surplus: &[String], done: &[(String, DrainOutcome)]) ->
         }
     }
     SurplusStep::Finish { delete, keep }
+}
+
+/// `ctl scale hosts=N` on DigitalOcean: the wanted droplets change and one
+/// reconcile runs at once, creating the new droplets (their agents enroll
+/// as they boot) or draining the surplus, highest-numbered first, and
+/// deleting the droplets of those drained.
+pub struct DropletScaler {
+    pub provider: std::sync::Arc<DigitalOceanProvider>,
+    pub advertise: SocketAddr,
+    pub progress: Progress,
+}
+
+#[tonic::async_trait]
+impl crate::scale::HostScaler for DropletScaler {
+    fn planned(&self) -> Vec<String> {
+        self.provider.planned()
+    }
+
+    async fn grow(
+        &self,
+        coordinator: &std::sync::Arc<Coordinator>,
+        names: Vec<String>,
+    ) -> Result<(), String> {
+        self.provider.replan(names);
+        self.provider
+            .bring_up(coordinator, self.advertise, &self.progress)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn shrink(
+        &self,
+        coordinator: &std::sync::Arc<Coordinator>,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        let before = self.provider.planned();
+        self.provider.replan(names.clone());
+        self.provider
+            .bring_up(coordinator, self.advertise, &self.progress)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(before
+            .iter()
+            .filter(|n| !names.contains(n))
+            .rev()
+            .map(|n| {
+                if coordinator.store.node(n).ok().flatten().is_some() {
+                    format!("{n}: kept, its node could not be drained (`ctl events` says why; retried at the next reconcile)")
+                } else {
+                    format!("{n}: drained, removed from the cluster, droplet deleted")
+                }
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]
