@@ -335,7 +335,16 @@ impl LabProvider {
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
         let lab = self.lab();
-        let hosts = lab.hosts();
+        self.wait_ready(coordinator, lab.hosts(), progress).await
+    }
+
+    /// Waits until each of `hosts` is enrolled and ready (120 s at most).
+    async fn wait_ready(
+        &self,
+        coordinator: &Arc<Coordinator>,
+        hosts: &[HostPlan],
+        progress: &Progress,
+    ) -> Result<(), CoordinatorError> {
         let phase = progress.phase("enrollment", hosts.len());
         let mut pending: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -352,7 +361,7 @@ impl LabProvider {
                 return Err(CoordinatorError::Provider(format!(
                     "hosts not ready after 120 s: {}; see their agent logs under {}",
                     pending.join(", "),
-                    lab.lab_dir().display()
+                    self.lab().lab_dir().display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -465,21 +474,7 @@ impl LabProvider {
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
         phase.finish();
-        let mut pending: Vec<&str> = added.iter().map(|h| h.name.as_str()).collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while !pending.is_empty() {
-            let nodes = crate::context::ClusterContext::nodes(coordinator.as_ref());
-            pending.retain(|name| !nodes.iter().any(|n| n.name == *name && n.ready));
-            if tokio::time::Instant::now() > deadline {
-                return Err(CoordinatorError::Provider(format!(
-                    "new hosts not ready after 120 s: {}; see their agent logs under {}",
-                    pending.join(", "),
-                    lab.lab_dir().display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        self.wait_ready(coordinator, added, progress).await
     }
 }
 
