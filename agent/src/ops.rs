@@ -169,6 +169,18 @@ impl Ops {
                 }
                 .await,
             ),
+            OpRequest::SwarmAvailability(op) => reply::<SwarmAvailability>(
+                async {
+                    let changed = self
+                        .swarm()
+                        .await?
+                        .set_availability(&op.node, op.active)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Changed { changed })
+                }
+                .await,
+            ),
             // Drained and demoted by the coordinator first, so a plain
             // leave: force only matters for a manager, which it no longer is.
             OpRequest::SwarmLeave(_) => reply::<SwarmLeave>(

@@ -146,6 +146,10 @@ operations! {
     SetLabels { node: String, labels: BTreeMap<String, String> } -> Changed, CHANGE;
     /// Drain and demote `node` (a manager's agent).
     SwarmDrain { node: String } -> Changed, CHANGE;
+    /// Set `node`'s availability (a manager's agent): `active` false drains
+    /// its tasks away for maintenance, true takes tasks again; its role
+    /// stays.
+    SwarmAvailability { node: String, active: bool } -> Changed, CHANGE;
     /// This host leaves the swarm.
     SwarmLeave {} -> Left, CHANGE;
     /// Remove `node` from the node list (a manager's agent).

@@ -31,6 +31,9 @@ pub enum EventKind {
     DatabaseServerFailed,
     /// A database server's container started again after a failure.
     DatabaseServerRestarted,
+    /// A host came back from `ctl hosts reboot` (or a reboot a stop
+    /// interrupted was finished).
+    HostRebooted,
     /// An admin's `ctl docker` reached a node's engine (once per session
     /// and node).
     DockerSession,
@@ -39,7 +42,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::NodeEnrolled,
         EventKind::NodeConnected,
         EventKind::NodeDown,
@@ -59,6 +62,7 @@ impl EventKind {
         EventKind::DrainFailed,
         EventKind::DatabaseServerFailed,
         EventKind::DatabaseServerRestarted,
+        EventKind::HostRebooted,
         EventKind::DockerSession,
         EventKind::EventsLost,
     ];
@@ -84,6 +88,7 @@ impl EventKind {
             EventKind::DrainFailed => "drain_failed",
             EventKind::DatabaseServerFailed => "database_server_failed",
             EventKind::DatabaseServerRestarted => "database_server_restarted",
+            EventKind::HostRebooted => "host_rebooted",
             EventKind::DockerSession => "docker_session",
             EventKind::EventsLost => "events_lost",
         }

@@ -12,7 +12,8 @@
 //! - [`api`] — the gRPC services (the only place errors become `tonic::Status`,
 //!   [`api::require_role`]), sessions' handler, `ctl status`, the tunnel relay;
 //! - [`scale`] — `ctl scale hosts=N`: the count recorded, the provider's
-//!   [`scale::HostScaler`] makes or drains hosts;
+//!   [`scale::HostProvider`] makes or drains hosts; [`reboot`] — `ctl hosts
+//!   reboot`, one host at a time through the same provider;
 //! - [`core`] — [`core::Coordinator`], the composition root, and the glue
 //!   between its parts;
 //! - [`reconcile`] — the cluster round: observe, decide ([`reconcile::plan`], pure), act;
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod pki;
 pub mod progress;
 pub mod provider;
+pub mod reboot;
 pub mod reconcile;
 pub mod scale;
 pub mod serve;

@@ -9,7 +9,7 @@
 //! certificates revoked) before removing the host itself.
 //!
 //! What is decided here is pure ([`scaled_names`]); the provider does the
-//! making and removing behind [`HostScaler`].
+//! making and removing behind [`HostProvider`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -62,9 +62,10 @@ pub fn scaled_names(current: &[String], n: usize) -> Result<Vec<String>, ScaleHo
     Ok(names)
 }
 
-/// What a provider that makes hosts does for a scale.
+/// What a provider that makes hosts does for `ctl scale hosts=N` and
+/// `ctl hosts reboot`.
 #[tonic::async_trait]
-pub trait HostScaler: Send + Sync {
+pub trait HostProvider: Send + Sync {
     /// The hosts planned now, in placement order.
     fn planned(&self) -> Vec<String>;
     /// Plans `names` (the current hosts and more), makes the new hosts and
@@ -78,6 +79,10 @@ pub trait HostScaler: Send + Sync {
         coordinator: &Arc<Coordinator>,
         names: Vec<String>,
     ) -> Result<Vec<String>, String>;
+    /// Restarts `node`'s host as a power cycle would (everything on it
+    /// stops at once; it starts again from its disk); returns once it is
+    /// starting again, not once it is back.
+    async fn power_cycle(&self, coordinator: &Arc<Coordinator>, node: &str) -> Result<(), String>;
 }
 
 /// Before new hosts come in: the database keeps its server count while
@@ -137,17 +142,28 @@ async fn wait_in_swarm(coordinator: &Coordinator, added: &[String]) -> Result<()
     }
 }
 
-/// The scaler the provider registered, and the one-scale-at-a-time lock.
+/// The provider, held with the one-at-a-time guard.
+pub type Exclusive<'a> = (Arc<dyn HostProvider>, tokio::sync::MutexGuard<'a, ()>);
+
+/// The provider that makes hosts, as it registered, and the lock that
+/// lets one scale or rolling reboot run at a time.
 #[derive(Default)]
-pub struct HostScaling {
-    scaler: OnceLock<Arc<dyn HostScaler>>,
+pub struct HostControl {
+    scaler: OnceLock<Arc<dyn HostProvider>>,
     busy: tokio::sync::Mutex<()>,
 }
 
-impl HostScaling {
+impl HostControl {
     /// Called once by the provider that makes hosts.
-    pub fn register(&self, scaler: Arc<dyn HostScaler>) {
+    pub fn register(&self, scaler: Arc<dyn HostProvider>) {
         let _ = self.scaler.set(scaler);
+    }
+
+    /// The registered provider and the one-at-a-time guard, for a rolling
+    /// reboot (`None` when no provider makes hosts; `Err` when busy).
+    pub fn exclusive(&self) -> Option<Result<Exclusive<'_>, ()>> {
+        let provider = self.scaler.get()?.clone();
+        Some(self.busy.try_lock().map(|g| (provider, g)).map_err(|_| ()))
     }
 
     /// Scales to `n` hosts; says what changed.

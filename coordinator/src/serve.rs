@@ -17,7 +17,7 @@ use crate::events::EventKind;
 use crate::progress::Progress;
 use crate::provider::digitalocean::{DigitalOceanProvider, DropletScaler};
 use crate::provider::lab::{LabProvider, LabScaler};
-use crate::scale::HostScaling;
+use crate::scale::HostControl;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -50,7 +50,7 @@ pub async fn serve(
         droplets,
     } = open_state(&opts, addr, droplets).await?;
     let tunnels = Arc::new(crate::api::tunnel::TunnelHub::default());
-    let scaling = Arc::new(HostScaling::default());
+    let scaling = Arc::new(HostControl::default());
     let (server, metrics) = start_listeners(
         &coordinator,
         &tunnels,
@@ -164,7 +164,7 @@ async fn open_state(
 fn start_listeners(
     coordinator: &Arc<Coordinator>,
     tunnels: &Arc<crate::api::tunnel::TunnelHub>,
-    scaling: &Arc<HostScaling>,
+    scaling: &Arc<HostControl>,
     listener: TcpListener,
     metrics_listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -201,7 +201,7 @@ struct ProviderWork {
 /// What the providers' work needs of the running server.
 struct Serving<'a> {
     coordinator: &'a Arc<Coordinator>,
-    scaling: &'a Arc<HostScaling>,
+    scaling: &'a Arc<HostControl>,
     /// The address agents reach the coordinator at.
     local: SocketAddr,
     admin_conf: &'a Path,
@@ -240,6 +240,8 @@ fn start_provider_work(
         }));
         spawn_droplet_work(droplets, coordinator, advertise, progress)
     });
+    // A rolling reboot a stop interrupted: that host is finished.
+    tokio::spawn(crate::reboot::resume(coordinator.clone()));
     // Hosts that join by themselves: each one's line follows its events.
     let joining = matches!(config.provider, ProviderConfig::Manual).then(|| {
         tokio::spawn(follow_hosts(
@@ -309,7 +311,7 @@ fn spawn_lab_work(
 }
 
 /// Scales to the recorded host count when it differs from the plan.
-async fn resume_host_scale(coordinator: &Arc<Coordinator>, scaling: &HostScaling, planned: usize) {
+async fn resume_host_scale(coordinator: &Arc<Coordinator>, scaling: &HostControl, planned: usize) {
     let recorded = match coordinator.store.host_scale() {
         Ok(Some(r)) => r.hosts,
         Ok(None) => return,

@@ -119,6 +119,14 @@ pub struct HostScaleRecord {
     pub set_unix: u64,
 }
 
+/// The host a rolling reboot (`ctl hosts reboot`) is at: drained, being
+/// power-cycled or waited for. Cleared once it is back and active.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RebootRecord {
+    pub node: String,
+    pub started_unix: u64,
+}
+
 /// One change to durable state.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -133,6 +141,8 @@ pub enum Op {
     PutToken(TokenRecord),
     PutDatabaseScale(DatabaseScaleRecord),
     PutHostScale(HostScaleRecord),
+    /// `None` clears it.
+    PutReboot(Option<RebootRecord>),
     /// The last pre-Swarm port matrix (`ctl checks --json`'s
     /// `pre_swarm_cells`): once Swarm holds the ports it cannot be measured
     /// again, so a restarted coordinator reads it back.
@@ -206,6 +216,7 @@ impl std::fmt::Debug for Store {
 const TOKEN_KEY: &str = "join_token";
 const DATABASE_SCALE_KEY: &str = "database_scale";
 const HOST_SCALE_KEY: &str = "host_scale";
+const REBOOT_KEY: &str = "reboot";
 const PRE_SWARM_KEY: &str = "pre_swarm_cells";
 
 impl Store {
@@ -300,6 +311,10 @@ impl Store {
 
     pub fn host_scale(&self) -> Result<Option<HostScaleRecord>, StoreError> {
         self.one(META, HOST_SCALE_KEY)
+    }
+
+    pub fn reboot(&self) -> Result<Option<RebootRecord>, StoreError> {
+        self.one(META, REBOOT_KEY)
     }
 
     pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_api::reach::Cell>, StoreError> {
@@ -469,6 +484,12 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                 }
                 Op::PutHostScale(h) => {
                     meta.insert(HOST_SCALE_KEY, encode(HOST_SCALE_KEY, h)?.as_slice())?;
+                }
+                Op::PutReboot(Some(r)) => {
+                    meta.insert(REBOOT_KEY, encode(REBOOT_KEY, r)?.as_slice())?;
+                }
+                Op::PutReboot(None) => {
+                    meta.remove(REBOOT_KEY)?;
                 }
                 Op::PutPreSwarmCells(cells) => {
                     meta.insert(PRE_SWARM_KEY, encode(PRE_SWARM_KEY, cells)?.as_slice())?;

@@ -205,6 +205,20 @@ pub enum HostsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Reboot hosts one at a time, keeping the cluster up: each is drained
+    /// in Swarm, rebooted by its provider (lab: a power cycle; DigitalOcean:
+    /// the droplet's reboot action), waited for until its agent is back, its
+    /// host configuration ok, its Swarm node ready and the database healthy,
+    /// then made active again. Refused while the database is degraded (a
+    /// reboot would take a second server down).
+    Reboot {
+        /// Nodes to reboot (default: all), in the order the cluster places
+        /// them, the Swarm leader last.
+        nodes: Vec<String>,
+        /// Only the hosts whose host configuration reports needs-reboot.
+        #[arg(long)]
+        needed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -181,6 +181,25 @@ impl Ctl {
         }
     }
 
+    /// Reboots hosts one at a time (answers once done): one line per step.
+    pub async fn reboot_hosts(
+        &mut self,
+        nodes: Vec<String>,
+        needed: bool,
+    ) -> Result<Vec<String>, CtlError> {
+        match self
+            .client
+            .reboot_hosts(apiary_proto::RebootHostsRequest { nodes, needed })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().steps),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                Err(CtlError::Usage(s.message().to_string()))
+            }
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     /// Scales the hosts to `hosts` (answers once made or removed).
     pub async fn scale_hosts(&mut self, hosts: u32) -> Result<String, CtlError> {
         match self

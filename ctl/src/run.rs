@@ -212,6 +212,13 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
                 ));
             }
         }
+        Command::Hosts {
+            command: HostsCommand::Reboot { nodes, needed },
+        } => {
+            for step in ctl.reboot_hosts(nodes, needed).await? {
+                println!("{}", crate::text::shown(&step));
+            }
+        }
         Command::Token { rotate, json } => {
             let (token, expires) = ctl.join_token(rotate).await?;
             if json {

@@ -1247,6 +1247,34 @@ impl Lab {
             }
         }
         // Sweep: containerd, shims, containers, anything else started in the host.
+        self.kill_all(host, &mut report, &mut leftovers).await;
+        let h = host.clone();
+        let sync = self
+            .blocking(move |lab| {
+                let mut report = TeardownReport::default();
+                let mut leftovers = Vec::new();
+                lab.teardown_host_sync(&h, &mut report, &mut leftovers);
+                Ok((report, leftovers))
+            })
+            .await;
+        match sync {
+            Ok((r, l)) => {
+                report.merge(r);
+                leftovers.extend(l);
+            }
+            Err(e) => leftovers.push(e.to_string()),
+        }
+        (report, leftovers)
+    }
+
+    /// Kills every process of `host` at once (SIGKILL): those in its
+    /// namespace and those naming its directories.
+    async fn kill_all(
+        &self,
+        host: &HostPlan,
+        report: &mut TeardownReport,
+        leftovers: &mut Vec<String>,
+    ) {
         let markers = [
             format!("{}/", host.run_dir.display()),
             format!("{}/", host.host_dir.display()),
@@ -1276,23 +1304,27 @@ impl Lab {
             self.wait_gone(&ids, Instant::now() + Duration::from_secs(10))
                 .await;
         }
-        let h = host.clone();
-        let sync = self
-            .blocking(move |lab| {
-                let mut report = TeardownReport::default();
-                let mut leftovers = Vec::new();
-                lab.teardown_host_sync(&h, &mut report, &mut leftovers);
-                Ok((report, leftovers))
-            })
-            .await;
-        match sync {
-            Ok((r, l)) => {
-                report.merge(r);
-                leftovers.extend(l);
-            }
-            Err(e) => leftovers.push(e.to_string()),
+    }
+
+    /// A power cycle of one host (`ctl hosts reboot` in the lab): every
+    /// process in it killed at once, as a power cut would (agent, engine,
+    /// containerd, containers), its disk state kept (namespace, links,
+    /// data directories), then its engine started again from that state.
+    /// Starting the agent is the caller's (it holds the agent's settings).
+    pub async fn power_cycle(&self, host: &HostPlan) -> Result<HostStatus, LabError> {
+        self.require_lock()?;
+        self.require_root("power-cycle a lab host")?;
+        let mut report = TeardownReport::default();
+        let mut leftovers = Vec::new();
+        self.kill_all(host, &mut report, &mut leftovers).await;
+        if !leftovers.is_empty() {
+            return Err(LabError::TeardownIncomplete { leftovers });
         }
-        (report, leftovers)
+        for name in self.pidfile_names(host) {
+            let _ = std::fs::remove_file(host.pid_file(&name));
+        }
+        info!(host = %host.name, killed = report.processes.len(), "lab host power-cycled");
+        self.ensure_host(host).await
     }
 
     fn teardown_host_sync(

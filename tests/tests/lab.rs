@@ -1934,7 +1934,10 @@ fn hosts_scale_up_and_down_live_with_the_database() {
     let started = std::time::Instant::now();
     let (code, out, err) = scale(&["scale", "hosts=6", "--wait", "--timeout", "5m"]);
     assert_eq!(code, 0, "scale hosts=6: {out}{err}");
-    eprintln!("scale hosts=4->6 --wait: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "scale hosts=4->6 --wait: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(out.contains("workerbee-4, workerbee-5 made"), "{out}");
     assert!(out.contains("cluster healthy"), "{out}");
     let status = lab.status().expect("status");
@@ -1953,10 +1956,17 @@ fn hosts_scale_up_and_down_live_with_the_database() {
     // (database server out first, Swarm node removed), revoked, removed.
     let (code, out, err) = scale(&["scale", "hosts=4", "--wait", "--timeout", "5m"]);
     assert_eq!(code, 0, "scale hosts=4: {out}{err}");
-    let five = out.find("workerbee-5: host removed").unwrap_or_else(|| panic!("{out}"));
-    let four = out.find("workerbee-4: host removed").unwrap_or_else(|| panic!("{out}"));
+    let five = out
+        .find("workerbee-5: host removed")
+        .unwrap_or_else(|| panic!("{out}"));
+    let four = out
+        .find("workerbee-4: host removed")
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(five < four, "workerbee-5 goes first: {out}");
-    assert!(out.contains("workerbee-5: removed from the cluster"), "{out}");
+    assert!(
+        out.contains("workerbee-5: removed from the cluster"),
+        "{out}"
+    );
     let status = lab.status().expect("status");
     let names: Vec<&str> = status["nodes"]
         .as_array()
@@ -1964,7 +1974,10 @@ fn hosts_scale_up_and_down_live_with_the_database() {
         .iter()
         .filter_map(|n| n["name"].as_str())
         .collect();
-    assert_eq!(names, ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]);
+    assert_eq!(
+        names,
+        ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]
+    );
     assert_eq!(status["database"]["healthy"], true, "{status}");
     // Nothing left of them: namespaces, run directories, Swarm nodes.
     let (_, netns) = sh(&["ip", "netns", "list"]);
@@ -1981,4 +1994,196 @@ fn hosts_scale_up_and_down_live_with_the_database() {
     // The count is kept: a restarted coordinator plans 4, not the spec's.
     let (code, out, _) = scale(&["scale", "hosts=4"]);
     assert_eq!((code, out.trim()), (0, "hosts: already 4"));
+}
+
+/// POSTs `body` (JSON) to `path` on 127.0.0.1:`port` (one connection).
+fn http_post(port: u16, path: &str, body: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+    let (head, body) = all.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        return Err(format!("answer: {head}"));
+    }
+    Ok(body.to_string())
+}
+
+/// Standard base64 of ASCII `s` (etcd's JSON gateway takes keys and values so).
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labreboot",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    lab.start();
+    eventually("etcd 4/4 healthy", Duration::from_secs(900), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    // A writer outside apiary: a key every 100 ms through `ctl tunnel
+    // database:admin` (etcd's JSON gateway), counting what etcd acknowledged.
+    let local = free_port();
+    let mut tunnel = std::process::Command::new(bin("ctl"));
+    tunnel.arg("--config").arg(lab.admin_conf()).args([
+        "tunnel",
+        "database:admin",
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(tunnel, &lab.dir.path().join("writer-tunnel.log"));
+    eventually("writer tunnel", Duration::from_secs(30), || {
+        tunnel.log_text().contains("forwarding").then_some(())
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("reboot/{i:06}");
+                let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(&key), b64("v"));
+                if http_post(local, "/v3/kv/put", &body).is_ok_and(|b| b.contains("revision")) {
+                    acked.push(key);
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (acked, i)
+        })
+    };
+    // Quorum watched throughout: never fewer than 3 of 4 connected.
+    let watcher = {
+        let (conf, stop) = (lab.admin_conf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut lowest = 4;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = ctl_with(&conf, &["status", "--json"]);
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    && let Some(c) = v["database"]["connected"].as_u64()
+                {
+                    lowest = lowest.min(c);
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            lowest
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let out = ctl_with(&lab.admin_conf(), &["hosts", "reboot"]);
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "hosts reboot: {text}{}", stderr(&out));
+    eprintln!(
+        "rolling reboot of 4 hosts: {:.1} s\n{text}",
+        took.as_secs_f64()
+    );
+    for h in &lab.hosts {
+        assert!(
+            text.contains(&format!("{h}: drained in the swarm")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{h}: power-cycled")), "{text}");
+        assert!(text.contains(&format!("{h}: back (agent")), "{text}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, tried) = writer.join().expect("writer");
+    let lowest = watcher.join().expect("watcher");
+    assert!(lowest >= 3, "the database fell to {lowest}/4 connected");
+    assert!(
+        acked.len() > 10,
+        "only {} of {tried} writes acknowledged",
+        acked.len()
+    );
+    // Every acknowledged write is there.
+    let range = format!(
+        r#"{{"key":"{}","range_end":"{}","keys_only":true}}"#,
+        b64("reboot/"),
+        b64("reboot0")
+    );
+    let listed = eventually("range read", Duration::from_secs(30), || {
+        http_post(local, "/v3/kv/range", &range).ok()
+    });
+    for key in &acked {
+        assert!(listed.contains(&b64(key)), "acknowledged {key} is gone");
+    }
+    eprintln!("writes: {} acknowledged of {tried}", acked.len());
+    // Every host back: ready, config ok, active in the swarm.
+    let status = lab.status().expect("status");
+    for n in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(n["state"], "ready", "{n}");
+        assert_eq!(n["config_state"], "ok", "{n}");
+        assert_eq!(n["swarm_availability"], "active", "{n}");
+    }
+    assert_eq!(status["database"]["healthy"], true, "{status}");
+
+    // Refused while the database is degraded, saying why.
+    let h3 = &lab.hosts[2];
+    let socket = status["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == h3.as_str()))
+        .and_then(|n| n["docker_socket"].as_str())
+        .expect("socket")
+        .to_string();
+    let db3 = status["database"]["hosts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["host"] == h3.as_str()))
+        .and_then(|s| s["server"].as_str())
+        .expect("server on host 3")
+        .to_string();
+    let c3 = service_container(&socket, &db3).expect("container");
+    // Stopped for longer than a restart: its service scaled to 0 is not
+    // apiary's; pausing the container keeps it down until unpaused.
+    assert!(sh(&["docker", "-H", &format!("unix://{socket}"), "pause", &c3]).0);
+    eventually("database degraded", Duration::from_secs(60), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == false).then_some(())
+    });
+    let out = ctl_with(&lab.admin_conf(), &["hosts", "reboot", "queenbee"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the database is not healthy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sh(&["docker", "-H", &format!("unix://{socket}"), "unpause", &c3]).0);
+    // An unknown node: usage error.
+    let out = ctl_with(&lab.admin_conf(), &["hosts", "reboot", "nobody"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    drop(tunnel);
 }

@@ -495,6 +495,28 @@ impl SwarmClient {
         Ok(changed)
     }
 
+    /// Drains `node` for maintenance (`active` false: its tasks move away,
+    /// its role stays) or makes it take tasks again; false when it already
+    /// was so.
+    pub async fn set_availability(&self, node: &str, active: bool) -> Result<bool, SwarmError> {
+        let want = if active {
+            NodeSpecAvailabilityEnum::ACTIVE
+        } else {
+            NodeSpecAvailabilityEnum::DRAIN
+        };
+        let changed = self
+            .update_node(node, "set a node's availability", |spec| {
+                let same = spec.availability == Some(want);
+                spec.availability = Some(want);
+                !same
+            })
+            .await?;
+        if changed {
+            info!(host = %self.host, node, active, "node availability set");
+        }
+        Ok(changed)
+    }
+
     /// Removes `node` from the swarm's node list (after it left, or for
     /// good when its host is gone); false when there is no such node.
     /// Manager only.

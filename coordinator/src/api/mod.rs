@@ -39,7 +39,8 @@ use crate::database::DatabaseError;
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::pki::PkiError;
-use crate::scale::{HostScaling, ScaleHostsError};
+use crate::reboot::RebootError;
+use crate::scale::{HostControl, ScaleHostsError};
 use crate::store::StoreError;
 use limits::{Conn, Sources};
 use tunnel::{TunnelHub, TunnelRelayRoutes, TunnelRoutes, TunnelSvc};
@@ -69,6 +70,21 @@ pub(crate) fn require_role<T>(req: &Request<T>, role: Role) -> Result<PeerIdenti
         )));
     }
     Ok(peer)
+}
+
+impl From<RebootError> for Status {
+    fn from(e: RebootError) -> Status {
+        let message = e.to_string();
+        match e {
+            RebootError::NotSupported { .. } | RebootError::DatabaseDegraded { .. } => {
+                Status::failed_precondition(message)
+            }
+            RebootError::NoSuchNode(_) => Status::not_found(message),
+            RebootError::Busy => Status::aborted(message),
+            RebootError::Record(_) => Status::internal(message),
+            RebootError::Step { .. } | RebootError::NotBack { .. } => Status::unavailable(message),
+        }
+    }
 }
 
 impl From<ScaleHostsError> for Status {
@@ -145,7 +161,7 @@ fn internal(e: StoreError) -> Status {
 pub async fn serve(
     coord: Arc<Coordinator>,
     hub: Arc<TunnelHub>,
-    scaling: Arc<HostScaling>,
+    scaling: Arc<HostControl>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
@@ -244,7 +260,7 @@ pub async fn serve(
 /// The services: the coordinator, and the host scaler its provider
 /// registered (`ctl scale hosts=N`).
 #[derive(Clone)]
-struct Svc(Arc<Coordinator>, Arc<HostScaling>);
+struct Svc(Arc<Coordinator>, Arc<HostControl>);
 
 #[tonic::async_trait]
 impl Enrollment for Svc {
@@ -348,6 +364,17 @@ impl Admin for Svc {
         info!(admin = %admin.node, hosts = n, "host scale requested");
         let summary = self.1.scale(&self.0, n).await?;
         Ok(Response::new(apiary_proto::ScaleHostsResponse { summary }))
+    }
+
+    async fn reboot_hosts(
+        &self,
+        req: Request<apiary_proto::RebootHostsRequest>,
+    ) -> Result<Response<apiary_proto::RebootHostsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let req = req.into_inner();
+        info!(admin = %admin.node, nodes = ?req.nodes, needed = req.needed, "rolling reboot requested");
+        let steps = crate::reboot::rolling_reboot(&self.0, &self.1, &req.nodes, req.needed).await?;
+        Ok(Response::new(apiary_proto::RebootHostsResponse { steps }))
     }
 
     async fn scale_database(

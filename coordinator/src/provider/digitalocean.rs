@@ -367,7 +367,7 @@ pub struct DropletScaler {
 }
 
 #[tonic::async_trait]
-impl crate::scale::HostScaler for DropletScaler {
+impl crate::scale::HostProvider for DropletScaler {
     fn planned(&self) -> Vec<String> {
         self.provider.planned()
     }
@@ -407,6 +407,35 @@ impl crate::scale::HostScaler for DropletScaler {
                 }
             })
             .collect())
+    }
+
+    /// DigitalOcean's `reboot` droplet action (a clean reboot, as
+    /// `docker-machine restart` did).
+    async fn power_cycle(
+        &self,
+        _coordinator: &std::sync::Arc<Coordinator>,
+        node: &str,
+    ) -> Result<(), String> {
+        let p = &self.provider;
+        let droplets = p
+            .client
+            .list_droplets_by_tag(p.tag.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let droplet = droplets.iter().find(|d| d.name == node).ok_or_else(|| {
+            format!(
+                "no droplet named {node} with the cluster's tag {}",
+                p.tag.as_str()
+            )
+        })?;
+        p.client
+            .droplet_action(
+                droplet.id,
+                apiary_digitalocean::model::DropletActionType::Reboot,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

@@ -479,9 +479,25 @@ impl LabProvider {
 }
 
 #[tonic::async_trait]
-impl crate::scale::HostScaler for LabScaler {
+impl crate::scale::HostProvider for LabScaler {
     fn planned(&self) -> Vec<String> {
         self.provider.lab().spec().hosts.clone()
+    }
+
+    /// Every process of the lab host killed at once, its engine started
+    /// again from its disk, then its agent (same identity, same state).
+    async fn power_cycle(&self, coordinator: &Arc<Coordinator>, node: &str) -> Result<(), String> {
+        let p = &self.provider;
+        let lab = p.lab();
+        let host = lab
+            .host(node)
+            .cloned()
+            .ok_or_else(|| format!("{node} is not one of the lab's hosts"))?;
+        lab.power_cycle(&host).await.map_err(|e| e.to_string())?;
+        let token = coordinator.pki.current_token().token;
+        p.start_agent(&host, self.endpoint, &token)
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     async fn grow(&self, coordinator: &Arc<Coordinator>, names: Vec<String>) -> Result<(), String> {
