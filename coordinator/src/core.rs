@@ -308,6 +308,9 @@ impl Coordinator {
             }
             .into());
         }
+        // Rounds leave it be meanwhile: one would join it to the swarm
+        // again right after it left.
+        let _leaving = self.view.leaving(name);
         let drained = match &self.config.swarm {
             Some(swarm) => crate::reconcile::drain::drain_node(self, swarm, name).await?,
             None => Vec::new(),

@@ -330,6 +330,18 @@ pub enum ImagesError {
     ShuttingDown,
 }
 
+/// A node marked as leaving, until dropped.
+pub struct Leaving<'a> {
+    view: &'a ClusterView,
+    node: String,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        lock(&self.view.leaving).remove(&self.node);
+    }
+}
+
 /// The in-memory cluster view (see the module docs).
 pub struct ClusterView {
     checks: Mutex<ChecksState>,
@@ -338,6 +350,8 @@ pub struct ClusterView {
     images: tokio::sync::watch::Sender<Images>,
     /// Database servers' stops and starts, by server (service) name.
     server_failures: Mutex<HashMap<String, ServerFailures>>,
+    /// Nodes being drained out of the cluster: rounds leave them be.
+    leaving: Mutex<std::collections::HashSet<String>>,
     /// Held while the database's membership changes (`ctl scale
     /// database=N`, a node's drain): rounds create no server meanwhile.
     pub database_membership: tokio::sync::Mutex<()>,
@@ -351,6 +365,7 @@ impl Default for ClusterView {
             provider_info: RwLock::default(),
             images: tokio::sync::watch::channel(Images::Ready).0,
             server_failures: Mutex::default(),
+            leaving: Mutex::default(),
             database_membership: tokio::sync::Mutex::new(()),
         }
     }
@@ -385,6 +400,20 @@ impl ClusterView {
 
     pub fn database(&self) -> Option<DatabaseState> {
         lock(&self.checks).database.clone()
+    }
+
+    /// Marks `node` as leaving until the guard drops (its drain is over,
+    /// done or failed).
+    pub fn leaving(&self, node: &str) -> Leaving<'_> {
+        lock(&self.leaving).insert(node.to_string());
+        Leaving {
+            view: self,
+            node: node.to_string(),
+        }
+    }
+
+    pub fn is_leaving(&self, node: &str) -> bool {
+        lock(&self.leaving).contains(node)
     }
 
     /// Folds a database server's container event into its record.

@@ -1956,6 +1956,7 @@ fn hosts_scale_up_and_down_live_with_the_database() {
     // (database server out first, Swarm node removed), revoked, removed.
     let (code, out, err) = scale(&["scale", "hosts=4", "--wait", "--timeout", "5m"]);
     assert_eq!(code, 0, "scale hosts=4: {out}{err}");
+    let out_down = out.clone();
     let five = out
         .find("workerbee-5: host removed")
         .unwrap_or_else(|| panic!("{out}"));
@@ -1990,7 +1991,11 @@ fn hosts_scale_up_and_down_live_with_the_database() {
         &["docker", "--", "node", "ls", "--format", "{{.Hostname}}"],
     );
     let swarm_nodes = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(swarm_nodes.lines().count(), 4, "{swarm_nodes}");
+    assert_eq!(
+        swarm_nodes.lines().count(),
+        4,
+        "{swarm_nodes}\nscale output: {out_down}"
+    );
     // The count is kept: a restarted coordinator plans 4, not the spec's.
     let (code, out, _) = scale(&["scale", "hosts=4"]);
     assert_eq!((code, out.trim()), (0, "hosts: already 4"));

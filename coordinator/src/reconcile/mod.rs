@@ -143,7 +143,10 @@ pub async fn reconcile(
     output: &Output<'_>,
 ) -> Result<Action, RoundError> {
     let requeue = Action::Requeue(config.checks_interval);
-    let nodes = ctx.nodes();
+    // A node being drained out (a scale-down, a removal) is not the round's
+    // to place: it would join the swarm again right after it left.
+    let mut nodes = ctx.nodes();
+    nodes.retain(|n| !ctx.view().is_leaving(&n.name));
     let views = observe_swarm(ctx, &nodes).await;
     let plan = match plan::decide(config, &nodes, &views) {
         Decision::NothingReady { down } => {
