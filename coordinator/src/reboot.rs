@@ -50,10 +50,16 @@ pub enum RebootError {
     #[error("{node}: {reason}")]
     Step { node: String, reason: String },
     #[error(
-        "{node} was power-cycled but is not back after {} s: {waiting}; it stays drained in the swarm (`ctl status`), and the hosts after it were not rebooted",
-        BACK_WITHIN.as_secs()
+        "{node} was power-cycled but is not back after {} s: {waiting}{}; the hosts after it were not rebooted",
+        BACK_WITHIN.as_secs(),
+        if *drained { "; it stays drained in the swarm (`ctl status`)" } else { "" }
     )]
-    NotBack { node: String, waiting: String },
+    NotBack {
+        node: String,
+        waiting: String,
+        /// Still drained in the swarm (it had not been made active yet).
+        drained: bool,
+    },
     #[error("could not record the reboot: {0}")]
     Record(String),
 }
@@ -308,6 +314,7 @@ async fn wait_back(
             return Err(RebootError::NotBack {
                 node: node.to_string(),
                 waiting: format!("waiting for {}", waiting.join(", ")),
+                drained: until == Until::HostBack,
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
