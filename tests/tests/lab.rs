@@ -928,6 +928,26 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names
 }
 
 /// An HTTP/1.0 GET on 127.0.0.1:`port`: the body of a 200 answer.
+/// `ctl tunnel TARGET` on a free local port, once it says it is forwarding:
+/// the process (the tunnel lasts as long as it) and the port.
+fn lab_tunnel(lab: &LabCluster, target: &str) -> (Proc, u16) {
+    let local = free_port();
+    let mut cmd = std::process::Command::new(bin("ctl"));
+    cmd.arg("--config").arg(lab.admin_conf()).args([
+        "tunnel",
+        target,
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(cmd, &lab.dir.path().join(format!("tunnel-{local}.log")));
+    eventually(
+        &format!("ctl tunnel {target} forwarding"),
+        Duration::from_secs(30),
+        || tunnel.log_text().contains("forwarding").then_some(()),
+    );
+    (tunnel, local)
+}
+
 fn http_get(port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -1065,18 +1085,7 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         ("database:admin".to_string(), "etcd_server_is_leader 1"),
         (format!("{other}:2379"), "etcd_server_is_leader 0"),
     ] {
-        let local = free_port();
-        let mut cmd = std::process::Command::new(bin("ctl"));
-        cmd.arg("--config").arg(lab.admin_conf()).args([
-            "tunnel",
-            &target,
-            "--local",
-            &format!("127.0.0.1:{local}"),
-        ]);
-        let tunnel = Proc::spawn(cmd, &lab.dir.path().join(format!("tunnel-{local}.log")));
-        eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
-            tunnel.log_text().contains("forwarding").then_some(())
-        });
+        let (_tunnel, local) = lab_tunnel(&lab, &target);
         let version = http_get(local, "/version").expect("GET /version through the tunnel");
         assert!(
             version.contains("\"etcdserver\":\"3.") && version.contains("\"etcdcluster\""),
@@ -1480,18 +1489,7 @@ fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
         (1..=4).any(|n| leader == format!("rethinkdb-{n}")),
         "leader {leader:?}: {db}"
     );
-    let local = free_port();
-    let mut cmd = std::process::Command::new(bin("ctl"));
-    cmd.arg("--config").arg(lab.admin_conf()).args([
-        "tunnel",
-        "database:admin",
-        "--local",
-        &format!("127.0.0.1:{local}"),
-    ]);
-    let tunnel = Proc::spawn(cmd, &lab.dir.path().join("tunnel-admin.log"));
-    eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
-        tunnel.log_text().contains("forwarding").then_some(())
-    });
+    let (tunnel, local) = lab_tunnel(&lab, "database:admin");
     let page = http_get(local, "/").expect("GET / of the admin UI through the tunnel");
     assert!(
         page.to_lowercase().contains("rethinkdb"),
@@ -1788,18 +1786,7 @@ fn the_docker_cli_runs_against_the_swarm_through_ctl() {
     assert_eq!((code, out.as_str()), (0, "built-through-apiary\n"), "{err}");
 
     // `ctl tunnel` reaches the web service from the laptop.
-    let local = free_port();
-    let mut tunnel = std::process::Command::new(bin("ctl"));
-    tunnel.arg("--config").arg(lab.admin_conf()).args([
-        "tunnel",
-        "demo_web:8080",
-        "--local",
-        &format!("127.0.0.1:{local}"),
-    ]);
-    let tunnel = Proc::spawn(tunnel, &lab.dir.path().join("web-tunnel.log"));
-    eventually("tunnel to demo_web", Duration::from_secs(30), || {
-        tunnel.log_text().contains("forwarding").then_some(())
-    });
+    let (tunnel, local) = lab_tunnel(&lab, "demo_web:8080");
     let page = http_get(local, "/").expect("GET / through the tunnel");
     assert!(page.contains("hello-from-lab"), "{page}");
     drop(tunnel);
@@ -2061,18 +2048,7 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
     });
     // A writer outside apiary: a key every 100 ms through `ctl tunnel
     // database:admin` (etcd's JSON gateway), counting what etcd acknowledged.
-    let local = free_port();
-    let mut tunnel = std::process::Command::new(bin("ctl"));
-    tunnel.arg("--config").arg(lab.admin_conf()).args([
-        "tunnel",
-        "database:admin",
-        "--local",
-        &format!("127.0.0.1:{local}"),
-    ]);
-    let tunnel = Proc::spawn(tunnel, &lab.dir.path().join("writer-tunnel.log"));
-    eventually("writer tunnel", Duration::from_secs(30), || {
-        tunnel.log_text().contains("forwarding").then_some(())
-    });
+    let (tunnel, local) = lab_tunnel(&lab, "database:admin");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
