@@ -254,7 +254,31 @@ impl Ops {
                 .await,
             ),
             OpRequest::DatabaseHealth(op) => reply::<DatabaseHealth>(
-                async { Ok(self.database().await?.health(op.kind, &op.service).await) }.await,
+                async {
+                    let db = self.database().await?;
+                    Ok(db.health(op.kind, &op.service, op.admin.as_ref()).await)
+                }
+                .await,
+            ),
+            OpRequest::RethinkdbTables(op) => reply::<RethinkdbTables>(
+                async {
+                    let db = self.database().await?;
+                    db.rethinkdb_tables(&op.service, op.admin.as_ref()).await
+                }
+                .await,
+            ),
+            OpRequest::RethinkdbPlaceTable(op) => reply::<RethinkdbPlaceTable>(
+                async {
+                    let db = self.database().await?;
+                    db.rethinkdb_place_table(
+                        &op.service,
+                        op.admin.as_ref(),
+                        &op.table_id,
+                        &op.shards,
+                    )
+                    .await
+                }
+                .await,
             ),
             OpRequest::DatabaseExec(op) => reply::<DatabaseExec>(
                 async {

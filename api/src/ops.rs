@@ -21,7 +21,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::database::{DatabaseKind, ServerHealth, ServiceSpec, ServiceState};
+use crate::database::{
+    AdminCredentials, DatabaseKind, ServerHealth, ServiceSpec, ServiceState, ShardConfig,
+    TableConfig,
+};
 use crate::reach::{Cell, Target};
 use crate::swarm::{JoinTokens, OverlaySpec, OverlayStatus, ProbeEndpoint, SwarmView};
 
@@ -168,7 +171,24 @@ operations! {
     RemoveService { name: String } -> Removed, CHANGE;
     /// How the database server of `service` on this host answers over the
     /// database's own protocol.
-    DatabaseHealth { kind: DatabaseKind, service: String } -> ServerHealth, PROBE;
+    DatabaseHealth {
+        kind: DatabaseKind,
+        service: String,
+        /// The administrator's credentials, when the database has them.
+        #[serde(default)]
+        admin: Option<AdminCredentials>,
+    } -> ServerHealth, PROBE;
+    /// Every RethinkDB table's placement and readiness, read through the
+    /// server of `service` on this host.
+    RethinkdbTables { service: String, admin: Option<AdminCredentials> } -> Vec<TableConfig>, PROBE;
+    /// Places a RethinkDB table's shards (`table_config` written through the
+    /// server of `service` on this host); RethinkDB moves the data.
+    RethinkdbPlaceTable {
+        service: String,
+        admin: Option<AdminCredentials>,
+        table_id: String,
+        shards: Vec<ShardConfig>,
+    } -> (), PROBE;
     /// Runs a command in the running container of `service` on this host
     /// (etcd member add/remove through etcdctl).
     DatabaseExec { service: String, command: Vec<String> } -> ExecOutput, PROBE;

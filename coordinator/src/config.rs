@@ -86,6 +86,7 @@ struct RawDatabase {
     peer_port: Option<u16>,
     image_archive: Option<PathBuf>,
     peer_tls: Option<bool>,
+    auth: Option<bool>,
 }
 
 /// The clustered database on the overlay (`[database]`): one server per host
@@ -109,6 +110,10 @@ pub struct DatabaseConfig {
     /// TLS between the servers, with certificates from the cluster CA
     /// (default on). Clients on the client port are not affected.
     pub peer_tls: bool,
+    /// Clients must authenticate (default on): RethinkDB's `admin` gets a
+    /// password apiary generates (`ctl database credentials` shows it), so
+    /// a container on the overlay without it gets nothing.
+    pub auth: bool,
     /// Lab: a `docker save` archive of `image` loaded into every engine
     /// (relative to the config file).
     pub image_archive: Option<PathBuf>,
@@ -770,6 +775,7 @@ impl ConfigText<'_> {
             client_port: db.client_port.unwrap_or(client),
             peer_port: db.peer_port.unwrap_or(peer),
             peer_tls: db.peer_tls.unwrap_or(true),
+            auth: db.auth.unwrap_or(true),
             image_archive: db.image_archive.map(|a| {
                 if a.is_relative() {
                     self.path.parent().unwrap_or(Path::new(".")).join(a)

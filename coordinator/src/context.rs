@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use apiary_api::database::PeerTls;
+use apiary_api::database::{AdminCredentials, PeerTls};
 use apiary_api::reach::Cell;
 
 use crate::events::Events;
@@ -50,4 +50,7 @@ pub trait ClusterContext: Send + Sync {
     async fn save_pre_swarm(&self, cells: &[Cell]);
     /// The peer certificate of database server `service`.
     fn database_peer_tls(&self, service: &str) -> Result<PeerTls, RecordError>;
+    /// The database administrator's credentials (`user` and apiary's
+    /// generated password).
+    fn database_admin(&self, user: &str) -> Result<AdminCredentials, RecordError>;
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiary_api::database::PeerTls;
+use apiary_api::database::{AdminCredentials, PeerTls};
 use apiary_api::reach::Cell;
 use apiary_proto::{DatabaseContainerEvent, Facts, HostApplyResult, HostConfigReport, command};
 use prost::Message;
@@ -440,5 +440,12 @@ impl ClusterContext for Coordinator {
                 what: "database peer certificate",
                 reason: e.to_string(),
             })
+    }
+
+    fn database_admin(&self, user: &str) -> Result<AdminCredentials, RecordError> {
+        self.pki.database_admin(user).map_err(|e| RecordError {
+            what: "database administrator's password",
+            reason: e.to_string(),
+        })
     }
 }

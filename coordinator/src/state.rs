@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
+use apiary_api::database::TablesHealth;
 use apiary_api::reach::{Cell, Matrix, PortSpec};
 
 /// What one node looks like in the swarm, as the first manager sees it.
@@ -149,16 +150,28 @@ pub struct DatabaseState {
     pub leader: String,
     /// Why services could not be created, if so.
     pub error: String,
+    /// The tables' readiness (RethinkDB); `None` for a database without
+    /// tables, or when no server answered.
+    pub tables: Option<TablesHealth>,
 }
 
 impl DatabaseState {
+    /// Every server connected, a leader, and every table ready: RethinkDB's
+    /// users watch tables, not servers.
     pub fn healthy(&self) -> bool {
-        !self.servers.is_empty() && self.connected == self.servers.len() && !self.leader.is_empty()
+        !self.servers.is_empty()
+            && self.connected == self.servers.len()
+            && !self.leader.is_empty()
+            && self.tables.as_ref().is_none_or(|t| t.ready == t.total)
     }
 
     pub fn summary(&self) -> String {
+        let tables = match &self.tables {
+            Some(t) => format!(", tables {}/{} ready", t.ready, t.total),
+            None => String::new(),
+        };
         format!(
-            "{}/{} servers connected, leader {}",
+            "{}/{} servers connected, leader {}{tables}",
             self.connected,
             self.servers.len(),
             if self.leader.is_empty() {
@@ -177,6 +190,9 @@ impl DatabaseState {
             .filter(|s| !s.healthy)
             .map(|s| format!("{} on {}: {}", s.name, s.host, s.error))
             .collect();
+        if let Some(t) = self.tables.as_ref().filter(|t| !t.unavailable.is_empty()) {
+            parts.push(format!("tables not ready: {}", t.unavailable.join(", ")));
+        }
         if !self.error.is_empty() {
             parts.push(self.error.clone());
         }

@@ -301,11 +301,30 @@ fn ago(unix_ms: u64) -> String {
     )
 }
 
-/// Every server connected and a leader known.
+/// Every server connected, a leader known and every table ready.
 fn database_healthy(s: &StatusResponse) -> bool {
     s.database_servers > 0
         && s.database_connected == s.database_servers
         && !s.database_leader.is_empty()
+        && s.database_tables
+            .as_ref()
+            .is_none_or(|t| t.ready == t.total)
+}
+
+/// `, tables 2/3 ready (first unavailable: test.docs)`; "" without tables.
+fn tables_text(s: &StatusResponse) -> String {
+    match &s.database_tables {
+        None => String::new(),
+        Some(t) if t.first_unavailable.is_empty() => {
+            format!(", tables {}/{} ready", t.ready, t.total)
+        }
+        Some(t) => format!(
+            ", tables {}/{} ready (first unavailable: {})",
+            t.ready,
+            t.total,
+            shown(&t.first_unavailable)
+        ),
+    }
 }
 
 /// What keeps a cluster from being healthy (pure; see [`Ctl::unhealthy`]).
@@ -347,8 +366,10 @@ pub fn unhealthy_parts(
     }
     if !status.database_kind.is_empty() && !database_healthy(status) {
         parts.push(format!(
-            "database {}/{} connected",
-            status.database_connected, status.database_servers
+            "database {}/{} connected{}",
+            status.database_connected,
+            status.database_servers,
+            tables_text(status)
         ));
     }
     parts
@@ -372,6 +393,8 @@ pub fn status_json(s: &StatusResponse) -> serde_json::Value {
                 "healthy": database_healthy(s),
                 "error": s.database_error,
                 "peer_tls": s.database_peer_tls,
+                "auth": s.database_auth,
+                "tables": s.database_tables.as_ref().map(|t| json!({"total": t.total, "ready": t.ready, "first_unavailable": t.first_unavailable})),
                 "hosts": s.nodes.iter().filter(|n| !n.database_server.is_empty()).map(|n| json!({"server": n.database_server, "host": n.name, "healthy": n.database_healthy, "restarts": n.database_restarts})).collect::<Vec<_>>(),
             }),
         );
@@ -711,7 +734,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
     if !s.database_kind.is_empty() {
         writeln!(
             out,
-            "database: {}/{} servers connected, leader {} ({}, {})",
+            "database: {}/{} servers connected, leader {}{} ({}, {}{})",
             s.database_connected,
             s.database_servers,
             if s.database_leader.is_empty() {
@@ -719,11 +742,17 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             } else {
                 shown(&s.database_leader)
             },
+            tables_text(s),
             shown(&s.database_kind),
             if s.database_peer_tls {
                 "peers over TLS"
             } else {
                 "peers in plain text"
+            },
+            if s.database_auth {
+                ", clients authenticate"
+            } else {
+                ""
             }
         )?;
         for n in s.nodes.iter().filter(|n| !n.database_server.is_empty()) {

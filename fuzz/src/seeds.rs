@@ -236,6 +236,7 @@ fn requests() -> Vec<(&'static str, OpRequest)> {
                     restart_delay: Duration::from_secs(5),
                     endpoint_mode: Default::default(),
                     peer_tls: None,
+                    admin: None,
                 }),
             }
             .into(),

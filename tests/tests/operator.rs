@@ -913,6 +913,8 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         "healthy",
         "error",
         "peer_tls",
+        "auth",
+        "tables",
         "hosts",
         "server",
         "host",

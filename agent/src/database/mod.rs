@@ -52,8 +52,8 @@ pub const SPEC_LABEL: &str = "io.apiary.spec";
 
 /// The contract types (specs, health, peer TLS) live in `apiary-api`.
 pub use apiary_api::database::{
-    DatabaseKind, EndpointMode, MemberView, NO_UPSTREAM_DNS, PeerTls, ServerHealth, ServiceSpec,
-    ServiceState,
+    AdminCredentials, DatabaseKind, EndpointMode, MemberView, NO_UPSTREAM_DNS, PeerTls,
+    ServerHealth, ServiceSpec, ServiceState, ShardConfig, TableConfig,
 };
 
 /// The Swarm service definition: `--endpoint-mode` from
@@ -62,21 +62,22 @@ pub use apiary_api::database::{
 /// and `secrets` ((name, id) of the [`PeerTls`] secrets, which Swarm
 /// needs by id: made first by [`Database::ensure_service`]).
 pub fn to_docker(spec: &ServiceSpec, secrets: &[(String, String)]) -> DockerServiceSpec {
-    let secret_refs = spec.peer_tls.as_ref().map(|tls| {
-        tls.secrets(&spec.name)
+    let mounted = spec.secrets();
+    let secret_refs = (!mounted.is_empty()).then(|| {
+        mounted
             .into_iter()
-            .map(|(name, file, _)| TaskSpecContainerSpecSecrets {
+            .map(|secret| TaskSpecContainerSpecSecrets {
                 file: Some(TaskSpecContainerSpecFile {
-                    name: Some(PeerTls::file_name(file).to_string()),
+                    name: Some(PeerTls::file_name(secret.file).to_string()),
                     uid: Some("0".into()),
                     gid: Some("0".into()),
                     mode: Some(0o400),
                 }),
                 secret_id: secrets
                     .iter()
-                    .find(|(n, _)| *n == name)
+                    .find(|(n, _)| *n == secret.name)
                     .map(|(_, id)| id.clone()),
-                secret_name: Some(name),
+                secret_name: Some(secret.name),
             })
             .collect::<Vec<_>>()
     });
@@ -205,11 +206,11 @@ impl Database {
             Err(e) => return Err(self.err("inspect a service", e)),
         }
         let mut secrets = Vec::new();
-        if let Some(tls) = &spec.peer_tls {
-            for (name, _, content) in tls.secrets(&spec.name) {
-                let id = self.ensure_secret(&spec.name, &name, content).await?;
-                secrets.push((name, id));
-            }
+        for secret in spec.secrets() {
+            let id = self
+                .ensure_secret(&spec.name, &secret.name, &secret.content)
+                .await?;
+            secrets.push((secret.name, id));
         }
         self.docker
             .create_service(to_docker(spec, &secrets), None)
@@ -305,7 +306,12 @@ impl Database {
     }
 
     /// How the server of `service` on this host answers.
-    pub async fn health(&self, kind: DatabaseKind, service: &str) -> ServerHealth {
+    pub async fn health(
+        &self,
+        kind: DatabaseKind,
+        service: &str,
+        admin: Option<&AdminCredentials>,
+    ) -> ServerHealth {
         let mut h = ServerHealth {
             host: self.host.clone(),
             service: service.to_string(),
@@ -344,7 +350,7 @@ impl Database {
                 }
             }
             DatabaseKind::Rethinkdb => {
-                if let Err(e) = self.rethinkdb_health(&container, &mut h).await {
+                if let Err(e) = self.rethinkdb_health(&container, admin, &mut h).await {
                     h.error = Some(e);
                 }
             }
@@ -352,21 +358,52 @@ impl Database {
         h
     }
 
-    /// RethinkDB over its wire protocol (V1_0, SCRAM-SHA-256 as `admin`
-    /// with the default empty password), from a socket made inside the
-    /// container's network namespace (its driver port is on the overlay
-    /// only, which the agent is not on), to 127.0.0.1:28015.
-    async fn rethinkdb_health(&self, container: &str, h: &mut ServerHealth) -> Result<(), String> {
+    /// A RethinkDB connection, authenticated, to the server in `container`:
+    /// made inside the container's network namespace (its driver port is on
+    /// the overlay only, which the agent is not on), to 127.0.0.1.
+    async fn rethinkdb_connect(
+        &self,
+        container: &str,
+        admin: Option<&AdminCredentials>,
+    ) -> Result<tokio::net::TcpStream, String> {
         let pid = self.inspect(container).await?.pid;
         let mut stream = connect_in_netns(pid, 28015, Duration::from_secs(3))
             .await
             .map_err(|e| format!("{e} (in the server's container)"))?;
         let nonce = hex::encode(rand::random::<[u8; 18]>());
+        let (user, password) = admin.map_or(("admin", ""), |a| (&a.user, &a.password));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rethinkdb::handshake(&mut stream, user, password, &nonce),
+        )
+        .await
+        .map_err(|_| "RethinkDB did not answer its handshake within 5 s".to_string())??;
+        Ok(stream)
+    }
+
+    /// RethinkDB over its wire protocol (V1_0, SCRAM-SHA-256 as the
+    /// administrator): the servers it sees connected (`server_status`) and
+    /// its tables' readiness (`table_status`).
+    async fn rethinkdb_health(
+        &self,
+        container: &str,
+        admin: Option<&AdminCredentials>,
+        h: &mut ServerHealth,
+    ) -> Result<(), String> {
+        let mut stream = self.rethinkdb_connect(container, admin).await?;
         let run = async {
-            rethinkdb::handshake(&mut stream, "admin", "", &nonce).await?;
-            rethinkdb::query(&mut stream, 1, rethinkdb::server_status_term()).await
+            let servers = rethinkdb::query(
+                &mut stream,
+                1,
+                rethinkdb::system_table_term("server_status"),
+            )
+            .await?;
+            let tables =
+                rethinkdb::query(&mut stream, 2, rethinkdb::system_table_term("table_status"))
+                    .await?;
+            Ok::<_, String>((servers, tables))
         };
-        let rows = tokio::time::timeout(Duration::from_secs(5), run)
+        let (rows, tables) = tokio::time::timeout(Duration::from_secs(5), run)
             .await
             .map_err(|_| "RethinkDB did not answer within 5 s".to_string())??;
         let names = rethinkdb::connected_servers(&rows);
@@ -381,8 +418,59 @@ impl Database {
                 name: n,
             })
             .collect();
+        h.tables = Some(rethinkdb::tables_health(&tables));
         h.healthy = true;
         Ok(())
+    }
+
+    /// Every table's placement and readiness, through the server of `service`.
+    pub async fn rethinkdb_tables(
+        &self,
+        service: &str,
+        admin: Option<&AdminCredentials>,
+    ) -> Result<Vec<TableConfig>, String> {
+        let container = self
+            .local_container(service)
+            .await?
+            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        let mut stream = self.rethinkdb_connect(&container, admin).await?;
+        let run = async {
+            let config =
+                rethinkdb::query(&mut stream, 1, rethinkdb::system_table_term("table_config"))
+                    .await?;
+            let status =
+                rethinkdb::query(&mut stream, 2, rethinkdb::system_table_term("table_status"))
+                    .await?;
+            Ok::<_, String>((config, status))
+        };
+        let (config, status) = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .map_err(|_| "RethinkDB did not list its tables within 10 s".to_string())??;
+        rethinkdb::table_configs(&config, &status)
+    }
+
+    /// Writes table `table_id`'s shards into `table_config` through the
+    /// server of `service`; RethinkDB then moves the data.
+    pub async fn rethinkdb_place_table(
+        &self,
+        service: &str,
+        admin: Option<&AdminCredentials>,
+        table_id: &str,
+        shards: &[ShardConfig],
+    ) -> Result<(), String> {
+        let container = self
+            .local_container(service)
+            .await?
+            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        let mut stream = self.rethinkdb_connect(&container, admin).await?;
+        let term = rethinkdb::place_table_term(table_id, shards);
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            rethinkdb::query(&mut stream, 1, term),
+        )
+        .await
+        .map_err(|_| "RethinkDB did not reconfigure the table within 20 s".to_string())??;
+        rethinkdb::write_result(&result)
     }
 
     /// The main process and addresses of `container`.
@@ -585,6 +673,31 @@ mod tests {
             restart_delay: Duration::from_secs(5),
             endpoint_mode: EndpointMode::Dnsrr,
             peer_tls: None,
+            admin: None,
+        }
+    }
+
+    #[test]
+    fn the_rethinkdb_admin_password_is_a_mounted_config_file_and_nowhere_else() {
+        let admin = AdminCredentials {
+            user: "admin".into(),
+            password: "pw-d0e5".into(),
+        };
+        let with_admin = ServiceSpec {
+            kind: DatabaseKind::Rethinkdb,
+            admin: Some(admin),
+            ..spec()
+        };
+        let secrets = with_admin.secrets();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].file, AdminCredentials::CONFIG_FILE);
+        assert_eq!(secrets[0].content, "initial-password=pw-d0e5\n");
+        let json = serde_json::to_value(to_docker(&with_admin, &[])).expect("test data");
+        let mounted = &json["TaskTemplate"]["ContainerSpec"]["Secrets"][0];
+        assert_eq!(mounted["File"]["Name"], "apiary-database-admin.conf");
+        assert_eq!(mounted["File"]["Mode"], 0o400);
+        for shown in [json.to_string(), format!("{with_admin:?}")] {
+            assert!(!shown.contains("pw-d0e5"), "{shown}");
         }
     }
 
@@ -614,11 +727,17 @@ mod tests {
             ..spec()
         };
         assert!(!format!("{with_tls:?}").contains("secret"), "{with_tls:?}");
-        let secrets = tls.secrets("etcd-2");
+        let names = |spec: &ServiceSpec| -> Vec<(String, &'static str)> {
+            spec.secrets()
+                .into_iter()
+                .map(|s| (s.name, s.file))
+                .collect()
+        };
+        let secrets = names(&with_tls);
         let ids: Vec<(String, String)> = secrets
             .iter()
             .enumerate()
-            .map(|(i, (name, _, _))| (name.clone(), format!("id{i}")))
+            .map(|(i, (name, _))| (name.clone(), format!("id{i}")))
             .collect();
         let json = serde_json::to_value(to_docker(&with_tls, &ids)).expect("test data");
         let mounted = json["TaskTemplate"]["ContainerSpec"]["Secrets"]
@@ -626,7 +745,7 @@ mod tests {
             .expect("secrets")
             .clone();
         assert_eq!(mounted.len(), 3);
-        for (m, (i, (name, file, _))) in mounted.iter().zip(secrets.iter().enumerate()) {
+        for (m, (i, (name, file))) in mounted.iter().zip(secrets.iter().enumerate()) {
             assert_eq!(m["SecretName"], name.as_str());
             assert_eq!(m["SecretID"], format!("id{i}"));
             assert_eq!(
@@ -642,13 +761,16 @@ mod tests {
         );
         // New content, new secret name (Swarm secrets cannot change); the
         // same content finds the same secret again.
-        let rekeyed = PeerTls {
-            key_pem: "another".into(),
-            ..tls.clone()
+        let rekeyed = ServiceSpec {
+            peer_tls: Some(PeerTls {
+                key_pem: "another".into(),
+                ..tls.clone()
+            }),
+            ..spec()
         };
-        assert_ne!(rekeyed.secrets("etcd-2")[2].0, secrets[2].0);
-        assert_eq!(tls.secrets("etcd-2")[2].0, secrets[2].0);
-        assert_eq!(rekeyed.secrets("etcd-2")[0].0, secrets[0].0);
+        assert_ne!(names(&rekeyed)[2].0, secrets[2].0);
+        assert_eq!(names(&with_tls)[2].0, secrets[2].0);
+        assert_eq!(names(&rekeyed)[0].0, secrets[0].0);
         assert_ne!(
             with_tls.digest(),
             spec().digest(),

@@ -1,6 +1,11 @@
-//! RethinkDB's wire protocol, as far as health needs it: the V1_0 handshake
-//! with SCRAM-SHA-256 authentication (RFC 5802/7677), then one query,
-//! `r.db("rethinkdb").table("server_status").coerce_to("array")`.
+//! RethinkDB's wire protocol, as far as apiary needs it: the V1_0 handshake
+//! with SCRAM-SHA-256 authentication (RFC 5802/7677), then queries on the
+//! system tables: `server_status` and `table_status` (health),
+//! `table_config` (where tables live, and moving them off a server).
+//!
+//! Hand-written because the few terms needed are simpler than a driver:
+//! the Rust drivers on crates.io (`reql`) are unmaintained since 2021 and
+//! pull in their own runtime stack.
 //!
 //! Written from the protocol's published description: the client sends the
 //! magic number V1_0 (0x34c2bdc3, little-endian); every handshake message
@@ -9,6 +14,7 @@
 //! HMAC, PBKDF2 (`Hi`) and base64 come from RustCrypto's `hmac` and `pbkdf2`
 //! and the `base64` crate.
 
+use apiary_api::database::{ShardConfig, TableConfig, TablesHealth};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
@@ -214,23 +220,137 @@ pub async fn query<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+// ReQL term types (ql2.proto's Term.TermType) used here.
+const MAKE_ARRAY: u32 = 2;
+const DB: u32 = 14;
+const TABLE: u32 = 15;
+const GET: u32 = 16;
+const COERCE_TO: u32 = 51;
+const UPDATE: u32 = 53;
+
+/// `r.db("rethinkdb").table(name)`.
+fn system_table(name: &str) -> Value {
+    json!([TABLE, [[DB, ["rethinkdb"]], name]])
+}
+
+/// `r.db("rethinkdb").table(name).coerce_to("array")`.
+pub fn system_table_term(name: &str) -> Value {
+    json!([COERCE_TO, [system_table(name), "array"]])
+}
+
 /// `r.db("rethinkdb").table("server_status").coerce_to("array")`.
 pub fn server_status_term() -> Value {
-    json!([51, [[15, [[14, ["rethinkdb"]], "server_status"]], "array"]])
+    system_table_term("server_status")
+}
+
+/// An array literal: in ReQL's JSON a bare array is a term, so data arrays
+/// are wrapped in MAKE_ARRAY.
+fn array(items: impl IntoIterator<Item = Value>) -> Value {
+    json!([MAKE_ARRAY, items.into_iter().collect::<Vec<_>>()])
+}
+
+/// `r.db("rethinkdb").table("table_config").get(id).update({shards: [...]})`.
+pub fn place_table_term(table_id: &str, shards: &[ShardConfig]) -> Value {
+    let names = |v: &[String]| array(v.iter().map(|s| json!(s)));
+    let shards = array(shards.iter().map(|s| {
+        json!({
+            "primary_replica": s.primary_replica,
+            "replicas": names(&s.replicas),
+            "nonvoting_replicas": names(&s.nonvoting_replicas),
+        })
+    }));
+    json!([
+        UPDATE,
+        [[GET, [system_table("table_config"), table_id]], {"shards": shards}]
+    ])
+}
+
+/// Ok when a write's result reports no error.
+pub fn write_result(result: &Value) -> Result<(), String> {
+    let result = result
+        .get(0)
+        .filter(|_| result.is_array())
+        .unwrap_or(result);
+    match result["errors"].as_u64() {
+        Some(0) => Ok(()),
+        Some(_) => Err(format!(
+            "RethinkDB refused the change: {}",
+            result["first_error"].as_str().unwrap_or("no reason given")
+        )),
+        None => Err(format!("RethinkDB answered the change with {result}")),
+    }
+}
+
+/// The rows of an atom answer (`[[rows]]`) or a sequence (`[rows]`).
+fn rows(v: &Value) -> &[Value] {
+    v.get(0)
+        .and_then(Value::as_array)
+        .or_else(|| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// Tables ready and not, from `table_status` rows.
+pub fn tables_health(status: &Value) -> TablesHealth {
+    let rows = rows(status);
+    let mut unavailable: Vec<String> = rows
+        .iter()
+        .filter(|t| t["status"]["all_replicas_ready"] != true)
+        .map(|t| {
+            format!(
+                "{}.{}",
+                t["db"].as_str().unwrap_or("?"),
+                t["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    unavailable.sort();
+    TablesHealth {
+        total: rows.len(),
+        ready: rows.len() - unavailable.len(),
+        unavailable,
+    }
+}
+
+/// Every table's placement (`table_config`) with its readiness and the
+/// servers holding it (`table_status`), matched by table id.
+pub fn table_configs(config: &Value, status: &Value) -> Result<Vec<TableConfig>, String> {
+    let mut tables = Vec::new();
+    for t in rows(config) {
+        let id = t["id"]
+            .as_str()
+            .ok_or("table_config: a table without an id")?;
+        let shards = serde_json::from_value(t["shards"].clone())
+            .map_err(|e| format!("table_config of {id}: {e}"))?;
+        let st = rows(status).iter().find(|s| s["id"] == id);
+        let mut status_servers: Vec<String> = st
+            .and_then(|s| s["shards"].as_array())
+            .into_iter()
+            .flatten()
+            .flat_map(|shard| shard["replicas"].as_array().into_iter().flatten())
+            .filter_map(|r| r["server"].as_str().map(str::to_string))
+            .collect();
+        status_servers.sort();
+        status_servers.dedup();
+        tables.push(TableConfig {
+            id: id.to_string(),
+            db: t["db"].as_str().unwrap_or_default().to_string(),
+            name: t["name"].as_str().unwrap_or_default().to_string(),
+            shards,
+            ready: st.is_some_and(|s| s["status"]["all_replicas_ready"] == true),
+            status_servers,
+        });
+    }
+    tables.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+    Ok(tables)
 }
 
 /// The connected servers' names, from `server_status` rows, sorted.
-pub fn connected_servers(rows: &Value) -> Vec<String> {
-    let mut names: Vec<String> = rows
-        .get(0)
-        .and_then(Value::as_array)
-        .or_else(|| rows.as_array())
-        .map(|rows| {
-            rows.iter()
-                .filter_map(|r| r["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+pub fn connected_servers(status: &Value) -> Vec<String> {
+    let mut names: Vec<String> = rows(status)
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect();
     names.sort();
     names
 }
@@ -351,6 +471,63 @@ mod tests {
             .expect("the fake server exchange");
         assert_eq!(connected_servers(&r), ["rethinkdb_1", "rethinkdb_2"]);
         srv.await.expect("the fake server exchange");
+    }
+
+    fn table_rows() -> (Value, Value) {
+        let config = json!([[
+            {"id": "t1", "db": "test", "name": "docs", "shards": [
+                {"primary_replica": "rethinkdb_1", "replicas": ["rethinkdb_1", "rethinkdb_4"], "nonvoting_replicas": []}]},
+            {"id": "t0", "db": "app", "name": "users", "shards": [
+                {"primary_replica": "rethinkdb_2", "replicas": ["rethinkdb_2"], "nonvoting_replicas": []}]}
+        ]]);
+        let status = json!([[
+            {"id": "t1", "db": "test", "name": "docs", "status": {"all_replicas_ready": false},
+             "shards": [{"replicas": [{"server": "rethinkdb_4", "state": "backfilling"}, {"server": "rethinkdb_1", "state": "ready"}]}]},
+            {"id": "t0", "db": "app", "name": "users", "status": {"all_replicas_ready": true},
+             "shards": [{"replicas": [{"server": "rethinkdb_2", "state": "ready"}]}]}
+        ]]);
+        (config, status)
+    }
+
+    #[test]
+    fn tables_are_read_with_their_readiness_and_holders() {
+        let (config, status) = table_rows();
+        assert_eq!(
+            tables_health(&status),
+            TablesHealth {
+                total: 2,
+                ready: 1,
+                unavailable: vec!["test.docs".into()],
+            }
+        );
+        let tables = table_configs(&config, &status).expect("parses");
+        assert_eq!(tables.len(), 2);
+        assert_eq!(tables[0].full_name(), "app.users");
+        assert!(tables[0].ready);
+        assert_eq!(tables[1].shards[0].replicas, ["rethinkdb_1", "rethinkdb_4"]);
+        assert!(!tables[1].ready);
+        assert_eq!(tables[1].status_servers, ["rethinkdb_1", "rethinkdb_4"]);
+        assert!(table_configs(&json!([[{"db": "x"}]]), &status).is_err());
+        assert_eq!(tables_health(&json!(null)), TablesHealth::default());
+    }
+
+    #[test]
+    fn placing_a_table_writes_its_shards_as_reql_data() {
+        let shards = [ShardConfig {
+            primary_replica: "a".into(),
+            replicas: vec!["a".into(), "b".into()],
+            nonvoting_replicas: vec![],
+        }];
+        assert_eq!(
+            place_table_term("t1", &shards),
+            json!([53, [[16, [[15, [[14, ["rethinkdb"]], "table_config"]], "t1"]],
+                {"shards": [2, [{"primary_replica": "a", "replicas": [2, ["a", "b"]], "nonvoting_replicas": [2, []]}]]}]])
+        );
+        assert!(write_result(&json!([{"replaced": 1, "errors": 0}])).is_ok());
+        let refused =
+            write_result(&json!({"errors": 1, "first_error": "Server `x` does not exist."}));
+        assert!(refused.is_err_and(|e| e.contains("does not exist")));
+        assert!(write_result(&json!("what")).is_err());
     }
 
     async fn read_nul_json_raw(s: &mut tokio::io::DuplexStream) -> Value {

@@ -117,6 +117,7 @@ impl From<PkiError> for Status {
             // enrolls once the operator has removed the old node.
             PkiError::NameTaken { .. } => Status::already_exists(message),
             PkiError::PeerCertificate { .. }
+            | PkiError::AdminPassword { .. }
             | PkiError::Store(_)
             | PkiError::Cert(_)
             | PkiError::AdminConf(_) => Status::internal(message),

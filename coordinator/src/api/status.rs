@@ -2,7 +2,7 @@
 //! enrolled), the sessions (who is live, their facts) and the view (checks,
 //! database, host configuration).
 
-use apiary_proto::{NodeStatus, StatusResponse};
+use apiary_proto::{DatabaseTables, NodeStatus, StatusResponse};
 
 use crate::core::Coordinator;
 use crate::state::ChecksState;
@@ -37,6 +37,18 @@ pub fn status(coord: &Coordinator) -> Result<StatusResponse, StoreError> {
             .as_ref()
             .and_then(|s| s.database.as_ref())
             .is_some_and(|d| d.peer_tls),
+        database_tables: db.tables.as_ref().map(|t| DatabaseTables {
+            total: t.total as u32,
+            ready: t.ready as u32,
+            first_unavailable: t.unavailable.first().cloned().unwrap_or_default(),
+        }),
+        database_auth: config
+            .swarm
+            .as_ref()
+            .and_then(|s| s.database.as_ref())
+            .is_some_and(|d| {
+                d.auth && crate::database::spec::flavor(d.kind).admin_user().is_some()
+            }),
     })
 }
 

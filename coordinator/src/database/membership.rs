@@ -1,8 +1,13 @@
 //! Adding and removing servers of a running database, per flavour: etcd
 //! changes its membership through its API (through `etcdctl` in a running
-//! server's container, on that server's host); RethinkDB needs no step.
+//! server's container, on that server's host); RethinkDB has no membership,
+//! but its tables move off a server before it leaves ([`super::tables`]).
 
-use apiary_api::ops::DatabaseExec;
+use std::time::{Duration, Instant};
+
+use apiary_api::database::TableConfig;
+use apiary_api::ops::{DatabaseExec, RethinkdbPlaceTable, RethinkdbTables};
+use tracing::info;
 
 use super::DatabaseError;
 use super::spec::{self, Server};
@@ -25,15 +30,20 @@ pub trait Membership: Send + Sync {
     ) -> Result<Vec<String>, DatabaseError>;
 
     /// Takes `gone` out of the membership through `via`, before its service
-    /// is removed.
+    /// is removed; `stay` are the servers that remain.
     async fn remove(
         &self,
         ctx: &dyn ClusterContext,
         db: &DatabaseConfig,
         via: &Server,
         gone: &Server,
+        stay: &[Server],
     ) -> Result<(), DatabaseError>;
 }
+
+/// How long tables get to move off a leaving server: RethinkDB copies a
+/// table's data to its new replicas first.
+const TABLES_MOVE: Duration = Duration::from_secs(300);
 
 pub struct EtcdMembership;
 pub struct RethinkdbMembership;
@@ -171,6 +181,7 @@ impl Membership for EtcdMembership {
         db: &DatabaseConfig,
         via: &Server,
         gone: &Server,
+        _stay: &[Server],
     ) -> Result<(), DatabaseError> {
         etcd_remove_member(ctx, db, via, &spec::peer_url(db, gone)).await
     }
@@ -191,18 +202,56 @@ impl Membership for RethinkdbMembership {
         Ok(spec::flavor(db.kind).command(db, ctx.cluster_name(), new, joined))
     }
 
-    /// Nothing before: a server that leaves is dropped from `server_status`;
-    /// tables with replicas on it are reconfigured by the operator
-    /// (`r.db(..).table(..).reconfigure`), as upstream documents for
-    /// removing a server.
+    /// Every table with a replica on `gone` is placed on the servers that
+    /// stay (refused before any change when one cannot keep its replica
+    /// count), then waited for until RethinkDB has moved its data and every
+    /// table is ready: only then may the server go.
     async fn remove(
         &self,
-        _ctx: &dyn ClusterContext,
-        _db: &DatabaseConfig,
-        _via: &Server,
-        _gone: &Server,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        gone: &Server,
+        stay: &[Server],
     ) -> Result<(), DatabaseError> {
-        Ok(())
+        let flavor = spec::flavor(db.kind);
+        let admin = super::admin(ctx, db)?;
+        let list = || {
+            let op = RethinkdbTables {
+                service: via.name.clone(),
+                admin: admin.clone(),
+            };
+            call(ctx.agents(), &via.host, op)
+        };
+        let leaving = flavor.member_name(gone);
+        let staying: Vec<String> = stay.iter().map(|s| flavor.member_name(s)).collect();
+        let plan = super::tables::without(&list().await?, &leaving, &staying)?;
+        for p in &plan {
+            info!(table = %p.table, server = %gone.name, "moving a table off a leaving server");
+            let op = RethinkdbPlaceTable {
+                service: via.name.clone(),
+                admin: admin.clone(),
+                table_id: p.table_id.clone(),
+                shards: p.shards.clone(),
+            };
+            call(ctx.agents(), &via.host, op).await?;
+        }
+        let start = Instant::now();
+        loop {
+            let tables: Vec<TableConfig> = list().await?;
+            let waiting = super::tables::still_moving(&tables, &leaving);
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > TABLES_MOVE {
+                return Err(DatabaseError::TablesNotMoved {
+                    server: gone.name.clone(),
+                    within: TABLES_MOVE,
+                    waiting: waiting.join(", "),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

@@ -16,11 +16,12 @@
 
 pub mod membership;
 pub mod spec;
+pub mod tables;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use apiary_api::database::{DatabaseKind, EndpointMode, PeerTls, ServerHealth};
+use apiary_api::database::{AdminCredentials, EndpointMode, PeerTls, ServerHealth};
 use apiary_api::ops::{DatabaseHealth, EnsureService, RemoveService};
 use futures::future::join_all;
 use tracing::{info, warn};
@@ -86,6 +87,17 @@ pub enum DatabaseError {
     },
     #[error("{node} runs the only database server ({server}): removing it would lose the database")]
     OnlyServer { node: String, server: String },
+    #[error(transparent)]
+    Placement(#[from] tables::PlacementError),
+    #[error(
+        "the tables did not move off {server} within {within:?}: still waiting for {waiting}; \
+         nothing was removed (RethinkDB goes on moving them: retry when `ctl status` shows every table ready)"
+    )]
+    TablesNotMoved {
+        server: String,
+        within: Duration,
+        waiting: String,
+    },
     #[error("{node}'s database server {server} cannot leave: {reason}")]
     CannotLeave {
         node: String,
@@ -110,16 +122,45 @@ pub fn endpoint_mode_for(nodes: &[NodeObservation]) -> EndpointMode {
     EndpointMode::for_kernels(!nodes.is_empty() && nodes.iter().all(|n| n.ip_vs == Some(true)))
 }
 
+/// The administrator's credentials apiary's own connections use: when the
+/// flavour has an administrator and `[database] auth` is on.
+pub fn admin(
+    ctx: &dyn ClusterContext,
+    db: &DatabaseConfig,
+) -> Result<Option<AdminCredentials>, RecordError> {
+    match spec::flavor(db.kind).admin_user() {
+        Some(user) if db.auth => ctx.database_admin(user).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Reads every server's health through the agent on its host.
 pub async fn health(
     ctx: &dyn ClusterContext,
-    kind: DatabaseKind,
+    db: &DatabaseConfig,
     servers: &[Server],
 ) -> Vec<ServerHealth> {
+    let admin = match admin(ctx, db) {
+        Ok(admin) => admin,
+        Err(e) => {
+            return servers
+                .iter()
+                .map(|s| ServerHealth {
+                    host: s.host.clone(),
+                    service: s.name.clone(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                })
+                .collect();
+        }
+    };
+    let kind = db.kind;
+    let admin = &admin;
     join_all(servers.iter().map(|s| async move {
         let op = DatabaseHealth {
             kind,
             service: s.name.clone(),
+            admin: admin.clone(),
         };
         call(ctx.agents(), &s.host, op)
             .await
@@ -172,12 +213,18 @@ pub fn state_of(
             }
         })
         .collect();
+    // Every server sees the same tables; the first that answered speaks.
+    let tables = health
+        .iter()
+        .filter(|h| h.healthy)
+        .find_map(|h| h.tables.clone());
     DatabaseState {
         kind: flavor.kind().as_str().to_string(),
         connected: servers.iter().filter(|s| s.healthy).count(),
         servers,
         leader,
         error,
+        tables,
     }
 }
 
@@ -227,11 +274,13 @@ pub async fn converge(
     let flavor = spec::flavor(db.kind);
     let nodes = ctx.nodes();
     let servers = spec::servers(db, &hosts(&nodes));
-    let mut health = health(ctx, db.kind, &servers).await;
-    let tls = match peer_tls(ctx, db, &servers) {
-        Ok(tls) => tls,
-        // No service without its certificate: its command expects one.
-        Err(e) => return state_of(flavor.as_ref(), &servers, &health, e.to_string()),
+    let mut health = health(ctx, db, &servers).await;
+    let (tls, admin) = match (peer_tls(ctx, db, &servers), admin(ctx, db)) {
+        (Ok(tls), Ok(admin)) => (tls, admin),
+        // No service without its secrets: its command expects them.
+        (Err(e), _) | (_, Err(e)) => {
+            return state_of(flavor.as_ref(), &servers, &health, e.to_string());
+        }
     };
     let specs = spec::specs(
         db,
@@ -240,6 +289,7 @@ pub async fn converge(
         &servers,
         endpoint_mode_for(&nodes),
         &|s| tls.get(&s.name).cloned(),
+        admin.as_ref(),
     );
     let phase = progress.map(|p| p.phase("database", servers.len()));
     let started = Instant::now();
@@ -293,7 +343,7 @@ pub async fn converge(
         // Health rounds are cheap (one short `etcdctl` per server); a
         // tighter poll is seen healthy sooner.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        health = self::health(ctx, db.kind, &servers).await;
+        health = self::health(ctx, db, &servers).await;
     }
 }
 
@@ -349,7 +399,7 @@ async fn wait_healthy(
     let flavor = spec::flavor(db.kind);
     let start = Instant::now();
     loop {
-        let health = health(ctx, db.kind, servers).await;
+        let health = health(ctx, db, servers).await;
         let state = state_of(flavor.as_ref(), servers, &health, String::new());
         if state.healthy() {
             return Ok(state);
@@ -397,6 +447,7 @@ pub async fn scale(
     let db = spec::effective(base, ctx.database_scale());
     let current = spec::servers(&db, &names);
     let membership = spec::flavor(db.kind).membership();
+    let admin = admin(ctx, &db)?;
     let mut all = db.clone();
     all.servers = Some(names.len());
     let possible = spec::servers(&all, &names);
@@ -417,6 +468,7 @@ pub async fn scale(
             command,
             endpoint_mode_for(&nodes),
             tls.get(&new.name).cloned(),
+            admin.as_ref(),
         );
         let op = EnsureService {
             spec: Box::new(spec),
@@ -435,7 +487,8 @@ pub async fn scale(
         let gone = &possible[count - 1];
         // Rounds stop looking after it first.
         ctx.set_database_scale(count - 1).await?;
-        if let Err(e) = membership.remove(ctx, &db, &possible[0], gone).await {
+        let stay = &possible[..count - 1];
+        if let Err(e) = membership.remove(ctx, &db, &possible[0], gone, stay).await {
             // Still a member: keep looking after its server.
             ctx.set_database_scale(count).await?;
             return Err(e);
@@ -511,7 +564,7 @@ pub async fn leave(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apiary_api::database::MemberView;
+    use apiary_api::database::{DatabaseKind, MemberView};
 
     fn obs(name: &str, ip_vs: Option<bool>) -> NodeObservation {
         NodeObservation {

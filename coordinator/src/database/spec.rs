@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use apiary_api::database::{DatabaseKind, EndpointMode, PeerTls, ServerHealth, ServiceSpec};
+use apiary_api::database::{
+    AdminCredentials, DatabaseKind, EndpointMode, PeerTls, ServerHealth, ServiceSpec,
+};
 
 use super::membership::{EtcdMembership, Membership, RethinkdbMembership};
 
@@ -83,6 +85,12 @@ pub trait Flavor: Send + Sync {
     }
     /// How servers join and leave a running cluster.
     fn membership(&self) -> &'static dyn Membership;
+    /// The administrator apiary makes a password for when `[database]
+    /// auth` is on (RethinkDB's `admin`); `None`: clients authenticate
+    /// another way, or not at all.
+    fn admin_user(&self) -> Option<&'static str> {
+        None
+    }
     /// The name `server` has among the database's own members (what its
     /// health answers name the leader by).
     fn member_name(&self, server: &Server) -> String {
@@ -267,6 +275,11 @@ impl Flavor for Rethinkdb {
             "rethinkdb".into(),
             "--bind".into(),
             "all".into(),
+            // The web UI has no login of its own: only inside the container
+            // (`ctl tunnel database:admin` connects there), never on the
+            // overlay.
+            "--bind-http".into(),
+            "127.0.0.1".into(),
             "--server-name".into(),
             self.member_name(server),
             "--canonical-address".into(),
@@ -289,6 +302,11 @@ impl Flavor for Rethinkdb {
                 "--cluster-tls-ca".into(),
                 PeerTls::CA_FILE.into(),
             ]);
+        }
+        if cfg.auth {
+            // `initial-password=...` from a mounted secret: a password on
+            // the command line would show in `ps` and `docker inspect`.
+            cmd.extend(["--config-file".into(), AdminCredentials::CONFIG_FILE.into()]);
         }
         if server.index > 1
             && let Some(first) = all.first()
@@ -317,6 +335,9 @@ impl Flavor for Rethinkdb {
     }
     fn membership(&self) -> &'static dyn Membership {
         &RethinkdbMembership
+    }
+    fn admin_user(&self) -> Option<&'static str> {
+        Some("admin")
     }
     /// `--server-name`: RethinkDB's names allow no '-'.
     fn member_name(&self, server: &Server) -> String {
@@ -399,6 +420,7 @@ pub fn specs(
     all: &[Server],
     endpoint_mode: EndpointMode,
     peer_tls: &dyn Fn(&Server) -> Option<PeerTls>,
+    admin: Option<&AdminCredentials>,
 ) -> Vec<ServiceSpec> {
     let f = flavor(cfg.kind);
     all.iter()
@@ -410,6 +432,7 @@ pub fn specs(
                 f.command(cfg, cluster, s, all),
                 endpoint_mode,
                 peer_tls(s),
+                admin,
             )
         })
         .collect()
@@ -423,6 +446,7 @@ pub fn spec_with(
     command: Vec<String>,
     endpoint_mode: EndpointMode,
     peer_tls: Option<PeerTls>,
+    admin: Option<&AdminCredentials>,
 ) -> ServiceSpec {
     let f = flavor(cfg.kind);
     ServiceSpec {
@@ -439,6 +463,9 @@ pub fn spec_with(
         restart_delay: RESTART_DELAY,
         endpoint_mode,
         peer_tls: peer_tls.filter(|_| cfg.peer_tls),
+        admin: admin
+            .filter(|_| cfg.auth && f.admin_user().is_some())
+            .cloned(),
     }
 }
 
@@ -496,8 +523,17 @@ mod tests {
             client_port: c,
             peer_port: p,
             peer_tls: true,
+            auth: true,
             image_archive: None,
         }
+    }
+
+    fn specs_of(
+        c: &DatabaseConfig,
+        all: &[Server],
+        admin: Option<&AdminCredentials>,
+    ) -> Vec<ServiceSpec> {
+        specs(c, "bees", "apiary", all, EndpointMode::Dnsrr, &tls, admin)
     }
 
     /// A stand-in certificate per server, named after it.
@@ -515,10 +551,10 @@ mod tests {
             let mut c = cfg(kind);
             c.peer_tls = false;
             let all = servers(&c, &hosts());
-            for s in specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls) {
+            for s in specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls, None) {
                 let cmd = s.command.join(" ");
                 assert!(!cmd.contains("https") && !cmd.contains("tls"), "{cmd}");
-                assert!(!cmd.contains("/run/secrets"), "{cmd}");
+                assert!(!cmd.contains("/run/secrets/apiary-peer"), "{cmd}");
                 // No certificate, so the agent mounts no secret.
                 assert_eq!(s.peer_tls, None);
             }
@@ -536,7 +572,7 @@ mod tests {
     fn etcd_is_one_pinned_server_per_host_with_a_static_initial_cluster() {
         let c = cfg(DatabaseKind::Etcd);
         let all = servers(&c, &hosts());
-        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls);
+        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls, None);
         assert_eq!(specs.len(), 4);
         let nodes: Vec<&str> = specs.iter().map(|s| s.node.as_str()).collect();
         assert_eq!(
@@ -610,11 +646,50 @@ mod tests {
         c.servers = Some(3);
         let all = servers(&c, &hosts());
         assert_eq!(all.len(), 3);
-        let specs = specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls);
+        let admin = AdminCredentials {
+            user: "admin".into(),
+            password: "pw-7c1".into(),
+        };
+        let specs = specs(
+            &c,
+            "bees",
+            "apiary",
+            &all,
+            EndpointMode::Dnsrr,
+            &tls,
+            Some(&admin),
+        );
         let first = specs[0].command.join(" ");
         assert!(
-            first.starts_with("rethinkdb --bind all --server-name rethinkdb_1"),
+            first.starts_with(
+                "rethinkdb --bind all --bind-http 127.0.0.1 --server-name rethinkdb_1"
+            ),
             "{first}"
+        );
+        for s in &specs {
+            // The password reaches a server only as its mounted secret.
+            assert_eq!(s.admin.as_ref(), Some(&admin));
+            let cmd = s.command.join(" ");
+            assert!(
+                cmd.contains(&format!("--config-file {}", AdminCredentials::CONFIG_FILE)),
+                "{cmd}"
+            );
+            assert!(!cmd.contains("pw-7c1") && !s.env.join(" ").contains("pw-7c1"));
+        }
+        let mut open = c.clone();
+        open.auth = false;
+        let unauthenticated = specs_of(&open, &all, Some(&admin));
+        assert!(
+            unauthenticated
+                .iter()
+                .all(|s| s.admin.is_none() && !s.command.join(" ").contains("--config-file"))
+        );
+        let etcd = cfg(DatabaseKind::Etcd);
+        assert!(
+            specs_of(&etcd, &servers(&etcd, &hosts()), Some(&admin))
+                .iter()
+                .all(|s| s.admin.is_none()),
+            "etcd has no admin password"
         );
         assert!(!first.contains("--join"), "{first}");
         for s in &specs[1..] {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
-use apiary_api::database::PeerTls;
+use apiary_api::database::{AdminCredentials, PeerTls};
 use apiary_certs::{
     AdminConf, CertError, ClusterCa, JoinToken, PeerIdentity, RevocationSet, Role, server_config,
 };
@@ -75,6 +75,12 @@ pub enum PkiError {
     PeerCertificate {
         service: String,
         what: String,
+        reason: String,
+    },
+    #[error("the database administrator's password ({path}): cannot {what}: {reason}")]
+    AdminPassword {
+        path: String,
+        what: &'static str,
         reason: String,
     },
     #[error(transparent)]
@@ -483,6 +489,54 @@ impl Pki {
             ca_pem: self.ca.cert_pem().to_string(),
             cert_pem,
             key_pem,
+        })
+    }
+}
+
+/// The database administrator's password file under the state directory:
+/// beside the peer keys, so a backup carries it like them.
+pub const DATABASE_ADMIN_PASSWORD: &str = "pki/database/admin-password.key";
+
+impl Pki {
+    /// The database administrator's credentials: the password is made on
+    /// first use (32 letters and digits from the OS's random source, ~190
+    /// bits) and kept 0600 in [`DATABASE_ADMIN_PASSWORD`], so every round
+    /// and every restart uses the same one.
+    pub fn database_admin(&self, user: &str) -> Result<AdminCredentials, PkiError> {
+        let path = self.dir.join(DATABASE_ADMIN_PASSWORD);
+        let fail = |what: &'static str, e: &dyn std::fmt::Display| PkiError::AdminPassword {
+            path: path.display().to_string(),
+            what,
+            reason: e.to_string(),
+        };
+        let password = match std::fs::read_to_string(&path) {
+            Ok(kept) => kept.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use rand::Rng;
+                // ThreadRng: a CSPRNG reseeded from the OS.
+                let password: String = rand::rng()
+                    .sample_iter(&rand::distr::Alphanumeric)
+                    .take(32)
+                    .map(char::from)
+                    .collect();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| fail("create its directory", &e))?;
+                }
+                apiary_certs::write_private(&path, password.as_bytes())
+                    .map_err(|e| fail("write it", &e))?;
+                password
+            }
+            Err(e) => return Err(fail("read it", &e)),
+        };
+        if password.is_empty() {
+            return Err(fail(
+                "use it",
+                &"the file is empty: delete it and restart the coordinator only if the database was never started with it",
+            ));
+        }
+        Ok(AdminCredentials {
+            user: user.to_string(),
+            password,
         })
     }
 }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use apiary_api::database::{MemberView, PeerTls, ServerHealth, ServiceState};
+use apiary_api::database::{
+    AdminCredentials, MemberView, PeerTls, ServerHealth, ServiceState, TableConfig, TablesHealth,
+};
 use apiary_api::ops::*;
 use apiary_api::reach::{Cell, Check, Outcome};
 use apiary_api::swarm::{
@@ -42,6 +44,11 @@ pub struct FakeAgents {
     /// Every operation asked, in order: (node, op name).
     pub asked: Mutex<Vec<(String, &'static str)>>,
     overlay_created: Mutex<bool>,
+    /// RethinkDB's tables (`table_config`, with readiness); a placement
+    /// takes effect at once.
+    pub tables: Mutex<Vec<TableConfig>>,
+    /// The admin credentials each RethinkDB call came with.
+    pub admins_seen: Mutex<Vec<Option<AdminCredentials>>>,
 }
 
 fn refused(node: &str, op: &'static str, message: &str) -> CallError {
@@ -200,6 +207,31 @@ impl FakeAgents {
             leader_id: all.keys().next().cloned().unwrap_or_default(),
             members,
             error: (!running).then(|| "not running".to_string()),
+            tables: None,
+        }
+    }
+
+    /// RethinkDB's table operations against [`FakeAgents::tables`].
+    fn tables_op(&self, req: OpRequest) -> Result<String, CallError> {
+        let mut tables = self.tables.lock().expect("lock");
+        match req {
+            OpRequest::RethinkdbTables(t) => {
+                self.admins_seen.lock().expect("lock").push(t.admin);
+                json(&*tables)
+            }
+            OpRequest::RethinkdbPlaceTable(p) => {
+                self.admins_seen.lock().expect("lock").push(p.admin);
+                let t = tables
+                    .iter_mut()
+                    .find(|t| t.id == p.table_id)
+                    .expect("placed tables exist");
+                t.status_servers = p.shards.iter().flat_map(|s| s.replicas.clone()).collect();
+                t.status_servers.sort();
+                t.status_servers.dedup();
+                t.shards = p.shards;
+                json(&())
+            }
+            _ => unreachable!("only table operations"),
         }
     }
 }
@@ -327,7 +359,22 @@ impl AgentCalls for FakeAgents {
                 }
                 json(&Removed { removed })
             }
-            OpRequest::DatabaseHealth(d) => json(&Self::health(&hosts, node, &d.service)),
+            OpRequest::DatabaseHealth(d) => {
+                let mut health = Self::health(&hosts, node, &d.service);
+                if d.service.starts_with("rethinkdb") && health.healthy {
+                    let tables = self.tables.lock().expect("lock");
+                    health.tables = Some(TablesHealth {
+                        total: tables.len(),
+                        ready: tables.iter().filter(|t| t.ready).count(),
+                        unavailable: vec![],
+                    });
+                }
+                json(&health)
+            }
+            OpRequest::RethinkdbTables(_) | OpRequest::RethinkdbPlaceTable(_) => {
+                drop(hosts);
+                self.tables_op(req)
+            }
             OpRequest::DatabaseExec(_) => json(&ExecOutput {
                 code: 0,
                 output: r#"{"members":[]}"#.into(),
@@ -410,6 +457,13 @@ impl ClusterContext for FakeCluster {
 
     async fn save_pre_swarm(&self, cells: &[Cell]) {
         *self.saved_pre_swarm.lock().expect("lock") = cells.to_vec();
+    }
+
+    fn database_admin(&self, user: &str) -> Result<AdminCredentials, RecordError> {
+        Ok(AdminCredentials {
+            user: user.to_string(),
+            password: "fake-password".into(),
+        })
     }
 
     fn database_peer_tls(&self, service: &str) -> Result<PeerTls, RecordError> {

@@ -29,6 +29,7 @@ fn config(database: Option<DatabaseKind>) -> SwarmConfig {
             client_port: 2379,
             peer_port: 2380,
             peer_tls: true,
+            auth: true,
             image_archive: None,
         }),
     }
@@ -257,6 +258,103 @@ async fn scaling_the_database_down_and_up_moves_only_the_last_server() {
         .await
         .expect_err("busy");
     assert!(matches!(err, crate::database::DatabaseError::Busy), "{err}");
+}
+
+fn table(name: &str, replicas: &[&str]) -> apiary_api::database::TableConfig {
+    apiary_api::database::TableConfig {
+        id: format!("id-{name}"),
+        db: "test".into(),
+        name: name.into(),
+        shards: vec![apiary_api::database::ShardConfig {
+            primary_replica: replicas[0].into(),
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+            nonvoting_replicas: vec![],
+        }],
+        ready: true,
+        status_servers: replicas.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_leaving_rethinkdb_server_hands_its_tables_over_before_its_service_goes() {
+    let cluster = FakeCluster::new(4);
+    let config = config(Some(DatabaseKind::Rethinkdb));
+    round(&cluster, &config, 0).await.expect("formed");
+    *cluster.agents.tables.lock().expect("lock") = vec![
+        table("docs", &["rethinkdb_4", "rethinkdb_1", "rethinkdb_2"]),
+        table("away", &["rethinkdb_1"]),
+    ];
+    let db = config.database.as_ref();
+    crate::database::scale(&cluster, db, "apiary", 4, Some("h1"), 3)
+        .await
+        .expect("scaled down");
+    let tables = cluster.agents.tables.lock().expect("lock").clone();
+    let docs = &tables[0].shards[0];
+    assert_eq!(docs.replicas, ["rethinkdb_3", "rethinkdb_1", "rethinkdb_2"]);
+    assert_eq!(docs.primary_replica, "rethinkdb_1");
+    assert_eq!(tables[1].shards[0].replicas, ["rethinkdb_1"], "untouched");
+    let asked = cluster.agents.asked.lock().expect("lock").clone();
+    let placed = asked
+        .iter()
+        .position(|(_, op)| *op == "RethinkdbPlaceTable");
+    let removed = asked.iter().position(|(_, op)| *op == "RemoveService");
+    assert!(
+        placed < removed,
+        "tables move before the service goes: {asked:?}"
+    );
+    // apiary's connections authenticate with its generated password.
+    let admins = cluster.agents.admins_seen.lock().expect("lock").clone();
+    assert!(
+        admins
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|a| a.user == "admin"))
+    );
+}
+
+#[tokio::test]
+async fn a_table_on_every_server_refuses_the_scale_down_and_nothing_changes() {
+    let cluster = FakeCluster::new(4);
+    let config = config(Some(DatabaseKind::Rethinkdb));
+    round(&cluster, &config, 0).await.expect("formed");
+    let everywhere = table(
+        "everywhere",
+        &["rethinkdb_1", "rethinkdb_2", "rethinkdb_3", "rethinkdb_4"],
+    );
+    *cluster.agents.tables.lock().expect("lock") = vec![everywhere.clone()];
+    let db = config.database.as_ref();
+    let err = crate::database::scale(&cluster, db, "apiary", 4, Some("h1"), 3)
+        .await
+        .expect_err("4 replicas cannot live on 3 servers");
+    assert!(
+        matches!(err, crate::database::DatabaseError::Placement(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("test.everywhere"), "{err}");
+    assert_eq!(cluster.agents.services().len(), 4, "no server removed");
+    assert_eq!(
+        *cluster.scale.lock().expect("lock"),
+        Some(4),
+        "count restored"
+    );
+    assert_eq!(cluster.agents.tables.lock().expect("lock")[0], everywhere);
+}
+
+#[tokio::test]
+async fn a_table_not_ready_makes_the_database_unhealthy_and_names_it() {
+    let cluster = FakeCluster::new(3);
+    let config = config(Some(DatabaseKind::Rethinkdb));
+    round(&cluster, &config, 0).await.expect("formed");
+    let mut docs = table("docs", &["rethinkdb_1"]);
+    docs.ready = false;
+    *cluster.agents.tables.lock().expect("lock") = vec![docs, table("ok", &["rethinkdb_2"])];
+    round(&cluster, &config, 1).await.expect("steady");
+    let db = cluster.view.database().expect("a database state");
+    assert!(!db.healthy(), "{}", db.summary());
+    assert!(
+        db.summary().ends_with("tables 1/2 ready"),
+        "{}",
+        db.summary()
+    );
 }
 
 #[tokio::test]
