@@ -187,6 +187,16 @@ impl ClusterCa {
         self.issue_new_key(DATABASE_PEER_CN, Role::Database, Some(names), ttl)
     }
 
+    /// A database client's certificate (and a new key), for an operator or
+    /// an application talking to a database that checks client
+    /// certificates (etcd's `--client-cert-auth`): common name
+    /// [`DATABASE_CLIENT_CN`], which a peer's check (`--peer-cert-allowed-cn`)
+    /// refuses, and role `database`, which the coordinator's APIs refuse.
+    pub fn issue_database_client(&self, ttl: Duration) -> Result<(IssuedCert, String), CertError> {
+        let names = [DATABASE_CLIENT_CN.replace(' ', "-")];
+        self.issue_new_key(DATABASE_CLIENT_CN, Role::Database, Some(&names), ttl)
+    }
+
     /// A certificate with a new P-256 key, valid from now (less the
     /// backdate) for `ttl`; `names` replace the role's default SANs.
     fn issue_new_key(
@@ -215,6 +225,9 @@ impl ClusterCa {
 /// an agent's or an admin's certificate, from the same CA, cannot join the
 /// database's peer network. It holds spaces, which no host name can.
 pub const DATABASE_PEER_CN: &str = "apiary database peer";
+/// The common name of database client certificates
+/// ([`ClusterCa::issue_database_client`]).
+pub const DATABASE_CLIENT_CN: &str = "apiary database client";
 
 /// Certificates start a little in the past to tolerate clock skew between
 /// hosts, but never by more than a tenth of their life: holders plan renewal

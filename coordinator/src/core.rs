@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiary_api::database::{AdminCredentials, PeerTls};
+use apiary_api::database::{AdminCredentials, DatabaseKind, PeerTls};
 use apiary_api::reach::Cell;
 use apiary_proto::{DatabaseContainerEvent, Facts, HostApplyResult, HostConfigReport, command};
 use prost::Message;
@@ -55,6 +55,32 @@ pub enum RemoveError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Drain(#[from] crate::database::DatabaseError),
+}
+
+/// What a database client needs ([`Coordinator::database_credentials`]).
+pub struct DatabaseCredentials {
+    pub kind: DatabaseKind,
+    pub client_port: u16,
+    pub secret: ClientSecret,
+}
+
+pub enum ClientSecret {
+    Password(AdminCredentials),
+    Certificate(crate::pki::ClientCertificate),
+}
+
+/// Why no database credentials can be given.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("this cluster has no [database] section: there is no database to connect to")]
+    NoDatabase,
+    #[error(
+        "[database] auth = false in the cluster spec: the database takes clients without credentials \
+         (set auth = true and recreate the database to require them)"
+    )]
+    NoAuth,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
 }
 
 /// Why host configuration cannot be applied at all.
@@ -162,6 +188,30 @@ impl Coordinator {
             n,
         )
         .await
+    }
+
+    /// What a database client needs (`ctl database credentials`): the
+    /// administrator's password where the database has one, else (etcd) a
+    /// new client certificate from the cluster CA.
+    pub fn database_credentials(&self) -> Result<DatabaseCredentials, CredentialsError> {
+        let db = self
+            .config
+            .swarm
+            .as_ref()
+            .and_then(|s| s.database.as_ref())
+            .ok_or(CredentialsError::NoDatabase)?;
+        if !db.auth {
+            return Err(CredentialsError::NoAuth);
+        }
+        let secret = match crate::database::spec::flavor(db.kind).admin_user() {
+            Some(user) => ClientSecret::Password(self.pki.database_admin(user)?),
+            None => ClientSecret::Certificate(self.pki.database_client()?),
+        };
+        Ok(DatabaseCredentials {
+            kind: db.kind,
+            client_port: db.client_port,
+            secret,
+        })
     }
 
     /// A database server's container stopped or started on `node`, as its

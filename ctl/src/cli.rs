@@ -144,6 +144,11 @@ pub enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
         timeout: std::time::Duration,
     },
+    /// The clustered database ([database]).
+    Database {
+        #[command(subcommand)]
+        command: DatabaseCommand,
+    },
     /// Host configuration (firewall, sysctls, GRUB, daemon.json).
     Hosts {
         #[command(subcommand)]
@@ -218,6 +223,26 @@ pub enum HostsCommand {
         /// Only the hosts whose host configuration reports needs-reboot.
         #[arg(long)]
         needed: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// What a client needs to connect when `[database] auth` is on
+    /// (the default): RethinkDB's admin user and password; for etcd a
+    /// client certificate and key from the cluster CA (new on every call,
+    /// valid 30 days) and the CA. Clients reach a server through `ctl
+    /// tunnel SERVER:PORT`; containers you deploy get them only if you give
+    /// them (e.g. `ctl database credentials --out DIR`, then `ctl docker --
+    /// secret create db-password DIR/password` and mount the secret).
+    Credentials {
+        /// Write them into DIR (created if missing), each file 0600:
+        /// `password`, or `ca.pem`, `client.pem` and `client.key`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print them as JSON (see docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 

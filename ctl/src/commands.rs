@@ -242,6 +242,20 @@ impl Ctl {
         }
     }
 
+    /// What a database client needs (`ctl database credentials`).
+    pub async fn database_credentials(
+        &mut self,
+    ) -> Result<apiary_proto::DatabaseCredentialsResponse, CtlError> {
+        match self
+            .client
+            .database_credentials(apiary_proto::DatabaseCredentialsRequest {})
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     /// The coordinator's store, read in one transaction (`coordinator
     /// backup` while serve runs).
     pub async fn store_snapshot(

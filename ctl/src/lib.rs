@@ -27,7 +27,8 @@
 //!
 //! Map: [`cli`] (the command line), [`run()`] (one command, start to end),
 //! [`commands`] (the admin client, [`CtlError`] and the output formats),
-//! [`tunnel`] (`ctl tunnel`), [`docker`] (`ctl docker` and its proxy).
+//! [`tunnel`] (`ctl tunnel`), [`docker`] (`ctl docker` and its proxy),
+//! [`database`] (`ctl database credentials`).
 //!
 //! Limitations:
 //! - one coordinator endpoint, no failover; a call that fails is not retried;
@@ -39,6 +40,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod database;
 pub mod docker;
 mod run;
 pub mod text;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use apiary_certs::AdminConf;
 use clap::CommandFactory;
 
-use crate::cli::{Args, Command, HostsCommand, NodesCommand, ScaleTarget};
+use crate::cli::{Args, Command, DatabaseCommand, HostsCommand, NodesCommand, ScaleTarget};
 use crate::commands::{
     Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
     print_status, status_json,
@@ -217,6 +217,20 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
         } => {
             for step in ctl.reboot_hosts(nodes, needed).await? {
                 println!("{}", crate::text::shown(&step));
+            }
+        }
+        Command::Database {
+            command: DatabaseCommand::Credentials { out, json },
+        } => {
+            let creds = ctl.database_credentials().await?;
+            let files = match &out {
+                Some(dir) => crate::database::write_files(&creds, dir)?,
+                None => Vec::new(),
+            };
+            if json {
+                println!("{}", crate::database::credentials_json(&creds, &files));
+            } else {
+                print!("{}", crate::database::credentials_text(&creds, &files)?);
             }
         }
         Command::Token { rotate, json } => {

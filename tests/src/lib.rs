@@ -416,6 +416,11 @@ impl LabCluster {
     }
 
     /// `ctl status --json`, or None while the coordinator is not answering.
+    /// `ctl ARGS` with this lab's admin.conf.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl_with(&self.admin_conf(), args)
+    }
+
     pub fn status(&self) -> Option<Value> {
         if !self.admin_conf().exists() {
             return None;

@@ -948,6 +948,27 @@ fn lab_tunnel(lab: &LabCluster, target: &str) -> (Proc, u16) {
     (tunnel, local)
 }
 
+/// GET `path` from etcd through a tunnel at `port`, with the client
+/// certificate `ctl database credentials --out DIR` wrote into `creds`.
+fn etcd_get(creds: &std::path::Path, port: u16, path: &str) -> Result<String, String> {
+    let file = |f: &str| creds.join(f).display().to_string();
+    let (ok, out) = sh_err(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "30",
+        "--cacert",
+        &file("ca.pem"),
+        "--cert",
+        &file("client.pem"),
+        "--key",
+        &file("client.key"),
+        &format!("https://127.0.0.1:{port}{path}"),
+    ]);
+    if ok { Ok(out) } else { Err(out) }
+}
+
 fn http_get(port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -979,13 +1000,10 @@ fn service_container(socket: &str, service: &str) -> Option<String> {
 
 fn etcdctl(socket: &str, container: &str, args: &[&str]) -> (bool, String) {
     let mut argv = vec![
-        "docker",
-        "-H",
-        socket,
-        "exec",
-        container,
+        "docker", "-H", socket, "exec", container,
+        // The endpoint and client certificate from the container's
+        // ETCDCTL_* environment.
         "etcdctl",
-        "--endpoints=http://127.0.0.1:2379",
     ];
     argv.extend_from_slice(args);
     let sock = format!("unix://{socket}");
@@ -1075,7 +1093,18 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     // `ctl tunnel database:admin` reaches etcd's HTTP endpoints on the
     // leader's host, inside its container (the port exists only on the
     // overlay): `/version` is etcd's, and `/metrics` says it is the leader.
-    // `ctl tunnel etcd-N:2379` reaches a named server the same way.
+    // `ctl tunnel etcd-N:2379` reaches a named server the same way. etcd
+    // wants a client certificate (`[database] auth`, the default): the one
+    // `ctl database credentials` writes is served, none is refused.
+    assert_eq!(db["auth"], true, "{db}");
+    let creds = lab.dir.path().join("etcd-creds");
+    let out = lab.ctl(&[
+        "database",
+        "credentials",
+        "--out",
+        creds.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let leader = db["leader"].as_str().unwrap_or("").to_string();
     let other = (1..=4)
         .map(|i| format!("etcd-{i}"))
@@ -1086,16 +1115,26 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         (format!("{other}:2379"), "etcd_server_is_leader 0"),
     ] {
         let (_tunnel, local) = lab_tunnel(&lab, &target);
-        let version = http_get(local, "/version").expect("GET /version through the tunnel");
+        let version = etcd_get(&creds, local, "/version").expect("GET /version through the tunnel");
         assert!(
             version.contains("\"etcdserver\":\"3.") && version.contains("\"etcdcluster\""),
             "{target}: {version}"
         );
-        let metrics = http_get(local, "/metrics").expect("GET /metrics through the tunnel");
+        let metrics = etcd_get(&creds, local, "/metrics").expect("GET /metrics through the tunnel");
         assert!(
             metrics.contains(expect),
             "{target}: no {expect:?} in /metrics"
         );
+        let (ok, out) = sh_err(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            creds.join("ca.pem").to_str().expect("utf-8"),
+            &format!("https://127.0.0.1:{local}/version"),
+        ]);
+        assert!(!ok, "served without a client certificate: {out}");
     }
 
     let socket = |host: &str| -> String {
@@ -1151,8 +1190,39 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         ])
         .1
     };
+    // The client port speaks TLS only too (`[database] auth`).
     let out = plain_get(2379);
-    assert!(out.contains("etcdserver"), "client port: {out}");
+    assert!(
+        !out.contains("etcdserver"),
+        "the client port answered plain HTTP: {out}"
+    );
+    // Over the overlay, host 1's server reaches etcd-2's client port with
+    // its certificate (its ETCDCTL_* environment)...
+    let (ok, out) = etcdctl(
+        &s1,
+        &c1,
+        &["--endpoints=https://etcd-2:2379", "endpoint", "health"],
+    );
+    assert!(ok && out.contains("is healthy"), "{out}");
+    // ...and without a certificate it gets nothing.
+    let (ok, out) = sh_err(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "exec",
+        "-e",
+        "ETCDCTL_CERT=",
+        "-e",
+        "ETCDCTL_KEY=",
+        &c1,
+        "etcdctl",
+        "--endpoints=https://etcd-2:2379",
+        "--dial-timeout=3s",
+        "--command-timeout=5s",
+        "get",
+        "bees/queen",
+    ]);
+    assert!(!ok, "etcd served a client without a certificate: {out}");
     let out = plain_get(2380);
     assert!(
         !out.contains("etcdserver"),
@@ -1495,8 +1565,314 @@ fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
         page.to_lowercase().contains("rethinkdb"),
         "not the admin UI: {page:.300}"
     );
+    // A real browser renders the dashboard: "Servers: 4 connected".
+    let ui = admin_ui_text(local);
+    assert!(ui.contains("4 connected"), "the dashboard: {ui:.2000}");
     drop(tunnel);
+
+    rethinkdb_is_authenticated_and_keeps_its_tables(&lab);
     lab.stop();
+}
+
+/// The RethinkDB lab's second half: credentials, tables through scale-down
+/// and a killed server, and what a container on the overlay can reach.
+fn rethinkdb_is_authenticated_and_keeps_its_tables(lab: &LabCluster) {
+    let status = lab.status().expect("status");
+    let db = &status["database"];
+    assert_eq!(db["auth"], true, "{db}");
+    // The operator's credentials: a password, shown or written 0600.
+    let out = lab.ctl(&["database", "credentials", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let creds: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let password = creds["password"].as_str().expect("password").to_string();
+    assert_eq!(creds["user"], "admin");
+    assert!(password.len() >= 32, "{creds}");
+    let dir = lab.dir.path().join("db-creds");
+    let out = lab.ctl(&[
+        "database",
+        "credentials",
+        "--out",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("password");
+        assert_eq!(std::fs::read_to_string(&file).expect("written"), password);
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The password is in no service's spec.
+    let q = lab.node(&lab.hosts[0]).expect("node");
+    let sock = format!("unix://{}", q["docker_socket"].as_str().expect("socket"));
+    let (ok, spec) = sh(&["docker", "-H", &sock, "service", "inspect", "rethinkdb-2"]);
+    assert!(
+        ok && !spec.contains(&password),
+        "the password in the service spec"
+    );
+
+    // Through `ctl tunnel`: the driver is refused without the password and
+    // served with it.
+    let (_t1, driver) = lab_tunnel(lab, "rethinkdb-1:28015");
+    let (ok, out) = rethinkdb_client("127.0.0.1", driver, "", &["connect"]);
+    assert!(!ok && out.contains("Wrong password"), "{out}");
+    let (ok, out) = rethinkdb_client("127.0.0.1", driver, &password, &["connect"]);
+    assert!(ok && out.starts_with("ok rethinkdb_1"), "{out}");
+
+    // A table of 2 shards and 3 replicas with 1,000 documents: ctl status
+    // counts it ready.
+    let (ok, out) = rethinkdb_client(
+        "127.0.0.1",
+        driver,
+        &password,
+        &["setup", "docs", "2", "3", "1000"],
+    );
+    assert!(ok, "{out}");
+    eventually("1/1 tables ready", Duration::from_secs(60), || {
+        let t = lab.status()?["database"]["tables"].clone();
+        (t["total"] == 1 && t["ready"] == 1).then_some(())
+    });
+
+    // database=3 then =4 while a reader reads the table (majority reads)
+    // through rethinkdb-1 every 200 ms, retrying a failed read as an
+    // application would: RethinkDB serves reads from a shard's primary, and
+    // moving a primary off the leaving server makes that shard unavailable
+    // for a moment (upstream documents this for every reconfigure); never
+    // longer than 3 s, and 1,000 documents at the end.
+    let stop = lab.dir.path().join("reader.stop");
+    let reader = {
+        let stop = stop.clone();
+        let password = password.clone();
+        std::thread::spawn(move || {
+            rethinkdb_client(
+                "127.0.0.1",
+                driver,
+                &password,
+                &["read-until", stop.to_str().expect("utf-8"), "docs"],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    for n in ["3", "4"] {
+        let out = lab.ctl(&["scale", &format!("database={n}")]);
+        assert!(out.status.success(), "database={n}: {}", stderr(&out));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            said.contains(&format!("{n}/{n} servers connected")),
+            "{said}"
+        );
+        assert!(said.contains("tables 1/1 ready"), "{said}");
+    }
+    std::fs::write(&stop, b"").expect("stop file");
+    let (ok, reads) = reader.join().expect("reader");
+    assert!(ok, "{reads}");
+    eprintln!("reads through database=3 and =4: {reads}");
+    let gap: u64 = reads
+        .split_whitespace()
+        .skip_while(|w| *w != "longest-gap-ms")
+        .nth(1)
+        .and_then(|g| g.parse().ok())
+        .expect("the reader's longest gap");
+    assert!(gap < 3000, "the table was unreadable for {gap} ms: {reads}");
+    let (ok, count) = rethinkdb_client("127.0.0.1", driver, &password, &["count", "docs"]);
+    assert_eq!((ok, count.trim()), (true, "1000"));
+
+    // A table on every server: database=3 is refused, naming it, and nothing
+    // changes.
+    let (ok, out) = rethinkdb_client(
+        "127.0.0.1",
+        driver,
+        &password,
+        &["setup", "everywhere", "1", "4", "10"],
+    );
+    assert!(ok, "{out}");
+    let out = lab.ctl(&["scale", "database=3"]);
+    assert!(!out.status.success());
+    let why = stderr(&out);
+    assert!(
+        why.contains("test.everywhere") && why.contains("replicas"),
+        "{why}"
+    );
+    let db = lab.status().expect("status")["database"].clone();
+    assert_eq!(
+        (db["servers"].clone(), db["healthy"].clone()),
+        (4.into(), true.into()),
+        "{db}"
+    );
+    let (ok, out) = rethinkdb_client("127.0.0.1", driver, &password, &["drop", "everywhere"]);
+    assert!(ok, "{out}");
+
+    // A server killed: ctl status shows it (servers and tables), the table
+    // stays readable, Swarm restarts it, 4/4 and every table ready again.
+    let h2 = lab.hosts[1].clone();
+    let s2 = lab.node(&h2).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    let c2 = service_container(&s2, "rethinkdb-2").expect("rethinkdb-2's container");
+    assert!(sh(&["docker", "-H", &format!("unix://{s2}"), "kill", &c2]).0);
+    let seen = eventually(
+        "ctl status shows rethinkdb-2 down",
+        Duration::from_secs(30),
+        || {
+            let db = lab.status()?["database"].clone();
+            (db["connected"] == 3 && db["healthy"] == false).then_some(db)
+        },
+    );
+    eprintln!("while rethinkdb-2 is down: {seen}");
+    let (ok, count) = rethinkdb_client("127.0.0.1", driver, &password, &["count", "docs"]);
+    assert_eq!(
+        (ok, count.trim()),
+        (true, "1000"),
+        "readable with a server down"
+    );
+    eventually(
+        "4/4 and every table ready again",
+        Duration::from_secs(120),
+        || {
+            let db = lab.status()?["database"].clone();
+            (db["healthy"] == true && db["tables"]["ready"] == db["tables"]["total"]).then_some(())
+        },
+    );
+    let (tunnel, local) = lab_tunnel(lab, "database:admin");
+    let ui = admin_ui_text(local);
+    assert!(ui.contains("4 connected"), "healed: {ui:.2000}");
+    drop(tunnel);
+
+    // From a container on the overlay without the password (apiary's probe
+    // container, entered by its network namespace): the driver is refused,
+    // the web UI is not there at all, and the cluster port speaks TLS only.
+    let (ok, target) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s2}"),
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        &service_container(&s2, "rethinkdb-2").expect("rethinkdb-2 again"),
+    ]);
+    assert!(ok, "{target}");
+    let target = target
+        .split_whitespace()
+        .next()
+        .expect("an overlay address")
+        .to_string();
+    let h1 = lab.hosts[0].clone();
+    let s1 = lab.node(&h1).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    let (ok, pid) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &format!("apiary-probe-{h1}"),
+    ]);
+    assert!(ok, "{pid}");
+    let pid = pid.trim().to_string();
+    let script = rethinkdb_script();
+    let (ok, out) = sh(&[
+        "nsenter", "-t", &pid, "-n", "python3", &script, &target, "28015", "", "connect",
+    ]);
+    assert!(!ok, "connected without the password: {out}");
+    let (_, out) = sh_err(&[
+        "nsenter", "-t", &pid, "-n", "python3", &script, &target, "28015", "", "connect",
+    ]);
+    assert!(out.contains("Wrong password"), "{out}");
+    let (ok, out) = sh(&[
+        "nsenter", "-t", &pid, "-n", "busybox", "nc", "-w", "3", &target, "8080",
+    ]);
+    assert!(!ok, "the web UI answered on the overlay: {out}");
+    // The cluster port: a plain connection that sends RethinkDB's cluster
+    // header gets no header back (the port wants a TLS handshake first).
+    let (_, out) = sh(&[
+        "nsenter",
+        "-t",
+        &pid,
+        "-n",
+        "sh",
+        "-c",
+        &format!(
+            "(printf 'RethinkDB cluster\\n'; sleep 2) | busybox nc -w 3 {target} 29015 | head -c 200"
+        ),
+    ]);
+    assert!(
+        !out.contains("RethinkDB"),
+        "a plain cluster handshake: {out}"
+    );
+}
+
+/// The lab tests' RethinkDB client script (RethinkDB's Python driver).
+fn rethinkdb_script() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py/rethinkdb_client.py")
+        .display()
+        .to_string()
+}
+
+/// Runs the RethinkDB client script: (success, stdout, or stderr on failure).
+fn rethinkdb_client(host: &str, port: u16, password: &str, args: &[&str]) -> (bool, String) {
+    let script = rethinkdb_script();
+    let port = port.to_string();
+    let mut argv = vec!["python3", script.as_str(), host, port.as_str(), password];
+    argv.extend_from_slice(args);
+    let (ok, out) = sh_err(&argv);
+    (ok, out)
+}
+
+/// Runs `argv`: (success, stdout when it succeeded, else stdout and stderr).
+fn sh_err(argv: &[&str]) -> (bool, String) {
+    match std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+    {
+        Ok(o) if o.status.success() => (true, String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => (
+            false,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("{}: {e}", argv[0])),
+    }
+}
+
+/// The admin UI's dashboard as headless Chromium renders it (Debian's
+/// `chromium`, JavaScript run for up to 20 s of virtual time), its text
+/// with the tags taken out and spaces collapsed.
+fn admin_ui_text(port: u16) -> String {
+    let profile = tempfile::tempdir().expect("a browser profile");
+    let (ok, dom) = sh_err(&[
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        &format!("--user-data-dir={}", profile.path().display()),
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert!(ok, "chromium: {dom:.2000}");
+    let mut text = String::with_capacity(dom.len());
+    let mut in_tag = false;
+    for c in dom.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `ctl docker ARGS` with the lab's admin.conf: (exit code, stdout, stderr).
@@ -1988,25 +2364,29 @@ fn hosts_scale_up_and_down_live_with_the_database() {
     assert_eq!((code, out.trim()), (0, "hosts: already 4"));
 }
 
-/// POSTs `body` (JSON) to `path` on 127.0.0.1:`port` (one connection).
-fn http_post(port: u16, path: &str, body: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut all = String::new();
-    s.read_to_string(&mut all).map_err(|e| e.to_string())?;
-    let (head, body) = all.split_once("\r\n\r\n").ok_or("no HTTP header")?;
-    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
-        return Err(format!("answer: {head}"));
-    }
-    Ok(body.to_string())
+/// POSTs `body` (JSON) to `path` of etcd through a tunnel at `port`, with
+/// the client certificate in `creds` (`ctl database credentials --out`).
+fn etcd_post(creds: &std::path::Path, port: u16, path: &str, body: &str) -> Result<String, String> {
+    let file = |f: &str| creds.join(f).display().to_string();
+    let (ok, out) = sh_err(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "5",
+        "--cacert",
+        &file("ca.pem"),
+        "--cert",
+        &file("client.pem"),
+        "--key",
+        &file("client.key"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body,
+        &format!("https://127.0.0.1:{port}{path}"),
+    ]);
+    if ok { Ok(out) } else { Err(out) }
 }
 
 /// Standard base64 of ASCII `s` (etcd's JSON gateway takes keys and values so).
@@ -2047,18 +2427,29 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
         (s["database"]["healthy"] == true).then_some(())
     });
     // A writer outside apiary: a key every 100 ms through `ctl tunnel
-    // database:admin` (etcd's JSON gateway), counting what etcd acknowledged.
+    // database:admin` (etcd's JSON gateway, with the client certificate
+    // from `ctl database credentials`), counting what etcd acknowledged.
+    let creds = lab.dir.path().join("etcd-creds");
+    let out = lab.ctl(&[
+        "database",
+        "credentials",
+        "--out",
+        creds.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let (tunnel, local) = lab_tunnel(&lab, "database:admin");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let stop = stop.clone();
+        let (stop, creds) = (stop.clone(), creds.clone());
         std::thread::spawn(move || {
             let mut acked = Vec::new();
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let key = format!("reboot/{i:06}");
                 let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(&key), b64("v"));
-                if http_post(local, "/v3/kv/put", &body).is_ok_and(|b| b.contains("revision")) {
+                if etcd_post(&creds, local, "/v3/kv/put", &body)
+                    .is_ok_and(|b| b.contains("revision"))
+                {
                     acked.push(key);
                 }
                 i += 1;
@@ -2119,7 +2510,7 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
         b64("reboot0")
     );
     let listed = eventually("range read", Duration::from_secs(30), || {
-        http_post(local, "/v3/kv/range", &range).ok()
+        etcd_post(&creds, local, "/v3/kv/range", &range).ok()
     });
     for key in &acked {
         assert!(listed.contains(&b64(key)), "acknowledged {key} is gone");

@@ -338,7 +338,9 @@ impl Database {
                 // forming cluster answers none of them until it has a quorum,
                 // and asked one after the other they cost up to 9 s a round,
                 // which is how late "healthy" would be seen.
-                let script = "E='etcdctl --endpoints=http://127.0.0.1:2379 --dial-timeout=1s --command-timeout=2s'; \
+                // The endpoint (and with client TLS the certificate) come
+                // from the container's `ETCDCTL_*` environment.
+                let script = "E='etcdctl --dial-timeout=1s --command-timeout=2s'; \
                     d=/tmp/apiary-health.$$; \
                     $E endpoint health -w json >$d.h 2>&1 & $E endpoint status -w json >$d.s 2>&1 & \
                     $E member list -w json >$d.m 2>&1 & wait; \

@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::core::{ApplyError, Coordinator, RemoveError};
+use crate::core::{ApplyError, ClientSecret, Coordinator, CredentialsError, RemoveError};
 use crate::database::DatabaseError;
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
@@ -121,6 +121,17 @@ impl From<PkiError> for Status {
             | PkiError::Store(_)
             | PkiError::Cert(_)
             | PkiError::AdminConf(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<CredentialsError> for Status {
+    fn from(e: CredentialsError) -> Status {
+        match e {
+            CredentialsError::NoDatabase | CredentialsError::NoAuth => {
+                Status::failed_precondition(e.to_string())
+            }
+            CredentialsError::Pki(e) => e.into(),
         }
     }
 }
@@ -481,6 +492,34 @@ impl Admin for Svc {
         Ok(Response::new(apiary_proto::StoreSnapshotResponse {
             tables,
         }))
+    }
+
+    async fn database_credentials(
+        &self,
+        req: Request<apiary_proto::DatabaseCredentialsRequest>,
+    ) -> Result<Response<apiary_proto::DatabaseCredentialsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        // Who read the database's credentials, for the audit trail.
+        info!(admin = %admin.node, "database credentials requested");
+        let creds = self.0.database_credentials()?;
+        let mut answer = apiary_proto::DatabaseCredentialsResponse {
+            kind: creds.kind.as_str().to_string(),
+            client_port: creds.client_port.into(),
+            ..Default::default()
+        };
+        match creds.secret {
+            ClientSecret::Password(admin) => {
+                answer.user = admin.user;
+                answer.password = admin.password;
+            }
+            ClientSecret::Certificate(cert) => {
+                answer.ca_pem = cert.ca_pem;
+                answer.cert_pem = cert.cert_pem;
+                answer.key_pem = cert.key_pem;
+                answer.not_after_unix = cert.not_after_unix;
+            }
+        }
+        Ok(Response::new(answer))
     }
 
     async fn join_token(

@@ -72,15 +72,12 @@ impl EtcdctlFailure {
 /// Runs etcdctl in `via`'s container, on its host.
 async fn etcdctl(
     ctx: &dyn ClusterContext,
-    db: &DatabaseConfig,
     via: &Server,
     args: &[&str],
 ) -> Result<String, DatabaseError> {
-    let mut command = vec![
-        "etcdctl".to_string(),
-        format!("--endpoints=http://127.0.0.1:{}", db.client_port),
-        "--command-timeout=10s".to_string(),
-    ];
+    // The endpoint and client certificate come from the container's
+    // environment (`ETCDCTL_*`, see the etcd flavour's `env`).
+    let mut command = vec!["etcdctl".to_string(), "--command-timeout=10s".to_string()];
     command.extend(args.iter().map(|a| a.to_string()));
     let out = call(
         ctx.agents(),
@@ -119,13 +116,12 @@ pub fn etcd_member_id(list_json: &str, peer: &str) -> Option<String> {
 /// Removes the etcd member whose peer URL is `peer_url`, if there is one.
 async fn etcd_remove_member(
     ctx: &dyn ClusterContext,
-    db: &DatabaseConfig,
     via: &Server,
     peer_url: &str,
 ) -> Result<(), DatabaseError> {
-    let list = etcdctl(ctx, db, via, &["member", "list", "-w", "json"]).await?;
+    let list = etcdctl(ctx, via, &["member", "list", "-w", "json"]).await?;
     if let Some(id) = etcd_member_id(&list, peer_url) {
-        etcdctl(ctx, db, via, &["member", "remove", &id]).await?;
+        etcdctl(ctx, via, &["member", "remove", &id]).await?;
     }
     Ok(())
 }
@@ -142,12 +138,12 @@ impl Membership for EtcdMembership {
         let new = joined.last().ok_or(DatabaseError::NothingToAdd)?;
         let peer = spec::peer_url(db, new);
         // A member left over by a failed attempt is removed first.
-        etcd_remove_member(ctx, db, via, &peer).await?;
+        etcd_remove_member(ctx, via, &peer).await?;
         let peer_flag = format!("--peer-urls={peer}");
         let add = ["member", "add", new.name.as_str(), peer_flag.as_str()];
         let start = std::time::Instant::now();
         let out = loop {
-            match etcdctl(ctx, db, via, &add).await {
+            match etcdctl(ctx, via, &add).await {
                 Ok(out) => break out,
                 Err(DatabaseError::Etcdctl {
                     failure: EtcdctlFailure::UnhealthyCluster,
@@ -183,7 +179,7 @@ impl Membership for EtcdMembership {
         gone: &Server,
         _stay: &[Server],
     ) -> Result<(), DatabaseError> {
-        etcd_remove_member(ctx, db, via, &spec::peer_url(db, gone)).await
+        etcd_remove_member(ctx, via, &spec::peer_url(db, gone)).await
     }
 }
 

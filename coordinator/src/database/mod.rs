@@ -241,14 +241,14 @@ pub fn to_create(flavor: &dyn spec::Flavor, health: &[ServerHealth]) -> Vec<usiz
         .collect()
 }
 
-/// Each server's peer certificate, by service name, when `[database]
-/// peer_tls` is on (none when off).
+/// Each server's certificate, by service name, when the flavour needs one
+/// (`[database] peer_tls`, and etcd's client TLS with `auth`).
 fn peer_tls(
     ctx: &dyn ClusterContext,
     db: &DatabaseConfig,
     servers: &[Server],
 ) -> Result<HashMap<String, PeerTls>, RecordError> {
-    if !db.peer_tls {
+    if !spec::flavor(db.kind).needs_certificates(db) {
         return Ok(HashMap::new());
     }
     servers
@@ -643,6 +643,26 @@ mod tests {
             "{}",
             apart.servers[1].error
         );
+        // One of three down: the other two still see each other and count.
+        let three: &Vec<Server> = &(1..=3)
+            .map(|i| Server {
+                index: i,
+                name: format!("rethinkdb-{i}"),
+                host: format!("h{i}"),
+            })
+            .collect();
+        let pair = ["rethinkdb_1", "rethinkdb_2"];
+        let one_down = state_of(
+            flavor.as_ref(),
+            three,
+            &[
+                health(true, true, &pair),
+                health(true, true, &pair),
+                health(false, false, &[]),
+            ],
+            String::new(),
+        );
+        assert_eq!(one_down.connected, 2, "{:?}", one_down.servers);
         // etcd's health is a quorum read already: no such rule.
         let etcd = state_of(
             spec::flavor(DatabaseKind::Etcd).as_ref(),

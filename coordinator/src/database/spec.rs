@@ -57,8 +57,13 @@ pub trait Flavor: Send + Sync {
         server: &Server,
         all: &[Server],
     ) -> Vec<String>;
-    fn env(&self) -> Vec<String> {
+    fn env(&self, _cfg: &DatabaseConfig) -> Vec<String> {
         Vec::new()
+    }
+    /// Whether a server needs certificates from the cluster CA (mounted
+    /// as secrets): for its peers, and for etcd's clients too.
+    fn needs_certificates(&self, cfg: &DatabaseConfig) -> bool {
+        cfg.peer_tls
     }
     /// The command line of a server added to a running cluster, given what
     /// the membership API answered; `None` when this kind cannot scale yet.
@@ -142,7 +147,20 @@ pub fn peer_url(cfg: &DatabaseConfig, server: &Server) -> String {
 /// dials from, and with a virtual IP the service name resolves to the VIP,
 /// not to that address.
 pub fn peer_names(server_name: &str) -> Vec<String> {
-    vec![server_name.to_string(), format!("tasks.{server_name}")]
+    // 127.0.0.1 too: etcd's clients inside the server's container (its
+    // health checks and `etcdctl`) and through `ctl tunnel` (which enters
+    // the container) reach it at its loopback.
+    vec![
+        server_name.to_string(),
+        format!("tasks.{server_name}"),
+        "127.0.0.1".to_string(),
+    ]
+}
+
+/// The scheme of etcd's client URLs: https (client certificates checked)
+/// when `[database] auth`.
+fn client_scheme(cfg: &DatabaseConfig) -> &'static str {
+    if cfg.auth { "https" } else { "http" }
 }
 
 impl Flavor for Etcd {
@@ -176,9 +194,9 @@ impl Flavor for Etcd {
             "--listen-peer-urls".into(),
             format!("{}://0.0.0.0:{p}", peer_scheme(cfg)),
             "--listen-client-urls".into(),
-            format!("http://0.0.0.0:{c}"),
+            format!("{}://0.0.0.0:{c}", client_scheme(cfg)),
             "--advertise-client-urls".into(),
-            format!("http://{}:{c}", server.name),
+            format!("{}://{}:{c}", client_scheme(cfg), server.name),
             "--initial-advertise-peer-urls".into(),
             peer_url(cfg, server),
             "--initial-cluster".into(),
@@ -211,13 +229,48 @@ impl Flavor for Etcd {
                 apiary_certs::DATABASE_PEER_CN.into(),
             ]);
         }
+        if cfg.auth {
+            // Clients present a certificate from the cluster CA: a
+            // container on the overlay without one gets nothing (`ctl
+            // database credentials` writes one for an operator).
+            etcd.extend([
+                "--cert-file".into(),
+                PeerTls::CERT_FILE.into(),
+                "--key-file".into(),
+                PeerTls::KEY_FILE.into(),
+                "--trusted-ca-file".into(),
+                PeerTls::CA_FILE.into(),
+                "--client-cert-auth".into(),
+            ]);
+        }
         wait_for_names(
             &all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             etcd,
         )
     }
-    fn env(&self) -> Vec<String> {
-        vec!["ETCDCTL_API=3".into()]
+    /// `etcdctl` run in the container (apiary's health checks and
+    /// membership changes, an operator's `docker exec`) finds the local
+    /// server, and with `auth` its client certificate, from here.
+    fn env(&self, cfg: &DatabaseConfig) -> Vec<String> {
+        let mut env = vec![
+            "ETCDCTL_API=3".to_string(),
+            format!(
+                "ETCDCTL_ENDPOINTS={}://127.0.0.1:{}",
+                client_scheme(cfg),
+                cfg.client_port
+            ),
+        ];
+        if cfg.auth {
+            env.extend([
+                format!("ETCDCTL_CACERT={}", PeerTls::CA_FILE),
+                format!("ETCDCTL_CERT={}", PeerTls::CERT_FILE),
+                format!("ETCDCTL_KEY={}", PeerTls::KEY_FILE),
+            ]);
+        }
+        env
+    }
+    fn needs_certificates(&self, cfg: &DatabaseConfig) -> bool {
+        cfg.peer_tls || cfg.auth
     }
     /// A member added with `member add`: the cluster as that call printed
     /// it, state `existing`, and a fresh data directory on the volume (a
@@ -324,9 +377,11 @@ impl Flavor for Rethinkdb {
         8080
     }
     /// A RethinkDB server answers its own queries whether or not it joined
-    /// the others: it counts only when its `server_status` lists all of them.
+    /// the others: it counts only when its `server_status` lists a majority
+    /// of them (a server that never joined sees itself alone; with one
+    /// server down, the others still see each other and count).
     fn not_joined(&self, h: &ServerHealth, expected: usize) -> Option<String> {
-        (h.healthy && h.members.len() < expected).then(|| {
+        (h.healthy && h.members.len() * 2 <= expected && expected > 1).then(|| {
             format!(
                 "sees {} of {expected} servers in server_status (not joined to the others?)",
                 h.members.len()
@@ -456,13 +511,13 @@ pub fn spec_with(
         node: s.host.clone(),
         network: network.to_string(),
         command,
-        env: f.env(),
+        env: f.env(cfg),
         memory_bytes: cfg.memory_bytes,
         volume: format!("{}-{}-data", cfg.volume_prefix, s.index),
         data_dir: f.data_dir().to_string(),
         restart_delay: RESTART_DELAY,
         endpoint_mode,
-        peer_tls: peer_tls.filter(|_| cfg.peer_tls),
+        peer_tls: peer_tls.filter(|_| f.needs_certificates(cfg)),
         admin: admin
             .filter(|_| cfg.auth && f.admin_user().is_some())
             .cloned(),
@@ -550,6 +605,7 @@ mod tests {
         for kind in [DatabaseKind::Etcd, DatabaseKind::Rethinkdb] {
             let mut c = cfg(kind);
             c.peer_tls = false;
+            c.auth = false;
             let all = servers(&c, &hosts());
             for s in specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls, None) {
                 let cmd = s.command.join(" ");
@@ -560,6 +616,48 @@ mod tests {
             }
             assert!(peer_url(&c, &all[0]).starts_with("http://"));
         }
+    }
+
+    #[test]
+    fn etcd_clients_present_a_certificate_from_the_cluster_ca_unless_auth_is_off() {
+        let mut c = cfg(DatabaseKind::Etcd);
+        c.peer_tls = false;
+        let all = servers(&c, &hosts());
+        let s = &specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls, None)[1];
+        let argv = &s.command[4..];
+        for (flag, value) in [
+            ("--listen-client-urls", "https://0.0.0.0:2379"),
+            ("--advertise-client-urls", "https://etcd-2:2379"),
+            ("--cert-file", PeerTls::CERT_FILE),
+            ("--key-file", PeerTls::KEY_FILE),
+            ("--trusted-ca-file", PeerTls::CA_FILE),
+        ] {
+            let at = argv.iter().position(|a| a == flag).expect(flag);
+            assert_eq!(argv[at + 1], value, "{flag}");
+        }
+        assert!(argv.iter().any(|a| a == "--client-cert-auth"));
+        // Peers still in plain text (peer_tls off), but the certificate is
+        // mounted for the clients' side.
+        assert!(peer_url(&c, &all[1]).starts_with("http://"));
+        assert!(s.peer_tls.is_some());
+        // etcdctl in the container finds the server and its certificate.
+        for var in [
+            "ETCDCTL_ENDPOINTS=https://127.0.0.1:2379".to_string(),
+            format!("ETCDCTL_CERT={}", PeerTls::CERT_FILE),
+            format!("ETCDCTL_KEY={}", PeerTls::KEY_FILE),
+            format!("ETCDCTL_CACERT={}", PeerTls::CA_FILE),
+        ] {
+            assert!(s.env.contains(&var), "{var} in {:?}", s.env);
+        }
+        c.auth = false;
+        let open = &specs(&c, "bees", "apiary", &all, EndpointMode::Dnsrr, &tls, None)[1];
+        assert!(
+            open.env
+                .contains(&"ETCDCTL_ENDPOINTS=http://127.0.0.1:2379".to_string())
+        );
+        assert!(!open.command.join(" ").contains("client-cert-auth"));
+        // Its certificate is valid at the loopback the in-container clients use.
+        assert!(peer_names("etcd-2").contains(&"127.0.0.1".to_string()));
     }
 
     fn hosts() -> Vec<String> {
@@ -599,7 +697,7 @@ mod tests {
             "{cmd}"
         );
         assert!(
-            cmd.contains("--advertise-client-urls http://etcd-2:2379"),
+            cmd.contains("--advertise-client-urls https://etcd-2:2379"),
             "{cmd}"
         );
         assert!(

@@ -497,7 +497,30 @@ impl Pki {
 /// beside the peer keys, so a backup carries it like them.
 pub const DATABASE_ADMIN_PASSWORD: &str = "pki/database/admin-password.key";
 
+/// How long a database client certificate is valid: etcd cannot revoke
+/// one, so an operator gets a short-lived one and asks again.
+pub const DATABASE_CLIENT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A database client's certificate, its key and the CA.
+pub struct ClientCertificate {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after_unix: u64,
+}
+
 impl Pki {
+    /// A new database client certificate ([`DATABASE_CLIENT_TTL`]).
+    pub fn database_client(&self) -> Result<ClientCertificate, PkiError> {
+        let (cert, key_pem) = self.ca.issue_database_client(DATABASE_CLIENT_TTL)?;
+        Ok(ClientCertificate {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: cert.pem,
+            key_pem,
+            not_after_unix: unix(cert.not_after),
+        })
+    }
+
     /// The database administrator's credentials: the password is made on
     /// first use (32 letters and digits from the OS's random source, ~190
     /// bits) and kept 0600 in [`DATABASE_ADMIN_PASSWORD`], so every round

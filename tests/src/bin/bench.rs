@@ -107,13 +107,35 @@ enum Cmd {
         hosts: Vec<usize>,
     },
     /// The main job (root): `coordinator serve` on 4 fresh lab hosts until
-    /// etcd is 4/4 healthy, alternating with the hand recipe doing the same
-    /// steps (tests/bench/hand-recipe-etcd.sh), `runs` times each; medians
-    /// and their ratio.
+    /// the database is 4/4 healthy, alternating with the hand recipe doing
+    /// the same steps (tests/bench/hand-recipe-KIND.sh), `runs` times each;
+    /// medians and their ratio.
     Database {
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// etcd (lab/etcd:1, built by the lab) or rethinkdb (the real
+        /// 2.4.4 server from --rethinkdb-archive).
+        #[arg(long, value_enum, default_value = "etcd")]
+        kind: BenchDatabase,
+        /// The RethinkDB image archive (a docker save of rethinkdb:2.4).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/rethinkdb/rethinkdb-2.4.4.tar"))]
+        rethinkdb_archive: std::path::PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchDatabase {
+    Etcd,
+    Rethinkdb,
+}
+
+impl BenchDatabase {
+    fn name(self) -> &'static str {
+        match self {
+            BenchDatabase::Etcd => "etcd",
+            BenchDatabase::Rethinkdb => "rethinkdb",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -369,7 +391,11 @@ fn main() -> anyhow::Result<()> {
             transports,
         } => docker_bench(calls, loads, image_mb, &transports)?,
         Cmd::Agent { duration } => println!("{}", agent_footprint(duration)?),
-        Cmd::Database { runs } => println!("{}", database_bench(runs)?),
+        Cmd::Database {
+            runs,
+            kind,
+            rethinkdb_archive,
+        } => println!("{}", database_bench(runs, kind, &rethinkdb_archive)?),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -1331,19 +1357,30 @@ fn lab(n: usize) -> anyhow::Result<String> {
     ))
 }
 
-/// One apiary bring-up to a healthy 4-server etcd: seconds from spawning
-/// `coordinator serve` to `ctl status` saying healthy.
-fn apiary_database_once() -> anyhow::Result<f64> {
+/// One apiary bring-up to a healthy 4-server database: seconds from
+/// spawning `coordinator serve` to `ctl status` saying healthy.
+fn apiary_database_once(kind: BenchDatabase, archive: &std::path::Path) -> anyhow::Result<f64> {
     let _serial = apiary_tests::LAB_SERIAL
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let mut lab = apiary_tests::LabCluster::new("benchdb", 4, "\n[database]\nkind = \"etcd\"\n");
+    let database = match kind {
+        BenchDatabase::Etcd => "\n[database]\nkind = \"etcd\"\n".to_string(),
+        BenchDatabase::Rethinkdb => format!(
+            "\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{}\"\n",
+            archive.display()
+        ),
+    };
+    let mut lab = apiary_tests::LabCluster::new("benchdb", 4, &database);
     let start = Instant::now();
     lab.start();
-    eventually("etcd 4/4 healthy", Duration::from_secs(300), || {
-        let s = lab.status()?;
-        (s["database"]["healthy"] == true).then_some(())
-    });
+    eventually(
+        &format!("{} 4/4 healthy", kind.name()),
+        Duration::from_secs(300),
+        || {
+            let s = lab.status()?;
+            (s["database"]["healthy"] == true).then_some(())
+        },
+    );
     let took = start.elapsed().as_secs_f64();
     lab.stop();
     let out = lab.teardown();
@@ -1355,14 +1392,16 @@ fn apiary_database_once() -> anyhow::Result<f64> {
     Ok(took)
 }
 
-/// One run of the hand recipe: its own "etcd 4/4 healthy" time.
-fn hand_database_once() -> anyhow::Result<f64> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/hand-recipe-etcd.sh");
+/// One run of the hand recipe: its own "4/4" time.
+fn hand_database_once(kind: BenchDatabase, archive: &std::path::Path) -> anyhow::Result<f64> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("bench/hand-recipe-{}.sh", kind.name()));
     // The recipe makes namespaces and bridges of its own: under the lab lock.
     let out = Command::new("flock")
         .arg(apiary_lab::plan::DEFAULT_RUN_BASE.to_string() + "/lab.lock")
         .arg("bash")
         .arg(&script)
+        .arg(archive)
         .output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -1371,23 +1410,35 @@ fn hand_database_once() -> anyhow::Result<f64> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find(|l| l.ends_with("etcd 4/4 healthy"))
+        .find(|l| l.contains(" 4/4 "))
         .and_then(|l| l.strip_prefix("HAND ")?.split(' ').next()?.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("the hand recipe printed no healthy time"))
 }
 
-fn database_bench(runs: usize) -> anyhow::Result<String> {
+fn database_bench(
+    runs: usize,
+    kind: BenchDatabase,
+    archive: &std::path::Path,
+) -> anyhow::Result<String> {
+    if kind == BenchDatabase::Rethinkdb {
+        anyhow::ensure!(
+            archive.is_file(),
+            "--rethinkdb-archive {}: no such file (../shared/rethinkdb/README.md says how it is built)",
+            archive.display()
+        );
+    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (mut ours, mut hand) = (Vec::new(), Vec::new());
-    let mut table = String::from(
-        "| run | apiary: serve → etcd 4/4 healthy | hand recipe | ratio |\n|---:|---:|---:|---:|\n",
+    let mut table = format!(
+        "| run | apiary: serve → {} 4/4 healthy | hand recipe | ratio |\n|---:|---:|---:|---:|\n",
+        kind.name()
     );
     for run in 1..=runs.max(1) {
-        let a = apiary_database_once()?;
-        let h = hand_database_once()?;
+        let a = apiary_database_once(kind, archive)?;
+        let h = hand_database_once(kind, archive)?;
         table.push_str(&format!("| {run} | {a:.1} s | {h:.1} s | {:.2} |\n", a / h));
         eprintln!("run {run}: apiary {a:.1} s, hand {h:.1} s");
         ours.push(a);
