@@ -1179,3 +1179,84 @@ fn json_logs_are_one_object_per_line_and_lines_about_a_host_name_it() {
         agent.log_text()
     );
 }
+
+#[test]
+fn database_credentials_are_a_password_or_a_short_lived_certificate_and_refused_without_a_database()
+{
+    // RethinkDB: the generated admin password, the same on every call and
+    // across a restart, written 0600 with --out.
+    let mut c = Coordinator::start("\n[swarm]\n[database]\nkind = \"rethinkdb\"");
+    let out = c.ctl(&["database", "credentials", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["kind"].as_str(), v["user"].as_str()),
+        (Some("rethinkdb"), Some("admin"))
+    );
+    let password = v["password"].as_str().expect("password").to_string();
+    assert!(password.len() == 32 && password.chars().all(|ch| ch.is_ascii_alphanumeric()));
+    c.restart();
+    let out = c.ctl(&["database", "credentials"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with(&format!("user: admin\npassword: {password}\n")),
+        "{text}"
+    );
+
+    // etcd: a client certificate from the cluster CA, new on every call;
+    // without --out (or --json) the command says how to get it.
+    let c = Coordinator::start("\n[swarm]\n[database]\nkind = \"etcd\"");
+    let out = c.ctl(&["database", "credentials"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--out DIR"), "{}", stderr(&out));
+    let dir = c.dir.path().join("creds");
+    let out = c.ctl(&[
+        "database",
+        "credentials",
+        "--out",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, subject) = apiary_tests::sh(&[
+        "openssl",
+        "x509",
+        "-noout",
+        "-subject",
+        "-in",
+        dir.join("client.pem").to_str().expect("utf-8"),
+    ]);
+    assert!(
+        ok && subject.contains("apiary database client"),
+        "{subject}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("client.key"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = c.ctl(&["database", "credentials", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    let first = std::fs::read_to_string(dir.join("client.pem")).expect("cert");
+    assert_ne!(
+        v["cert_pem"].as_str(),
+        Some(first.as_str()),
+        "a new certificate per call"
+    );
+
+    // No database, or auth turned off: refused (exit 1), saying why.
+    for (extra, why) in [
+        ("", "no [database] section"),
+        (
+            "\n[swarm]\n[database]\nkind = \"etcd\"\nauth = false",
+            "auth = false",
+        ),
+    ] {
+        let c = Coordinator::start(extra);
+        let out = c.ctl(&["database", "credentials"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
+}

@@ -46,9 +46,7 @@ pub fn status(coord: &Coordinator) -> Result<StatusResponse, StoreError> {
             .swarm
             .as_ref()
             .and_then(|s| s.database.as_ref())
-            .is_some_and(|d| {
-                d.auth && crate::database::spec::flavor(d.kind).admin_user().is_some()
-            }),
+            .is_some_and(|d| d.auth),
     })
 }
 
