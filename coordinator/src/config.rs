@@ -87,6 +87,7 @@ struct RawDatabase {
     image_archive: Option<PathBuf>,
     peer_tls: Option<bool>,
     auth: Option<bool>,
+    spread_tables: Option<bool>,
 }
 
 /// The clustered database on the overlay (`[database]`): one server per host
@@ -114,6 +115,10 @@ pub struct DatabaseConfig {
     /// password apiary generates (`ctl database credentials` shows it), so
     /// a container on the overlay without it gets nothing.
     pub auth: bool,
+    /// RethinkDB: when a server joins, move table replicas onto it until it
+    /// holds about as many as the others (primaries stay; default off:
+    /// where tables live is the operator's call).
+    pub spread_tables: bool,
     /// Lab: a `docker save` archive of `image` loaded into every engine
     /// (relative to the config file).
     pub image_archive: Option<PathBuf>,
@@ -776,6 +781,7 @@ impl ConfigText<'_> {
             peer_port: db.peer_port.unwrap_or(peer),
             peer_tls: db.peer_tls.unwrap_or(true),
             auth: db.auth.unwrap_or(true),
+            spread_tables: db.spread_tables.unwrap_or(false),
             image_archive: db.image_archive.map(|a| {
                 if a.is_relative() {
                     self.path.parent().unwrap_or(Path::new(".")).join(a)

@@ -11,6 +11,7 @@ Commands:
                          create test.TABLE and insert DOCS documents, wait ready
     count TABLE          print the document count (majority read)
     drop TABLE           drop test.TABLE
+    replicas TABLE       print the servers holding test.TABLE's replicas
     read-until STOPFILE TABLE
                          majority-read the count every 200 ms until STOPFILE
                          exists, retrying a failed read every 100 ms as an
@@ -76,6 +77,10 @@ def main():
     elif command == "count":
         (table,) = args
         print(r.db("test").table(table, read_mode="majority").count().run(conn))
+    elif command == "replicas":
+        (table,) = args
+        config = r.db("test").table(table).config().run(conn)
+        print(" ".join(sorted({s for shard in config["shards"] for s in shard["replicas"]})))
     elif command == "drop":
         (table,) = args
         r.db("test").table_drop(table).run(conn)

@@ -415,12 +415,12 @@ impl LabCluster {
         self.state.join("admin.conf")
     }
 
-    /// `ctl status --json`, or None while the coordinator is not answering.
     /// `ctl ARGS` with this lab's admin.conf.
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl_with(&self.admin_conf(), args)
     }
 
+    /// `ctl status --json`, or None while the coordinator is not answering.
     pub fn status(&self) -> Option<Value> {
         if !self.admin_conf().exists() {
             return None;
@@ -481,6 +481,13 @@ impl LabCluster {
             .arg(&self.state)
             .output()
             .expect("teardown")
+    }
+
+    /// Kills the coordinator with SIGKILL (by its PID), as a crash would.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut p) = self.coordinator.take() {
+            p.kill9();
+        }
     }
 
     pub fn stop(&mut self) {

@@ -1514,7 +1514,7 @@ fn rethinkdb_forms_on_four_hosts_when_an_image_archive_is_supplied() {
         "labrdb",
         4,
         &format!(
-            "\n[swarm]\nchecks_interval = \"3s\"\n\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{archive}\"\n"
+            "\n[swarm]\nchecks_interval = \"3s\"\n\n[database]\nkind = \"rethinkdb\"\nimage_archive = \"{archive}\"\nspread_tables = true\n"
         ),
     );
     let started = std::time::Instant::now();
@@ -1667,6 +1667,9 @@ fn rethinkdb_is_authenticated_and_keeps_its_tables(lab: &LabCluster) {
         assert!(said.contains("tables 1/1 ready"), "{said}");
     }
     std::fs::write(&stop, b"").expect("stop file");
+    // Scaled back up with `spread_tables`: rethinkdb-4 holds replicas again.
+    let (ok, holders) = rethinkdb_client("127.0.0.1", driver, &password, &["replicas", "docs"]);
+    assert!(ok && holders.contains("rethinkdb_4"), "{holders}");
     let (ok, reads) = reader.join().expect("reader");
     assert!(ok, "{reads}");
     eprintln!("reads through database=3 and =4: {reads}");
@@ -2413,6 +2416,95 @@ fn b64(s: &str) -> String {
         }
     }
     out
+}
+
+#[test]
+fn a_coordinator_killed_mid_reboot_finishes_the_host_at_hand_and_reboots_no_other() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = LabCluster::new(
+        "labrebootkill",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    lab.start();
+    eventually("etcd 4/4 healthy", Duration::from_secs(900), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    let (first, second) = (lab.hosts[1].clone(), lab.hosts[2].clone());
+    let events_file = lab.dir.path().join("events.jsonl");
+    let mut events = std::process::Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .args(["events", "--json"])
+        .stdout(std::fs::File::create(&events_file).expect("events file"))
+        .spawn()
+        .expect("ctl events");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reboot = std::process::Command::new(bin("ctl"));
+    reboot
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .args(["hosts", "reboot", &first, &second]);
+    let mut reboot = Proc::spawn(reboot, &lab.dir.path().join("reboot.log"));
+    // The first host is drained and power-cycled: its agent is gone.
+    eventually(
+        &format!("{first} down in the reboot"),
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&events_file)
+                .ok()?
+                .lines()
+                .find(|l| l.contains("\"node_down\"") && l.contains(&format!("\"{first}\"")))
+                .map(|_| ())
+        },
+    );
+    lab.kill_coordinator();
+    let _ = events.kill();
+    let _ = events.wait();
+    // The operator's command says the coordinator went away.
+    let code = reboot.wait_exit(Duration::from_secs(30));
+    assert_ne!(code, 0, "ctl hosts reboot with its coordinator killed");
+    // Until the restart, `ctl status` cannot answer; after it, the host at
+    // hand is shown drained until the restarted coordinator finishes it.
+    lab.start();
+    let status = eventually(
+        &format!("{first} back and active after the restart"),
+        Duration::from_secs(300),
+        || {
+            let s = lab.status()?;
+            let n = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["name"] == first.as_str())?
+                .clone();
+            (n["state"] == "ready"
+                && n["swarm_status"] == "ready"
+                && n["swarm_availability"] == "active"
+                && s["database"]["healthy"] == true)
+                .then_some(s)
+        },
+    );
+    let log = lab.log();
+    assert!(
+        log.contains(&format!(
+            "the rolling reboot interrupted at {first} was finished for {first}"
+        )),
+        "{log}"
+    );
+    // The host after it was not rebooted, and every host is active.
+    for n in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(n["swarm_availability"], "active", "{n}");
+    }
+    let rebooted_second = std::fs::read_to_string(&events_file)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("\"node_down\"") && l.contains(&format!("\"{second}\"")));
+    assert!(!rebooted_second, "{second} was rebooted too");
+    // A second `ctl hosts reboot` is accepted: nothing is left in flight.
+    let out = lab.ctl(&["hosts", "reboot", &second]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    lab.stop();
 }
 
 #[test]

@@ -29,6 +29,20 @@ pub trait Membership: Send + Sync {
         joined: &[Server],
     ) -> Result<Vec<String>, DatabaseError>;
 
+    /// After `new` joined and the database is healthy with it: whatever
+    /// the flavour does for a newcomer (RethinkDB with `spread_tables`:
+    /// move replicas onto it). `all` are the members, `new` among them.
+    async fn after_join(
+        &self,
+        _ctx: &dyn ClusterContext,
+        _db: &DatabaseConfig,
+        _via: &Server,
+        _new: &Server,
+        _all: &[Server],
+    ) -> Result<(), DatabaseError> {
+        Ok(())
+    }
+
     /// Takes `gone` out of the membership through `via`, before its service
     /// is removed; `stay` are the servers that remain.
     async fn remove(
@@ -198,6 +212,29 @@ impl Membership for RethinkdbMembership {
         Ok(spec::flavor(db.kind).command(db, ctx.cluster_name(), new, joined))
     }
 
+    /// With `spread_tables`: replicas moved onto `new` from the most loaded
+    /// servers (never a primary), then waited for until every table is ready.
+    async fn after_join(
+        &self,
+        ctx: &dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &Server,
+        new: &Server,
+        all: &[Server],
+    ) -> Result<(), DatabaseError> {
+        if !db.spread_tables {
+            return Ok(());
+        }
+        let flavor = spec::flavor(db.kind);
+        let tables = Tables::new(ctx, db, via)?;
+        let names: Vec<String> = all.iter().map(|s| flavor.member_name(s)).collect();
+        let plan = super::tables::onto(&tables.list().await?, &flavor.member_name(new), &names);
+        tables
+            .place(&plan, &new.name, "spreading a table onto a new server")
+            .await?;
+        tables.wait_moved(&new.name, "").await
+    }
+
     /// Every table with a replica on `gone` is placed on the servers that
     /// stay (refused before any change when one cannot keep its replica
     /// count), then waited for until RethinkDB has moved its data and every
@@ -211,37 +248,76 @@ impl Membership for RethinkdbMembership {
         stay: &[Server],
     ) -> Result<(), DatabaseError> {
         let flavor = spec::flavor(db.kind);
-        let admin = super::admin(ctx, db)?;
-        let list = || {
-            let op = RethinkdbTables {
-                service: via.name.clone(),
-                admin: admin.clone(),
-            };
-            call(ctx.agents(), &via.host, op)
-        };
+        let tables = Tables::new(ctx, db, via)?;
         let leaving = flavor.member_name(gone);
         let staying: Vec<String> = stay.iter().map(|s| flavor.member_name(s)).collect();
-        let plan = super::tables::without(&list().await?, &leaving, &staying)?;
-        for p in &plan {
-            info!(table = %p.table, server = %gone.name, "moving a table off a leaving server");
+        let plan = super::tables::without(&tables.list().await?, &leaving, &staying)?;
+        tables
+            .place(&plan, &gone.name, "moving a table off a leaving server")
+            .await?;
+        tables.wait_moved(&gone.name, &leaving).await
+    }
+}
+
+/// RethinkDB's tables, read and placed through one server's agent.
+struct Tables<'a> {
+    ctx: &'a dyn ClusterContext,
+    via: &'a Server,
+    admin: Option<apiary_api::database::AdminCredentials>,
+}
+
+impl<'a> Tables<'a> {
+    fn new(
+        ctx: &'a dyn ClusterContext,
+        db: &DatabaseConfig,
+        via: &'a Server,
+    ) -> Result<Self, DatabaseError> {
+        Ok(Tables {
+            ctx,
+            via,
+            admin: super::admin(ctx, db)?,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<TableConfig>, DatabaseError> {
+        let op = RethinkdbTables {
+            service: self.via.name.clone(),
+            admin: self.admin.clone(),
+        };
+        Ok(call(self.ctx.agents(), &self.via.host, op).await?)
+    }
+
+    async fn place(
+        &self,
+        plan: &[super::tables::Placement],
+        server: &str,
+        why: &str,
+    ) -> Result<(), DatabaseError> {
+        for p in plan {
+            info!(table = %p.table, server, "{why}");
             let op = RethinkdbPlaceTable {
-                service: via.name.clone(),
-                admin: admin.clone(),
+                service: self.via.name.clone(),
+                admin: self.admin.clone(),
                 table_id: p.table_id.clone(),
                 shards: p.shards.clone(),
             };
-            call(ctx.agents(), &via.host, op).await?;
+            call(self.ctx.agents(), &self.via.host, op).await?;
         }
+        Ok(())
+    }
+
+    /// Waits until every table is ready and none is held by `leaving`
+    /// (a RethinkDB server name; "" when nothing leaves).
+    async fn wait_moved(&self, server: &str, leaving: &str) -> Result<(), DatabaseError> {
         let start = Instant::now();
         loop {
-            let tables: Vec<TableConfig> = list().await?;
-            let waiting = super::tables::still_moving(&tables, &leaving);
+            let waiting = super::tables::still_moving(&self.list().await?, leaving);
             if waiting.is_empty() {
                 return Ok(());
             }
             if start.elapsed() > TABLES_MOVE {
                 return Err(DatabaseError::TablesNotMoved {
-                    server: gone.name.clone(),
+                    server: server.to_string(),
                     within: TABLES_MOVE,
                     waiting: waiting.join(", "),
                 });

@@ -90,8 +90,9 @@ pub enum DatabaseError {
     #[error(transparent)]
     Placement(#[from] tables::PlacementError),
     #[error(
-        "the tables did not move off {server} within {within:?}: still waiting for {waiting}; \
-         nothing was removed (RethinkDB goes on moving them: retry when `ctl status` shows every table ready)"
+        "the tables were not all ready within {within:?} after moving replicas for {server}: still waiting for \
+         {waiting}; the server was not removed (RethinkDB goes on moving them: retry once `ctl status` shows every \
+         table ready)"
     )]
     TablesNotMoved {
         server: String,
@@ -482,6 +483,9 @@ pub async fn scale(
             format!("{} added on {}", new.name, new.host),
         );
         wait_healthy(ctx, &db, &possible[..count], SETTLE).await?;
+        membership
+            .after_join(ctx, &db, &possible[0], new, &possible[..count])
+            .await?;
     }
     while count > n {
         let gone = &possible[count - 1];

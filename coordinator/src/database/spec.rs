@@ -579,6 +579,7 @@ mod tests {
             peer_port: p,
             peer_tls: true,
             auth: true,
+            spread_tables: false,
             image_archive: None,
         }
     }

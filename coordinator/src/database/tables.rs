@@ -151,6 +151,69 @@ fn replace(shard: &ShardConfig, leaving: &str, load: &mut BTreeMap<&str, usize>)
     }
 }
 
+/// Replicas moved onto `joined` (a server that just joined) until it holds
+/// about as many as the others: each step takes a shard without it and
+/// hands it the replica of the most loaded server there that is not the
+/// shard's primary (a primary move would make the shard unavailable for a
+/// moment), while that server holds at least two more than `joined`. Replica
+/// counts and primaries stay as they are.
+pub fn onto(tables: &[TableConfig], joined: &str, servers: &[String]) -> Vec<Placement> {
+    let mut load: BTreeMap<&str, usize> = servers.iter().map(|s| (s.as_str(), 0)).collect();
+    for shard in tables.iter().flat_map(|t| &t.shards) {
+        for r in shard.replicas.iter().chain(&shard.nonvoting_replicas) {
+            if let Some(n) = load.get_mut(r.as_str()) {
+                *n += 1;
+            }
+        }
+    }
+    let mut plan = Vec::new();
+    for t in tables {
+        let mut shards = t.shards.clone();
+        let mut changed = false;
+        for shard in &mut shards {
+            if shard
+                .replicas
+                .iter()
+                .chain(&shard.nonvoting_replicas)
+                .any(|r| r == joined)
+            {
+                continue;
+            }
+            let here = load.get(joined).copied().unwrap_or(0);
+            let donor = shard
+                .replicas
+                .iter()
+                .filter(|r| **r != shard.primary_replica)
+                .filter_map(|r| load.get(r.as_str()).map(|n| (*n, r.clone())))
+                .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+            let Some((n, donor)) = donor else { continue };
+            if n < here + 2 {
+                continue;
+            }
+            for r in &mut shard.replicas {
+                if *r == donor {
+                    *r = joined.to_string();
+                }
+            }
+            if let Some(n) = load.get_mut(donor.as_str()) {
+                *n -= 1;
+            }
+            if let Some(n) = load.get_mut(joined) {
+                *n += 1;
+            }
+            changed = true;
+        }
+        if changed {
+            plan.push(Placement {
+                table_id: t.id.clone(),
+                table: t.full_name(),
+                shards,
+            });
+        }
+    }
+    plan
+}
+
 /// The tables still waiting for their data to move off `leaving`, or to
 /// become ready: `db.table` names.
 pub fn still_moving(tables: &[TableConfig], leaving: &str) -> Vec<String> {
@@ -254,6 +317,42 @@ mod tests {
         let others = ["r1".to_string(), "r2".to_string(), "r4".to_string()];
         let plan = without(&[table("nv", vec![s])], "r3", &others).expect("plan");
         assert_eq!(plan[0].shards[0].nonvoting_replicas, ["r4"]);
+    }
+
+    #[test]
+    fn a_joined_server_takes_replicas_from_the_most_loaded_never_a_primary() {
+        // 3 tables of one shard x 3 replicas on r1..r3 (3 each); r4 joins.
+        let tables = [
+            table("a", vec![shard("r1", &["r1", "r2", "r3"])]),
+            table("b", vec![shard("r2", &["r2", "r3", "r1"])]),
+            table("c", vec![shard("r3", &["r3", "r1", "r2"])]),
+        ];
+        let plan = onto(&tables, "r4", &servers(4));
+        let mut load = BTreeMap::new();
+        for (i, t) in tables.iter().enumerate() {
+            let shards = plan
+                .iter()
+                .find(|p| p.table_id == t.id)
+                .map_or(&t.shards, |p| &p.shards);
+            for s in shards {
+                assert_eq!(s.replicas.len(), 3, "the replica count stays");
+                assert_eq!(
+                    s.primary_replica, t.shards[0].primary_replica,
+                    "primaries stay"
+                );
+                assert!(s.replicas.contains(&s.primary_replica));
+                for r in &s.replicas {
+                    *load.entry(r.clone()).or_insert(0) += 1;
+                }
+            }
+            let _ = i;
+        }
+        // 9 replicas over 4 servers: none holds more than 3 or fewer than 2.
+        assert!(load.values().all(|n| (2..=3).contains(n)), "{load:?}");
+        assert!(load["r4"] >= 2, "{load:?}");
+        // Already balanced: nothing moves.
+        let even = [table("a", vec![shard("r1", &["r1", "r2"])])];
+        assert!(onto(&even, "r3", &servers(3)).is_empty());
     }
 
     #[test]

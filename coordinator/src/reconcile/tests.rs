@@ -30,6 +30,7 @@ fn config(database: Option<DatabaseKind>) -> SwarmConfig {
             peer_port: 2380,
             peer_tls: true,
             auth: true,
+            spread_tables: false,
             image_archive: None,
         }),
     }
@@ -309,6 +310,48 @@ async fn a_leaving_rethinkdb_server_hands_its_tables_over_before_its_service_goe
             .iter()
             .all(|a| a.as_ref().is_some_and(|a| a.user == "admin"))
     );
+}
+
+#[tokio::test]
+async fn with_spread_tables_a_joining_rethinkdb_server_takes_replicas_and_without_it_none() {
+    for spread in [false, true] {
+        let cluster = FakeCluster::new(4);
+        let mut config = config(Some(DatabaseKind::Rethinkdb));
+        if let Some(db) = config.database.as_mut() {
+            db.servers = Some(3);
+            db.spread_tables = spread;
+        }
+        round(&cluster, &config, 0).await.expect("formed");
+        *cluster.agents.tables.lock().expect("lock") = vec![
+            table("a", &["rethinkdb_1", "rethinkdb_2", "rethinkdb_3"]),
+            table("b", &["rethinkdb_2", "rethinkdb_3", "rethinkdb_1"]),
+            table("c", &["rethinkdb_3", "rethinkdb_1", "rethinkdb_2"]),
+        ];
+        crate::database::scale(
+            &cluster,
+            config.database.as_ref(),
+            "apiary",
+            4,
+            Some("h1"),
+            4,
+        )
+        .await
+        .expect("scaled up");
+        let on_new = cluster
+            .agents
+            .tables
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|t| t.shards[0].replicas.clone())
+            .filter(|r| r == "rethinkdb_4")
+            .count();
+        if spread {
+            assert!(on_new >= 2, "the new server holds {on_new} replicas");
+        } else {
+            assert_eq!(on_new, 0, "tables stay where they are unless asked");
+        }
+    }
 }
 
 #[tokio::test]

@@ -121,6 +121,27 @@ enum Cmd {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/rethinkdb/rethinkdb-2.4.4.tar"))]
         rethinkdb_archive: std::path::PathBuf,
     },
+    /// Grow and heal (root), on one 4-host lab with etcd: `ctl scale
+    /// hosts=8 --wait` and back to 4, a rolling `ctl hosts reboot` of the 4
+    /// hosts timed per host and phase from the event stream, and `kills`
+    /// kills of a database server's container, each timed to its
+    /// `database_server_failed` event.
+    Heal {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+    },
+}
+
+/// What `apiary-bench heal` measured.
+struct HealFigures {
+    grow: f64,
+    shrink: f64,
+    reboot_total: f64,
+    /// Per host: (drain and power off, until the agent is back, until the
+    /// host and the database are healthy again), seconds.
+    reboot_phases: Vec<(String, f64, f64, f64)>,
+    /// Kill of a database server's container to its `database_server_failed` event, ms.
+    to_event_ms: Vec<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -396,6 +417,7 @@ fn main() -> anyhow::Result<()> {
             kind,
             rethinkdb_archive,
         } => println!("{}", database_bench(runs, kind, &rethinkdb_archive)?),
+        Cmd::Heal { kills } => println!("{}", heal_table(&heal_bench(kills)?)),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -1450,6 +1472,177 @@ fn database_bench(
         a / h
     ));
     Ok(table)
+}
+
+/// The events `ctl events --json` wrote so far: (at_unix_ms, kind, node).
+fn events_in(file: &Path) -> Vec<(u64, String, String)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| {
+            (
+                e["at_unix_ms"].as_u64().unwrap_or(0),
+                e["kind"].as_str().unwrap_or("").to_string(),
+                e["node"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn heal_bench(kills: usize) -> anyhow::Result<HealFigures> {
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut lab = apiary_tests::LabCluster::new(
+        "benchheal",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    lab.start();
+    let healthy = |lab: &apiary_tests::LabCluster| {
+        eventually("the database healthy", Duration::from_secs(600), || {
+            let s = lab.status()?;
+            (s["database"]["healthy"] == true).then_some(())
+        })
+    };
+    healthy(&lab);
+    let events_file = lab.dir.path().join("events.jsonl");
+    let mut events = Command::new(bin("ctl"))
+        .arg("--config")
+        .arg(lab.admin_conf())
+        .args(["events", "--json"])
+        .stdout(std::fs::File::create(&events_file)?)
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ctl = |args: &[&str]| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let out = lab.ctl(args);
+        anyhow::ensure!(
+            out.status.success(),
+            "ctl {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let grow = ctl(&["scale", "hosts=8", "--wait"])?;
+    eprintln!("hosts 4 -> 8: {grow:.1} s");
+    let shrink = ctl(&["scale", "hosts=4", "--wait"])?;
+    eprintln!("hosts 8 -> 4: {shrink:.1} s");
+    healthy(&lab);
+
+    let reboot_from = unix_ms_now();
+    let reboot_total = ctl(&["hosts", "reboot"])?;
+    eprintln!("rolling reboot of 4 hosts: {reboot_total:.1} s");
+    let seen = events_in(&events_file);
+    let mut reboot_phases = Vec::new();
+    let mut from = reboot_from;
+    for (at, _, node) in seen
+        .iter()
+        .filter(|(at, kind, _)| *at >= reboot_from && kind == "host_rebooted")
+    {
+        let first = |kind: &str| {
+            seen.iter()
+                .find(|(t, k, n)| *t >= from && *t <= *at && k == kind && n == node)
+                .map(|(t, _, _)| *t)
+        };
+        let down = first("node_down").unwrap_or(from);
+        let back = first("node_ready").unwrap_or(down);
+        let s = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+        reboot_phases.push((node.clone(), s(from, down), s(down, back), s(back, *at)));
+        from = *at;
+    }
+
+    let mut to_event_ms = Vec::new();
+    for i in 0..kills {
+        let host = lab.hosts[i % lab.hosts.len()].clone();
+        let socket = lab
+            .node(&host)
+            .and_then(|n| n["docker_socket"].as_str().map(str::to_string))
+            .ok_or_else(|| anyhow::anyhow!("{host} has no docker_socket"))?;
+        let docker = format!("unix://{socket}");
+        let server = lab
+            .node(&host)
+            .and_then(|n| n["database_server"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (ok, container) = apiary_tests::sh(&[
+            "docker",
+            "-H",
+            &docker,
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={server}"),
+        ]);
+        let container = container.lines().next().unwrap_or("").to_string();
+        anyhow::ensure!(
+            ok && !container.is_empty(),
+            "no container of {server} on {host}"
+        );
+        let killed_at = unix_ms_now();
+        anyhow::ensure!(apiary_tests::sh(&["docker", "-H", &docker, "kill", &container]).0);
+        let at = eventually("database_server_failed", Duration::from_secs(30), || {
+            events_in(&events_file)
+                .into_iter()
+                .find(|(t, k, n)| *t >= killed_at && k == "database_server_failed" && *n == host)
+                .map(|(t, _, _)| t)
+        });
+        to_event_ms.push(at.saturating_sub(killed_at));
+        eprintln!(
+            "kill {} on {host}: event after {} ms",
+            i + 1,
+            at.saturating_sub(killed_at)
+        );
+        // Swarm restarts it after its 10 s delay; the next kill waits for it.
+        healthy(&lab);
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    lab.stop();
+    let out = lab.teardown();
+    anyhow::ensure!(
+        out.status.success(),
+        "teardown failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(HealFigures {
+        grow,
+        shrink,
+        reboot_total,
+        reboot_phases,
+        to_event_ms,
+    })
+}
+
+fn heal_table(f: &HealFigures) -> String {
+    let mut out = format!(
+        "| step | seconds |\n|---|---:|\n| `ctl scale hosts=8 --wait` (4 → 8) | {:.1} |\n| `ctl scale hosts=4 --wait` (8 → 4) | {:.1} |\n| `ctl hosts reboot` (4 hosts, one at a time) | {:.1} |\n\n",
+        f.grow, f.shrink, f.reboot_total
+    );
+    out.push_str("| host | drain → power-cycled (agent gone) | → agent back | → host and database healthy, active |\n|---|---:|---:|---:|\n");
+    for (host, a, b, c) in &f.reboot_phases {
+        out.push_str(&format!("| {host} | {a:.1} s | {b:.1} s | {c:.1} s |\n"));
+    }
+    let mut ms = f.to_event_ms.clone();
+    ms.sort_unstable();
+    if !ms.is_empty() {
+        out.push_str(&format!(
+            "\nkill of a database server's container → `database_server_failed`: {} kills, p50 {} ms, max {} ms\n",
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
+        ));
+    }
+    out
 }
 
 fn raise_fd_limit() {
