@@ -1226,6 +1226,49 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
         "etcd served a client without a certificate: {out}"
     );
     eprintln!("etcd to a client without a certificate: {}", out.trim());
+    // The same from a container of its own on the overlay (apiary's probe
+    // container on host 1, entered by its network namespace) with no
+    // certificate at all: nothing.
+    let h2 = lab.hosts[1].clone();
+    let s2 = socket(&h2);
+    let (ok, etcd2_ip) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s2}"),
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        &service_container(&s2, &server_of(&h2)).expect("etcd-2's container"),
+    ]);
+    let etcd2_ip = etcd2_ip.split_whitespace().next().unwrap_or("").to_string();
+    assert!(ok && !etcd2_ip.is_empty(), "etcd-2's overlay address");
+    let (ok, probe_pid) = sh(&[
+        "docker",
+        "-H",
+        &format!("unix://{s1}"),
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &format!("apiary-probe-{h1}"),
+    ]);
+    assert!(ok, "the probe container on {h1}");
+    let (ok, out) = sh_err(&[
+        "nsenter",
+        "-t",
+        probe_pid.trim(),
+        "-n",
+        "etcdctl",
+        &format!("--endpoints=https://{etcd2_ip}:2379"),
+        "--insecure-skip-tls-verify",
+        "--dial-timeout=3s",
+        "--command-timeout=5s",
+        "get",
+        "bees/queen",
+    ]);
+    assert!(
+        !ok,
+        "a container on the overlay read etcd without a certificate: {out}"
+    );
     let out = plain_get(2380);
     assert!(
         !out.contains("etcdserver"),
@@ -1385,11 +1428,21 @@ fn etcd_forms_on_four_hosts_serves_a_key_across_them_and_heals_a_killed_server()
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(table.contains("OOM killed"), "{table}");
     eventually(
-        "database 4/4 after the OOM",
+        "the OOM-killed server restarted and the database 4/4",
         Duration::from_secs(90),
         || {
+            // Swarm starts it again after its 10 s delay: restarted, then
+            // healthy (a status from before the kill would pass at once).
             let s = lab.status()?;
-            (s["database"]["healthy"] == true).then_some(())
+            let n = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["name"] == h2.as_str())?
+                .clone();
+            (n["database_restarts"].as_u64() >= Some(1)
+                && n["database_healthy"] == true
+                && s["database"]["healthy"] == true)
+                .then_some(())
         },
     );
 

@@ -211,6 +211,57 @@ impl FakeAgents {
         }
     }
 
+    /// The database's operations: services on the fake hosts, health from
+    /// them, RethinkDB's tables from [`FakeAgents::tables`].
+    fn database_op(
+        &self,
+        hosts: &mut BTreeMap<String, FakeHost>,
+        node: &str,
+        req: OpRequest,
+    ) -> Result<String, CallError> {
+        match req {
+            OpRequest::EnsureService(s) => {
+                let exists = hosts
+                    .values()
+                    .any(|h| h.services.contains_key(&s.spec.name));
+                if !exists {
+                    let h = hosts.get_mut(node).expect("checked");
+                    h.services.insert(s.spec.name.clone(), s.spec.node.clone());
+                }
+                json(&ServiceState {
+                    name: s.spec.name.clone(),
+                    created: !exists,
+                    matches: true,
+                })
+            }
+            OpRequest::RemoveService(r) => {
+                let mut removed = false;
+                for h in hosts.values_mut() {
+                    removed |= h.services.remove(&r.name).is_some();
+                }
+                json(&Removed { removed })
+            }
+            OpRequest::DatabaseHealth(d) => {
+                let mut health = Self::health(hosts, node, &d.service);
+                if d.service.starts_with("rethinkdb") && health.healthy {
+                    let tables = self.tables.lock().expect("lock");
+                    health.tables = Some(TablesHealth {
+                        total: tables.len(),
+                        ready: tables.iter().filter(|t| t.ready).count(),
+                        unavailable: vec![],
+                    });
+                }
+                json(&health)
+            }
+            OpRequest::RethinkdbTables(_) | OpRequest::RethinkdbPlaceTable(_) => self.tables_op(req),
+            OpRequest::DatabaseExec(_) => json(&ExecOutput {
+                code: 0,
+                output: r#"{"members":[]}"#.into(),
+            }),
+            _ => unreachable!("only database operations"),
+        }
+    }
+
     /// RethinkDB's table operations against [`FakeAgents::tables`].
     fn tables_op(&self, req: OpRequest) -> Result<String, CallError> {
         let mut tables = self.tables.lock().expect("lock");
@@ -338,47 +389,12 @@ impl AgentCalls for FakeAgents {
                     .collect();
                 json(&Self::open_cells(node, &targets))
             }
-            OpRequest::EnsureService(s) => {
-                let exists = hosts
-                    .values()
-                    .any(|h| h.services.contains_key(&s.spec.name));
-                if !exists {
-                    let h = hosts.get_mut(node).expect("checked");
-                    h.services.insert(s.spec.name.clone(), s.spec.node.clone());
-                }
-                json(&ServiceState {
-                    name: s.spec.name.clone(),
-                    created: !exists,
-                    matches: true,
-                })
-            }
-            OpRequest::RemoveService(r) => {
-                let mut removed = false;
-                for h in hosts.values_mut() {
-                    removed |= h.services.remove(&r.name).is_some();
-                }
-                json(&Removed { removed })
-            }
-            OpRequest::DatabaseHealth(d) => {
-                let mut health = Self::health(&hosts, node, &d.service);
-                if d.service.starts_with("rethinkdb") && health.healthy {
-                    let tables = self.tables.lock().expect("lock");
-                    health.tables = Some(TablesHealth {
-                        total: tables.len(),
-                        ready: tables.iter().filter(|t| t.ready).count(),
-                        unavailable: vec![],
-                    });
-                }
-                json(&health)
-            }
-            OpRequest::RethinkdbTables(_) | OpRequest::RethinkdbPlaceTable(_) => {
-                drop(hosts);
-                self.tables_op(req)
-            }
-            OpRequest::DatabaseExec(_) => json(&ExecOutput {
-                code: 0,
-                output: r#"{"members":[]}"#.into(),
-            }),
+            OpRequest::EnsureService(_)
+            | OpRequest::RemoveService(_)
+            | OpRequest::DatabaseHealth(_)
+            | OpRequest::DatabaseExec(_)
+            | OpRequest::RethinkdbTables(_)
+            | OpRequest::RethinkdbPlaceTable(_) => self.database_op(&mut hosts, node, req),
         }
     }
 }
