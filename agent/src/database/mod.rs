@@ -305,6 +305,13 @@ impl Database {
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
+    /// The running container of `service` on this host, or why there is none.
+    async fn running_container(&self, service: &str) -> Result<String, String> {
+        self.local_container(service)
+            .await?
+            .ok_or_else(|| format!("no running container of {service} on {}", self.host))
+    }
+
     /// How the server of `service` on this host answers.
     pub async fn health(
         &self,
@@ -431,10 +438,7 @@ impl Database {
         service: &str,
         admin: Option<&AdminCredentials>,
     ) -> Result<Vec<TableConfig>, String> {
-        let container = self
-            .local_container(service)
-            .await?
-            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        let container = self.running_container(service).await?;
         let mut stream = self.rethinkdb_connect(&container, admin).await?;
         let run = async {
             let config =
@@ -460,10 +464,7 @@ impl Database {
         table_id: &str,
         shards: &[ShardConfig],
     ) -> Result<(), String> {
-        let container = self
-            .local_container(service)
-            .await?
-            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        let container = self.running_container(service).await?;
         let mut stream = self.rethinkdb_connect(&container, admin).await?;
         let term = rethinkdb::place_table_term(table_id, shards);
         let result = tokio::time::timeout(
@@ -501,19 +502,13 @@ impl Database {
     /// main process (whose network namespace [`connect_in_netns`] enters) and
     /// its addresses.
     pub async fn service_container(&self, service: &str) -> Result<ContainerNet, String> {
-        let c = self
-            .local_container(service)
-            .await?
-            .ok_or_else(|| format!("no running container of service {service} on {}", self.host))?;
+        let c = self.running_container(service).await?;
         self.inspect(&c).await
     }
 
     /// Runs `cmd` in the running container of `service` on this host.
     pub async fn exec_in(&self, service: &str, cmd: Vec<String>) -> Result<(i64, String), String> {
-        let c = self
-            .local_container(service)
-            .await?
-            .ok_or_else(|| format!("no running container of {service} on {}", self.host))?;
+        let c = self.running_container(service).await?;
         self.exec(&c, cmd, Duration::from_secs(20)).await
     }
 

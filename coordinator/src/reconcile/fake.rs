@@ -253,7 +253,9 @@ impl FakeAgents {
                 }
                 json(&health)
             }
-            OpRequest::RethinkdbTables(_) | OpRequest::RethinkdbPlaceTable(_) => self.tables_op(req),
+            OpRequest::RethinkdbTables(_) | OpRequest::RethinkdbPlaceTable(_) => {
+                self.tables_op(req)
+            }
             OpRequest::DatabaseExec(_) => json(&ExecOutput {
                 code: 0,
                 output: r#"{"members":[]}"#.into(),

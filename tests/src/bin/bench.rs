@@ -129,6 +129,9 @@ enum Cmd {
     Heal {
         #[arg(long, default_value_t = 20)]
         kills: usize,
+        /// Skip `ctl scale hosts=8` and back, and the rolling reboot.
+        #[arg(long)]
+        kills_only: bool,
     },
 }
 
@@ -417,7 +420,9 @@ fn main() -> anyhow::Result<()> {
             kind,
             rethinkdb_archive,
         } => println!("{}", database_bench(runs, kind, &rethinkdb_archive)?),
-        Cmd::Heal { kills } => println!("{}", heal_table(&heal_bench(kills)?)),
+        Cmd::Heal { kills, kills_only } => {
+            println!("{}", heal_table(&heal_bench(kills, kills_only)?))
+        }
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -1497,7 +1502,7 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn heal_bench(kills: usize) -> anyhow::Result<HealFigures> {
+fn heal_bench(kills: usize, kills_only: bool) -> anyhow::Result<HealFigures> {
     let _serial = apiary_tests::LAB_SERIAL
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -1534,76 +1539,100 @@ fn heal_bench(kills: usize) -> anyhow::Result<HealFigures> {
         );
         Ok(start.elapsed().as_secs_f64())
     };
-    let grow = ctl(&["scale", "hosts=8", "--wait"])?;
-    eprintln!("hosts 4 -> 8: {grow:.1} s");
-    let shrink = ctl(&["scale", "hosts=4", "--wait"])?;
-    eprintln!("hosts 8 -> 4: {shrink:.1} s");
-    healthy(&lab);
-
-    let reboot_from = unix_ms_now();
-    let reboot_total = ctl(&["hosts", "reboot"])?;
-    eprintln!("rolling reboot of 4 hosts: {reboot_total:.1} s");
-    let seen = events_in(&events_file);
+    let (mut grow, mut shrink, mut reboot_total) = (0.0, 0.0, 0.0);
     let mut reboot_phases = Vec::new();
-    let mut from = reboot_from;
-    for (at, _, node) in seen
-        .iter()
-        .filter(|(at, kind, _)| *at >= reboot_from && kind == "host_rebooted")
-    {
-        let first = |kind: &str| {
-            seen.iter()
-                .find(|(t, k, n)| *t >= from && *t <= *at && k == kind && n == node)
-                .map(|(t, _, _)| *t)
-        };
-        let down = first("node_down").unwrap_or(from);
-        let back = first("node_ready").unwrap_or(down);
-        let s = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
-        reboot_phases.push((node.clone(), s(from, down), s(down, back), s(back, *at)));
-        from = *at;
-    }
-
-    let mut to_event_ms = Vec::new();
-    for i in 0..kills {
-        let host = lab.hosts[i % lab.hosts.len()].clone();
-        let socket = lab
-            .node(&host)
-            .and_then(|n| n["docker_socket"].as_str().map(str::to_string))
-            .ok_or_else(|| anyhow::anyhow!("{host} has no docker_socket"))?;
-        let docker = format!("unix://{socket}");
-        let server = lab
-            .node(&host)
-            .and_then(|n| n["database_server"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        let (ok, container) = apiary_tests::sh(&[
-            "docker",
-            "-H",
-            &docker,
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.swarm.service.name={server}"),
-        ]);
-        let container = container.lines().next().unwrap_or("").to_string();
-        anyhow::ensure!(
-            ok && !container.is_empty(),
-            "no container of {server} on {host}"
-        );
-        let killed_at = unix_ms_now();
-        anyhow::ensure!(apiary_tests::sh(&["docker", "-H", &docker, "kill", &container]).0);
-        let at = eventually("database_server_failed", Duration::from_secs(30), || {
-            events_in(&events_file)
-                .into_iter()
-                .find(|(t, k, n)| *t >= killed_at && k == "database_server_failed" && *n == host)
-                .map(|(t, _, _)| t)
-        });
-        to_event_ms.push(at.saturating_sub(killed_at));
-        eprintln!(
-            "kill {} on {host}: event after {} ms",
-            i + 1,
-            at.saturating_sub(killed_at)
-        );
-        // Swarm restarts it after its 10 s delay; the next kill waits for it.
+    if !kills_only {
+        grow = ctl(&["scale", "hosts=8", "--wait"])?;
+        eprintln!("hosts 4 -> 8: {grow:.1} s");
+        shrink = ctl(&["scale", "hosts=4", "--wait"])?;
+        eprintln!("hosts 8 -> 4: {shrink:.1} s");
         healthy(&lab);
+
+        let reboot_from = unix_ms_now();
+        reboot_total = ctl(&["hosts", "reboot"])?;
+        eprintln!("rolling reboot of 4 hosts: {reboot_total:.1} s");
+        let seen = events_in(&events_file);
+        let mut from = reboot_from;
+        for (at, _, node) in seen
+            .iter()
+            .filter(|(at, kind, _)| *at >= reboot_from && kind == "host_rebooted")
+        {
+            let first = |kind: &str| {
+                seen.iter()
+                    .find(|(t, k, n)| *t >= from && *t <= *at && k == kind && n == node)
+                    .map(|(t, _, _)| *t)
+            };
+            let down = first("node_down").unwrap_or(from);
+            let back = first("node_connected").unwrap_or(down);
+            let s = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+            reboot_phases.push((node.clone(), s(from, down), s(down, back), s(back, *at)));
+            from = *at;
+        }
+    }
+    let mut to_event_ms = Vec::new();
+    let kills_result = (|| -> anyhow::Result<()> {
+        for i in 0..kills {
+            let host = lab.hosts[i % lab.hosts.len()].clone();
+            let socket = lab
+                .node(&host)
+                .and_then(|n| n["docker_socket"].as_str().map(str::to_string))
+                .ok_or_else(|| anyhow::anyhow!("{host} has no docker_socket"))?;
+            let docker = format!("unix://{socket}");
+            let server = lab
+                .node(&host)
+                .and_then(|n| n["database_server"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let (ok, container) = apiary_tests::sh(&[
+                "docker",
+                "-H",
+                &docker,
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={server}"),
+            ]);
+            let container = container.lines().next().unwrap_or("").to_string();
+            anyhow::ensure!(
+                ok && !container.is_empty(),
+                "no container of {server} on {host}"
+            );
+            let killed_at = unix_ms_now();
+            anyhow::ensure!(apiary_tests::sh(&["docker", "-H", &docker, "kill", &container]).0);
+            let at = eventually("database_server_failed", Duration::from_secs(30), || {
+                events_in(&events_file)
+                    .into_iter()
+                    .find(|(t, k, n)| {
+                        *t >= killed_at && k == "database_server_failed" && *n == host
+                    })
+                    .map(|(t, _, _)| t)
+            });
+            to_event_ms.push(at.saturating_sub(killed_at));
+            eprintln!(
+                "kill {} on {host}: event after {} ms",
+                i + 1,
+                at.saturating_sub(killed_at)
+            );
+            // Swarm restarts it after its 10 s delay; the next kill waits
+            // for that, then for a health round after it (the status from
+            // before the kill said healthy too).
+            eventually("database_server_restarted", Duration::from_secs(60), || {
+                events_in(&events_file)
+                    .into_iter()
+                    .find(|(t, k, n)| *t >= at && k == "database_server_restarted" && *n == host)
+            });
+            std::thread::sleep(Duration::from_secs(3));
+            healthy(&lab);
+        }
+        Ok(())
+    })();
+    if let Err(e) = kills_result {
+        let log = lab.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("coordinator log, last lines:");
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+        return Err(e);
     }
     let _ = events.kill();
     let _ = events.wait();
@@ -1628,7 +1657,7 @@ fn heal_table(f: &HealFigures) -> String {
         "| step | seconds |\n|---|---:|\n| `ctl scale hosts=8 --wait` (4 → 8) | {:.1} |\n| `ctl scale hosts=4 --wait` (8 → 4) | {:.1} |\n| `ctl hosts reboot` (4 hosts, one at a time) | {:.1} |\n\n",
         f.grow, f.shrink, f.reboot_total
     );
-    out.push_str("| host | drain → power-cycled (agent gone) | → agent back | → host and database healthy, active |\n|---|---:|---:|---:|\n");
+    out.push_str("| host | drained and power-cycled (agent gone) | → agent connected again | → host config ok, Swarm ready, database healthy, active |\n|---|---:|---:|---:|\n");
     for (host, a, b, c) in &f.reboot_phases {
         out.push_str(&format!("| {host} | {a:.1} s | {b:.1} s | {c:.1} s |\n"));
     }
