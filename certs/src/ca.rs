@@ -319,6 +319,35 @@ pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .map(|c| c.to_vec())
 }
 
+/// The DNS names and IP addresses a PEM certificate is valid for (its
+/// subject alternative names, IPs written as text); `None` when it does not
+/// parse.
+pub fn certificate_names(pem: &str) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let der = pem_to_der(pem)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let Ok(Some(san)) = x509.subject_alternative_name() else {
+        return Some(Vec::new());
+    };
+    Some(
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +431,20 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(sans, ["DNSName(etcd-2)", "DNSName(tasks.etcd-2)"]);
+        assert_eq!(
+            certificate_names(&cert.pem).expect("parses"),
+            ["etcd-2", "tasks.etcd-2"]
+        );
+        let (with_ip, _) = ca
+            .issue_database_peer(
+                &["etcd-2".into(), "127.0.0.1".into()],
+                Duration::from_secs(60),
+            )
+            .expect("issue");
+        assert_eq!(
+            certificate_names(&with_ip.pem).expect("parses"),
+            ["etcd-2", "127.0.0.1"]
+        );
         // An agent's certificate from the same CA never has that name.
         let (_k, csr) = new_key_and_csr("x").expect("csr");
         let agent = ca

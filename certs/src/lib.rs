@@ -26,7 +26,7 @@ mod tls;
 mod token;
 
 pub use admin_conf::{AdminConf, AdminConfError};
-pub use ca::{ClusterCa, DATABASE_CLIENT_CN, DATABASE_PEER_CN, IssuedCert};
+pub use ca::{ClusterCa, DATABASE_CLIENT_CN, DATABASE_PEER_CN, IssuedCert, certificate_names};
 pub use error::CertError;
 pub use files::write_private;
 pub use identity::{Identity, new_key_and_csr};

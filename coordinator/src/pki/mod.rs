@@ -456,7 +456,8 @@ impl Pki {
     /// issued by the cluster CA on first use and kept in
     /// `state_dir/pki/database/` (the key 0600), so every round asks Swarm
     /// for the same secrets and the service's spec stays the same across
-    /// restarts. Valid for [`DATABASE_PEER_TTL`].
+    /// restarts; one that does not cover every name in `names` is issued
+    /// again. Valid for [`DATABASE_PEER_TTL`].
     pub fn database_peer_tls(&self, service: &str, names: &[String]) -> Result<PeerTls, PkiError> {
         let dir = self.dir.join("pki").join("database");
         let (cert_path, key_path) = (
@@ -470,6 +471,18 @@ impl Pki {
         };
         let kept = std::fs::read_to_string(&cert_path)
             .and_then(|c| Ok((c, std::fs::read_to_string(&key_path)?)));
+        // A certificate kept from an earlier version may lack a name this
+        // one needs (127.0.0.1, for etcd's clients inside the container):
+        // such a one is issued again, as if it were not there.
+        let kept = kept.and_then(|(cert, key)| {
+            let covers = apiary_certs::certificate_names(&cert)
+                .is_some_and(|has| names.iter().all(|n| has.contains(n)));
+            if covers {
+                Ok((cert, key))
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+            }
+        });
         let (cert_pem, key_pem) = match kept {
             Ok(kept) => kept,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -581,6 +594,38 @@ fn new_token_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kept peer certificates are reused, unless an earlier version issued
+    /// one without a name this one needs; the admin password is kept too.
+    #[tokio::test]
+    async fn database_material_is_kept_and_a_certificate_missing_a_name_is_issued_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = ClusterConfig::parse(
+            Path::new("cluster.toml"),
+            "[cluster]\nname = \"t\"\n[provider]\nkind = \"manual\"\n",
+        )
+        .expect("config");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
+        let old_names = ["etcd-1".to_string(), "tasks.etcd-1".to_string()];
+        let old = pki.database_peer_tls("etcd-1", &old_names).expect("issue");
+        assert_eq!(pki.database_peer_tls("etcd-1", &old_names).expect("kept"), old);
+        let names = crate::database::spec::peer_names("etcd-1");
+        let new = pki.database_peer_tls("etcd-1", &names).expect("issued again");
+        assert_ne!(new.cert_pem, old.cert_pem);
+        let has = apiary_certs::certificate_names(&new.cert_pem).expect("parses");
+        assert!(has.contains(&"127.0.0.1".to_string()), "{has:?}");
+        assert_eq!(pki.database_peer_tls("etcd-1", &names).expect("kept"), new);
+
+        let admin = pki.database_admin("admin").expect("made");
+        assert_eq!(pki.database_admin("admin").expect("kept"), admin);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(DATABASE_ADMIN_PASSWORD))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     /// After a restore, a node's agent may hold a certificate renewed after
     /// the backup: recorded at its session's start, it is revoked with the
