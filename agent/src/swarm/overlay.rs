@@ -267,13 +267,17 @@ impl SwarmClient {
                     .is_some_and(|n| n.contains_key(network));
                 let same_image =
                     c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(opts.image.as_str());
-                if attached && same_image {
-                    if !running {
-                        self.start_probe(&name).await?;
-                    }
+                if attached && same_image && running {
                     return self.probe_endpoint(&name, network).await;
                 }
-                // Left from another network or image: it is ours (by name), replace it.
+                // Left from another network or image, or stopped (its host
+                // was power-cycled): it is ours (by name), replace it. A
+                // stopped container is never started again as it is: it
+                // would come back with the overlay address it had, which
+                // Swarm may have handed to another task meanwhile (seen
+                // after a lab power cycle: two probes and etcd-1 on one
+                // address, and etcd-3 dialling its own host's probe); a new
+                // container gets a new attachment.
                 self.remove_probe().await?;
             }
             Err(e) if server_message(&e).is_some_and(|(s, _)| s == 404) => {}
