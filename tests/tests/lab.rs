@@ -2606,7 +2606,6 @@ fn a_coordinator_killed_mid_reboot_finishes_the_host_at_hand_and_reboots_no_othe
 }
 
 #[test]
-#[ignore = "flaky: in 1 of 3 runs (a fresh-clone CI run) a rebooted host's etcd server was not healthy again within 300 s; not yet understood. Run with --ignored"]
 fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let lab = etcd_lab_up("labreboot");

@@ -609,9 +609,14 @@ mod tests {
         let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
         let old_names = ["etcd-1".to_string(), "tasks.etcd-1".to_string()];
         let old = pki.database_peer_tls("etcd-1", &old_names).expect("issue");
-        assert_eq!(pki.database_peer_tls("etcd-1", &old_names).expect("kept"), old);
+        assert_eq!(
+            pki.database_peer_tls("etcd-1", &old_names).expect("kept"),
+            old
+        );
         let names = crate::database::spec::peer_names("etcd-1");
-        let new = pki.database_peer_tls("etcd-1", &names).expect("issued again");
+        let new = pki
+            .database_peer_tls("etcd-1", &names)
+            .expect("issued again");
         assert_ne!(new.cert_pem, old.cert_pem);
         let has = apiary_certs::certificate_names(&new.cert_pem).expect("parses");
         assert!(has.contains(&"127.0.0.1".to_string()), "{has:?}");
