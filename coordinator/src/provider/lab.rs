@@ -40,10 +40,6 @@ pub struct LabProvider {
     image_archives: Vec<PathBuf>,
     /// `[tunnel] allow`, passed to every agent.
     tunnel_allow: Vec<String>,
-    /// Hosts being power-cycled: supervision leaves them alone (it would
-    /// start a second dockerd beside the cycle's own, and one of them
-    /// exits: "dockerd exited while starting").
-    cycling: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl LabProvider {
@@ -97,7 +93,6 @@ impl LabProvider {
             etcd_image: config.etcd_image,
             image_archives: config.image_archives.clone(),
             tunnel_allow: Vec::new(),
-            cycling: Default::default(),
         })
     }
 
@@ -405,9 +400,6 @@ impl LabProvider {
             tick.tick().await;
             let lab = self.lab();
             for h in lab.hosts() {
-                if self.is_cycling(&h.name) {
-                    continue;
-                }
                 if lab.process_pid(h, "dockerd").is_none() {
                     warn!(node = %h.name, "engine is down; restarting it");
                     match lab.ensure_host(h).await {
@@ -436,35 +428,7 @@ pub struct LabScaler {
     pub progress: Progress,
 }
 
-/// Marks a host as being power-cycled until dropped.
-struct Cycling<'a> {
-    provider: &'a LabProvider,
-    host: String,
-}
-
-impl Drop for Cycling<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.provider.cycling.lock() {
-            set.remove(&self.host);
-        }
-    }
-}
-
 impl LabProvider {
-    fn is_cycling(&self, host: &str) -> bool {
-        self.cycling.lock().is_ok_and(|set| set.contains(host))
-    }
-
-    fn start_cycling(&self, host: &str) -> Cycling<'_> {
-        if let Ok(mut set) = self.cycling.lock() {
-            set.insert(host.to_string());
-        }
-        Cycling {
-            provider: self,
-            host: host.to_string(),
-        }
-    }
-
     /// Replaces the plan (what supervision keeps running).
     fn replan(&self, coordinator: &Coordinator, lab: Lab) {
         *self.lab.write().unwrap_or_else(|p| p.into_inner()) = lab;
@@ -529,8 +493,6 @@ impl crate::scale::HostProvider for LabScaler {
             .host(node)
             .cloned()
             .ok_or_else(|| format!("{node} is not one of the lab's hosts"))?;
-        // Supervision waits until the host is whole again.
-        let _cycling = p.start_cycling(node);
         lab.power_cycle(&host).await.map_err(|e| e.to_string())?;
         let token = coordinator.pki.current_token().token;
         p.start_agent(&host, self.endpoint, &token)
