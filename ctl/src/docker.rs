@@ -75,7 +75,11 @@ pub fn runtime_dir() -> Result<PathBuf, CtlError> {
 
 fn private_dir(dir: &Path) -> Result<(), CtlError> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
+        // Exactly 0700 whatever the umask is (the mode above is masked by
+        // it, and `bind_private` narrows the process's umask while it binds,
+        // which another thread may be doing right now).
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CtlError::Failed(format!("cannot make {} private: {e}", dir.display())))?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => {
             return Err(CtlError::Failed(format!(
