@@ -595,10 +595,9 @@ fn new_token_record(
 mod tests {
     use super::*;
 
-    /// Kept peer certificates are reused, unless an earlier version issued
-    /// one without a name this one needs; the admin password is kept too.
-    #[tokio::test]
-    async fn database_material_is_kept_and_a_certificate_missing_a_name_is_issued_again() {
+    /// A new state directory (kept alive by the returned handle), its store
+    /// and a `Pki` with a new CA.
+    async fn fresh_pki() -> (tempfile::TempDir, Store, Pki) {
         let dir = tempfile::tempdir().expect("tmp");
         let config = ClusterConfig::parse(
             Path::new("cluster.toml"),
@@ -607,6 +606,14 @@ mod tests {
         .expect("config");
         let store = Store::open(&dir.path().join("state.redb")).expect("store");
         let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
+        (dir, store, pki)
+    }
+
+    /// Kept peer certificates are reused, unless an earlier version issued
+    /// one without a name this one needs; the admin password is kept too.
+    #[tokio::test]
+    async fn database_material_is_kept_and_a_certificate_missing_a_name_is_issued_again() {
+        let (dir, _store, pki) = fresh_pki().await;
         let old_names = ["etcd-1".to_string(), "tasks.etcd-1".to_string()];
         let old = pki.database_peer_tls("etcd-1", &old_names).expect("issue");
         assert_eq!(
@@ -637,14 +644,7 @@ mod tests {
     /// rest when the node is removed.
     #[tokio::test]
     async fn a_certificate_the_store_never_saw_is_recorded_and_revoked_on_removal() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let config = ClusterConfig::parse(
-            Path::new("cluster.toml"),
-            "[cluster]\nname = \"t\"\n[provider]\nkind = \"manual\"\n",
-        )
-        .expect("config");
-        let store = Store::open(&dir.path().join("state.redb")).expect("store");
-        let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
+        let (_dir, store, pki) = fresh_pki().await;
         let token = pki.current_token().token;
         let (_, csr) = apiary_certs::new_key_and_csr("bee-1").expect("csr");
         let enrolled = pki
