@@ -593,9 +593,14 @@ impl Lab {
             .process(pid)
             .map(|p| p.start_time)
             .unwrap_or(0);
+        // Written aside and renamed: a reader (supervision, a second
+        // coordinator, a test) sees the old pidfile or the new one, never an
+        // empty file it would take for a dead process.
         let path = host.pid_file(name);
-        std::fs::write(&path, procs::format_pidfile(pid, start))
-            .map_err(|e| LabError::io("write", &path, e))
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, procs::format_pidfile(pid, start))
+            .map_err(|e| LabError::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io("rename", &path, e))
     }
 
     fn spawn(&self, host: &HostPlan, name: &str, cmd: &Cmd) -> Result<u32, LabError> {

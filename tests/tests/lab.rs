@@ -165,6 +165,27 @@ fn lab_of_four_comes_up_heals_and_tears_down_completely() {
     );
 }
 
+/// Every coordinator log of the lab's runs, oldest first.
+fn coordinator_logs(lab: &LabCluster) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(lab.dir.path())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("coordinator-"))
+    });
+    logs.sort();
+    logs.iter()
+        .map(|p| {
+            format!(
+                "== {}\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn coordinator_killed_during_host_creation_is_adopted_without_duplicates() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,18 +208,43 @@ fn coordinator_killed_during_host_creation_is_adopted_without_duplicates() {
     );
     let (_, netns) = sh(&["ip", "netns", "list"]);
     assert_eq!(netns.matches("labkill.").count(), 4, "{netns}");
-    // One engine and one agent per host.
+    // One live engine and agent per host. A process the kill left half
+    // started may have died since; supervision restarts it within a second
+    // or two, so its pidfile is waited on, not read once.
     for h in &lab.hosts {
-        let dockerd = lab.pid(h, "dockerd").expect("dockerd pidfile");
-        let agent = lab.pid(h, "agent").expect("agent pidfile");
-        assert!(alive(dockerd) && alive(agent), "{h}");
+        for name in ["dockerd", "agent"] {
+            let started = std::time::Instant::now();
+            while !lab.pid(h, name).is_some_and(alive) {
+                if started.elapsed() > Duration::from_secs(15) {
+                    panic!(
+                        "{h}: {name} from its pidfile ({:?}) is not running after 15 s\n{name} log:\n{}\n{}",
+                        lab.pid(h, name),
+                        std::fs::read_to_string(
+                            lab.state
+                                .join("lab")
+                                .join(h)
+                                .join("logs")
+                                .join(format!("{name}.log"))
+                        )
+                        .unwrap_or_else(|e| e.to_string()),
+                        coordinator_logs(&lab)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
     let (_, ps) = sh(&["ps", "-eo", "args"]);
     let agents = ps
         .lines()
         .filter(|l| l.contains("--coordinator") && l.contains(&lab.state.display().to_string()))
         .count();
-    assert_eq!(agents, 4, "duplicate agents:\n{ps}");
+    assert_eq!(
+        agents,
+        4,
+        "duplicate agents:\n{ps}\n{}",
+        coordinator_logs(&lab)
+    );
     lab.stop();
 }
 
