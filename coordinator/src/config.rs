@@ -202,6 +202,7 @@ struct RawCoordinator {
     node_cert_ttl: Option<Spanned<String>>,
     admin_cert_ttl: Option<Spanned<String>>,
     join_token_ttl: Option<Spanned<String>>,
+    host_token_ttl: Option<Spanned<String>>,
     host_recheck_interval: Option<Spanned<String>>,
     agent_binary: Option<Spanned<String>>,
     artifacts_listen: Option<Spanned<String>>,
@@ -242,6 +243,9 @@ pub struct ClusterConfig {
     pub admin_cert_ttl: Duration,
     /// `None`: the join token does not expire (until rotated).
     pub join_token_ttl: Option<Duration>,
+    /// How long a host token (one per host apiary creates, single-use) may
+    /// wait for its host to enroll.
+    pub host_token_ttl: Duration,
     pub provider: ProviderConfig,
     /// What every host must look like (firewall, sysctls, GRUB, daemon.json);
     /// `None`: apiary does not manage host configuration. The lab manages it by
@@ -360,6 +364,7 @@ impl ClusterConfig {
             node_cert_ttl: times.node_cert_ttl,
             admin_cert_ttl: times.admin_cert_ttl,
             join_token_ttl: times.join_token_ttl,
+            host_token_ttl: times.host_token_ttl,
             provider,
             host,
             host_recheck_interval,
@@ -384,6 +389,7 @@ struct CoordinatorTimes {
     node_cert_ttl: Duration,
     admin_cert_ttl: Duration,
     join_token_ttl: Option<Duration>,
+    host_token_ttl: Duration,
 }
 
 impl ConfigText<'_> {
@@ -482,11 +488,18 @@ impl ConfigText<'_> {
             )?),
             None => None,
         };
+        let host_token_ttl = self.duration(
+            &c.host_token_ttl,
+            "coordinator.host_token_ttl",
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )?;
         Ok(CoordinatorTimes {
             heartbeat_interval,
             node_cert_ttl,
             admin_cert_ttl,
             join_token_ttl,
+            host_token_ttl,
         })
     }
 

@@ -19,14 +19,16 @@ const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new(CERTS_TABLE);
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new(REVOKED_TABLE);
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const HOST_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new(HOST_TOKENS_TABLE);
 
 /// Every table, in the order a snapshot lists them.
-const TABLES: [TableDefinition<&str, &[u8]>; 5] = [NODES, CERTS, REVOKED, FACTS, META];
+const TABLES: [TableDefinition<&str, &[u8]>; 6] = [NODES, CERTS, REVOKED, FACTS, META, HOST_TOKENS];
 
 /// Table names as a [`Snapshot`] carries them.
 pub const NODES_TABLE: &str = "nodes";
 pub const CERTS_TABLE: &str = "certs";
 pub const REVOKED_TABLE: &str = "revoked";
+pub const HOST_TOKENS_TABLE: &str = "host_tokens";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -103,6 +105,19 @@ pub struct TokenRecord {
     pub rotated_hashes: Vec<String>,
 }
 
+/// A join token the coordinator made for one host it creates (a droplet, a
+/// lab host): it enrolls that host's name once, before it expires. Keyed by
+/// the hash of its secret; the token itself is never stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostTokenRecord {
+    pub secret_hash: String,
+    pub node: String,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    /// When it enrolled its node; a used token is refused.
+    pub used_unix: Option<u64>,
+}
+
 /// The database server count `ctl scale database=N` set, overriding the
 /// config's until the next scale (a restarted coordinator keeps it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,6 +154,9 @@ pub enum Op {
         encoded: Vec<u8>,
     },
     PutToken(TokenRecord),
+    PutHostToken(HostTokenRecord),
+    /// By secret hash.
+    DeleteHostToken(String),
     PutDatabaseScale(DatabaseScaleRecord),
     PutHostScale(HostScaleRecord),
     /// `None` clears it.
@@ -235,7 +253,7 @@ impl Store {
             },
         })?;
         let txn = db.begin_write()?;
-        for table in [NODES, CERTS, REVOKED, FACTS, META] {
+        for table in TABLES {
             txn.open_table(table)?;
         }
         txn.commit()?;
@@ -303,6 +321,14 @@ impl Store {
 
     pub fn token(&self) -> Result<Option<TokenRecord>, StoreError> {
         self.one(META, TOKEN_KEY)
+    }
+
+    pub fn host_tokens(&self) -> Result<Vec<HostTokenRecord>, StoreError> {
+        self.all(HOST_TOKENS)
+    }
+
+    pub fn host_token(&self, secret_hash: &str) -> Result<Option<HostTokenRecord>, StoreError> {
+        self.one(HOST_TOKENS, secret_hash)
     }
 
     pub fn database_scale(&self) -> Result<Option<DatabaseScaleRecord>, StoreError> {
@@ -455,6 +481,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         let mut revoked = txn.open_table(REVOKED)?;
         let mut facts = txn.open_table(FACTS)?;
         let mut meta = txn.open_table(META)?;
+        let mut host_tokens = txn.open_table(HOST_TOKENS)?;
         for op in ops {
             match op {
                 Op::PutNode(n) => {
@@ -475,6 +502,15 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                 }
                 Op::PutToken(t) => {
                     meta.insert(TOKEN_KEY, encode(TOKEN_KEY, t)?.as_slice())?;
+                }
+                Op::PutHostToken(t) => {
+                    host_tokens.insert(
+                        t.secret_hash.as_str(),
+                        encode(&t.secret_hash, t)?.as_slice(),
+                    )?;
+                }
+                Op::DeleteHostToken(hash) => {
+                    host_tokens.remove(hash.as_str())?;
                 }
                 Op::PutDatabaseScale(d) => {
                     meta.insert(

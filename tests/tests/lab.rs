@@ -248,6 +248,139 @@ fn coordinator_killed_during_host_creation_is_adopted_without_duplicates() {
     lab.stop();
 }
 
+/// A metadata service stand-in beside one lab host, reached from the host
+/// the way a droplet reaches 169.254.169.254: through an interface, so a
+/// container's packets to it are forwarded by the host (not delivered to
+/// it). Made in a namespace of its own, torn down when dropped.
+struct MetadataStandIn {
+    netns: String,
+    server: Option<std::process::Child>,
+}
+
+impl MetadataStandIn {
+    fn beside(host_netns: &str) -> MetadataStandIn {
+        let netns = "labmeta".to_string();
+        let _ = sh(&["ip", "netns", "del", &netns]);
+        let run = |argv: &[&str]| assert!(sh(argv).0, "{argv:?}");
+        run(&["ip", "netns", "add", &netns]);
+        run(&[
+            "ip", "link", "add", "labmeta0", "netns", host_netns, "type", "veth", "peer", "name",
+            "labmeta1", "netns", &netns,
+        ]);
+        let host = |args: &[&str]| {
+            let mut argv = vec!["ip", "netns", "exec", host_netns, "ip"];
+            argv.extend_from_slice(args);
+            run(&argv);
+        };
+        host(&["addr", "add", "169.254.0.1/16", "dev", "labmeta0"]);
+        host(&["link", "set", "labmeta0", "up"]);
+        let meta = |args: &[&str]| {
+            let mut argv = vec!["ip", "netns", "exec", netns.as_str(), "ip"];
+            argv.extend_from_slice(args);
+            run(&argv);
+        };
+        // .254 is the metadata address; .253, on the same wire and the same
+        // server, is the control: forwarded the same way, not blocked.
+        meta(&["addr", "add", "169.254.169.254/16", "dev", "labmeta1"]);
+        meta(&["addr", "add", "169.254.169.253/16", "dev", "labmeta1"]);
+        meta(&["link", "set", "labmeta1", "up"]);
+        meta(&["link", "set", "lo", "up"]);
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "0.0.0.0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        MetadataStandIn {
+            netns,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for MetadataStandIn {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = sh(&["ip", "netns", "del", &self.netns]);
+    }
+}
+
+/// The host firewall's metadata rule: the host reaches 169.254.169.254,
+/// a container on it does not, and the same container reaches the control
+/// address beside it (so routing and NAT work: the rule is what stops it).
+fn containers_cannot_reach_the_metadata_address(lab: &LabCluster, host: &str) {
+    let host_netns = lab.netns(host);
+    let _meta = MetadataStandIn::beside(&host_netns);
+    let from_host = |url: &str| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host_netns,
+            "curl",
+            "-sf",
+            "-m",
+            "3",
+            url,
+        ])
+        .0
+    };
+    eventually(
+        "the stand-in answers the host",
+        Duration::from_secs(20),
+        || from_host("http://169.254.169.254/").then_some(()),
+    );
+    let socket = lab.node(host).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    eventually("busybox loaded", Duration::from_secs(120), || {
+        docker(&socket, &["image", "inspect", "lab/busybox:1"])
+            .0
+            .then_some(())
+    });
+    let from_container = |url: &str| {
+        docker(
+            &socket,
+            &[
+                "run",
+                "--rm",
+                "lab/busybox:1",
+                "wget",
+                "-q",
+                "-T",
+                "3",
+                "-O",
+                "/dev/null",
+                url,
+            ],
+        )
+        .0
+    };
+    assert!(
+        from_container("http://169.254.169.253/"),
+        "a container on {host} cannot reach the control address: the test's path is broken, not the rule"
+    );
+    assert!(
+        !from_container("http://169.254.169.254/"),
+        "a container on {host} reached the metadata address"
+    );
+}
+
 #[test]
 fn host_configuration_is_applied_dry_run_changes_nothing_and_drift_is_repaired() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,6 +410,7 @@ fn host_configuration_is_applied_dry_run_changes_nothing_and_drift_is_repaired()
             "{h}: {t}"
         );
     }
+    containers_cannot_reach_the_metadata_address(&lab, &lab.hosts[0]);
     let node = lab.node(&lab.hosts[1]).expect("node");
     let items: Vec<&str> = node["config_items"]
         .as_array()

@@ -38,6 +38,8 @@ const COMMENT_PREFIX: &str = "apiary spec=";
 /// decide nothing for them (an accept only ends *this* base chain; the
 /// packet still meets every other table's chains).
 const PRIORITY: &str = "filter - 10";
+/// Where clouds serve instance metadata and user_data.
+pub const METADATA_ADDRESS: &str = "169.254.169.254";
 const SWARM_TCP: &str = "{ 2377, 7946 }";
 const SWARM_UDP: &str = "{ 4789, 7946 }";
 
@@ -166,10 +168,23 @@ pub fn render_table(policy: &FirewallPolicy, ifs: &Interfaces, comment: Option<&
     // mesh is covered the same way (DNAT to the ingress sandbox). Anything
     // else arriving on the public side to be forwarded is dropped too:
     // containers are not routable from the public side.
-    let mut forward: Vec<(String, String)> = vec![(
-        format!("{public} ct state established,related accept"),
-        "replies to containers".into(),
-    )];
+    let mut forward: Vec<(String, String)> = vec![
+        // A cloud's metadata service (DigitalOcean's, AWS's, GCP's: all at
+        // this link-local address) answers whoever asks from the host, and
+        // it serves the droplet's user_data, join token included. The host
+        // itself may ask (input/output hooks, untouched); a container's
+        // packets to it are forwarded, from Docker's bridges and from the
+        // overlay alike (overlay tasks leave through docker_gwbridge), so
+        // one forward rule stops every container, whatever its network.
+        (
+            format!("ip daddr {METADATA_ADDRESS} drop"),
+            "containers never reach the metadata service".into(),
+        ),
+        (
+            format!("{public} ct state established,related accept"),
+            "replies to containers".into(),
+        ),
+    ];
     for port in policy.allow_public_tcp() {
         // One rule per port: nft 1.0.6 prints a set of proto-dst values as
         // hex, and a single value reads back as written.
@@ -403,7 +418,8 @@ mod tests {
             "\t\tiifname \"eth0\" ip saddr 10.231.0.0/24 udp dport { 4789, 7946 } accept",
             "\t\tiifname \"eth0\" ip saddr 10.231.0.0/24 meta l4proto esp accept",
             "\t\tmeta l4proto esp drop",
-            "\t}\n\n\tchain forward {\n",
+            // First in forward: no accept before it can let a container through.
+            "\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t\tip daddr 169.254.169.254 drop comment \"containers never reach the metadata service\"\n",
             "ct original proto-dst 8080 accept comment \"published port 8080 allowed\"\n\t\tiifname \"eth1\" meta l4proto tcp ct status dnat ct original proto-dst 8443 accept",
             "\t\tiifname \"eth1\" drop comment \"published ports closed to the public side\"\n\t}\n}\n",
         ] {

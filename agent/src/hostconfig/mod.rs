@@ -71,6 +71,7 @@
 //!
 //!     chain forward {
 //!         type filter hook forward priority filter - 10; policy accept;
+//!         ip daddr 169.254.169.254 drop comment "containers never reach the metadata service"
 //!         iifname "eth1" ct state established,related accept comment "replies to containers"
 //!         iifname "eth1" meta l4proto tcp ct status dnat ct original proto-dst 8080 accept comment "published port 8080 allowed"
 //!         iifname "eth1" drop comment "published ports closed to the public side"

@@ -111,6 +111,9 @@ impl From<PkiError> for Status {
             | PkiError::ExpiredToken { .. }
             | PkiError::RotatedToken
             | PkiError::WrongSecret
+            | PkiError::HostTokenUsed { .. }
+            | PkiError::HostTokenExpired { .. }
+            | PkiError::HostTokenOtherNode { .. }
             | PkiError::NotMember { .. } => Status::permission_denied(message),
             PkiError::NoSuchNode { .. } => Status::not_found(message),
             // Not the caller's fault, and not final: the agent retries, and

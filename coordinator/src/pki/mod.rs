@@ -21,7 +21,9 @@ use tracing::info;
 
 use crate::config::ClusterConfig;
 use crate::events::{EventKind, Events};
-use crate::store::{CertRecord, NodeRecord, Op, RevocationRecord, Store, StoreError, TokenRecord};
+use crate::store::{
+    CertRecord, HostTokenRecord, NodeRecord, Op, RevocationRecord, Store, StoreError, TokenRecord,
+};
 use crate::time::{now_unix, unix};
 
 /// How long a database server's peer certificate is valid (see
@@ -52,6 +54,21 @@ pub enum PkiError {
         "join token refused: wrong secret for this cluster; get the current one with `coordinator token`"
     )]
     WrongSecret,
+    #[error(
+        "join token refused: this host token already enrolled node {node} at {at}; a host token enrolls once \
+         (the coordinator makes a new one whenever it creates the host again)"
+    )]
+    HostTokenUsed { node: String, at: String },
+    #[error(
+        "join token refused: the host token of {node} expired at {at} (coordinator.host_token_ttl); \
+         the coordinator makes a new one when it creates the host again"
+    )]
+    HostTokenExpired { node: String, at: String },
+    #[error(
+        "join token refused: this host token was made for host {token_node}, not {asked}; \
+         each host enrolls under its own name"
+    )]
+    HostTokenOtherNode { token_node: String, asked: String },
     #[error("{0} (set it with --name)")]
     BadName(apiary_api::names::NameError),
     /// A CSR the CA will not sign (garbage, wrong key type, asks for rights).
@@ -110,8 +127,21 @@ pub struct Pki {
     server_tls: Arc<rustls::ServerConfig>,
     cluster: String,
     join_token_ttl: Option<Duration>,
+    host_token_ttl: Duration,
     node_cert_ttl: Duration,
     admin_cert_ttl: Duration,
+    /// Enrollments one at a time: checking a token (or a name) and
+    /// recording its use must not interleave, or one single-use host token
+    /// could enroll twice.
+    enrolling: tokio::sync::Mutex<()>,
+}
+
+/// Which token an enrollment presented.
+enum TokenUse {
+    /// The cluster's join token (manual hosts, `coordinator token`).
+    Cluster,
+    /// A host token, to be marked used with the enrollment.
+    Host(HostTokenRecord),
 }
 
 impl Pki {
@@ -161,8 +191,10 @@ impl Pki {
             server_tls,
             cluster: config.cluster_name.clone(),
             join_token_ttl: config.join_token_ttl,
+            host_token_ttl: config.host_token_ttl,
             node_cert_ttl: config.node_cert_ttl,
             admin_cert_ttl: config.admin_cert_ttl,
+            enrolling: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -202,9 +234,43 @@ impl Pki {
         Ok(record)
     }
 
+    /// A join token for one host the coordinator is about to create (a
+    /// droplet's user_data, a lab host's agent): it enrolls `node` once,
+    /// within `coordinator.host_token_ttl`. Unlike the cluster token, a copy
+    /// read later (from a droplet's metadata service, say) is worth nothing:
+    /// it is used, expired, or for a name that is taken. Tokens long
+    /// expired or used are forgotten on the way.
+    pub async fn issue_host_token(&self, store: &Store, node: &str) -> Result<String, PkiError> {
+        let token = JoinToken::generate(self.ca.digest());
+        let now = now_unix();
+        const FORGET_AFTER: u64 = 24 * 3600;
+        let mut ops: Vec<Op> = store
+            .host_tokens()?
+            .into_iter()
+            .filter(|t| {
+                t.expires_unix + FORGET_AFTER < now
+                    || t.used_unix.is_some_and(|u| u + FORGET_AFTER < now)
+            })
+            .map(|t| Op::DeleteHostToken(t.secret_hash))
+            .collect();
+        ops.push(Op::PutHostToken(HostTokenRecord {
+            secret_hash: token.secret_hash(),
+            node: node.to_string(),
+            created_unix: now,
+            expires_unix: now + self.host_token_ttl.as_secs(),
+            used_unix: None,
+        }));
+        store.apply(ops).await?;
+        Ok(token.to_string())
+    }
+
     /// Whether `presented` is this cluster's current, unexpired join token.
     pub fn check_token(&self, presented: &str) -> Result<(), PkiError> {
         let token: JoinToken = presented.parse().map_err(PkiError::MalformedToken)?;
+        self.check_cluster_token(&token)
+    }
+
+    fn check_cluster_token(&self, token: &JoinToken) -> Result<(), PkiError> {
         if token.ca_digest != self.ca.digest() {
             return Err(PkiError::ForeignToken);
         }
@@ -220,8 +286,7 @@ impl Pki {
                 && now_unix() >= exp
             {
                 return Err(PkiError::ExpiredToken {
-                    at: humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(exp))
-                        .to_string(),
+                    at: rfc3339(exp),
                     unix: exp,
                 });
             }
@@ -231,6 +296,41 @@ impl Pki {
             return Err(PkiError::RotatedToken);
         }
         Err(PkiError::WrongSecret)
+    }
+
+    /// The cluster token, or a host token that may enroll `name` now.
+    fn check_enrollment_token(
+        &self,
+        store: &Store,
+        presented: &str,
+        name: &str,
+    ) -> Result<TokenUse, PkiError> {
+        let token: JoinToken = presented.parse().map_err(PkiError::MalformedToken)?;
+        if token.ca_digest != self.ca.digest() {
+            return Err(PkiError::ForeignToken);
+        }
+        let Some(host) = store.host_token(&token.secret_hash())? else {
+            return self.check_cluster_token(&token).map(|()| TokenUse::Cluster);
+        };
+        if let Some(used) = host.used_unix {
+            return Err(PkiError::HostTokenUsed {
+                node: host.node,
+                at: rfc3339(used),
+            });
+        }
+        if now_unix() >= host.expires_unix {
+            return Err(PkiError::HostTokenExpired {
+                node: host.node,
+                at: rfc3339(host.expires_unix),
+            });
+        }
+        if host.node != name {
+            return Err(PkiError::HostTokenOtherNode {
+                token_node: host.node,
+                asked: name.to_string(),
+            });
+        }
+        Ok(TokenUse::Host(host))
     }
 
     /// Signs a node's CSR after checking its join token. A name whose node
@@ -246,7 +346,8 @@ impl Pki {
         name: &str,
         csr_der: &[u8],
     ) -> Result<Enrolled, PkiError> {
-        self.check_token(token)?;
+        let _one_at_a_time = self.enrolling.lock().await;
+        let token_use = self.check_enrollment_token(store, token, name)?;
         let name = apiary_api::names::NodeName::parse(name).map_err(PkiError::BadName)?;
         let name = name.as_str();
         let cert = self
@@ -297,6 +398,12 @@ impl Pki {
                     .unwrap_or_default(),
             }),
         ];
+        if let TokenUse::Host(host) = token_use {
+            ops.push(Op::PutHostToken(HostTokenRecord {
+                used_unix: Some(now),
+                ..host
+            }));
+        }
         for old in earlier.iter().filter(|c| !self.revoked.contains(&c.serial)) {
             self.revoked.insert(&old.serial);
             ops.push(Op::Revoke(RevocationRecord {
@@ -577,6 +684,11 @@ impl Pki {
     }
 }
 
+/// A unix time as RFC 3339, for messages.
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
 fn new_token_record(
     ca: &ClusterCa,
     ttl: Option<Duration>,
@@ -607,6 +719,87 @@ mod tests {
         let store = Store::open(&dir.path().join("state.redb")).expect("store");
         let pki = Pki::open(&config, dir.path(), &store).await.expect("pki");
         (dir, store, pki)
+    }
+
+    /// A host token enrolls its own host once: not another name, not twice
+    /// (not even after the node is removed), not after it expires; the
+    /// cluster token is untouched by any of it.
+    #[tokio::test]
+    async fn a_host_token_enrolls_its_host_once_and_nothing_else() {
+        let (_dir, store, pki) = fresh_pki().await;
+        let token = pki.issue_host_token(&store, "bee-1").await.expect("issue");
+        let csr = |name: &str| apiary_certs::new_key_and_csr(name).expect("csr").1;
+
+        let other = pki.enroll(&store, &token, "bee-2", &csr("bee-2")).await;
+        assert!(
+            matches!(&other, Err(PkiError::HostTokenOtherNode { token_node, asked }) if token_node == "bee-1" && asked == "bee-2"),
+            "{other:?}"
+        );
+        pki.enroll(&store, &token, "bee-1", &csr("bee-1"))
+            .await
+            .expect("its own host enrolls");
+        pki.remove_node(&store, "bee-1").await.expect("removed");
+        let again = pki.enroll(&store, &token, "bee-1", &csr("bee-1")).await;
+        assert!(
+            matches!(&again, Err(PkiError::HostTokenUsed { node, .. }) if node == "bee-1"),
+            "{again:?}"
+        );
+        // A second token for the same host is its own single use.
+        let second = pki.issue_host_token(&store, "bee-1").await.expect("issue");
+        pki.enroll(&store, &second, "bee-1", &csr("bee-1"))
+            .await
+            .expect("a new token for the host enrolls it");
+
+        // Expired: the record is aged by hand (the TTL is at least 1 s).
+        let late = pki.issue_host_token(&store, "bee-3").await.expect("issue");
+        let hash = late.parse::<JoinToken>().expect("parse").secret_hash();
+        let mut record = store.host_token(&hash).expect("read").expect("recorded");
+        record.expires_unix = now_unix() - 1;
+        store
+            .apply(vec![Op::PutHostToken(record)])
+            .await
+            .expect("age");
+        let expired = pki.enroll(&store, &late, "bee-3", &csr("bee-3")).await;
+        assert!(
+            matches!(&expired, Err(PkiError::HostTokenExpired { node, .. }) if node == "bee-3"),
+            "{expired:?}"
+        );
+        // Each refusal is final for the agent (permission denied), and
+        // the cluster token still enrolls.
+        for e in [other, again, expired] {
+            let status = tonic::Status::from(e.expect_err("refused"));
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        }
+        pki.enroll(&store, &pki.current_token().token, "bee-3", &csr("bee-3"))
+            .await
+            .expect("the cluster token enrolls");
+        // The token itself is never stored, only its hash.
+        let snapshot = serde_json::to_string(&store.snapshot().expect("snapshot")).expect("json");
+        for t in [&token, &second, &late] {
+            let secret = t.rsplit('-').next().expect("secret");
+            assert!(!snapshot.contains(secret) && !snapshot.contains(&hex::encode(secret)));
+        }
+    }
+
+    /// Two agents racing with the same host token: one enrolls, the other is
+    /// refused as used (the check and the use are one step).
+    #[tokio::test]
+    async fn a_host_token_presented_twice_at_once_enrolls_once() {
+        let (_dir, store, pki) = fresh_pki().await;
+        let token = pki.issue_host_token(&store, "bee-1").await.expect("issue");
+        let (_, a) = apiary_certs::new_key_and_csr("bee-1").expect("csr");
+        let (_, b) = apiary_certs::new_key_and_csr("bee-1").expect("csr");
+        let (ra, rb) = tokio::join!(
+            pki.enroll(&store, &token, "bee-1", &a),
+            pki.enroll(&store, &token, "bee-1", &b)
+        );
+        let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "{ra:?} {rb:?}");
+        assert!(
+            [ra, rb]
+                .into_iter()
+                .any(|r| matches!(r, Err(PkiError::HostTokenUsed { .. })))
+        );
     }
 
     /// Kept peer certificates are reused, unless an earlier version issued

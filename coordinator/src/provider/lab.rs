@@ -166,19 +166,30 @@ impl LabProvider {
         argv
     }
 
-    fn start_agent(
+    /// Starts `host`'s agent unless it runs. A new agent gets a host token
+    /// of its own (single-use, bound to the host's name, expiring): the lab
+    /// enrolls the way a cloud host does, and a token read from a lab
+    /// agent's environment enrolls nothing else. An agent that already has
+    /// its identity ignores the token.
+    async fn start_agent(
         &self,
+        coordinator: &Coordinator,
         host: &HostPlan,
         endpoint: SocketAddr,
-        token: &str,
     ) -> Result<u32, CoordinatorError> {
+        let lab = self.lab();
+        if let Some(pid) = lab.process_pid(host, AGENT) {
+            return Ok(pid);
+        }
+        let token = coordinator
+            .pki
+            .issue_host_token(&coordinator.store, &host.name)
+            .await?;
         let env = [
-            ("APIARY_JOIN_TOKEN".to_string(), token.to_string()),
+            ("APIARY_JOIN_TOKEN".to_string(), token),
             ("RUST_LOG".to_string(), "info".to_string()),
         ];
-        Ok(self
-            .lab()
-            .spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
+        Ok(lab.spawn_in_host(host, AGENT, &self.agent_argv(host, endpoint), &env)?)
     }
 
     /// A host the lab made afresh (its agent has no identity yet) under the
@@ -314,7 +325,6 @@ impl LabProvider {
         let lab = self.lab();
         let hosts = lab.hosts();
         let phase = progress.phase("agents", hosts.len());
-        let token = coordinator.pki.current_token().token;
         // Identities first, then every agent in one tight loop: a
         // coordinator killed among the spawns leaves as few half-started
         // agents as possible for the next one to adopt.
@@ -322,7 +332,7 @@ impl LabProvider {
             self.forget_replaced(coordinator, h).await?;
         }
         for h in hosts {
-            let pid = self.start_agent(h, endpoint, &token)?;
+            let pid = self.start_agent(coordinator, h, endpoint).await?;
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
         phase.finish();
@@ -409,8 +419,7 @@ impl LabProvider {
                 }
                 if lab.process_pid(h, AGENT).is_none() {
                     warn!(node = %h.name, "agent is down; restarting it");
-                    let token = coordinator.pki.current_token().token;
-                    match self.start_agent(h, endpoint, &token) {
+                    match self.start_agent(&coordinator, h, endpoint).await {
                         Ok(pid) => info!(node = %h.name, pid, "agent restarted"),
                         Err(e) => warn!(node = %h.name, error = %e, "agent restart failed"),
                     }
@@ -464,13 +473,12 @@ impl LabProvider {
         for archive in &self.image_archives {
             lab.load_archive(&refs, archive).await?;
         }
-        let token = coordinator.pki.current_token().token;
         for h in added {
             self.forget_replaced(coordinator, h).await?;
         }
         let phase = progress.phase("agents", added.len());
         for h in added {
-            let pid = self.start_agent(h, endpoint, &token)?;
+            let pid = self.start_agent(coordinator, h, endpoint).await?;
             phase.step(&h.name, &format!("agent started (pid {pid})"));
         }
         phase.finish();
@@ -494,8 +502,8 @@ impl crate::scale::HostProvider for LabScaler {
             .cloned()
             .ok_or_else(|| format!("{node} is not one of the lab's hosts"))?;
         lab.power_cycle(&host).await.map_err(|e| e.to_string())?;
-        let token = coordinator.pki.current_token().token;
-        p.start_agent(&host, self.endpoint, &token)
+        p.start_agent(coordinator, &host, self.endpoint)
+            .await
             .map_err(|e| e.to_string())?;
         Ok(())
     }
