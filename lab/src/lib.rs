@@ -649,6 +649,25 @@ impl Lab {
         }
     }
 
+    /// Removes dockerd's own pidfile, left by a dockerd that was killed (a
+    /// power cycle, a crash). Called only when no live dockerd of this host
+    /// exists. dockerd refuses to start while the pid in that file "exists"
+    /// to kill(pid, 0), and a dead dockerd's pid still does when it is a
+    /// zombie not yet reaped (an orphan under a PID 1 that does not reap),
+    /// or when the pid was given to another process: pid_max is 32768 on
+    /// some machines, and a CI run goes through that many pids in minutes.
+    fn clear_stale_docker_pidfile(&self, host: &HostPlan) -> Result<(), LabError> {
+        let path = host.docker_pidfile();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                warn!(host = %host.name, path = %path.display(), "removed the pidfile of a dead dockerd");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::io("remove", &path, e)),
+        }
+    }
+
     /// The host without its engine: namespace, veths and addresses, UTS
     /// namespace and hostname. What it changed.
     fn ensure_host_network_sync(&self, host: &HostPlan) -> Result<Vec<String>, LabError> {
@@ -692,6 +711,7 @@ impl Lab {
                 } else {
                     let was = host.pid_file(DOCKERD).exists();
                     self.clear_stale_containerd(host, &table)?;
+                    self.clear_stale_docker_pidfile(host)?;
                     let pid = self.spawn(host, DOCKERD, &host::dockerd(host))?;
                     changes.push(format!(
                         "dockerd {} (pid {pid})",

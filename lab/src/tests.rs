@@ -278,12 +278,19 @@ async fn host_is_created_then_left_alone() {
         "the agent's daemon.json is kept"
     );
 
-    // dockerd dies (or is a zombie): the next reconcile restarts it.
+    // dockerd dies (or is a zombie): the next reconcile restarts it, and
+    // first removes the pidfile dockerd itself left (it names the zombie,
+    // which dockerd would take for a running daemon and refuse to start).
     f.ops.m().procs.get_mut(&pid).expect("proc").state = 'Z';
+    std::fs::write(h.docker_pidfile(), pid.to_string()).expect("dockerd's pidfile");
     assert_eq!(f.lab.process_pid(&h, "dockerd"), None);
     let (changes, new_pid) = f.lab.ensure_host_sync(&h).expect("host");
     assert_ne!(new_pid, pid);
     assert_eq!(changes, vec![format!("dockerd restarted (pid {new_pid})")]);
+    assert!(
+        !h.docker_pidfile().exists(),
+        "the dead dockerd's pidfile is left"
+    );
 }
 
 #[test]
