@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use apiary_api::ops::{
     EncryptionSupport, EnsureOverlay, ReadJoinTokens, ReadSwarm, SetLabels, SwarmInit, SwarmJoin,
+    SwarmRemoveNode,
 };
 use apiary_api::reach::SWARM_MANAGER_PORT;
 use apiary_api::swarm::{JoinTokens, OverlaySpec, ProbeEndpoint, SwarmView};
@@ -338,6 +339,22 @@ async fn ensure_swarm(
     if !plan.joins.is_empty() {
         let tokens = call(ctx.agents(), &first.name, ReadJoinTokens {}).await?;
         join_all_hosts(ctx, plan, &tokens).await?;
+    }
+    for stale in &plan.stale {
+        // Not fatal to the round: the entry only clutters `docker node ls`.
+        let op = SwarmRemoveNode {
+            node: stale.id.clone(),
+        };
+        match call(ctx.agents(), &first.name, op).await {
+            Ok(_) => info!(
+                node = %stale.id,
+                hostname = %stale.hostname,
+                "removed a swarm node entry no host is (a join cut short, or a host's earlier incarnation)"
+            ),
+            Err(e) => {
+                warn!(node = %stale.id, error = %e, "could not remove a stale swarm node entry")
+            }
+        }
     }
     for (node, labels) in &config.labels {
         let op = SetLabels {

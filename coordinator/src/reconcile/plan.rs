@@ -57,6 +57,17 @@ pub struct Plan {
     /// is left alone this round (its cells say so; joining it would only
     /// wait for a timeout).
     pub joins: Vec<Host>,
+    /// Entries in the swarm's node list that no host is (see
+    /// [`stale_nodes`]), removed once the joins are done.
+    pub stale: Vec<StaleNode>,
+}
+
+/// A node the swarm lists that is no host's current node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleNode {
+    pub id: String,
+    /// Empty for a join that never finished.
+    pub hostname: String,
 }
 
 /// A round's decision.
@@ -136,6 +147,10 @@ pub fn decide(
         })
         .cloned()
         .collect();
+    let stale = match (&swarm, views.get(&first.name)) {
+        (SwarmStep::Adopt, Some(manager)) => stale_nodes(manager, views),
+        _ => Vec::new(),
+    };
     Decision::Converge(Plan {
         pre_swarm_checks: !views.values().any(active),
         hosts,
@@ -143,7 +158,35 @@ pub fn decide(
         first,
         swarm,
         joins,
+        stale,
     })
+}
+
+/// Entries of the manager's node list that are not ready and are no host's
+/// current node: a join cut short (a coordinator killed while a host was
+/// joining leaves an entry with no hostname; the host joins again under a
+/// new ID), or an earlier incarnation of a host now active under another
+/// ID. Each would stay `down` in `docker node ls` forever. A node whose
+/// host is not observed (down, engine not answering) is never stale: that
+/// host may come back as it was.
+pub fn stale_nodes(manager: &SwarmView, views: &HashMap<String, SwarmView>) -> Vec<StaleNode> {
+    let current = |host: &str| {
+        views
+            .get(host)
+            .filter(|v| v.state == SwarmState::Active && !v.node_id.is_empty())
+            .map(|v| v.node_id.as_str())
+    };
+    let is_current = |id: &str| views.values().any(|v| v.node_id == id);
+    manager
+        .nodes
+        .iter()
+        .filter(|n| n.status != "ready" && n.id != manager.node_id && !is_current(&n.id))
+        .filter(|n| n.hostname.is_empty() || current(&n.hostname).is_some_and(|id| id != n.id))
+        .map(|n| StaleNode {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -255,6 +298,67 @@ mod tests {
             .map(|h| (h.name.as_str(), h.manager))
             .collect();
         assert_eq!(joins, [("h2", true), ("h3", true), ("h4", false)]);
+    }
+
+    /// A join cut short (no hostname) and a host's earlier incarnation are
+    /// stale; a down node whose host is not observed, the manager itself and
+    /// every host's current node are not.
+    #[test]
+    fn entries_no_host_is_are_stale_and_unobserved_hosts_keep_theirs() {
+        use apiary_api::swarm::NodeView;
+        let listed = |id: &str, hostname: &str, status: &str| NodeView {
+            id: id.into(),
+            hostname: hostname.into(),
+            role: "worker".into(),
+            availability: "active".into(),
+            status: status.into(),
+            addr: String::new(),
+            leader: false,
+            reachability: None,
+            labels: Default::default(),
+        };
+        let active = |id: &str, manager: bool| SwarmView {
+            node_id: id.into(),
+            ..view(SwarmState::Active, manager, Some("10.231.0.11:2377"))
+        };
+        let mut manager = active("m1", true);
+        manager.nodes = vec![
+            listed("m1", "h1", "ready"),
+            listed("n2", "h2", "ready"),
+            listed("ghost", "", "unknown"),
+            listed("old3", "h3", "down"),
+            listed("n3", "h3", "ready"),
+            // h4's engine did not answer this round: its node may come back.
+            listed("n4", "h4", "down"),
+            // h2's current node, down for a moment: never stale.
+            listed("n2b", "h2", "down"),
+        ];
+        let views = HashMap::from([
+            ("h1".to_string(), manager.clone()),
+            ("h2".to_string(), active("n2b", false)),
+            ("h3".to_string(), active("n3", false)),
+        ]);
+        let stale: Vec<(String, String)> = stale_nodes(&manager, &views)
+            .into_iter()
+            .map(|n| (n.id, n.hostname))
+            .collect();
+        assert_eq!(
+            stale,
+            [
+                ("ghost".to_string(), String::new()),
+                ("old3".to_string(), "h3".to_string()),
+            ]
+        );
+        // Through decide: only when the swarm is adopted.
+        let nodes = [
+            node("h1", 11, true),
+            node("h2", 12, true),
+            node("h3", 13, true),
+        ];
+        let Decision::Converge(plan) = decide(&cfg(None), &nodes, &views) else {
+            panic!("hosts are ready");
+        };
+        assert_eq!(plan.stale.len(), 2, "{:?}", plan.stale);
     }
 
     #[test]
