@@ -43,13 +43,15 @@ impl Fixture {
     }
 
     fn new() -> Fixture {
+        Fixture::with_options(FakeOptions {
+            token: Some(TOKEN.into()),
+            ..Default::default()
+        })
+    }
+
+    fn with_options(options: FakeOptions) -> Fixture {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let fake = rt
-            .block_on(FakeServer::start(FakeOptions {
-                token: Some(TOKEN.into()),
-                ..Default::default()
-            }))
-            .expect("fake");
+        let fake = rt.block_on(FakeServer::start(options)).expect("fake");
         Fixture {
             rt,
             fake: Some(fake),
@@ -290,7 +292,9 @@ fn written(doc: &serde_norway::Value, path: &str) -> String {
 
 #[test]
 fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
-    use apiary_digitalocean::cloud_init::{CA_PATH, INSTALLER_PATH};
+    use apiary_digitalocean::cloud_init::{
+        CA_PATH, INSTALL_UNIT_PATH, INSTALLER_PATH, UNIT_NAME, install_unit_command,
+    };
 
     let fx = Fixture::new();
     let artifacts_port = free_port();
@@ -313,19 +317,15 @@ fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
         .expect("droplet");
     let user_data = droplet.user_data.expect("user_data");
     let doc: serde_norway::Value = serde_norway::from_str(&user_data).expect("YAML");
-    let install: Vec<String> = doc["runcmd"]
-        .as_sequence()
-        .expect("runcmd")
-        .iter()
-        .map(|c| {
-            c.as_sequence()
-                .expect("argv")
-                .iter()
-                .map(|a| a.as_str().expect("string").to_string())
-                .collect::<Vec<_>>()
-        })
-        .find(|c| c[0] == INSTALLER_PATH)
-        .expect("an install step");
+    // The install unit runs the installer (and retries it) and, once it
+    // succeeded, enables the agent.
+    let unit = written(&doc, INSTALL_UNIT_PATH);
+    let install = install_unit_command(&unit).expect("the install unit's ExecStart");
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("ExecStartPost=") && l.ends_with(UNIT_NAME)),
+        "{unit}"
+    );
     assert_eq!(
         install,
         [INSTALLER_PATH, &url, "cluster-ca", &sum],
