@@ -17,8 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::client::{ApiError, Client};
 use crate::config::{
-    DigitalOceanConfig, DropletSettings, FirewallSettings, HostName, ImageRef, SshKeyRef, TagName,
-    VpcSettings,
+    DigitalOceanConfig, DropletSettings, FirewallSettings, HostName, ImageRef, SSH_PORT, SshKeyRef,
+    TagName, VpcSettings,
 };
 use crate::model::{
     Droplet, DropletCreate, DropletStatus, Firewall, FirewallCreate, FirewallRuleTarget,
@@ -810,6 +810,19 @@ pub fn firewall_rules(
             sources: anywhere(),
         })
         .collect();
+    // SSH only from the operator's networks, and not at all without them:
+    // never from the world (config refuses 22 among the public ports).
+    if !fw.admin_cidrs.is_empty() {
+        inbound.push(InboundRule {
+            protocol: "tcp".into(),
+            ports: SSH_PORT.to_string(),
+            sources: FirewallRuleTarget {
+                addresses: fw.admin_cidrs.clone(),
+                droplet_ids: Vec::new(),
+                tags: None,
+            },
+        });
+    }
     // Swarm: 2377/tcp managers, 7946/tcp+udp gossip, 4789/udp VXLAN data
     // path; never from outside the VPC.
     for (proto, port) in [
@@ -1418,23 +1431,27 @@ mod tests {
         assert!(p.create.is_empty() && p.surplus.is_empty() && p.duplicates.is_empty());
     }
 
+    /// Every inbound rule as (protocol, port, sources).
+    fn rules(fw: &FirewallSettings) -> Vec<(String, String, Vec<String>)> {
+        firewall_rules(fw, "10.20.0.0/20")
+            .0
+            .into_iter()
+            .map(|r| (r.protocol, r.ports, r.sources.addresses))
+            .collect()
+    }
+
     #[test]
     fn firewall_rules_keep_cluster_ports_inside_the_vpc() {
-        let (inbound, outbound) = firewall_rules(
-            &FirewallSettings {
-                public_tcp_ports: vec![22, 7443],
-            },
-            "10.20.0.0/20",
-        );
+        let fw = FirewallSettings {
+            public_tcp_ports: vec![7443],
+            admin_cidrs: vec!["203.0.113.7/32".into()],
+        };
+        let (inbound, outbound) = firewall_rules(&fw, "10.20.0.0/20");
         for r in &inbound {
             let public = r.sources.addresses.contains(&"0.0.0.0/0".to_owned());
             let port: u16 = r.ports.parse().unwrap();
-            assert_eq!(
-                public,
-                r.protocol == "tcp" && (port == 22 || port == 7443),
-                "{r:?}"
-            );
-            if !public {
+            assert_eq!(public, r.protocol == "tcp" && port == 7443, "{r:?}");
+            if !public && port != 22 {
                 assert_eq!(r.sources.addresses, ["10.20.0.0/20"], "{r:?}");
             }
         }
@@ -1449,5 +1466,46 @@ mod tests {
         );
         assert_eq!(inbound.len(), 7);
         assert_eq!(outbound.len(), 3);
+    }
+
+    #[test]
+    fn ssh_is_open_only_to_the_admin_cidrs() {
+        let ssh = |fw: &FirewallSettings| -> Vec<Vec<String>> {
+            rules(fw)
+                .into_iter()
+                .filter(|(proto, port, _)| proto == "tcp" && port == "22")
+                .map(|(_, _, sources)| sources)
+                .collect()
+        };
+        let fw = FirewallSettings {
+            public_tcp_ports: vec![443],
+            admin_cidrs: vec!["203.0.113.7/32".into(), "2001:db8::/48".into()],
+        };
+        assert_eq!(
+            ssh(&fw),
+            [vec![
+                "203.0.113.7/32".to_owned(),
+                "2001:db8::/48".to_owned()
+            ]],
+            "one SSH rule, from the admin networks only"
+        );
+        // No admin networks (the default): no SSH rule at all.
+        let closed = FirewallSettings {
+            public_tcp_ports: vec![443],
+            admin_cidrs: Vec::new(),
+        };
+        assert!(ssh(&closed).is_empty(), "{:?}", rules(&closed));
+        // Nothing anywhere reaches 22 from the world, whatever the settings.
+        for fw in [&fw, &closed] {
+            for (proto, port, sources) in rules(fw) {
+                if proto == "tcp" && port == "22" {
+                    assert!(
+                        !sources.iter().any(|s| s == "0.0.0.0/0" || s == "::/0"),
+                        "{sources:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(rules(&closed).len(), 6, "443 + 4 Swarm rules + ICMP");
     }
 }
