@@ -400,6 +400,117 @@ fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
     serve.kill9();
 }
 
+/// `coordinator serve` against a fake with `options`, for a refusal: its
+/// exit code and stderr.
+fn serve_refused(options: FakeOptions, extra_digitalocean: &str) -> (Fixture, i32, String) {
+    let fx = Fixture::with_options(options);
+    let path = fx.config(4);
+    let text = std::fs::read_to_string(&path).expect("read") + extra_digitalocean;
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("state"))
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()
+        .expect("serve");
+    (fx, out.status.code().unwrap_or(-1), stderr(&out))
+}
+
+/// Nothing in the account but what was there, and no request but reads.
+fn assert_nothing_created(fx: &Fixture, seeded: usize) {
+    let api = fx.fake().api();
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "the refused serve wrote: {writes:?}");
+    assert_eq!(api.droplets().len(), seeded, "{:?}", api.droplets());
+    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
+    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+    assert!(
+        !api.tags().iter().any(|t| t == "apiary-hive"),
+        "{:?}",
+        api.tags()
+    );
+    assert!(
+        !fx.dir.path().join("state").exists(),
+        "state was created before the preflight"
+    );
+    fx.assert_spec_kept();
+}
+
+#[test]
+fn a_preflight_refusal_exits_64_with_nothing_created() {
+    // Over the droplet limit: 3 droplets of someone else's, 4 wanted, limit 5.
+    let fx = Fixture::with_options(FakeOptions {
+        token: Some(TOKEN.into()),
+        droplet_limit: 5,
+        ..Default::default()
+    });
+    for name in ["web-1", "web-2", "db"] {
+        fx.fake().api().seed_droplet(name, &["other"]);
+    }
+    let out = Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(fx.config(4))
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("state"))
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()
+        .expect("serve");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for part in [
+        "4 more droplet",
+        "already has 3",
+        "limit is 5",
+        "provider.hosts",
+        "nothing was created",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    assert_eq!(
+        err.matches("droplet limit is 5").count(),
+        1,
+        "one clear error: {err}"
+    );
+    assert_nothing_created(&fx, 3);
+
+    // An image the API does not know.
+    let (fx, code, err) = serve_refused(
+        FakeOptions {
+            token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        "image = \"debian-99-x64\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("digitalocean.image") && err.contains("debian-99-x64"),
+        "{err}"
+    );
+    assert_nothing_created(&fx, 0);
+
+    // A locked account.
+    let (fx, code, err) = serve_refused(
+        FakeOptions {
+            token: Some(TOKEN.into()),
+            account_status: ("locked".into(), "billing overdue".into()),
+            ..Default::default()
+        },
+        "",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("locked") && err.contains("billing overdue"),
+        "{err}"
+    );
+    assert_nothing_created(&fx, 0);
+}
+
 #[test]
 fn a_missing_agent_binary_is_refused_before_any_droplet() {
     let fx = Fixture::new();
