@@ -669,7 +669,9 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
     let config = |hosts: usize| {
         let path = fx.config(hosts);
         let mut text = std::fs::read_to_string(&path).expect("read");
-        text.push_str("\n[swarm]\n\n[database]\nkind = \"etcd\"\nservers = 2\n");
+        // etcd on DigitalOcean names an image droplets can pull (the lab's
+        // lab/etcd:1 is refused there); no droplet here runs it.
+        text.push_str("\n[swarm]\n\n[database]\nkind = \"etcd\"\nimage = \"registry.example.com/etcd:3.5\"\nservers = 2\n");
         std::fs::write(&path, text).expect("write");
         path
     };
