@@ -776,7 +776,13 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
 #[test]
 fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_count_is_kept() {
     let fx = Fixture::new();
-    let serve = fx.serve(4);
+    // No Swarm (on by default on DigitalOcean, with RethinkDB): no agent
+    // runs here, and a scale with a database waits for the new hosts to
+    // join the swarm before it answers.
+    let spec = fx.config(4);
+    let text = std::fs::read_to_string(&spec).expect("read") + "\n[swarm]\nenabled = false\n";
+    std::fs::write(&spec, text).expect("write");
+    let serve = fx.serve_config(&spec, "4-no-swarm");
     let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
     eventually("4 droplets", Duration::from_secs(30), || {
         (fx.droplet_names() == four).then_some(())
@@ -811,7 +817,7 @@ fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_co
     // A restarted coordinator keeps the scaled count, not the spec's 4.
     let mut serve = serve;
     serve.kill9();
-    let mut serve = fx.serve(4);
+    let mut serve = fx.serve_config(&spec, "4-no-swarm-again");
     eventually("adopted after restart", Duration::from_secs(30), || {
         serve
             .log_text()
