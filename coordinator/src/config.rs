@@ -77,7 +77,11 @@ impl Default for TunnelLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
-    kind: DatabaseKind,
+    /// `false`: no database (on DigitalOcean, where one runs by default).
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// Required, except on DigitalOcean (default `rethinkdb`).
+    kind: Option<DatabaseKind>,
     image: Option<String>,
     servers: Option<usize>,
     memory: Option<String>,
@@ -95,7 +99,8 @@ struct RawDatabase {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     pub kind: DatabaseKind,
-    /// Default: `lab/etcd:1` (built by the lab) for etcd, `rethinkdb:2.4`.
+    /// Default: `lab/etcd:1` (built by the lab; required on DigitalOcean,
+    /// where droplets pull) for etcd, `rethinkdb:2.4`.
     pub image: String,
     /// `None`: one per host.
     pub servers: Option<usize>,
@@ -252,8 +257,10 @@ pub struct ClusterConfig {
     /// default, with its private network.
     pub host: Option<HostConfig>,
     pub host_recheck_interval: Duration,
-    /// `None`: apiary does not make a swarm (manual and digitalocean without a
-    /// `[swarm]` section). The lab makes one by default.
+    /// `None`: apiary does not make a swarm (manual without a `[swarm]`
+    /// section, or `enabled = false`). The lab and digitalocean make one by
+    /// default; on digitalocean it carries RethinkDB (`rethinkdb:2.4`) unless
+    /// `[database]` says otherwise.
     pub swarm: Option<SwarmConfig>,
     /// `[tunnel]`: limits on `ctl tunnel`.
     pub tunnel: TunnelLimits,
@@ -347,8 +354,9 @@ impl ClusterConfig {
         )?;
         let host = src.host(raw.host, &provider)?;
         let mut swarm = src.swarm(raw.swarm, &provider)?;
-        if let Some(db) = raw.database {
-            src.database(db, &mut swarm, &mut provider)?;
+        match raw.database {
+            Some(db) => src.database(db, &mut swarm, &mut provider)?,
+            None => src.default_database(&mut swarm, &provider)?,
         }
         let advertise = src.advertise(&c.advertise, listen)?;
         let (tunnel, tunnel_allow) = src.tunnel(raw.tunnel, swarm.as_ref())?;
@@ -688,8 +696,9 @@ impl ConfigText<'_> {
                     database: None,
                 })
             }
+            // The providers that make their hosts make the swarm too.
             None => match provider {
-                ProviderConfig::Lab(_) => Some(SwarmConfig {
+                ProviderConfig::Lab(_) | ProviderConfig::DigitalOcean(_) => Some(SwarmConfig {
                     managers: None,
                     overlay: default_overlay(),
                     encrypted: false,
@@ -704,6 +713,34 @@ impl ConfigText<'_> {
         })
     }
 
+    /// Without a `[database]` section: on DigitalOcean (with its default
+    /// swarm), RethinkDB from Docker Hub's `rethinkdb:2.4`, which droplets
+    /// pull; elsewhere none.
+    fn default_database(
+        &self,
+        swarm: &mut Option<SwarmConfig>,
+        provider: &ProviderConfig,
+    ) -> Result<(), ConfigError> {
+        if let (ProviderConfig::DigitalOcean(_), Some(sw)) = (provider, swarm.as_mut()) {
+            let raw = RawDatabase {
+                enabled: true,
+                kind: Some(DatabaseKind::Rethinkdb),
+                image: None,
+                servers: None,
+                memory: None,
+                volume_prefix: None,
+                client_port: None,
+                peer_port: None,
+                image_archive: None,
+                peer_tls: None,
+                auth: None,
+                spread_tables: None,
+            };
+            sw.database = Some(self.database_config(raw, 0..0, provider)?);
+        }
+        Ok(())
+    }
+
     /// The lab loads the database image into its engines itself (other
     /// hosts pull it), so it learns here which image and archive that is.
     fn database(
@@ -714,6 +751,9 @@ impl ConfigText<'_> {
     ) -> Result<(), ConfigError> {
         let span = db.span();
         let db = db.into_inner();
+        if !db.enabled {
+            return Ok(());
+        }
         let Some(sw) = swarm.as_mut() else {
             return Err(self.at(
                 Some(span),
@@ -721,7 +761,7 @@ impl ConfigText<'_> {
                 "[database] needs Swarm and the overlay: add a [swarm] section (or remove enabled = false)".into(),
             ));
         };
-        let cfg = self.database_config(db, span.clone())?;
+        let cfg = self.database_config(db, span.clone(), provider)?;
         if let Some(a) = &cfg.image_archive {
             if !matches!(provider, ProviderConfig::Lab(_)) {
                 return Err(self.at(
@@ -756,7 +796,33 @@ impl ConfigText<'_> {
         &self,
         db: RawDatabase,
         span: Range<usize>,
+        provider: &ProviderConfig,
     ) -> Result<DatabaseConfig, ConfigError> {
+        let digitalocean = matches!(provider, ProviderConfig::DigitalOcean(_));
+        let kind = match db.kind {
+            Some(kind) => kind,
+            None if digitalocean => DatabaseKind::Rethinkdb,
+            None => {
+                return Err(self.at(
+                    Some(span),
+                    "database.kind",
+                    "database.kind is required: \"etcd\" or \"rethinkdb\" (or enabled = false)"
+                        .into(),
+                ));
+            }
+        };
+        // The lab builds lab/etcd:1 into its own engines; a droplet pulls its
+        // image from a registry, where no such image exists.
+        if digitalocean && kind == DatabaseKind::Etcd && db.image.is_none() {
+            return Err(self.at(
+                Some(span),
+                "database.image",
+                "database.image is required for etcd on DigitalOcean: the default etcd image \
+                 (lab/etcd:1) is built by the lab and no droplet can pull it; name an etcd image \
+                 your droplets can pull, or use kind = \"rethinkdb\" (rethinkdb:2.4, the default)"
+                    .into(),
+            ));
+        }
         let memory = db.memory.unwrap_or_else(|| "450m".into());
         let memory_bytes = parse_memory(&memory).ok_or_else(|| {
             self.at(
@@ -779,17 +845,17 @@ impl ConfigText<'_> {
                 "database.servers must be at least 1".into(),
             ));
         }
-        let (image, client, peer) = match db.kind {
+        let (image, client, peer) = match kind {
             DatabaseKind::Etcd => ("lab/etcd:1", 2379, 2380),
             DatabaseKind::Rethinkdb => ("rethinkdb:2.4", 28015, 29015),
         };
         let cfg = DatabaseConfig {
-            kind: db.kind,
+            kind,
             image: db.image.unwrap_or_else(|| image.into()),
             servers: db.servers,
             memory,
             memory_bytes,
-            volume_prefix: db.volume_prefix.unwrap_or_else(|| db.kind.as_str().into()),
+            volume_prefix: db.volume_prefix.unwrap_or_else(|| kind.as_str().into()),
             client_port: db.client_port.unwrap_or(client),
             peer_port: db.peer_port.unwrap_or(peer),
             peer_tls: db.peer_tls.unwrap_or(true),
@@ -1374,5 +1440,73 @@ mod tests {
             base.replace("firewall = true", "firewall = false")
         ))
         .expect("no cloud firewall");
+    }
+
+    #[test]
+    fn digitalocean_defaults_to_swarm_the_overlay_and_rethinkdb() {
+        let base = "[cluster]\nname = \"b\"\n[coordinator]\nadvertise = \"10.0.0.2:7443\"\n[provider]\nkind = \"digitalocean\"\n";
+        let c = parse(base).expect("valid");
+        let sw = c.swarm.expect("Swarm on by default, as for the lab");
+        assert_eq!(sw.overlay, "apiary");
+        assert!(!sw.encrypted);
+        let db = sw.database.expect("a database by default");
+        assert_eq!(db.kind, DatabaseKind::Rethinkdb);
+        assert_eq!(db.image, "rethinkdb:2.4", "an image droplets can pull");
+        assert_eq!((db.client_port, db.peer_port), (28015, 29015));
+        assert!(db.peer_tls && db.auth);
+
+        // [database] without a kind is RethinkDB there, with its keys kept.
+        let c = parse(&format!("{base}[database]\nservers = 3\n")).expect("valid");
+        let db = c.swarm.expect("swarm").database.expect("database");
+        assert_eq!((db.kind, db.servers), (DatabaseKind::Rethinkdb, Some(3)));
+        // Opting out: no database, or no swarm (and so no database).
+        let c = parse(&format!("{base}[database]\nenabled = false\n")).expect("valid");
+        assert!(c.swarm.expect("swarm").database.is_none());
+        let c = parse(&format!("{base}[swarm]\nenabled = false\n")).expect("valid");
+        assert!(c.swarm.is_none());
+
+        // etcd there needs an image droplets can pull: lab/etcd:1 is the lab's.
+        let err = parse(&format!("{base}[database]\nkind = \"etcd\"\n")).expect_err("refused");
+        let ConfigError::Invalid { key, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(key, "database.image", "{err}");
+        assert!(err.to_string().contains("lab/etcd:1"), "{err}");
+        let c = parse(&format!(
+            "{base}[database]\nkind = \"etcd\"\nimage = \"registry.example.com/etcd:3.5\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.swarm.expect("swarm").database.expect("database").kind,
+            DatabaseKind::Etcd
+        );
+    }
+
+    #[test]
+    fn other_providers_keep_their_database_defaults() {
+        // Manual: no swarm, no database unless asked for.
+        let manual = "[cluster]\nname = \"b\"\n[provider]\nkind = \"manual\"\n";
+        assert!(parse(manual).expect("valid").swarm.is_none());
+        // The lab: Swarm, no database by default; etcd is lab/etcd:1.
+        let lab = "[cluster]\nname = \"b\"\n[provider]\nkind = \"lab\"\n";
+        assert!(
+            parse(lab)
+                .expect("valid")
+                .swarm
+                .expect("swarm")
+                .database
+                .is_none()
+        );
+        let c = parse(&format!("{lab}[database]\nkind = \"etcd\"\n")).expect("valid");
+        assert_eq!(
+            c.swarm.expect("swarm").database.expect("database").image,
+            "lab/etcd:1"
+        );
+        // Elsewhere the kind must be said.
+        let err = parse(&format!("{lab}[database]\nservers = 3\n")).expect_err("no kind");
+        let ConfigError::Invalid { key, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(key, "database.kind", "{err}");
     }
 }

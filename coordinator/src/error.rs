@@ -45,6 +45,12 @@ pub enum CoordinatorError {
     /// Provider settings that cannot work (a missing token, a bad region): exit 64.
     #[error("{0}")]
     ProviderConfig(String),
+    /// The DigitalOcean preflight, run before anything is created: a
+    /// refusal (the account, the droplet limit, the region, size, image or
+    /// SSH keys) is a setting to change, exit 64; an API that failed to
+    /// answer is not.
+    #[error("digitalocean preflight: {0}; nothing was created")]
+    DigitalOceanPreflight(#[source] apiary_digitalocean::ProviderError),
     /// The artifact listener (the agent binary for booting hosts).
     #[error(transparent)]
     Artifacts(#[from] crate::artifacts::ArtifactError),
@@ -64,6 +70,7 @@ impl CoordinatorError {
         match self {
             CoordinatorError::Config(_) | CoordinatorError::ProviderConfig(_) => exit::USAGE,
             CoordinatorError::Artifacts(e) if e.is_config() => exit::USAGE,
+            CoordinatorError::DigitalOceanPreflight(e) if e.is_refusal() => exit::USAGE,
             CoordinatorError::Store(StoreError::InUse { .. }) => exit::IN_USE,
             CoordinatorError::Backup(e) => e.exit_code(),
             _ => exit::FAILURE,

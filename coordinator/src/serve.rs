@@ -100,11 +100,47 @@ async fn prepare_provider(
     };
     let droplets = match &opts.config.provider {
         ProviderConfig::DigitalOcean(d) => {
-            Some(DigitalOceanProvider::new(&opts.config.cluster_name, d)?)
+            let provider = DigitalOceanProvider::new(&opts.config.cluster_name, d)?;
+            digitalocean_preflight(&provider, progress).await?;
+            Some(provider)
         }
         _ => None,
     };
     Ok((lab, droplets))
+}
+
+/// The account checked before any state, tag, VPC, firewall or droplet
+/// exists: a refusal ends `serve` (exit 64) with nothing created. An API
+/// that does not answer does not: the bring-up runs the preflight again
+/// before it creates anything, and retries as it always does.
+async fn digitalocean_preflight(
+    provider: &DigitalOceanProvider,
+    progress: &Progress,
+) -> Result<(), CoordinatorError> {
+    let phase = progress.phase("preflight", 1);
+    match provider.preflight().await {
+        Ok(report) => {
+            phase.step(
+                "account",
+                &format!(
+                    "{} droplet(s) to create, {} in the account, limit {}",
+                    report.droplets_to_create,
+                    report.droplets_in_account,
+                    report
+                        .droplet_limit
+                        .map_or_else(|| "unknown".to_owned(), |l| l.to_string())
+                ),
+            );
+            phase.finish();
+            Ok(())
+        }
+        Err(CoordinatorError::DigitalOceanPreflight(e)) if !e.is_refusal() => {
+            warn!(error = %e, "digitalocean preflight could not finish; the bring-up runs it again before creating anything");
+            phase.finish();
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What [`open_state`] leaves ready for serving.

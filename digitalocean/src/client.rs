@@ -30,10 +30,10 @@ use serde_json::{Value, json};
 use tracing::{Instrument, debug, info_span, warn};
 use url::Url;
 
-use crate::config::DigitalOceanConfig;
+use crate::config::{DigitalOceanConfig, ImageRef};
 use crate::model::{
-    Account, Action, Droplet, DropletActionType, DropletCreate, Firewall, FirewallCreate, Region,
-    Size, SshKey, Tag, Vpc,
+    Account, Action, Droplet, DropletActionType, DropletCreate, Firewall, FirewallCreate, Image,
+    Region, Size, SshKey, Tag, Vpc,
 };
 
 /// Errors from the API client. Each names the API operation (the spec's
@@ -611,6 +611,37 @@ impl Client {
             &[],
             "regions",
             |r: &Region| r.slug.clone(),
+        )
+        .await
+    }
+
+    /// `images_get` by slug or numeric id (the API takes either in the
+    /// path); `None` when no such image exists for this account.
+    pub async fn get_image(&self, image: &ImageRef) -> Result<Option<Image>, ApiError> {
+        let op = "images_get";
+        let key = match image {
+            ImageRef::Slug(slug) => slug.clone(),
+            ImageRef::Id(id) => id.to_string(),
+        };
+        match self
+            .get_json::<Value>(op, self.url_with(&["v2", "images", &key]))
+            .await
+        {
+            Ok(v) => field(op, v, "image").map(Some),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `droplets_list` without a filter, all pages: every (non-GPU)
+    /// droplet of the account, which is what its droplet limit counts.
+    pub async fn list_droplets(&self) -> Result<Vec<Droplet>, ApiError> {
+        self.list_all(
+            "droplets_list",
+            self.url("v2/droplets"),
+            &[],
+            "droplets",
+            |d: &Droplet| d.id.to_string(),
         )
         .await
     }

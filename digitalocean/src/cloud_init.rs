@@ -1,8 +1,21 @@
-//! The droplet's bootstrap: cloud-init user_data that installs Docker from
-//! the distribution, installs the agent binary over verified HTTPS, writes
-//! the agent's config with the join token, and starts the agent under
-//! systemd. Nothing else: everything after enrollment arrives over the
-//! agent's mTLS session.
+//! The droplet's bootstrap: cloud-init user_data that installs Docker and
+//! nftables from the distribution, writes the agent's config with the join
+//! token, turns SSH password logins off, and starts one systemd unit,
+//! [`INSTALL_UNIT_NAME`], which downloads the agent binary over verified
+//! HTTPS, checks its digest, and only then enables and starts the agent.
+//! Nothing else: everything after enrollment arrives over the agent's mTLS
+//! session.
+//!
+//! # A bootstrap that recovers
+//!
+//! The coordinator may come up after the droplet, or its listener may blink:
+//! the install unit is a `Type=oneshot` with `Restart=on-failure` and
+//! `StartLimitIntervalSec=0`, so systemd retries it every
+//! [`INSTALL_RETRY_SEC`] seconds for as long as it takes, never giving up on
+//! its start rate limit. The agent unit is enabled by the install unit's
+//! `ExecStartPost`, which systemd runs only once `ExecStart` (download,
+//! digest, move into place) succeeded: the agent unit is never enabled
+//! without its binary, and runcmd does nothing but start the install unit.
 //!
 //! The document is built as data and serialised (YAML, TOML), never by
 //! pasting strings into a template, so no value can break out of its field.
@@ -20,6 +33,25 @@ pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/apiary-agent";
 pub const UNIT_NAME: &str = "apiary-agent.service";
 pub const UNIT_PATH: &str = "/etc/systemd/system/apiary-agent.service";
 pub const INSTALLER_PATH: &str = "/usr/local/lib/apiary/install-agent";
+/// The oneshot unit that runs the installer until it succeeds, then enables
+/// and starts [`UNIT_NAME`].
+pub const INSTALL_UNIT_NAME: &str = "apiary-agent-install.service";
+pub const INSTALL_UNIT_PATH: &str = "/etc/systemd/system/apiary-agent-install.service";
+/// Seconds between two tries of the install unit.
+pub const INSTALL_RETRY_SEC: u32 = 15;
+/// sshd settings: no password or keyboard-interactive logins, root by key
+/// only (break-glass SSH uses the account's keys, never a password).
+pub const SSHD_DROP_IN_PATH: &str = "/etc/ssh/sshd_config.d/50-apiary.conf";
+pub const SSHD_DROP_IN: &str = "\
+# Written by cloud-init for apiary: SSH by key only (break-glass access).
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+";
+/// The packages every host needs: Docker from the distribution, nftables
+/// for the host firewall the agent manages, curl and the CA bundle for the
+/// one download.
+pub const PACKAGES: &[&str] = &["docker.io", "nftables", "curl", "ca-certificates"];
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/apiary";
 
 /// A minimal unit, used when the caller passes none (the coordinator should
@@ -60,9 +92,10 @@ if [ "$trust" = cluster-ca ]; then
 else
   set --
 fi
-# The coordinator may come up after the droplet: keep trying for ~10 minutes.
+# A few quick retries for a blip; systemd runs this again (Restart=on-failure)
+# until it succeeds, however late the coordinator comes up.
 curl --proto '=https' --tlsv1.2 --fail --silent --show-error --location \
-  --retry 120 --retry-delay 5 --retry-all-errors --connect-timeout 10 --max-time 300 \
+  --retry 2 --retry-delay 2 --retry-all-errors --connect-timeout 10 --max-time 300 \
   "$@" --output "$tmp" "$url"
 if [ -n "$sum" ]; then
   echo "$sum  $tmp" | sha256sum --check --status
@@ -134,8 +167,9 @@ impl AgentSource {
         }
     }
 
-    /// The `runcmd` entry that installs the agent (argv, no shell): the
-    /// installer at [`INSTALLER_PATH`] with the URL, the trust and the digest.
+    /// The command that installs the agent (argv, no shell; the install
+    /// unit's `ExecStart`): the installer at [`INSTALLER_PATH`] with the
+    /// URL, the trust and the digest.
     pub fn install_command(&self) -> Vec<String> {
         let (url, trust, sum) = self.parts();
         let mut cmd = vec![INSTALLER_PATH.to_owned(), url.to_string(), trust.to_owned()];
@@ -235,8 +269,94 @@ struct AgentFile<'a> {
 struct CloudConfig<'a> {
     package_update: bool,
     packages: Vec<&'a str>,
+    /// `PasswordAuthentication no` through cloud-init's own module.
+    ssh_pwauth: bool,
     write_files: Vec<WriteFile>,
     runcmd: Vec<Vec<String>>,
+}
+
+/// One argument of an `Exec*=` line: double-quoted, with systemd's
+/// specifier (`%`) and variable (`$`) characters escaped, so a URL reaches
+/// the installer byte for byte.
+fn systemd_quote(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('"');
+    for c in arg.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The install unit: runs [`AgentSource::install_command`] until it
+/// succeeds (every [`INSTALL_RETRY_SEC`] s, with no start limit), then
+/// enables and starts Docker and the agent.
+pub fn install_unit(source: &AgentSource) -> String {
+    let exec: Vec<String> = source
+        .install_command()
+        .iter()
+        .map(|a| systemd_quote(a))
+        .collect();
+    format!(
+        "\
+[Unit]
+Description=apiary: install the agent (download, check its digest, then start it)
+Wants=network-online.target
+After=network-online.target
+# Retry for as long as it takes: never stop on the start rate limit.
+StartLimitIntervalSec=0
+
+[Service]
+Type=oneshot
+ExecStart={exec}
+# Runs only when ExecStart succeeded: the agent is never enabled without
+# its verified binary.
+ExecStartPost=/usr/bin/systemctl enable --now --no-block docker.service {UNIT_NAME}
+Restart=on-failure
+RestartSec={INSTALL_RETRY_SEC}
+",
+        exec = exec.join(" ")
+    )
+}
+
+/// The argv of the install unit's `ExecStart=` line, unquoted again (for
+/// tests and tools that run the installer as the unit would).
+pub fn install_unit_command(unit: &str) -> Option<Vec<String>> {
+    let line = unit.lines().find_map(|l| l.strip_prefix("ExecStart="))?;
+    let mut args = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ' ').is_some() {}
+        match chars.next() {
+            None => return Some(args),
+            Some('"') => {
+                let mut arg = String::new();
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => arg.push(chars.next()?),
+                        '%' => arg.push(chars.next().filter(|c| *c == '%')?),
+                        '$' => arg.push(chars.next().filter(|c| *c == '$')?),
+                        c => arg.push(c),
+                    }
+                }
+                args.push(arg);
+            }
+            Some(c) => {
+                let mut arg = String::from(c);
+                while let Some(c) = chars.next_if(|c| *c != ' ') {
+                    arg.push(c);
+                }
+                args.push(arg);
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -298,12 +418,11 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
          # replaces it with the node's own certificate.\n{agent}"
     );
 
-    let install = b.agent_source.install_command();
     let cmd = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let doc = CloudConfig {
         package_update: true,
-        // Docker from the distribution; curl for the one download.
-        packages: vec!["docker.io", "curl", "ca-certificates"],
+        packages: PACKAGES.to_vec(),
+        ssh_pwauth: false,
         write_files: vec![
             WriteFile {
                 path: CA_PATH,
@@ -330,12 +449,24 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
                 permissions: "0755",
                 content: INSTALLER.to_owned(),
             },
+            WriteFile {
+                path: INSTALL_UNIT_PATH,
+                owner: "root:root",
+                permissions: "0644",
+                content: install_unit(&b.agent_source),
+            },
+            WriteFile {
+                path: SSHD_DROP_IN_PATH,
+                owner: "root:root",
+                permissions: "0644",
+                content: SSHD_DROP_IN.to_owned(),
+            },
         ],
+        // Only the install unit is started (without waiting: it may retry
+        // for a while); it enables the agent itself once the binary is in.
         runcmd: vec![
-            install,
-            cmd(&["systemctl", "enable", "--now", "docker.service"]),
             cmd(&["systemctl", "daemon-reload"]),
-            cmd(&["systemctl", "enable", "--now", UNIT_NAME]),
+            cmd(&["systemctl", "start", "--no-block", INSTALL_UNIT_NAME]),
         ],
     };
     let yaml = serde_norway::to_string(&doc).map_err(|e| RenderError::Serialise {
@@ -481,6 +612,29 @@ mod tests {
             agent_toml(&b)["tunnel_allow"],
             toml::Value::Array(vec!["127.0.0.0/8".into(), "10.50.0.0/16".into()])
         );
+    }
+
+    #[test]
+    fn the_install_unit_quotes_its_arguments_for_systemd_and_reads_back() {
+        for url in [
+            "https://10.20.0.2:7444/v1/agent/linux-x86_64",
+            "https://example.com/a%20b/$HOME/agent?x=%41",
+        ] {
+            let source = AgentSource::Url {
+                url: Url::parse(url).unwrap(),
+                sha256: Some("ab".repeat(32)),
+            };
+            let unit = install_unit(&source);
+            let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+            // No bare specifier or variable reaches systemd.
+            let rest = exec.replace("%%", "").replace("$$", "");
+            assert!(!rest.contains('%') && !rest.contains('$'), "{exec}");
+            assert_eq!(
+                install_unit_command(&unit).unwrap(),
+                source.install_command(),
+                "{exec}"
+            );
+        }
     }
 
     #[test]

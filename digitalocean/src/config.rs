@@ -102,18 +102,25 @@ pub struct DigitalOceanSpec {
     /// cluster itself never uses SSH.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
-    /// Create a Cloud Firewall that mirrors the host policy: `public_tcp_ports`
-    /// open to the world, the cluster ports (2377/tcp, 7946/tcp+udp, 4789/udp)
-    /// and ICMP only from the VPC range. Default: false (the agent's nftables
-    /// policy still applies on the hosts). Cloud Firewall rules can name
-    /// only tcp, udp and icmp, so ESP (the encrypted overlay's data path)
-    /// cannot pass one: the coordinator refuses this with
-    /// `swarm.encrypted = true`.
+    /// Create a Cloud Firewall that mirrors the host policy: SSH (22/tcp)
+    /// only from `admin_cidrs`, `public_tcp_ports` open to the world, the
+    /// cluster ports (2377/tcp, 7946/tcp+udp, 4789/udp) and ICMP only from
+    /// the VPC range. Default: false (the agent's nftables policy still
+    /// applies on the hosts). Cloud Firewall rules can name only tcp, udp
+    /// and icmp, so ESP (the encrypted overlay's data path) cannot pass
+    /// one: the coordinator refuses this with `swarm.encrypted = true`.
     #[serde(default)]
     pub firewall: bool,
-    /// TCP ports the Cloud Firewall opens to everyone. Default: `[22]`. Add
-    /// the coordinator's port when the coordinator runs on a droplet.
-    #[serde(default = "default_public_tcp_ports")]
+    /// The operator's networks (CIDRs, IPv4 or IPv6, e.g.
+    /// `"203.0.113.7/32"`) the Cloud Firewall opens SSH (22/tcp) to, for
+    /// break-glass access. Default: none, so SSH is closed. Never the whole
+    /// internet: a `/0` is refused.
+    #[serde(default)]
+    pub admin_cidrs: Vec<String>,
+    /// TCP ports the Cloud Firewall opens to everyone. Default: none. Add
+    /// the coordinator's port when the coordinator runs on a droplet. Not
+    /// 22: SSH is opened only to `admin_cidrs`.
+    #[serde(default)]
     pub public_tcp_ports: Vec<u16>,
     /// API base URL. Default: `$DIGITALOCEAN_API_URL`, else
     /// `https://api.digitalocean.com`. Plain `http` is accepted only for a
@@ -142,9 +149,9 @@ pub struct DigitalOceanSpec {
     pub poll_interval: Duration,
 }
 
-fn default_public_tcp_ports() -> Vec<u16> {
-    vec![22]
-}
+/// SSH's port: opened by the firewall only to `admin_cidrs`.
+pub const SSH_PORT: u16 = 22;
+
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -159,7 +166,6 @@ impl DigitalOceanSpec {
     /// A spec with every default, as an empty `[digitalocean]` section gives.
     pub fn new() -> Self {
         DigitalOceanSpec {
-            public_tcp_ports: default_public_tcp_ports(),
             request_timeout: default_request_timeout(),
             boot_timeout: default_boot_timeout(),
             poll_interval: default_poll_interval(),
@@ -219,6 +225,11 @@ impl DigitalOceanSpec {
             None => None,
         };
 
+        let admin_cidrs = self
+            .admin_cidrs
+            .iter()
+            .map(|c| check_admin_cidr(c).map_err(|reason| invalid("admin_cidrs", c, reason)))
+            .collect::<Result<Vec<_>, _>>()?;
         let firewall = if self.firewall {
             if self.public_tcp_ports.contains(&0) {
                 return Err(invalid(
@@ -227,13 +238,32 @@ impl DigitalOceanSpec {
                     "port 0 would open every port; list the ports instead",
                 ));
             }
+            if self.public_tcp_ports.contains(&SSH_PORT) {
+                return Err(invalid(
+                    "public_tcp_ports",
+                    format!("{:?}", self.public_tcp_ports),
+                    "port 22 (SSH) is never open to the world; remove it, and list the networks \
+                     you administer from in digitalocean.admin_cidrs (e.g. [\"203.0.113.7/32\"])",
+                ));
+            }
             let mut ports = self.public_tcp_ports.clone();
             ports.sort_unstable();
             ports.dedup();
+            let mut admin = admin_cidrs;
+            admin.dedup();
             Some(FirewallSettings {
                 public_tcp_ports: ports,
+                admin_cidrs: admin,
             })
         } else {
+            if let Some(first) = self.admin_cidrs.first() {
+                return Err(invalid(
+                    "admin_cidrs",
+                    first,
+                    "admin_cidrs opens SSH in the Cloud Firewall, and there is none: set \
+                     digitalocean.firewall = true, or remove admin_cidrs",
+                ));
+            }
             None
         };
 
@@ -336,7 +366,11 @@ pub struct VpcSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallSettings {
+    /// Open to the world; never 22.
     pub public_tcp_ports: Vec<u16>,
+    /// The only sources of SSH (22/tcp), as the API takes them (network
+    /// form, e.g. `203.0.113.7/32`); empty: SSH closed.
+    pub admin_cidrs: Vec<String>,
 }
 
 /// Where hosts install the agent from when the coordinator does not serve it.
@@ -586,6 +620,40 @@ fn check_vpc_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One `admin_cidrs` entry: an IPv4 or IPv6 network in CIDR form, host
+/// bits clear, never a `/0` (the whole internet).
+fn check_admin_cidr(raw: &str) -> Result<String, String> {
+    let (addr, prefix) = raw
+        .split_once('/')
+        .ok_or_else(|| "expected a network like 203.0.113.7/32 or 2001:db8::/48".to_owned())?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("{prefix:?} is not a prefix length 0..={max}"))?;
+    if prefix == 0 {
+        return Err(
+            "a /0 opens SSH to the whole internet; list the networks you administer from".into(),
+        );
+    }
+    let host_bits_clear = match addr {
+        IpAddr::V4(a) => u32::from(a) & !(u32::MAX << (32 - u32::from(prefix))) == 0,
+        IpAddr::V6(a) => {
+            prefix == 128 || u128::from(a) & !(u128::MAX << (128 - u32::from(prefix))) == 0
+        }
+    };
+    if !host_bits_clear {
+        return Err(format!(
+            "host bits are set after /{prefix}; write the network address"
+        ));
+    }
+    Ok(format!("{addr}/{prefix}"))
+}
+
 fn check_sha256(hex: &str) -> Result<String, String> {
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex.to_ascii_lowercase())
@@ -712,7 +780,7 @@ mod tests {
         let spec: DigitalOceanSpec =
             toml::from_str("region = \"sfo3\"\nboot_timeout = \"2m\"\nfirewall = true\n").unwrap();
         assert_eq!(spec.boot_timeout, Duration::from_secs(120));
-        assert_eq!(spec.public_tcp_ports, vec![22]);
+        assert!(spec.public_tcp_ports.is_empty() && spec.admin_cidrs.is_empty());
         let err = toml::from_str::<DigitalOceanSpec>("regoin = \"sfo3\"\n").unwrap_err();
         assert!(err.to_string().contains("regoin"), "{err}");
     }
@@ -733,6 +801,88 @@ mod tests {
         let mut spec = DigitalOceanSpec::new();
         spec.agent_url = Some("http://example.com/agent".into());
         assert!(spec.validate(env(&[(TOKEN_VAR, "t")])).is_err());
+    }
+
+    #[test]
+    fn admin_cidrs_are_checked_and_name_the_key_and_the_entry() {
+        let with = |cidrs: &[&str], firewall: bool| {
+            let mut spec = DigitalOceanSpec::new();
+            spec.firewall = firewall;
+            spec.admin_cidrs = cidrs.iter().map(|c| (*c).to_owned()).collect();
+            spec.validate(env(&[(TOKEN_VAR, "t")]))
+        };
+        let cfg = with(&["203.0.113.7/32", "2001:db8::/48"], true).unwrap();
+        assert_eq!(
+            cfg.firewall.unwrap().admin_cidrs,
+            ["203.0.113.7/32", "2001:db8::/48"]
+        );
+        assert!(
+            with(&[], true)
+                .unwrap()
+                .firewall
+                .unwrap()
+                .admin_cidrs
+                .is_empty()
+        );
+        for bad in [
+            "0.0.0.0/0",
+            "::/0",
+            "203.0.113.7",
+            "203.0.113.7/33",
+            "203.0.113.7/24",
+            "my-laptop/32",
+            "2001:db8::1/48",
+        ] {
+            let err = with(&["198.51.100.0/24", bad], true).unwrap_err();
+            let ConfigError::InvalidField { field, value, .. } = &err else {
+                panic!("{bad}: {err}")
+            };
+            assert_eq!((*field, value.as_str()), ("admin_cidrs", bad));
+            let text = err.to_string();
+            assert!(
+                text.starts_with("digitalocean.admin_cidrs") && text.contains(bad),
+                "{text}"
+            );
+        }
+        // Without a Cloud Firewall nothing would apply them: refused.
+        let err = with(&["203.0.113.7/32"], false).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ConfigError::InvalidField {
+                    field: "admin_cidrs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("firewall = true"), "{err}");
+    }
+
+    #[test]
+    fn ssh_is_never_a_public_port() {
+        let mut spec = DigitalOceanSpec::new();
+        spec.firewall = true;
+        spec.public_tcp_ports = vec![443, 22];
+        let err = spec.validate(env(&[(TOKEN_VAR, "t")])).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ConfigError::InvalidField {
+                    field: "public_tcp_ports",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("admin_cidrs"), "{err}");
+        spec.public_tcp_ports = vec![7443, 443, 7443];
+        let fw = spec
+            .validate(env(&[(TOKEN_VAR, "t")]))
+            .unwrap()
+            .firewall
+            .unwrap();
+        assert_eq!(fw.public_tcp_ports, [443, 7443]);
     }
 
     #[test]

@@ -22,6 +22,12 @@
 //!   dropped connection) may still have happened: the client reports
 //!   [`ApiError::OutcomeUnknown`] instead of retrying, and reconcile lists the
 //!   tag again and adopts by name before sending anything else.
+//! - **Check before creating.** [`preflight()`] only reads: the account is
+//!   active, the droplets still to create (hosts with no droplet carrying the
+//!   tag) fit under its droplet limit on top of every droplet it has, the
+//!   region, size and image exist and match, the SSH keys are known. Its
+//!   refusals are typed ([`ProviderError::is_refusal`]) and name the setting
+//!   and what to do; the coordinator runs it before anything is created.
 //! - **Removal is explicit.** Surplus droplets are reported, never deleted by
 //!   reconcile: the coordinator drains them (Swarm, database) and then calls
 //!   [`remove`]. [`teardown`] deletes everything with the tag, the cluster's
@@ -62,7 +68,8 @@
 //! let hosts = (1..=4)
 //!     .map(|i| HostName::parse(&format!("node-{i}")).map(|name| HostSpec { name, user_data: user_data.clone() }))
 //!     .collect::<Result<Vec<_>, _>>()?;
-//! preflight(&client, &config.droplet).await?;
+//! let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
+//! preflight(&client, &PreflightTarget { droplet: &config.droplet, tag: &tag, hosts: &names }).await?; // reads only
 //! let report = reconcile(&client, &ClusterTarget::new(&config, tag.clone(), hosts)).await?;
 //! println!("{report}");
 //! // later: drain node-4, then
@@ -78,7 +85,8 @@
 //! injection (429 bursts, 500s, slow answers, droplets stuck in `new`,
 //! creates whose answer is lost). It checks every request and every answer
 //! against the OpenAPI spec (`openapi/openapi-subset.yaml`, a copy of
-//! `shared/digitalocean/`) and records violations, so it cannot drift from
+//! `shared/digitalocean/`, plus the operations in `openapi/supplement.yaml`)
+//! and records violations, so it cannot drift from
 //! the real API unnoticed. The `do-bench` binary measures a 100-droplet
 //! reconcile against it.
 //!
@@ -87,9 +95,12 @@
 //! - Firewall rules are created, never updated: drift is reported in
 //!   [`ReconcileReport::notes`] (the subset has no update operation).
 //! - Droplets are never moved between VPCs; one in the wrong VPC is reported.
-//! - Two operations teardown uses are outside the shared spec subset
-//!   (`delete_firewall`, `delete_vpc`); `openapi/supplement.yaml` describes
-//!   them from the upstream spec, and the fake validates them like the rest.
+//! - Three operations are outside the shared spec subset (`delete_firewall`,
+//!   `delete_vpc` for teardown, `images_get` for preflight);
+//!   `openapi/supplement.yaml` transcribes them from the upstream spec, and
+//!   the fake validates them like the rest.
+//! - The droplet limit is checked against `droplets_list` without a filter,
+//!   which upstream lists non-GPU droplets only.
 //! - Adopting after a lost create answer assumes a droplet is listed by tag
 //!   as soon as its create was accepted (true of the API as documented: the
 //!   202 carries the droplet, `new`). Should a listing ever lag, the second
@@ -98,6 +109,10 @@
 //!   create).
 //! - Hosts with per-host user_data (a per-node token) are created one per
 //!   request; a shared user_data (node name from the hostname) allows ten.
+//! - The agent's bootstrap retries forever (a systemd oneshot with
+//!   `Restart=on-failure` and no start limit, see [`cloud_init`]), but
+//!   nothing tells the coordinator a host is stuck before `boot_timeout`
+//!   except the host never enrolling.
 //! - user_data is readable from the droplet's metadata service by any local
 //!   process: the join token must be single-use (or short-lived), and the
 //!   host firewall should keep containers away from 169.254.169.254.
@@ -120,7 +135,7 @@ pub use config::{
 };
 pub use model::{Droplet, DropletStatus, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES};
 pub use reconcile::{
-    ClusterTarget, HostSpec, HostState, Plan, ProviderError, ReconcileReport, RemoveReport,
-    TeardownOptions, TeardownReport, VpcState, ensure_vpc, plan, preflight, reconcile, remove,
-    teardown, teardown_with,
+    ClusterTarget, HostSpec, HostState, Plan, PreflightReport, PreflightTarget, ProviderError,
+    ReconcileReport, RemoveReport, TeardownOptions, TeardownReport, VpcState, droplets_to_create,
+    ensure_vpc, plan, preflight, reconcile, remove, teardown, teardown_with,
 };

@@ -191,6 +191,22 @@ pub struct Size {
     pub regions: Vec<String>,
 }
 
+/// An image as `images_get` describes it (only what preflight reads).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Image {
+    pub id: u64,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Regions the image can be used in.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// `available` once usable (custom images go through `NEW`, `pending`).
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct SshKey {
     #[serde(default)]

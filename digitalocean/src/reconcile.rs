@@ -17,8 +17,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::client::{ApiError, Client};
 use crate::config::{
-    DigitalOceanConfig, DropletSettings, FirewallSettings, HostName, ImageRef, SshKeyRef, TagName,
-    VpcSettings,
+    DigitalOceanConfig, DropletSettings, FirewallSettings, HostName, ImageRef, SSH_PORT, SshKeyRef,
+    TagName, VpcSettings,
 };
 use crate::model::{
     Droplet, DropletCreate, DropletStatus, Firewall, FirewallCreate, FirewallRuleTarget,
@@ -88,6 +88,65 @@ pub enum ProviderError {
          from digitalocean.ssh_keys"
     )]
     SshKeyUnknown { key: String },
+
+    #[error(
+        "the cluster needs {needed} more droplet(s), but the account already has {existing} and \
+         its droplet limit is {limit}; ask DigitalOcean support to raise the droplet limit, or \
+         lower provider.hosts (or delete droplets the account no longer needs)"
+    )]
+    DropletLimit {
+        needed: usize,
+        existing: usize,
+        limit: u64,
+    },
+
+    #[error(
+        "digitalocean.image = {image:?} is not an image this account can use (the API knows no \
+         image by that slug or id); pick a slug from `doctl compute image list-distribution`, \
+         or the numeric id of one of your snapshots"
+    )]
+    ImageUnknown { image: String },
+
+    #[error(
+        "digitalocean.image = {image:?} is {status}, not available; wait until it is, or pick \
+         another image"
+    )]
+    ImageNotAvailable { image: String, status: String },
+
+    #[error(
+        "digitalocean.image = {image:?} is not available in region {region} (only in {regions}); \
+         transfer the image there, or change digitalocean.region"
+    )]
+    ImageNotInRegion {
+        image: String,
+        region: String,
+        regions: String,
+    },
+}
+
+impl ProviderError {
+    /// The account or the settings cannot work as they are (a [`preflight`]
+    /// refusal): a person has to change something before trying again,
+    /// unlike a failed or unreachable API, which a retry may get past.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ProviderError::AccountNotActive { .. }
+            | ProviderError::RegionUnavailable { .. }
+            | ProviderError::SizeUnavailable { .. }
+            | ProviderError::SshKeyUnknown { .. }
+            | ProviderError::DropletLimit { .. }
+            | ProviderError::ImageUnknown { .. }
+            | ProviderError::ImageNotAvailable { .. }
+            | ProviderError::ImageNotInRegion { .. } => true,
+            // A token the API refuses is a setting to change too.
+            ProviderError::Api(e) => matches!(e.status(), Some(401 | 403)),
+            ProviderError::UserDataTooLarge { .. }
+            | ProviderError::DuplicateHost { .. }
+            | ProviderError::VpcRegionMismatch { .. }
+            | ProviderError::VpcWithoutRange { .. }
+            | ProviderError::CreateGaveUp { .. } => false,
+        }
+    }
 }
 
 /// One host the cluster wants.
@@ -751,6 +810,19 @@ pub fn firewall_rules(
             sources: anywhere(),
         })
         .collect();
+    // SSH only from the operator's networks, and not at all without them:
+    // never from the world (config refuses 22 among the public ports).
+    if !fw.admin_cidrs.is_empty() {
+        inbound.push(InboundRule {
+            protocol: "tcp".into(),
+            ports: SSH_PORT.to_string(),
+            sources: FirewallRuleTarget {
+                addresses: fw.admin_cidrs.clone(),
+                droplet_ids: Vec::new(),
+                tags: None,
+            },
+        });
+    }
     // Swarm: 2377/tcp managers, 7946/tcp+udp gossip, 4789/udp VXLAN data
     // path; never from outside the VPC.
     for (proto, port) in [
@@ -1120,16 +1192,63 @@ async fn teardown_inner(
 /// What [`preflight`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreflightReport {
+    /// The account's droplet limit (`None`: the API did not say).
     pub droplet_limit: Option<u64>,
+    /// Droplets in the account (every tag), before anything is created.
+    pub droplets_in_account: usize,
+    /// Droplets the target still needs: its hosts without a droplet that
+    /// carries the cluster tag under their name.
+    pub droplets_to_create: usize,
+    /// The image as the API knows it.
+    pub image_id: u64,
+}
+
+/// What [`preflight`] checks the account against: the droplet settings
+/// and the hosts the cluster wants under its tag.
+#[derive(Clone, Copy, Debug)]
+pub struct PreflightTarget<'a> {
+    pub droplet: &'a DropletSettings,
+    pub tag: &'a TagName,
+    pub hosts: &'a [HostName],
+}
+
+/// The droplets the account must still make room for: the wanted hosts
+/// that no droplet with the cluster tag already is (those need no new
+/// slot). Pure, so the arithmetic is unit-tested.
+pub fn droplets_to_create(tag: &TagName, hosts: &[HostName], observed: &[Droplet]) -> usize {
+    let ours: HashSet<&str> = observed
+        .iter()
+        .filter(|d| d.tags.iter().any(|t| tag.eq_ignore_case(t)))
+        .map(|d| d.name.as_str())
+        .collect();
+    hosts
+        .iter()
+        .map(HostName::as_str)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|h| !ours.contains(h))
+        .count()
 }
 
 /// Checks, before anything is created, that the account is active, the
-/// region and size exist and match, and the SSH keys are known: mistakes
-/// that otherwise surface one create at a time.
+/// droplets still to make fit under its droplet limit, the region and size
+/// exist and match, the image exists there, and the SSH keys are known:
+/// mistakes that otherwise surface one create at a time, after a tag, a VPC
+/// and a firewall were made. It only reads (no tag, VPC, firewall or
+/// droplet is created), so a refusal leaves the account as it was.
 pub async fn preflight(
     client: &Client,
-    settings: &DropletSettings,
+    target: &PreflightTarget<'_>,
 ) -> Result<PreflightReport, ProviderError> {
+    let span = info_span!("preflight", tag = %target.tag, hosts = target.hosts.len());
+    preflight_inner(client, target).instrument(span).await
+}
+
+async fn preflight_inner(
+    client: &Client,
+    target: &PreflightTarget<'_>,
+) -> Result<PreflightReport, ProviderError> {
+    let settings = target.droplet;
     let account = client.account().await?;
     if let Some(status) = &account.status
         && status != "active"
@@ -1139,6 +1258,21 @@ pub async fn preflight(
             message: account.status_message.clone().unwrap_or_default(),
         });
     }
+
+    let all = client.list_droplets().await?;
+    let needed = droplets_to_create(target.tag, target.hosts, &all);
+    // Nothing to create needs no slot, even in an account over its limit.
+    if let Some(limit) = account.droplet_limit
+        && needed > 0
+        && all.len() as u64 + needed as u64 > limit
+    {
+        return Err(ProviderError::DropletLimit {
+            needed,
+            existing: all.len(),
+            limit,
+        });
+    }
+
     let regions = client.list_regions().await?;
     let region = regions
         .iter()
@@ -1164,6 +1298,32 @@ pub async fn preflight(
             available: region.sizes.join(", "),
         });
     }
+
+    let image_name = match &settings.image {
+        ImageRef::Slug(slug) => slug.clone(),
+        ImageRef::Id(id) => id.to_string(),
+    };
+    let image =
+        client
+            .get_image(&settings.image)
+            .await?
+            .ok_or_else(|| ProviderError::ImageUnknown {
+                image: image_name.clone(),
+            })?;
+    if image.status.as_deref().is_some_and(|s| s != "available") {
+        return Err(ProviderError::ImageNotAvailable {
+            image: image_name,
+            status: image.status.clone().unwrap_or_default(),
+        });
+    }
+    if !image.regions.is_empty() && !image.regions.contains(&settings.region) {
+        return Err(ProviderError::ImageNotInRegion {
+            image: image_name,
+            region: settings.region.clone(),
+            regions: image.regions.join(", "),
+        });
+    }
+
     if !settings.ssh_keys.is_empty() {
         let keys = client.list_ssh_keys().await?;
         for k in &settings.ssh_keys {
@@ -1185,8 +1345,18 @@ pub async fn preflight(
             }
         }
     }
+    info!(
+        droplets_in_account = all.len(),
+        droplets_to_create = needed,
+        droplet_limit = ?account.droplet_limit,
+        image = image.id,
+        "preflight passed"
+    );
     Ok(PreflightReport {
         droplet_limit: account.droplet_limit,
+        droplets_in_account: all.len(),
+        droplets_to_create: needed,
+        image_id: image.id,
     })
 }
 
@@ -1238,6 +1408,22 @@ mod tests {
     }
 
     #[test]
+    fn droplets_to_create_counts_only_names_without_a_tagged_droplet() {
+        let tag = TagName::parse("apiary-c").unwrap();
+        let mut tagged = droplet(1, "n1");
+        tagged.tags = vec!["Apiary-C".into()];
+        // Same name, not the cluster's: it does not count as the host.
+        let mut foreign = droplet(2, "n2");
+        foreign.tags = vec!["web".into()];
+        let hosts: Vec<HostName> = ["n1", "n2", "n3", "n3"]
+            .iter()
+            .map(|n| HostName::parse(n).unwrap())
+            .collect();
+        assert_eq!(droplets_to_create(&tag, &hosts, &[tagged, foreign]), 2);
+        assert_eq!(droplets_to_create(&tag, &[], &[]), 0);
+    }
+
+    #[test]
     fn plan_is_empty_when_everything_exists() {
         let desired = vec![host("a", "x"), host("b", "x")];
         let observed = vec![droplet(1, "a"), droplet(2, "b")];
@@ -1245,23 +1431,27 @@ mod tests {
         assert!(p.create.is_empty() && p.surplus.is_empty() && p.duplicates.is_empty());
     }
 
+    /// Every inbound rule as (protocol, port, sources).
+    fn rules(fw: &FirewallSettings) -> Vec<(String, String, Vec<String>)> {
+        firewall_rules(fw, "10.20.0.0/20")
+            .0
+            .into_iter()
+            .map(|r| (r.protocol, r.ports, r.sources.addresses))
+            .collect()
+    }
+
     #[test]
     fn firewall_rules_keep_cluster_ports_inside_the_vpc() {
-        let (inbound, outbound) = firewall_rules(
-            &FirewallSettings {
-                public_tcp_ports: vec![22, 7443],
-            },
-            "10.20.0.0/20",
-        );
+        let fw = FirewallSettings {
+            public_tcp_ports: vec![7443],
+            admin_cidrs: vec!["203.0.113.7/32".into()],
+        };
+        let (inbound, outbound) = firewall_rules(&fw, "10.20.0.0/20");
         for r in &inbound {
             let public = r.sources.addresses.contains(&"0.0.0.0/0".to_owned());
             let port: u16 = r.ports.parse().unwrap();
-            assert_eq!(
-                public,
-                r.protocol == "tcp" && (port == 22 || port == 7443),
-                "{r:?}"
-            );
-            if !public {
+            assert_eq!(public, r.protocol == "tcp" && port == 7443, "{r:?}");
+            if !public && port != 22 {
                 assert_eq!(r.sources.addresses, ["10.20.0.0/20"], "{r:?}");
             }
         }
@@ -1276,5 +1466,46 @@ mod tests {
         );
         assert_eq!(inbound.len(), 7);
         assert_eq!(outbound.len(), 3);
+    }
+
+    #[test]
+    fn ssh_is_open_only_to_the_admin_cidrs() {
+        let ssh = |fw: &FirewallSettings| -> Vec<Vec<String>> {
+            rules(fw)
+                .into_iter()
+                .filter(|(proto, port, _)| proto == "tcp" && port == "22")
+                .map(|(_, _, sources)| sources)
+                .collect()
+        };
+        let fw = FirewallSettings {
+            public_tcp_ports: vec![443],
+            admin_cidrs: vec!["203.0.113.7/32".into(), "2001:db8::/48".into()],
+        };
+        assert_eq!(
+            ssh(&fw),
+            [vec![
+                "203.0.113.7/32".to_owned(),
+                "2001:db8::/48".to_owned()
+            ]],
+            "one SSH rule, from the admin networks only"
+        );
+        // No admin networks (the default): no SSH rule at all.
+        let closed = FirewallSettings {
+            public_tcp_ports: vec![443],
+            admin_cidrs: Vec::new(),
+        };
+        assert!(ssh(&closed).is_empty(), "{:?}", rules(&closed));
+        // Nothing anywhere reaches 22 from the world, whatever the settings.
+        for fw in [&fw, &closed] {
+            for (proto, port, sources) in rules(fw) {
+                if proto == "tcp" && port == "22" {
+                    assert!(
+                        !sources.iter().any(|s| s == "0.0.0.0/0" || s == "::/0"),
+                        "{sources:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(rules(&closed).len(), 6, "443 + 4 Swarm rules + ICMP");
     }
 }

@@ -9,7 +9,9 @@
 use std::process::Command;
 
 use apiary_digitalocean::cloud_init::{
-    AGENT_CONFIG_PATH, CA_PATH, INSTALLER_PATH, UNIT_NAME, UNIT_PATH,
+    AGENT_BINARY_PATH, AGENT_CONFIG_PATH, CA_PATH, INSTALL_RETRY_SEC, INSTALL_UNIT_NAME,
+    INSTALL_UNIT_PATH, INSTALLER_PATH, SSHD_DROP_IN_PATH, UNIT_NAME, UNIT_PATH,
+    install_unit_command,
 };
 use apiary_digitalocean::{
     AgentSource, Bootstrap, HostName, MAX_USER_DATA_BYTES, render_user_data,
@@ -72,11 +74,29 @@ fn runcmd(doc: &Value) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The install unit's text and its `ExecStart` argv.
+fn install_unit(doc: &Value) -> (String, Vec<String>) {
+    let unit = get(file(doc, INSTALL_UNIT_PATH), "content")
+        .as_str()
+        .expect("unit text")
+        .to_owned();
+    let argv = install_unit_command(&unit).expect("an ExecStart line");
+    (unit, argv)
+}
+
 /// Runs `cloud-init schema` when cloud-init is installed (Debian's
-/// `cloud-init` package; the project's setup installs it).
+/// `cloud-init` package; scripts/setup-host installs it). `None`, with the
+/// reason printed, when it is not.
 fn cloud_init_schema(user_data: &str) -> Option<(bool, String)> {
-    let version = Command::new("cloud-init").arg("--version").output().ok()?;
-    if !version.status.success() {
+    let available = Command::new("cloud-init")
+        .args(["schema", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        eprintln!(
+            "skipped: `cloud-init schema` is not available (apt-get install cloud-init, as \
+             scripts/setup-host does); YAML and key checks only"
+        );
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -139,25 +159,25 @@ fn renders_a_valid_cloud_config_for_the_coordinator_download() {
     let unit = get(file(&doc, UNIT_PATH), "content").as_str().unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/apiary-agent"));
 
-    let cmds = runcmd(&doc);
-    let install = cmds
-        .iter()
-        .find(|c| c[0] == INSTALLER_PATH)
-        .expect("install step");
+    let (unit, install) = install_unit(&doc);
+    assert_eq!(install[0], INSTALLER_PATH);
     assert_eq!(install[1], "https://10.20.0.2:7444/v1/agent/linux-x86_64");
     assert_eq!(
         install[2], "cluster-ca",
         "the download trusts only the pinned CA"
     );
     assert_eq!(install[3], SUM, "and checks the digest beyond TLS");
-    assert_eq!(*install, bootstrap().agent_source.install_command());
-    let enable = cmds
-        .iter()
-        .position(|c| c.ends_with(&["--now".to_owned(), UNIT_NAME.to_owned()]));
-    let install_at = cmds.iter().position(|c| c[0] == INSTALLER_PATH);
-    assert!(
-        install_at < enable,
-        "the binary is installed before the unit starts: {cmds:?}"
+    assert_eq!(install, bootstrap().agent_source.install_command());
+    assert!(unit.contains("Type=oneshot"), "{unit}");
+    // runcmd starts the install unit and nothing else: no download, and the
+    // agent is never enabled from there.
+    let cmds = runcmd(&doc);
+    assert_eq!(
+        cmds,
+        [
+            vec!["systemctl", "daemon-reload"],
+            vec!["systemctl", "start", "--no-block", INSTALL_UNIT_NAME]
+        ],
     );
     let script = get(file(&doc, INSTALLER_PATH), "content").as_str().unwrap();
     // Paths are under $root, which is empty on a host (tests set it).
@@ -222,10 +242,7 @@ fn external_agent_url_with_digest_and_node_name() {
         assert!(ok, "cloud-init schema:\n{text}");
     }
     let doc: Value = serde_norway::from_str(&ud).expect("YAML");
-    let install = runcmd(&doc)
-        .into_iter()
-        .find(|c| c[0] == INSTALLER_PATH)
-        .expect("install");
+    let (_, install) = install_unit(&doc);
     assert_eq!(install[2], "system");
     assert_eq!(install[3], "ab".repeat(32));
     let agent = get(file(&doc, AGENT_CONFIG_PATH), "content")
@@ -260,5 +277,148 @@ fn values_cannot_break_out_of_their_fields() {
         .to_owned();
     let toml: toml::Value = toml::from_str(&agent).unwrap();
     assert_eq!(toml["state_dir"].as_str(), Some(b.state_dir.as_str()));
-    assert_eq!(runcmd(&doc).len(), 4);
+    assert_eq!(runcmd(&doc).len(), 2);
+}
+
+#[test]
+fn the_install_unit_retries_forever_and_alone_enables_the_agent() {
+    let ud = render_user_data(&bootstrap()).expect("render");
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    let (unit, _) = install_unit(&doc);
+    let keys: Vec<(&str, &str)> = unit.lines().filter_map(|l| l.split_once('=')).collect();
+    let value = |k: &str| -> Vec<&str> {
+        keys.iter()
+            .filter(|(key, _)| *key == k)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(value("Type"), ["oneshot"]);
+    assert_eq!(value("Restart"), ["on-failure"], "{unit}");
+    assert_eq!(
+        value("RestartSec"),
+        [INSTALL_RETRY_SEC.to_string().as_str()]
+    );
+    const { assert!(INSTALL_RETRY_SEC > 0) };
+    assert_eq!(
+        value("StartLimitIntervalSec"),
+        ["0"],
+        "no start limit: systemd never gives up on it"
+    );
+    // The unit must not be wanted at boot by itself: runcmd starts it once
+    // per instance, and on success it enables the agent.
+    assert!(value("WantedBy").is_empty(), "{unit}");
+    // Success (ExecStartPost runs only after ExecStart succeeded) enables
+    // and starts the agent; nothing else anywhere enables it.
+    let post = value("ExecStartPost");
+    assert_eq!(post.len(), 1, "{unit}");
+    let post: Vec<&str> = post[0].split_whitespace().collect();
+    assert_eq!(
+        post[..4],
+        ["/usr/bin/systemctl", "enable", "--now", "--no-block"]
+    );
+    assert!(post.contains(&UNIT_NAME), "{post:?}");
+    let enables_agent = |text: &str| text.contains("enable") && text.contains(UNIT_NAME);
+    for cmd in runcmd(&doc) {
+        assert!(
+            !enables_agent(&cmd.join(" ")),
+            "runcmd enables the agent: {cmd:?}"
+        );
+    }
+    let agent_unit = get(file(&doc, UNIT_PATH), "content").as_str().unwrap();
+    assert!(!enables_agent(agent_unit));
+    assert_eq!(
+        ud.matches(&format!(
+            "enable --now --no-block docker.service {UNIT_NAME}"
+        ))
+        .count(),
+        1,
+        "the agent is enabled in exactly one place"
+    );
+}
+
+#[test]
+fn packages_and_ssh_are_locked_down() {
+    let ud = render_user_data(&bootstrap()).expect("render");
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    let packages: Vec<&str> = get(&doc, "packages")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for p in ["docker.io", "nftables", "curl", "ca-certificates"] {
+        assert!(packages.contains(&p), "{p} missing: {packages:?}");
+    }
+    assert_eq!(
+        get(&doc, "ssh_pwauth").as_bool(),
+        Some(false),
+        "password SSH off"
+    );
+    let sshd = get(file(&doc, SSHD_DROP_IN_PATH), "content")
+        .as_str()
+        .unwrap();
+    for line in [
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+    ] {
+        assert!(sshd.lines().any(|l| l == line), "{line} missing:\n{sshd}");
+    }
+}
+
+/// The installer as the install unit runs it (its ExecStart argv, paths
+/// under a scratch root), then the unit's success step as systemd would:
+/// only when ExecStart exited 0. A download that fails leaves no binary, no
+/// temporary file and no agent enabled.
+#[test]
+fn a_failed_download_leaves_no_agent_enabled() {
+    let mut b = bootstrap();
+    // Nothing listens on port 1: the download fails after its few retries.
+    b.agent_source = AgentSource::Url {
+        url: "https://127.0.0.1:1/agent".parse().unwrap(),
+        sha256: Some(SUM.into()),
+    };
+    let ud = render_user_data(&b).expect("render");
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    let (unit, argv) = install_unit(&doc);
+    let root = tempfile::tempdir().expect("root");
+    for d in ["etc/apiary", "usr/local/bin", "usr/local/lib/apiary"] {
+        std::fs::create_dir_all(root.path().join(d)).expect("mkdir");
+    }
+    let script = root.path().join(INSTALLER_PATH.trim_start_matches('/'));
+    std::fs::write(
+        &script,
+        get(file(&doc, INSTALLER_PATH), "content").as_str().unwrap(),
+    )
+    .expect("script");
+    let out = Command::new("sh")
+        .arg(&script)
+        .args(&argv[1..])
+        .env("APIARY_INSTALL_ROOT", root.path())
+        .output()
+        .expect("run the installer");
+    assert!(!out.status.success(), "a failed download reported success");
+    // systemd runs ExecStartPost only after a successful ExecStart; here
+    // it would not run, so nothing enables the agent.
+    let enabled = out.status.success().then(|| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix("ExecStartPost="))
+            .map(str::to_owned)
+    });
+    assert_eq!(enabled, None);
+    let installed = root.path().join(AGENT_BINARY_PATH.trim_start_matches('/'));
+    assert!(!installed.exists(), "a binary was installed");
+    let leftovers: Vec<_> = std::fs::read_dir(root.path().join("usr/local/bin"))
+        .expect("ls")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert!(
+        !root
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants")
+            .join(UNIT_NAME)
+            .exists()
+    );
+    // And systemd would try again: the unit restarts on failure.
+    assert!(unit.lines().any(|l| l == "Restart=on-failure"));
 }

@@ -19,7 +19,8 @@ use common::{names, setup, tag_name};
 async fn create_adopt_scale_and_teardown() {
     let env = setup(FakeOptions::default(), |s| {
         s.firewall = true;
-        s.public_tcp_ports = vec![22, 7443];
+        s.public_tcp_ports = vec![7443];
+        s.admin_cidrs = vec!["203.0.113.7/32".into()];
         s.tags = vec!["env:test".into()];
     })
     .await;
@@ -63,7 +64,14 @@ async fn create_adopt_scale_and_teardown() {
         })
         .filter_map(|r| r["ports"].as_str())
         .collect();
-    assert_eq!(public, BTreeSet::from(["22", "7443"]));
+    assert_eq!(public, BTreeSet::from(["7443"]), "SSH is not open to all");
+    // SSH from the operator's network only, through the API as it took it.
+    let ssh: Vec<_> = inbound.iter().filter(|r| r["ports"] == "22").collect();
+    assert_eq!(ssh.len(), 1, "{inbound:?}");
+    assert_eq!(
+        ssh[0]["sources"]["addresses"],
+        serde_json::json!(["203.0.113.7/32"])
+    );
     // ICMP from the VPC only, in a form the spec accepts (checked below).
     let icmp: Vec<_> = inbound.iter().filter(|r| r["protocol"] == "icmp").collect();
     assert_eq!(icmp.len(), 1, "{inbound:?}");

@@ -10,11 +10,8 @@ use std::collections::BTreeSet;
 
 use apiary_digitalocean::fake::{FakeOptions, SpecValidator};
 use apiary_digitalocean::model::{DropletActionType, DropletStatus};
-use apiary_digitalocean::reconcile::preflight;
-use apiary_digitalocean::{
-    Client, DigitalOceanSpec, ProviderError, TOKEN_VAR, reconcile, teardown,
-};
-use common::{TOKEN, names, setup, tag_name};
+use apiary_digitalocean::{Client, DigitalOceanSpec, TOKEN_VAR, reconcile, teardown};
+use common::{names, setup, tag_name};
 
 #[tokio::test]
 async fn every_operation_is_exercised_and_valid() {
@@ -44,6 +41,26 @@ async fn every_operation_is_exercised_and_valid() {
             .expect("sizes")
             .iter()
             .any(|s| s.slug == "s-2vcpu-4gb")
+    );
+    use apiary_digitalocean::config::ImageRef;
+    let by_slug = client
+        .get_image(&ImageRef::Slug("ubuntu-24-04-x64".into()))
+        .await
+        .expect("image")
+        .expect("a public image");
+    assert_eq!(by_slug.slug.as_deref(), Some("ubuntu-24-04-x64"));
+    let by_id = client
+        .get_image(&ImageRef::Id(by_slug.id))
+        .await
+        .expect("image by id")
+        .expect("the same image");
+    assert_eq!(by_id, by_slug);
+    assert!(
+        client
+            .get_image(&ImageRef::Slug("no-such-image".into()))
+            .await
+            .expect("404 is None")
+            .is_none()
     );
     let key = client
         .create_ssh_key(
@@ -161,44 +178,7 @@ async fn every_operation_is_exercised_and_valid() {
     );
 }
 
-#[tokio::test]
-async fn preflight_names_what_is_wrong() {
-    let env = setup(FakeOptions::default(), |_| {}).await;
-    let client = env.client();
-    let ok = preflight(&client, &env.config.droplet)
-        .await
-        .expect("preflight");
-    assert_eq!(ok.droplet_limit, Some(1000));
-
-    let mut bad = env.config.droplet.clone();
-    bad.region = "sfo1".into();
-    let err = preflight(&client, &bad).await.unwrap_err();
-    assert!(
-        matches!(err, ProviderError::RegionUnavailable { .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("nyc3"),
-        "lists the available ones: {err}"
-    );
-
-    let mut bad = env.config.droplet.clone();
-    bad.size = "s-64vcpu-1tb".into();
-    assert!(matches!(
-        preflight(&client, &bad).await.unwrap_err(),
-        ProviderError::SizeUnavailable { .. }
-    ));
-
-    let mut spec = DigitalOceanSpec::new();
-    spec.ssh_keys = vec!["12345".into()];
-    spec.api_url = Some(env.fake.url());
-    let config = spec
-        .validate(|k| (k == TOKEN_VAR).then(|| TOKEN.to_owned()))
-        .expect("config");
-    let err = preflight(&client, &config.droplet).await.unwrap_err();
-    assert!(matches!(err, ProviderError::SshKeyUnknown { .. }), "{err}");
-    env.assert_spec_clean();
-}
+// preflight's refusals and acceptances: tests/preflight.rs.
 
 #[test]
 fn an_https_client_builds_with_the_ring_provider() {

@@ -43,13 +43,15 @@ impl Fixture {
     }
 
     fn new() -> Fixture {
+        Fixture::with_options(FakeOptions {
+            token: Some(TOKEN.into()),
+            ..Default::default()
+        })
+    }
+
+    fn with_options(options: FakeOptions) -> Fixture {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let fake = rt
-            .block_on(FakeServer::start(FakeOptions {
-                token: Some(TOKEN.into()),
-                ..Default::default()
-            }))
-            .expect("fake");
+        let fake = rt.block_on(FakeServer::start(options)).expect("fake");
         Fixture {
             rt,
             fake: Some(fake),
@@ -290,7 +292,9 @@ fn written(doc: &serde_norway::Value, path: &str) -> String {
 
 #[test]
 fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
-    use apiary_digitalocean::cloud_init::{CA_PATH, INSTALLER_PATH};
+    use apiary_digitalocean::cloud_init::{
+        CA_PATH, INSTALL_UNIT_PATH, INSTALLER_PATH, UNIT_NAME, install_unit_command,
+    };
 
     let fx = Fixture::new();
     let artifacts_port = free_port();
@@ -313,19 +317,15 @@ fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
         .expect("droplet");
     let user_data = droplet.user_data.expect("user_data");
     let doc: serde_norway::Value = serde_norway::from_str(&user_data).expect("YAML");
-    let install: Vec<String> = doc["runcmd"]
-        .as_sequence()
-        .expect("runcmd")
-        .iter()
-        .map(|c| {
-            c.as_sequence()
-                .expect("argv")
-                .iter()
-                .map(|a| a.as_str().expect("string").to_string())
-                .collect::<Vec<_>>()
-        })
-        .find(|c| c[0] == INSTALLER_PATH)
-        .expect("an install step");
+    // The install unit runs the installer (and retries it) and, once it
+    // succeeded, enables the agent.
+    let unit = written(&doc, INSTALL_UNIT_PATH);
+    let install = install_unit_command(&unit).expect("the install unit's ExecStart");
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("ExecStartPost=") && l.ends_with(UNIT_NAME)),
+        "{unit}"
+    );
     assert_eq!(
         install,
         [INSTALLER_PATH, &url, "cluster-ca", &sum],
@@ -398,6 +398,117 @@ fn droplets_boot_from_the_agent_binary_the_coordinator_serves() {
 
     fx.assert_spec_kept();
     serve.kill9();
+}
+
+/// `coordinator serve` against a fake with `options`, for a refusal: its
+/// exit code and stderr.
+fn serve_refused(options: FakeOptions, extra_digitalocean: &str) -> (Fixture, i32, String) {
+    let fx = Fixture::with_options(options);
+    let path = fx.config(4);
+    let text = std::fs::read_to_string(&path).expect("read") + extra_digitalocean;
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("state"))
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()
+        .expect("serve");
+    (fx, out.status.code().unwrap_or(-1), stderr(&out))
+}
+
+/// Nothing in the account but what was there, and no request but reads.
+fn assert_nothing_created(fx: &Fixture, seeded: usize) {
+    let api = fx.fake().api();
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "the refused serve wrote: {writes:?}");
+    assert_eq!(api.droplets().len(), seeded, "{:?}", api.droplets());
+    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
+    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+    assert!(
+        !api.tags().iter().any(|t| t == "apiary-hive"),
+        "{:?}",
+        api.tags()
+    );
+    assert!(
+        !fx.dir.path().join("state").exists(),
+        "state was created before the preflight"
+    );
+    fx.assert_spec_kept();
+}
+
+#[test]
+fn a_preflight_refusal_exits_64_with_nothing_created() {
+    // Over the droplet limit: 3 droplets of someone else's, 4 wanted, limit 5.
+    let fx = Fixture::with_options(FakeOptions {
+        token: Some(TOKEN.into()),
+        droplet_limit: 5,
+        ..Default::default()
+    });
+    for name in ["web-1", "web-2", "db"] {
+        fx.fake().api().seed_droplet(name, &["other"]);
+    }
+    let out = Command::new(bin("coordinator"))
+        .args(["serve", "--config"])
+        .arg(fx.config(4))
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("state"))
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()
+        .expect("serve");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for part in [
+        "4 more droplet",
+        "already has 3",
+        "limit is 5",
+        "provider.hosts",
+        "nothing was created",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    assert_eq!(
+        err.matches("droplet limit is 5").count(),
+        1,
+        "one clear error: {err}"
+    );
+    assert_nothing_created(&fx, 3);
+
+    // An image the API does not know.
+    let (fx, code, err) = serve_refused(
+        FakeOptions {
+            token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        "image = \"debian-99-x64\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("digitalocean.image") && err.contains("debian-99-x64"),
+        "{err}"
+    );
+    assert_nothing_created(&fx, 0);
+
+    // A locked account.
+    let (fx, code, err) = serve_refused(
+        FakeOptions {
+            token: Some(TOKEN.into()),
+            account_status: ("locked".into(), "billing overdue".into()),
+            ..Default::default()
+        },
+        "",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("locked") && err.contains("billing overdue"),
+        "{err}"
+    );
+    assert_nothing_created(&fx, 0);
 }
 
 #[test]
@@ -558,7 +669,9 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
     let config = |hosts: usize| {
         let path = fx.config(hosts);
         let mut text = std::fs::read_to_string(&path).expect("read");
-        text.push_str("\n[swarm]\n\n[database]\nkind = \"etcd\"\nservers = 2\n");
+        // etcd on DigitalOcean names an image droplets can pull (the lab's
+        // lab/etcd:1 is refused there); no droplet here runs it.
+        text.push_str("\n[swarm]\n\n[database]\nkind = \"etcd\"\nimage = \"registry.example.com/etcd:3.5\"\nservers = 2\n");
         std::fs::write(&path, text).expect("write");
         path
     };
@@ -663,7 +776,13 @@ fn a_surplus_node_that_cannot_be_drained_keeps_its_droplet() {
 #[test]
 fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_count_is_kept() {
     let fx = Fixture::new();
-    let serve = fx.serve(4);
+    // No Swarm (on by default on DigitalOcean, with RethinkDB): no agent
+    // runs here, and a scale with a database waits for the new hosts to
+    // join the swarm before it answers.
+    let spec = fx.config(4);
+    let text = std::fs::read_to_string(&spec).expect("read") + "\n[swarm]\nenabled = false\n";
+    std::fs::write(&spec, text).expect("write");
+    let serve = fx.serve_config(&spec, "4-no-swarm");
     let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
     eventually("4 droplets", Duration::from_secs(30), || {
         (fx.droplet_names() == four).then_some(())
@@ -698,7 +817,7 @@ fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_co
     // A restarted coordinator keeps the scaled count, not the spec's 4.
     let mut serve = serve;
     serve.kill9();
-    let mut serve = fx.serve(4);
+    let mut serve = fx.serve_config(&spec, "4-no-swarm-again");
     eventually("adopted after restart", Duration::from_secs(30), || {
         serve
             .log_text()

@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 
 use apiary_digitalocean::{
     AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec,
-    Ipv4Cidr, TagName, ensure_vpc, reconcile, remove, render_user_data, teardown,
+    Ipv4Cidr, PreflightReport, PreflightTarget, TagName, ensure_vpc, preflight, reconcile, remove,
+    render_user_data, teardown,
 };
 use tracing::{info, warn};
 
@@ -41,6 +42,9 @@ pub struct DigitalOceanProvider {
     /// The coordinator's artifact listener: the agent's URL and SHA-256
     /// (used when the config names no `agent_url`).
     coordinator_agent: Option<(url::Url, String)>,
+    /// The most hosts a passed preflight was run for (0: none passed yet).
+    /// A reconcile that wants more runs it again before creating anything.
+    preflighted: std::sync::atomic::AtomicUsize,
 }
 
 fn provider_err(e: impl std::fmt::Display) -> CoordinatorError {
@@ -68,6 +72,7 @@ impl DigitalOceanProvider {
             hosts: std::sync::RwLock::new(config.hosts.clone()),
             reconciling: tokio::sync::Mutex::new(()),
             coordinator_agent: None,
+            preflighted: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -79,6 +84,35 @@ impl DigitalOceanProvider {
     /// Wants `names` from now on (the next reconcile makes or drains).
     pub fn replan(&self, names: Vec<String>) {
         *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    /// Checks the account against the droplets wanted now, reading only:
+    /// active, room under the droplet limit for the droplets still to
+    /// make, region, size, image, SSH keys. `serve` runs it before any
+    /// state or resource exists (a refusal exits 64 with nothing created);
+    /// [`Self::bring_up`] runs it again before creating when more hosts are
+    /// wanted than it last passed for (`ctl scale hosts=N`, a recorded count).
+    pub async fn preflight(&self) -> Result<PreflightReport, CoordinatorError> {
+        let hosts = self
+            .planned()
+            .iter()
+            .map(|h| {
+                HostName::parse(h).map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let report = preflight(
+            &self.client,
+            &PreflightTarget {
+                droplet: &self.config.droplet,
+                tag: &self.tag,
+                hosts: &hosts,
+            },
+        )
+        .await
+        .map_err(CoordinatorError::DigitalOceanPreflight)?;
+        self.preflighted
+            .fetch_max(hosts.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(report)
     }
 
     /// Hosts fetch the agent from the coordinator's artifact listener at
@@ -140,6 +174,10 @@ impl DigitalOceanProvider {
         progress: &Progress,
     ) -> Result<(), CoordinatorError> {
         let _one_at_a_time = self.reconciling.lock().await;
+        // Nothing is created for more hosts than a preflight passed for.
+        if self.planned().len() > self.preflighted.load(std::sync::atomic::Ordering::SeqCst) {
+            self.preflight().await?;
+        }
         let mut target = ClusterTarget::new(&self.config, self.tag.clone(), Vec::new());
         // The VPC first: its range goes into the user_data.
         let vpc = ensure_vpc(&self.client, &target)

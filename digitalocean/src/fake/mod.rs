@@ -127,6 +127,9 @@ pub struct FakeOptions {
     /// Refuse requests that break the spec with 400 (default true).
     pub strict: bool,
     pub droplet_limit: u64,
+    /// The account's `status` (`active`, `warning`, `locked`) and
+    /// `status_message`, as `account_get` reports them.
+    pub account_status: (String, String),
 }
 
 impl Default for FakeOptions {
@@ -138,6 +141,7 @@ impl Default for FakeOptions {
             random: None,
             strict: true,
             droplet_limit: 1000,
+            account_status: ("active".into(), String::new()),
         }
     }
 }
@@ -1268,8 +1272,8 @@ impl State {
                     "email": "apiary@example.com",
                     "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef",
                     "email_verified": true,
-                    "status": "active",
-                    "status_message": "",
+                    "status": self.options.account_status.0,
+                    "status_message": self.options.account_status.1,
                 }})),
             ),
             "sshKeys_list" => {
@@ -1616,6 +1620,22 @@ impl State {
                         "not_found",
                         "The resource you requested could not be found.",
                     )
+                }
+            }
+            // A public image by slug or id (private ones only by id upstream;
+            // the fake has public ones only).
+            "images_get" => {
+                let key = params.get("image_id").cloned().unwrap_or_default();
+                let found = IMAGES
+                    .iter()
+                    .find(|i| i.1 == key || key.parse::<u64>().ok() == Some(i.0));
+                match found {
+                    Some(i) => (200, Some(json!({ "image": self.image_json(i.1) }))),
+                    None => error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    ),
                 }
             }
             "regions_list" => {

@@ -122,7 +122,7 @@ fn do_models(data: &[u8]) {
 
 pub const DO_CLIENT: Target = Target {
     name: "do_client",
-    covers: "digitalocean/src/client.rs: Client (send_inner's retries and rate limits, list_all's paging, decode, field, api_error_body) for every operation; digitalocean/src/reconcile.rs: preflight, reconcile, ensure_vpc, remove, teardown",
+    covers: "digitalocean/src/client.rs: Client (send_inner's retries and rate limits, list_all's paging, decode, field, api_error_body) for every operation; digitalocean/src/reconcile.rs: preflight (with images_get and the unfiltered droplets_list), reconcile, ensure_vpc, remove, teardown",
     run: do_client,
     dict: DO_DICT,
     max_len: 1 << 20,
@@ -377,7 +377,15 @@ async fn call(client: &Client, op: u8) {
         16 => drop(client.delete_droplet(7).await),
         17 => drop(client.droplet_action(7, DropletActionType::Reboot).await),
         18 => drop(client.create_ssh_key("k", "ssh-ed25519 AAAA").await),
-        19 => drop(apiary_digitalocean::preflight(client, &config().droplet).await),
+        19 => {
+            let hosts: Vec<HostName> = HostName::parse("workerbee-1").into_iter().collect();
+            let target = apiary_digitalocean::PreflightTarget {
+                droplet: &config().droplet,
+                tag: &tag,
+                hosts: &hosts,
+            };
+            drop(apiary_digitalocean::preflight(client, &target).await)
+        }
         20 => drop(apiary_digitalocean::reconcile(client, &target(&tag)).await),
         21 => drop(apiary_digitalocean::teardown(client, &tag).await),
         22 => drop(apiary_digitalocean::ensure_vpc(client, &target(&tag)).await),
