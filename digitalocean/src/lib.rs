@@ -12,7 +12,8 @@
 //!   its hosts again with one listing and adopts them.
 //! - **[`reconcile()`]** lists by tag (all pages), ensures the tag, the VPC
 //!   (created if absent) and the optional Cloud Firewall, creates the missing
-//!   hosts (up to ten per request when their user_data is identical), waits
+//!   hosts (up to ten per request when their user_data is identical; a host
+//!   whose user_data is `None` is adopted, never created), waits
 //!   for `active` until `boot_timeout`, and returns each host's id, public and
 //!   private IPv4 ([`ReconcileReport`]). Deciding is a pure function
 //!   ([`plan`]); the rest is I/O. [`ensure_vpc`] does the VPC step alone,
@@ -66,7 +67,7 @@
 //! bootstrap.systemd_unit = Some(std::fs::read_to_string("deploy/systemd/apiary-agent.service")?);
 //! let user_data = render_user_data(&bootstrap)?; // shared: no node_name
 //! let hosts = (1..=4)
-//!     .map(|i| HostName::parse(&format!("node-{i}")).map(|name| HostSpec { name, user_data: user_data.clone() }))
+//!     .map(|i| HostName::parse(&format!("node-{i}")).map(|name| HostSpec { name, user_data: Some(user_data.clone()) }))
 //!     .collect::<Result<Vec<_>, _>>()?;
 //! let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
 //! preflight(&client, &PreflightTarget { droplet: &config.droplet, tag: &tag, hosts: &names }).await?; // reads only
@@ -114,8 +115,9 @@
 //!   nothing tells the coordinator a host is stuck before `boot_timeout`
 //!   except the host never enrolling.
 //! - user_data is readable from the droplet's metadata service by any local
-//!   process: the join token must be single-use (or short-lived), and the
-//!   host firewall should keep containers away from 169.254.169.254.
+//!   process: the coordinator puts a single-use, expiring host token in it
+//!   (one per droplet, bound to its name), and its host firewall keeps
+//!   containers away from 169.254.169.254.
 //! - `DIGITALOCEAN_PRIVATE_NETWORKING` from the recipe is not read: private
 //!   networking is always on (the VPC), as the API now requires.
 

@@ -155,8 +155,11 @@ pub struct HostSpec {
     pub name: HostName,
     /// cloud-init user_data (see [`crate::render_user_data`]). Hosts whose
     /// user_data is byte-identical are created together, up to ten per
-    /// request; per-host user_data means one request per host.
-    pub user_data: String,
+    /// request; per-host user_data means one request per host. `None`:
+    /// adopted if its droplet exists, never created (a caller that renders
+    /// a single-use secret into user_data renders it only for the hosts it
+    /// saw missing; one that vanished since is created at the next call).
+    pub user_data: Option<String>,
 }
 
 /// What [`reconcile`] makes true.
@@ -384,9 +387,12 @@ pub fn plan(desired: &[HostSpec], observed: &[Droplet]) -> Plan {
         if out.adopt.contains_key(h.name.as_str()) {
             continue;
         }
-        match groups.iter_mut().find(|(ud, _)| *ud == h.user_data) {
+        let Some(user_data) = h.user_data.as_deref() else {
+            continue;
+        };
+        match groups.iter_mut().find(|(ud, _)| *ud == user_data) {
             Some((_, names)) => names.push(h.name.as_str().to_owned()),
-            None => groups.push((&h.user_data, vec![h.name.as_str().to_owned()])),
+            None => groups.push((user_data, vec![h.name.as_str().to_owned()])),
         }
     }
     for (user_data, names) in groups {
@@ -424,10 +430,11 @@ async fn reconcile_inner(
                 host: h.name.to_string(),
             });
         }
-        if h.user_data.len() > MAX_USER_DATA_BYTES {
+        let bytes = h.user_data.as_ref().map_or(0, String::len);
+        if bytes > MAX_USER_DATA_BYTES {
             return Err(ProviderError::UserDataTooLarge {
                 host: h.name.to_string(),
-                bytes: h.user_data.len(),
+                bytes,
             });
         }
     }
@@ -1369,7 +1376,7 @@ mod tests {
     fn host(name: &str, ud: &str) -> HostSpec {
         HostSpec {
             name: HostName::parse(name).unwrap(),
-            user_data: ud.into(),
+            user_data: Some(ud.into()),
         }
     }
 

@@ -157,34 +157,79 @@ fn droplets_are_created_adopted_scaled_and_torn_down_without_duplicates() {
     });
     let creates = fx.creates();
     assert_eq!(
-        creates, 1,
-        "four hosts with one user_data take one multi-create request"
+        creates, 4,
+        "each droplet has its own user_data (its own host token): one create each"
     );
 
-    // The user_data boots the agent with this cluster's join token and CA.
-    let token = fx.join_token();
-    let droplet = fx
-        .fake()
-        .api()
-        .droplets()
-        .into_iter()
-        .next()
-        .expect("droplet");
-    let user_data = droplet.user_data.expect("user_data");
-    assert!(user_data.starts_with("#cloud-config"), "{user_data}");
-    assert!(
-        user_data.contains(&token),
-        "user_data lacks the current join token"
+    // Each user_data boots the agent with a host token of its own (not the
+    // cluster's join token), bound to the droplet's name, and the CA.
+    let cluster_token = fx.join_token();
+    let mut tokens = std::collections::BTreeMap::new();
+    for droplet in fx.fake().api().droplets() {
+        let user_data = droplet.user_data.expect("user_data");
+        assert!(user_data.starts_with("#cloud-config"), "{user_data}");
+        let doc: serde_norway::Value = serde_norway::from_str(&user_data).expect("YAML");
+        let agent: toml::Value =
+            toml::from_str(&written(&doc, "/etc/apiary/agent.toml")).expect("agent.toml");
+        let token = agent["join_token"]
+            .as_str()
+            .expect("join_token")
+            .to_string();
+        assert_ne!(
+            token, cluster_token,
+            "{}: the cluster token in user_data",
+            droplet.name
+        );
+        assert_eq!(agent["node_name"].as_str(), Some(droplet.name.as_str()));
+        assert!(
+            user_data.contains("10.20.0.2:7443"),
+            "user_data lacks the advertised address"
+        );
+        assert!(!user_data.contains("PRIVATE KEY"));
+        assert!(
+            !user_data.contains(TOKEN),
+            "the API token must never reach a droplet"
+        );
+        tokens.insert(droplet.name.clone(), token);
+    }
+    assert_eq!(
+        tokens
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        4
     );
+
+    // A host token enrolls its own droplet's name, once: a real agent with
+    // queenbee's token is refused as workerbee-1, enrolls as queenbee, and
+    // the same token is refused for queenbee again.
+    let endpoint = format!("127.0.0.1:{}", fx.port);
+    let enroll = |name: &str, dir: &str| {
+        let state = fx.dir.path().join(dir);
+        let mut agent = Agent::start(&endpoint, Some(&tokens["queenbee"]), &state, name);
+        let code = eventually(
+            "the agent enrolls or is refused",
+            Duration::from_secs(30),
+            || {
+                if apiary_certs::Identity::exists(&state) {
+                    return Some(0);
+                }
+                agent.proc.try_exit()
+            },
+        );
+        (code, agent.proc.log_text())
+    };
+    let (code, log) = enroll("workerbee-1", "a1");
+    assert_ne!(code, 0, "{log}");
     assert!(
-        user_data.contains("10.20.0.2:7443"),
-        "user_data lacks the advertised address"
+        log.contains("made for host queenbee, not workerbee-1"),
+        "{log}"
     );
-    assert!(!user_data.contains("PRIVATE KEY"));
-    assert!(
-        !user_data.contains(TOKEN),
-        "the API token must never reach a droplet"
-    );
+    let (code, log) = enroll("queenbee", "a2");
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = enroll("queenbee", "a3");
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("already enrolled node queenbee"), "{log}");
 
     // kill -9 and start again: the droplets are adopted, nothing is created.
     serve.kill9();

@@ -122,11 +122,12 @@ impl DigitalOceanProvider {
         self
     }
 
-    fn user_data(
+    async fn user_data(
         &self,
         coordinator: &Coordinator,
         advertise: SocketAddr,
         vpc_range: Ipv4Cidr,
+        host: &HostName,
     ) -> Result<String, CoordinatorError> {
         let source = match (&self.config.agent, &self.coordinator_agent) {
             (Some(_), _) => AgentSource::for_config(
@@ -144,9 +145,17 @@ impl DigitalOceanProvider {
                 ));
             }
         };
+        // A host token: single-use, for this droplet's name, expiring. The
+        // droplet's metadata service serves user_data to whoever asks on
+        // the droplet for as long as it lives; once the agent has enrolled,
+        // the copy there enrolls nothing.
+        let token = coordinator
+            .pki
+            .issue_host_token(&coordinator.store, host.as_str())
+            .await?;
         let mut bootstrap = Bootstrap::new(
             advertise.to_string(),
-            coordinator.pki.current_token().token,
+            token,
             coordinator.pki.ca().cert_pem(),
             source,
         );
@@ -159,8 +168,9 @@ impl DigitalOceanProvider {
         // RFC 1918 address" could pick.
         bootstrap.private_cidr = Some(vpc_range);
         bootstrap.tunnel_allow = Some(coordinator.config().tunnel_allow.clone());
-        // No node name: each droplet's name is its hostname, which the agent
-        // takes, so all hosts share one user_data and one create request per ten.
+        // The node name the token is bound to (also the droplet's name and
+        // hostname): one user_data, and one create request, per droplet.
+        bootstrap.node_name = Some(host.clone());
         render_user_data(&bootstrap).map_err(provider_err)
     }
 
@@ -190,18 +200,27 @@ impl DigitalOceanProvider {
             .transpose()
             .map_err(|e| provider_err(format!("VPC {} has an unusable ip_range: {e}", vpc.name)))?
             .ok_or_else(|| provider_err(format!("VPC {} has no ip_range", vpc.name)))?;
-        let user_data = self.user_data(coordinator, advertise, range)?;
-        target.hosts = self
-            .planned()
-            .iter()
-            .map(|h| {
-                Ok(HostSpec {
-                    name: HostName::parse(h)
-                        .map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?,
-                    user_data: user_data.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, CoordinatorError>>()?;
+        // user_data (and its single-use token) only for the droplets that
+        // do not exist: the others are adopted, and a token made for them
+        // would never be used.
+        let existing: std::collections::HashSet<String> = self
+            .client
+            .list_droplets_by_tag(self.tag.as_str())
+            .await
+            .map_err(provider_err)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        for h in self.planned() {
+            let name =
+                HostName::parse(&h).map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?;
+            let user_data = if existing.contains(&h) {
+                None
+            } else {
+                Some(self.user_data(coordinator, advertise, range, &name).await?)
+            };
+            target.hosts.push(HostSpec { name, user_data });
+        }
         // The identities the cluster knows before any droplet is made: what
         // a droplet made anew may replace (see below).
         let known: HashMap<String, String> = coordinator

@@ -105,7 +105,7 @@ async fn run(args: &Args, label: &str, random: Option<RandomFaults>) -> Result<R
         .map(|i| {
             Ok(HostSpec {
                 name: HostName::parse(&format!("bench-{i:03}")).map_err(|e| e.to_string())?,
-                user_data: user_data.clone(),
+                user_data: Some(user_data.clone()),
             })
         })
         .collect::<Result<Vec<_>, String>>()?;

@@ -60,7 +60,7 @@ impl Env {
             .iter()
             .map(|n| HostSpec {
                 name: HostName::parse(n).expect("valid host name"),
-                user_data: "#cloud-config\n{}\n".to_owned(),
+                user_data: Some("#cloud-config\n{}\n".to_owned()),
             })
             .collect();
         ClusterTarget::new(&self.config, tag_name(tag), hosts)

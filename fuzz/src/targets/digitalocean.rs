@@ -71,7 +71,7 @@ fn desired() -> Vec<HostSpec> {
         .filter_map(|n| HostName::parse(n).ok())
         .map(|name| HostSpec {
             name,
-            user_data: "#cloud-config\n{}\n".into(),
+            user_data: Some("#cloud-config\n{}\n".into()),
         })
         .collect()
 }
