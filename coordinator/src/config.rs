@@ -633,7 +633,17 @@ impl ConfigText<'_> {
                 ProviderConfig::Lab(_) => {
                     HostConfig::new(HostConfigSpec::new(LAB_PRIVATE_CIDR)).ok()
                 }
-                _ => None,
+                // Droplets are managed by default when the VPC's range is
+                // known from the spec: their firewall needs it (Swarm's
+                // ports only from the VPC), and it is what keeps containers
+                // away from the metadata service that serves user_data. A
+                // VPC whose range DigitalOcean picks is only known at run
+                // time; then `[host]` must be written out.
+                ProviderConfig::DigitalOcean(d) => match &d.spec.vpc_ip_range {
+                    Some(range) => HostConfig::new(HostConfigSpec::new(range)).ok(),
+                    None => None,
+                },
+                ProviderConfig::Manual => None,
             },
         })
     }
@@ -1480,6 +1490,18 @@ mod tests {
             c.swarm.expect("swarm").database.expect("database").kind,
             DatabaseKind::Etcd
         );
+    }
+
+    /// Droplets' host configuration is managed by default when the VPC's
+    /// range is in the spec (the firewall's private network), and not when
+    /// DigitalOcean picks it; `[host]` written out always wins.
+    #[test]
+    fn droplets_are_managed_by_default_with_the_vpc_range_as_private_network() {
+        let base = "[cluster]\nname = \"b\"\n[coordinator]\nadvertise = \"10.0.0.2:7443\"\n[provider]\nkind = \"digitalocean\"\n[digitalocean]\nregion = \"nyc3\"\n";
+        assert!(parse(base).expect("valid").host.is_none());
+        let c = parse(&format!("{base}vpc_ip_range = \"10.10.0.0/20\"\n")).expect("valid");
+        let host = c.host.expect("managed");
+        assert_eq!(host.spec().firewall.private_cidr, "10.10.0.0/20");
     }
 
     #[test]
