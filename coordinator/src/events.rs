@@ -37,12 +37,15 @@ pub enum EventKind {
     /// An admin's `ctl docker` reached a node's engine (once per session
     /// and node).
     DockerSession,
+    /// A droplet's agent did not enroll in time: the droplet was made
+    /// again, or (after the last try) kept for the operator to look at.
+    DropletNotEnrolled,
     /// A watcher fell behind and missed events (made by the API, per watcher).
     EventsLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::NodeEnrolled,
         EventKind::NodeConnected,
         EventKind::NodeDown,
@@ -64,6 +67,7 @@ impl EventKind {
         EventKind::DatabaseServerRestarted,
         EventKind::HostRebooted,
         EventKind::DockerSession,
+        EventKind::DropletNotEnrolled,
         EventKind::EventsLost,
     ];
 
@@ -90,6 +94,7 @@ impl EventKind {
             EventKind::DatabaseServerRestarted => "database_server_restarted",
             EventKind::HostRebooted => "host_rebooted",
             EventKind::DockerSession => "docker_session",
+            EventKind::DropletNotEnrolled => "droplet_not_enrolled",
             EventKind::EventsLost => "events_lost",
         }
     }

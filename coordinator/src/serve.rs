@@ -386,7 +386,7 @@ fn spawn_droplet_work(
             }
             // Later reconciles print lines; bars are for the bring-up.
             progress.finish();
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(droplets.reconcile_interval()).await;
         }
     })
 }

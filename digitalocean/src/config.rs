@@ -147,6 +147,11 @@ pub struct DigitalOceanSpec {
     /// `active`. Default: 5s.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long an `active` droplet may go without its agent enrolling
+    /// before the coordinator deletes it and makes it again (with a new
+    /// host token). Default: 10m.
+    #[serde(default = "default_enroll_timeout", with = "humantime_serde")]
+    pub enroll_timeout: Duration,
 }
 
 /// SSH's port: opened by the firewall only to `admin_cidrs`.
@@ -161,6 +166,9 @@ fn default_boot_timeout() -> Duration {
 fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
 }
+fn default_enroll_timeout() -> Duration {
+    Duration::from_secs(600)
+}
 
 impl DigitalOceanSpec {
     /// A spec with every default, as an empty `[digitalocean]` section gives.
@@ -169,6 +177,7 @@ impl DigitalOceanSpec {
             request_timeout: default_request_timeout(),
             boot_timeout: default_boot_timeout(),
             poll_interval: default_poll_interval(),
+            enroll_timeout: default_enroll_timeout(),
             ..Default::default()
         }
     }
@@ -299,6 +308,7 @@ impl DigitalOceanSpec {
             ("request_timeout", self.request_timeout),
             ("boot_timeout", self.boot_timeout),
             ("poll_interval", self.poll_interval),
+            ("enroll_timeout", self.enroll_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(
@@ -329,6 +339,7 @@ impl DigitalOceanSpec {
                 request: self.request_timeout,
                 boot: self.boot_timeout,
                 poll_interval: self.poll_interval,
+                enroll: self.enroll_timeout,
             },
         })
     }
@@ -385,6 +396,8 @@ pub struct Timeouts {
     pub request: Duration,
     pub boot: Duration,
     pub poll_interval: Duration,
+    /// From `active` to the agent enrolled; past it the droplet is replaced.
+    pub enroll: Duration,
 }
 
 /// The API token. It has no `Display` and a redacted `Debug`, so it cannot

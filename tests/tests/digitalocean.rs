@@ -888,3 +888,58 @@ fn ctl_scale_hosts_makes_and_drains_droplets_on_a_running_coordinator_and_the_co
     serve.kill9();
     fx.assert_spec_kept();
 }
+
+/// A droplet whose agent never enrolls (here: nothing runs its user_data) is
+/// deleted after `enroll_timeout` and made again with a new host token, three
+/// times; then it is kept and reported, naming where to look, and no more
+/// droplets are made for it.
+#[test]
+fn droplets_that_never_enroll_are_made_again_three_times_then_reported() {
+    let fx = Fixture::new();
+    let config = fx.config(2);
+    let text = std::fs::read_to_string(&config).expect("read") + "enroll_timeout = \"2s\"\n";
+    std::fs::write(&config, text).expect("write");
+    let serve = fx.serve_config(&config, "enroll");
+    let token_of = |d: &apiary_digitalocean::fake::FakeDroplet| {
+        let doc: serde_norway::Value =
+            serde_norway::from_str(d.user_data.as_deref().expect("user_data")).expect("YAML");
+        let agent: toml::Value =
+            toml::from_str(&written(&doc, "/etc/apiary/agent.toml")).expect("agent.toml");
+        agent["join_token"].as_str().expect("token").to_string()
+    };
+    let mut tokens = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    let given_up = loop {
+        for d in tagged(&fx, "apiary-hive") {
+            tokens.insert(token_of(&d));
+        }
+        let log = serve.log_text();
+        if ["queenbee", "workerbee-1"]
+            .iter()
+            .all(|h| log.contains(&format!("(host {h}) has not enrolled after 3 replacements")))
+        {
+            break log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "both hosts not given up on after 90 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        given_up.contains("/var/log/cloud-init-output.log"),
+        "the report says where to look: {given_up}"
+    );
+    // Made four times each (the first and three replacements), each time
+    // with a new token; nothing more once given up on.
+    let creates = fx.creates();
+    assert_eq!(creates, 8, "one create per droplet made");
+    assert_eq!(tokens.len(), 8, "a new host token for every droplet made");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        fx.creates(),
+        creates,
+        "a host given up on is not made again"
+    );
+    assert_eq!(fx.droplet_names(), ["queenbee", "workerbee-1"]);
+}

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use apiary_digitalocean::{
     AgentSource, Bootstrap, Client, ClusterTarget, DigitalOceanConfig, HostName, HostSpec,
@@ -45,6 +46,9 @@ pub struct DigitalOceanProvider {
     /// The most hosts a passed preflight was run for (0: none passed yet).
     /// A reconcile that wants more runs it again before creating anything.
     preflighted: std::sync::atomic::AtomicUsize,
+    /// How many times each host's droplet was replaced for not enrolling
+    /// (this run; see [`overdue_droplets`]).
+    replaced: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 fn provider_err(e: impl std::fmt::Display) -> CoordinatorError {
@@ -73,6 +77,7 @@ impl DigitalOceanProvider {
             reconciling: tokio::sync::Mutex::new(()),
             coordinator_agent: None,
             preflighted: std::sync::atomic::AtomicUsize::new(0),
+            replaced: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -203,14 +208,16 @@ impl DigitalOceanProvider {
         // user_data (and its single-use token) only for the droplets that
         // do not exist: the others are adopted, and a token made for them
         // would never be used.
-        let existing: std::collections::HashSet<String> = self
+        let listed = self
             .client
             .list_droplets_by_tag(self.tag.as_str())
             .await
-            .map_err(provider_err)?
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+            .map_err(provider_err)?;
+        // Droplets up for a while whose agent never enrolled are deleted
+        // here, and so made again below, with a new token.
+        let listed = self.replace_overdue(coordinator, listed).await?;
+        let existing: std::collections::HashSet<String> =
+            listed.into_iter().map(|d| d.name).collect();
         for h in self.planned() {
             let name =
                 HostName::parse(&h).map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?;
@@ -288,6 +295,101 @@ impl DigitalOceanProvider {
         Ok(())
     }
 
+    /// How long between two reconciles: a minute, or less when the enroll
+    /// timeout is shorter (a droplet is replaced within about one interval
+    /// of its deadline).
+    pub fn reconcile_interval(&self) -> Duration {
+        (self.config.timeouts.enroll / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Deletes the droplets [`overdue_droplets`] says to replace, says
+    /// (log, event) which it gave up on, and returns the listing without
+    /// the deleted ones.
+    async fn replace_overdue(
+        &self,
+        coordinator: &Coordinator,
+        listed: Vec<apiary_digitalocean::model::Droplet>,
+    ) -> Result<Vec<apiary_digitalocean::model::Droplet>, CoordinatorError> {
+        let enrolled: std::collections::HashSet<String> = coordinator
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let now = std::time::SystemTime::now();
+        let booted: Vec<BootedDroplet> = listed
+            .iter()
+            .filter(|d| d.status == apiary_digitalocean::model::DropletStatus::Active)
+            .map(|d| BootedDroplet {
+                name: d.name.clone(),
+                id: d.id,
+                up_for: d
+                    .created_at
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let decision = {
+            let replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+            overdue_droplets(
+                &booted,
+                &enrolled,
+                self.config.timeouts.enroll,
+                &replaced,
+                MAX_DROPLET_REPLACEMENTS,
+            )
+        };
+        for d in &decision.given_up {
+            warn!(node = %d.name, droplet = d.id, "{}", self.never_enrolled(d));
+            coordinator.events.emit(
+                EventKind::DropletNotEnrolled,
+                &d.name,
+                self.never_enrolled(d),
+            );
+        }
+        let mut deleted = Vec::new();
+        for d in &decision.replace {
+            self.client
+                .delete_droplet(d.id)
+                .await
+                .map_err(provider_err)?;
+            let attempt = {
+                let mut replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+                let n = replaced.entry(d.name.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let message = format!(
+                "droplet {} never enrolled within {} of booting; deleted, made again with a new host token (replacement {attempt} of {MAX_DROPLET_REPLACEMENTS})",
+                d.id,
+                humantime::format_duration(self.config.timeouts.enroll)
+            );
+            warn!(node = %d.name, droplet = d.id, "{message}");
+            coordinator
+                .events
+                .emit(EventKind::DropletNotEnrolled, &d.name, message);
+            deleted.push(d.id);
+        }
+        Ok(listed
+            .into_iter()
+            .filter(|d| !deleted.contains(&d.id))
+            .collect())
+    }
+
+    /// Why a host was given up on, and where to look: an agent that never
+    /// connected told the coordinator nothing, so the droplet's own logs
+    /// are the place.
+    fn never_enrolled(&self, d: &BootedDroplet) -> String {
+        format!(
+            "droplet {} (host {}) has not enrolled after {MAX_DROPLET_REPLACEMENTS} replacements; kept for you to look at: \
+             its agent never connected, so read /var/log/cloud-init-output.log and `journalctl -u apiary-agent-install -u apiary-agent` \
+             on its console (https://cloud.digitalocean.com/droplets/{}/console), then delete it to have it made again",
+            d.id, d.name, d.id
+        )
+    }
+
     /// Drains the surplus nodes one at a time (database server, then Swarm;
     /// then the node leaves the cluster and its certificate is revoked) and
     /// deletes the droplets of those drained; the others stay until a later
@@ -346,6 +448,53 @@ impl DigitalOceanProvider {
             .map_err(provider_err)?
             .to_string())
     }
+}
+
+/// How many times a host's droplet is made again for not enrolling before
+/// the coordinator gives up on it (and keeps it, for the operator to read).
+pub const MAX_DROPLET_REPLACEMENTS: u32 = 3;
+
+/// An `active` droplet, and for how long it has been up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootedDroplet {
+    pub name: String,
+    pub id: u64,
+    pub up_for: Duration,
+}
+
+/// What to do with droplets whose agent has not enrolled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverdueDecision {
+    /// Delete (the reconcile makes them again, with a new host token).
+    pub replace: Vec<BootedDroplet>,
+    /// Replaced `max` times already: kept and reported, not replaced again.
+    pub given_up: Vec<BootedDroplet>,
+}
+
+/// Which droplets to replace: up for longer than `enroll_timeout` with no
+/// node of their name enrolled. A host whose droplet was replaced `max`
+/// times is given up on: one whose bootstrap always fails (a bad image, an
+/// agent URL that does not answer) would otherwise be made and deleted
+/// forever. Decided without I/O.
+pub fn overdue_droplets(
+    booted: &[BootedDroplet],
+    enrolled: &std::collections::HashSet<String>,
+    enroll_timeout: Duration,
+    replaced: &HashMap<String, u32>,
+    max: u32,
+) -> OverdueDecision {
+    let mut out = OverdueDecision::default();
+    for d in booted
+        .iter()
+        .filter(|d| !enrolled.contains(&d.name) && d.up_for > enroll_timeout)
+    {
+        if replaced.get(&d.name).copied().unwrap_or(0) >= max {
+            out.given_up.push(d.clone());
+        } else {
+            out.replace.push(d.clone());
+        }
+    }
+    out
 }
 
 /// What draining one surplus node came to.
@@ -499,6 +648,37 @@ impl crate::scale::HostProvider for DropletScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn droplets_not_enrolled_in_time_are_replaced_a_bounded_number_of_times() {
+        let booted = |name: &str, id: u64, secs: u64| BootedDroplet {
+            name: name.into(),
+            id,
+            up_for: Duration::from_secs(secs),
+        };
+        let all = [
+            booted("queenbee", 1, 900),
+            booted("workerbee-1", 2, 900),
+            booted("workerbee-2", 3, 60),
+            booted("workerbee-3", 4, 900),
+        ];
+        let enrolled = std::collections::HashSet::from(["queenbee".to_string()]);
+        let replaced = HashMap::from([("workerbee-3".to_string(), 3)]);
+        let d = overdue_droplets(&all, &enrolled, Duration::from_secs(600), &replaced, 3);
+        // Enrolled: kept. Within its time: kept. Past it: replaced, unless
+        // replaced `max` times already: given up on, kept.
+        assert_eq!(d.replace, [all[1].clone()]);
+        assert_eq!(d.given_up, [all[3].clone()]);
+        // Nothing booted for long: nothing to do.
+        let d = overdue_droplets(
+            &all[2..3],
+            &enrolled,
+            Duration::from_secs(600),
+            &HashMap::new(),
+            3,
+        );
+        assert_eq!(d, OverdueDecision::default());
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
