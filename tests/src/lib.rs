@@ -5,6 +5,8 @@
 //! Every process started here is remembered by PID and killed when its handle
 //! drops; nothing is ever killed by name.
 
+pub mod dosim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +46,28 @@ pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option
             "timed out after {within:?} waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// As [`eventually`], with `context` (logs, say) in the failure message.
+pub fn eventually_or<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= within {
+            panic!(
+                "timed out after {within:?} waiting for: {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

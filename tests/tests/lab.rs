@@ -2952,3 +2952,89 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     drop(tunnel);
 }
+
+/// DigitalOcean on simulated droplets (`apiary_tests::dosim`): the fake API
+/// makes the droplets, each boots as a namespace that runs its real
+/// user_data (checked by cloud-init's schema, files written, runcmd run,
+/// units started as systemd would): the install unit downloads the agent
+/// from the coordinator's artifact listener trusting only the cluster CA and
+/// checks its digest, then enables the agent, which enrolls with the host
+/// token of its own droplet. The coordinator here listens on the VPC's
+/// bridge, standing in for one inside the VPC.
+#[test]
+fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_root();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt
+        .block_on(apiary_digitalocean::fake::FakeServer::start(
+            apiary_digitalocean::fake::FakeOptions::default(),
+        ))
+        .expect("fake");
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = apiary_tests::dosim::DropletSim::new(
+        &dir.path().join("droplets"),
+        std::net::Ipv4Addr::new(10, 231, 0, 1),
+        24,
+    )
+    .expect("simulator network");
+    sim.follow(fake.api().clone());
+    let (port, artifacts) = (free_port(), free_port());
+    let config = dir.path().join("do.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 2\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\n\n[swarm]\nenabled = false\n",
+            fake.url()
+        ),
+    )
+    .expect("config");
+    let state = dir.path().join("state");
+    let mut cmd = std::process::Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
+    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
+    let admin = state.join("admin.conf");
+    let status = eventually_or(
+        "both droplets enrolled and ready",
+        Duration::from_secs(120),
+        || {
+            let out = ctl_with(&admin, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = s["nodes"].as_array()?;
+            (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(s)
+        },
+        || format!("{}\n{}", serve.log_text(), sim.consoles()),
+    );
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["queenbee", "workerbee-1"], "{status}");
+    let consoles = sim.consoles();
+    for want in [
+        "wrote /etc/apiary/agent.toml (0600)",
+        "systemctl start --no-block apiary-agent-install.service",
+        "systemctl enable --now --no-block docker.service apiary-agent.service",
+    ] {
+        assert!(consoles.contains(want), "{want} not in:\n{consoles}");
+    }
+    // Each agent enrolled with its own droplet's host token: used now.
+    let log = serve.log_text();
+    assert_eq!(log.matches("node enrolled").count(), 2, "{log}");
+    drop(serve);
+    drop(sim);
+    rt.block_on(fake.shutdown());
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    assert!(!netns.contains("dosim."), "namespaces left: {netns}");
+    let (_, links) = sh(&["ip", "-o", "link"]);
+    assert!(
+        !links.contains(apiary_tests::dosim::BRIDGE),
+        "bridge left: {links}"
+    );
+}
