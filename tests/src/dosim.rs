@@ -91,6 +91,8 @@ pub struct DropletSim {
     booted: Mutex<HashMap<u64, Arc<Booted>>>,
     children: Arc<Mutex<Vec<Child>>>,
     stop: Arc<AtomicBool>,
+    /// Names whose next droplet boots with a broken download.
+    broken_downloads: Mutex<std::collections::HashSet<String>>,
 }
 
 fn run(argv: &[&str]) -> Result<(), String> {
@@ -131,6 +133,7 @@ impl DropletSim {
             booted: Mutex::new(HashMap::new()),
             children: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
+            broken_downloads: Mutex::new(Default::default()),
         }))
     }
 
@@ -147,6 +150,17 @@ impl DropletSim {
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
+    }
+
+    /// A fault: the next droplet named `name` to boot cannot reach the
+    /// coordinator (a blackhole route to it), so its install unit's
+    /// download fails, again and again, as a broken download would. Its
+    /// replacement boots normally.
+    pub fn break_next_download(&self, name: &str) {
+        self.broken_downloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
     }
 
     /// What each droplet's console says (the simulator's own lines and its
@@ -231,6 +245,25 @@ impl DropletSim {
         let doc: serde_norway::Value =
             serde_norway::from_str(user_data).map_err(|e| format!("user_data: {e}"))?;
         self.network(&b, d.private_ipv4)?;
+        let broken = self
+            .broken_downloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d.name);
+        if broken {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &b.netns,
+                "ip",
+                "route",
+                "add",
+                "blackhole",
+                &format!("{}/32", self.gateway),
+            ])?;
+            b.log("fault: the coordinator is unreachable from this droplet (broken download)");
+        }
         self.private_root(&b)?;
         for f in doc["write_files"].as_sequence().into_iter().flatten() {
             let path = f["path"]

@@ -3039,4 +3039,94 @@ fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens(
         !links.contains(apiary_tests::dosim::BRIDGE),
         "bridge left: {links}"
     );
+    assert_eq!(
+        std::path::Path::new("/etc/apiary").exists(),
+        machine_has_apiary_etc,
+        "a droplet wrote to this machine's /etc"
+    );
+}
+
+/// A droplet whose bootstrap fails (its download never gets through) is
+/// deleted after `digitalocean.enroll_timeout` and made again with a new
+/// host token; the new one boots and enrolls, and the cluster comes up.
+#[test]
+fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_root();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt
+        .block_on(apiary_digitalocean::fake::FakeServer::start(
+            apiary_digitalocean::fake::FakeOptions::default(),
+        ))
+        .expect("fake");
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = apiary_tests::dosim::DropletSim::new(
+        &dir.path().join("droplets"),
+        std::net::Ipv4Addr::new(10, 231, 0, 1),
+        24,
+    )
+    .expect("simulator network");
+    sim.break_next_download("workerbee-1");
+    sim.follow(fake.api().clone());
+    let (port, artifacts) = (free_port(), free_port());
+    let config = dir.path().join("do.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 2\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\nenroll_timeout = \"5s\"\n\n[swarm]\nenabled = false\n",
+            fake.url()
+        ),
+    )
+    .expect("config");
+    let state = dir.path().join("state");
+    let mut cmd = std::process::Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
+    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
+    let first = |name: &str| {
+        fake.api()
+            .droplets()
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| d.id)
+    };
+    let broken = eventually(
+        "workerbee-1's droplet made",
+        Duration::from_secs(30),
+        || first("workerbee-1"),
+    );
+    let admin = state.join("admin.conf");
+    eventually_or(
+        "both hosts ready, workerbee-1 on its second droplet",
+        Duration::from_secs(120),
+        || {
+            let out = ctl_with(&admin, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = s["nodes"].as_array()?;
+            (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(s)
+        },
+        || format!("{}\n{}", serve.log_text(), sim.consoles()),
+    );
+    let log = serve.log_text();
+    assert!(
+        log.contains(&format!(
+            "droplet {broken} never enrolled within 5s of booting; deleted, made again with a new host token (replacement 1 of 3)"
+        )),
+        "{log}"
+    );
+    assert_ne!(
+        first("workerbee-1"),
+        Some(broken),
+        "the broken droplet is gone"
+    );
+    assert_eq!(fake.api().droplets().len(), 2);
+    // The broken droplet's namespace went with it.
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    assert!(!netns.contains(&format!("dosim.{broken}")), "{netns}");
+    drop(serve);
+    drop(sim);
+    rt.block_on(fake.shutdown());
 }
