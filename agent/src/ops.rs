@@ -169,6 +169,18 @@ impl Ops {
                 }
                 .await,
             ),
+            OpRequest::SwarmPromote(op) => reply::<SwarmPromote>(
+                async {
+                    let changed = self
+                        .swarm()
+                        .await?
+                        .promote(&op.node)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Changed { changed })
+                }
+                .await,
+            ),
             OpRequest::SwarmAvailability(op) => reply::<SwarmAvailability>(
                 async {
                     let changed = self

@@ -153,6 +153,10 @@ operations! {
     /// its tasks away for maintenance, true takes tasks again; its role
     /// stays.
     SwarmAvailability { node: String, active: bool } -> Changed, CHANGE;
+    /// Make `node` a manager (a manager's agent): a host that joined as a
+    /// worker while fewer hosts were ready, now one of the first
+    /// `manager_count` in placement order.
+    SwarmPromote { node: String } -> Changed, CHANGE;
     /// This host leaves the swarm.
     SwarmLeave {} -> Left, CHANGE;
     /// Remove `node` from the node list (a manager's agent).

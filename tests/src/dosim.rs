@@ -62,11 +62,22 @@ impl Booted {
         self.dir.join("console.log")
     }
 
+    fn uts_ns(&self) -> PathBuf {
+        self.dir.join("ns/uts")
+    }
+
+    /// The engine's socket as this machine sees it (the droplet's own is
+    /// /run/docker.sock, on its private /run).
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
     /// `argv` inside the droplet: its network and mount namespaces.
     fn command(&self, argv: &[String]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.netns))
             .arg(format!("--mount={}", self.mount_ns().display()))
+            .arg(format!("--uts={}", self.uts_ns().display()))
             .arg("--")
             .args(argv);
         c
@@ -93,6 +104,11 @@ pub struct DropletSim {
     stop: Arc<AtomicBool>,
     /// Names whose next droplet boots with a broken download.
     broken_downloads: Mutex<std::collections::HashSet<String>>,
+    /// `Some`: every droplet runs a Docker engine with these image archives
+    /// loaded (the simulator's stand-in for a registry).
+    engine: Option<Vec<PathBuf>>,
+    /// Droplets whose boot failed (not tried again).
+    failed: Mutex<std::collections::HashSet<u64>>,
 }
 
 fn run(argv: &[&str]) -> Result<(), String> {
@@ -134,6 +150,8 @@ impl DropletSim {
             children: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             broken_downloads: Mutex::new(Default::default()),
+            engine: None,
+            failed: Mutex::new(Default::default()),
         }))
     }
 
@@ -150,6 +168,15 @@ impl DropletSim {
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
+    }
+
+    /// Droplets run a Docker engine (started at boot, as the distribution's
+    /// package does; restarted when it exits, as its unit does) with
+    /// `images` (`docker save` archives) loaded. Call before [`Self::follow`].
+    pub fn with_engine(self: Arc<Self>, images: Vec<PathBuf>) -> Arc<Self> {
+        let mut sim = Arc::try_unwrap(self).unwrap_or_else(|_| panic!("with_engine before follow"));
+        sim.engine = Some(images);
+        Arc::new(sim)
     }
 
     /// A fault: the next droplet named `name` to boot cannot reach the
@@ -199,6 +226,11 @@ impl DropletSim {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .contains_key(&d.id)
+                || self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&d.id)
             {
                 continue;
             }
@@ -212,7 +244,15 @@ impl DropletSim {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(d.id, b);
                 }
-                Err(e) => eprintln!("dosim: droplet {} ({}) did not boot: {e}", d.id, d.name),
+                Err(e) => {
+                    // Once: a droplet that failed to boot stays failed, as
+                    // a real one would (its console says why).
+                    eprintln!("dosim: droplet {} ({}) did not boot: {e}", d.id, d.name);
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(d.id);
+                }
             }
         }
     }
@@ -226,6 +266,18 @@ impl DropletSim {
             veth: format!("dsv{}", d.id % 100_000),
             dir,
         });
+        match self.boot_into(&b, d, user_data) {
+            Ok(()) => Ok(b),
+            Err(e) => {
+                b.log(&format!("boot failed: {e}"));
+                // What it made so far goes: a failed boot leaves nothing.
+                self.shut_down(&b);
+                Err(e)
+            }
+        }
+    }
+
+    fn boot_into(&self, b: &Arc<Booted>, d: &FakeDroplet, user_data: &str) -> Result<(), String> {
         b.log(&format!("booting droplet {} at {}", d.id, d.private_ipv4));
         // cloud-init's own check of the document, as on a droplet.
         let file = b.dir.join("user_data");
@@ -244,7 +296,7 @@ impl DropletSim {
         }
         let doc: serde_norway::Value =
             serde_norway::from_str(user_data).map_err(|e| format!("user_data: {e}"))?;
-        self.network(&b, d.private_ipv4)?;
+        self.network(b, d.private_ipv4, d.public_ipv4)?;
         let broken = self
             .broken_downloads
             .lock()
@@ -264,14 +316,17 @@ impl DropletSim {
             ])?;
             b.log("fault: the coordinator is unreachable from this droplet (broken download)");
         }
-        self.private_root(&b)?;
+        self.private_root(b)?;
         for f in doc["write_files"].as_sequence().into_iter().flatten() {
             let path = f["path"]
                 .as_str()
                 .ok_or("write_files entry without a path")?;
             let mode = f["permissions"].as_str().unwrap_or("0644");
             let content = f["content"].as_str().unwrap_or("");
-            self.write_file(&b, path, mode, content)?;
+            self.write_file(b, path, mode, content)?;
+        }
+        if let Some(images) = &self.engine {
+            self.start_engine(b, images.clone())?;
         }
         let b2 = b.clone();
         let children = self.children.clone();
@@ -293,10 +348,14 @@ impl DropletSim {
                 run_in(&b2, &argv, &children, &stop);
             }
         });
-        Ok(b)
+        Ok(())
     }
 
-    fn network(&self, b: &Booted, ip: Ipv4Addr) -> Result<(), String> {
+    /// `eth1` on the VPC's bridge with the VPC address; `eth0` holds the
+    /// public address on an unplugged link: it answers nothing and routes
+    /// nowhere (the laptop side is not simulated yet), but the agent sees a
+    /// droplet's two interfaces and its firewall tells them apart.
+    fn network(&self, b: &Booted, ip: Ipv4Addr, public: Ipv4Addr) -> Result<(), String> {
         let _ = run(&["ip", "netns", "del", &b.netns]);
         run(&["ip", "netns", "add", &b.netns])?;
         run(&[
@@ -318,6 +377,20 @@ impl DropletSim {
         inside(&["link", "set", "eth1", "up"])?;
         inside(&["link", "set", "lo", "up"])?;
         inside(&["route", "add", "default", "via", &self.gateway.to_string()])?;
+        // A veth whose peer stays in the namespace, unplugged (this kernel
+        // has no dummy links).
+        inside(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ])?;
+        inside(&["addr", "add", &format!("{public}/32"), "dev", "eth0"])?;
+        inside(&["link", "set", "eth0", "up"])?;
         Ok(())
     }
 
@@ -364,6 +437,83 @@ impl DropletSim {
             ])?;
         }
         enter(&["mount", "-t", "tmpfs", "tmpfs", "/run"])?;
+        // sysfs as the droplet's network namespace shows it (what `ip
+        // netns exec` does), for the engine.
+        run(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", b.netns),
+            &format!("--mount={mnt}"),
+            "--",
+            "mount",
+            "-t",
+            "sysfs",
+            "sysfs",
+            "/sys",
+        ])?;
+        // Its own hostname: cloud-init sets it from the droplet's name.
+        std::fs::write(b.uts_ns(), "").map_err(|e| e.to_string())?;
+        run(&[
+            "unshare",
+            &format!("--uts={}", b.uts_ns().display()),
+            "hostname",
+            &b.name,
+        ])?;
+        Ok(())
+    }
+
+    /// dockerd in the droplet under a unit of the simulator's (restarted
+    /// when it exits; each start in a mount namespace of its own, as `ip
+    /// netns exec` gives the lab's engines, so the cgroup mounts of one
+    /// engine's life do not pile up under the next), a `systemctl` for the droplet's own processes (the
+    /// agent restarts the engine with `systemctl restart docker`), and the
+    /// images loaded once the engine answers.
+    fn start_engine(&self, b: &Arc<Booted>, images: Vec<PathBuf>) -> Result<(), String> {
+        self.write_file(b, "/usr/local/bin/systemctl", "0755", SYSTEMCTL_SHIM)?;
+        self.write_file(
+            b,
+            "/usr/local/lib/dosim/cgroups",
+            "0755",
+            &apiary_lab::host::wrapper_script(),
+        )?;
+        let data_root = b.dir.join("docker");
+        std::fs::create_dir_all(&data_root).map_err(|e| e.to_string())?;
+        let unit = format!(
+            "[Service]\nExecStart=/usr/bin/unshare --mount --propagation private /bin/sh /usr/local/lib/dosim/cgroups /usr/bin/env DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --data-root {} -H unix:///run/docker.sock -H unix://{} --pidfile /run/docker.pid\nRestart=always\nRestartSec=1\n",
+            data_root.display(),
+            b.docker_socket().display()
+        );
+        self.write_file(b, "/etc/systemd/system/docker.service", "0644", &unit)?;
+        start_unit(b, "docker.service", &self.children, &self.stop);
+        let b = b.clone();
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            let socket = format!("unix://{}", b.docker_socket().display());
+            for _ in 0..600 {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let up = Command::new("docker")
+                    .args(["-H", &socket, "version"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if up {
+                    for image in &images {
+                        let out = Command::new("docker")
+                            .args(["-H", &socket, "load", "-i"])
+                            .arg(image)
+                            .output();
+                        b.log(&format!(
+                            "image {} loaded: {:?}",
+                            image.display(),
+                            out.map(|o| o.status)
+                        ));
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            b.log("the engine never answered");
+        });
         Ok(())
     }
 
@@ -518,10 +668,6 @@ fn start_unit(
     children: &Arc<Mutex<Vec<Child>>>,
     stop: &Arc<AtomicBool>,
 ) -> bool {
-    if unit == "docker.service" {
-        b.log("docker.service: no engine on a simulated droplet yet");
-        return true;
-    }
     let path = format!("/etc/systemd/system/{unit}");
     let text = match b
         .command(&["cat".into(), path.clone()])
@@ -535,6 +681,12 @@ fn start_unit(
             }
         }) {
         Ok(t) => t,
+        // The distribution's docker.service, which a droplet has from its
+        // packages: here only when the simulator runs engines.
+        Err(_) if unit == "docker.service" => {
+            b.log("docker.service: no engine on this simulated droplet");
+            return true;
+        }
         Err(e) => {
             b.log(&e);
             return false;
@@ -642,3 +794,20 @@ fn adapt(mut exec: Vec<String>) -> Vec<String> {
     }
     exec
 }
+
+/// The droplet's `systemctl` for its own processes (runcmd and units are
+/// interpreted by the simulator): `restart docker` stops the engine, whose
+/// unit starts it again; the rest succeed without doing anything.
+const SYSTEMCTL_SHIM: &str = r#"#!/bin/sh
+# dosim: systemctl on a simulated droplet.
+case "$1 $2" in
+  "restart docker"|"restart docker.service")
+    pid=$(cat /run/docker.pid 2>/dev/null) || exit 0
+    kill "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    # The unit starts it again within a second; wait for its socket.
+    for i in $(seq 1 100); do [ -S /run/docker.sock ] && [ -s /run/docker.pid ] && [ "$(cat /run/docker.pid)" != "$pid" ] && exit 0; sleep 0.1; done
+    exit 1;;
+esac
+exit 0
+"#;

@@ -3130,3 +3130,91 @@ fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up
     drop(sim);
     rt.block_on(fake.shutdown());
 }
+
+/// Simulated droplets with engines: three droplets boot from their
+/// user_data, enroll, and the coordinator forms Swarm, checks the overlay
+/// and runs etcd on them, as on DigitalOcean.
+#[test]
+fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_root();
+    let dir = tempfile::tempdir().expect("tmp");
+    // The images a droplet would pull, made the lab's way.
+    let images = apiary_lab::Lab::new(apiary_lab::LabSpec {
+        cluster: "simimages".into(),
+        hosts: vec![],
+        state_dir: dir.path().join("images"),
+    })
+    .expect("lab");
+    let archives = vec![
+        images.busybox_archive().expect("busybox image").path,
+        images.etcd_archive().expect("etcd image").path,
+    ];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt
+        .block_on(apiary_digitalocean::fake::FakeServer::start(
+            apiary_digitalocean::fake::FakeOptions::default(),
+        ))
+        .expect("fake");
+    let sim = apiary_tests::dosim::DropletSim::new(
+        &dir.path().join("droplets"),
+        std::net::Ipv4Addr::new(10, 231, 0, 1),
+        24,
+    )
+    .expect("simulator network")
+    .with_engine(archives);
+    sim.follow(fake.api().clone());
+    let (port, artifacts) = (free_port(), free_port());
+    let config = dir.path().join("do.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 3\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\n\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
+            fake.url()
+        ),
+    )
+    .expect("config");
+    let state = dir.path().join("state");
+    let mut cmd = std::process::Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
+    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
+    let admin = state.join("admin.conf");
+    let status = eventually_or(
+        "3 droplets ready, Swarm and the overlay checked, etcd healthy",
+        Duration::from_secs(
+            std::env::var("DOSIM_WAIT")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(300),
+        ),
+        || {
+            let out = ctl_with(&admin, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = s["nodes"].as_array()?;
+            let ready = nodes.len() == 3 && nodes.iter().all(|n| n["state"] == "ready");
+            (ready && s["database"]["healthy"] == true).then_some(s)
+        },
+        || {
+            let status = ctl_with(&admin, &["status"]);
+            format!(
+                "{}\n{}\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                serve.log_text(),
+                sim.consoles()
+            )
+        },
+    );
+    let out = ctl_with(&admin, &["checks", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("checks json");
+    assert_eq!(checks["ok"], true, "{checks}\n{status}");
+    assert_eq!(checks["phase"], "swarm", "{checks}");
+    drop(serve);
+    drop(sim);
+    rt.block_on(fake.shutdown());
+    let (_, netns) = sh(&["ip", "netns", "list"]);
+    assert!(!netns.contains("dosim."), "namespaces left: {netns}");
+}

@@ -495,6 +495,21 @@ impl SwarmClient {
         Ok(changed)
     }
 
+    /// Makes `node` a manager; false when it already was one. Manager only.
+    pub async fn promote(&self, node: &str) -> Result<bool, SwarmError> {
+        let changed = self
+            .update_node(node, "promote a node", |spec| {
+                let manager = spec.role == Some(NodeSpecRoleEnum::MANAGER);
+                spec.role = Some(NodeSpecRoleEnum::MANAGER);
+                !manager
+            })
+            .await?;
+        if changed {
+            info!(host = %self.host, node, "node promoted to manager");
+        }
+        Ok(changed)
+    }
+
     /// Drains `node` for maintenance (`active` false: its tasks move away,
     /// its role stays) or makes it take tasks again; false when it already
     /// was so.

@@ -342,9 +342,9 @@ impl AgentCalls for FakeAgents {
                 json(&Self::view(&hosts, node))
             }
             OpRequest::SetLabels(_) => json(&Changed { changed: false }),
-            OpRequest::SwarmDrain(_) | OpRequest::SwarmAvailability(_) => {
-                json(&Changed { changed: true })
-            }
+            OpRequest::SwarmDrain(_)
+            | OpRequest::SwarmAvailability(_)
+            | OpRequest::SwarmPromote(_) => json(&Changed { changed: true }),
             OpRequest::SwarmLeave(_) => {
                 let h = hosts.get_mut(node).expect("checked");
                 let left = h.in_swarm;

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use apiary_api::ops::{
     EncryptionSupport, EnsureOverlay, ReadJoinTokens, ReadSwarm, SetLabels, SwarmInit, SwarmJoin,
-    SwarmRemoveNode,
+    SwarmPromote, SwarmRemoveNode,
 };
 use apiary_api::reach::SWARM_MANAGER_PORT;
 use apiary_api::swarm::{JoinTokens, OverlaySpec, ProbeEndpoint, SwarmView};
@@ -339,6 +339,14 @@ async fn ensure_swarm(
     if !plan.joins.is_empty() {
         let tokens = call(ctx.agents(), &first.name, ReadJoinTokens {}).await?;
         join_all_hosts(ctx, plan, &tokens).await?;
+    }
+    // One at a time: each is a Raft membership change.
+    for (host, node) in &plan.promotions {
+        info!(node = %host.name, "promoting to manager (it joined when fewer hosts were ready)");
+        let op = SwarmPromote { node: node.clone() };
+        call(ctx.agents(), &first.name, op).await?;
+        ctx.events()
+            .emit(EventKind::SwarmJoined, &host.name, "promoted to manager");
     }
     for stale in &plan.stale {
         // Not fatal to the round: the entry only clutters `docker node ls`.

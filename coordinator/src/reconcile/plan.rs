@@ -60,6 +60,11 @@ pub struct Plan {
     /// Entries in the swarm's node list that no host is (see
     /// [`stale_nodes`]), removed once the joins are done.
     pub stale: Vec<StaleNode>,
+    /// Hosts in the swarm as workers that the plan makes managers, with
+    /// their node IDs: they joined while fewer hosts were ready (droplets
+    /// enroll one by one; a scale from two hosts to three), so fewer
+    /// managers were wanted then. Promoted one at a time, after the joins.
+    pub promotions: Vec<(Host, String)>,
 }
 
 /// A node the swarm lists that is no host's current node.
@@ -147,6 +152,15 @@ pub fn decide(
         })
         .cloned()
         .collect();
+    let promotions = hosts
+        .iter()
+        .filter(|h| h.manager && h.name != first.name)
+        .filter_map(|h| {
+            let v = views.get(&h.name)?;
+            (active(v) && v.knows_manager(&remote) && !v.manager && !v.node_id.is_empty())
+                .then(|| (h.clone(), v.node_id.clone()))
+        })
+        .collect();
     let stale = match (&swarm, views.get(&first.name)) {
         (SwarmStep::Adopt, Some(manager)) => stale_nodes(manager, views),
         _ => Vec::new(),
@@ -159,6 +173,7 @@ pub fn decide(
         swarm,
         joins,
         stale,
+        promotions,
     })
 }
 
@@ -298,6 +313,40 @@ mod tests {
             .map(|h| (h.name.as_str(), h.manager))
             .collect();
         assert_eq!(joins, [("h2", true), ("h3", true), ("h4", false)]);
+    }
+
+    /// A host that joined as a worker while fewer hosts were ready is
+    /// promoted once the plan makes it a manager; a worker the plan keeps a
+    /// worker, and a manager, are left alone.
+    #[test]
+    fn workers_the_plan_makes_managers_are_promoted() {
+        let leader = "10.231.0.11:2377";
+        let in_swarm = |id: &str, manager: bool| SwarmView {
+            node_id: id.into(),
+            ..view(SwarmState::Active, manager, Some(leader))
+        };
+        let nodes = [
+            node("h1", 11, true),
+            node("h2", 12, true),
+            node("h3", 13, true),
+            node("h4", 14, true),
+        ];
+        let views = HashMap::from([
+            ("h1".to_string(), in_swarm("n1", true)),
+            ("h2".to_string(), in_swarm("n2", false)),
+            ("h3".to_string(), in_swarm("n3", true)),
+            ("h4".to_string(), in_swarm("n4", false)),
+        ]);
+        let Decision::Converge(plan) = decide(&cfg(None), &nodes, &views) else {
+            panic!("hosts are ready");
+        };
+        let promoted: Vec<(&str, &str)> = plan
+            .promotions
+            .iter()
+            .map(|(h, id)| (h.name.as_str(), id.as_str()))
+            .collect();
+        assert_eq!(promoted, [("h2", "n2")]);
+        assert!(plan.joins.is_empty());
     }
 
     /// A join cut short (no hostname) and a host's earlier incarnation are
