@@ -2953,63 +2953,159 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
     drop(tunnel);
 }
 
+/// A coordinator serving the DigitalOcean provider against the fake API,
+/// whose droplets the simulator boots. The coordinator listens on the VPC's
+/// bridge (10.231.0.1), standing in for one inside the VPC.
+struct SimCluster {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    fake: Option<apiary_digitalocean::fake::FakeServer>,
+    sim: Option<std::sync::Arc<apiary_tests::dosim::DropletSim>>,
+    serve: Option<Proc>,
+}
+
+impl SimCluster {
+    /// `images`: `Some` runs an engine per droplet with them loaded.
+    /// `prepare` runs before the simulator follows the API (faults).
+    /// `digitalocean` and `rest` are appended to the `[digitalocean]`
+    /// section and after it.
+    fn start(
+        hosts: usize,
+        images: Option<Vec<std::path::PathBuf>>,
+        prepare: impl FnOnce(&apiary_tests::dosim::DropletSim),
+        digitalocean: &str,
+        rest: &str,
+    ) -> SimCluster {
+        require_root();
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let fake = rt
+            .block_on(apiary_digitalocean::fake::FakeServer::start(
+                apiary_digitalocean::fake::FakeOptions::default(),
+            ))
+            .expect("fake");
+        let mut sim = apiary_tests::dosim::DropletSim::new(
+            &dir.path().join("droplets"),
+            std::net::Ipv4Addr::new(10, 231, 0, 1),
+            24,
+        )
+        .expect("simulator network");
+        if let Some(images) = images {
+            sim = sim.with_engine(images);
+        }
+        prepare(&sim);
+        sim.follow(fake.api().clone());
+        let (port, artifacts) = (free_port(), free_port());
+        let config = dir.path().join("do.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = {hosts}\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\n{digitalocean}\n{rest}",
+                fake.url()
+            ),
+        )
+        .expect("config");
+        let mut cmd = std::process::Command::new(bin("coordinator"));
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
+        let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
+        SimCluster {
+            dir,
+            rt,
+            fake: Some(fake),
+            sim: Some(sim),
+            serve: Some(serve),
+        }
+    }
+
+    fn fake(&self) -> &apiary_digitalocean::fake::FakeServer {
+        self.fake.as_ref().expect("fake")
+    }
+
+    fn sim(&self) -> &apiary_tests::dosim::DropletSim {
+        self.sim.as_ref().expect("sim")
+    }
+
+    fn log(&self) -> String {
+        self.serve.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
+    fn admin(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/admin.conf")
+    }
+
+    /// Waits for `status --json` to satisfy `done`; fails with the
+    /// coordinator's log and every droplet's console.
+    fn wait(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually_or(
+            what,
+            within,
+            || {
+                let out = ctl_with(&self.admin(), &["status", "--json"]);
+                let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                done(&s).then_some(s)
+            },
+            || {
+                let status = ctl_with(&self.admin(), &["status"]);
+                format!(
+                    "{}\n{}\n{}",
+                    String::from_utf8_lossy(&status.stdout),
+                    self.log(),
+                    self.sim().consoles()
+                )
+            },
+        )
+    }
+
+    /// Stops everything and checks the simulator left nothing behind.
+    fn stop(mut self) {
+        self.serve.take();
+        self.sim.take();
+        if let Some(f) = self.fake.take() {
+            self.rt.block_on(f.shutdown());
+        }
+        let (_, netns) = sh(&["ip", "netns", "list"]);
+        assert!(!netns.contains("dosim."), "namespaces left: {netns}");
+        let (_, links) = sh(&["ip", "-o", "link"]);
+        assert!(
+            !links.contains(apiary_tests::dosim::BRIDGE),
+            "bridge left: {links}"
+        );
+    }
+}
+
+/// Every node listed is ready, and there are `n`.
+fn all_ready(s: &serde_json::Value, n: usize) -> bool {
+    s["nodes"]
+        .as_array()
+        .is_some_and(|nodes| nodes.len() == n && nodes.iter().all(|x| x["state"] == "ready"))
+}
+
 /// DigitalOcean on simulated droplets (`apiary_tests::dosim`): the fake API
 /// makes the droplets, each boots as a namespace that runs its real
 /// user_data (checked by cloud-init's schema, files written, runcmd run,
 /// units started as systemd would): the install unit downloads the agent
 /// from the coordinator's artifact listener trusting only the cluster CA and
 /// checks its digest, then enables the agent, which enrolls with the host
-/// token of its own droplet. The coordinator here listens on the VPC's
-/// bridge, standing in for one inside the VPC.
+/// token of its own droplet.
 #[test]
 fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    require_root();
     // The droplets' files stay in their private roots.
     let machine_has_apiary_etc = std::path::Path::new("/etc/apiary").exists();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt
-        .block_on(apiary_digitalocean::fake::FakeServer::start(
-            apiary_digitalocean::fake::FakeOptions::default(),
-        ))
-        .expect("fake");
-    let dir = tempfile::tempdir().expect("tmp");
-    let sim = apiary_tests::dosim::DropletSim::new(
-        &dir.path().join("droplets"),
-        std::net::Ipv4Addr::new(10, 231, 0, 1),
-        24,
-    )
-    .expect("simulator network");
-    sim.follow(fake.api().clone());
-    let (port, artifacts) = (free_port(), free_port());
-    let config = dir.path().join("do.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 2\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\n\n[swarm]\nenabled = false\n",
-            fake.url()
-        ),
-    )
-    .expect("config");
-    let state = dir.path().join("state");
-    let mut cmd = std::process::Command::new(bin("coordinator"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
-    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
-    let admin = state.join("admin.conf");
-    let status = eventually_or(
+    let c = SimCluster::start(2, None, |_| {}, "", "[swarm]\nenabled = false\n");
+    let status = c.wait(
         "both droplets enrolled and ready",
         Duration::from_secs(120),
-        || {
-            let out = ctl_with(&admin, &["status", "--json"]);
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let nodes = s["nodes"].as_array()?;
-            (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(s)
-        },
-        || format!("{}\n{}", serve.log_text(), sim.consoles()),
+        |s| all_ready(s, 2),
     );
     let names: Vec<&str> = status["nodes"]
         .as_array()
@@ -3018,7 +3114,7 @@ fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens(
         .filter_map(|n| n["name"].as_str())
         .collect();
     assert_eq!(names, ["queenbee", "workerbee-1"], "{status}");
-    let consoles = sim.consoles();
+    let consoles = c.sim().consoles();
     for want in [
         "wrote /etc/apiary/agent.toml (0600)",
         "systemctl start --no-block apiary-agent-install.service",
@@ -3026,19 +3122,10 @@ fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens(
     ] {
         assert!(consoles.contains(want), "{want} not in:\n{consoles}");
     }
-    // Each agent enrolled with its own droplet's host token: used now.
-    let log = serve.log_text();
+    // Each agent enrolled with its own droplet's host token.
+    let log = c.log();
     assert_eq!(log.matches("node enrolled").count(), 2, "{log}");
-    drop(serve);
-    drop(sim);
-    rt.block_on(fake.shutdown());
-    let (_, netns) = sh(&["ip", "netns", "list"]);
-    assert!(!netns.contains("dosim."), "namespaces left: {netns}");
-    let (_, links) = sh(&["ip", "-o", "link"]);
-    assert!(
-        !links.contains(apiary_tests::dosim::BRIDGE),
-        "bridge left: {links}"
-    );
+    c.stop();
     assert_eq!(
         std::path::Path::new("/etc/apiary").exists(),
         machine_has_apiary_etc,
@@ -3052,42 +3139,16 @@ fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens(
 #[test]
 fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    require_root();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt
-        .block_on(apiary_digitalocean::fake::FakeServer::start(
-            apiary_digitalocean::fake::FakeOptions::default(),
-        ))
-        .expect("fake");
-    let dir = tempfile::tempdir().expect("tmp");
-    let sim = apiary_tests::dosim::DropletSim::new(
-        &dir.path().join("droplets"),
-        std::net::Ipv4Addr::new(10, 231, 0, 1),
-        24,
-    )
-    .expect("simulator network");
-    sim.break_next_download("workerbee-1");
-    sim.follow(fake.api().clone());
-    let (port, artifacts) = (free_port(), free_port());
-    let config = dir.path().join("do.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 2\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\nenroll_timeout = \"5s\"\n\n[swarm]\nenabled = false\n",
-            fake.url()
-        ),
-    )
-    .expect("config");
-    let state = dir.path().join("state");
-    let mut cmd = std::process::Command::new(bin("coordinator"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
-    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
-    let first = |name: &str| {
-        fake.api()
+    let c = SimCluster::start(
+        2,
+        None,
+        |sim| sim.break_next_download("workerbee-1"),
+        "enroll_timeout = \"5s\"\n",
+        "[swarm]\nenabled = false\n",
+    );
+    let droplet_of = |name: &str| {
+        c.fake()
+            .api()
             .droplets()
             .into_iter()
             .find(|d| d.name == name)
@@ -3096,21 +3157,14 @@ fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up
     let broken = eventually(
         "workerbee-1's droplet made",
         Duration::from_secs(30),
-        || first("workerbee-1"),
+        || droplet_of("workerbee-1"),
     );
-    let admin = state.join("admin.conf");
-    eventually_or(
+    c.wait(
         "both hosts ready, workerbee-1 on its second droplet",
         Duration::from_secs(120),
-        || {
-            let out = ctl_with(&admin, &["status", "--json"]);
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let nodes = s["nodes"].as_array()?;
-            (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(s)
-        },
-        || format!("{}\n{}", serve.log_text(), sim.consoles()),
+        |s| all_ready(s, 2),
     );
-    let log = serve.log_text();
+    let log = c.log();
     assert!(
         log.contains(&format!(
             "droplet {broken} never enrolled within 5s of booting; deleted, made again with a new host token (replacement 1 of 3)"
@@ -3118,103 +3172,67 @@ fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up
         "{log}"
     );
     assert_ne!(
-        first("workerbee-1"),
+        droplet_of("workerbee-1"),
         Some(broken),
         "the broken droplet is gone"
     );
-    assert_eq!(fake.api().droplets().len(), 2);
-    // The broken droplet's namespace went with it.
+    assert_eq!(c.fake().api().droplets().len(), 2);
     let (_, netns) = sh(&["ip", "netns", "list"]);
     assert!(!netns.contains(&format!("dosim.{broken}")), "{netns}");
-    drop(serve);
-    drop(sim);
-    rt.block_on(fake.shutdown());
+    c.stop();
 }
 
 /// Simulated droplets with engines: three droplets boot from their
-/// user_data, enroll, and the coordinator forms Swarm, checks the overlay
-/// and runs etcd on them, as on DigitalOcean.
+/// user_data, enroll one by one, and the coordinator forms Swarm (promoting
+/// the hosts that joined as workers while fewer were ready), checks the
+/// overlay and runs etcd on them, as on DigitalOcean.
 #[test]
 fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    require_root();
-    let dir = tempfile::tempdir().expect("tmp");
+    let images_dir = tempfile::tempdir().expect("tmp");
     // The images a droplet would pull, made the lab's way.
     let images = apiary_lab::Lab::new(apiary_lab::LabSpec {
         cluster: "simimages".into(),
         hosts: vec![],
-        state_dir: dir.path().join("images"),
+        state_dir: images_dir.path().to_path_buf(),
     })
     .expect("lab");
     let archives = vec![
         images.busybox_archive().expect("busybox image").path,
         images.etcd_archive().expect("etcd image").path,
     ];
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt
-        .block_on(apiary_digitalocean::fake::FakeServer::start(
-            apiary_digitalocean::fake::FakeOptions::default(),
-        ))
-        .expect("fake");
-    let sim = apiary_tests::dosim::DropletSim::new(
-        &dir.path().join("droplets"),
-        std::net::Ipv4Addr::new(10, 231, 0, 1),
-        24,
-    )
-    .expect("simulator network")
-    .with_engine(archives);
-    sim.follow(fake.api().clone());
-    let (port, artifacts) = (free_port(), free_port());
-    let config = dir.path().join("do.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\nname = \"sim\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 3\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\n\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
-            fake.url()
-        ),
-    )
-    .expect("config");
-    let state = dir.path().join("state");
-    let mut cmd = std::process::Command::new(bin("coordinator"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
-    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
-    let admin = state.join("admin.conf");
-    let status = eventually_or(
-        "3 droplets ready, Swarm and the overlay checked, etcd healthy",
-        Duration::from_secs(
-            std::env::var("DOSIM_WAIT")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(300),
-        ),
-        || {
-            let out = ctl_with(&admin, &["status", "--json"]);
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let nodes = s["nodes"].as_array()?;
-            let ready = nodes.len() == 3 && nodes.iter().all(|n| n["state"] == "ready");
-            (ready && s["database"]["healthy"] == true).then_some(s)
-        },
-        || {
-            let status = ctl_with(&admin, &["status"]);
-            format!(
-                "{}\n{}\n{}",
-                String::from_utf8_lossy(&status.stdout),
-                serve.log_text(),
-                sim.consoles()
-            )
-        },
+    let c = SimCluster::start(
+        3,
+        Some(archives),
+        |_| {},
+        "",
+        "[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
     );
-    let out = ctl_with(&admin, &["checks", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("checks json");
-    assert_eq!(checks["ok"], true, "{checks}\n{status}");
-    assert_eq!(checks["phase"], "swarm", "{checks}");
-    drop(serve);
-    drop(sim);
-    rt.block_on(fake.shutdown());
-    let (_, netns) = sh(&["ip", "netns", "list"]);
-    assert!(!netns.contains("dosim."), "namespaces left: {netns}");
+    let status = c.wait(
+        "3 droplets ready, etcd healthy",
+        Duration::from_secs(300),
+        |s| all_ready(s, 3) && s["database"]["healthy"] == true,
+    );
+    let managers = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["swarm_role"] == "manager")
+        .count();
+    assert_eq!(managers, 3, "{status}");
+    let checks = eventually_or(
+        "the overlay checked",
+        Duration::from_secs(120),
+        || {
+            let out = ctl_with(&c.admin(), &["checks", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["phase"] == "swarm" && v["ok"] == true).then_some(v)
+        },
+        || c.log(),
+    );
+    assert!(
+        checks["cells"].as_array().is_some_and(|c| !c.is_empty()),
+        "{checks}"
+    );
+    c.stop();
 }
