@@ -2958,6 +2958,7 @@ fn hosts_reboot_one_at_a_time_keeping_the_database_and_every_acknowledged_write(
 /// bridge (10.231.0.1), standing in for one inside the VPC.
 struct SimCluster {
     dir: tempfile::TempDir,
+    config: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
     fake: Option<apiary_digitalocean::fake::FakeServer>,
     sim: Option<std::sync::Arc<apiary_tests::dosim::DropletSim>>,
@@ -2976,13 +2977,30 @@ impl SimCluster {
         digitalocean: &str,
         rest: &str,
     ) -> SimCluster {
+        Self::start_with(
+            hosts,
+            images,
+            prepare,
+            Default::default(),
+            digitalocean,
+            rest,
+        )
+    }
+
+    /// As [`SimCluster::start`], with the fake API's options (faults).
+    fn start_with(
+        hosts: usize,
+        images: Option<Vec<std::path::PathBuf>>,
+        prepare: impl FnOnce(&apiary_tests::dosim::DropletSim),
+        options: apiary_digitalocean::fake::FakeOptions,
+        digitalocean: &str,
+        rest: &str,
+    ) -> SimCluster {
         require_root();
         let dir = tempfile::tempdir().expect("tmp");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let fake = rt
-            .block_on(apiary_digitalocean::fake::FakeServer::start(
-                apiary_digitalocean::fake::FakeOptions::default(),
-            ))
+            .block_on(apiary_digitalocean::fake::FakeServer::start(options))
             .expect("fake");
         let mut sim = apiary_tests::dosim::DropletSim::new(
             &dir.path().join("droplets"),
@@ -3005,20 +3023,37 @@ impl SimCluster {
             ),
         )
         .expect("config");
-        let mut cmd = std::process::Command::new(bin("coordinator"));
-        cmd.args(["serve", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
-        let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
-        SimCluster {
+        let mut c = SimCluster {
             dir,
+            config,
             rt,
             fake: Some(fake),
             sim: Some(sim),
-            serve: Some(serve),
+            serve: None,
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts the coordinator, after a kill -9 of the running one if any
+    /// (same spec, same state directory). Each run logs to its own file.
+    fn restart(&mut self) {
+        if let Some(mut p) = self.serve.take() {
+            p.kill9();
         }
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let mut cmd = std::process::Command::new(bin("coordinator"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .env("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_simulated");
+        self.serve = Some(Proc::spawn(
+            cmd,
+            &self.dir.path().join(format!("serve-{n}.log")),
+        ));
     }
 
     fn fake(&self) -> &apiary_digitalocean::fake::FakeServer {
@@ -3233,6 +3268,61 @@ fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
     assert!(
         checks["cells"].as_array().is_some_and(|c| !c.is_empty()),
         "{checks}"
+    );
+    c.stop();
+}
+
+/// The API failing under the coordinator (429s, 500s, creates whose answer
+/// is lost after they happened) and the coordinator killed (-9) once the
+/// first droplet has enrolled: the restarted one adopts what exists, makes
+/// what is missing, and every host comes up on exactly one droplet.
+#[test]
+fn simulated_droplets_come_up_once_through_api_faults_and_a_killed_coordinator() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let options = apiary_digitalocean::fake::FakeOptions {
+        random: Some(apiary_digitalocean::fake::RandomFaults {
+            rate_limit: 0.1,
+            server_error: 0.1,
+            server_error_after_apply: true,
+            seed: 20261206,
+        }),
+        ..Default::default()
+    };
+    let mut c = SimCluster::start_with(4, None, |_| {}, options, "", "[swarm]\nenabled = false\n");
+    c.wait("a first droplet enrolled", Duration::from_secs(120), |s| {
+        s["nodes"].as_array().is_some_and(|n| !n.is_empty())
+    });
+    c.restart();
+    let status = c.wait(
+        "all four enrolled and ready",
+        Duration::from_secs(180),
+        |s| all_ready(s, 4),
+    );
+    let mut names: Vec<String> = c
+        .fake()
+        .api()
+        .droplets()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"],
+        "one droplet per host, none doubled: {status}"
+    );
+    let faults = c
+        .fake()
+        .api()
+        .requests()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    assert!(faults > 0, "the API never failed: the test proves nothing");
+    assert!(
+        c.fake().api().violations().is_empty(),
+        "{:?}",
+        c.fake().api().violations()
     );
     c.stop();
 }
