@@ -261,6 +261,7 @@ fn start_provider_work(
         }));
         spawn_lab_work(lab, config, serving, progress)
     });
+    let droplet_provider = droplets.clone();
     let droplet_work = droplets.map(|droplets| {
         let advertise = config.advertise.unwrap_or(local);
         // A count `ctl scale hosts=N` recorded wins over the spec's.
@@ -287,8 +288,19 @@ fn start_provider_work(
     });
     // Without a provider that makes the hosts, Swarm work starts at once and
     // takes in hosts as they become ready.
-    let swarm_work = match (lab, &config.swarm) {
-        (None, Some(cfg)) => Some(spawn_reconcile(coordinator, cfg.clone(), progress)),
+    let swarm_work = match (lab, &config.swarm, droplet_provider) {
+        // Droplets enroll one by one over minutes: Swarm and the database
+        // are first formed once every planned droplet is in (as the lab
+        // forms them after its bring-up), not on whichever came first.
+        (None, Some(cfg), Some(droplets)) => {
+            let (coordinator, cfg, progress) = (coordinator.clone(), cfg.clone(), progress.clone());
+            Some(tokio::spawn(async move {
+                wait_for_planned_droplets(&coordinator, &droplets).await;
+                crate::reconcile::run(coordinator.as_ref(), &cfg, progress, std::future::pending())
+                    .await
+            }))
+        }
+        (None, Some(cfg), None) => Some(spawn_reconcile(coordinator, cfg.clone(), progress)),
         _ => None,
     };
     ProviderWork {
@@ -389,6 +401,32 @@ fn spawn_droplet_work(
             tokio::time::sleep(droplets.reconcile_interval()).await;
         }
     })
+}
+
+/// Until every droplet the provider plans has an enrolled, ready node, or
+/// `digitalocean.enroll_timeout` has passed (then the cluster forms on the
+/// hosts that are in, and takes the others in as they come).
+async fn wait_for_planned_droplets(
+    coordinator: &Arc<Coordinator>,
+    droplets: &DigitalOceanProvider,
+) {
+    let deadline = tokio::time::Instant::now() + droplets.enroll_timeout();
+    loop {
+        let nodes = crate::context::ClusterContext::nodes(coordinator.as_ref());
+        let missing: Vec<String> = droplets
+            .planned()
+            .into_iter()
+            .filter(|name| !nodes.iter().any(|n| n.name == *name && n.ready))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(missing = %missing.join(", "), "not every droplet enrolled in time; forming the cluster on those that did");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn spawn_reconcile(

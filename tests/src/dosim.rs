@@ -190,6 +190,16 @@ impl DropletSim {
             .insert(name.to_string());
     }
 
+    /// A booted droplet's network namespace and its engine's socket (as
+    /// this machine sees it), by name.
+    pub fn droplet(&self, name: &str) -> Option<(String, PathBuf)> {
+        let booted = self.booted.lock().unwrap_or_else(|p| p.into_inner());
+        booted
+            .values()
+            .find(|b| b.name == name)
+            .map(|b| (b.netns.clone(), b.docker_socket()))
+    }
+
     /// What each droplet's console says (the simulator's own lines and its
     /// processes' output), for failure messages.
     pub fn consoles(&self) -> String {

@@ -325,7 +325,17 @@ const METADATA: &str = "169.254.169.254";
 /// a container on it does not, and the same container reaches the control
 /// address beside it (so routing and NAT work: the rule is what stops it).
 fn containers_cannot_reach_the_metadata_address(lab: &LabCluster, host: &str) {
-    let host_netns = lab.netns(host);
+    let socket = lab.node(host).expect("node")["docker_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    containers_on_cannot_reach_the_metadata_address(host, &lab.netns(host), &socket);
+}
+
+/// As [`containers_cannot_reach_the_metadata_address`], for any host: its
+/// network namespace and its engine's socket.
+fn containers_on_cannot_reach_the_metadata_address(host: &str, host_netns: &str, socket: &str) {
+    let host_netns = host_netns.to_string();
     let _meta = MetadataStandIn::beside(&host_netns);
     let from_host = |url: &str| {
         sh(&[
@@ -346,12 +356,8 @@ fn containers_cannot_reach_the_metadata_address(lab: &LabCluster, host: &str) {
         Duration::from_secs(20),
         || from_host(&format!("http://{METADATA}/")).then_some(()),
     );
-    let socket = lab.node(host).expect("node")["docker_socket"]
-        .as_str()
-        .expect("socket")
-        .to_string();
     eventually("busybox loaded", Duration::from_secs(120), || {
-        docker(&socket, &["image", "inspect", "lab/busybox:1"])
+        docker(socket, &["image", "inspect", "lab/busybox:1"])
             .0
             .then_some(())
     });
@@ -3218,9 +3224,9 @@ fn a_simulated_droplet_whose_download_fails_is_replaced_and_the_cluster_comes_up
 }
 
 /// Simulated droplets with engines: three droplets boot from their
-/// user_data, enroll one by one, and the coordinator forms Swarm (promoting
-/// the hosts that joined as workers while fewer were ready), checks the
-/// overlay and runs etcd on them, as on DigitalOcean.
+/// user_data and enroll one by one; once all are in, the coordinator forms
+/// Swarm (three managers), checks the overlay and runs etcd on them, as on
+/// DigitalOcean; a container on a droplet cannot reach the metadata address.
 #[test]
 fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -3243,18 +3249,19 @@ fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
         "",
         "[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
     );
-    let status = c.wait(
-        "3 droplets ready, etcd healthy",
+    c.wait(
+        "3 droplets ready, all managers, etcd healthy",
         Duration::from_secs(300),
-        |s| all_ready(s, 3) && s["database"]["healthy"] == true,
+        |s| {
+            let managers = s["nodes"].as_array().map_or(0, |nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n["swarm_role"] == "manager")
+                    .count()
+            });
+            all_ready(s, 3) && managers == 3 && s["database"]["healthy"] == true
+        },
     );
-    let managers = status["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter(|n| n["swarm_role"] == "manager")
-        .count();
-    assert_eq!(managers, 3, "{status}");
     let checks = eventually_or(
         "the overlay checked",
         Duration::from_secs(120),
@@ -3268,6 +3275,14 @@ fn simulated_droplets_with_engines_form_swarm_the_overlay_and_etcd() {
     assert!(
         checks["cells"].as_array().is_some_and(|c| !c.is_empty()),
         "{checks}"
+    );
+    // The droplet's own firewall keeps its containers from the metadata
+    // service (a stand-in beside the droplet, reached through it).
+    let (netns, socket) = c.sim().droplet("workerbee-1").expect("workerbee-1 booted");
+    containers_on_cannot_reach_the_metadata_address(
+        "workerbee-1",
+        &netns,
+        &socket.display().to_string(),
     );
     c.stop();
 }

@@ -295,6 +295,11 @@ impl DigitalOceanProvider {
         Ok(())
     }
 
+    /// How long a droplet may take to enroll (`digitalocean.enroll_timeout`).
+    pub fn enroll_timeout(&self) -> Duration {
+        self.config.timeouts.enroll
+    }
+
     /// How long between two reconciles: a minute, or less when the enroll
     /// timeout is shorter (a droplet is replaced within about one interval
     /// of its deadline).
