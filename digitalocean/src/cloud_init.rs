@@ -15,7 +15,9 @@
 //! its start rate limit. The agent unit is enabled by the install unit's
 //! `ExecStartPost`, which systemd runs only once `ExecStart` (download,
 //! digest, move into place) succeeded: the agent unit is never enabled
-//! without its binary, and runcmd does nothing but start the install unit.
+//! without its binary, and runcmd does nothing but enable and start the
+//! install unit (enabled, so a reboot before the download got through
+//! tries again; `ConditionPathExists` skips it once the binary is in).
 //!
 //! The document is built as data and serialised (YAML, TOML), never by
 //! pasting strings into a template, so no value can break out of its field.
@@ -311,6 +313,10 @@ Wants=network-online.target
 After=network-online.target
 # Retry for as long as it takes: never stop on the start rate limit.
 StartLimitIntervalSec=0
+# Enabled, so a droplet rebooted before the download got through tries
+# again at boot (runcmd runs once per instance); once the binary is in,
+# boots skip it.
+ConditionPathExists=!{AGENT_BINARY_PATH}
 
 [Service]
 Type=oneshot
@@ -320,6 +326,9 @@ ExecStart={exec}
 ExecStartPost=/usr/bin/systemctl enable --now --no-block docker.service {UNIT_NAME}
 Restart=on-failure
 RestartSec={INSTALL_RETRY_SEC}
+
+[Install]
+WantedBy=multi-user.target
 ",
         exec = exec.join(" ")
     )
@@ -462,11 +471,18 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
                 content: SSHD_DROP_IN.to_owned(),
             },
         ],
-        // Only the install unit is started (without waiting: it may retry
-        // for a while); it enables the agent itself once the binary is in.
+        // Only the install unit is enabled and started (without waiting:
+        // it may retry for a while); it enables the agent itself once the
+        // binary is in.
         runcmd: vec![
             cmd(&["systemctl", "daemon-reload"]),
-            cmd(&["systemctl", "start", "--no-block", INSTALL_UNIT_NAME]),
+            cmd(&[
+                "systemctl",
+                "enable",
+                "--now",
+                "--no-block",
+                INSTALL_UNIT_NAME,
+            ]),
         ],
     };
     let yaml = serde_norway::to_string(&doc).map_err(|e| RenderError::Serialise {

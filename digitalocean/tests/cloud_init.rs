@@ -176,7 +176,13 @@ fn renders_a_valid_cloud_config_for_the_coordinator_download() {
         cmds,
         [
             vec!["systemctl", "daemon-reload"],
-            vec!["systemctl", "start", "--no-block", INSTALL_UNIT_NAME]
+            vec![
+                "systemctl",
+                "enable",
+                "--now",
+                "--no-block",
+                INSTALL_UNIT_NAME
+            ]
         ],
     );
     let script = get(file(&doc, INSTALLER_PATH), "content").as_str().unwrap();
@@ -304,9 +310,15 @@ fn the_install_unit_retries_forever_and_alone_enables_the_agent() {
         ["0"],
         "no start limit: systemd never gives up on it"
     );
-    // The unit must not be wanted at boot by itself: runcmd starts it once
-    // per instance, and on success it enables the agent.
-    assert!(value("WantedBy").is_empty(), "{unit}");
+    // Wanted at boot until the binary is in: a droplet rebooted before the
+    // download got through tries again (runcmd runs once per instance);
+    // once installed, boots skip it.
+    assert_eq!(value("WantedBy"), ["multi-user.target"], "{unit}");
+    assert_eq!(
+        value("ConditionPathExists"),
+        [format!("!{AGENT_BINARY_PATH}").as_str()],
+        "{unit}"
+    );
     // Success (ExecStartPost runs only after ExecStart succeeded) enables
     // and starts the agent; nothing else anywhere enables it.
     let post = value("ExecStartPost");

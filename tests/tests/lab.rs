@@ -3158,7 +3158,7 @@ fn simulated_droplets_run_their_user_data_and_enroll_with_their_own_host_tokens(
     let consoles = c.sim().consoles();
     for want in [
         "wrote /etc/apiary/agent.toml (0600)",
-        "systemctl start --no-block apiary-agent-install.service",
+        "systemctl enable --now --no-block apiary-agent-install.service",
         "systemctl enable --now --no-block docker.service apiary-agent.service",
     ] {
         assert!(consoles.contains(want), "{want} not in:\n{consoles}");
