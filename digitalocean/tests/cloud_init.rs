@@ -59,6 +59,15 @@ fn file<'a>(doc: &'a Value, path: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no file {path}"))
 }
 
+fn packages(doc: &Value) -> Vec<&str> {
+    get(doc, "packages")
+        .as_sequence()
+        .expect("packages list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn runcmd(doc: &Value) -> Vec<Vec<String>> {
     get(doc, "runcmd")
         .as_sequence()
@@ -131,12 +140,7 @@ fn renders_a_valid_cloud_config_for_the_coordinator_download() {
 
     let doc: Value = serde_norway::from_str(&ud).expect("YAML");
     assert_eq!(get(&doc, "package_update").as_bool(), Some(true));
-    let packages: Vec<&str> = get(&doc, "packages")
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let packages = packages(&doc);
     assert!(
         packages.contains(&"docker.io"),
         "Docker from the distribution"
@@ -352,12 +356,7 @@ fn the_install_unit_retries_forever_and_alone_enables_the_agent() {
 fn packages_and_ssh_are_locked_down() {
     let ud = render_user_data(&bootstrap()).expect("render");
     let doc: Value = serde_norway::from_str(&ud).expect("YAML");
-    let packages: Vec<&str> = get(&doc, "packages")
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let packages = packages(&doc);
     for p in ["docker.io", "nftables", "curl", "ca-certificates"] {
         assert!(packages.contains(&p), "{p} missing: {packages:?}");
     }

@@ -35,18 +35,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `f` until it returns Some or the deadline passes (never a bare sleep).
-pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn eventually<T>(what: &str, within: Duration, f: impl FnMut() -> Option<T>) -> T {
+    eventually_or(what, within, f, String::new)
 }
 
 /// As [`eventually`], with `context` (logs, say) in the failure message.

@@ -264,12 +264,7 @@ impl Pki {
         Ok(token.to_string())
     }
 
-    /// Whether `presented` is this cluster's current, unexpired join token.
-    pub fn check_token(&self, presented: &str) -> Result<(), PkiError> {
-        let token: JoinToken = presented.parse().map_err(PkiError::MalformedToken)?;
-        self.check_cluster_token(&token)
-    }
-
+    /// Whether `token` is this cluster's current, unexpired join token.
     fn check_cluster_token(&self, token: &JoinToken) -> Result<(), PkiError> {
         if token.ca_digest != self.ca.digest() {
             return Err(PkiError::ForeignToken);

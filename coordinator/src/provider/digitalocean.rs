@@ -347,12 +347,19 @@ impl DigitalOceanProvider {
             )
         };
         for d in &decision.given_up {
-            warn!(node = %d.name, droplet = d.id, "{}", self.never_enrolled(d));
-            coordinator.events.emit(
-                EventKind::DropletNotEnrolled,
-                &d.name,
-                self.never_enrolled(d),
-            );
+            let message = self.never_enrolled(d);
+            warn!(node = %d.name, droplet = d.id, "{message}");
+            coordinator
+                .events
+                .emit(EventKind::DropletNotEnrolled, &d.name, message);
+            // Said once: past `max`, the host is neither replaced nor
+            // reported again.
+            *self
+                .replaced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(d.name.clone())
+                .or_default() += 1;
         }
         let mut deleted = Vec::new();
         for d in &decision.replace {
@@ -472,7 +479,8 @@ pub struct BootedDroplet {
 pub struct OverdueDecision {
     /// Delete (the reconcile makes them again, with a new host token).
     pub replace: Vec<BootedDroplet>,
-    /// Replaced `max` times already: kept and reported, not replaced again.
+    /// Replaced `max` times already: kept and reported (once: the caller
+    /// counts the report as one more, and past `max` a host is left alone).
     pub given_up: Vec<BootedDroplet>,
 }
 
@@ -493,10 +501,10 @@ pub fn overdue_droplets(
         .iter()
         .filter(|d| !enrolled.contains(&d.name) && d.up_for > enroll_timeout)
     {
-        if replaced.get(&d.name).copied().unwrap_or(0) >= max {
-            out.given_up.push(d.clone());
-        } else {
-            out.replace.push(d.clone());
+        match replaced.get(&d.name).copied().unwrap_or(0) {
+            n if n < max => out.replace.push(d.clone()),
+            n if n == max => out.given_up.push(d.clone()),
+            _ => {}
         }
     }
     out
@@ -674,6 +682,10 @@ mod tests {
         // replaced `max` times already: given up on, kept.
         assert_eq!(d.replace, [all[1].clone()]);
         assert_eq!(d.given_up, [all[3].clone()]);
+        // Reported already (one past `max`): left alone.
+        let reported = HashMap::from([("workerbee-3".to_string(), 4)]);
+        let d = overdue_droplets(&all, &enrolled, Duration::from_secs(600), &reported, 3);
+        assert!(d.given_up.is_empty(), "{d:?}");
         // Nothing booted for long: nothing to do.
         let d = overdue_droplets(
             &all[2..3],
