@@ -24,11 +24,16 @@ pub const EXIT_USAGE: u8 = 64;
 /// The agent itself stops with 0, 1, 64 or 77 (refused: a bad or rotated
 /// token, a revoked or expired certificate, a CA mismatch).
 #[derive(Debug, Parser)]
-#[command(name = "agent", version)]
+#[command(name = "agent", version = apiary_api::version::current())]
 pub struct Args {
     /// Agent config file (TOML: coordinator, token, state_dir, name, docker_socket, ...).
     #[arg(long, env = "APIARY_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Watch an upgrade of the agent in this state directory and roll it
+    /// back if the new agent does not come up (started by the agent itself
+    /// while it upgrades; not for operators).
+    #[arg(long, hide = true, value_name = "STATE_DIR")]
+    pub upgrade_guard: Option<PathBuf>,
     /// Coordinator address, HOST:PORT.
     #[arg(long)]
     pub coordinator: Option<String>,

@@ -32,5 +32,6 @@ pub mod reach;
 mod session;
 pub mod swarm;
 pub mod tunnel;
+pub mod upgrade;
 
-pub use session::{AgentError, run};
+pub use session::{AgentError, RunEnd, run};

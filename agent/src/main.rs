@@ -39,6 +39,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(state_dir) = &args.upgrade_guard {
+        // Started by an agent that is upgrading itself (see
+        // `apiary_agent::upgrade`); no runtime, no session, one log line.
+        let said = apiary_agent::upgrade::guard(state_dir);
+        eprintln!("agent upgrade guard ({}): {said}", state_dir.display());
+        return ExitCode::SUCCESS;
+    }
     apiary_proto::process::init_tracing(&args.log_format, std::io::stderr);
     let file = match &args.config {
         Some(path) => match AgentFile::load(path) {
@@ -76,13 +83,35 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e, 1),
     };
-    match runtime.block_on(apiary_agent::run(
+    let ended = runtime.block_on(apiary_agent::run(
         config,
         apiary_proto::process::shutdown_signal(),
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
+    ));
+    // Tasks stopped before an exec: nothing of this process's runtime is
+    // half-way through a write when the image is replaced.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match ended {
+        Ok(apiary_agent::RunEnd::Shutdown) => ExitCode::SUCCESS,
+        Ok(apiary_agent::RunEnd::Restart(exe)) => restart_into(&exe),
         Err(e) => fail(&e, u8::try_from(e.exit_code()).unwrap_or(1)),
     }
+}
+
+/// Replaces this process with the upgraded binary, same arguments and
+/// environment: the PID stays, so the supervisor (systemd, the lab) keeps
+/// tracking the agent. Returns only when the exec failed; exiting 1 then
+/// lets the supervisor start the agent again (the upgrade guard puts the old
+/// binary back when the new one does not come up).
+fn restart_into(exe: &std::path::Path) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(exe = %exe.display(), "restarting into the upgraded binary");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    fail(
+        &format!("cannot start the upgraded binary {}: {err}", exe.display()),
+        1,
+    )
 }
 
 /// `agent.1`, from the same clap definition the agent parses with (the

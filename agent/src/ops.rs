@@ -303,6 +303,11 @@ impl Ops {
                 }
                 .await,
             ),
+            // Needs the session's client to download the build: the session
+            // runs it (`session::upgrade`), never this dispatcher.
+            OpRequest::UpgradeAgent(_) => {
+                Err("an upgrade is run by the session, not as a host operation".into())
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ pub enum AgentError {
         "the certificate in {state_dir} expired at {at} while the agent was away; re-enroll by passing a join token"
     )]
     Expired { state_dir: String, at: String },
+    #[error("this build of the agent was rolled back ({0}); exiting so the old binary is started")]
+    RolledBack(crate::upgrade::Failure),
 }
 
 impl AgentError {
@@ -56,12 +58,12 @@ impl AgentError {
             | AgentError::Refused(_)
             | AgentError::Removed(_)
             | AgentError::Expired { .. } => 77,
+            AgentError::RolledBack(_) => 1,
             AgentError::Cert(_) => 1,
         }
     }
 }
 
-const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 const FACTS_REFRESH: Duration = Duration::from_secs(5);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -72,12 +74,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the agent until `shutdown` completes or a refusal makes it pointless.
+/// How [`run`] ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Asked to stop (a signal).
+    Shutdown,
+    /// Upgraded: the caller replaces this process with the binary at this
+    /// path, same arguments (see [`crate::upgrade`]).
+    Restart(std::path::PathBuf),
+}
+
+/// Runs the agent until `shutdown` completes, an upgrade asks for a
+/// restart, or a refusal makes it pointless.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<RunEnd, AgentError> {
     tokio::pin!(shutdown);
+    let probation = match crate::upgrade::at_start(&config.state_dir) {
+        crate::upgrade::AtStart::Normal => None,
+        crate::upgrade::AtStart::OnProbation(p) => {
+            info!(from = %p.from, to = %p.to, "started as an upgrade; confirmed once the coordinator acknowledges it");
+            Some(p)
+        }
+        crate::upgrade::AtStart::RolledBack(f) => return Err(AgentError::RolledBack(f)),
+    };
+    let mut probation = probation;
     let facts = FactsSource {
         public_interface: config.public_interface.clone(),
         private: config.private_address.clone(),
@@ -87,18 +109,19 @@ pub async fn run(
     let ops = Arc::new(Ops::new(config.name.clone(), config.docker_socket.clone()));
     let mut identity = tokio::select! {
         id = obtain_identity(&config) => id?,
-        _ = &mut shutdown => return Ok(()),
+        _ = &mut shutdown => return Ok(RunEnd::Shutdown),
     };
     let mut backoff = Backoff::default();
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &identity, &facts, &runner, &ops) => o,
+            o = session(&config, &identity, &facts, &runner, &ops, &mut probation) => o,
             _ = &mut shutdown => {
                 info!("shutting down");
-                return Ok(());
+                return Ok(RunEnd::Shutdown);
             }
         };
         match outcome {
+            Ok(SessionEnd::Upgraded(exe)) => return Ok(RunEnd::Restart(exe)),
             Ok(SessionEnd::Renewed(new)) => {
                 identity = new;
                 backoff.reset();
@@ -111,7 +134,7 @@ pub async fn run(
         let delay = backoff.next();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => return Ok(RunEnd::Shutdown),
         }
     }
 }
@@ -240,6 +263,8 @@ async fn enroll(config: &AgentConfig, token: JoinToken) -> Result<Identity, Agen
 enum SessionEnd {
     Closed,
     Renewed(Identity),
+    /// The new build is in place and the coordinator has the answer.
+    Upgraded(std::path::PathBuf),
 }
 
 enum SessionError {
@@ -304,6 +329,7 @@ async fn session(
     facts: &FactsSource,
     runner: &Arc<HostRunner>,
     ops: &Arc<Ops>,
+    probation: &mut Option<crate::upgrade::Pending>,
 ) -> Result<SessionEnd, SessionError> {
     let peer = identity.peer()?;
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
@@ -335,10 +361,15 @@ async fn session(
     )));
     let first = facts.gather().await;
     let session_facts = first.clone();
+    let upgrade_failure = crate::upgrade::failure(&config.state_dir);
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
-            agent_version: AGENT_VERSION.into(),
+            agent_version: apiary_api::version::current().into(),
             facts: Some(first.clone()),
+            upgrade_failure: upgrade_failure
+                .as_ref()
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
         })),
     };
     let _ = tx.send(hello).await;
@@ -389,6 +420,10 @@ async fn session(
     let mut in_flight: Option<(u64, std::time::Instant)> = None;
     let mut last_rtt_us = 0u64;
     let mut welcomed = false;
+    let mut outdated = false;
+    // An upgrade installed by an operation of this session: its answer is
+    // sent, then the session ends into the new binary.
+    let (upgraded_tx, mut upgraded_rx) = mpsc::channel::<std::path::PathBuf>(1);
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -397,7 +432,11 @@ async fn session(
                         let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
                         heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                         if !welcomed {
-                            info!(node = %w.node_name, heartbeat_ms = w.heartbeat_interval_ms, "session established");
+                            info!(node = %w.node_name, heartbeat_ms = w.heartbeat_interval_ms, coordinator = %w.coordinator_version, "session established");
+                        }
+                        if !w.agent_outdated.is_empty() {
+                            warn!(coordinator = %w.coordinator_version, "{}", w.agent_outdated);
+                            outdated = true;
                         }
                         welcomed = true;
                     }
@@ -408,13 +447,33 @@ async fn session(
                             last_rtt_us = at.elapsed().as_micros() as u64;
                             in_flight = None;
                         }
+                        // An acknowledged heartbeat comes after the answer to
+                        // the hello (a second welcome when the coordinator
+                        // does not work with this version): this build works.
+                        if !outdated {
+                            if let Some(p) = probation.take() {
+                                crate::upgrade::confirm(&config.state_dir, &p);
+                            }
+                            if upgrade_failure.is_some() {
+                                crate::upgrade::take_failure(&config.state_dir);
+                            }
+                        }
                     }
                     Some(coordinator_message::Msg::Command(cmd)) => match cmd.kind {
                         Some(apiary_proto::command::Kind::Op(op)) => {
                             let (ops, tx) = (ops.clone(), tx.clone());
                             let private_ip = session_facts.private_ip.parse().ok();
+                            let (client, state_dir, upgraded) = (client.clone(), config.state_dir.clone(), upgraded_tx.clone());
                             tokio::spawn(async move {
+                                let mut restart_into = None;
                                 let result = match serde_json::from_str::<OpRequest>(&op.request_json) {
+                                    // Needs the session's client: run here,
+                                    // not by the host operations.
+                                    Ok(OpRequest::UpgradeAgent(up)) => {
+                                        let (reply, exe) = upgrade(&up, &state_dir, client).await;
+                                        restart_into = exe;
+                                        reply
+                                    }
                                     Ok(req) => ops.run(req, private_ip).await,
                                     Err(e) => Err(format!("this agent does not understand the request: {e}")),
                                 };
@@ -423,6 +482,12 @@ async fn session(
                                     Err(e) => OpResult { command_id: cmd.id, ok: false, error: e, result_json: String::new() },
                                 };
                                 let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::OpResult(reply)) }).await;
+                                if let Some(exe) = restart_into {
+                                    // The answer is queued; give it a moment on
+                                    // the wire before the process is replaced.
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    let _ = upgraded.send(exe).await;
+                                }
                             });
                         }
                         Some(apiary_proto::command::Kind::ApplyHostConfig(apply)) => {
@@ -438,6 +503,7 @@ async fn session(
                 Ok(None) => return Ok(SessionEnd::Closed),
                 Err(status) => return Err(judge(config, &tls, status).await),
             },
+            Some(exe) = upgraded_rx.recv() => return Ok(SessionEnd::Upgraded(exe)),
             _ = runner.ready.notified() => {
                 for report in runner.take_reports() {
                     if tx.send(AgentMessage { msg: Some(agent_message::Msg::HostConfig(report)) }).await.is_err() {
@@ -462,6 +528,29 @@ async fn session(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Runs an `upgrade_agent` operation: its reply, and the binary to restart
+/// into when it succeeded.
+async fn upgrade(
+    op: &apiary_api::ops::UpgradeAgent,
+    state_dir: &Path,
+    client: AgentApiClient<tonic::transport::Channel>,
+) -> (Result<String, String>, Option<std::path::PathBuf>) {
+    match crate::upgrade::install(state_dir, client, op).await {
+        Ok((started, exe)) => {
+            let reply = apiary_api::ops::encode_reply::<apiary_api::ops::UpgradeAgent>(&started)
+                .map_err(|e| format!("cannot encode the reply: {e}"));
+            (reply, Some(exe))
+        }
+        Err(e) => {
+            warn!(error = %e, to = %op.version, "upgrade refused");
+            (
+                Err(format!("upgrade to {} not started: {e}", op.version)),
+                None,
+            )
         }
     }
 }

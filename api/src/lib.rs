@@ -28,3 +28,4 @@ pub mod ops;
 pub mod reach;
 pub mod swarm;
 pub mod tunnel;
+pub mod version;

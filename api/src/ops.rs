@@ -196,6 +196,28 @@ operations! {
     /// Runs a command in the running container of `service` on this host
     /// (etcd member add/remove through etcdctl).
     DatabaseExec { service: String, command: Vec<String> } -> ExecOutput, PROBE;
+    /// Replace this agent with the build the coordinator serves (`ctl hosts
+    /// upgrade`): download it over the agent's identity (`FetchAgent`),
+    /// check its length and SHA-256, keep the running binary beside it, swap
+    /// atomically, answer, then restart as the new build with the same
+    /// identity and state. If the new agent has not connected within
+    /// `deadline_ms`, the host puts the old binary back and starts it.
+    UpgradeAgent {
+        version: String,
+        sha256: String,
+        size: u64,
+        deadline_ms: u64,
+    } -> UpgradeStarted, Duration::from_secs(180);
+}
+
+/// An agent's answer to [`UpgradeAgent`]: the new binary is in place and
+/// the agent restarts into it right after answering.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStarted {
+    /// The version it replaces.
+    pub from: String,
+    /// Where the old binary is kept for the rollback.
+    pub previous: String,
 }
 
 #[cfg(test)]

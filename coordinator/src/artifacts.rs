@@ -106,9 +106,16 @@ pub fn needed(config: &ClusterConfig) -> bool {
         || matches!(&config.provider, ProviderConfig::DigitalOcean(d) if d.spec.agent_url.is_none())
 }
 
-/// `[coordinator] agent_binary`, else `agent` beside the running coordinator.
+/// The agent build this coordinator serves (to booting droplets, and to
+/// agents `ctl hosts upgrade` upgrades): `[coordinator] agent_binary`, else
+/// the lab's `provider.agent_binary`, else `agent` beside the running
+/// coordinator.
 pub fn agent_path(config: &ClusterConfig) -> Result<PathBuf, ArtifactError> {
-    match &config.agent_binary {
+    let lab = match &config.provider {
+        ProviderConfig::Lab(lab) => lab.agent_binary.as_ref(),
+        _ => None,
+    };
+    match config.agent_binary.as_ref().or(lab) {
         Some(p) => Ok(p.clone()),
         None => Ok(std::env::current_exe()
             .map_err(ArtifactError::NoExe)?
@@ -165,6 +172,8 @@ pub struct AgentBinary {
     file: Arc<File>,
     len: u64,
     sha256: String,
+    /// Its version stamp (`apiary_api::version`), or why it has none.
+    version: Result<String, apiary_api::version::StampError>,
 }
 
 impl AgentBinary {
@@ -186,6 +195,7 @@ impl AgentBinary {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut header = Vec::new();
+        let mut stamp = apiary_api::version::StampScanner::default();
         let mut len = 0u64;
         loop {
             let n = file.read_at(&mut buf, len).map_err(unreadable)?;
@@ -196,6 +206,7 @@ impl AgentBinary {
                 header.extend_from_slice(&buf[..n.min(20 - header.len())]);
             }
             hasher.update(&buf[..n]);
+            stamp.feed(&buf[..n]);
             len += n as u64;
         }
         check_elf(&header).map_err(|found| ArtifactError::NotAgent {
@@ -207,7 +218,23 @@ impl AgentBinary {
             file: Arc::new(file),
             len,
             sha256: hex::encode(hasher.finalize()),
+            version: stamp.finish().map(|s| s.version),
         })
+    }
+
+    /// The build's version, from its stamp.
+    pub fn version(&self) -> Result<&str, &apiary_api::version::StampError> {
+        self.version.as_deref()
+    }
+
+    /// Up to `want` bytes at `at` (blocking: call it off the runtime); empty
+    /// at the end.
+    pub fn read_chunk(&self, at: u64, want: usize) -> io::Result<Vec<u8>> {
+        let want = (self.len.saturating_sub(at)).min(want as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let n = self.file.read_at(&mut buf, at)?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     pub fn path(&self) -> &Path {

@@ -38,6 +38,28 @@ pub struct Coordinator {
     pub events: Events,
     /// Heartbeat round trips as agents measure them (seconds), for metrics.
     pub heartbeat_rtt: prometheus_client::metrics::histogram::Histogram,
+    /// The agent build `ctl hosts upgrade` is rolling out.
+    pub agent_rollout: AgentRollout,
+}
+
+/// One agent rollout at a time, and the build it serves to the agents it
+/// upgrades (`FetchAgent`): opened and hashed once when the rollout starts,
+/// so every host gets the same bytes even if the file is replaced meanwhile.
+#[derive(Debug, Default)]
+pub struct AgentRollout {
+    pub running: tokio::sync::Mutex<()>,
+    build: std::sync::RwLock<Option<Arc<crate::artifacts::AgentBinary>>>,
+}
+
+impl AgentRollout {
+    pub fn serve(&self, build: Option<Arc<crate::artifacts::AgentBinary>>) {
+        *self.build.write().unwrap_or_else(|p| p.into_inner()) = build;
+    }
+
+    /// The build being rolled out, if one is.
+    pub fn build(&self) -> Option<Arc<crate::artifacts::AgentBinary>> {
+        self.build.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -128,6 +150,7 @@ impl Coordinator {
             heartbeat_rtt: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
             ),
+            agent_rollout: AgentRollout::default(),
         }))
     }
 

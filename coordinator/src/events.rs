@@ -40,12 +40,18 @@ pub enum EventKind {
     /// A droplet's agent did not enroll in time: the droplet was made
     /// again, or (after the last try) kept for the operator to look at.
     DropletNotEnrolled,
+    /// A host's agent runs a version this coordinator does not work with.
+    AgentOutdated,
+    /// A host's agent is on the new build (`ctl hosts upgrade`).
+    AgentUpgraded,
+    /// A host rolled an agent upgrade back (its old agent says why).
+    AgentUpgradeFailed,
     /// A watcher fell behind and missed events (made by the API, per watcher).
     EventsLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::NodeEnrolled,
         EventKind::NodeConnected,
         EventKind::NodeDown,
@@ -68,6 +74,9 @@ impl EventKind {
         EventKind::HostRebooted,
         EventKind::DockerSession,
         EventKind::DropletNotEnrolled,
+        EventKind::AgentOutdated,
+        EventKind::AgentUpgraded,
+        EventKind::AgentUpgradeFailed,
         EventKind::EventsLost,
     ];
 
@@ -95,6 +104,9 @@ impl EventKind {
             EventKind::HostRebooted => "host_rebooted",
             EventKind::DockerSession => "docker_session",
             EventKind::DropletNotEnrolled => "droplet_not_enrolled",
+            EventKind::AgentOutdated => "agent_outdated",
+            EventKind::AgentUpgraded => "agent_upgraded",
+            EventKind::AgentUpgradeFailed => "agent_upgrade_failed",
             EventKind::EventsLost => "events_lost",
         }
     }

@@ -52,3 +52,4 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod untrusted;
+pub mod upgrade;

@@ -358,6 +358,18 @@ impl Drop for Leaving<'_> {
     }
 }
 
+/// Marks a node's agent as restarting on purpose (an upgrade) until it drops.
+pub struct AgentRestart<'a> {
+    view: &'a ClusterView,
+    node: String,
+}
+
+impl Drop for AgentRestart<'_> {
+    fn drop(&mut self) {
+        lock(&self.view.agent_restarting).remove(&self.node);
+    }
+}
+
 /// The in-memory cluster view (see the module docs).
 pub struct ClusterView {
     checks: Mutex<ChecksState>,
@@ -368,6 +380,9 @@ pub struct ClusterView {
     server_failures: Mutex<HashMap<String, ServerFailures>>,
     /// Nodes being drained out of the cluster: rounds leave them be.
     leaving: Mutex<std::collections::HashSet<String>>,
+    /// Nodes whose agent a rollout is restarting: what is read through that
+    /// agent is, for that moment, as last measured.
+    agent_restarting: Mutex<std::collections::HashSet<String>>,
     /// Held while the database's membership changes (`ctl scale
     /// database=N`, a node's drain): rounds create no server meanwhile.
     pub database_membership: tokio::sync::Mutex<()>,
@@ -382,6 +397,7 @@ impl Default for ClusterView {
             images: tokio::sync::watch::channel(Images::Ready).0,
             server_failures: Mutex::default(),
             leaving: Mutex::default(),
+            agent_restarting: Mutex::default(),
             database_membership: tokio::sync::Mutex::new(()),
         }
     }
@@ -430,6 +446,19 @@ impl ClusterView {
 
     pub fn is_leaving(&self, node: &str) -> bool {
         lock(&self.leaving).contains(node)
+    }
+
+    /// Marks `node`'s agent as restarting until the guard drops.
+    pub fn agent_restarting(&self, node: &str) -> AgentRestart<'_> {
+        lock(&self.agent_restarting).insert(node.to_string());
+        AgentRestart {
+            view: self,
+            node: node.to_string(),
+        }
+    }
+
+    pub fn is_agent_restarting(&self, node: &str) -> bool {
+        lock(&self.agent_restarting).contains(node)
     }
 
     /// Folds a database server's container event into its record.

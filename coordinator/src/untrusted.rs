@@ -54,6 +54,14 @@ fn text(s: &mut String, max: usize) -> bool {
     changed
 }
 
+/// One line of free text from a host (what its agent says about itself),
+/// control characters made spaces, at most 512 bytes.
+pub fn line(s: &str) -> String {
+    let mut s = s.to_string();
+    text(&mut s, 512);
+    s
+}
+
 /// Holds `facts` to their shapes in place; the names of the fields that
 /// were not (and are now empty or trimmed).
 pub fn check_facts(facts: &mut Facts) -> Vec<&'static str> {

@@ -224,6 +224,29 @@ pub enum HostsCommand {
         #[arg(long)]
         needed: bool,
     },
+    /// Upgrade hosts' agents to the build the coordinator serves (the
+    /// `agent` binary beside it, or `[coordinator] agent_binary`), one host
+    /// at a time and without SSH: each agent downloads the build over its
+    /// mTLS session, checks its SHA-256, keeps its old binary and restarts
+    /// into the new one; the next host starts once this one is connected on
+    /// the new version, ready and its host configuration ok. A new agent
+    /// that is not acknowledged within --deadline (or exits at start) is
+    /// rolled back by its host, and the rollout stops there, naming the host
+    /// and why (exit 1). Hosts already on the build are skipped; `ctl
+    /// status` shows each host's agent version. Docker, Swarm and the
+    /// database keep running while an agent restarts.
+    Upgrade {
+        /// Nodes to upgrade (default: all), in the order the cluster places
+        /// them, the Swarm leader last.
+        nodes: Vec<String>,
+        /// How long each new agent has to connect before its host rolls it
+        /// back.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// The version and steps as JSON (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

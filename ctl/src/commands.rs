@@ -181,6 +181,28 @@ impl Ctl {
         }
     }
 
+    /// Upgrades hosts' agents one at a time (answers once done or stopped).
+    pub async fn upgrade_hosts(
+        &mut self,
+        nodes: Vec<String>,
+        deadline: std::time::Duration,
+    ) -> Result<apiary_proto::UpgradeHostsResponse, CtlError> {
+        match self
+            .client
+            .upgrade_hosts(apiary_proto::UpgradeHostsRequest {
+                nodes,
+                deadline_ms: deadline.as_millis() as u64,
+            })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                Err(CtlError::Usage(s.message().to_string()))
+            }
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     /// Reboots hosts one at a time (answers once done): one line per step.
     pub async fn reboot_hosts(
         &mut self,
@@ -490,6 +512,9 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "config_items": n.config_items.iter().map(item_json).collect::<Vec<_>>(),
         "last_drift_repaired_unix_ms": n.last_drift_repaired_unix_ms,
         "last_drift_items": n.last_drift_items,
+        "agent_version": n.agent_version,
+        "agent_outdated": n.agent_outdated,
+        "agent_upgrade_failure": n.agent_upgrade_failure,
     });
     if let Some(obj) = v.as_object_mut() {
         for (k, val) in &n.provider_info {
@@ -673,7 +698,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
         ready,
         s.nodes.len()
     )?;
-    let rows: Vec<[String; 10]> = s
+    let rows: Vec<[String; 11]> = s
         .nodes
         .iter()
         .map(|n| {
@@ -684,6 +709,7 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
                 dash(&n.public_ip),
                 dash(&n.private_ip),
                 ago(n.last_seen_unix_ms),
+                dash(&n.agent_version),
                 dash(&f.kernel_version),
                 dash(&f.docker_version),
                 dash(&n.config_state),
@@ -708,13 +734,14 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
         })
         .collect();
     // Every cell may hold what a host reported: shown escaped.
-    let rows: Vec<[String; 10]> = rows.into_iter().map(|r| r.map(|c| shown(&c))).collect();
+    let rows: Vec<[String; 11]> = rows.into_iter().map(|r| r.map(|c| shown(&c))).collect();
     let header = [
         "NAME",
         "STATE",
         "PUBLIC",
         "PRIVATE",
         "LAST SEEN",
+        "AGENT",
         "KERNEL",
         "DOCKER",
         "CONFIG",
@@ -744,6 +771,19 @@ pub fn print_status(out: &mut dyn Write, s: &StatusResponse, colour: bool) -> st
             })
             .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    for n in &s.nodes {
+        if !n.agent_outdated.is_empty() {
+            writeln!(out, "{}: {}", shown(&n.name), shown(&n.agent_outdated))?;
+        }
+        if !n.agent_upgrade_failure.is_empty() {
+            writeln!(
+                out,
+                "{}: {}",
+                shown(&n.name),
+                shown(&n.agent_upgrade_failure)
+            )?;
+        }
     }
     if !s.database_kind.is_empty() {
         writeln!(

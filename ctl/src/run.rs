@@ -219,6 +219,26 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
                 println!("{}", crate::text::shown(&step));
             }
         }
+        Command::Hosts {
+            command:
+                HostsCommand::Upgrade {
+                    nodes,
+                    deadline,
+                    json,
+                },
+        } => {
+            let done = ctl.upgrade_hosts(nodes, deadline).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": done.version, "steps": done.steps})
+                );
+            } else {
+                for step in &done.steps {
+                    println!("{}", crate::text::shown(step));
+                }
+            }
+        }
         Command::Database {
             command: DatabaseCommand::Credentials { out, json },
         } => {

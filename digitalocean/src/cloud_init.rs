@@ -68,6 +68,8 @@ After=network-online.target docker.service
 ExecStart=/usr/local/bin/apiary-agent --config /etc/apiary/agent.toml
 Restart=always
 RestartSec=5
+# The upgrade guard (`ctl hosts upgrade`) must outlive a new agent that dies.
+KillMode=process
 
 [Install]
 WantedBy=multi-user.target

@@ -348,6 +348,7 @@ fn session() -> Vec<Seed> {
         msg: Some(coordinator_message::Msg::Welcome(Welcome {
             node_name: "workerbee-1".into(),
             heartbeat_interval_ms: 2000,
+            ..Default::default()
         })),
     };
     out.push(seed(
@@ -388,6 +389,7 @@ fn session() -> Vec<Seed> {
         msg: Some(agent_message::Msg::Hello(Hello {
             agent_version: "0.1.0".into(),
             facts: Some(facts()),
+            ..Default::default()
         })),
     };
     out.push(seed("agent_message", "hello", hello.encode_to_vec()));

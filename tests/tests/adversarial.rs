@@ -145,6 +145,7 @@ fn facts_that_would_drive_a_terminal_never_reach_ctl() {
                     docker_version: "\x1b[31m20.10".into(),
                     ..Default::default()
                 }),
+                upgrade_failure: "rolled\x1b[2J back\r\nfake-node  ready".into(),
             })),
         })
         .await
@@ -160,6 +161,10 @@ fn facts_that_would_drive_a_terminal_never_reach_ctl() {
     });
     let text = String::from_utf8_lossy(&coord.ctl(&["status"]).stdout).to_string();
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("fake-node")),
+        "a forged line from the upgrade failure:\n{text}"
+    );
     assert!(
         !text.lines().any(|l| l.starts_with("fake-node")),
         "a forged row:\n{text}"

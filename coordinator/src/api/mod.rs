@@ -42,6 +42,7 @@ use crate::pki::PkiError;
 use crate::reboot::RebootError;
 use crate::scale::{HostControl, ScaleHostsError};
 use crate::store::StoreError;
+use crate::upgrade::UpgradeError;
 use limits::{Conn, Sources};
 use tunnel::{TunnelHub, TunnelRelayRoutes, TunnelRoutes, TunnelSvc};
 
@@ -83,6 +84,22 @@ impl From<RebootError> for Status {
             RebootError::Busy => Status::aborted(message),
             RebootError::Record(_) => Status::internal(message),
             RebootError::Step { .. } | RebootError::NotBack { .. } => Status::unavailable(message),
+        }
+    }
+}
+
+impl From<UpgradeError> for Status {
+    fn from(e: UpgradeError) -> Status {
+        let message = e.to_string();
+        match e {
+            UpgradeError::NoBuild { .. } | UpgradeError::NotConnected { .. } => {
+                Status::failed_precondition(message)
+            }
+            UpgradeError::NoSuchNode(_) => Status::not_found(message),
+            UpgradeError::Busy => Status::aborted(message),
+            UpgradeError::Step { .. }
+            | UpgradeError::RolledBack { .. }
+            | UpgradeError::NotBack { .. } => Status::unavailable(message),
         }
     }
 }
@@ -358,6 +375,65 @@ impl AgentApi for Svc {
         );
         Ok(Response::new(RenewResponse { cert_der }))
     }
+
+    type FetchAgentStream = ReceiverStream<Result<apiary_proto::AgentChunk, Status>>;
+
+    async fn fetch_agent(
+        &self,
+        req: Request<apiary_proto::FetchAgentRequest>,
+    ) -> Result<Response<Self::FetchAgentStream>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        let want = req.into_inner().sha256;
+        let Some(build) = self.0.agent_rollout.build() else {
+            return Err(Status::failed_precondition(
+                "no agent rollout is running (`ctl hosts upgrade` starts one)",
+            ));
+        };
+        if build.sha256() != want {
+            return Err(Status::failed_precondition(format!(
+                "the build being rolled out is {}, not {want}",
+                build.sha256()
+            )));
+        }
+        info!(node = %peer.node, sha256 = %want, bytes = build.len(), "agent build requested");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            const CHUNK: usize = 256 * 1024;
+            let mut at = 0u64;
+            while at < build.len() {
+                let b = build.clone();
+                let chunk = tokio::task::spawn_blocking(move || b.read_chunk(at, CHUNK)).await;
+                let data = match chunk {
+                    Ok(Ok(data)) if !data.is_empty() => data,
+                    Ok(Ok(_)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(
+                                "the agent build shrank while being sent",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                at += data.len() as u64;
+                if tx
+                    .send(Ok(apiary_proto::AgentChunk { data }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 }
 
 #[tonic::async_trait]
@@ -390,6 +466,24 @@ impl Admin for Svc {
         info!(admin = %admin.node, nodes = ?req.nodes, needed = req.needed, "rolling reboot requested");
         let steps = crate::reboot::rolling_reboot(&self.0, &self.1, &req.nodes, req.needed).await?;
         Ok(Response::new(apiary_proto::RebootHostsResponse { steps }))
+    }
+
+    async fn upgrade_hosts(
+        &self,
+        req: Request<apiary_proto::UpgradeHostsRequest>,
+    ) -> Result<Response<apiary_proto::UpgradeHostsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let req = req.into_inner();
+        let deadline = match req.deadline_ms {
+            0 => crate::upgrade::DEFAULT_DEADLINE,
+            ms => Duration::from_millis(ms),
+        };
+        info!(admin = %admin.node, nodes = ?req.nodes, "agent rollout requested");
+        let rollout = crate::upgrade::rolling_upgrade(&self.0, &req.nodes, deadline).await?;
+        Ok(Response::new(apiary_proto::UpgradeHostsResponse {
+            steps: rollout.steps,
+            version: rollout.version,
+        }))
     }
 
     async fn scale_database(

@@ -33,6 +33,8 @@ pub async fn run(
         msg: Some(coordinator_message::Msg::Welcome(Welcome {
             node_name: node.clone(),
             heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
+            coordinator_version: apiary_api::version::current().into(),
+            agent_outdated: String::new(),
         })),
     };
     if outbox.send(Ok(welcome)).await.is_err() {
@@ -94,6 +96,39 @@ async fn handle(
                 node,
                 format!("agent {version} from {}", facts.private_ip),
             );
+            let outdated = crate::upgrade::outdated(node, &version);
+            if let Some(why) = &outdated {
+                warn!(version = %version, "{why}");
+                coord
+                    .events
+                    .emit(EventKind::AgentOutdated, node, why.clone());
+                // Said again in a second welcome: the first went out before
+                // the hello told the version.
+                let again = CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::Welcome(Welcome {
+                        node_name: node.to_string(),
+                        heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
+                        coordinator_version: apiary_api::version::current().into(),
+                        agent_outdated: why.clone(),
+                    })),
+                };
+                if outbox.send(Ok(again)).await.is_err() {
+                    return false;
+                }
+            }
+            if !hello.upgrade_failure.is_empty() {
+                let failure = crate::untrusted::line(&hello.upgrade_failure);
+                warn!(version = %version, failure = %failure, "the agent rolled back an upgrade");
+                coord
+                    .events
+                    .emit(EventKind::AgentUpgradeFailed, node, failure.clone());
+                coord.sessions.registry.set_upgrade_failure(node, failure);
+            }
+            coord.sessions.registry.set_agent(
+                node,
+                session,
+                crate::sessions::AgentInfo { version, outdated },
+            );
             coord.record_facts(node, session, facts).await;
         }
         agent_message::Msg::HostConfig(report) => coord.record_host_report(node, report),
@@ -104,6 +139,7 @@ async fn handle(
             coord.record_facts(node, session, facts).await
         }
         agent_message::Msg::Heartbeat(hb) => {
+            coord.sessions.registry.heartbeat(node, session);
             if hb.last_rtt_us > 0 {
                 coord.heartbeat_rtt.observe(hb.last_rtt_us as f64 / 1e6);
             }

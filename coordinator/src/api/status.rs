@@ -68,8 +68,29 @@ fn node_status(coord: &Coordinator, n: NodeRecord, checks: &ChecksState) -> Node
         .map(|s| coord.view.server_failures(&s.name))
         .unwrap_or_default();
     let last_stop = failures.last.unwrap_or_default();
+    let agent = live
+        .as_ref()
+        .and_then(|l| l.agent.clone())
+        .unwrap_or_default();
+    let outdated = agent.outdated.clone().unwrap_or_default();
     NodeStatus {
-        state: if ready { "ready" } else { "down" }.to_string(),
+        // Connected but of a version the coordinator does not work with:
+        // neither ready nor down, and `ctl hosts upgrade` is the way out.
+        state: if ready {
+            "ready"
+        } else if !outdated.is_empty() {
+            "outdated"
+        } else {
+            "down"
+        }
+        .to_string(),
+        agent_version: agent.version,
+        agent_outdated: outdated,
+        agent_upgrade_failure: coord
+            .sessions
+            .registry
+            .upgrade_failure(&n.name)
+            .unwrap_or_default(),
         public_ip: facts
             .as_ref()
             .map(|f| f.public_ip.clone())

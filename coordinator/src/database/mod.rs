@@ -163,16 +163,42 @@ pub async fn health(
             service: s.name.clone(),
             admin: admin.clone(),
         };
-        call(ctx.agents(), &s.host, op)
-            .await
-            .unwrap_or_else(|e| ServerHealth {
+        match call(ctx.agents(), &s.host, op).await {
+            Ok(health) => health,
+            // Its agent is being restarted by a rollout (the server itself
+            // is not): as last measured, rather than a degraded database
+            // for a moment nothing happened to.
+            Err(_) if ctx.view().is_agent_restarting(&s.host) => last_measured(ctx, s)
+                .unwrap_or_else(|| ServerHealth {
+                    host: s.host.clone(),
+                    service: s.name.clone(),
+                    error: Some(format!("{}'s agent is restarting (upgrade)", s.host)),
+                    ..Default::default()
+                }),
+            Err(e) => ServerHealth {
                 host: s.host.clone(),
                 service: s.name.clone(),
                 error: Some(e.to_string()),
                 ..Default::default()
-            })
+            },
+        }
     }))
     .await
+}
+
+/// `s`'s health as the last round published it (running and healthy; its
+/// view of members and tables is the other servers' to give).
+fn last_measured(ctx: &dyn ClusterContext, s: &Server) -> Option<ServerHealth> {
+    let db = ctx.view().database()?;
+    let last = db.servers.iter().find(|l| l.name == s.name)?;
+    Some(ServerHealth {
+        host: s.host.clone(),
+        service: s.name.clone(),
+        running: last.running,
+        healthy: last.healthy,
+        error: (!last.error.is_empty()).then(|| last.error.clone()),
+        ..Default::default()
+    })
 }
 
 /// The database from its servers' answers (pure).

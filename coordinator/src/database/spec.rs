@@ -381,7 +381,10 @@ impl Flavor for Rethinkdb {
     /// of them (a server that never joined sees itself alone; with one
     /// server down, the others still see each other and count).
     fn not_joined(&self, h: &ServerHealth, expected: usize) -> Option<String> {
-        (h.healthy && h.members.len() * 2 <= expected && expected > 1).then(|| {
+        // No members at all: not this server's own answer (a health carried
+        // over while its agent restarts), nothing to judge by.
+        let seen = h.members.len();
+        (h.healthy && seen > 0 && seen * 2 <= expected && expected > 1).then(|| {
             format!(
                 "sees {} of {expected} servers in server_status (not joined to the others?)",
                 h.members.len()

@@ -134,9 +134,40 @@ impl LabProvider {
             .collect()
     }
 
+    /// Where `host`'s own agent binary lives: each host has its copy, as
+    /// each droplet has its `/usr/local/bin`, so `ctl hosts upgrade` replaces
+    /// one host's agent at a time and a rebuilt `agent` reaches running lab
+    /// hosts only through it.
+    fn host_agent_binary(host: &HostPlan) -> std::path::PathBuf {
+        host.host_dir.join("bin").join("agent")
+    }
+
+    /// Copies the lab's agent build into `host` unless the host has one
+    /// (written aside and renamed: a reader never sees half a binary).
+    fn install_agent_binary(&self, host: &HostPlan) -> Result<(), CoordinatorError> {
+        let target = Self::host_agent_binary(host);
+        if target.exists() {
+            return Ok(());
+        }
+        let failed = |what: &str, e: std::io::Error| {
+            CoordinatorError::Provider(format!(
+                "cannot {what} the agent binary for {} ({}): {e}",
+                host.name,
+                target.display()
+            ))
+        };
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed("make a directory for", e))?;
+        }
+        let aside = target.with_file_name(".agent.installing");
+        std::fs::copy(&self.agent_binary, &aside).map_err(|e| failed("copy", e))?;
+        std::fs::rename(&aside, &target).map_err(|e| failed("install", e))?;
+        Ok(())
+    }
+
     fn agent_argv(&self, host: &HostPlan, endpoint: SocketAddr) -> Vec<String> {
         let mut argv = vec![
-            self.agent_binary.display().to_string(),
+            Self::host_agent_binary(host).display().to_string(),
             "--coordinator".into(),
             endpoint.to_string(),
             "--name".into(),
@@ -185,6 +216,7 @@ impl LabProvider {
             .pki
             .issue_host_token(&coordinator.store, &host.name)
             .await?;
+        self.install_agent_binary(host)?;
         let env = [
             ("APIARY_JOIN_TOKEN".to_string(), token),
             ("RUST_LOG".to_string(), "info".to_string()),

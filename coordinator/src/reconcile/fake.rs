@@ -353,6 +353,9 @@ impl AgentCalls for FakeAgents {
                 json(&Left { left })
             }
             OpRequest::SwarmRemoveNode(_) => json(&Removed { removed: true }),
+            OpRequest::UpgradeAgent(_) => {
+                return Err(refused(node, op, "the fake agents do not upgrade"));
+            }
             OpRequest::EnsureOverlay(o) => {
                 let mut created = self.overlay_created.lock().expect("lock");
                 let status = OverlayStatus {

@@ -20,7 +20,7 @@ use apiary_proto::{
 };
 use tokio::sync::oneshot;
 
-pub use registry::{LiveView, Outbox, Registry};
+pub use registry::{AgentInfo, LiveView, Outbox, Registry};
 
 /// Why a call to an agent got no usable answer. The agent's own refusal
 /// ([`CallError::Refused`]) is its sentence as is: it already names what

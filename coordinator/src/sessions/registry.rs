@@ -22,12 +22,26 @@ struct Live {
     last_seen: Instant,
     last_seen_unix_ms: u64,
     facts: Option<Facts>,
+    agent: Option<AgentInfo>,
+    heartbeats: u64,
+}
+
+/// The agent behind a session, as its hello said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub version: String,
+    /// Why the coordinator does not work with this version (then the node
+    /// gets no cluster work and is not ready); `None` when it does.
+    pub outdated: Option<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Live>>,
     next_session: AtomicU64,
+    /// The last upgrade each node rolled back, and why; kept across its
+    /// sessions (the agent says it once, in the hello after the rollback).
+    upgrade_failures: Mutex<HashMap<String, String>>,
 }
 
 /// What the registry knows of one node right now.
@@ -36,6 +50,9 @@ pub struct LiveView {
     pub connected_and_fresh: bool,
     pub last_seen_unix_ms: u64,
     pub facts: Option<Facts>,
+    pub agent: Option<AgentInfo>,
+    /// Heartbeats received in this session.
+    pub heartbeats: u64,
 }
 
 impl Registry {
@@ -53,6 +70,8 @@ impl Registry {
             last_seen: Instant::now(),
             last_seen_unix_ms: now_unix_ms(),
             facts,
+            agent: None,
+            heartbeats: 0,
         };
         if let Some(old) = self.lock().insert(node.to_string(), live) {
             let _ = old.outbox.try_send(Err(Status::aborted(
@@ -76,10 +95,38 @@ impl Registry {
         }
     }
 
+    pub fn heartbeat(&self, node: &str, session: u64) {
+        if let Some(l) = self.lock().get_mut(node).filter(|l| l.session == session) {
+            l.heartbeats += 1;
+        }
+    }
+
     pub fn set_facts(&self, node: &str, session: u64, facts: Facts) {
         if let Some(l) = self.lock().get_mut(node).filter(|l| l.session == session) {
             l.facts = Some(facts);
         }
+    }
+
+    pub fn set_agent(&self, node: &str, session: u64, agent: AgentInfo) {
+        if let Some(l) = self.lock().get_mut(node).filter(|l| l.session == session) {
+            l.agent = Some(agent);
+        }
+    }
+
+    pub fn set_upgrade_failure(&self, node: &str, failure: String) {
+        self.upgrade_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), failure);
+    }
+
+    /// The last upgrade `node` rolled back, and why.
+    pub fn upgrade_failure(&self, node: &str) -> Option<String> {
+        self.upgrade_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
     }
 
     /// Ends `node`'s session with `status` (the agent reads it as the reason).
@@ -99,10 +146,15 @@ impl Registry {
     pub fn view(&self, node: &str, heartbeat: Duration) -> Option<LiveView> {
         self.lock().get(node).map(|l| LiveView {
             // Ready only once the agent said hello with its facts: a session
-            // that has not yet is not a usable node.
-            connected_and_fresh: l.facts.is_some() && l.last_seen.elapsed() < heartbeat * 3,
+            // that has not yet is not a usable node; nor is an agent the
+            // coordinator does not work with.
+            connected_and_fresh: l.facts.is_some()
+                && l.last_seen.elapsed() < heartbeat * 3
+                && l.agent.as_ref().is_none_or(|a| a.outdated.is_none()),
             last_seen_unix_ms: l.last_seen_unix_ms,
             facts: l.facts.clone(),
+            agent: l.agent.clone(),
+            heartbeats: l.heartbeats,
         })
     }
 

@@ -1798,8 +1798,9 @@ async fn agents(n: usize, measure: Duration, heartbeat: Duration) -> anyhow::Res
             let (tx, rx) = mpsc::channel(4);
             tx.send(AgentMessage {
                 msg: Some(agent_message::Msg::Hello(Hello {
-                    agent_version: "bench".into(),
+                    agent_version: apiary_api::version::current().into(),
                     facts: Some(Facts::default()),
+                    ..Default::default()
                 })),
             })
             .await?;
