@@ -211,6 +211,8 @@ struct RawCoordinator {
     host_recheck_interval: Option<Spanned<String>>,
     agent_binary: Option<Spanned<String>>,
     artifacts_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    agent_auto_upgrade: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +274,9 @@ pub struct ClusterConfig {
     /// The agent binary the artifact listener serves (relative paths from the
     /// config file); `None`: the `agent` file beside the running coordinator.
     pub agent_binary: Option<PathBuf>,
+    /// Roll the served agent build out without an operator (as `ctl hosts
+    /// upgrade` would) whenever a connected agent runs another version.
+    pub agent_auto_upgrade: bool,
     /// Where the artifact listener binds (see `crate::artifacts`); `None`:
     /// only when a provider needs it, on `listen`'s IP and port + 1.
     pub artifacts_listen: Option<SocketAddr>,
@@ -380,6 +385,7 @@ impl ClusterConfig {
             tunnel,
             tunnel_allow,
             agent_binary,
+            agent_auto_upgrade: c.agent_auto_upgrade,
             artifacts_listen,
         })
     }

@@ -279,6 +279,9 @@ fn start_provider_work(
     });
     // A rolling reboot a stop interrupted: that host is finished.
     tokio::spawn(crate::reboot::resume(coordinator.clone()));
+    if coordinator.config().agent_auto_upgrade {
+        tokio::spawn(crate::upgrade::auto(coordinator.clone()));
+    }
     // Hosts that join by themselves: each one's line follows its events.
     let joining = matches!(config.provider, ProviderConfig::Manual).then(|| {
         tokio::spawn(follow_hosts(

@@ -159,10 +159,20 @@ pub async fn rolling_upgrade(
     requested: &[String],
     deadline: Duration,
 ) -> Result<Rollout, UpgradeError> {
+    let build = open_build(coordinator).await?;
+    roll_out(coordinator, build, requested, deadline).await
+}
+
+/// Rolls `build` out to `requested` (or every node).
+async fn roll_out(
+    coordinator: &Arc<Coordinator>,
+    build: Arc<AgentBinary>,
+    requested: &[String],
+    deadline: Duration,
+) -> Result<Rollout, UpgradeError> {
     let Ok(_running) = coordinator.agent_rollout.running.try_lock() else {
         return Err(UpgradeError::Busy);
     };
-    let build = open_build(coordinator).await?;
     let version = build
         .version()
         .map_err(|e| UpgradeError::NoBuild {
@@ -170,19 +180,7 @@ pub async fn rolling_upgrade(
             reason: e.to_string(),
         })?
         .to_string();
-    let hosts: Vec<HostAgent> = coordinator
-        .nodes()
-        .into_iter()
-        .map(|n| HostAgent {
-            version: coordinator
-                .sessions
-                .registry
-                .view(&n.name, coordinator.config().heartbeat_interval)
-                .and_then(|l| l.agent)
-                .map(|a| a.version),
-            name: n.name,
-        })
-        .collect();
+    let hosts = host_agents(coordinator);
     let checks = coordinator.view.checks();
     let leader = checks
         .swarm
@@ -213,6 +211,84 @@ pub async fn rolling_upgrade(
     .await;
     coordinator.agent_rollout.serve(None);
     result.map(|()| rollout)
+}
+
+/// Every node and the agent version its session reported.
+fn host_agents(coordinator: &Coordinator) -> Vec<HostAgent> {
+    coordinator
+        .nodes()
+        .into_iter()
+        .map(|n| HostAgent {
+            version: coordinator
+                .sessions
+                .registry
+                .view(&n.name, coordinator.config().heartbeat_interval)
+                .and_then(|l| l.agent)
+                .map(|a| a.version),
+            name: n.name,
+        })
+        .collect()
+}
+
+/// How often `[coordinator] agent_auto_upgrade` looks at the served build.
+const AUTO_EVERY: Duration = Duration::from_secs(60);
+
+/// `[coordinator] agent_auto_upgrade`: every minute, the connected agents
+/// that run another version than the served build are rolled out to it, as
+/// `ctl hosts upgrade` would. A build whose rollout stopped (a host rolled
+/// it back, or did not come back) is not tried again until the file
+/// changes; the file is hashed again only when its size or mtime changed.
+pub async fn auto(coordinator: Arc<Coordinator>) {
+    let mut given_up: Option<String> = None;
+    let mut known: Option<(std::time::SystemTime, u64, Arc<AgentBinary>)> = None;
+    let mut tick = tokio::time::interval(AUTO_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(path) = crate::artifacts::agent_path(coordinator.config()) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        let build = match &known {
+            Some((m, l, b)) if (*m, *l) == stamp => b.clone(),
+            _ => match open_build(&coordinator).await {
+                Ok(b) => {
+                    known = Some((stamp.0, stamp.1, b.clone()));
+                    b
+                }
+                Err(e) => {
+                    warn!(error = %e, "automatic agent upgrade: no build to roll out");
+                    continue;
+                }
+            },
+        };
+        if given_up.as_deref() == Some(build.sha256()) {
+            continue;
+        }
+        let Ok(version) = build.version() else {
+            continue;
+        };
+        let behind: Vec<String> = host_agents(&coordinator)
+            .into_iter()
+            .filter(|h| h.version.as_deref().is_some_and(|v| v != version))
+            .map(|h| h.name)
+            .collect();
+        if behind.is_empty() {
+            continue;
+        }
+        info!(version, hosts = ?behind, "automatic agent upgrade");
+        match roll_out(&coordinator, build.clone(), &behind, DEFAULT_DEADLINE).await {
+            Ok(rollout) => info!(steps = ?rollout.steps, "automatic agent upgrade done"),
+            Err(UpgradeError::Busy) => {}
+            Err(e) => {
+                warn!(error = %e, sha256 = build.sha256(), "automatic agent upgrade stopped; this build is not tried again until it is replaced");
+                given_up = Some(build.sha256().to_string());
+            }
+        }
+    }
 }
 
 async fn open_build(coordinator: &Coordinator) -> Result<Arc<AgentBinary>, UpgradeError> {
