@@ -113,8 +113,9 @@ pub async fn run(
     };
     let mut backoff = Backoff::default();
     loop {
+        let mut established = false;
         let outcome = tokio::select! {
-            o = session(&config, &identity, &facts, &runner, &ops, &mut probation) => o,
+            o = session(&config, &identity, &facts, &runner, &ops, &mut probation, &mut established) => o,
             _ = &mut shutdown => {
                 info!("shutting down");
                 return Ok(RunEnd::Shutdown);
@@ -130,6 +131,12 @@ pub async fn run(
             Ok(SessionEnd::Closed) => info!("session closed by the coordinator; reconnecting"),
             Err(SessionError::Fatal(e)) => return Err(e),
             Err(SessionError::Retry(reason)) => warn!(%reason, "session failed; reconnecting"),
+        }
+        // A session that was established ends the backoff: a coordinator
+        // restarted (or restored) for the tenth time is not waited for as
+        // long as one that never answered.
+        if established {
+            backoff.reset();
         }
         let delay = backoff.next();
         tokio::select! {
@@ -330,6 +337,7 @@ async fn session(
     runner: &Arc<HostRunner>,
     ops: &Arc<Ops>,
     probation: &mut Option<crate::upgrade::Pending>,
+    established: &mut bool,
 ) -> Result<SessionEnd, SessionError> {
     let peer = identity.peer()?;
     let tls = mtls_client_config(&identity.ca_der, &identity.cert_der, &identity.key_pem)?;
@@ -439,6 +447,20 @@ async fn session(
                             outdated = true;
                         }
                         welcomed = true;
+                        *established = true;
+                        if w.hello_acknowledged && !outdated {
+                            // The coordinator read the hello and works with
+                            // this version: an upgrade to it is confirmed,
+                            // and said with a heartbeat now (the rollout
+                            // waits for one after the hello).
+                            if let Some(p) = probation.take() {
+                                crate::upgrade::confirm(&config.state_dir, &p);
+                                heartbeat.reset_immediately();
+                            }
+                            if upgrade_failure.is_some() {
+                                crate::upgrade::take_failure(&config.state_dir);
+                            }
+                        }
                     }
                     Some(coordinator_message::Msg::HeartbeatAck(ack)) => {
                         if let Some((s, at)) = in_flight
@@ -447,9 +469,9 @@ async fn session(
                             last_rtt_us = at.elapsed().as_micros() as u64;
                             in_flight = None;
                         }
-                        // An acknowledged heartbeat comes after the answer to
-                        // the hello (a second welcome when the coordinator
-                        // does not work with this version): this build works.
+                        // A coordinator that sends no verdict on the hello
+                        // (older than upgrades): an acknowledged heartbeat
+                        // comes after anything it answered the hello with.
                         if !outdated {
                             if let Some(p) = probation.take() {
                                 crate::upgrade::confirm(&config.state_dir, &p);

@@ -387,10 +387,12 @@ fn still_waiting(coordinator: &Coordinator, node: &str, version: &str) -> Vec<&'
     if !live.connected_and_fresh {
         waiting.push("its agent to be ready");
     }
-    // The agent stands its rollback guard down when the first heartbeat
-    // after its hello is acknowledged; by the second, it has.
-    if live.heartbeats < 2 {
-        waiting.push("the new agent's second heartbeat");
+    // The agent stands its rollback guard down on the welcome that answers
+    // its hello, then sends a heartbeat at once: one heartbeat in this
+    // session says it has (the first timed one comes an interval after the
+    // first welcome, later than that).
+    if live.heartbeats < 1 {
+        waiting.push("the new agent's first heartbeat");
     }
     let managed = coordinator.config().host.is_some();
     if !matches!(

@@ -35,6 +35,7 @@ pub async fn run(
             heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
             coordinator_version: apiary_api::version::current().into(),
             agent_outdated: String::new(),
+            hello_acknowledged: false,
         })),
     };
     if outbox.send(Ok(welcome)).await.is_err() {
@@ -102,19 +103,20 @@ async fn handle(
                 coord
                     .events
                     .emit(EventKind::AgentOutdated, node, why.clone());
-                // Said again in a second welcome: the first went out before
-                // the hello told the version.
-                let again = CoordinatorMessage {
-                    msg: Some(coordinator_message::Msg::Welcome(Welcome {
-                        node_name: node.to_string(),
-                        heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
-                        coordinator_version: apiary_api::version::current().into(),
-                        agent_outdated: why.clone(),
-                    })),
-                };
-                if outbox.send(Ok(again)).await.is_err() {
-                    return false;
-                }
+            }
+            // A second welcome with the verdict on the version: the first
+            // went out before the hello told it.
+            let verdict = CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Welcome(Welcome {
+                    node_name: node.to_string(),
+                    heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
+                    coordinator_version: apiary_api::version::current().into(),
+                    agent_outdated: outdated.clone().unwrap_or_default(),
+                    hello_acknowledged: true,
+                })),
+            };
+            if outbox.send(Ok(verdict)).await.is_err() {
+                return false;
             }
             if !hello.upgrade_failure.is_empty() {
                 let failure = crate::untrusted::line(&hello.upgrade_failure);

@@ -133,6 +133,18 @@ enum Cmd {
         #[arg(long)]
         kills_only: bool,
     },
+    /// Upgrade and recover (root), on one 4-host lab with etcd: `ctl hosts
+    /// upgrade` of the 4 agents (total and per host) beside restarting each
+    /// agent by hand (kill, the lab's supervision starts it again, wait
+    /// until it is ready: a binary swapped over SSH at best); `coordinator
+    /// backup` (online, plain and encrypted) beside `tar` of the same
+    /// files; `coordinator restore`; and the time until every agent is back
+    /// under the restored coordinator beside a plain restart on its own
+    /// state. `rounds` of each, medians.
+    Recover {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// What `apiary-bench heal` measured.
@@ -423,6 +435,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Heal { kills, kills_only } => {
             println!("{}", heal_table(&heal_bench(kills, kills_only)?))
         }
+        Cmd::Recover { rounds } => println!("{}", recover_bench(rounds)?),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -1650,6 +1663,236 @@ fn heal_bench(kills: usize, kills_only: bool) -> anyhow::Result<HealFigures> {
         reboot_phases,
         to_event_ms,
     })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// Writes an executable aside and renames it over `path`.
+fn install_build(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, bytes)?;
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&aside, path)?;
+    Ok(())
+}
+
+fn recover_bench(rounds: usize) -> anyhow::Result<String> {
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir()?;
+    let build = tmp.path().join("agent");
+    let source = std::fs::read(bin("agent"))?;
+    install_build(&build, &source)?;
+    let mut lab = apiary_tests::LabCluster::new(
+        "benchrecover",
+        4,
+        "\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\n",
+    );
+    let config = std::fs::read_to_string(&lab.config)?.replace(
+        &bin("agent").display().to_string(),
+        &build.display().to_string(),
+    );
+    std::fs::write(&lab.config, config)?;
+    lab.start();
+    let all_ready = |lab: &apiary_tests::LabCluster| {
+        eventually("every host ready", Duration::from_secs(600), || {
+            let s = lab.status()?;
+            let nodes = s["nodes"].as_array()?;
+            (nodes.len() == 4 && nodes.iter().all(|n| n["state"] == "ready")).then_some(())
+        })
+    };
+    eventually("the database healthy", Duration::from_secs(900), || {
+        let s = lab.status()?;
+        (s["database"]["healthy"] == true).then_some(())
+    });
+    let base = apiary_api::version::current().to_string();
+    let (mut upgrade_total, mut upgrade_host, mut by_hand_total, mut by_hand_host) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // apiary: the whole rollout, and each host's "back in" from its step.
+        let mut bytes = source.clone();
+        apiary_api::version::restamp(&mut bytes, &format!("{base}-bench.{round}"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        install_build(&build, &bytes)?;
+        let start = Instant::now();
+        let out = lab.ctl(&["hosts", "upgrade", "--json"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "ctl hosts upgrade: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        upgrade_total.push(start.elapsed().as_secs_f64());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        for step in report["steps"].as_array().into_iter().flatten() {
+            if let Some(secs) = step
+                .as_str()
+                .and_then(|s| s.rsplit_once(" in "))
+                .and_then(|(_, t)| t.trim_end_matches(" s").parse::<f64>().ok())
+            {
+                upgrade_host.push(secs);
+            }
+        }
+        // By hand: each agent stopped and started again, one at a time,
+        // each waited for until ready.
+        let start = Instant::now();
+        for host in lab.hosts.clone() {
+            let host_start = Instant::now();
+            let pid = lab
+                .pid(&host, "agent")
+                .ok_or_else(|| anyhow::anyhow!("no agent pid for {host}"))?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+            eventually("the agent restarted", Duration::from_secs(60), || {
+                (lab.pid(&host, "agent").is_some_and(|p| p != pid)).then_some(())
+            });
+            eventually("the agent ready again", Duration::from_secs(60), || {
+                let n = lab.node(&host)?;
+                (n["state"] == "ready"
+                    && n["last_seen_unix_ms"].as_u64()? > unix_ms_now().saturating_sub(500))
+                .then_some(())
+            });
+            by_hand_host.push(host_start.elapsed().as_secs_f64());
+        }
+        by_hand_total.push(start.elapsed().as_secs_f64());
+        eprintln!(
+            "round {round}: upgrade {:.1} s, by hand {:.1} s",
+            upgrade_total[round], by_hand_total[round]
+        );
+    }
+
+    // Backup and restore, beside tar of the same files.
+    let coordinator = |args: &[&str]| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let out = Command::new(bin("coordinator")).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "coordinator {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let state = lab.state.display().to_string();
+    let pass = tmp.path().join("passphrase");
+    std::fs::write(&pass, "bench passphrase")?;
+    let pass = pass.display().to_string();
+    let (mut backup, mut sealed, mut tar, mut restore, mut back_restored, mut back_restart) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut backup_bytes, mut tar_bytes) = (0u64, 0u64);
+    for round in 0..rounds {
+        let plain = tmp.path().join(format!("plain-{round}.backup"));
+        let enc = tmp.path().join(format!("sealed-{round}.backup"));
+        backup.push(coordinator(&[
+            "backup",
+            "--state-dir",
+            &state,
+            "--out",
+            &plain.display().to_string(),
+        ])?);
+        sealed.push(coordinator(&[
+            "backup",
+            "--state-dir",
+            &state,
+            "--out",
+            &enc.display().to_string(),
+            "--passphrase-file",
+            &pass,
+        ])?);
+        backup_bytes = std::fs::metadata(&plain)?.len();
+        // tar of what the backup holds (the lab's hosts left out), store
+        // included: a copy taken under a running store is not consistent,
+        // which is why the backup reads it through the running coordinator.
+        let tarball = tmp.path().join(format!("state-{round}.tar.gz"));
+        let start = Instant::now();
+        let ok = Command::new("tar")
+            .arg("czf")
+            .arg(&tarball)
+            .arg("--exclude=./lab")
+            .arg("-C")
+            .arg(&lab.state)
+            .arg(".")
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "tar failed");
+        tar.push(start.elapsed().as_secs_f64());
+        tar_bytes = std::fs::metadata(&tarball)?.len();
+
+        // A plain restart on its own state: the floor for "agents back".
+        lab.kill_coordinator();
+        let start = Instant::now();
+        lab.start();
+        all_ready(&lab);
+        back_restart.push(start.elapsed().as_secs_f64());
+
+        // The coordinator lost: restored into a new directory, served.
+        lab.kill_coordinator();
+        let restored = tmp.path().join(format!("restored-{round}"));
+        restore.push(coordinator(&[
+            "restore",
+            &enc.display().to_string(),
+            "--state-dir",
+            &restored.display().to_string(),
+            "--passphrase-file",
+            &pass,
+        ])?);
+        // The hosts' disks (other machines) where the new directory's lab looks.
+        let hosts_dir = std::fs::canonicalize(lab.state.join("lab"))?;
+        std::os::unix::fs::symlink(&hosts_dir, restored.join("lab"))?;
+        lab.state = restored;
+        let start = Instant::now();
+        lab.start();
+        all_ready(&lab);
+        back_restored.push(start.elapsed().as_secs_f64());
+        eprintln!(
+            "round {round}: backup {:.2} s, restore {:.2} s, agents back {:.1} s (restart {:.1} s)",
+            backup[round], restore[round], back_restored[round], back_restart[round]
+        );
+    }
+    lab.stop();
+    let (ut, uh, bt, bh) = (
+        median(upgrade_total),
+        median(upgrade_host),
+        median(by_hand_total),
+        median(by_hand_host),
+    );
+    let (b, s, t, r, ar, rs) = (
+        median(backup),
+        median(sealed),
+        median(tar),
+        median(restore),
+        median(back_restored),
+        median(back_restart),
+    );
+    Ok(format!(
+        "| step ({rounds} rounds, medians) | apiary | baseline | apiary / baseline |\n|---|---:|---:|---:|\n\
+         | 4 agents upgraded, one at a time (`ctl hosts upgrade` / each agent restarted by hand and waited for) | {ut:.1} s | {bt:.1} s | {:.2} |\n\
+         | per host | {uh:.1} s | {bh:.1} s | {:.2} |\n\
+         | backup, online (`coordinator backup` / `tar czf` of the same files) | {b:.2} s | {t:.2} s | {:.2} |\n\
+         | backup, encrypted (scrypt passphrase) | {s:.2} s | | |\n\
+         | backup size | {} KiB | {} KiB (tar.gz) | {:.2} |\n\
+         | `coordinator restore` (encrypted) | {r:.2} s | | |\n\
+         | serve to every agent back: restored / restarted on its own state | {ar:.1} s | {rs:.1} s | {:.2} |\n",
+        ut / bt,
+        uh / bh,
+        b / t,
+        backup_bytes / 1024,
+        tar_bytes / 1024,
+        backup_bytes as f64 / tar_bytes.max(1) as f64,
+        ar / rs,
+    ))
 }
 
 fn heal_table(f: &HealFigures) -> String {
