@@ -35,6 +35,7 @@ pub async fn run(
             heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
             coordinator_version: apiary_api::version::current().into(),
             agent_outdated: String::new(),
+            coordinator_endpoints: coord.endpoints.welcome_list(&coord.store),
         })),
     };
     if outbox.send(Ok(welcome)).await.is_err() {
