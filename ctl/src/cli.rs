@@ -317,6 +317,7 @@ pub enum EndpointsCommand {
     /// connected agent (the coordinator's own address cannot be removed:
     /// agents are always told it).
     Remove {
+        /// The stored endpoint, as `ctl coordinator endpoints` lists it.
         #[arg(value_name = "HOST:PORT", value_parser = endpoint)]
         endpoint: apiary_api::endpoints::CoordinatorEndpoint,
         /// The outcome as JSON (see docs/json.md).
