@@ -111,6 +111,9 @@ async fn handle(
                         heartbeat_interval_ms: coord.config().heartbeat_interval.as_millis() as u64,
                         coordinator_version: apiary_api::version::current().into(),
                         agent_outdated: why.clone(),
+                        // Every welcome carries the list: the agent takes
+                        // each as the whole of it.
+                        coordinator_endpoints: coord.endpoints.welcome_list(&coord.store),
                     })),
                 };
                 if outbox.send(Ok(again)).await.is_err() {
