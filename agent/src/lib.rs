@@ -16,6 +16,10 @@
 //! overlay through the local engine in [`swarm`], database services in
 //! [`database`]) and carries tunnels ([`tunnel`]).
 //!
+//! It keeps the coordinator endpoints the coordinator tells it
+//! ([`endpoints`]) and, when no session can be had, dials the next one, so
+//! a coordinator restored onto another address is found.
+//!
 //! Limitations: Docker is reached only on its local unix socket (by design);
 //! tunnel targets are limited to the allow-list; kernel features are read at
 //! session start.
@@ -24,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 mod docker_exec;
+pub mod endpoints;
 pub mod facts;
 mod host_runner;
 pub mod hostconfig;

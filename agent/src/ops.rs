@@ -5,12 +5,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use apiary_api::ops::*;
 use tokio::sync::Mutex;
 
 use crate::database::Database;
+use crate::endpoints::Endpoints;
 use crate::reach::{PortSpec, Responder, cluster_ports, probe_all};
 use crate::swarm::{KernelCrypto, ProbeOptions, SwarmClient, encryption_support};
 
@@ -26,16 +28,24 @@ pub struct Ops {
     docker_socket: PathBuf,
     responder: Mutex<Option<Responder>>,
     esp_responder: Mutex<Option<Responder>>,
+    endpoints: Arc<Endpoints>,
 }
 
 impl Ops {
-    pub fn new(host: String, docker_socket: PathBuf) -> Self {
+    pub fn new(host: String, docker_socket: PathBuf, endpoints: Arc<Endpoints>) -> Self {
         Ops {
             host,
             docker_socket,
             responder: Mutex::new(None),
             esp_responder: Mutex::new(None),
+            endpoints,
         }
+    }
+
+    /// The coordinator endpoints this agent knows (shared with the session
+    /// loop, which dials them).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     async fn swarm(&self) -> Result<SwarmClient, String> {
@@ -308,6 +318,12 @@ impl Ops {
             OpRequest::UpgradeAgent(_) => {
                 Err("an upgrade is run by the session, not as a host operation".into())
             }
+            OpRequest::SetCoordinatorEndpoints(op) => reply::<SetCoordinatorEndpoints>(
+                self.endpoints
+                    .set(op.endpoints)
+                    .map(|changed| Changed { changed })
+                    .map_err(|e| e.to_string()),
+            ),
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
+use crate::endpoints::Endpoints;
 use crate::facts::FactsSource;
 use crate::host_runner::HostRunner;
 use crate::hostconfig::{HostFacts, RealEffects};
@@ -106,7 +107,12 @@ pub async fn run(
         ..FactsSource::host(config.docker_socket.clone())
     };
     let runner = Arc::new(HostRunner::new(Arc::new(effects_for(&config))));
-    let ops = Arc::new(Ops::new(config.name.clone(), config.docker_socket.clone()));
+    let endpoints = Arc::new(Endpoints::load(&config.coordinator, &config.state_dir));
+    let ops = Arc::new(Ops::new(
+        config.name.clone(),
+        config.docker_socket.clone(),
+        endpoints.clone(),
+    ));
     let mut identity = tokio::select! {
         id = obtain_identity(&config) => id?,
         _ = &mut shutdown => return Ok(RunEnd::Shutdown),
@@ -114,8 +120,10 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let mut established = false;
+        // This round's coordinator endpoint (crate::endpoints: failover).
+        let dialled = endpoints.config_for(&config);
         let outcome = tokio::select! {
-            o = session(&config, &identity, &facts, &runner, &ops, &mut probation, &mut established) => o,
+            o = session(&dialled, &identity, &facts, &runner, &ops, &mut probation, &mut established) => o,
             _ = &mut shutdown => {
                 info!("shutting down");
                 return Ok(RunEnd::Shutdown);
@@ -130,7 +138,13 @@ pub async fn run(
             }
             Ok(SessionEnd::Closed) => info!("session closed by the coordinator; reconnecting"),
             Err(SessionError::Fatal(e)) => return Err(e),
-            Err(SessionError::Retry(reason)) => warn!(%reason, "session failed; reconnecting"),
+            Err(SessionError::Retry(reason)) => {
+                warn!(%reason, coordinator = %dialled.coordinator, "session failed; reconnecting");
+                // The next endpoint at once; backoff after a full round.
+                if !endpoints.failed() {
+                    continue;
+                }
+            }
         }
         // A session that was established ends the backoff: a coordinator
         // restarted (or restored) for the tenth time is not waited for as
@@ -461,6 +475,7 @@ async fn session(
                                 crate::upgrade::take_failure(&config.state_dir);
                             }
                         }
+                        ops.endpoints().welcomed(&w.coordinator_endpoints);
                     }
                     Some(coordinator_message::Msg::HeartbeatAck(ack)) => {
                         if let Some((s, at)) = in_flight

@@ -7,7 +7,8 @@
 //! host configuration ([`hostconfig`]: raw spec and its one validation),
 //! reachability cells and the matrix ([`reach`]), Swarm views and the overlay
 //! ([`swarm`]), database service specs and health ([`database`]), a tunnel's
-//! allow-list ([`tunnel`]), and node and cluster names ([`names`]: one rule
+//! allow-list ([`tunnel`]), the addresses agents reach their coordinator at
+//! ([`endpoints`]), and node and cluster names ([`names`]: one rule
 //! for config files, enrollment, the lab and DigitalOcean). [`exit`] holds the
 //! exit codes every program shares.
 //!
@@ -21,6 +22,7 @@
 //!   would let other languages speak the contract, and is not done.
 
 pub mod database;
+pub mod endpoints;
 pub mod exit;
 pub mod hostconfig;
 pub mod names;

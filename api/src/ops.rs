@@ -25,6 +25,7 @@ use crate::database::{
     AdminCredentials, DatabaseKind, ServerHealth, ServiceSpec, ServiceState, ShardConfig,
     TableConfig,
 };
+use crate::endpoints::CoordinatorEndpoint;
 use crate::reach::{Cell, Target};
 use crate::swarm::{JoinTokens, OverlaySpec, OverlayStatus, ProbeEndpoint, SwarmView};
 
@@ -196,6 +197,12 @@ operations! {
     /// Runs a command in the running container of `service` on this host
     /// (etcd member add/remove through etcdctl).
     DatabaseExec { service: String, command: Vec<String> } -> ExecOutput, PROBE;
+    /// The endpoints this agent may reach the coordinator at (besides the
+    /// one it is configured with), replacing the ones it was told before;
+    /// the agent saves them and fails over along them. Sent to every
+    /// connected agent when `ctl coordinator endpoints` changes the list
+    /// (each session's welcome carries it too).
+    SetCoordinatorEndpoints { endpoints: Vec<CoordinatorEndpoint> } -> Changed, QUICK;
     /// Replace this agent with the build the coordinator serves (`ctl hosts
     /// upgrade`): download it over the agent's identity (`FetchAgent`),
     /// check its length and SHA-256, keep the running binary beside it, swap

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::context::{ClusterContext, NodeObservation, RecordError};
+use crate::endpoints::Endpoints;
 use crate::error::CoordinatorError;
 use crate::events::{EventKind, Events};
 use crate::pki::{Pki, PkiError};
@@ -36,6 +37,8 @@ pub struct Coordinator {
     pub sessions: Sessions,
     pub view: ClusterView,
     pub events: Events,
+    /// The coordinator endpoints agents are told ([`crate::endpoints`]).
+    pub endpoints: Endpoints,
     /// Heartbeat round trips as agents measure them (seconds), for metrics.
     pub heartbeat_rtt: prometheus_client::metrics::histogram::Histogram,
     /// The agent build `ctl hosts upgrade` is rolling out.
@@ -147,6 +150,7 @@ impl Coordinator {
             sessions: Sessions::default(),
             view: ClusterView::with_pre_swarm(pre_swarm),
             events: Events::default(),
+            endpoints: Endpoints::default(),
             heartbeat_rtt: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
             ),

@@ -37,6 +37,7 @@ pub mod context;
 pub mod core;
 pub mod database;
 pub mod docs;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod metrics;

@@ -184,6 +184,9 @@ async fn open_state(
         None => (None, droplets),
     };
     let droplets = droplets.map(Arc::new);
+    coordinator
+        .endpoints
+        .set_advertise(opts.config.advertise.unwrap_or(local));
     let admin_conf = coordinator.write_admin_conf(local)?;
     info!(listen = %local, admin_conf = %admin_conf.display(), cluster = %opts.config.cluster_name, provider = opts.config.provider.kind(), "coordinator ready");
     Ok(Opened {

@@ -165,6 +165,10 @@ pub enum Op {
     /// `pre_swarm_cells`): once Swarm holds the ports it cannot be measured
     /// again, so a restarted coordinator reads it back.
     PutPreSwarmCells(Vec<apiary_api::reach::Cell>),
+    /// The coordinator endpoints operators added (`ctl coordinator
+    /// endpoints`), the whole list: in the store so that a backup, and the
+    /// coordinator restored from it, carries them.
+    PutCoordinatorEndpoints(Vec<apiary_api::endpoints::CoordinatorEndpoint>),
 }
 
 type Batch = (Vec<Op>, oneshot::Sender<Result<(), StoreError>>);
@@ -236,6 +240,7 @@ const DATABASE_SCALE_KEY: &str = "database_scale";
 const HOST_SCALE_KEY: &str = "host_scale";
 const REBOOT_KEY: &str = "reboot";
 const PRE_SWARM_KEY: &str = "pre_swarm_cells";
+const ENDPOINTS_KEY: &str = "coordinator_endpoints";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -345,6 +350,13 @@ impl Store {
 
     pub fn pre_swarm_cells(&self) -> Result<Vec<apiary_api::reach::Cell>, StoreError> {
         Ok(self.one(META, PRE_SWARM_KEY)?.unwrap_or_default())
+    }
+
+    /// The coordinator endpoints operators added, in the order they were.
+    pub fn coordinator_endpoints(
+        &self,
+    ) -> Result<Vec<apiary_api::endpoints::CoordinatorEndpoint>, StoreError> {
+        Ok(self.one(META, ENDPOINTS_KEY)?.unwrap_or_default())
     }
 
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
@@ -529,6 +541,9 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                 }
                 Op::PutPreSwarmCells(cells) => {
                     meta.insert(PRE_SWARM_KEY, encode(PRE_SWARM_KEY, cells)?.as_slice())?;
+                }
+                Op::PutCoordinatorEndpoints(list) => {
+                    meta.insert(ENDPOINTS_KEY, encode(ENDPOINTS_KEY, list)?.as_slice())?;
                 }
             }
         }

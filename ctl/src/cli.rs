@@ -154,6 +154,11 @@ pub enum Command {
         #[command(subcommand)]
         command: HostsCommand,
     },
+    /// The coordinator itself: the endpoints agents may reach it at.
+    Coordinator {
+        #[command(subcommand)]
+        command: CoordinatorCommand,
+    },
     /// Print (or rotate) the join token new hosts enroll with.
     Token {
         /// Make a new token first; the old one is refused for new enrollments.
@@ -270,6 +275,63 @@ pub enum DatabaseCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CoordinatorCommand {
+    /// The endpoints (HOST:PORT) agents may reach the coordinator at: its
+    /// own address, then those added here. Agents save the list and, when
+    /// no session can be had, try the next one, so a coordinator moved to
+    /// another address is found without touching any host.
+    ///
+    /// Moving the coordinator: first `ctl coordinator endpoints add
+    /// NEW:PORT` while it still runs (every connected agent must
+    /// acknowledge), then `coordinator backup`, stop it, `coordinator
+    /// restore` on the new host and `coordinator serve` there, listening on
+    /// NEW:PORT (or advertising it). Agents that were never told the new
+    /// address cannot find it: add it before the move, or keep the old
+    /// address (move the IP with the coordinator). Without a subcommand,
+    /// lists them.
+    #[command(args_conflicts_with_subcommands = true)]
+    Endpoints {
+        /// The list as JSON (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<EndpointsCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointsCommand {
+    /// Store HOST:PORT in the cluster's list (kept in the store, so in
+    /// backups) and hand the list to every connected agent. Prints how many
+    /// acknowledged and which did not; exit 1 if any did not (they are told
+    /// when their next session starts).
+    Add {
+        /// An IP address ([ADDRESS] for IPv6) or DNS name, and a port.
+        #[arg(value_name = "HOST:PORT", value_parser = endpoint)]
+        endpoint: apiary_api::endpoints::CoordinatorEndpoint,
+        /// The outcome as JSON (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove HOST:PORT from the stored list and hand the list to every
+    /// connected agent (the coordinator's own address cannot be removed:
+    /// agents are always told it).
+    Remove {
+        /// The stored endpoint, as `ctl coordinator endpoints` lists it.
+        #[arg(value_name = "HOST:PORT", value_parser = endpoint)]
+        endpoint: apiary_api::endpoints::CoordinatorEndpoint,
+        /// The outcome as JSON (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `HOST:PORT`, refused (exit 64) with the reason.
+fn endpoint(s: &str) -> Result<apiary_api::endpoints::CoordinatorEndpoint, String> {
+    apiary_api::endpoints::CoordinatorEndpoint::parse(s).map_err(|e| e.reason.to_string())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NodesCommand {
     /// Remove a node: drain it, then refuse its certificate from the next
     /// handshake on.
@@ -313,6 +375,48 @@ mod tests {
         for bad in ["database=", "database=-1", "db=3", "3", "hosts=x"] {
             let e = Args::try_parse_from(["ctl", "scale", bad]).expect_err(bad);
             assert!(e.to_string().contains("write hosts=N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn coordinator_endpoints_take_host_port_and_refuse_the_rest_naming_the_argument() {
+        use super::{CoordinatorCommand, EndpointsCommand};
+        let args =
+            Args::try_parse_from(["ctl", "coordinator", "endpoints", "--json"]).expect("list");
+        assert!(matches!(
+            args.command,
+            Command::Coordinator {
+                command: CoordinatorCommand::Endpoints {
+                    json: true,
+                    command: None
+                }
+            }
+        ));
+        let args =
+            Args::try_parse_from(["ctl", "coordinator", "endpoints", "add", "10.0.0.2:7443"])
+                .expect("add");
+        let Command::Coordinator {
+            command:
+                CoordinatorCommand::Endpoints {
+                    command: Some(EndpointsCommand::Add { endpoint, .. }),
+                    ..
+                },
+        } = args.command
+        else {
+            panic!("not an add: {:?}", args.command);
+        };
+        assert_eq!(endpoint.as_str(), "10.0.0.2:7443");
+        for (bad, why) in [
+            ("10.0.0.2", "HOST:PORT"),
+            ("10.0.0.2:0", "port 0"),
+            ("x y:1", "neither"),
+        ] {
+            for verb in ["add", "remove"] {
+                let e = Args::try_parse_from(["ctl", "coordinator", "endpoints", verb, bad])
+                    .expect_err(bad);
+                let text = e.to_string();
+                assert!(text.contains("<HOST:PORT>") && text.contains(why), "{text}");
+            }
         }
     }
 }

@@ -278,6 +278,34 @@ impl Ctl {
         }
     }
 
+    /// The coordinator endpoints agents are told; with `add` or `remove`
+    /// (empty: neither) the stored list changed first and handed to every
+    /// connected agent.
+    pub async fn coordinator_endpoints(
+        &mut self,
+        add: String,
+        remove: String,
+    ) -> Result<apiary_proto::CoordinatorEndpointsResponse, CtlError> {
+        match self
+            .client
+            .coordinator_endpoints(apiary_proto::CoordinatorEndpointsRequest { add, remove })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
+            // Removing what is not stored names something that does not
+            // exist, as a bad argument does (64).
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Err(CtlError::Usage(s.message().to_string()))
+            }
+            Err(s) => Err(self.judge(s).await),
+        }
+    }
+
     /// The coordinator's store, read in one transaction (`coordinator
     /// backup` while serve runs).
     pub async fn store_snapshot(
@@ -302,6 +330,81 @@ impl Ctl {
 /// The largest store snapshot `coordinator backup` accepts from the
 /// coordinator (10,000 nodes' records are about 20 MB).
 const STORE_SNAPSHOT_MAX: usize = 1 << 30;
+
+/// `ctl coordinator endpoints --json` (and the outcome of `add`/`remove`).
+pub fn endpoints_json(
+    r: &apiary_proto::CoordinatorEndpointsResponse,
+    change: bool,
+) -> serde_json::Value {
+    let mut v = json!({
+        "advertise": (!r.advertise.is_empty()).then_some(&r.advertise),
+        "stored": r.stored,
+        "told": r.told,
+    });
+    if change {
+        v["changed"] = json!(r.changed);
+        v["acknowledged"] = json!(r.acknowledged);
+        v["not_acknowledged"] = r
+            .not_acknowledged
+            .iter()
+            .map(|n| json!({"node": n.node, "error": n.error}))
+            .collect();
+    }
+    v
+}
+
+/// `ctl coordinator endpoints`: what agents are told, one per line, each
+/// saying where it comes from.
+pub fn print_endpoints(
+    out: &mut dyn Write,
+    r: &apiary_proto::CoordinatorEndpointsResponse,
+) -> std::io::Result<()> {
+    if r.told.is_empty() {
+        writeln!(
+            out,
+            "agents are told no endpoint besides their own configuration (this coordinator \
+             listens on an unspecified address without advertise, and none was added)"
+        )?;
+    }
+    for e in &r.told {
+        let from = match (*e == r.advertise, r.stored.contains(e)) {
+            (true, true) => "this coordinator (advertise), also stored",
+            (true, false) => "this coordinator (advertise)",
+            (false, _) => "stored",
+        };
+        writeln!(out, "{:<40} {from}", shown(e))?;
+    }
+    Ok(())
+}
+
+/// The outcome of `add`/`remove`: what changed, then who acknowledged.
+pub fn print_endpoints_change(
+    out: &mut dyn Write,
+    verb: &str,
+    endpoint: &str,
+    r: &apiary_proto::CoordinatorEndpointsResponse,
+) -> std::io::Result<()> {
+    let endpoint = shown(endpoint);
+    match (r.changed, verb) {
+        (true, "add") => writeln!(out, "stored {endpoint}")?,
+        (true, _) => writeln!(out, "removed {endpoint}")?,
+        (false, _) => writeln!(out, "{endpoint} was already stored; the list is sent again")?,
+    }
+    let (acked, total) = (
+        r.acknowledged.len(),
+        r.acknowledged.len() + r.not_acknowledged.len(),
+    );
+    writeln!(out, "{acked} of {total} connected agent(s) acknowledged")?;
+    for n in &r.not_acknowledged {
+        writeln!(
+            out,
+            "  {} did not: {} (it is told when its next session starts)",
+            shown(&n.node),
+            shown(&n.error)
+        )?;
+    }
+    writeln!(out, "agents are told: {}", shown(&r.told.join(", ")))
+}
 
 /// One event as a line (`--json`: one JSON object per line).
 pub fn event_line(e: &apiary_proto::Event, json: bool) -> String {
@@ -845,6 +948,49 @@ fn dash(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_say_where_each_comes_from_and_who_did_not_acknowledge() {
+        let r = apiary_proto::CoordinatorEndpointsResponse {
+            advertise: "10.0.0.1:7443".into(),
+            stored: vec!["10.0.0.2:7443".into()],
+            told: vec!["10.0.0.1:7443".into(), "10.0.0.2:7443".into()],
+            acknowledged: vec!["bee-1".into()],
+            not_acknowledged: vec![apiary_proto::EndpointsNotAcknowledged {
+                node: "bee-2".into(),
+                error: "bee-2 did not answer within 5s".into(),
+            }],
+            changed: true,
+        };
+        let mut out = Vec::new();
+        print_endpoints(&mut out, &r).expect("print");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.contains("10.0.0.1:7443") && text.contains("this coordinator (advertise)"),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(1).is_some_and(|l| l.ends_with("stored")),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        print_endpoints_change(&mut out, "add", "10.0.0.2:7443", &r).expect("print");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("stored 10.0.0.2:7443"), "{text}");
+        assert!(
+            text.contains("1 of 2 connected agent(s) acknowledged"),
+            "{text}"
+        );
+        assert!(text.contains("bee-2 did not"), "{text}");
+        let v = endpoints_json(&r, true);
+        assert_eq!(v["advertise"], "10.0.0.1:7443");
+        assert_eq!(v["not_acknowledged"][0]["node"], "bee-2");
+        let listed = endpoints_json(
+            &apiary_proto::CoordinatorEndpointsResponse::default(),
+            false,
+        );
+        assert_eq!(listed, json!({"advertise": null, "stored": [], "told": []}));
+    }
 
     /// What the coordinator answers after a round in phase `overlay` on 3
     /// hosts with every probed path open and the agents of `down` not

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use apiary_certs::AdminConf;
 use clap::CommandFactory;
 
-use crate::cli::{Args, Command, DatabaseCommand, HostsCommand, NodesCommand, ScaleTarget};
+use crate::cli::{
+    Args, Command, CoordinatorCommand, DatabaseCommand, EndpointsCommand, HostsCommand,
+    NodesCommand, ScaleTarget,
+};
 use crate::commands::{
-    Ctl, CtlError, apply_json, checks_json, colour_wanted, event_line, print_apply, print_checks,
-    print_status, status_json,
+    Ctl, CtlError, apply_json, checks_json, colour_wanted, endpoints_json, event_line, print_apply,
+    print_checks, print_endpoints, print_endpoints_change, print_status, status_json,
 };
 use crate::tunnel::{TunnelCtl, bind, parse_target};
 
@@ -251,6 +254,43 @@ pub async fn run(args: Args) -> Result<i32, CtlError> {
                 println!("{}", crate::database::credentials_json(&creds, &files));
             } else {
                 print!("{}", crate::database::credentials_text(&creds, &files)?);
+            }
+        }
+        Command::Coordinator {
+            command: CoordinatorCommand::Endpoints { json, command },
+        } => {
+            let (verb, endpoint, json) = match command {
+                None => ("", String::new(), json),
+                Some(EndpointsCommand::Add { endpoint, json }) => ("add", endpoint.into(), json),
+                Some(EndpointsCommand::Remove { endpoint, json }) => {
+                    ("remove", endpoint.into(), json)
+                }
+            };
+            let (add, remove) = match verb {
+                "add" => (endpoint.clone(), String::new()),
+                "remove" => (String::new(), endpoint.clone()),
+                _ => (String::new(), String::new()),
+            };
+            let r = ctl.coordinator_endpoints(add, remove).await?;
+            let change = !verb.is_empty();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&endpoints_json(&r, change)).unwrap_or_default()
+                );
+            } else if change {
+                print_endpoints_change(stdout, verb, &endpoint, &r).map_err(io)?;
+            } else {
+                print_endpoints(stdout, &r).map_err(io)?;
+            }
+            // A move relies on every agent knowing the list: one that did
+            // not take it is a failure the operator must see (it is stored,
+            // and told at that agent's next session).
+            if !r.not_acknowledged.is_empty() {
+                return Err(CtlError::Failed(format!(
+                    "{} connected agent(s) did not acknowledge the coordinator endpoints",
+                    r.not_acknowledged.len()
+                )));
             }
         }
         Command::Token { rotate, json } => {

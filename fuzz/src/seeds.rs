@@ -191,6 +191,14 @@ fn requests() -> Vec<(&'static str, OpRequest)> {
             .into(),
         ),
         (
+            "set-coordinator-endpoints",
+            ops::SetCoordinatorEndpoints {
+                endpoints: serde_json::from_str(r#"["10.0.0.2:7443", "[fd00::2]:7443"]"#)
+                    .unwrap_or_default(),
+            }
+            .into(),
+        ),
+        (
             "set-labels",
             ops::SetLabels {
                 node: "workerbee-1".into(),
@@ -348,6 +356,7 @@ fn session() -> Vec<Seed> {
         msg: Some(coordinator_message::Msg::Welcome(Welcome {
             node_name: "workerbee-1".into(),
             heartbeat_interval_ms: 2000,
+            coordinator_endpoints: vec!["10.0.0.2:7443".into(), "kvstore.example:7443".into()],
             ..Default::default()
         })),
     };

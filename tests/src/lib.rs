@@ -127,12 +127,20 @@ pub struct Coordinator {
     pub config: PathBuf,
     pub state: PathBuf,
     pub proc: Option<Proc>,
+    /// Where `serve` listens: 127.0.0.1 unless a test moves it (any
+    /// address in 127/8 is loopback on Linux).
+    pub ip: std::net::Ipv4Addr,
     pub port: u16,
     pub serve_args: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A port free on `ip` now.
+pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .expect("bind")
         .local_addr()
         .expect("addr")
@@ -159,6 +167,7 @@ impl Coordinator {
             config,
             state,
             proc: None,
+            ip: std::net::Ipv4Addr::LOCALHOST,
             port: free_port(),
             dir,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
@@ -176,7 +185,7 @@ impl Coordinator {
             .arg(&self.config)
             .arg("--state-dir")
             .arg(&self.state);
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        cmd.args(["--listen", &self.endpoint()]);
         cmd.args(&self.serve_args);
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
@@ -185,11 +194,10 @@ impl Coordinator {
             cmd,
             &self.dir.path().join(format!("coordinator-{n}.log")),
         ));
-        let port = self.port;
+        let (ip, port) = (self.ip, self.port);
         eventually("coordinator listening", Duration::from_secs(20), || {
-            (self.admin_conf().exists()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
-            .then_some(())
+            (self.admin_conf().exists() && std::net::TcpStream::connect((ip, port)).is_ok())
+                .then_some(())
         });
     }
 
@@ -198,7 +206,7 @@ impl Coordinator {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn token(&self) -> String {

@@ -1,6 +1,7 @@
 //! Backup and restore on loopback, with the real binaries: a backup taken
 //! while `serve` runs, the coordinator killed (-9) and its state directory
-//! deleted, restored into a new one and served again on the same port.
+//! deleted, restored into a new one and served again on the same port, or
+//! on another address that agents were told of beforehand.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -242,4 +243,136 @@ fn backup_refuses_a_directory_without_state_and_an_empty_passphrase() {
     );
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+}
+
+/// Issue #23's coordinator that moves: the new address is added to the
+/// cluster's endpoint list while the old coordinator runs, the backup is
+/// restored onto that address, and agents that were never restarted (still
+/// configured with the old one) fail over to it with their certificates.
+/// An agent restarted afterwards starts at the address that last worked.
+#[test]
+fn agents_follow_a_coordinator_restored_on_another_address() {
+    let mut c = Coordinator::start("heartbeat_interval = \"500ms\"");
+    let old = c.endpoint();
+    let token = c.token();
+    let mut agents: Vec<Agent> = ["bee-1", "bee-2"]
+        .iter()
+        .map(|n| c.agent(n, Some(&token)))
+        .collect();
+    for n in ["bee-1", "bee-2"] {
+        c.wait_ready(n, Duration::from_secs(30));
+    }
+    let serials: Vec<Value> = ["bee-1", "bee-2"]
+        .iter()
+        .map(|n| c.node(n).expect("node")["cert_serial"].clone())
+        .collect();
+
+    // Bad input is refused before anything is asked, naming the argument.
+    for bad in ["127.0.0.2", "127.0.0.2:0", "not a host:7443"] {
+        let out = c.ctl(&["coordinator", "endpoints", "add", bad]);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("HOST:PORT"), "{}", stderr(&out));
+    }
+    let out = c.ctl(&["coordinator", "endpoints", "remove", "127.0.0.9:7443"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not in the stored list"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The new address, added while the old coordinator runs.
+    let new_ip = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let new_port = free_port_on(new_ip);
+    let new = format!("{new_ip}:{new_port}");
+    let out = c.ctl(&["coordinator", "endpoints", "add", &new]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("stored {new}")), "{text}");
+    assert!(
+        text.contains("2 of 2 connected agent(s) acknowledged"),
+        "{text}"
+    );
+    let list = json(&c.ctl(&["coordinator", "endpoints", "--json"]));
+    assert_eq!(list["advertise"], old.as_str(), "{list}");
+    assert_eq!(list["stored"], serde_json::json!([new]), "{list}");
+    assert_eq!(list["told"], serde_json::json!([old, new]), "{list}");
+    for a in &agents {
+        let path = a.state.join("coordinators.json");
+        let saved = std::fs::read_to_string(&path).expect("the agent saved its list");
+        assert!(saved.contains(&new), "{saved}");
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    // The backup, then the old coordinator gone with its state.
+    let dir = c.dir.path().to_path_buf();
+    let backup = dir.join("move.backup");
+    let out = coordinator(
+        &["backup", "--state-dir", s(&c.state), "--out", s(&backup)],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    if let Some(mut p) = c.proc.take() {
+        p.kill9();
+    }
+    std::fs::remove_dir_all(&c.state).expect("delete the state");
+    let moved = dir.join("moved");
+    let out = coordinator(&["restore", s(&backup), "--state-dir", s(&moved)], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Served on the new address only.
+    c.state = moved;
+    c.ip = new_ip;
+    c.port = new_port;
+    c.restart();
+    eventually(
+        "admin.conf names the new address",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(c.admin_conf())
+                .ok()?
+                .contains(&new)
+                .then_some(())
+        },
+    );
+    // The agents, never restarted and configured with the old address,
+    // find it, with the certificates they had.
+    for (i, n) in ["bee-1", "bee-2"].iter().enumerate() {
+        c.wait_ready(n, Duration::from_secs(40));
+        assert_eq!(
+            c.node(n).expect("node")["cert_serial"],
+            serials[i],
+            "{n} re-enrolled instead of keeping its certificate"
+        );
+    }
+    // The restored coordinator carries the list.
+    let list = json(&c.ctl(&["coordinator", "endpoints", "--json"]));
+    assert_eq!(list["advertise"], new.as_str(), "{list}");
+    assert_eq!(list["stored"], serde_json::json!([new]), "{list}");
+
+    // An agent restarted after the move, still with the old address in its
+    // configuration, goes straight to the one that last worked.
+    assert_eq!(agents[0].endpoint, old);
+    agents[0].restart(None);
+    let agent = &agents[0];
+    eventually_or(
+        "bee-1 restarted and in session",
+        Duration::from_secs(20),
+        || {
+            agent
+                .proc
+                .log_text()
+                .contains("session established")
+                .then_some(())
+        },
+        || agent.proc.log_text(),
+    );
+    let log = agent.proc.log_text();
+    assert!(
+        log.contains("starting at the coordinator endpoint that last gave a session"),
+        "{log}"
+    );
+    assert!(!log.contains("session failed"), "{log}");
+    c.wait_ready("bee-1", Duration::from_secs(10));
+    assert_eq!(c.node("bee-1").expect("node")["cert_serial"], serials[0]);
 }

@@ -36,6 +36,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::core::{ApplyError, ClientSecret, Coordinator, CredentialsError, RemoveError};
 use crate::database::DatabaseError;
+use crate::endpoints::{Change, EndpointsError};
 use crate::error::CoordinatorError;
 use crate::events::EventKind;
 use crate::pki::PkiError;
@@ -180,6 +181,19 @@ impl From<ApplyError> for Status {
             ApplyError::Unmanaged => Status::failed_precondition(message),
             ApplyError::NoSuchNode { .. } => Status::not_found(message),
             ApplyError::Store(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<EndpointsError> for Status {
+    fn from(e: EndpointsError) -> Status {
+        let message = e.to_string();
+        match e {
+            EndpointsError::Bad(_) => Status::invalid_argument(message),
+            EndpointsError::Own { .. } | EndpointsError::NotStored { .. } => {
+                Status::not_found(message)
+            }
+            EndpointsError::Store(_) => Status::internal(message),
         }
     }
 }
@@ -633,6 +647,72 @@ impl Admin for Svc {
         Ok(Response::new(JoinTokenResponse {
             token: record.token,
             expires_unix: record.expires_unix.unwrap_or(0),
+        }))
+    }
+
+    async fn coordinator_endpoints(
+        &self,
+        req: Request<apiary_proto::CoordinatorEndpointsRequest>,
+    ) -> Result<Response<apiary_proto::CoordinatorEndpointsResponse>, Status> {
+        let admin = require_role(&req, Role::Admin)?;
+        let coord = &self.0;
+        let apiary_proto::CoordinatorEndpointsRequest { add, remove } = req.into_inner();
+        let change = match (add.is_empty(), remove.is_empty()) {
+            (true, true) => None,
+            (false, true) => {
+                info!(admin = %admin.node, endpoint = %add, "coordinator endpoint added");
+                Some(
+                    coord
+                        .endpoints
+                        .add(&coord.store, &coord.sessions, &add)
+                        .await?,
+                )
+            }
+            (true, false) => {
+                info!(admin = %admin.node, endpoint = %remove, "coordinator endpoint removed");
+                Some(
+                    coord
+                        .endpoints
+                        .remove(&coord.store, &coord.sessions, &remove)
+                        .await?,
+                )
+            }
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "add or remove one endpoint at a time",
+                ));
+            }
+        };
+        let listing = match &change {
+            Some(c) => c.listing.clone(),
+            None => coord.endpoints.listing(&coord.store).map_err(internal)?,
+        };
+        let strings = |l: &[apiary_api::endpoints::CoordinatorEndpoint]| {
+            l.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        let (acknowledged, not_acknowledged, changed) = match change {
+            Some(Change {
+                acknowledged,
+                not_acknowledged,
+                changed,
+                ..
+            }) => (acknowledged, not_acknowledged, changed),
+            None => (Vec::new(), Vec::new(), false),
+        };
+        Ok(Response::new(apiary_proto::CoordinatorEndpointsResponse {
+            advertise: listing
+                .advertise
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            stored: strings(&listing.stored),
+            told: strings(&listing.told),
+            acknowledged,
+            not_acknowledged: not_acknowledged
+                .into_iter()
+                .map(|(node, error)| apiary_proto::EndpointsNotAcknowledged { node, error })
+                .collect(),
+            changed,
         }))
     }
 }

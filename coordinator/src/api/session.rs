@@ -36,6 +36,7 @@ pub async fn run(
             coordinator_version: apiary_api::version::current().into(),
             agent_outdated: String::new(),
             hello_acknowledged: false,
+            coordinator_endpoints: coord.endpoints.welcome_list(&coord.store),
         })),
     };
     if outbox.send(Ok(welcome)).await.is_err() {
@@ -113,6 +114,9 @@ async fn handle(
                     coordinator_version: apiary_api::version::current().into(),
                     agent_outdated: outdated.clone().unwrap_or_default(),
                     hello_acknowledged: true,
+                    // Every welcome carries the list: the agent takes each
+                    // as the whole of it.
+                    coordinator_endpoints: coord.endpoints.welcome_list(&coord.store),
                 })),
             };
             if outbox.send(Ok(verdict)).await.is_err() {

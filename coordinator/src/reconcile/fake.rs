@@ -309,6 +309,7 @@ impl AgentCalls for FakeAgents {
         match req {
             OpRequest::StartResponder(_) => json(&ResponderPorts::default()),
             OpRequest::StopResponder(_) | OpRequest::StartEspResponder(_) => json(&()),
+            OpRequest::SetCoordinatorEndpoints(_) => json(&Changed { changed: true }),
             OpRequest::EncryptionSupport(_) => {
                 if hosts[node].no_esp_kernel {
                     Err(refused(node, op, &format!("{node}: the kernel lacks esp4")))
