@@ -898,6 +898,9 @@ fn status_events_and_checks_json_hold_every_documented_field() {
         ("config_items", Array),
         ("last_drift_repaired_unix_ms", Uint),
         ("last_drift_items", Array),
+        ("agent_version", Str),
+        ("agent_outdated", Str),
+        ("agent_upgrade_failure", Str),
     ];
     let top_fields = [
         ("cluster", Str),
