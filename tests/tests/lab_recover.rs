@@ -300,7 +300,7 @@ fn agents_upgrade_one_host_at_a_time_and_a_broken_build_rolls_back_on_its_host()
 }
 
 #[test]
-fn a_lab_coordinator_restored_from_a_backup_gets_every_host_back_without_re_enrolling() {
+fn a_lab_coordinator_restored_on_another_address_gets_every_host_back_without_re_enrolling() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = etcd_lab("labrestore", None);
     let before = lab.status().expect("status");
@@ -311,6 +311,15 @@ fn a_lab_coordinator_restored_from_a_backup_gets_every_host_back_without_re_enro
             .map(|n| n["cert_serial"].clone())
             .expect("node")
     };
+    // The address the coordinator will move to, handed to every agent first.
+    let moved = "10.231.0.250:7443";
+    let out = lab.ctl(&["coordinator", "endpoints", "add", moved]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 of 4"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // An encrypted backup while serve runs.
     let backup = lab.dir.path().join("cluster.backup");
     let pass = lab.dir.path().join("passphrase");
@@ -371,8 +380,19 @@ fn a_lab_coordinator_restored_from_a_backup_gets_every_host_back_without_re_enro
     std::os::unix::fs::symlink(lab.state.join("lab"), restored.join("lab")).expect("symlink");
     // From here the lab is the restored directory's (teardown included).
     lab.state = restored;
+    // Served on another address of the lab's private network: the old one
+    // answers nothing any more.
+    let (ok, bridge) = sh(&["ip", "-o", "-4", "addr", "show", "to", "10.231.0.1/32"]);
+    let bridge = bridge
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(ok && !bridge.is_empty(), "no lab bridge holds 10.231.0.1");
+    let (ok, why) = sh(&["ip", "addr", "add", "10.231.0.250/24", "dev", &bridge]);
+    assert!(ok, "{why}");
     let started = std::time::Instant::now();
-    lab.start();
+    lab.start_with(&["--listen", moved]);
     let after = eventually_or(
         "every host back with the restored coordinator",
         Duration::from_secs(120),
@@ -395,6 +415,12 @@ fn a_lab_coordinator_restored_from_a_backup_gets_every_host_back_without_re_enro
             "{host} re-enrolled"
         );
     }
+    assert!(
+        std::fs::read_to_string(lab.admin_conf())
+            .expect("admin.conf")
+            .contains(moved),
+        "admin.conf does not name the new address"
+    );
     eventually_or(
         "etcd healthy under the restored coordinator",
         Duration::from_secs(120),
