@@ -687,6 +687,12 @@ impl Client {
         field(op, decode(op, &reply)?, "ssh_key")
     }
 
+    /// `sshKeys_delete` by id; false when it was gone already.
+    pub async fn delete_ssh_key(&self, id: u64) -> Result<bool, ApiError> {
+        let url = self.url_with(&["v2", "account", "keys", &id.to_string()]);
+        self.delete("sshKeys_delete", url).await
+    }
+
     // ---- plumbing ---------------------------------------------------------
 
     async fn get_json<T: DeserializeOwned>(

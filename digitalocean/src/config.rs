@@ -263,6 +263,7 @@ impl DigitalOceanSpec {
             Some(FirewallSettings {
                 public_tcp_ports: ports,
                 admin_cidrs: admin,
+                ..FirewallSettings::default()
             })
         } else {
             if let Some(first) = self.admin_cidrs.first() {
@@ -375,13 +376,19 @@ pub struct VpcSettings {
     pub ip_range: Option<Ipv4Cidr>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FirewallSettings {
     /// Open to the world; never 22.
     pub public_tcp_ports: Vec<u16>,
     /// The only sources of SSH (22/tcp), as the API takes them (network
     /// form, e.g. `203.0.113.7/32`); empty: SSH closed.
     pub admin_cidrs: Vec<String>,
+    /// More TCP ports open to `admin_cidrs` only (the coordinator droplet's
+    /// gRPC, for `ctl` on the operator's laptop).
+    pub admin_tcp_ports: Vec<u16>,
+    /// TCP ports open to the VPC (the coordinator droplet's gRPC and
+    /// artifact listener, for the hosts).
+    pub vpc_tcp_ports: Vec<u16>,
 }
 
 /// Where hosts install the agent from when the coordinator does not serve it.

@@ -213,6 +213,8 @@ pub struct SshKey {
     pub id: Option<u64>,
     #[serde(default)]
     pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub public_key: Option<String>,
     pub name: String,
 }
 

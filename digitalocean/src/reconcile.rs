@@ -817,17 +817,27 @@ pub fn firewall_rules(
             sources: anywhere(),
         })
         .collect();
-    // SSH only from the operator's networks, and not at all without them:
-    // never from the world (config refuses 22 among the public ports).
+    // SSH (and the coordinator's gRPC on its droplet) only from the
+    // operator's networks, and not at all without them: never from the
+    // world (config refuses 22 among the public ports).
     if !fw.admin_cidrs.is_empty() {
+        for port in std::iter::once(SSH_PORT).chain(fw.admin_tcp_ports.iter().copied()) {
+            inbound.push(InboundRule {
+                protocol: "tcp".into(),
+                ports: port.to_string(),
+                sources: FirewallRuleTarget {
+                    addresses: fw.admin_cidrs.clone(),
+                    droplet_ids: Vec::new(),
+                    tags: None,
+                },
+            });
+        }
+    }
+    for port in &fw.vpc_tcp_ports {
         inbound.push(InboundRule {
             protocol: "tcp".into(),
-            ports: SSH_PORT.to_string(),
-            sources: FirewallRuleTarget {
-                addresses: fw.admin_cidrs.clone(),
-                droplet_ids: Vec::new(),
-                tags: None,
-            },
+            ports: port.to_string(),
+            sources: vpc(),
         });
     }
     // Swarm: 2377/tcp managers, 7946/tcp+udp gossip, 4789/udp VXLAN data
@@ -1452,6 +1462,7 @@ mod tests {
         let fw = FirewallSettings {
             public_tcp_ports: vec![7443],
             admin_cidrs: vec!["203.0.113.7/32".into()],
+            ..FirewallSettings::default()
         };
         let (inbound, outbound) = firewall_rules(&fw, "10.20.0.0/20");
         for r in &inbound {
@@ -1487,6 +1498,7 @@ mod tests {
         let fw = FirewallSettings {
             public_tcp_ports: vec![443],
             admin_cidrs: vec!["203.0.113.7/32".into(), "2001:db8::/48".into()],
+            ..FirewallSettings::default()
         };
         assert_eq!(
             ssh(&fw),
@@ -1500,6 +1512,7 @@ mod tests {
         let closed = FirewallSettings {
             public_tcp_ports: vec![443],
             admin_cidrs: Vec::new(),
+            ..FirewallSettings::default()
         };
         assert!(ssh(&closed).is_empty(), "{:?}", rules(&closed));
         // Nothing anywhere reaches 22 from the world, whatever the settings.

@@ -159,6 +159,11 @@ async fn every_operation_is_exercised_and_valid() {
         .await
         .expect("delete by tag");
 
+    let key_id = key.id.expect("the key's id");
+    assert!(client.delete_ssh_key(key_id).await.expect("delete key"));
+    assert!(!client.delete_ssh_key(key_id).await.expect("gone already"));
+    assert!(client.list_ssh_keys().await.expect("keys").is_empty());
+
     env.assert_spec_clean();
     let used: BTreeSet<String> = env
         .fake

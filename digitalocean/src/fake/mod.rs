@@ -1610,6 +1610,21 @@ impl State {
                 }
                 (204, None)
             }
+            "sshKeys_delete" => {
+                let key = params.get("ssh_key_identifier").cloned().unwrap_or_default();
+                let before = self.ssh_keys.len();
+                self.ssh_keys
+                    .retain(|k| k.id.to_string() != key && k.fingerprint != key);
+                if self.ssh_keys.len() < before {
+                    (204, None)
+                } else {
+                    error(
+                        404,
+                        "not_found",
+                        "The resource you requested could not be found.",
+                    )
+                }
+            }
             "delete_firewall" => {
                 let id = params.get("firewall_id").cloned().unwrap_or_default();
                 if self.firewalls.remove(&id).is_some() {
