@@ -52,6 +52,17 @@ pub mod coordinator {
             /// Listen address, overriding coordinator.listen in the config.
             #[arg(long)]
             listen: Option<SocketAddr>,
+            /// The IP:PORT hosts dial, derived by whoever starts serve
+            /// (`coordinator up` passes the coordinator droplet's VPC
+            /// address); a spec that sets coordinator.advertise too is
+            /// refused.
+            #[arg(long, value_name = "IP:PORT")]
+            advertise: Option<SocketAddr>,
+            /// DigitalOcean: also give every droplet this SSH key (its id or
+            /// fingerprint), beside digitalocean.ssh_keys (`coordinator up`
+            /// passes its per-cluster key). Repeatable.
+            #[arg(long = "ssh-key", value_name = "ID|FINGERPRINT")]
+            ssh_keys: Vec<String>,
             /// Progress as plain timestamped lines even on a terminal (no bars
             /// or spinners).
             #[arg(long)]

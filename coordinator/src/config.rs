@@ -339,6 +339,27 @@ impl ClusterConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(path, text, None)
+    }
+
+    /// As [`ClusterConfig::load`], with `coordinator.advertise` derived by
+    /// the caller (`coordinator up`: the coordinator droplet's VPC
+    /// address; `serve --advertise`): a spec that sets it too is refused,
+    /// naming the key, since an address typed by hand is one the hosts may
+    /// not reach.
+    pub fn load_with(path: &Path, advertise: Option<SocketAddr>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_with(path, &text, advertise)
+    }
+
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        derived_advertise: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let src = ConfigText { path, text };
         let raw = src.deserialize()?;
         // Sections are checked in this order so that a file with several
@@ -363,7 +384,17 @@ impl ClusterConfig {
             Some(db) => src.database(db, &mut swarm, &mut provider)?,
             None => src.default_database(&mut swarm, &provider)?,
         }
-        let advertise = src.advertise(&c.advertise, listen)?;
+        let advertise = match (derived_advertise, &c.advertise) {
+            (Some(_), Some(typed)) => {
+                return Err(src.at(
+                    Some(typed.span()),
+                    "coordinator.advertise",
+                    "coordinator.advertise is derived (`coordinator up`: the coordinator droplet's VPC address; `serve --advertise`): remove it from the spec".into(),
+                ));
+            }
+            (Some(derived), None) => Some(derived),
+            (None, _) => src.advertise(&c.advertise, listen)?,
+        };
         let (tunnel, tunnel_allow) = src.tunnel(raw.tunnel, swarm.as_ref())?;
         let (agent_binary, artifacts_listen) = src.artifacts(&c)?;
         src.check_firewall(&provider, swarm.as_ref(), digitalocean_span, swarm_span)?;

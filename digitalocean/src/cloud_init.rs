@@ -498,6 +498,73 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
     Ok(out)
 }
 
+/// The cloud-config of the coordinator droplet `coordinator up` makes:
+/// its SSH host key, made by apiary on the operator's machine, so the one
+/// SSH session that installs the coordinator trusts exactly that key
+/// (nothing on first use); password logins off. No secret of the cluster
+/// is in it: the API token and the binaries go over that SSH session.
+///
+/// `host_key_private` is the OpenSSH private key (ed25519), and
+/// `host_key_public` its `ssh-ed25519 AAAA... comment` line.
+pub fn render_coordinator_user_data(
+    host_key_private: &str,
+    host_key_public: &str,
+) -> Result<String, RenderError> {
+    if !host_key_private.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
+        return Err(invalid(
+            "host_key_private",
+            "expected an OpenSSH private key (ssh-keygen -t ed25519)",
+        ));
+    }
+    let host_key_public = host_key_public.trim();
+    if !host_key_public.starts_with("ssh-ed25519 ") || host_key_public.contains('\n') {
+        return Err(invalid(
+            "host_key_public",
+            "expected one `ssh-ed25519 AAAA...` line",
+        ));
+    }
+    #[derive(Serialize)]
+    struct HostKeys<'a> {
+        ed25519_private: &'a str,
+        ed25519_public: &'a str,
+    }
+    #[derive(Serialize)]
+    struct CoordinatorConfig<'a> {
+        ssh_pwauth: bool,
+        /// The image's own keys deleted; of the types below only the one
+        /// given here exists (cloud-init makes a type only when it is
+        /// missing), so the host has exactly the key the laptop pins.
+        ssh_deletekeys: bool,
+        ssh_genkeytypes: Vec<&'a str>,
+        ssh_keys: HostKeys<'a>,
+        write_files: Vec<WriteFile>,
+    }
+    let doc = CoordinatorConfig {
+        ssh_pwauth: false,
+        ssh_deletekeys: true,
+        ssh_genkeytypes: vec!["ed25519"],
+        ssh_keys: HostKeys {
+            ed25519_private: host_key_private,
+            ed25519_public: host_key_public,
+        },
+        write_files: vec![WriteFile {
+            path: SSHD_DROP_IN_PATH,
+            owner: "root:root",
+            permissions: "0644",
+            content: SSHD_DROP_IN.to_owned(),
+        }],
+    };
+    let yaml = serde_norway::to_string(&doc).map_err(|e| RenderError::Serialise {
+        what: "cloud-config",
+        reason: e.to_string(),
+    })?;
+    let out = format!("#cloud-config\n# apiary coordinator droplet (apiary-digitalocean)\n{yaml}");
+    if out.len() > MAX_USER_DATA_BYTES {
+        return Err(RenderError::TooLarge { bytes: out.len() });
+    }
+    Ok(out)
+}
+
 fn check_token(token: &str) -> Result<(), RenderError> {
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(

@@ -433,3 +433,38 @@ fn a_failed_download_leaves_no_agent_enabled() {
     // And systemd would try again: the unit restarts on failure.
     assert!(unit.lines().any(|l| l == "Restart=on-failure"));
 }
+
+#[test]
+fn the_coordinator_droplet_gets_the_host_key_apiary_made_and_no_password_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("host");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "apiary-test", "-f"])
+        .arg(&key)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no ssh-keygen (apt-get install openssh-client)");
+        return;
+    }
+    let private = std::fs::read_to_string(&key).expect("private");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public");
+    let ud = apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, &public)
+        .expect("render");
+    if let Some((ok, text)) = cloud_init_schema(&ud) {
+        assert!(ok && text.contains("Valid"), "cloud-init schema:\n{text}\n{ud}");
+    }
+    let doc: Value = serde_norway::from_str(&ud).expect("YAML");
+    assert_eq!(get(&doc, "ssh_pwauth").as_bool(), Some(false));
+    let keys = get(&doc, "ssh_keys");
+    assert_eq!(get(keys, "ed25519_private").as_str(), Some(private.as_str()));
+    assert_eq!(get(keys, "ed25519_public").as_str(), Some(public.trim()));
+    assert!(!ud.contains("DIGITALOCEAN"), "no token in user_data");
+    // Refusals: not keys.
+    assert!(
+        apiary_digitalocean::cloud_init::render_coordinator_user_data("nope", &public).is_err()
+    );
+    assert!(
+        apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, "ssh-rsa AAAA")
+            .is_err()
+    );
+}

@@ -36,11 +36,23 @@ fn main() -> ExitCode {
                 config,
                 state_dir,
                 listen,
+                advertise,
+                ssh_keys,
                 metrics_listen,
                 image_archive,
                 quiet,
             } => {
-                let mut config = ClusterConfig::load(&config)?;
+                let mut config = ClusterConfig::load_with(&config, advertise)?;
+                if !ssh_keys.is_empty() {
+                    match &mut config.provider {
+                        ProviderConfig::DigitalOcean(d) => d.spec.ssh_keys.extend(ssh_keys),
+                        _ => {
+                            return Err(CoordinatorError::ProviderConfig(
+                                "--ssh-key is for the digitalocean provider".into(),
+                            ));
+                        }
+                    }
+                }
                 if let Some(archive) = image_archive {
                     match &mut config.provider {
                         ProviderConfig::Lab(lab) if archive.is_file() => lab.image_archives.push(archive),
