@@ -75,15 +75,56 @@ pub mod coordinator {
             #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
             metrics_listen: Option<SocketAddr>,
         },
+        /// From your laptop to a cluster on DigitalOcean, in one command:
+        /// the VPC, a coordinator droplet in it (its SSH host key made here
+        /// and pinned, reached once over SSH to install and start the
+        /// coordinator, the API token in a root-only file there), then the
+        /// hosts, Swarm, the overlay and the database, made by that
+        /// coordinator. Leaves DIR/admin.conf for `ctl --config
+        /// DIR/admin.conf ...`, which reaches the coordinator's public
+        /// address over mutual TLS, opened by the Cloud Firewall to
+        /// --admin-cidr only. Needs DIGITALOCEAN_ACCESS_TOKEN and OpenSSH's
+        /// client. Undo with `coordinator teardown --config FILE --state-dir
+        /// DIR`.
+        Up {
+            /// The cluster spec (provider.kind = "digitalocean"; see
+            /// deploy/examples/digitalocean.toml). No coordinator.advertise:
+            /// it is derived.
+            #[arg(long)]
+            config: PathBuf,
+            /// Where this machine keeps the cluster's SSH keys, the pinned
+            /// host key and admin.conf (created 0700).
+            #[arg(long, default_value = "apiary")]
+            state_dir: PathBuf,
+            /// A network you administer from (IPv4, e.g. 203.0.113.7/32):
+            /// the only source of SSH and of ctl's port. Repeatable;
+            /// required (never 0.0.0.0/0).
+            #[arg(long = "admin-cidr", value_name = "CIDR")]
+            admin_cidrs: Vec<String>,
+            /// How long the hosts and the database may take once the
+            /// coordinator runs.
+            #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+            timeout: std::time::Duration,
+            /// Progress as plain timestamped lines even on a terminal.
+            #[arg(long)]
+            quiet: bool,
+        },
         /// Remove everything the provider made for this cluster (lab: engines,
-        /// agents, namespaces, links, bridges, data) and say what was removed.
+        /// agents, namespaces, links, bridges, data; DigitalOcean: the
+        /// droplets, firewalls and VPC, and what `coordinator up` made: its
+        /// coordinator droplet and SSH key) and say what was removed.
         Teardown {
             /// The cluster spec the cluster was made from.
             #[arg(long)]
             config: PathBuf,
-            /// The coordinator's state directory (as given to serve).
+            /// The coordinator's state directory (as given to serve, or to
+            /// `coordinator up`).
             #[arg(long)]
             state_dir: PathBuf,
+            /// DigitalOcean: keep the coordinator droplet (its coordinator
+            /// is stopped, so it makes no host again) and its SSH key.
+            #[arg(long)]
+            keep_coordinator: bool,
         },
         /// Print the current join token (asks the running coordinator if there is one).
         Token {

@@ -53,4 +53,5 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod untrusted;
+pub mod up;
 pub mod upgrade;

@@ -544,7 +544,8 @@ async fn follow_hosts(
 pub async fn teardown(
     config: &ClusterConfig,
     state_dir: &std::path::Path,
-) -> Result<String, CoordinatorError> {
+    keep_coordinator: bool,
+) -> Result<String, crate::up::UpError> {
     match &config.provider {
         ProviderConfig::Manual => {
             Ok("provider manual: apiary made no hosts, so there is nothing to tear down".into())
@@ -561,7 +562,7 @@ pub async fn teardown(
                             "{e} (a running `coordinator serve` holds the lab: stop it first)"
                         ))
                     })?;
-            let report = lab.teardown().await?;
+            let report = lab.teardown().await.map_err(CoordinatorError::from)?;
             Ok(if report.is_empty() {
                 "nothing to remove: the lab was not there".into()
             } else {
@@ -569,9 +570,16 @@ pub async fn teardown(
             })
         }
         ProviderConfig::DigitalOcean(d) => {
-            DigitalOceanProvider::new(&config.cluster_name, d)?
-                .teardown()
-                .await
+            let provider = DigitalOceanProvider::new(&config.cluster_name, d)?;
+            let mut lines = crate::up::teardown_coordinator(
+                &provider,
+                &config.cluster_name,
+                state_dir,
+                keep_coordinator,
+            )
+            .await?;
+            lines.push(provider.teardown().await?);
+            Ok(lines.join("\n"))
         }
     }
 }

@@ -133,9 +133,10 @@ pub mod fake;
 pub use client::{ApiError, CallStats, Client, Clock, RetryPolicy, SystemClock};
 pub use cloud_init::{AgentSource, Bootstrap, RenderError, render_user_data};
 pub use config::{
-    ConfigError, DigitalOceanConfig, DigitalOceanSpec, HostName, Ipv4Cidr, TOKEN_VAR, TagName,
+    API_URL_VAR, ConfigError, DigitalOceanConfig, DigitalOceanSpec, DropletSettings,
+    FirewallSettings, HostName, Ipv4Cidr, SshKeyRef, TOKEN_VAR, TagName, VpcSettings,
 };
-pub use model::{Droplet, DropletStatus, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES};
+pub use model::{Droplet, DropletStatus, MAX_NAMES_PER_CREATE, MAX_USER_DATA_BYTES, SshKey};
 pub use reconcile::{
     ClusterTarget, HostSpec, HostState, Plan, PreflightReport, PreflightTarget, ProviderError,
     ReconcileReport, RemoveReport, TeardownOptions, TeardownReport, VpcState, droplets_to_create,

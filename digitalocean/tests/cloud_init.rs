@@ -451,12 +451,18 @@ fn the_coordinator_droplet_gets_the_host_key_apiary_made_and_no_password_login()
     let ud = apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, &public)
         .expect("render");
     if let Some((ok, text)) = cloud_init_schema(&ud) {
-        assert!(ok && text.contains("Valid"), "cloud-init schema:\n{text}\n{ud}");
+        assert!(
+            ok && text.contains("Valid"),
+            "cloud-init schema:\n{text}\n{ud}"
+        );
     }
     let doc: Value = serde_norway::from_str(&ud).expect("YAML");
     assert_eq!(get(&doc, "ssh_pwauth").as_bool(), Some(false));
     let keys = get(&doc, "ssh_keys");
-    assert_eq!(get(keys, "ed25519_private").as_str(), Some(private.as_str()));
+    assert_eq!(
+        get(keys, "ed25519_private").as_str(),
+        Some(private.as_str())
+    );
     assert_eq!(get(keys, "ed25519_public").as_str(), Some(public.trim()));
     assert!(!ud.contains("DIGITALOCEAN"), "no token in user_data");
     // Refusals: not keys.

@@ -30,8 +30,62 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e, exit::FAILURE, json_logs),
     };
+    let command = match args.command {
+        Command::Up {
+            config,
+            state_dir,
+            admin_cidrs,
+            timeout,
+            quiet,
+        } => {
+            let opts = apiary_coordinator::up::UpOptions {
+                config,
+                state_dir,
+                admin_cidrs,
+                timeout,
+                progress: apiary_coordinator::progress::Progress::for_serve(quiet, json_logs),
+            };
+            return match runtime.block_on(apiary_coordinator::up::up(opts)) {
+                Ok(report) => {
+                    println!(
+                        "cluster up: coordinator {} (public {}, VPC {}); ctl --config {} status",
+                        report.coordinator.name,
+                        report
+                            .coordinator
+                            .public_ipv4
+                            .map_or_else(|| "-".into(), |a| a.to_string()),
+                        report
+                            .coordinator
+                            .private_ipv4
+                            .map_or_else(|| "-".into(), |a| a.to_string()),
+                        report.admin_conf.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, e.exit_code(), json_logs),
+            };
+        }
+        Command::Teardown {
+            config,
+            state_dir,
+            keep_coordinator,
+        } => {
+            let torn = runtime.block_on(async {
+                let config = ClusterConfig::load(&config).map_err(CoordinatorError::from)?;
+                apiary_coordinator::serve::teardown(&config, &state_dir, keep_coordinator).await
+            });
+            return match torn {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, e.exit_code(), json_logs),
+            };
+        }
+        other => other,
+    };
     let result = runtime.block_on(async {
-        match args.command {
+        match command {
             Command::Serve {
                 config,
                 state_dir,
@@ -132,12 +186,7 @@ fn main() -> ExitCode {
                 println!("wrote {} man pages to {}", pages.len(), dir.display());
                 Ok(())
             }
-            Command::Teardown { config, state_dir } => {
-                let config = ClusterConfig::load(&config)?;
-                let report = apiary_coordinator::serve::teardown(&config, &state_dir).await?;
-                println!("{report}");
-                Ok(())
-            }
+            Command::Up { .. } | Command::Teardown { .. } => Ok(()),
         }
     });
     match result {

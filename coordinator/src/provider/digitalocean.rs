@@ -81,6 +81,21 @@ impl DigitalOceanProvider {
         })
     }
 
+    /// The API client (`coordinator up` makes the coordinator droplet with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The validated droplet, VPC and firewall settings.
+    pub fn settings(&self) -> &DigitalOceanConfig {
+        &self.config
+    }
+
+    /// The cluster tag every host droplet carries.
+    pub fn tag(&self) -> &TagName {
+        &self.tag
+    }
+
     /// The droplets wanted now.
     pub fn planned(&self) -> Vec<String> {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()

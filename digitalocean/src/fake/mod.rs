@@ -1611,7 +1611,10 @@ impl State {
                 (204, None)
             }
             "sshKeys_delete" => {
-                let key = params.get("ssh_key_identifier").cloned().unwrap_or_default();
+                let key = params
+                    .get("ssh_key_identifier")
+                    .cloned()
+                    .unwrap_or_default();
                 let before = self.ssh_keys.len();
                 self.ssh_keys
                     .retain(|k| k.id.to_string() != key && k.fingerprint != key);
