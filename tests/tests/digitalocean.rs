@@ -943,3 +943,101 @@ fn droplets_that_never_enroll_are_made_again_three_times_then_reported() {
     );
     assert_eq!(fx.droplet_names(), ["queenbee", "workerbee-1"]);
 }
+
+/// `coordinator up` with `args` on a spec without `coordinator.listen` and
+/// `advertise` (both derived), `extra` appended to `[digitalocean]`.
+fn up_refused(fx: &Fixture, extra_coordinator: &str, args: &[&str]) -> (i32, String) {
+    let path = fx.dir.path().join("up.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\nname = \"hive\"\n\n[coordinator]\n{extra_coordinator}\n[provider]\nkind = \"digitalocean\"\nhosts = 4\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\n",
+            fx.fake().url()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(bin("coordinator"))
+        .args(["up", "--config"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(fx.dir.path().join("laptop"))
+        .args(args)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()
+        .expect("up");
+    (out.status.code().unwrap_or(-1), stderr(&out))
+}
+
+#[test]
+fn coordinator_up_refuses_what_cannot_work_before_anything_exists() {
+    let fx = Fixture::new();
+    // No --admin-cidr: SSH and ctl's port would have no source.
+    let (code, err) = up_refused(&fx, "", &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--admin-cidr"), "{err}");
+    // The world is not an admin network.
+    let (code, err) = up_refused(&fx, "", &["--admin-cidr", "0.0.0.0/0"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("0.0.0.0/0") && err.contains("whole internet"),
+        "{err}"
+    );
+    // advertise is derived, never typed.
+    let (code, err) = up_refused(
+        &fx,
+        "advertise = \"10.9.9.9:7443\"\n",
+        &["--admin-cidr", "198.18.0.1/32"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("coordinator.advertise") && err.contains("up.toml"),
+        "{err}"
+    );
+    // A coordinator listening on one address cannot be reached on the others.
+    let (code, err) = up_refused(
+        &fx,
+        "listen = \"127.0.0.1:7443\"\n",
+        &["--admin-cidr", "198.18.0.1/32"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("coordinator.listen"), "{err}");
+    assert_nothing_created(&fx, 0);
+    assert!(
+        !fx.dir.path().join("laptop").exists(),
+        "files made before the checks"
+    );
+
+    // Over the droplet limit with the coordinator's droplet counted: 4
+    // hosts and the coordinator, limit 4.
+    let fx = Fixture::with_options(FakeOptions {
+        token: Some(TOKEN.into()),
+        droplet_limit: 4,
+        ..Default::default()
+    });
+    let (code, err) = up_refused(&fx, "", &["--admin-cidr", "198.18.0.1/32"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("5 more droplet") && err.contains("nothing was created"),
+        "{err}"
+    );
+    assert_nothing_created(&fx, 0);
+
+    // Not DigitalOcean.
+    let lab = fx.dir.path().join("lab.toml");
+    std::fs::write(
+        &lab,
+        "[cluster]\nname = \"hive\"\n\n[provider]\nkind = \"manual\"\n",
+    )
+    .expect("write");
+    let out = Command::new(bin("coordinator"))
+        .args(["up", "--admin-cidr", "198.18.0.1/32", "--config"])
+        .arg(&lab)
+        .output()
+        .expect("up");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("coordinator serve"),
+        "{}",
+        stderr(&out)
+    );
+}
