@@ -3109,7 +3109,9 @@ impl SimCluster {
     /// Stops everything and checks the simulator left nothing behind.
     fn stop(mut self) {
         self.serve.take();
-        self.sim.take();
+        if let Some(sim) = self.sim.take() {
+            sim.teardown();
+        }
         if let Some(f) = self.fake.take() {
             self.rt.block_on(f.shutdown());
         }

@@ -37,7 +37,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::client::Clock;
@@ -130,6 +129,12 @@ pub struct FakeOptions {
     /// The account's `status` (`active`, `warning`, `locked`) and
     /// `status_message`, as `account_get` reports them.
     pub account_status: (String, String),
+    /// Where droplets' public addresses come from: `None` for the
+    /// documentation ranges (RFC 5737, where nothing real answers), or
+    /// these addresses in order (wrapping when all are taken). The droplet
+    /// simulator's laptop mode puts its droplets on a range this machine
+    /// may talk to (e.g. 198.18.0.100 up to .254).
+    pub public_range: Option<std::ops::RangeInclusive<Ipv4Addr>>,
 }
 
 impl Default for FakeOptions {
@@ -142,6 +147,7 @@ impl Default for FakeOptions {
             strict: true,
             droplet_limit: 1000,
             account_status: ("active".into(), String::new()),
+            public_range: None,
         }
     }
 }
@@ -181,6 +187,11 @@ pub struct FakeDroplet {
     pub public_ipv4: Ipv4Addr,
     pub private_ipv4: Ipv4Addr,
     pub powered_off: bool,
+    /// The public keys of the SSH keys the create named (by id or
+    /// fingerprint), in its order: what DigitalOcean puts in root's
+    /// `authorized_keys`. The API never shows them on a droplet; the
+    /// droplet simulator reads them here.
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,43 +304,72 @@ pub struct FakeApi {
     spec: SpecValidator,
 }
 
-/// A running fake on 127.0.0.1.
+/// A running fake (on 127.0.0.1 unless started with [`FakeServer::start_on`]).
 pub struct FakeServer {
     api: FakeApi,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl FakeServer {
     /// Binds 127.0.0.1:0 and serves until [`FakeServer::shutdown`] or drop.
     pub async fn start(options: FakeOptions) -> Result<FakeServer, FakeError> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|source| FakeError::Bind {
-                    addr: "127.0.0.1:0".into(),
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| FakeError::Bind {
-            addr: "127.0.0.1:0".into(),
-            source,
+        Self::start_on(options, &[SocketAddr::from(([127, 0, 0, 1], 0))]).await
+    }
+
+    /// As [`FakeServer::start`], on each of `addrs` (the first names the
+    /// fake in its links and [`FakeServer::url`]; a port 0 after the first
+    /// takes the first's port). The droplet simulator's laptop mode serves
+    /// the API on loopback and on the public side too (the laptop's
+    /// address), where its droplets reach it as a real droplet reaches the
+    /// real API.
+    pub async fn start_on(
+        options: FakeOptions,
+        addrs: &[SocketAddr],
+    ) -> Result<FakeServer, FakeError> {
+        let mut listeners = Vec::new();
+        let mut first: Option<SocketAddr> = None;
+        for want in addrs {
+            let mut want = *want;
+            match first {
+                Some(first) if want.port() == 0 => want.set_port(first.port()),
+                _ => {}
+            }
+            let bind_error = |source| FakeError::Bind {
+                addr: want.to_string(),
+                source,
+            };
+            let listener = TcpListener::bind(want).await.map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            first.get_or_insert(bound);
+            listeners.push(listener);
+        }
+        let addr = first.ok_or_else(|| FakeError::Bind {
+            addr: "(none)".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
         let api = FakeApi::new(options, &format!("http://{addr}"))?;
-        let (tx, rx) = oneshot::channel();
-        let serving = api.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = rx.await;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let serving = api.clone();
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    serving
+                        .serve(listener, async move {
+                            let _ = rx.wait_for(|stop| *stop).await;
+                        })
+                        .await;
                 })
-                .await;
-        });
+            })
+            .collect();
         Ok(FakeServer {
             api,
             addr,
             stop: Some(tx),
-            task: Some(task),
+            tasks,
         })
     }
 
@@ -338,16 +378,21 @@ impl FakeServer {
         format!("http://{}", self.addr)
     }
 
+    /// Where the fake listens (the first of its addresses).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn api(&self) -> &FakeApi {
         &self.api
     }
 
-    /// Stops accepting connections and waits for the accept loop to end.
+    /// Stops accepting connections and waits for the accept loops to end.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -356,7 +401,7 @@ impl FakeServer {
 impl Drop for FakeServer {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
     }
 }
@@ -550,7 +595,7 @@ impl FakeApi {
             size: "s-1vcpu-1gb",
             image: IMAGES[0].1,
         };
-        st.insert_droplet(name, kind, tags, &vpc, None)
+        st.insert_droplet(name, kind, tags, &vpc, None, Vec::new())
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
@@ -921,6 +966,13 @@ impl State {
     }
 
     fn next_public_ip(&mut self) -> Ipv4Addr {
+        if let Some(range) = &self.options.public_range {
+            let (first, last) = (u32::from(*range.start()), u32::from(*range.end()));
+            let n = self.next_ip;
+            self.next_ip += 1;
+            let size = last.saturating_sub(first) + 1;
+            return Ipv4Addr::from(first + n % size);
+        }
         // Documentation ranges only (RFC 5737): nothing real answers there.
         let nets = [[203, 0, 113], [198, 51, 100], [192, 0, 2]];
         let n = self.next_ip;
@@ -949,6 +1001,7 @@ impl State {
         tags: Vec<String>,
         vpc: &str,
         user_data: Option<String>,
+        ssh_keys: Vec<String>,
     ) -> u64 {
         let Kind {
             region,
@@ -974,6 +1027,7 @@ impl State {
                 public_ipv4: public,
                 private_ipv4: private,
                 powered_off: false,
+                ssh_keys,
             },
         );
         id
@@ -1721,16 +1775,18 @@ impl State {
         let Some(&(_, image, _, _)) = image else {
             return unprocessable("You specified an invalid image for Droplet creation.");
         };
+        let mut ssh_keys = Vec::new();
         if let Some(keys) = body.get("ssh_keys").and_then(Value::as_array) {
             for k in keys {
-                let known = match k {
-                    Value::Number(n) => self.ssh_keys.iter().any(|x| Some(x.id) == n.as_u64()),
-                    Value::String(s) => self.ssh_keys.iter().any(|x| x.fingerprint == *s),
-                    _ => false,
+                let found = match k {
+                    Value::Number(n) => self.ssh_keys.iter().find(|x| Some(x.id) == n.as_u64()),
+                    Value::String(s) => self.ssh_keys.iter().find(|x| x.fingerprint == *s),
+                    _ => None,
                 };
-                if !known {
+                let Some(found) = found else {
                     return unprocessable(&format!("SSH key {k} not found."));
-                }
+                };
+                ssh_keys.push(found.public_key.clone());
             }
         }
         let user_data = body
@@ -1773,7 +1829,14 @@ impl State {
                 size: &size,
                 image,
             };
-            let id = self.insert_droplet(name, kind, tags.clone(), &vpc, user_data.clone());
+            let id = self.insert_droplet(
+                name,
+                kind,
+                tags.clone(),
+                &vpc,
+                user_data.clone(),
+                ssh_keys.clone(),
+            );
             created.push(id);
         }
         let droplets: Vec<Value> = created
