@@ -342,6 +342,17 @@ impl ClusterConfig {
         Self::parse_with(path, text, None)
     }
 
+    /// For `coordinator teardown`, which dials no host: the spec as `up`
+    /// or `serve` took it, without the address hosts dial (derived when
+    /// the cluster was made, not written in the spec).
+    pub fn load_for_teardown(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_inner(path, &text, None, false)
+    }
+
     /// As [`ClusterConfig::load`], with `coordinator.advertise` derived by
     /// the caller (`coordinator up`: the coordinator droplet's VPC
     /// address; `serve --advertise`): a spec that sets it too is refused,
@@ -359,6 +370,15 @@ impl ClusterConfig {
         path: &Path,
         text: &str,
         derived_advertise: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse_inner(path, text, derived_advertise, true)
+    }
+
+    fn parse_inner(
+        path: &Path,
+        text: &str,
+        derived_advertise: Option<SocketAddr>,
+        hosts_dial: bool,
     ) -> Result<Self, ConfigError> {
         let src = ConfigText { path, text };
         let raw = src.deserialize()?;
@@ -398,7 +418,9 @@ impl ClusterConfig {
         let (tunnel, tunnel_allow) = src.tunnel(raw.tunnel, swarm.as_ref())?;
         let (agent_binary, artifacts_listen) = src.artifacts(&c)?;
         src.check_firewall(&provider, swarm.as_ref(), digitalocean_span, swarm_span)?;
-        src.check_advertise(&provider, advertise, provider_span)?;
+        if hosts_dial {
+            src.check_advertise(&provider, advertise, provider_span)?;
+        }
         Ok(ClusterConfig {
             path: path.to_path_buf(),
             cluster_name,
@@ -1070,7 +1092,7 @@ impl ConfigText<'_> {
         if let ProviderConfig::DigitalOcean(_) = provider
             && advertise.is_none()
         {
-            return Err(self.at(Some(provider_span), "coordinator.advertise", "the digitalocean provider needs coordinator.advertise (the IP:PORT droplets dial) when coordinator.listen is 0.0.0.0".into()));
+            return Err(self.at(Some(provider_span), "coordinator.advertise", "the digitalocean provider needs the IP:PORT droplets dial: run `coordinator up`, which derives it (the coordinator droplet's VPC address), or give `serve --advertise IP:PORT` where the coordinator runs inside the VPC".into()));
         }
         Ok(())
     }

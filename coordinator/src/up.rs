@@ -435,7 +435,9 @@ fn unit(listen: SocketAddr, advertise: SocketAddr, ssh_key_id: u64) -> String {
 pub struct UpReport {
     pub coordinator: HostState,
     pub admin_conf: PathBuf,
-    /// Phase name and how long it took.
+    /// Phase name and how long it took: preflight, api, boot, install and
+    /// coordinator one after the other; then enrollment, swarm, overlay and
+    /// database, each counted from when the coordinator first answered.
     pub phases: Vec<(&'static str, Duration)>,
 }
 
@@ -703,19 +705,26 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
     phases.push(("coordinator", phase.finish()));
 
     // 6. The cluster, followed over ctl's mutual TLS.
+    // Milestones are timed from here: how long after the coordinator
+    // answered each was first seen.
     let phase = progress.phase("cluster", 1);
-    let want_hosts = provider.planned().len();
-    let want_database = config.swarm.as_ref().is_some_and(|s| s.database.is_some());
+    let want = Want {
+        hosts: provider.planned().len(),
+        swarm: config.swarm.is_some(),
+        database: config.swarm.as_ref().is_some_and(|s| s.database.is_some()),
+    };
+    let mut cluster = Vec::new();
     follow(
         &conf,
         &local.admin_conf(),
-        want_hosts,
-        want_database,
+        want,
         opts.timeout,
         &phase,
+        &mut cluster,
     )
     .await?;
-    phases.push(("cluster", phase.finish()));
+    phase.finish();
+    phases.extend(cluster);
     info!(took_s = started.elapsed().as_secs_f64(), "cluster up");
     Ok(UpReport {
         coordinator: droplet,
@@ -844,15 +853,68 @@ async fn ensure_ssh_key(
     })
 }
 
-/// Polls `ctl status` until `hosts` nodes are ready (and the database
-/// healthy when there is one), saying what changes.
+/// What the cluster must show before `up` is done, in the order it gets
+/// there: each milestone's time goes into the report.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    hosts: usize,
+    swarm: bool,
+    database: bool,
+}
+
+/// The milestones `status` shows met, and what is still awaited.
+fn milestones(s: &apiary_proto::StatusResponse, want: Want) -> (Vec<&'static str>, Vec<String>) {
+    let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
+    let mut met = Vec::new();
+    let mut waiting = Vec::new();
+    if ready >= want.hosts {
+        met.push("enrollment");
+    } else {
+        waiting.push(format!("hosts ({ready}/{} ready)", want.hosts));
+    }
+    if want.swarm {
+        let in_swarm = s.nodes.iter().filter(|n| n.swarm_status == "ready").count();
+        if in_swarm >= want.hosts {
+            met.push("swarm");
+        } else {
+            waiting.push(format!("swarm ({in_swarm}/{} nodes)", want.hosts));
+        }
+        let attached = s.nodes.iter().filter(|n| n.overlay_attached).count();
+        if attached >= want.hosts {
+            met.push("overlay");
+        } else {
+            waiting.push(format!("overlay ({attached}/{} attached)", want.hosts));
+        }
+    }
+    if want.database {
+        let healthy = !s.database_kind.is_empty()
+            && s.database_error.is_empty()
+            && !s.database_leader.is_empty()
+            && s.database_connected == s.database_servers
+            && s.database_servers > 0;
+        if healthy {
+            met.push("database");
+        } else if s.database_error.is_empty() {
+            waiting.push(format!(
+                "the database ({}/{} servers)",
+                s.database_connected, s.database_servers
+            ));
+        } else {
+            waiting.push(format!("the database ({})", s.database_error));
+        }
+    }
+    (met, waiting)
+}
+
+/// Polls `ctl status` until the cluster shows what `want` asks, saying
+/// what changes; records when each milestone was first met.
 async fn follow(
     conf: &AdminConf,
     conf_path: &Path,
-    hosts: usize,
-    database: bool,
+    want: Want,
     timeout: Duration,
     phase: &crate::progress::Phase,
+    phases: &mut Vec<(&'static str, Duration)>,
 ) -> Result<(), UpError> {
     let started = Instant::now();
     let mut last = String::new();
@@ -860,20 +922,12 @@ async fn follow(
         let waiting = match apiary_ctl::Ctl::new(conf) {
             Ok(mut ctl) => match ctl.status().await {
                 Ok(s) => {
-                    let ready = s.nodes.iter().filter(|n| n.state == "ready").count();
-                    let mut waiting = Vec::new();
-                    if ready < hosts {
-                        waiting.push(format!("hosts ({ready}/{hosts} ready)"));
-                    }
-                    if database && s.database_error.is_empty() && s.database_kind.is_empty() {
-                        waiting.push("the database".to_string());
-                    } else if database && !s.database_error.is_empty() {
-                        waiting.push(format!("the database ({})", s.database_error));
-                    } else if database && s.database_connected < s.database_servers {
-                        waiting.push(format!(
-                            "the database ({}/{} servers)",
-                            s.database_connected, s.database_servers
-                        ));
+                    let (met, waiting) = milestones(&s, want);
+                    for m in met {
+                        if !phases.iter().any(|(name, _)| *name == m) {
+                            phase.step("cluster", &format!("{m} done"));
+                            phases.push((m, started.elapsed()));
+                        }
                     }
                     waiting.join(", ")
                 }
@@ -896,7 +950,7 @@ async fn follow(
                 admin_conf: conf_path.to_path_buf(),
             });
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

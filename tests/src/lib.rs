@@ -6,7 +6,6 @@
 //! drops; nothing is ever killed by name.
 
 pub mod dosim;
-pub mod netns_forward;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -27,8 +27,12 @@ fn example_cluster_specs_parse() {
         ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]
     );
     assert_eq!(lab.listen.to_string(), "10.231.0.1:7443");
-    let d = ClusterConfig::load(&repo().join("deploy/examples/digitalocean.toml"))
-        .expect("digitalocean.toml");
+    // Its advertise is derived (`coordinator up`, `serve --advertise`).
+    let d = ClusterConfig::load_with(
+        &repo().join("deploy/examples/digitalocean.toml"),
+        Some("10.10.0.2:7443".parse().expect("addr")),
+    )
+    .expect("digitalocean.toml");
     let ProviderConfig::DigitalOcean(d) = d.provider else {
         panic!("not digitalocean")
     };

@@ -611,14 +611,16 @@ fn the_example_spec_makes_its_droplets_as_is() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/examples/digitalocean.toml");
     let mut cmd = Command::new(bin("coordinator"));
-    // The file as shipped. Only the listener is moved off the example's
-    // fixed 0.0.0.0:7443 (and 7444 for the agent binary), which another
-    // run on this machine may hold: loopback, a port the kernel picks.
+    // The file as shipped, served as `coordinator up` serves it on the
+    // coordinator droplet (`--advertise`, the droplet's VPC address). Only
+    // the listener is moved off the default 0.0.0.0:7443 (and 7444 for the
+    // agent binary), which another run on this machine may hold: loopback,
+    // a port the kernel picks.
     cmd.args(["serve", "--config"])
         .arg(&example)
         .arg("--state-dir")
         .arg(fx.dir.path().join("state"))
-        .args(["--listen", "127.0.0.1:0"]);
+        .args(["--listen", "127.0.0.1:0", "--advertise", "10.10.0.2:7443"]);
     cmd.env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
         .env("DIGITALOCEAN_API_URL", fx.fake().url());
     for var in [

@@ -387,3 +387,286 @@ systemctl enable --now apiary-coordinator
         "{mounts}"
     );
 }
+
+/// The whole journey from a laptop behind NAT: `coordinator up` makes the
+/// coordinator's droplet, installs it over one pinned SSH session, and the
+/// coordinator there makes 4 host droplets that form Swarm, check the
+/// overlay and run etcd; the coordinator is killed (-9) on its droplet
+/// mid-bring-up and adopts everything; the laptop's `ctl` reaches it over
+/// mutual TLS (status, checks, a tunnel to the database); `coordinator
+/// teardown` leaves no droplet, firewall, VPC, SSH key or namespace.
+#[test]
+fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_removes_it_all() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_root();
+    use apiary_tests::{Proc, bin, ctl_with, eventually, free_port};
+    let dir = tempfile::tempdir().expect("tmp");
+    // The images a droplet would pull, made the lab's way.
+    let images = apiary_lab::Lab::new(apiary_lab::LabSpec {
+        cluster: "upimages".into(),
+        hosts: vec![],
+        state_dir: dir.path().join("images"),
+    })
+    .expect("lab");
+    let archives = vec![
+        images.busybox_archive().expect("busybox image").path,
+        images.etcd_archive().expect("etcd image").path,
+    ];
+    let sim = DropletSim::laptop(
+        &dir.path().join("droplets"),
+        LaptopNet {
+            laptop: LAPTOP,
+            public_prefix: 24,
+            vpc: (Ipv4Addr::new(10, 231, 0, 0), 24),
+        },
+    )
+    .expect("simulator network")
+    .with_engine(archives);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt
+        .block_on(FakeServer::start_on(
+            FakeOptions {
+                public_range: Some(Ipv4Addr::new(198, 18, 0, 100)..=Ipv4Addr::new(198, 18, 0, 254)),
+                ..Default::default()
+            },
+            &[
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                SocketAddr::from((LAPTOP, 0)),
+            ],
+        ))
+        .expect("fake");
+    sim.allow_internet(fake.addr().port())
+        .expect("the API is on the internet");
+    sim.follow(fake.api().clone());
+
+    let spec = dir.path().join("cluster.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[cluster]\nname = \"bees\"\n\n[coordinator]\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 4\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\nfirewall = true\nadmin_cidrs = [\"198.18.0.1/32\"]\n\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
+            fake.url()
+        ),
+    )
+    .expect("spec");
+    let laptop = dir.path().join("laptop");
+    let mut up = Command::new(bin("coordinator"));
+    up.args([
+        "up",
+        "--quiet",
+        "--timeout",
+        "15m",
+        "--admin-cidr",
+        "198.18.0.1/32",
+        "--config",
+    ])
+    .arg(&spec)
+    .arg("--state-dir")
+    .arg(&laptop)
+    .env(TOKEN_VAR, "dop_v1_simulated");
+    let up_log = dir.path().join("up.log");
+    let mut up = Proc::spawn(up, &up_log);
+    let consoles = || {
+        format!(
+            "coordinator up:\n{}\n{}",
+            std::fs::read_to_string(&up_log).unwrap_or_default(),
+            sim.consoles()
+        )
+    };
+
+    // The coordinator on its droplet, killed (-9) once it has made a host
+    // droplet: systemd starts it again, and it adopts what exists.
+    let coordinator_pid = eventually_or(
+        "a host droplet made by the coordinator droplet",
+        Duration::from_secs(300),
+        || {
+            let hosts = fake
+                .api()
+                .droplets()
+                .into_iter()
+                .filter(|d| d.tags.iter().any(|t| t == "apiary-bees"))
+                .count();
+            (hosts > 0)
+                .then(|| sim.unit_pid("bees-coordinator", "apiary-coordinator"))
+                .flatten()
+        },
+        consoles,
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(coordinator_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the coordinator on its droplet");
+    eventually_or(
+        "the coordinator started again on its droplet",
+        Duration::from_secs(30),
+        || {
+            sim.unit_pid("bees-coordinator", "apiary-coordinator")
+                .filter(|p| *p != coordinator_pid)
+        },
+        consoles,
+    );
+
+    let code = up.wait_exit(Duration::from_secs(900));
+    let said = std::fs::read_to_string(&up_log).unwrap_or_default();
+    assert_eq!(code, 0, "{}", consoles());
+    assert!(said.contains("cluster up"), "{said}");
+    assert!(said.contains("phases: "), "{said}");
+    eprintln!(
+        "{}",
+        said.lines()
+            .filter(|l| l.starts_with("phases"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // From the laptop: admin.conf points at the droplet's public address.
+    let admin = laptop.join("admin.conf");
+    let conf = std::fs::read_to_string(&admin).expect("admin.conf");
+    assert!(conf.contains("198.18.0."), "{conf}");
+    let out = ctl_with(&admin, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 4, "{status}");
+    assert!(nodes.iter().all(|n| n["state"] == "ready"), "{status}");
+    assert_eq!(status["database"]["healthy"], true, "{status}");
+    // One droplet per host, and the coordinator's: nothing twice.
+    let mut names: Vec<String> = fake.api().droplets().into_iter().map(|d| d.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bees-coordinator",
+            "queenbee",
+            "workerbee-1",
+            "workerbee-2",
+            "workerbee-3"
+        ],
+        "{}",
+        consoles()
+    );
+    let checks = eventually_or(
+        "the overlay checked",
+        Duration::from_secs(120),
+        || {
+            let out = ctl_with(&admin, &["checks", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["phase"] == "swarm" && v["ok"] == true).then_some(v)
+        },
+        consoles,
+    );
+    assert!(
+        checks["cells"].as_array().is_some_and(|c| !c.is_empty()),
+        "{checks}"
+    );
+    // A tunnel to the database from the laptop: etcd answers through it.
+    let creds = dir.path().join("creds");
+    let out = ctl_with(
+        &admin,
+        &[
+            "database",
+            "credentials",
+            "--out",
+            &creds.display().to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let local = free_port();
+    let mut tunnel = Command::new(bin("ctl"));
+    tunnel.arg("--config").arg(&admin).args([
+        "tunnel",
+        "database:admin",
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(tunnel, &dir.path().join("tunnel.log"));
+    eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
+        tunnel.log_text().contains("forwarding").then_some(())
+    });
+    let file = |f: &str| creds.join(f).display().to_string();
+    let health = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "--cacert",
+            &file("ca.pem"),
+        ])
+        .args(["--cert", &file("client.pem"), "--key", &file("client.key")])
+        .arg(format!("https://127.0.0.1:{local}/health"))
+        .output()
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("true"),
+        "{}",
+        text(&health)
+    );
+    drop(tunnel);
+    // The API token reached the droplet only as a root-only file.
+    let env = in_droplet(
+        &sim,
+        "bees-coordinator",
+        &["stat", "-c", "%a %U", "/etc/apiary/digitalocean.env"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout).trim(),
+        "600 root",
+        "{}",
+        text(&env)
+    );
+    let user_data: String = fake
+        .api()
+        .droplets()
+        .into_iter()
+        .filter_map(|d| d.user_data)
+        .collect();
+    assert!(
+        !user_data.contains("dop_v1_simulated"),
+        "the token is in a user_data"
+    );
+
+    // Teardown from the laptop: nothing left.
+    let out = Command::new(bin("coordinator"))
+        .args(["teardown", "--config"])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&laptop)
+        .env(TOKEN_VAR, "dop_v1_simulated")
+        .output()
+        .expect("teardown");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    for part in [
+        "coordinator droplet bees-coordinator",
+        "SSH key apiary-bees",
+        "deleted VPC",
+    ] {
+        assert!(said.contains(part), "{part:?} not in:\n{said}");
+    }
+    let api = fake.api();
+    assert!(api.droplets().is_empty(), "{:?}", api.droplets());
+    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
+    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+    let keys = rt
+        .block_on(async {
+            let mut spec = DigitalOceanSpec::new();
+            spec.api_url = Some(fake.url());
+            let config = spec
+                .validate(|k| (k == TOKEN_VAR).then(|| "dop_v1_simulated".to_string()))
+                .expect("config");
+            Client::new(&config).expect("client").list_ssh_keys().await
+        })
+        .expect("keys");
+    assert!(keys.is_empty(), "{keys:?}");
+    eventually(
+        "every droplet's namespace gone",
+        Duration::from_secs(60),
+        || {
+            let (_, netns) = apiary_tests::sh(&["ip", "netns", "list"]);
+            (!netns.contains("dosim.")).then_some(())
+        },
+    );
+    sim.teardown();
+    rt.block_on(fake.shutdown());
+}

@@ -60,6 +60,12 @@ fn main() -> ExitCode {
                             .map_or_else(|| "-".into(), |a| a.to_string()),
                         report.admin_conf.display()
                     );
+                    let phases: Vec<String> = report
+                        .phases
+                        .iter()
+                        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+                        .collect();
+                    println!("phases: {}", phases.join(", "));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e, e.exit_code(), json_logs),
@@ -71,7 +77,8 @@ fn main() -> ExitCode {
             keep_coordinator,
         } => {
             let torn = runtime.block_on(async {
-                let config = ClusterConfig::load(&config).map_err(CoordinatorError::from)?;
+                let config =
+                    ClusterConfig::load_for_teardown(&config).map_err(CoordinatorError::from)?;
                 apiary_coordinator::serve::teardown(&config, &state_dir, keep_coordinator).await
             });
             return match torn {
