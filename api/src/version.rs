@@ -95,26 +95,9 @@ pub enum StampError {
 
 /// The one stamp in `bytes` (a whole binary).
 pub fn find_stamp(bytes: &[u8]) -> Result<Stamp, StampError> {
-    let mut found = Vec::new();
-    let mut from = 0;
-    while let Some(at) = find(&bytes[from..], PREFIX) {
-        let offset = from + at;
-        if let Some(version) = bytes.get(offset..).and_then(parse_stamp) {
-            found.push(Stamp {
-                offset,
-                version: version.to_string(),
-            });
-        }
-        from = offset + 1;
-    }
-    match found.len() {
-        0 => Err(StampError::Missing),
-        1 => Ok(found.remove(0)),
-        count => Err(StampError::Ambiguous {
-            count,
-            offsets: found.iter().map(|s| s.offset).collect(),
-        }),
-    }
+    let mut scanner = StampScanner::default();
+    scanner.feed(bytes);
+    scanner.finish()
 }
 
 /// A stamp-finder fed a file a chunk at a time (the coordinator hashes the

@@ -110,11 +110,7 @@ pub async fn rolling_reboot(
     };
     let managed = coordinator.config().host.is_some();
     let checks = coordinator.view.checks();
-    let leader = checks
-        .swarm
-        .iter()
-        .find(|(_, n)| n.leader)
-        .map(|(name, _)| name.as_str());
+    let leader = checks.leader();
     let order = reboot_order(
         requested,
         needed,

@@ -62,6 +62,14 @@ pub struct ChecksState {
 }
 
 impl ChecksState {
+    /// The Swarm leader as the last round saw it.
+    pub fn leader(&self) -> Option<&str> {
+        self.swarm
+            .iter()
+            .find(|(_, n)| n.leader)
+            .map(|(name, _)| name.as_str())
+    }
+
     pub fn matrix(&self) -> Matrix {
         let mut m = Matrix::new();
         m.extend(self.cells.iter().cloned());

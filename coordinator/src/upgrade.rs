@@ -182,11 +182,7 @@ async fn roll_out(
         .to_string();
     let hosts = host_agents(coordinator);
     let checks = coordinator.view.checks();
-    let leader = checks
-        .swarm
-        .iter()
-        .find(|(_, n)| n.leader)
-        .map(|(name, _)| name.as_str());
+    let leader = checks.leader();
     let order = upgrade_order(requested, &hosts, &version, leader)?;
     let mut rollout = Rollout {
         version: version.clone(),

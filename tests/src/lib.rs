@@ -6,6 +6,7 @@
 //! drops; nothing is ever killed by name.
 
 pub mod dosim;
+pub mod simworld;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

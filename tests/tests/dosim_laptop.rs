@@ -399,55 +399,16 @@ systemctl enable --now apiary-coordinator
 fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_removes_it_all() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_root();
+    use apiary_tests::simworld::{self, LaptopWorld};
     use apiary_tests::{Proc, bin, ctl_with, eventually, free_port};
     let dir = tempfile::tempdir().expect("tmp");
-    // The images a droplet would pull, made the lab's way.
-    let images = apiary_lab::Lab::new(apiary_lab::LabSpec {
-        cluster: "upimages".into(),
-        hosts: vec![],
-        state_dir: dir.path().join("images"),
-    })
-    .expect("lab");
-    let archives = vec![
-        images.busybox_archive().expect("busybox image").path,
-        images.etcd_archive().expect("etcd image").path,
-    ];
-    let sim = DropletSim::laptop(
+    let world = LaptopWorld::start(
         &dir.path().join("droplets"),
-        LaptopNet {
-            laptop: LAPTOP,
-            public_prefix: 24,
-            vpc: (Ipv4Addr::new(10, 231, 0, 0), 24),
-        },
-    )
-    .expect("simulator network")
-    .with_engine(archives);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let fake = rt
-        .block_on(FakeServer::start_on(
-            FakeOptions {
-                public_range: Some(Ipv4Addr::new(198, 18, 0, 100)..=Ipv4Addr::new(198, 18, 0, 254)),
-                ..Default::default()
-            },
-            &[
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                SocketAddr::from((LAPTOP, 0)),
-            ],
-        ))
-        .expect("fake");
-    sim.allow_internet(fake.addr().port())
-        .expect("the API is on the internet");
-    sim.follow(fake.api().clone());
-
+        simworld::images(&dir.path().join("images")),
+    );
+    let (sim, fake) = (world.sim(), world.fake());
     let spec = dir.path().join("cluster.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[cluster]\nname = \"bees\"\n\n[coordinator]\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 4\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\nfirewall = true\nadmin_cidrs = [\"198.18.0.1/32\"]\n\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
-            fake.url()
-        ),
-    )
-    .expect("spec");
+    std::fs::write(&spec, world.spec("bees", 4)).expect("spec");
     let laptop = dir.path().join("laptop");
     let mut up = Command::new(bin("coordinator"));
     up.args([
@@ -605,7 +566,7 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     drop(tunnel);
     // The API token reached the droplet only as a root-only file.
     let env = in_droplet(
-        &sim,
+        sim,
         "bees-coordinator",
         &["stat", "-c", "%a %U", "/etc/apiary/digitalocean.env"],
     );
@@ -648,7 +609,8 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     assert!(api.droplets().is_empty(), "{:?}", api.droplets());
     assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
     assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
-    let keys = rt
+    let keys = world
+        .rt
         .block_on(async {
             let mut spec = DigitalOceanSpec::new();
             spec.api_url = Some(fake.url());
@@ -667,6 +629,5 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
             (!netns.contains("dosim.")).then_some(())
         },
     );
-    sim.teardown();
-    rt.block_on(fake.shutdown());
+    world.stop();
 }

@@ -667,11 +667,7 @@ impl FakeApi {
                     } else if let Some(op) = &check.operation {
                         st.apply(op, &check.path_params, &query, &body, now)
                     } else {
-                        error(
-                            404,
-                            "not_found",
-                            "The resource you requested could not be found.",
-                        )
+                        not_found()
                     }
                 }
             };
@@ -793,6 +789,15 @@ fn build_response(
 
 fn error(status: u16, id: &str, message: &str) -> (u16, Option<Value>) {
     (status, Some(json!({ "id": id, "message": message })))
+}
+
+/// The API's 404, word for word.
+fn not_found() -> (u16, Option<Value>) {
+    error(
+        404,
+        "not_found",
+        "The resource you requested could not be found.",
+    )
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -1421,11 +1426,7 @@ impl State {
                     return error(400, "bad_request", "tag_name is required");
                 };
                 if !self.tags.contains_key(&tag.to_ascii_lowercase()) {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 }
                 let gone: Vec<u64> = self
                     .droplets
@@ -1440,30 +1441,18 @@ impl State {
             }
             "droplets_get" => match param_id("droplet_id").and_then(|id| self.droplets.get(&id)) {
                 Some(d) => (200, Some(json!({ "droplet": self.droplet_json(d, now) }))),
-                None => error(
-                    404,
-                    "not_found",
-                    "The resource you requested could not be found.",
-                ),
+                None => not_found(),
             },
             "droplets_destroy" => match param_id("droplet_id") {
                 Some(id) if self.droplets.contains_key(&id) => {
                     self.remove_droplet(id);
                     (204, None)
                 }
-                _ => error(
-                    404,
-                    "not_found",
-                    "The resource you requested could not be found.",
-                ),
+                _ => not_found(),
             },
             "dropletActions_post" => {
                 let Some(id) = param_id("droplet_id") else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 let kind = body
                     .get("type")
@@ -1471,11 +1460,7 @@ impl State {
                     .unwrap_or_default()
                     .to_owned();
                 let Some(d) = self.droplets.get_mut(&id) else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 match kind.as_str() {
                     "power_off" | "shutdown" => d.powered_off = true,
@@ -1505,11 +1490,7 @@ impl State {
             "tags_assign_resources" => {
                 let tag = params.get("tag_id").cloned().unwrap_or_default();
                 let Some(canonical) = self.tags.get(&tag.to_ascii_lowercase()).cloned() else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 let resources = body
                     .get("resources")
@@ -1531,11 +1512,7 @@ impl State {
                             }
                         }
                         None => {
-                            return error(
-                                404,
-                                "not_found",
-                                "The resource you requested could not be found.",
-                            );
+                            return not_found();
                         }
                     }
                 }
@@ -1548,20 +1525,12 @@ impl State {
             "vpcs_create" => self.create_vpc(&body),
             "vpcs_get" => match params.get("vpc_id").and_then(|id| self.vpcs.get(id)) {
                 Some(v) => (200, Some(json!({ "vpc": self.vpc_json(v) }))),
-                None => error(
-                    404,
-                    "not_found",
-                    "The resource you requested could not be found.",
-                ),
+                None => not_found(),
             },
             "delete_vpc" => {
                 let id = params.get("vpc_id").cloned().unwrap_or_default();
                 let Some(v) = self.vpcs.get(&id) else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 if v.default {
                     return error(
@@ -1597,11 +1566,7 @@ impl State {
                 .and_then(|id| self.firewalls.get(id))
             {
                 Some(f) => (200, Some(json!({ "firewall": self.firewall_json(f) }))),
-                None => error(
-                    404,
-                    "not_found",
-                    "The resource you requested could not be found.",
-                ),
+                None => not_found(),
             },
             "firewalls_assign_droplets" => {
                 let id = params.get("firewall_id").cloned().unwrap_or_default();
@@ -1614,11 +1579,7 @@ impl State {
                     return error(422, "unprocessable_entity", "Some droplets do not exist.");
                 }
                 let Some(f) = self.firewalls.get_mut(&id) else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 for i in ids {
                     if !f.droplet_ids.contains(&i) {
@@ -1651,11 +1612,7 @@ impl State {
                 }
                 let canon: Vec<String> = tags.iter().map(|t| self.canonical_tag(t)).collect();
                 let Some(f) = self.firewalls.get_mut(&id) else {
-                    return error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    );
+                    return not_found();
                 };
                 for t in canon {
                     if !f.tags.contains(&t) {
@@ -1675,11 +1632,7 @@ impl State {
                 if self.ssh_keys.len() < before {
                     (204, None)
                 } else {
-                    error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    )
+                    not_found()
                 }
             }
             "delete_firewall" => {
@@ -1687,11 +1640,7 @@ impl State {
                 if self.firewalls.remove(&id).is_some() {
                     (204, None)
                 } else {
-                    error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    )
+                    not_found()
                 }
             }
             // A public image by slug or id (private ones only by id upstream;
@@ -1703,11 +1652,7 @@ impl State {
                     .find(|i| i.1 == key || key.parse::<u64>().ok() == Some(i.0));
                 match found {
                     Some(i) => (200, Some(json!({ "image": self.image_json(i.1) }))),
-                    None => error(
-                        404,
-                        "not_found",
-                        "The resource you requested could not be found.",
-                    ),
+                    None => not_found(),
                 }
             }
             "regions_list" => {

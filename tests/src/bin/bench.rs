@@ -145,6 +145,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// DigitalOcean from a laptop (root), on simulated droplets: `coordinator
+    /// up` (4 hosts, etcd) from the command to the database healthy, by
+    /// phase, beside the same cluster served by a coordinator already inside
+    /// the VPC (`serve` in the simulator's VPC mode), runs alternating.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 /// What `apiary-bench heal` measured.
@@ -436,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", heal_table(&heal_bench(kills, kills_only)?))
         }
         Cmd::Recover { rounds } => println!("{}", recover_bench(rounds)?),
+        Cmd::Up { runs } => println!("{}", up_bench(runs)?),
         Cmd::Lab { hosts } => {
             println!(
                 "| hosts | apiary: network | engines | images | agents | enrollment | all ready (wall) | peak memory | hand recipe: network | engines | images | hand total | apiary host steps / hand |"
@@ -1896,6 +1905,196 @@ fn recover_bench(rounds: usize) -> anyhow::Result<String> {
         backup_bytes as f64 / tar_bytes.max(1) as f64,
         ar / rs,
     ))
+}
+
+/// One `coordinator up` on a fresh simulated account: its phases (from its
+/// `phases:` line) and the wall time of the command; torn down after.
+fn up_once(images: &[std::path::PathBuf]) -> anyhow::Result<(Vec<(String, f64)>, f64)> {
+    use apiary_tests::simworld::{LaptopWorld, TOKEN};
+    let dir = tempfile::tempdir()?;
+    let world = LaptopWorld::start(&dir.path().join("droplets"), images.to_vec());
+    let spec = dir.path().join("cluster.toml");
+    std::fs::write(&spec, world.spec("benchup", 4))?;
+    let laptop = dir.path().join("laptop");
+    let start = Instant::now();
+    let out = Command::new(bin("coordinator"))
+        .args([
+            "up",
+            "--quiet",
+            "--timeout",
+            "15m",
+            "--admin-cidr",
+            "198.18.0.1/32",
+            "--config",
+        ])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&laptop)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()?;
+    let wall = start.elapsed().as_secs_f64();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(
+        out.status.success(),
+        "coordinator up: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases = said
+        .lines()
+        .find_map(|l| l.strip_prefix("phases: "))
+        .unwrap_or_default()
+        .split(", ")
+        .filter_map(|p| {
+            let (name, secs) = p.rsplit_once(' ')?.0.rsplit_once(' ')?;
+            Some((name.to_string(), secs.parse().ok()?))
+        })
+        .collect();
+    let torn = Command::new(bin("coordinator"))
+        .args(["teardown", "--config"])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&laptop)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()?;
+    anyhow::ensure!(torn.status.success(), "teardown failed");
+    world.stop();
+    Ok((phases, wall))
+}
+
+/// The baseline: the same cluster from a coordinator already inside the VPC
+/// (`serve` in the root namespace, the simulator's VPC mode): serve's start
+/// to each milestone in `ctl status`.
+fn in_vpc_once(images: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, f64)>> {
+    use apiary_tests::simworld::TOKEN;
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let fake = rt.block_on(apiary_digitalocean::fake::FakeServer::start(
+        Default::default(),
+    ))?;
+    let sim = apiary_tests::dosim::DropletSim::new(
+        &dir.path().join("droplets"),
+        std::net::Ipv4Addr::new(10, 231, 0, 1),
+        24,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?
+    .with_engine(images.to_vec());
+    sim.follow(fake.api().clone());
+    let (port, artifacts) = (free_port(), free_port());
+    let spec = dir.path().join("cluster.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[cluster]\nname = \"benchvpc\"\n\n[coordinator]\nlisten = \"10.231.0.1:{port}\"\nadvertise = \"10.231.0.1:{port}\"\nartifacts_listen = \"10.231.0.1:{artifacts}\"\nheartbeat_interval = \"1s\"\n\n[provider]\nkind = \"digitalocean\"\nhosts = 4\n\n[digitalocean]\napi_url = \"{}\"\nregion = \"nyc3\"\npoll_interval = \"100ms\"\nvpc_ip_range = \"10.231.0.0/24\"\nfirewall = true\n\n[swarm]\nchecks_interval = \"2s\"\n\n[database]\nkind = \"etcd\"\nimage = \"lab/etcd:1\"\nservers = 3\n",
+            fake.url()
+        ),
+    )?;
+    let state = dir.path().join("state");
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.args(["serve", "--config"])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN);
+    let start = Instant::now();
+    let serve = Proc::spawn(cmd, &dir.path().join("serve.log"));
+    let admin = state.join("admin.conf");
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let names = ["enrollment", "database", "swarm", "overlay"];
+    eventually(
+        "the in-VPC cluster healthy",
+        Duration::from_secs(900),
+        || {
+            let out = apiary_tests::ctl_with(&admin, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = s["nodes"].as_array()?;
+            let all =
+                |f: &dyn Fn(&serde_json::Value) -> bool| nodes.len() == 4 && nodes.iter().all(f);
+            let met = [
+                all(&|n| n["state"] == "ready"),
+                s["database"]["healthy"] == true,
+                all(&|n| n["swarm_status"] == "ready"),
+                all(&|n| n["overlay_attached"] == true),
+            ];
+            for (name, ok) in names.iter().zip(met) {
+                if ok && !seen.iter().any(|(n, _)| n == name) {
+                    seen.push((name.to_string(), start.elapsed().as_secs_f64()));
+                }
+            }
+            (seen.len() == names.len()).then_some(())
+        },
+    );
+    drop(serve);
+    let _ = Command::new(bin("coordinator"))
+        .args(["teardown", "--config"])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
+        .output()?;
+    sim.teardown();
+    rt.block_on(fake.shutdown());
+    Ok(seen)
+}
+
+fn up_bench(runs: usize) -> anyhow::Result<String> {
+    let _serial = apiary_tests::LAB_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let images_dir = tempfile::tempdir()?;
+    let images = apiary_tests::simworld::images(images_dir.path());
+    let mut up: Vec<(Vec<(String, f64)>, f64)> = Vec::new();
+    let mut vpc: Vec<Vec<(String, f64)>> = Vec::new();
+    for run in 0..runs {
+        let (phases, wall) = up_once(&images)?;
+        eprintln!("run {run}: coordinator up {wall:.1} s: {phases:?}");
+        up.push((phases, wall));
+        let seen = in_vpc_once(&images)?;
+        eprintln!("run {run}: in the VPC: {seen:?}");
+        vpc.push(seen);
+    }
+    let of = |phases: &[(String, f64)], name: &str| {
+        phases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, s)| *s)
+    };
+    // The laptop flow's milestones are counted from when its coordinator
+    // answered; the command's own time to there is the sum of the steps
+    // before.
+    let steps = ["preflight", "api", "boot", "install", "coordinator"];
+    let before = |p: &[(String, f64)]| steps.iter().map(|s| of(p, s)).sum::<f64>();
+    let mut out = format!(
+        "| phase ({runs} runs, medians) | `coordinator up` from the laptop | coordinator already in the VPC (`serve`) |\n|---|---:|---:|\n"
+    );
+    for s in steps {
+        out.push_str(&format!(
+            "| {s} | {:.1} s | |\n",
+            median(up.iter().map(|(p, _)| of(p, s)).collect())
+        ));
+    }
+    for m in ["enrollment", "database", "swarm", "overlay"] {
+        out.push_str(&format!(
+            "| to {m} (from the command) | {:.1} s | {:.1} s |\n",
+            median(up.iter().map(|(p, _)| before(p) + of(p, m)).collect()),
+            median(vpc.iter().map(|p| of(p, m)).collect())
+        ));
+    }
+    let total_up = median(up.iter().map(|(_, w)| *w).collect());
+    let total_vpc = median(
+        vpc.iter()
+            .map(|p| {
+                ["enrollment", "database", "swarm", "overlay"]
+                    .iter()
+                    .map(|m| of(p, m))
+                    .fold(0.0, f64::max)
+            })
+            .collect(),
+    );
+    out.push_str(&format!(
+        "| **the command to everything healthy** | **{total_up:.1} s** | **{total_vpc:.1} s** |\n\nratio (laptop / in the VPC): {:.2}\n",
+        total_up / total_vpc.max(0.001)
+    ));
+    Ok(out)
 }
 
 fn heal_table(f: &HealFigures) -> String {
