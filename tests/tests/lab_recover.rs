@@ -432,3 +432,128 @@ fn a_lab_coordinator_restored_on_another_address_gets_every_host_back_without_re
     );
     lab.stop();
 }
+
+/// The lab host `host`'s agent log (its disk is under the lab's state).
+fn agent_log(lab: &LabCluster, host: &str) -> String {
+    let dir = std::fs::canonicalize(lab.state.join("lab").join(host).join("logs"))
+        .unwrap_or_default();
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("agent"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect::<String>()
+        })
+        .unwrap_or_default()
+}
+
+fn listed(lab: &LabCluster, host: &str) -> Option<Value> {
+    lab.status()?["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == host)
+        .cloned()
+}
+
+/// What a backup does not hold, with lab hosts: a node removed before it
+/// stays refused after the restore, and a node enrolled after it is
+/// unknown (refused, not listed) until its old identity is deleted and it
+/// enrolls again with a new token.
+#[test]
+fn after_a_lab_restore_a_removed_node_stays_refused_and_a_later_one_enrolls_again() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = etcd_lab("labrestore2", None);
+    let ready = |lab: &LabCluster, host: &str| {
+        eventually_or(
+            &format!("{host} ready"),
+            Duration::from_secs(300),
+            || listed(lab, host).filter(|n| n["state"] == "ready"),
+            || lab.log(),
+        )
+    };
+    // A fifth host, then removed: revoked before the backup.
+    let out = lab.ctl(&["scale", "hosts=5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ready(&lab, "workerbee-4");
+    let out = lab.ctl(&["nodes", "remove", "workerbee-4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually("workerbee-4 gone from status", Duration::from_secs(60), || {
+        listed(&lab, "workerbee-4").is_none().then_some(())
+    });
+    let backup = lab.dir.path().join("plain.backup");
+    let out = std::process::Command::new(bin("coordinator"))
+        .args(["backup", "--state-dir"])
+        .arg(&lab.state)
+        .arg("--out")
+        .arg(&backup)
+        .output()
+        .expect("backup");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A sixth host after the backup.
+    let out = lab.ctl(&["scale", "hosts=6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let later = ready(&lab, "workerbee-5");
+
+    // The coordinator lost; restored into a new directory.
+    lab.kill_coordinator();
+    for entry in std::fs::read_dir(&lab.state).expect("state") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n == "lab") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+    let restored = lab.dir.path().join("restored");
+    let out = std::process::Command::new(bin("coordinator"))
+        .arg("restore")
+        .arg(&backup)
+        .arg("--state-dir")
+        .arg(&restored)
+        .output()
+        .expect("restore");
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::os::unix::fs::symlink(lab.state.join("lab"), restored.join("lab")).expect("symlink");
+    lab.state = restored;
+    lab.start();
+    for host in ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"] {
+        ready(&lab, host);
+    }
+    // Removed before the backup: still refused, not listed.
+    eventually_or(
+        "workerbee-4's agent refused as revoked by the restored coordinator",
+        Duration::from_secs(60),
+        || agent_log(&lab, "workerbee-4").contains("revoked").then_some(()),
+        || agent_log(&lab, "workerbee-4"),
+    );
+    // Enrolled after the backup: unknown to the restored coordinator.
+    eventually_or(
+        "workerbee-5's agent told it is not a member",
+        Duration::from_secs(60),
+        || {
+            agent_log(&lab, "workerbee-5")
+                .contains("not a member of this cluster")
+                .then_some(())
+        },
+        || agent_log(&lab, "workerbee-5"),
+    );
+    assert!(listed(&lab, "workerbee-4").is_none());
+    assert!(listed(&lab, "workerbee-5").is_none());
+    // It enrolls again once its old identity is gone: the operator's step
+    // (delete node.key and node.pem), then the host started with a token
+    // (the lab gives each host it starts its own).
+    let agent_dir = lab.state.join("lab/workerbee-5/agent");
+    for f in ["node.key", "node.pem"] {
+        std::fs::remove_file(agent_dir.join(f)).expect("remove the old identity");
+    }
+    let out = lab.ctl(&["scale", "hosts=6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = ready(&lab, "workerbee-5");
+    assert_ne!(again["cert_serial"], later["cert_serial"], "a new identity");
+    assert!(listed(&lab, "workerbee-4").is_none(), "the removed node came back");
+    lab.stop();
+}
