@@ -435,8 +435,8 @@ fn a_lab_coordinator_restored_on_another_address_gets_every_host_back_without_re
 
 /// The lab host `host`'s agent log (its disk is under the lab's state).
 fn agent_log(lab: &LabCluster, host: &str) -> String {
-    let dir = std::fs::canonicalize(lab.state.join("lab").join(host).join("logs"))
-        .unwrap_or_default();
+    let dir =
+        std::fs::canonicalize(lab.state.join("lab").join(host).join("logs")).unwrap_or_default();
     std::fs::read_dir(&dir)
         .map(|entries| {
             entries
@@ -478,9 +478,11 @@ fn after_a_lab_restore_a_removed_node_stays_refused_and_a_later_one_enrolls_agai
     ready(&lab, "workerbee-4");
     let out = lab.ctl(&["nodes", "remove", "workerbee-4"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    eventually("workerbee-4 gone from status", Duration::from_secs(60), || {
-        listed(&lab, "workerbee-4").is_none().then_some(())
-    });
+    eventually(
+        "workerbee-4 gone from status",
+        Duration::from_secs(60),
+        || listed(&lab, "workerbee-4").is_none().then_some(()),
+    );
     let backup = lab.dir.path().join("plain.backup");
     let out = std::process::Command::new(bin("coordinator"))
         .args(["backup", "--state-dir"])
@@ -527,7 +529,11 @@ fn after_a_lab_restore_a_removed_node_stays_refused_and_a_later_one_enrolls_agai
     eventually_or(
         "workerbee-4's agent refused as revoked by the restored coordinator",
         Duration::from_secs(60),
-        || agent_log(&lab, "workerbee-4").contains("revoked").then_some(()),
+        || {
+            agent_log(&lab, "workerbee-4")
+                .contains("revoked")
+                .then_some(())
+        },
         || agent_log(&lab, "workerbee-4"),
     );
     // Enrolled after the backup: unknown to the restored coordinator.
@@ -550,10 +556,19 @@ fn after_a_lab_restore_a_removed_node_stays_refused_and_a_later_one_enrolls_agai
     for f in ["node.key", "node.pem"] {
         std::fs::remove_file(agent_dir.join(f)).expect("remove the old identity");
     }
+    // The restored count is the backup's, so the scale starts both hosts
+    // after the fourth again: workerbee-5 enrolls anew, and workerbee-4,
+    // removed before the backup, is refused again (revoked), which the
+    // scale reports, naming it.
     let out = lab.ctl(&["scale", "hosts=6"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!out.status.success(), "workerbee-4 was let back in");
+    assert!(stderr(&out).contains("workerbee-4"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("workerbee-5"), "{}", stderr(&out));
     let again = ready(&lab, "workerbee-5");
     assert_ne!(again["cert_serial"], later["cert_serial"], "a new identity");
-    assert!(listed(&lab, "workerbee-4").is_none(), "the removed node came back");
+    assert!(
+        listed(&lab, "workerbee-4").is_none(),
+        "the removed node came back"
+    );
     lab.stop();
 }
