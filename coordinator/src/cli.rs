@@ -101,6 +101,11 @@ pub mod coordinator {
             /// required (never 0.0.0.0/0).
             #[arg(long = "admin-cidr", value_name = "CIDR")]
             admin_cidrs: Vec<String>,
+            /// Run the coordinator on this host's droplet (one of the
+            /// spec's hosts; its agent is installed beside it once the
+            /// coordinator runs) instead of a small droplet of its own.
+            #[arg(long, value_name = "HOST")]
+            on_host: Option<String>,
             /// How long the hosts and the database may take once the
             /// coordinator runs.
             #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]

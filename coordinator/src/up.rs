@@ -72,6 +72,9 @@ pub struct UpOptions {
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub admin_cidrs: Vec<String>,
+    /// Run the coordinator on this host's droplet (one of the spec's
+    /// hosts) instead of a droplet of its own.
+    pub on_host: Option<String>,
     /// How long the cluster may take to be healthy once the coordinator runs.
     pub timeout: Duration,
     pub progress: Progress,
@@ -99,6 +102,11 @@ pub enum UpError {
         "{config}: coordinator.listen = {listen}: the coordinator droplet listens on all its addresses ({DEFAULT_PORT} by default); remove coordinator.listen or give a port with 0.0.0.0"
     )]
     BadListen { config: PathBuf, listen: SocketAddr },
+    #[error(
+        "--on-host {name}: not one of the spec's hosts ({}); name one of them, or leave it out for a coordinator droplet of its own",
+        hosts.join(", ")
+    )]
+    NotAHost { name: String, hosts: Vec<String> },
     #[error(
         "cannot run {tool}: {reason} (install OpenSSH's client: apt-get install openssh-client)"
     )]
@@ -137,6 +145,7 @@ impl UpError {
             | UpError::NoAdminCidr
             | UpError::BadAdminCidr { .. }
             | UpError::BadListen { .. }
+            | UpError::NotAHost { .. }
             | UpError::Tool { .. } => exit::USAGE,
             UpError::Ssh { .. } => exit::UNAVAILABLE,
             UpError::File { .. } | UpError::NoAddress { .. } | UpError::NotHealthy { .. } => {
@@ -158,6 +167,15 @@ pub struct Names {
 }
 
 impl Names {
+    /// With `on_host`, the coordinator's droplet is that host's.
+    fn placed(cluster: &str, on_host: Option<&str>) -> Result<Names, CoordinatorError> {
+        let mut names = Names::of(cluster)?;
+        if let Some(host) = on_host {
+            names.droplet = host.to_string();
+        }
+        Ok(names)
+    }
+
     pub fn of(cluster: &str) -> Result<Names, CoordinatorError> {
         Ok(Names {
             droplet: format!("{cluster}-coordinator"),
@@ -482,7 +500,16 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
         .map_err(CoordinatorError::from)?
         .port();
     let provider = DigitalOceanProvider::new(&config.cluster_name, d)?;
-    let names = Names::of(&config.cluster_name)?;
+    if let Some(host) = &opts.on_host
+        && !provider.planned().contains(host)
+    {
+        return Err(UpError::NotAHost {
+            name: host.clone(),
+            hosts: provider.planned(),
+        });
+    }
+    let on_host = opts.on_host.is_some();
+    let names = Names::placed(&config.cluster_name, opts.on_host.as_deref())?;
     let agent_binary = crate::artifacts::agent_path(&config).map_err(CoordinatorError::from)?;
     let read_binary = |p: &Path| {
         std::fs::read(p).map_err(|source| UpError::File {
@@ -501,11 +528,8 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
 
     let phase = progress.phase("preflight", 1);
     let mut hosts: Vec<HostName> = Vec::new();
-    for h in provider
-        .planned()
-        .iter()
-        .chain(std::iter::once(&names.droplet))
-    {
+    let own = (!on_host).then_some(&names.droplet);
+    for h in provider.planned().iter().chain(own) {
         hosts
             .push(HostName::parse(h).map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?);
     }
@@ -547,7 +571,7 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
     phase.step("vpc", &vpc.name);
     let ssh_key = ensure_ssh_key(&provider, &names.ssh_key, key_public.trim()).await?;
     phase.step("ssh key", &names.ssh_key);
-    let user_data = render_coordinator_user_data(&host_private, &host_public)
+    let user_data = render_coordinator_user_data(&host_private, &host_public, on_host)
         .map_err(|e| CoordinatorError::Provider(format!("coordinator droplet user_data: {e}")))?;
     let settings = provider.settings();
     let mut ssh_keys = settings.droplet.ssh_keys.clone();
@@ -559,11 +583,23 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
                 .map_err(|e| CoordinatorError::ProviderConfig(e.to_string()))?,
             user_data: Some(user_data),
         }],
-        droplet: DropletSettings {
-            size: COORDINATOR_SIZE.to_string(),
-            ssh_keys,
-            extra_tags: Vec::new(),
-            ..settings.droplet.clone()
+        droplet: if on_host {
+            // One of the hosts: its size, and the cluster tag as well, so
+            // the coordinator adopts it as that host.
+            let mut extra_tags = settings.droplet.extra_tags.clone();
+            extra_tags.push(provider.tag().clone());
+            DropletSettings {
+                ssh_keys,
+                extra_tags,
+                ..settings.droplet.clone()
+            }
+        } else {
+            DropletSettings {
+                size: COORDINATOR_SIZE.to_string(),
+                ssh_keys,
+                extra_tags: Vec::new(),
+                ..settings.droplet.clone()
+            }
         },
         vpc: VpcSettings {
             name: Some(vpc.name.clone()),
@@ -702,6 +738,10 @@ pub async fn up(opts: UpOptions) -> Result<UpReport, UpError> {
         &names.droplet,
         &format!("ctl reaches it at {}", conf.endpoint),
     );
+    if on_host {
+        install_agent(&ssh, &conf, &config, &names.droplet, advertise, &vpc).await?;
+        phase.step(&names.droplet, "its agent installed and started");
+    }
     phases.push(("coordinator", phase.finish()));
 
     // 6. The cluster, followed over ctl's mutual TLS.
@@ -811,6 +851,90 @@ pub async fn teardown_coordinator(
         lines.push("no coordinator droplet and no SSH key of `coordinator up`".into());
     }
     Ok(lines)
+}
+
+/// `--on-host`: the coordinator's droplet is one of the hosts, and its
+/// agent can only be installed once the coordinator runs (the CA and the
+/// join token exist from then on): over the same pinned SSH, the agent's
+/// config (the cluster CA from admin.conf; the join token asked of the
+/// coordinator over mTLS, in a 0600 file) and the agent unit from
+/// deploy/; the agent binary is beside the coordinator already.
+async fn install_agent(
+    ssh: &Ssh,
+    conf: &AdminConf,
+    config: &ClusterConfig,
+    name: &str,
+    advertise: SocketAddr,
+    vpc: &apiary_digitalocean::VpcState,
+) -> Result<(), UpError> {
+    const AGENT_UNIT: &str = include_str!("../../deploy/systemd/apiary-agent.service");
+    let asked = |e: apiary_ctl::CtlError| UpError::Ssh {
+        host: ssh.host,
+        step: "asking the coordinator for a join token",
+        reason: e.to_string(),
+    };
+    let (token, _) = apiary_ctl::Ctl::new(conf)
+        .map_err(asked)?
+        .join_token(false)
+        .await
+        .map_err(asked)?;
+    #[derive(serde::Serialize)]
+    struct AgentToml<'a> {
+        coordinator: String,
+        token: &'a str,
+        ca_cert: &'a str,
+        state_dir: &'a str,
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        private_cidr: Option<&'a str>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        tunnel_allow: &'a [String],
+        engine_access: bool,
+    }
+    let agent = toml::to_string(&AgentToml {
+        coordinator: advertise.to_string(),
+        token: &token,
+        ca_cert: "/etc/apiary/ca.pem",
+        state_dir: "/var/lib/apiary",
+        name,
+        private_cidr: vpc.ip_range.as_deref(),
+        tunnel_allow: &config.tunnel_allow,
+        engine_access: true,
+    })
+    .map_err(|e| UpError::Ssh {
+        host: ssh.host,
+        step: "writing the agent's config",
+        reason: e.to_string(),
+    })?;
+    let bundle = install_bundle(&[
+        ("agent.toml", 0o600, agent.into_bytes()),
+        ("ca.pem", 0o644, conf.ca.clone().into_bytes()),
+        (
+            "apiary-agent.service",
+            0o644,
+            AGENT_UNIT.as_bytes().to_vec(),
+        ),
+    ])
+    .map_err(|source| UpError::File {
+        what: "cannot build the agent bundle in",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let remote = r#"set -eu; umask 077; d=$(mktemp -d /root/.apiary-agent.XXXXXX); tar -x -C "$d"
+install -d -m 0755 /etc/apiary
+install -m 0600 "$d/agent.toml" /etc/apiary/agent.toml
+install -m 0644 "$d/ca.pem" /etc/apiary/ca.pem
+install -m 0644 "$d/apiary-agent.service" /etc/systemd/system/apiary-agent.service
+rm -rf "$d"
+systemctl daemon-reload
+systemctl enable --now docker.service apiary-agent.service"#;
+    ssh.run(
+        "installing the agent beside the coordinator",
+        remote,
+        bundle,
+    )
+    .await
+    .map(|_| ())
 }
 
 fn first_line(s: &str) -> &str {

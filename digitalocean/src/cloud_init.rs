@@ -506,9 +506,13 @@ pub fn render_user_data(b: &Bootstrap) -> Result<String, RenderError> {
 ///
 /// `host_key_private` is the OpenSSH private key (ed25519), and
 /// `host_key_public` its `ssh-ed25519 AAAA... comment` line.
+/// With `host`, the droplet is one of the cluster's hosts as well
+/// (`coordinator up --on-host`): it gets a host's packages (Docker,
+/// nftables); its agent is installed once the coordinator can enroll it.
 pub fn render_coordinator_user_data(
     host_key_private: &str,
     host_key_public: &str,
+    host: bool,
 ) -> Result<String, RenderError> {
     if !host_key_private.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
         return Err(invalid(
@@ -530,6 +534,10 @@ pub fn render_coordinator_user_data(
     }
     #[derive(Serialize)]
     struct CoordinatorConfig<'a> {
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        package_update: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        packages: Vec<&'a str>,
         ssh_pwauth: bool,
         /// The image's own keys deleted; of the types below only the one
         /// given here exists (cloud-init makes a type only when it is
@@ -540,6 +548,8 @@ pub fn render_coordinator_user_data(
         write_files: Vec<WriteFile>,
     }
     let doc = CoordinatorConfig {
+        package_update: host,
+        packages: if host { PACKAGES.to_vec() } else { Vec::new() },
         ssh_pwauth: false,
         ssh_deletekeys: true,
         ssh_genkeytypes: vec!["ed25519"],

@@ -448,8 +448,20 @@ fn the_coordinator_droplet_gets_the_host_key_apiary_made_and_no_password_login()
     }
     let private = std::fs::read_to_string(&key).expect("private");
     let public = std::fs::read_to_string(key.with_extension("pub")).expect("public");
-    let ud = apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, &public)
-        .expect("render");
+    let ud =
+        apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, &public, false)
+            .expect("render");
+    assert!(!ud.contains("packages"), "{ud}");
+    let host =
+        apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, &public, true)
+            .expect("render");
+    if let Some((ok, text)) = cloud_init_schema(&host) {
+        assert!(ok, "cloud-init schema:\n{text}\n{host}");
+    }
+    assert!(
+        host.contains("docker.io") && host.contains("nftables"),
+        "{host}"
+    );
     if let Some((ok, text)) = cloud_init_schema(&ud) {
         assert!(
             ok && text.contains("Valid"),
@@ -467,10 +479,15 @@ fn the_coordinator_droplet_gets_the_host_key_apiary_made_and_no_password_login()
     assert!(!ud.contains("DIGITALOCEAN"), "no token in user_data");
     // Refusals: not keys.
     assert!(
-        apiary_digitalocean::cloud_init::render_coordinator_user_data("nope", &public).is_err()
+        apiary_digitalocean::cloud_init::render_coordinator_user_data("nope", &public, false)
+            .is_err()
     );
     assert!(
-        apiary_digitalocean::cloud_init::render_coordinator_user_data(&private, "ssh-rsa AAAA")
-            .is_err()
+        apiary_digitalocean::cloud_init::render_coordinator_user_data(
+            &private,
+            "ssh-rsa AAAA",
+            false
+        )
+        .is_err()
     );
 }

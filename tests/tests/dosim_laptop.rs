@@ -631,3 +631,86 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     );
     world.stop();
 }
+
+/// `coordinator up --on-host queenbee`: no droplet of its own; the
+/// coordinator runs on the first host's droplet, whose agent is installed
+/// beside it, and the cluster is the same four droplets.
+#[test]
+fn coordinator_up_on_one_of_the_hosts_makes_no_droplet_of_its_own() {
+    let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_root();
+    use apiary_tests::simworld::{self, LaptopWorld};
+    use apiary_tests::{bin, ctl_with};
+    let dir = tempfile::tempdir().expect("tmp");
+    let world = LaptopWorld::start(
+        &dir.path().join("droplets"),
+        simworld::images(&dir.path().join("images")),
+    );
+    let spec = dir.path().join("cluster.toml");
+    std::fs::write(&spec, world.spec("hive", 4)).expect("spec");
+    let laptop = dir.path().join("laptop");
+    let up = |extra: &[&str]| {
+        Command::new(bin("coordinator"))
+            .args(["up", "--quiet", "--admin-cidr", "198.18.0.1/32", "--config"])
+            .arg(&spec)
+            .arg("--state-dir")
+            .arg(&laptop)
+            .args(extra)
+            .env(TOKEN_VAR, simworld::TOKEN)
+            .output()
+            .expect("up")
+    };
+    // Not a host of the spec: refused, nothing made.
+    let out = up(&["--on-host", "drone-7"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("drone-7") && text(&out).contains("queenbee"),
+        "{}",
+        text(&out)
+    );
+    assert!(world.fake().api().droplets().is_empty());
+
+    let out = up(&["--on-host", "queenbee", "--timeout", "15m"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        world.sim().consoles()
+    );
+    let admin = laptop.join("admin.conf");
+    let out = ctl_with(&admin, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 4, "{status}");
+    assert!(nodes.iter().all(|n| n["state"] == "ready"), "{status}");
+    assert_eq!(status["database"]["healthy"], true, "{status}");
+    let droplets = world.fake().api().droplets();
+    let mut names: Vec<&str> = droplets.iter().map(|d| d.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"]
+    );
+    let queen = droplets
+        .iter()
+        .find(|d| d.name == "queenbee")
+        .expect("queenbee");
+    for tag in ["apiary-hive", "apiary-hive-coordinator"] {
+        assert!(queen.tags.iter().any(|t| t == tag), "{:?}", queen.tags);
+    }
+
+    let out = Command::new(bin("coordinator"))
+        .args(["teardown", "--config"])
+        .arg(&spec)
+        .arg("--state-dir")
+        .arg(&laptop)
+        .env(TOKEN_VAR, simworld::TOKEN)
+        .output()
+        .expect("teardown");
+    assert!(out.status.success(), "{}", text(&out));
+    let api = world.fake().api();
+    assert!(api.droplets().is_empty(), "{:?}", api.droplets());
+    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
+    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+    world.stop();
+}

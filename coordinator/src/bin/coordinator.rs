@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             admin_cidrs,
+            on_host,
             timeout,
             quiet,
         } => {
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
                 config,
                 state_dir,
                 admin_cidrs,
+                on_host,
                 timeout,
                 progress: apiary_coordinator::progress::Progress::for_serve(quiet, json_logs),
             };

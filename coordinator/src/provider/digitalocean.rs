@@ -337,9 +337,13 @@ impl DigitalOceanProvider {
             .map(|n| n.name)
             .collect();
         let now = std::time::SystemTime::now();
+        // The coordinator's own droplet (`coordinator up --on-host`) is
+        // never replaced: that would delete the coordinator.
+        let own = format!("{}-coordinator", self.tag.as_str());
         let booted: Vec<BootedDroplet> = listed
             .iter()
             .filter(|d| d.status == apiary_digitalocean::model::DropletStatus::Active)
+            .filter(|d| !d.tags.iter().any(|t| t.eq_ignore_ascii_case(&own)))
             .map(|d| BootedDroplet {
                 name: d.name.clone(),
                 id: d.id,
