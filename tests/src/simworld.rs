@@ -99,6 +99,47 @@ impl LaptopWorld {
         )
     }
 
+    /// `coordinator up` as the operator types it, from the laptop: the
+    /// spec at `spec`, the laptop's files in `laptop`, the simulated
+    /// account's token; `extra` arguments after.
+    pub fn up(spec: &Path, laptop: &Path, extra: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(crate::bin("coordinator"));
+        c.args([
+            "up",
+            "--quiet",
+            "--admin-cidr",
+            &format!("{LAPTOP}/32"),
+            "--config",
+        ])
+        .arg(spec)
+        .arg("--state-dir")
+        .arg(laptop)
+        .args(extra)
+        .env(apiary_digitalocean::TOKEN_VAR, TOKEN);
+        c
+    }
+
+    /// `coordinator teardown` of what [`LaptopWorld::up`] made.
+    pub fn teardown(spec: &Path, laptop: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(crate::bin("coordinator"));
+        c.args(["teardown", "--config"])
+            .arg(spec)
+            .arg("--state-dir")
+            .arg(laptop)
+            .env(apiary_digitalocean::TOKEN_VAR, TOKEN);
+        c
+    }
+
+    /// Nothing apiary made is left in the account: no droplet, firewall,
+    /// VPC of its own or SSH key.
+    pub fn assert_account_empty(&self) {
+        let api = self.fake().api();
+        assert!(api.droplets().is_empty(), "{:?}", api.droplets());
+        assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
+        assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+        assert!(api.ssh_key_count() == 0, "SSH keys left");
+    }
+
     /// Everything stopped and removed (namespaces, links, rules, mounts).
     pub fn stop(mut self) {
         if let Some(sim) = self.sim.take() {

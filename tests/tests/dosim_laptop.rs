@@ -410,20 +410,7 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     let spec = dir.path().join("cluster.toml");
     std::fs::write(&spec, world.spec("bees", 4)).expect("spec");
     let laptop = dir.path().join("laptop");
-    let mut up = Command::new(bin("coordinator"));
-    up.args([
-        "up",
-        "--quiet",
-        "--timeout",
-        "15m",
-        "--admin-cidr",
-        "198.18.0.1/32",
-        "--config",
-    ])
-    .arg(&spec)
-    .arg("--state-dir")
-    .arg(&laptop)
-    .env(TOKEN_VAR, "dop_v1_simulated");
+    let up = LaptopWorld::up(&spec, &laptop, &["--timeout", "15m"]);
     let up_log = dir.path().join("up.log");
     let mut up = Proc::spawn(up, &up_log);
     let consoles = || {
@@ -588,12 +575,7 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     );
 
     // Teardown from the laptop: nothing left.
-    let out = Command::new(bin("coordinator"))
-        .args(["teardown", "--config"])
-        .arg(&spec)
-        .arg("--state-dir")
-        .arg(&laptop)
-        .env(TOKEN_VAR, "dop_v1_simulated")
+    let out = LaptopWorld::teardown(&spec, &laptop)
         .output()
         .expect("teardown");
     let said = String::from_utf8_lossy(&out.stdout).to_string();
@@ -605,22 +587,7 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     ] {
         assert!(said.contains(part), "{part:?} not in:\n{said}");
     }
-    let api = fake.api();
-    assert!(api.droplets().is_empty(), "{:?}", api.droplets());
-    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
-    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
-    let keys = world
-        .rt
-        .block_on(async {
-            let mut spec = DigitalOceanSpec::new();
-            spec.api_url = Some(fake.url());
-            let config = spec
-                .validate(|k| (k == TOKEN_VAR).then(|| "dop_v1_simulated".to_string()))
-                .expect("config");
-            Client::new(&config).expect("client").list_ssh_keys().await
-        })
-        .expect("keys");
-    assert!(keys.is_empty(), "{keys:?}");
+    world.assert_account_empty();
     eventually(
         "every droplet's namespace gone",
         Duration::from_secs(60),
@@ -639,8 +606,8 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
 fn coordinator_up_on_one_of_the_hosts_makes_no_droplet_of_its_own() {
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_root();
+    use apiary_tests::ctl_with;
     use apiary_tests::simworld::{self, LaptopWorld};
-    use apiary_tests::{bin, ctl_with};
     let dir = tempfile::tempdir().expect("tmp");
     let world = LaptopWorld::start(
         &dir.path().join("droplets"),
@@ -649,17 +616,7 @@ fn coordinator_up_on_one_of_the_hosts_makes_no_droplet_of_its_own() {
     let spec = dir.path().join("cluster.toml");
     std::fs::write(&spec, world.spec("hive", 4)).expect("spec");
     let laptop = dir.path().join("laptop");
-    let up = |extra: &[&str]| {
-        Command::new(bin("coordinator"))
-            .args(["up", "--quiet", "--admin-cidr", "198.18.0.1/32", "--config"])
-            .arg(&spec)
-            .arg("--state-dir")
-            .arg(&laptop)
-            .args(extra)
-            .env(TOKEN_VAR, simworld::TOKEN)
-            .output()
-            .expect("up")
-    };
+    let up = |extra: &[&str]| LaptopWorld::up(&spec, &laptop, extra).output().expect("up");
     // Not a host of the spec: refused, nothing made.
     let out = up(&["--on-host", "drone-7"]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
@@ -699,18 +656,10 @@ fn coordinator_up_on_one_of_the_hosts_makes_no_droplet_of_its_own() {
         assert!(queen.tags.iter().any(|t| t == tag), "{:?}", queen.tags);
     }
 
-    let out = Command::new(bin("coordinator"))
-        .args(["teardown", "--config"])
-        .arg(&spec)
-        .arg("--state-dir")
-        .arg(&laptop)
-        .env(TOKEN_VAR, simworld::TOKEN)
+    let out = LaptopWorld::teardown(&spec, &laptop)
         .output()
         .expect("teardown");
     assert!(out.status.success(), "{}", text(&out));
-    let api = world.fake().api();
-    assert!(api.droplets().is_empty(), "{:?}", api.droplets());
-    assert!(api.firewalls().is_empty(), "{:?}", api.firewalls());
-    assert!(api.vpcs().iter().all(|v| v.default), "{:?}", api.vpcs());
+    world.assert_account_empty();
     world.stop();
 }

@@ -338,18 +338,7 @@ fn a_lab_coordinator_restored_on_another_address_gets_every_host_back_without_re
     // Disaster: the coordinator killed and its own files gone. (The hosts'
     // disks, which the lab keeps under STATE_DIR/lab, are other machines'
     // and stay.)
-    lab.kill_coordinator();
-    for entry in std::fs::read_dir(&lab.state).expect("state") {
-        let path = entry.expect("entry").path();
-        if path.file_name().is_some_and(|n| n == "lab") {
-            continue;
-        }
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
+    lose_the_coordinator(&mut lab);
     let restored = lab.dir.path().join("restored");
     let wrong = lab.dir.path().join("wrong");
     std::fs::write(&wrong, "not it").expect("wrong");
@@ -433,6 +422,24 @@ fn a_lab_coordinator_restored_on_another_address_gets_every_host_back_without_re
     lab.stop();
 }
 
+/// The coordinator killed (-9) and its own files deleted; the hosts'
+/// disks, which the lab keeps under `STATE_DIR/lab`, are other machines'
+/// and stay.
+fn lose_the_coordinator(lab: &mut LabCluster) {
+    lab.kill_coordinator();
+    for entry in std::fs::read_dir(&lab.state).expect("state") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n == "lab") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+}
+
 /// The lab host `host`'s agent log (its disk is under the lab's state).
 fn agent_log(lab: &LabCluster, host: &str) -> String {
     let dir =
@@ -498,18 +505,7 @@ fn after_a_lab_restore_a_removed_node_stays_refused_and_a_later_one_enrolls_agai
     let later = ready(&lab, "workerbee-5");
 
     // The coordinator lost; restored into a new directory.
-    lab.kill_coordinator();
-    for entry in std::fs::read_dir(&lab.state).expect("state") {
-        let path = entry.expect("entry").path();
-        if path.file_name().is_some_and(|n| n == "lab") {
-            continue;
-        }
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
+    lose_the_coordinator(&mut lab);
     let restored = lab.dir.path().join("restored");
     let out = std::process::Command::new(bin("coordinator"))
         .arg("restore")

@@ -571,6 +571,11 @@ impl FakeApi {
         lock(&self.state).firewalls.values().cloned().collect()
     }
 
+    /// How many SSH keys the account holds.
+    pub fn ssh_key_count(&self) -> usize {
+        lock(&self.state).ssh_keys.len()
+    }
+
     /// Canonical tag names.
     pub fn tags(&self) -> Vec<String> {
         lock(&self.state).tags.values().cloned().collect()

@@ -1910,28 +1910,14 @@ fn recover_bench(rounds: usize) -> anyhow::Result<String> {
 /// One `coordinator up` on a fresh simulated account: its phases (from its
 /// `phases:` line) and the wall time of the command; torn down after.
 fn up_once(images: &[std::path::PathBuf]) -> anyhow::Result<(Vec<(String, f64)>, f64)> {
-    use apiary_tests::simworld::{LaptopWorld, TOKEN};
+    use apiary_tests::simworld::LaptopWorld;
     let dir = tempfile::tempdir()?;
     let world = LaptopWorld::start(&dir.path().join("droplets"), images.to_vec());
     let spec = dir.path().join("cluster.toml");
     std::fs::write(&spec, world.spec("benchup", 4))?;
     let laptop = dir.path().join("laptop");
     let start = Instant::now();
-    let out = Command::new(bin("coordinator"))
-        .args([
-            "up",
-            "--quiet",
-            "--timeout",
-            "15m",
-            "--admin-cidr",
-            "198.18.0.1/32",
-            "--config",
-        ])
-        .arg(&spec)
-        .arg("--state-dir")
-        .arg(&laptop)
-        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
-        .output()?;
+    let out = LaptopWorld::up(&spec, &laptop, &["--timeout", "15m"]).output()?;
     let wall = start.elapsed().as_secs_f64();
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     anyhow::ensure!(
@@ -1949,13 +1935,7 @@ fn up_once(images: &[std::path::PathBuf]) -> anyhow::Result<(Vec<(String, f64)>,
             Some((name.to_string(), secs.parse().ok()?))
         })
         .collect();
-    let torn = Command::new(bin("coordinator"))
-        .args(["teardown", "--config"])
-        .arg(&spec)
-        .arg("--state-dir")
-        .arg(&laptop)
-        .env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
-        .output()?;
+    let torn = LaptopWorld::teardown(&spec, &laptop).output()?;
     anyhow::ensure!(torn.status.success(), "teardown failed");
     world.stop();
     Ok((phases, wall))
