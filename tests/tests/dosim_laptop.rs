@@ -364,12 +364,19 @@ systemctl enable --now apiary-coordinator
         },
         consoles,
     );
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-0", &second.to_string()])
-            .output()
-            .is_ok_and(|o| !o.status.success()),
-        "the unit's process outlived its droplet"
+    // Gone, or a zombie on its way (this machine's PID 1 may not reap
+    // it at once): not running.
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    eventually_or(
+        "the unit's process ended with its droplet",
+        Duration::from_secs(10),
+        || (!running(second)).then_some(()),
+        consoles,
     );
     sim.teardown();
     rt.block_on(fake.shutdown());
