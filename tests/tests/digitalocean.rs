@@ -616,11 +616,23 @@ fn the_example_spec_makes_its_droplets_as_is() {
     // the listener is moved off the default 0.0.0.0:7443 (and 7444 for the
     // agent binary), which another run on this machine may hold: loopback,
     // a port the kernel picks.
+    // The agent binary's listener takes the next port: both must be free
+    // (port 0 would put it on whatever follows the kernel's pick, which
+    // another test may hold).
+    let port = (0..100)
+        .map(|_| free_port())
+        .find(|p| *p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
+        .expect("two free ports in a row");
     cmd.args(["serve", "--config"])
         .arg(&example)
         .arg("--state-dir")
         .arg(fx.dir.path().join("state"))
-        .args(["--listen", "127.0.0.1:0", "--advertise", "10.10.0.2:7443"]);
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--advertise",
+            "10.10.0.2:7443",
+        ]);
     cmd.env("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
         .env("DIGITALOCEAN_API_URL", fx.fake().url());
     for var in [
@@ -632,12 +644,17 @@ fn the_example_spec_makes_its_droplets_as_is() {
     }
     let mut serve = Proc::spawn(cmd, &fx.dir.path().join("serve-example.log"));
     let four = ["queenbee", "workerbee-1", "workerbee-2", "workerbee-3"];
-    let droplets = eventually("the example's 4 droplets", Duration::from_secs(60), || {
-        let list = tagged(&fx, "apiary-bees");
-        (list.iter().map(|d| d.name.as_str()).eq(four)
-            && serve.log_text().contains("droplets match the spec"))
-        .then_some(list)
-    });
+    let droplets = eventually_or(
+        "the example's 4 droplets",
+        Duration::from_secs(60),
+        || {
+            let list = tagged(&fx, "apiary-bees");
+            (list.iter().map(|d| d.name.as_str()).eq(four)
+                && serve.log_text().contains("droplets match the spec"))
+            .then_some(list)
+        },
+        || serve.log_text(),
+    );
     for d in &droplets {
         assert_eq!(
             (d.region.as_str(), d.size.as_str(), d.image.as_str()),
