@@ -286,6 +286,56 @@ impl Coordinator {
     }
 }
 
+/// `ctl tunnel TARGET` with `conf` on a free local port, once it says it
+/// is forwarding: the process (dropped: stopped) and the port. Its log goes
+/// into `log_dir`.
+pub fn ctl_tunnel(conf: &Path, target: &str, log_dir: &Path) -> (Proc, u16) {
+    let local = free_port();
+    let mut cmd = Command::new(bin("ctl"));
+    cmd.arg("--config").arg(conf).args([
+        "tunnel",
+        target,
+        "--local",
+        &format!("127.0.0.1:{local}"),
+    ]);
+    let tunnel = Proc::spawn(cmd, &log_dir.join(format!("tunnel-{local}.log")));
+    eventually(
+        &format!("ctl tunnel {target} forwarding"),
+        Duration::from_secs(30),
+        || tunnel.log_text().contains("forwarding").then_some(()),
+    );
+    (tunnel, local)
+}
+
+/// GET `path` from etcd through a tunnel at `port`, with the client
+/// certificate `ctl database credentials --out DIR` wrote into `creds`:
+/// the body, or curl's own words.
+pub fn etcd_get(creds: &Path, port: u16, path: &str) -> Result<String, String> {
+    let file = |f: &str| creds.join(f).display().to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "--cacert",
+            &file("ca.pem"),
+        ])
+        .args(["--cert", &file("client.pem"), "--key", &file("client.key")])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 pub fn ctl_with(conf: &Path, args: &[&str]) -> Output {
     Command::new(bin("ctl"))
         .arg("--config")

@@ -407,7 +407,7 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
     let _serial = LAB_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_root();
     use apiary_tests::simworld::{self, LaptopWorld};
-    use apiary_tests::{Proc, bin, ctl_with, eventually, free_port};
+    use apiary_tests::{Proc, ctl_with, eventually};
     let dir = tempfile::tempdir().expect("tmp");
     let world = LaptopWorld::start(
         &dir.path().join("droplets"),
@@ -526,36 +526,11 @@ fn coordinator_up_from_a_laptop_behind_nat_brings_the_cluster_up_and_teardown_re
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let local = free_port();
-    let mut tunnel = Command::new(bin("ctl"));
-    tunnel.arg("--config").arg(&admin).args([
-        "tunnel",
-        "database:admin",
-        "--local",
-        &format!("127.0.0.1:{local}"),
-    ]);
-    let tunnel = Proc::spawn(tunnel, &dir.path().join("tunnel.log"));
-    eventually("ctl tunnel forwarding", Duration::from_secs(30), || {
-        tunnel.log_text().contains("forwarding").then_some(())
-    });
-    let file = |f: &str| creds.join(f).display().to_string();
-    let health = Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "30",
-            "--cacert",
-            &file("ca.pem"),
-        ])
-        .args(["--cert", &file("client.pem"), "--key", &file("client.key")])
-        .arg(format!("https://127.0.0.1:{local}/health"))
-        .output()
-        .expect("curl");
+    let (tunnel, local) = apiary_tests::ctl_tunnel(&admin, "database:admin", dir.path());
+    let health = apiary_tests::etcd_get(&creds, local, "/health");
     assert!(
-        String::from_utf8_lossy(&health.stdout).contains("true"),
-        "{}",
-        text(&health)
+        health.as_ref().is_ok_and(|body| body.contains("true")),
+        "{health:?}"
     );
     drop(tunnel);
     // The API token reached the droplet only as a root-only file.

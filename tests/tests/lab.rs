@@ -1140,42 +1140,7 @@ fn an_encrypted_overlay_is_refused_on_a_kernel_without_esp_and_an_esp_drop_names
 /// `ctl tunnel TARGET` on a free local port, once it says it is forwarding:
 /// the process (the tunnel lasts as long as it) and the port.
 fn lab_tunnel(lab: &LabCluster, target: &str) -> (Proc, u16) {
-    let local = free_port();
-    let mut cmd = std::process::Command::new(bin("ctl"));
-    cmd.arg("--config").arg(lab.admin_conf()).args([
-        "tunnel",
-        target,
-        "--local",
-        &format!("127.0.0.1:{local}"),
-    ]);
-    let tunnel = Proc::spawn(cmd, &lab.dir.path().join(format!("tunnel-{local}.log")));
-    eventually(
-        &format!("ctl tunnel {target} forwarding"),
-        Duration::from_secs(30),
-        || tunnel.log_text().contains("forwarding").then_some(()),
-    );
-    (tunnel, local)
-}
-
-/// GET `path` from etcd through a tunnel at `port`, with the client
-/// certificate `ctl database credentials --out DIR` wrote into `creds`.
-fn etcd_get(creds: &std::path::Path, port: u16, path: &str) -> Result<String, String> {
-    let file = |f: &str| creds.join(f).display().to_string();
-    let (ok, out) = sh_err(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "--max-time",
-        "30",
-        "--cacert",
-        &file("ca.pem"),
-        "--cert",
-        &file("client.pem"),
-        "--key",
-        &file("client.key"),
-        &format!("https://127.0.0.1:{port}{path}"),
-    ]);
-    if ok { Ok(out) } else { Err(out) }
+    ctl_tunnel(&lab.admin_conf(), target, lab.dir.path())
 }
 
 fn http_get(port: u16, path: &str) -> Result<String, String> {
